@@ -1,0 +1,222 @@
+"""Datasets in the seed layout (FORMATS.md section 1), for VOC, COCO and TOY alike.
+
+    ROOT/{domain}/image/ID.jpg   ROOT/{domain}/mask/ID.png   ROOT/{domain}/xml/ID.xml
+
+Class names, colours and counts come from data/{dataset}.json. Every reading error raises
+DatasetError with the offending file in the message.
+"""
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tools.io import FormatError, make_palette, read_json, read_mask
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+DOMAINS = ("train", "train_aug", "validation", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DatasetError(Exception):
+    """A dataset file or folder is missing or malformed. The message names it."""
+
+
+class DatasetInfo:
+    """Class names and colours of one dataset, from data/{name}.json.
+
+    Attributes: name, class_names (background first), class_dict (name -> index),
+    colors (list of [R, G, B] by index), num_classes (background included), ignore_index, palette.
+    """
+
+    def __init__(self, name):
+        path = os.path.join(DATA_DIR, f"{name}.json")
+        if not os.path.isfile(path):
+            known = sorted(f[:-5] for f in os.listdir(DATA_DIR) if f.endswith(".json"))
+            raise DatasetError(f"unknown dataset {name!r}: {path} does not exist (known: {', '.join(known)})")
+        data = read_json(path)
+        self.name = name
+        self.class_names = list(data["class_names"])
+        self.class_dict = dict(data["class_dict"])
+        self.colors = [list(data["color_dict"][n]) for n in self.class_names]
+        self.num_classes = int(data["num_classes"])
+        self.ignore_index = int(data.get("ignore_index", 255))
+        self.extra = {k: v for k, v in data.items()
+                      if k not in ("class_names", "class_dict", "color_dict", "num_classes", "ignore_index")}
+        if self.num_classes != len(self.class_names):
+            raise DatasetError(f"{path}: num_classes {self.num_classes} != {len(self.class_names)} class names")
+        self.palette = make_palette(self.colors)
+
+    @property
+    def num_foreground(self):
+        return self.num_classes - 1
+
+
+def load_dataset_info(name):
+    return DatasetInfo(name)
+
+
+def read_image(path):
+    """RGB uint8 array (H, W, 3). Missing, truncated or undecodable files raise DatasetError."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def parse_xml_tags(path, class_dict):
+    """Image-level tags of a Pascal VOC annotation: 1-based class indices of the distinct
+    `object/name` values in order of first appearance.
+
+    Difficult objects count. An object whose box collapses to zero width or height once clamped
+    to the image (size/width, size/height) is dropped, as in the original. Objects without a box
+    count. An unknown class name raises DatasetError naming the file and the class.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except ET.ParseError as e:
+        raise DatasetError(f"{path}: malformed XML ({e})") from None
+    width = _xml_number(root, "size/width", path)
+    height = _xml_number(root, "size/height", path)
+    tags = []
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in class_dict or class_dict[name] == 0:
+            raise DatasetError(f"{path}: unknown class {name!r} "
+                               f"(not among the {len(class_dict) - 1} classes of this dataset)")
+        box = obj.find("bndbox")
+        if box is not None:
+            x0, y0 = _xml_number(box, "xmin", path), _xml_number(box, "ymin", path)
+            x1, y1 = _xml_number(box, "xmax", path), _xml_number(box, "ymax", path)
+            if None not in (x0, y0, x1, y1):
+                if width is not None:
+                    x0, x1 = min(max(x0, 0), width), min(max(x1, 0), width)
+                if height is not None:
+                    y0, y1 = min(max(y0, 0), height), min(max(y1, 0), height)
+                if x1 - x0 <= 0 or y1 - y0 <= 0:
+                    continue
+        index = class_dict[name]
+        if index not in tags:
+            tags.append(index)
+    return tags
+
+
+def _xml_number(node, key, path):
+    text = node.findtext(key)
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        raise DatasetError(f"{path}: <{key}> is not a number ({text!r})") from None
+
+
+class SeedLayout:
+    """One split of a dataset in the seed layout.
+
+    Args:
+        root_dir: dataset root (with or without trailing slash).
+        domain: train, train_aug, validation or test.
+        info: DatasetInfo.
+        require_masks / require_xml: raise at construction if the folder is missing.
+    Attributes: ids (sorted image ids), has_masks, has_xml.
+    """
+
+    def __init__(self, root_dir, domain, info, require_masks=False, require_xml=False):
+        self.root = os.path.normpath(os.path.expanduser(root_dir))
+        self.domain = domain
+        self.info = info
+        if not os.path.isdir(self.root):
+            raise DatasetError(f"{self.root}: dataset root folder not found")
+        self.split_dir = os.path.join(self.root, domain)
+        image_dir = os.path.join(self.split_dir, "image")
+        if not os.path.isdir(image_dir):
+            present = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
+            raise DatasetError(f"{image_dir}: split {domain!r} not found under {self.root} "
+                               f"(present: {', '.join(present) or 'nothing'})")
+        self.ids = sorted(f[:-4] for f in os.listdir(image_dir) if f.endswith(".jpg"))
+        if not self.ids:
+            raise DatasetError(f"{image_dir}: no .jpg images")
+        self.has_masks = os.path.isdir(os.path.join(self.split_dir, "mask"))
+        self.has_xml = os.path.isdir(os.path.join(self.split_dir, "xml"))
+        if require_masks and not self.has_masks:
+            raise DatasetError(f"{os.path.join(self.split_dir, 'mask')}: no ground-truth masks for split "
+                               f"{domain!r} (the test split has none)")
+        if require_xml and not self.has_xml:
+            raise DatasetError(f"{os.path.join(self.split_dir, 'xml')}: no annotations for split {domain!r}")
+
+    def __len__(self):
+        return len(self.ids)
+
+    def image_path(self, image_id):
+        return os.path.join(self.split_dir, "image", image_id + ".jpg")
+
+    def mask_path(self, image_id):
+        return os.path.join(self.split_dir, "mask", image_id + ".png")
+
+    def xml_path(self, image_id):
+        return os.path.join(self.split_dir, "xml", image_id + ".xml")
+
+    def read_image(self, image_id):
+        return read_image(self.image_path(image_id))
+
+    def read_mask(self, image_id, size=None):
+        """uint8 (H, W) class indices, 255 = ignore. `size` = (H, W) of the image to check against."""
+        path = self.mask_path(image_id)
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: ground-truth mask not found for image {image_id}")
+        try:
+            mask = read_mask(path)
+        except FormatError as e:
+            raise DatasetError(str(e)) from None
+        if size is not None and tuple(mask.shape) != tuple(size):
+            raise DatasetError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
+                               f"image {size[1]}x{size[0]}")
+        return mask
+
+    def read_tags(self, image_id, required=None):
+        """1-based class indices of the image's tags; [] when the xml is absent and not required."""
+        path = self.xml_path(image_id)
+        if not os.path.isfile(path):
+            if required or (required is None and self.has_xml):
+                raise DatasetError(f"{path}: annotation not found for image {image_id}")
+            return []
+        return parse_xml_tags(path, self.info.class_dict)
+
+    def multi_hot(self, tags):
+        """(C,) float32 vector over the foreground classes for 1-based `tags`."""
+        vector = np.zeros(self.info.num_foreground, dtype=np.float32)
+        if tags:
+            vector[np.asarray(tags) - 1] = 1.0
+        return vector
+
+
+class InferenceDataset(torch.utils.data.Dataset):
+    """Full-resolution images for seed inference: (uint8 image (H, W, 3), id, tags)."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def __len__(self):
+        return len(self.layout)
+
+    def __getitem__(self, index):
+        image_id = self.layout.ids[index]
+        return {"id": image_id, "image": self.layout.read_image(image_id),
+                "tags": self.layout.read_tags(image_id)}
+
+
+def normalize_image(image):
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (FORMATS.md section 2)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)

@@ -1,0 +1,73 @@
+"""Command-line arguments shared by the scripts (FORMATS.md section 9).
+
+Flag names, types and defaults follow the original scripts so that their README commands run
+unchanged. One definition per flag: scripts call the `add_*` helpers instead of repeating them.
+"""
+import argparse
+import os
+
+import torch
+
+from tools.paths import DEFAULT_PRED_DIR
+
+_TRUE = {"true", "yes", "y", "1", "t", "on"}
+_FALSE = {"false", "no", "n", "0", "f", "off"}
+
+
+def str2bool(value):
+    """Boolean flag parser: true/false, yes/no, 1/0 (and t/f, y/n, on/off), any case."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
+
+
+def add_dataset_args(parser, domain="validation"):
+    parser.add_argument("--root_dir", default="../VOC2012/", type=str,
+                        help="dataset root in the seed layout (trailing slash optional)")
+    parser.add_argument("--dataset", default="VOC", type=str,
+                        help="dataset description data/{dataset}.json: VOC, COCO or TOY")
+    parser.add_argument("--domain", default=domain, type=str,
+                        help="split: train, train_aug, validation or test")
+
+
+def add_experiment_args(parser, tag=None):
+    parser.add_argument("--tag", default=tag, type=str, required=tag is None,
+                        help="experiment name: the folder under models/, predictions/, pseudo-labels/")
+    parser.add_argument("--pred_dir", default=DEFAULT_PRED_DIR, type=str,
+                        help="root of the experiment folders models/, predictions/, pseudo-labels/")
+
+
+def add_device_args(parser):
+    parser.add_argument("--gpus", default="0", type=str,
+                        help="comma-separated CUDA device ids; ignored (CPU) when CUDA is unavailable")
+    parser.add_argument("--num_workers", default=4, type=int, help="data loading / worker processes")
+
+
+def resolve_devices(gpus):
+    """Parse `--gpus` into (main device, list of CUDA ids). CPU when CUDA is not available.
+
+    The original hard-coded cuda:0 and set CUDA_VISIBLE_DEVICES; here the ids are used as given.
+    An empty string, "cpu" or "-1" selects the CPU explicitly.
+    """
+    text = (gpus or "").strip().lower()
+    if text in ("", "cpu", "-1") or not torch.cuda.is_available():
+        return torch.device("cpu"), []
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise SystemExit(f"error: --gpus expects comma-separated integers, got {gpus!r}") from None
+    count = torch.cuda.device_count()
+    bad = [i for i in ids if i < 0 or i >= count]
+    if bad:
+        raise SystemExit(f"error: --gpus {gpus}: device(s) {bad} do not exist ({count} CUDA devices visible)")
+    return torch.device(f"cuda:{ids[0]}"), ids
+
+
+def normalise_root(root_dir):
+    """Accept the root with or without a trailing slash (the original needed one)."""
+    return os.path.normpath(os.path.expanduser(root_dir))

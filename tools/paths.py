@@ -1,0 +1,43 @@
+"""The experiment folder (FORMATS.md section 3), one definition for every script.
+
+    {pred_dir}/models/{tag}/{strategy}.pth
+    {pred_dir}/predictions/{tag}/{domain}/{ID}.pkl
+    {pred_dir}/pseudo-labels/{tag}/{domain}/{ID}.png
+"""
+import os
+
+DEFAULT_PRED_DIR = "./experiments/"
+FOLDERS = ("models", "predictions", "pseudo-labels")
+
+
+def output_domain(domain):
+    """The original rule: train_aug outputs go into the `train` folder."""
+    return "train" if domain == "train_aug" else domain
+
+
+def model_dir(pred_dir, tag):
+    return os.path.join(pred_dir, "models", tag)
+
+
+def model_path(pred_dir, tag, strategy="last"):
+    return os.path.join(model_dir(pred_dir, tag), f"{strategy}.pth")
+
+
+def output_dir(pred_dir, folder, tag, domain):
+    """`{pred_dir}/{folder}/{tag}/{domain}` with the train_aug -> train rule."""
+    if folder not in ("predictions", "pseudo-labels"):
+        raise ValueError(f"folder must be 'predictions' or 'pseudo-labels', got {folder!r}")
+    return os.path.join(pred_dir, folder, tag, output_domain(domain))
+
+
+def predictions_dir(pred_dir, tag, domain):
+    return output_dir(pred_dir, "predictions", tag, domain)
+
+
+def pseudo_labels_dir(pred_dir, tag, domain):
+    return output_dir(pred_dir, "pseudo-labels", tag, domain)
+
+
+def evaluation_path(pred_dir, folder, tag, domain):
+    """evaluate.py's JSON result, beside the evaluated folder: `{folder}/{tag}/{domain}.eval.json`."""
+    return output_dir(pred_dir, folder, tag, domain).rstrip(os.sep) + ".eval.json"
