@@ -75,7 +75,7 @@ def parse_xml_tags(path, class_dict):
     `object/name` values in order of first appearance.
 
     Difficult objects count. An object whose box collapses to zero width or height once clamped
-    to the image (size/width, size/height) is dropped, as in the original. Objects without a box
+    to the image's pixel range [0, size - 1] is dropped, as in the original. Objects without a box
     count. An unknown class name raises DatasetError naming the file and the class.
     """
     try:
@@ -97,11 +97,12 @@ def parse_xml_tags(path, class_dict):
             x0, y0 = _xml_number(box, "xmin", path), _xml_number(box, "ymin", path)
             x1, y1 = _xml_number(box, "xmax", path), _xml_number(box, "ymax", path)
             if None not in (x0, y0, x1, y1):
+                # The original clamps to the last pixel index and drops exactly-zero extents.
                 if width is not None:
-                    x0, x1 = min(max(x0, 0), width), min(max(x1, 0), width)
+                    x0, x1 = min(max(x0, 0), width - 1), min(max(x1, 0), width - 1)
                 if height is not None:
-                    y0, y1 = min(max(y0, 0), height), min(max(y1, 0), height)
-                if x1 - x0 <= 0 or y1 - y0 <= 0:
+                    y0, y1 = min(max(y0, 0), height - 1), min(max(y1, 0), height - 1)
+                if x1 == x0 or y1 == y0:
                     continue
         index = class_dict[name]
         if index not in tags:
@@ -194,6 +195,9 @@ class SeedLayout:
     def multi_hot(self, tags):
         """(C,) float32 vector over the foreground classes for 1-based `tags`."""
         vector = np.zeros(self.info.num_foreground, dtype=np.float32)
+        if tags and (min(tags) < 1 or max(tags) > self.info.num_foreground):
+            raise ValueError(f"tags must be 1-based foreground class indices in 1..{self.info.num_foreground}, "
+                             f"got {list(tags)}")
         if tags:
             vector[np.asarray(tags) - 1] = 1.0
         return vector

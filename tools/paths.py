@@ -25,8 +25,8 @@ def model_path(pred_dir, tag, strategy="last"):
 
 def output_dir(pred_dir, folder, tag, domain):
     """`{pred_dir}/{folder}/{tag}/{domain}` with the train_aug -> train rule."""
-    if folder not in ("predictions", "pseudo-labels"):
-        raise ValueError(f"folder must be 'predictions' or 'pseudo-labels', got {folder!r}")
+    if not folder or os.sep in folder or folder in (".", "..", "models"):
+        raise ValueError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
     return os.path.join(pred_dir, folder, tag, output_domain(domain))
 
 

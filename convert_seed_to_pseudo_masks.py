@@ -1,0 +1,154 @@
+"""Turn seed files into pseudo masks: background plane + dense CRF + argmax (FORMATS.md section 5).
+
+    {pred_dir}/{folder}/{tag}/{domain}/ID.pkl  ->  {pred_dir}/pseudo-labels/{tag}/{domain}/ID.png
+
+Example (the original README command):
+    python3 convert_seed_to_pseudo_masks.py --gpus 0 --root_dir ../VOC2012/ --dataset VOC \
+        --domain validation --folder predictions --tag "ResNet50@VOC@RS+EPM@Official"
+
+Masks already present are skipped, so an interrupted run can simply be started again (every mask
+is written atomically: a killed run leaves no half-written PNG behind). A seed file that is
+missing or unreadable, or that does not fit its image, is skipped and listed at the end, and
+the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
+compatibility and ignored.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+
+import tqdm
+
+from core.crf import seed_to_mask
+from core.datasets import DatasetError, SeedLayout, load_dataset_info
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
+from tools.io import FormatError, load_seed, save_mask
+from tools.paths import output_dir, pseudo_labels_dir
+
+# Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
+_JOB = None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_device_args(parser)
+    parser.set_defaults(num_workers=16)  # the original's default; each worker converts one image at a time
+    add_dataset_args(parser, domain="train")
+    add_experiment_args(parser)
+    parser.add_argument("--single", default=False, type=str2bool,
+                        help="convert only images with exactly one image-level tag (needs xml/)")
+    parser.add_argument("--folder", default="predictions", type=str,
+                        help="folder under --pred_dir that holds the seed files")
+    parser.add_argument("--mode", default="crf", type=str,
+                        help="'crf' refines with the dense CRF; any other value takes the plain argmax "
+                             "with the constant --bg_th background")
+    parser.add_argument("--bg_th", default=None, type=float,
+                        help="constant background score for rsepm seeds (wins over --bg_gamma)")
+    parser.add_argument("--bg_gamma", default=2.0, type=float,
+                        help="rsepm background score (1 - max_c seed_c) ** bg_gamma, when --bg_th is not given")
+    parser.add_argument("--reverse", default=False, type=str2bool,
+                        help="process the images in reverse order (to run a second job from the other end)")
+    return parser
+
+
+def prepare(args):
+    """Check the inputs and list the work.
+
+    Returns (job, ids, num_existing): `job` is everything a worker needs, `ids` the images
+    whose mask is still missing. Raises DatasetError / FileNotFoundError / ValueError for
+    problems that concern the whole run.
+    """
+    info = load_dataset_info(args.dataset)
+    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single)
+    seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
+    if not os.path.isdir(seed_dir):
+        raise FileNotFoundError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
+                                "first, or check --pred_dir, --folder, --tag and --domain)")
+    if args.mode != "crf" and args.bg_th is None:
+        # The original crashed here; say what is missing instead.
+        raise ValueError(f"--mode {args.mode} (argmax without CRF) needs --bg_th, the constant "
+                         "background score of rsepm seeds")
+    mask_dir = pseudo_labels_dir(args.pred_dir, args.tag, args.domain)
+    ids = layout.ids
+    if args.single:
+        ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
+    if args.reverse:
+        ids = ids[::-1]
+    pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]
+    job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, mode=args.mode,
+               bg_th=args.bg_th, bg_gamma=args.bg_gamma, palette=info.palette, num_classes=info.num_classes)
+    return job, pending, len(ids) - len(pending)
+
+
+def _init_worker(job):
+    global _JOB
+    _JOB = job
+
+
+def convert_one(image_id):
+    """Convert one image. Returns (image_id, None) when written, (image_id, problem) when skipped.
+
+    Problems with this image's files are returned, not raised, so the run goes on; anything
+    else (e.g. the disk is full) propagates and stops the run.
+    """
+    job = _JOB
+    seed_path = os.path.join(job["seed_dir"], image_id + ".pkl")
+    if not os.path.isfile(seed_path):
+        return image_id, f"{seed_path}: seed file not found"
+    try:
+        seed = load_seed(seed_path, tag=job["tag"])
+        image = job["layout"].read_image(image_id)
+        mask = seed_to_mask(seed, image, mode=job["mode"], bg_th=job["bg_th"], bg_gamma=job["bg_gamma"],
+                            num_classes=job["num_classes"], source=seed_path)
+    except (FormatError, DatasetError) as e:
+        return image_id, str(e)
+    save_mask(os.path.join(job["mask_dir"], image_id + ".png"), mask, job["palette"])
+    return image_id, None
+
+
+def run_all(job, ids, num_workers):
+    """Yield convert_one results for `ids`, in-process or over a pool of `num_workers` processes."""
+    if num_workers <= 1 or len(ids) <= 1:
+        _init_worker(job)
+        yield from map(convert_one, ids)
+        return
+    workers = min(num_workers, len(ids))
+    # Each image takes about a second of CRF, so small chunks cost nothing and keep workers balanced.
+    chunksize = max(1, min(4, len(ids) // (workers * 8)))
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        yield from pool.imap_unordered(convert_one, ids, chunksize=chunksize)
+
+
+def main(argv=None):
+    """Run the conversion. Returns {"written", "skipped_existing", "failed": [{"id", "problem"}],
+    "output_dir"}; exits with an error message on problems that concern the whole run."""
+    args = build_parser().parse_args(argv)
+    try:
+        job, ids, num_existing = prepare(args)
+        summary = {"written": 0, "skipped_existing": num_existing, "failed": [], "output_dir": job["mask_dir"]}
+        progress = tqdm.tqdm(run_all(job, ids, args.num_workers), total=len(ids), desc="seed -> mask",
+                             unit="img", dynamic_ncols=True)
+        for image_id, problem in progress:
+            if problem is None:
+                summary["written"] += 1
+            else:
+                summary["failed"].append({"id": image_id, "problem": problem})
+                tqdm.tqdm.write(f"skipped {image_id}: {problem}", file=sys.stderr)
+    except (DatasetError, FormatError, ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    report(summary)
+    return summary
+
+
+def report(summary):
+    print(f"{summary['output_dir']}: wrote {summary['written']} masks, "
+          f"{summary['skipped_existing']} already present, {len(summary['failed'])} failed")
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} image(s) could not be converted:", file=sys.stderr)
+        for failure in sorted(summary["failed"], key=lambda f: f["id"]):
+            print(f"  {failure['id']}: {failure['problem']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)

@@ -1,0 +1,113 @@
+"""The one checkpoint reader/writer of the project (FORMATS.md section 7).
+
+Weights are saved as plain flat state_dicts (no `module.` prefix, no wrapper dict). Reading also
+accepts a `module.` prefix (weights saved from DataParallel/DDP) and a dict wrapping the weights
+under `model` or `state_dict`. Loading is strict by default and a mismatch names every missing,
+unexpected and mis-shaped key, so a researcher sees at once which file does not fit which model.
+"""
+import collections
+
+import torch
+from torch import nn
+
+from tools.io import FormatError, atomic_output
+
+WRAPPER_KEYS = ("model", "state_dict")
+PREFIX = "module."
+MAX_LISTED = 10
+
+
+class CheckpointError(FormatError):
+    """A checkpoint file is missing, unreadable, or does not fit the model. Names the file."""
+
+
+def unwrap(model):
+    """The module inside nn.DataParallel / DistributedDataParallel (any nesting), else `model`."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def read_state_dict(path, map_location="cpu"):
+    """Read a state_dict from `path` as an OrderedDict of tensors, without `module.` prefixes.
+
+    Accepts a plain state_dict or a dict wrapping it under 'model' or 'state_dict'. Only tensors
+    and plain containers are unpickled (weights_only=True), so a file cannot run code.
+    Raises CheckpointError naming the file when it is absent or not a torch state_dict.
+    """
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except Exception as e:  # pickle, zip and EOF errors alike: the file is not a checkpoint
+        raise CheckpointError(f"{path}: not a torch checkpoint ({type(e).__name__}: {e})") from None
+    state = _extract_state_dict(path, obj)
+    return collections.OrderedDict(
+        (k[len(PREFIX):] if k.startswith(PREFIX) else k, v) for k, v in state.items())
+
+
+def _extract_state_dict(path, obj):
+    """The tensor dict inside a loaded object (plain or wrapped); CheckpointError otherwise."""
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a non-empty state_dict")
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: not a state_dict (entry {key!r} is a "
+                                  f"{type(value).__name__}, not a tensor)")
+    return obj
+
+
+def _listed(keys):
+    shown = ", ".join(keys[:MAX_LISTED])
+    return shown + (f", ... ({len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
+
+
+def describe_mismatch(expected, given, strict=True):
+    """Compare two state_dicts by key and shape; '' when they fit, else a readable summary.
+
+    expected: the model's state_dict; given: the file's. With strict=False only mis-shaped
+    keys count (missing and unexpected keys are allowed).
+    """
+    missing = [k for k in expected if k not in given] if strict else []
+    unexpected = [k for k in given if k not in expected] if strict else []
+    misshaped = [f"{k} (file {tuple(given[k].shape)}, model {tuple(expected[k].shape)})"
+                 for k in expected if k in given and given[k].shape != expected[k].shape]
+    if not (missing or unexpected or misshaped):
+        return ""
+    parts = [f"the file has {len(given)} keys, the model expects {len(expected)}"]
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (in the model, not in the file): {_listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (in the file, not in the model): "
+                     f"{_listed(unexpected)}")
+    if misshaped:
+        parts.append(f"{len(misshaped)} mis-shaped key(s): {_listed(misshaped)}")
+    return "; ".join(parts)
+
+
+def load_checkpoint(model, path, strict=True, map_location="cpu"):
+    """Load the weights in `path` into `model` (DataParallel/DDP unwrapped), strictly by default.
+
+    Returns the unwrapped model. Raises CheckpointError naming the file and the offending keys
+    on any mismatch (with strict=False, only on mis-shaped keys).
+    """
+    target = unwrap(model)
+    state = read_state_dict(path, map_location)
+    problem = describe_mismatch(target.state_dict(), state, strict)
+    if problem:
+        raise CheckpointError(f"{path}: does not fit {type(target).__name__}: {problem}")
+    target.load_state_dict(state, strict=strict)
+    return target
+
+
+def save_weights(model, path):
+    """Write the model's weights as a plain flat CPU state_dict (no `module.` prefix), atomically."""
+    state = collections.OrderedDict(
+        (k, v.detach().cpu()) for k, v in unwrap(model).state_dict().items())
+    with atomic_output(path, "wb") as f:
+        torch.save(state, f)

@@ -1,0 +1,212 @@
+"""Multi-scale, flipped inference shared by infer_rsepm.py and infer_seg.py (FORMATS.md section 8).
+
+Each test-time scale is ONE batched forward of the image and its horizontal flip; nothing that
+the seed does not need (CAMs at every scale, backbone feature maps) is computed or kept.
+"""
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, resolve_devices, str2bool
+from tools.checkpoint import CheckpointError, load_checkpoint
+from tools.io import FormatError, save_seed
+from tools.paths import model_path, predictions_dir
+
+SCALES = (1.0, 0.5, 1.5, 2.0)
+SEG_CLASS_TH = 0.05  # infer_seg keeps classes whose max probability reaches this (FORMATS.md section 4)
+
+
+def resize(x, size, mode):
+    """Resize (B, C, h, w) to `size` = (H, W); bilinear uses align_corners=False."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def scaled_size(height, width, scale):
+    """floor(h * s), floor(w * s), as the original."""
+    return int(height * scale), int(width * scale)
+
+
+@torch.no_grad()
+def multiscale_inference(model, image, kind, scales=SCALES, interpolation="bilinear", same=True,
+                         with_scores=False, class_fn="sigmoid"):
+    """Average softmax probabilities over scales and horizontal flips.
+
+    Args:
+        model: RSEPM (returns a dict with 'seg' and 'logits') or DeepLabV3+/V2 (returns logits),
+            possibly wrapped in DataParallel.
+        image: normalised (3, H, W) tensor on the model's device.
+        kind: "rsepm" or "seg".
+        interpolation: mode used to bring each pass's logits to its input size and its
+            probabilities to the reference size (`--interpolation`; DeepLab: bilinear).
+        same: resize logits to the pass's input size before the softmax (original `--same`);
+            when False the probabilities stay at stride 4 until the final resize.
+        with_scores: RSEPM only: also return the mean class scores (`class_fn` of the logits).
+    Returns:
+        probs (C+1, H, W) at full image size; scores (C,) or None.
+    """
+    height, width = image.shape[-2:]
+    ref_size, total, scores = None, None, None
+    for scale in scales:
+        size = scaled_size(height, width, scale)
+        x = resize(image[None], size, "bilinear")
+        out = model(torch.cat([x, x.flip(-1)], dim=0))
+        logits = out["seg"] if kind == "rsepm" else out
+        if same:
+            logits = resize(logits, size, interpolation)
+        if ref_size is None:  # the first scale (1.0) fixes the size every pass is brought to
+            ref_size = tuple(logits.shape[-2:])
+        probs = resize(torch.softmax(logits.float(), dim=1), ref_size, interpolation)
+        probs = probs[0] + probs[1].flip(-1)
+        total = probs if total is None else total + probs
+        if with_scores:
+            logits = out["logits"].float()
+            s = (torch.sigmoid(logits) if class_fn == "sigmoid" else torch.softmax(logits, dim=1)).sum(dim=0)
+            scores = s if scores is None else scores + s
+    probs = total / (2 * len(scales))
+    probs = resize(probs[None], (height, width), "bilinear")[0]
+    return probs, (scores / (2 * len(scales)) if with_scores else None)
+
+
+def rsepm_seed(probs, classes):
+    """rsepm dialect: keys [0, c1..cK], seed = foreground probabilities of the present classes,
+    each divided by (its spatial max + 1e-5). `classes`: 1-based class indices."""
+    classes = sorted(int(c) for c in classes)
+    seed = probs[classes]
+    seed = seed / (seed.flatten(1).max(dim=1).values.view(-1, 1, 1) + 1e-5) if classes else seed
+    return np.asarray([0] + classes, dtype=np.int64), seed.cpu().numpy().astype(np.float32)
+
+
+def seg_seed(probs, threshold=SEG_CLASS_TH):
+    """seg dialect: keys = channels (background included) whose max probability >= threshold,
+    seed = their raw probabilities."""
+    keep = probs.flatten(1).max(dim=1).values >= threshold
+    keys = torch.nonzero(keep).flatten()
+    return keys.cpu().numpy().astype(np.int64), probs[keys].cpu().numpy().astype(np.float32)
+
+
+def inference_parser(description, backbone, tag):
+    """The flags both inference scripts share, with the original names and defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    add_device_args(parser)
+    add_dataset_args(parser, domain="train")
+    add_experiment_args(parser, tag=tag)
+    parser.add_argument("--single", default=False, type=str2bool, help="only images with exactly one tag")
+    parser.add_argument("--backbone", default=backbone, type=str)
+    parser.add_argument("--strategy", default="last", type=str, help="checkpoint name models/{tag}/{strategy}.pth")
+    parser.add_argument("--weights", default=None, type=str,
+                        help="checkpoint file to load instead of models/{tag}/{strategy}.pth")
+    parser.add_argument("--reverse", default=False, type=str2bool, help="process images in reverse order")
+    parser.add_argument("--shuffle", default=False, type=str2bool, help="process images in random order")
+    parser.add_argument("--debug", default=False, type=str2bool, help="accepted for compatibility; unused")
+    return parser
+
+
+def build_model(args, network, device, device_ids):
+    """Load `network` from the run's checkpoint; wrap in DataParallel over several GPUs."""
+    weights = args.weights or model_path(args.pred_dir, args.tag, args.strategy)
+    if not os.path.isfile(weights):
+        raise CheckpointError(f"{weights}: checkpoint not found (train a model with this --tag, or put "
+                              "the released weights there, or pass --weights PATH)")
+    load_checkpoint(network, weights)
+    network = network.to(device).eval()
+    if len(device_ids) > 1:
+        network = torch.nn.DataParallel(network, device_ids=device_ids)
+    return network, weights
+
+
+def image_order(layout, args):
+    """Image ids in processing order: sorted, optionally one-tag only, reversed or shuffled."""
+    ids = list(layout.ids)
+    if args.single:
+        ids = [i for i in ids if len(layout.read_tags(i)) == 1]
+    if args.reverse:
+        ids.reverse()
+    if args.shuffle:
+        random.Random(0).shuffle(ids)
+    return ids
+
+
+class _Images(torch.utils.data.Dataset):
+    """Reads images in DataLoader workers; a bad image is returned as its error, not raised."""
+
+    def __init__(self, layout, ids, need_tags):
+        self.layout, self.ids, self.need_tags = layout, ids, need_tags
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        try:
+            image = self.layout.read_image(image_id)
+            tags = self.layout.read_tags(image_id) if self.need_tags else []
+            return image_id, normalize_image(image), tags, None
+        except DatasetError as e:
+            return image_id, None, None, str(e)
+
+
+def run_inference(args, network, kind, same=True, interpolation="bilinear", class_fn="sigmoid"):
+    """The loop of both inference scripts: one seed file per image, skipping finished ones.
+
+    Returns a summary dict; exits non-zero (SystemExit) if any image failed.
+    """
+    torch.set_grad_enabled(False)
+    info = load_dataset_info(args.dataset)
+    layout = SeedLayout(args.root_dir, args.domain, info)
+    use_tags = kind == "rsepm" and args.conf_th == -1
+    if use_tags and not layout.has_xml:
+        raise DatasetError(f"{layout.split_dir}: split {args.domain!r} has no xml tags; --conf_th -1 uses "
+                           "ground-truth tags, so give a confidence threshold instead (e.g. --conf_th 0.34)")
+    device, device_ids = resolve_devices(args.gpus)
+    model, weights = build_model(args, network, device, device_ids)
+    out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
+    os.makedirs(out_dir, exist_ok=True)
+    ids = image_order(layout, args)
+    todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
+    print(f"[i] {kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
+          f"weights {weights}, device {device}{' x' + str(len(device_ids)) if len(device_ids) > 1 else ''}")
+    loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags), batch_size=None, shuffle=False,
+                                         num_workers=min(args.num_workers, len(todo)))
+    failed = []
+    for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True):
+        if error is not None:
+            failed.append(error)
+            continue
+        probs, scores = multiscale_inference(model, image.to(device), kind, interpolation=interpolation,
+                                             same=same, with_scores=kind == "rsepm" and not use_tags,
+                                             class_fn=class_fn)
+        if kind == "rsepm":
+            classes = tags if use_tags else (torch.nonzero(scores >= args.conf_th).flatten() + 1).tolist()
+            keys, seed = rsepm_seed(probs, classes)
+        else:
+            keys, seed = seg_seed(probs)
+        save_seed(os.path.join(out_dir, image_id + ".pkl"), keys, seed, kind)
+    summary = {"images": len(ids), "written": len(todo) - len(failed), "skipped_existing": len(ids) - len(todo),
+               "failed": failed, "output_dir": out_dir}
+    print(f"[i] wrote {summary['written']} seed files to {out_dir} "
+          f"({summary['skipped_existing']} already present, {len(failed)} failed)")
+    if failed:
+        print(f"error: {len(failed)} image(s) could not be processed:", file=sys.stderr)
+        for message in failed:
+            print(f"  {message}", file=sys.stderr)
+        raise SystemExit(1)
+    return summary
+
+
+def cli(main, argv=None):
+    """Run a script's main, turning the project's errors into a message and exit status 1."""
+    try:
+        return main(argv)
+    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
