@@ -1,0 +1,491 @@
+"""Build the seed layout (FORMATS.md section 1) of PASCAL VOC 2012 from the official downloads.
+
+    python tools/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
+        --test_devkit VOC2012test/VOCdevkit/VOC2012 --out ../VOC2012/ --link hardlink
+
+Inputs
+  --devkit       VOCtrainval_11-May-2012: JPEGImages/, Annotations/, SegmentationClass/,
+                 ImageSets/Segmentation/{train,val}.txt (the VOC2012 folder or a parent of it).
+  --sbd          the SBD augmentation, either form:
+                 * a folder holding SegmentationClassAug/ (grey index PNGs), with an optional
+                   train_aug id list (train_aug.txt, list/train_aug.txt or --train_aug_list);
+                 * the original SBD release (benchmark_RELEASE/dataset/: cls/*.mat with
+                   GTcls.Segmentation, img/*.jpg, train.txt, val.txt).
+  --test_devkit  VOC2012test: JPEGImages/, ImageSets/Segmentation/test.txt.
+
+Output: ROOT/{train,train_aug,validation}/{image,mask,xml}/ and ROOT/test/image/.
+
+Masks are always re-saved as palette PNGs of class indices (255 kept) through tools.io.save_mask.
+VOC SegmentationClass PNGs are palette PNGs whose pixel indices are the classes, so indices are
+read, never colours. For a train_aug id that has a VOC SegmentationClass mask (the 1,464 VOC
+train ids) that mask is used: SegmentationClassAug carries a copy of it anyway, and the VOC file
+is the original with its 255 object borders, while SBD .mat labels have no borders at all.
+
+Re-running skips finished files (every write is atomic), then verifies the whole output.
+This module also holds the helpers shared with tools/prepare_coco.py (the "shared" section).
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+import uuid
+from functools import partial
+from multiprocessing import Pool
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `core`, `tools` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core.datasets import DatasetError, DatasetInfo, parse_xml_tags  # noqa: E402
+from tools.io import FormatError, atomic_output, read_mask, save_mask  # noqa: E402
+
+OFFICIAL_COUNTS = {"train": 1464, "train_aug": 10582, "validation": 1449, "test": 1456}
+LINK_MODES = ("copy", "hardlink", "symlink")
+
+
+# =============================================================================================
+# Shared with tools/prepare_coco.py
+# =============================================================================================
+class PrepareError(Exception):
+    """An input is missing or inconsistent, or the output fails verification. Names the file."""
+
+
+def add_output_args(parser, default_out):
+    parser.add_argument("--out", default=default_out, type=str,
+                        help="dataset root to build in the seed layout (trailing slash optional)")
+    parser.add_argument("--link", default="copy", choices=LINK_MODES,
+                        help="how images and xml files reach the output: copy, hardlink (same file "
+                             "system, no extra disk) or symlink (absolute links to the inputs)")
+    parser.add_argument("--num_workers", default=4, type=int,
+                        help="worker processes (0: everything in this process)")
+    parser.add_argument("--expect_official", action="store_true",
+                        help="a split count that differs from the official one is an error, not a warning")
+
+
+def place_file(src, dst, link):
+    """Put `src` at `dst` by copy, hard link or symlink, atomically; skip if `dst` exists.
+
+    Links are created under a temporary name and moved with os.replace, so a killed run never
+    leaves a half-made entry that a later run would count as done. Returns 1 if written, else 0.
+    """
+    if os.path.exists(dst):  # follows symlinks: a dangling link is rebuilt
+        return 0
+    if not os.path.isfile(src):
+        raise PrepareError(f"{src}: input file not found")
+    if link == "copy":
+        with open(src, "rb") as fin, atomic_output(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        return 1
+    directory = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{uuid.uuid4().hex}.tmp")
+    try:
+        if link == "hardlink":
+            os.link(src, tmp)
+        else:
+            os.symlink(os.path.abspath(src), tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        hint = " (hard links need input and output on the same file system; try --link copy)" \
+            if link == "hardlink" else ""
+        raise PrepareError(f"cannot {link} {src} -> {dst}: {e.strerror or e}{hint}") from None
+    return 1
+
+
+def read_id_list(path, what):
+    """Image ids of a list file, in file order, duplicates dropped.
+
+    Accepts plain VOC lists (`2007_000032`) and DeepLab-style pair lists
+    (`/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`): the stem of the first
+    token is the id.
+    """
+    if not os.path.isfile(path):
+        raise PrepareError(f"{path}: {what} list file not found")
+    with open(path, encoding="utf-8") as f:
+        tokens = [line.split()[0] for line in f if line.strip()]
+    ids = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tokens))
+    if not ids:
+        raise PrepareError(f"{path}: {what} list file is empty")
+    return ids
+
+
+def check_mask_values(mask, num_classes, path):
+    """Return `mask` as uint8 (H, W) after checking every value is a class index or 255.
+
+    Raises PrepareError naming `path` and the offending values otherwise.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise PrepareError(f"{path}: mask must be a non-empty (H, W) array, found shape {mask.shape}")
+    if mask.dtype.kind not in "iub":
+        raise PrepareError(f"{path}: mask must hold integer class indices, found {mask.dtype}")
+    low, high = int(mask.min()), int(mask.max())
+    if low < 0 or high > 255:
+        raise PrepareError(f"{path}: unexpected mask values (range {low}..{high}); expected class "
+                           f"indices 0..{num_classes - 1} or 255")
+    mask = mask.astype(np.uint8, copy=False)
+    counts = np.bincount(mask.ravel(), minlength=256)
+    bad = np.flatnonzero(counts[num_classes:255]) + num_classes
+    if bad.size:
+        raise PrepareError(f"{path}: unexpected mask values {bad[:10].tolist()} "
+                           f"({int(counts[bad].sum())} pixels); expected class indices "
+                           f"0..{num_classes - 1} or 255")
+    return mask
+
+
+def run_parallel(func, tasks, num_workers, desc):
+    """`[func(t) for t in tasks]` in `num_workers` processes (0: here), with a progress bar.
+
+    A worker's exception is re-raised here, so the first bad input stops the run.
+    """
+    if num_workers <= 0 or len(tasks) < 2:
+        return [func(t) for t in tqdm(tasks, desc=desc, unit="img")]
+    chunksize = max(1, min(32, len(tasks) // (num_workers * 8)))
+    with Pool(num_workers) as pool:
+        return list(tqdm(pool.imap(func, tasks, chunksize), total=len(tasks), desc=desc, unit="img"))
+
+
+def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_dict):
+    """Problems of one output image as a list of messages (empty when all is well)."""
+    image_path = os.path.join(split_dir, "image", image_id + ".jpg")
+    try:
+        with Image.open(image_path) as image:  # header only: the size, no decoding
+            width, height = image.size
+    except FileNotFoundError:
+        return [f"{image_path}: image missing"]
+    except OSError as e:
+        return [f"{image_path}: unreadable image ({e})"]
+    problems = []
+    if need_mask:
+        mask_path = os.path.join(split_dir, "mask", image_id + ".png")
+        try:
+            mask = check_mask_values(read_mask(mask_path), num_classes, mask_path)
+            if mask.shape != (height, width):
+                problems.append(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "
+                                f"its image {width}x{height}")
+        except (FileNotFoundError, FormatError, PrepareError) as e:
+            problems.append(str(e))
+    if need_xml:
+        xml_path = os.path.join(split_dir, "xml", image_id + ".xml")
+        if not os.path.isfile(xml_path):
+            problems.append(f"{xml_path}: annotation missing")
+        else:
+            try:
+                parse_xml_tags(xml_path, class_dict)
+            except DatasetError as e:
+                problems.append(str(e))
+    return problems
+
+
+def verify_split(out_root, split, ids, need_mask, need_xml, info, num_workers):
+    """Check one built split against the ids it should hold.
+
+    Every id has its image (and mask / xml when `need_*`), masks hold class indices or 255 and
+    match their image's size, xml files parse with known classes, and no other image, mask or
+    xml files lie in the split. Raises PrepareError listing the problems. Returns the counts
+    {"image": n, "mask": n, "xml": n}.
+    """
+    split_dir = os.path.join(out_root, split)
+    check = partial(_verify_item, split_dir=split_dir, need_mask=need_mask, need_xml=need_xml,
+                    num_classes=info.num_classes, class_dict=info.class_dict)
+    problems = [p for item in run_parallel(check, list(ids), num_workers, f"verify {split}") for p in item]
+    expected = set(ids)
+    counts = {}
+    for folder, ext in (("image", ".jpg"), ("mask", ".png"), ("xml", ".xml")):
+        directory = os.path.join(split_dir, folder)
+        names = [f for f in os.listdir(directory) if not f.startswith(".")] if os.path.isdir(directory) else []
+        stray = sorted(f for f in names if not f.endswith(ext) or f[:-len(ext)] not in expected)
+        if stray:
+            problems.append(f"{directory}: {len(stray)} file(s) not in the {split} list, e.g. "
+                            f"{', '.join(stray[:3])} (left by another run? remove them)")
+        counts[folder] = len(names) - len(stray)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise PrepareError(f"verification of {split_dir} failed ({len(problems)} problem(s)):\n  {shown}{more}")
+    return counts
+
+
+def check_official_counts(counts, official, strict, name):
+    """Warn (or, if `strict`, raise) for every split whose image count differs from the official one."""
+    for split, count in counts.items():
+        if split in official and count != official[split]:
+            message = (f"{name} {split}: {count:,} images, the official split has {official[split]:,}")
+            if strict:
+                raise PrepareError(message + " (--expect_official)")
+            print(f"warning: {message} (fine for a subset; --expect_official makes this an error)",
+                  file=sys.stderr)
+
+
+def print_summary(out_root, rows, official, seconds, notes=()):
+    """Table of the built splits: image/mask/xml counts, files written this run, official count."""
+    print(f"\nseed layout at {out_root} ({seconds:.1f} s)")
+    print(f"  {'split':<11}{'images':>9}{'masks':>9}{'xml':>9}{'written':>10}{'official':>10}")
+    for split, row in rows.items():
+        expected = official.get(split)
+        flag = "" if expected is None or expected == row["image"] else "  (differs)"
+        print(f"  {split:<11}{row['image']:>9,}{row['mask']:>9,}{row['xml']:>9,}{row['written']:>10,}"
+              f"{(f'{expected:,}' if expected else '-'):>10}{flag}")
+    print("  verified: every labelled image has its mask and xml, mask values are class indices "
+          "or 255, mask sizes match the images")
+    for note in notes:
+        print(f"  {note}")
+
+
+def resolve_folder(path, flag, marker, candidates):
+    """The first of `path/c` (c in `candidates`) that contains `marker`; `flag` names the option."""
+    root = os.path.normpath(os.path.expanduser(path))
+    if not os.path.isdir(root):
+        raise PrepareError(f"{flag} {root}: folder not found")
+    for candidate in candidates:
+        folder = os.path.normpath(os.path.join(root, candidate))
+        if os.path.exists(os.path.join(folder, marker)):
+            return folder
+    tried = ", ".join(os.path.normpath(os.path.join(root, c, marker)) for c in candidates)
+    raise PrepareError(f"{flag} {root}: {marker} not found (looked for {tried})")
+
+
+# =============================================================================================
+# VOC 2012
+# =============================================================================================
+def _item(image_id, image, xml=None, mask=None):
+    """One output image: its id and its source files (None = not produced for this split)."""
+    return {"id": image_id, "image": image, "xml": xml, "mask": mask}
+
+
+def _require(path, what, image_id, list_path):
+    if not os.path.isfile(path):
+        raise PrepareError(f"{list_path}: id {image_id} has no {what} ({path} not found)")
+    return path
+
+
+def devkit_items(devkit, ids, list_path, with_labels=True):
+    """Items of a VOC split: JPEGImages jpg, plus Annotations xml and SegmentationClass png."""
+    items = []
+    for image_id in ids:
+        image = _require(os.path.join(devkit, "JPEGImages", image_id + ".jpg"), "image", image_id, list_path)
+        if with_labels:
+            xml = _require(os.path.join(devkit, "Annotations", image_id + ".xml"), "annotation", image_id, list_path)
+            mask = _require(os.path.join(devkit, "SegmentationClass", image_id + ".png"), "mask",
+                            image_id, list_path)
+            items.append(_item(image_id, image, xml, mask))
+        else:
+            items.append(_item(image_id, image))
+    return items
+
+
+def find_sbd(path):
+    """Recognise the form of `--sbd`: ("aug", SegmentationClassAug dir, its parent) or
+    ("mat", SBD dataset/cls dir, SBD dataset dir)."""
+    root = os.path.normpath(os.path.expanduser(path))
+    if not os.path.isdir(root):
+        raise PrepareError(f"--sbd {root}: folder not found")
+    if os.path.isdir(os.path.join(root, "SegmentationClassAug")):
+        return "aug", os.path.join(root, "SegmentationClassAug"), root
+    if os.path.basename(root) == "SegmentationClassAug":
+        return "aug", root, os.path.dirname(root)
+    for candidate in (".", "dataset", os.path.join("benchmark_RELEASE", "dataset")):
+        folder = os.path.normpath(os.path.join(root, candidate))
+        if os.path.isdir(os.path.join(folder, "cls")):
+            return "mat", os.path.join(folder, "cls"), folder
+    raise PrepareError(f"--sbd {root}: neither a SegmentationClassAug/ folder nor an SBD release "
+                       f"(dataset/cls/*.mat) found")
+
+
+def find_train_aug_list(explicit, sbd_root, devkit):
+    """The train_aug list to use, or None to build it: --train_aug_list, else a train_aug.txt
+    next to SegmentationClassAug, in list/, or in the devkit's ImageSets/Segmentation."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise PrepareError(f"--train_aug_list {explicit}: list file not found")
+        return explicit
+    for path in (os.path.join(sbd_root, "train_aug.txt"), os.path.join(sbd_root, "list", "train_aug.txt"),
+                 os.path.join(devkit, "ImageSets", "Segmentation", "train_aug.txt")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def train_aug_items(args, devkit, train_ids, val_ids):
+    """Items of train_aug and a note on where its masks come from.
+
+    The id list is the given train_aug list, else (SBD train + SBD val + VOC train) minus VOC
+    val: with SegmentationClassAug the SBD ids are its PNG stems. Images and xml come from the
+    VOC devkit (SBD images are a subset of VOC2012 trainval); the SBD img/ folder is only a
+    fall-back for the image. Masks: VOC SegmentationClass when it has the id, else SBD.
+    """
+    form, mask_dir, sbd_root = find_sbd(args.sbd)
+    list_path = find_train_aug_list(args.train_aug_list, sbd_root, devkit)
+    if list_path:
+        ids = read_id_list(list_path, "train_aug")
+        leaked = set(ids) & set(val_ids)
+        if leaked:
+            print(f"warning: {list_path}: {len(leaked)} train_aug ids are VOC validation images, "
+                  f"e.g. {sorted(leaked)[0]}", file=sys.stderr)
+    else:
+        if form == "mat":
+            sbd_ids = (read_id_list(os.path.join(sbd_root, "train.txt"), "SBD train")
+                       + read_id_list(os.path.join(sbd_root, "val.txt"), "SBD val"))
+        else:
+            sbd_ids = [f[:-4] for f in os.listdir(mask_dir) if f.endswith(".png")]
+        excluded = set(val_ids)
+        ids = sorted(set(sbd_ids + list(train_ids)) - excluded)
+        list_path = f"train_aug ids built from {mask_dir} and the VOC train list"
+        if not ids:
+            raise PrepareError(f"{list_path}: no ids")
+    voc_masks = sbd_masks = 0
+    items = []
+    for image_id in ids:
+        image = os.path.join(devkit, "JPEGImages", image_id + ".jpg")
+        if not os.path.isfile(image) and form == "mat":
+            image = os.path.join(sbd_root, "img", image_id + ".jpg")
+        _require(image, "image (in VOC JPEGImages" + (" or SBD img" if form == "mat" else "") + ")",
+                 image_id, list_path)
+        xml = _require(os.path.join(devkit, "Annotations", image_id + ".xml"), "annotation", image_id, list_path)
+        mask = os.path.join(devkit, "SegmentationClass", image_id + ".png")
+        if os.path.isfile(mask):
+            voc_masks += 1
+        else:
+            mask = os.path.join(mask_dir, image_id + (".mat" if form == "mat" else ".png"))
+            _require(mask, "mask (in VOC SegmentationClass or " + mask_dir + ")", image_id, list_path)
+            sbd_masks += 1
+        items.append(_item(image_id, image, xml, mask))
+    source = "SBD cls .mat" if form == "mat" else "SegmentationClassAug"
+    note = (f"train_aug masks: {voc_masks:,} from VOC SegmentationClass (preferred where present), "
+            f"{sbd_masks:,} from {source}")
+    return items, note
+
+
+def read_sbd_mat(path):
+    """(H, W) class indices of an SBD dataset/cls/*.mat file (struct GTcls, field Segmentation)."""
+    from scipy.io import loadmat  # only needed for the original SBD release
+    try:
+        mat = loadmat(path)
+    except (OSError, ValueError, TypeError, NotImplementedError) as e:
+        raise PrepareError(f"{path}: cannot read SBD .mat file ({e})") from None
+    try:
+        # loadmat gives a MATLAB struct as a (1, 1) record array
+        return np.asarray(mat["GTcls"][0, 0]["Segmentation"])
+    except (KeyError, ValueError, IndexError, TypeError):
+        raise PrepareError(f"{path}: no GTcls.Segmentation (expected an SBD dataset/cls/*.mat file, "
+                           f"found variables {sorted(k for k in mat if not k.startswith('__'))})") from None
+
+
+def load_source_mask(path, num_classes):
+    """Class-index mask (H, W) uint8 of a VOC / SegmentationClassAug PNG or an SBD .mat."""
+    if path.endswith(".mat"):
+        mask = read_sbd_mat(path)
+    else:
+        try:
+            mask = read_mask(path)  # palette indices, never colours
+        except (FileNotFoundError, FormatError) as e:
+            raise PrepareError(str(e)) from None
+    return check_mask_values(mask, num_classes, path)
+
+
+def build_item(item, split_dir, link, num_classes, palette):
+    """Write one image's files into `split_dir`; returns how many files were written."""
+    image_id = item["id"]
+    written = place_file(item["image"], os.path.join(split_dir, "image", image_id + ".jpg"), link)
+    if item["xml"]:
+        written += place_file(item["xml"], os.path.join(split_dir, "xml", image_id + ".xml"), link)
+    if item["mask"]:
+        mask_path = os.path.join(split_dir, "mask", image_id + ".png")
+        if not os.path.exists(mask_path):
+            save_mask(mask_path, load_source_mask(item["mask"], num_classes), palette)
+            written += 1
+    return written
+
+
+def build_split(out_root, split, items, link, info, num_workers):
+    """Write every item of a split; returns the number of files written."""
+    work = partial(build_item, split_dir=os.path.join(out_root, split), link=link,
+                   num_classes=info.num_classes, palette=info.palette)
+    return sum(run_parallel(work, items, num_workers, f"build {split}"))
+
+
+def collect_splits(args):
+    """{split: items} from the inputs, every source file checked before anything is written."""
+    devkit = resolve_folder(args.devkit, "--devkit", "JPEGImages",
+                            (".", "VOC2012", os.path.join("VOCdevkit", "VOC2012")))
+    for sub in ("Annotations", "SegmentationClass"):
+        if not os.path.isdir(os.path.join(devkit, sub)):
+            raise PrepareError(f"--devkit {devkit}: {sub}/ not found")
+    lists = os.path.join(devkit, "ImageSets", "Segmentation")
+    train_ids = read_id_list(os.path.join(lists, "train.txt"), "VOC train")
+    val_ids = read_id_list(os.path.join(lists, "val.txt"), "VOC val")
+    splits = {"train": devkit_items(devkit, train_ids, os.path.join(lists, "train.txt")),
+              "validation": devkit_items(devkit, val_ids, os.path.join(lists, "val.txt"))}
+    notes = []
+    if args.sbd:
+        splits["train_aug"], note = train_aug_items(args, devkit, train_ids, val_ids)
+        notes.append(note)
+    else:
+        notes.append("train_aug: not built (no --sbd)")
+    if args.test_devkit:
+        test_devkit = resolve_folder(args.test_devkit, "--test_devkit", "JPEGImages",
+                                     (".", "VOC2012", os.path.join("VOCdevkit", "VOC2012")))
+        test_list = os.path.join(test_devkit, "ImageSets", "Segmentation", "test.txt")
+        splits["test"] = devkit_items(test_devkit, read_id_list(test_list, "VOC test"), test_list,
+                                      with_labels=False)
+    else:
+        notes.append("test: not built (no --test_devkit)")
+    return splits, notes
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Build the seed layout of PASCAL VOC 2012 "
+                                                 "(train, train_aug, validation, test).")
+    parser.add_argument("--devkit", required=True, type=str,
+                        help="VOC2012 trainval folder (VOCdevkit/VOC2012 or a parent of it)")
+    parser.add_argument("--sbd", default=None, type=str,
+                        help="SBD augmentation: folder with SegmentationClassAug/, or the SBD release "
+                             "(benchmark_RELEASE/dataset with cls/*.mat); builds train_aug")
+    parser.add_argument("--train_aug_list", default=None, type=str,
+                        help="train_aug id list (default: train_aug.txt beside SegmentationClassAug, "
+                             "else built as SBD train+val + VOC train - VOC val)")
+    parser.add_argument("--test_devkit", default=None, type=str,
+                        help="VOC2012 test folder (VOCdevkit/VOC2012 of VOC2012test); builds test")
+    add_output_args(parser, "../VOC2012/")
+    return parser.parse_args(argv)
+
+
+def prepare_voc(args):
+    """Build, verify and summarise. Returns {split: counts incl. "written"}."""
+    start = time.time()
+    info = DatasetInfo("VOC")
+    out_root = os.path.normpath(os.path.expanduser(args.out))
+    splits, notes = collect_splits(args)
+    check_official_counts({s: len(items) for s, items in splits.items()}, OFFICIAL_COUNTS,
+                          args.expect_official, "VOC2012")
+    written = {split: build_split(out_root, split, items, args.link, info, args.num_workers)
+               for split, items in splits.items()}
+    rows = {}
+    for split, items in splits.items():
+        labelled = split != "test"
+        rows[split] = verify_split(out_root, split, [item["id"] for item in items], labelled, labelled,
+                                   info, args.num_workers)
+        rows[split]["written"] = written[split]
+    print_summary(out_root, rows, OFFICIAL_COUNTS, time.time() - start, notes)
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        prepare_voc(args)
+    except (PrepareError, DatasetError, FormatError, OSError) as e:
+        sys.exit(f"error: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run through the package name so worker processes can pickle this module's functions.
+    from tools.prepare_voc import main as _main
+    sys.exit(_main())
