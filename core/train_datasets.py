@@ -1,0 +1,207 @@
+"""Training datasets: tagged crops for RS+EPM, (image, mask) crops for the segmentation network.
+
+Both read a core.datasets.SeedLayout and apply a core.transforms transform. Each sample's
+augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample depends only on
+the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
+what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
+The epoch reaches the workers because they are started afresh for every epoch
+(tools.trainer.build_loader: persistent_workers=False).
+
+Problems found at construction are either errors (DatasetError naming files) or skips that are
+counted and listed for the log (`summary()`), so a run never trains silently on less data.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from core.datasets import DatasetError
+from tools.io import FormatError, read_mask
+
+MAX_LISTED = 5
+
+
+def _first(ids, count=MAX_LISTED):
+    shown = ", ".join(ids[:count])
+    return shown + (f", ... ({len(ids) - count} more)" if len(ids) > count else "")
+
+
+class _AugmentedDataset(torch.utils.data.Dataset):
+    """Shared part: the kept ids, the epoch and the per-sample random generator."""
+
+    def __init__(self, layout, transform, seed):
+        self.layout = layout
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.ids = []
+
+    def __len__(self):
+        return len(self.ids)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def sample_rng(self, index):
+        """numpy Generator for sample `index` of the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _check_not_empty(self, total):
+        if not self.ids:
+            raise DatasetError(f"{self.layout.split_dir}: no usable image among {total} "
+                               f"({self.summary()})")
+
+
+class ClassificationDataset(_AugmentedDataset):
+    """Crops with image-level tags for RS+EPM training.
+
+    Args:
+        layout: SeedLayout with xml annotations (the tags).
+        transform: core.transforms.TrainTransform (or EvalTransform).
+        seed: run seed for the per-sample augmentation.
+        progress: show a progress bar while the annotations are read.
+    Images whose annotation lists no class cannot teach a multi-label classifier and are skipped;
+    `skipped_untagged` counts them and `untagged_ids` lists them.
+
+    Item: dict(image (3, S, S) float32, tags (C,) float32 multi-hot, valid (S, S) bool,
+    box (4,) int64 (x0, y0, x1, y1), id str, index int).
+    """
+
+    def __init__(self, layout, transform, seed=0, progress=False):
+        super().__init__(layout, transform, seed)
+        if not layout.has_xml:
+            raise DatasetError(f"{os.path.join(layout.split_dir, 'xml')}: no annotations, "
+                               f"so no image-level tags for split {layout.domain!r}")
+        self.tags = []
+        self.untagged_ids = []
+        for image_id in tqdm(layout.ids, desc="reading tags", disable=not progress):
+            tags = layout.read_tags(image_id, required=True)
+            if tags:
+                self.ids.append(image_id)
+                self.tags.append(tags)
+            else:
+                self.untagged_ids.append(image_id)
+        self.skipped_untagged = len(self.untagged_ids)
+        self._check_not_empty(len(layout.ids))
+
+    def summary(self):
+        text = f"{len(self.ids)} of {len(self.layout.ids)} images of {self.layout.split_dir}"
+        if self.skipped_untagged:
+            text += f"; skipped {self.skipped_untagged} without tags ({_first(self.untagged_ids)})"
+        return text
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        sample = self.transform(self.layout.read_image(image_id), None, self.sample_rng(index))
+        sample["tags"] = torch.from_numpy(self.layout.multi_hot(self.tags[index]))
+        sample["id"] = image_id
+        sample["index"] = index
+        return sample
+
+
+class SegmentationDataset(_AugmentedDataset):
+    """Crops with dense masks for the segmentation network (multi-stage, METHOD.md section 4).
+
+    Args:
+        layout: SeedLayout of the training split.
+        mask_dir: folder of pseudo masks `{ID}.png` (pseudo-labels/{tag}/{domain}), or None for
+            the layout's ground-truth masks.
+        transform: core.transforms.TrainTransform (or EvalTransform).
+        seed: run seed for the per-sample augmentation.
+        allow_missing: skip images without a mask instead of raising DatasetError.
+        progress: show a progress bar during the size check.
+    Checks at construction, from file headers only (no pixel decoding):
+      - a missing mask: DatasetError with the count and the first ids, unless allow_missing
+        (then skipped; `skipped_missing`, `missing_ids`);
+      - a mask whose size differs from its image: skipped, counted and listed
+        (`skipped_size_mismatch`, `mismatched` as (id, image WxH, mask WxH)). Checking here, not in
+        __getitem__, keeps every batch full and the skip visible in the log.
+    In __getitem__, a label outside 0..num_classes-1 and not 255 raises DatasetError naming the
+    file (it would otherwise surface as an opaque CUDA assertion in the loss).
+
+    Item: dict(image (3, S, S) float32, mask (S, S) int64 (255 = ignore), valid (S, S) bool,
+    box (4,) int64, id str, index int).
+    """
+
+    def __init__(self, layout, mask_dir, transform, seed=0, allow_missing=False, progress=False):
+        super().__init__(layout, transform, seed)
+        self.mask_dir = mask_dir
+        if mask_dir is None:
+            source = os.path.join(layout.split_dir, "mask")
+            if not layout.has_masks:
+                raise DatasetError(f"{source}: no ground-truth masks for split {layout.domain!r}")
+        else:
+            source = mask_dir
+            if not os.path.isdir(mask_dir):
+                raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run "
+                                   f"convert_seed_to_pseudo_masks.py for this tag and domain first)")
+        self.missing_ids = [i for i in layout.ids if not os.path.isfile(self.mask_path(i))]
+        self.skipped_missing = len(self.missing_ids)
+        if self.missing_ids and not allow_missing:
+            raise DatasetError(f"{source}: {len(self.missing_ids)} of {len(layout.ids)} images of "
+                               f"{layout.split_dir} have no mask ({_first(self.missing_ids)}); "
+                               f"complete the folder or pass allow_missing to skip them")
+        missing = set(self.missing_ids)
+        self.mismatched = []
+        for image_id in tqdm(layout.ids, desc="checking mask sizes", disable=not progress):
+            if image_id in missing:
+                continue
+            image_size = _header_size(layout.image_path(image_id))
+            mask_size = _header_size(self.mask_path(image_id))
+            if image_size == mask_size:
+                self.ids.append(image_id)
+            else:
+                self.mismatched.append((image_id, "%dx%d" % image_size, "%dx%d" % mask_size))
+        self.skipped_size_mismatch = len(self.mismatched)
+        self._check_not_empty(len(layout.ids))
+
+    def mask_path(self, image_id):
+        if self.mask_dir is None:
+            return self.layout.mask_path(image_id)
+        return os.path.join(self.mask_dir, image_id + ".png")
+
+    def summary(self):
+        text = f"{len(self.ids)} of {len(self.layout.ids)} images of {self.layout.split_dir}"
+        if self.skipped_missing:
+            text += f"; skipped {self.skipped_missing} without a mask ({_first(self.missing_ids)})"
+        if self.skipped_size_mismatch:
+            listed = [f"{i} (image {a}, mask {b})" for i, a, b in self.mismatched]
+            text += (f"; skipped {self.skipped_size_mismatch} whose mask size differs from the image "
+                     f"({_first(listed)})")
+        return text
+
+    def read_mask(self, image_id):
+        """uint8 (H, W) labels; DatasetError naming the file on unreadable or out-of-range masks."""
+        path = self.mask_path(image_id)
+        try:
+            mask = read_mask(path)
+        except (FormatError, FileNotFoundError) as e:
+            raise DatasetError(str(e)) from None
+        num_classes = self.layout.info.num_classes
+        ignore = self.layout.info.ignore_index
+        bad = (mask >= num_classes) & (mask != ignore)
+        if bad.any():
+            raise DatasetError(f"{path}: label(s) {sorted(np.unique(mask[bad]).tolist())[:10]} outside "
+                               f"0..{num_classes - 1} and not {ignore} (ignore)")
+        return mask
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        sample = self.transform(self.layout.read_image(image_id), self.read_mask(image_id),
+                                self.sample_rng(index))
+        sample["id"] = image_id
+        sample["index"] = index
+        return sample
+
+
+def _header_size(path):
+    """(W, H) from the file header; PIL decodes no pixels until load()."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable image header ({e})") from None
