@@ -220,7 +220,7 @@ class InferenceDataset(torch.utils.data.Dataset):
 
 def normalize_image(image):
     """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (FORMATS.md section 2)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    tensor = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return tensor.sub_(mean).div_(std)

@@ -109,7 +109,20 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--reverse", default=False, type=str2bool, help="process images in reverse order")
     parser.add_argument("--shuffle", default=False, type=str2bool, help="process images in random order")
     parser.add_argument("--debug", default=False, type=str2bool, help="accepted for compatibility; unused")
+    parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
+                        help="comma-separated test-time scales, each with its flip; the first fixes the "
+                             "reference size (default: the published 1.0,0.5,1.5,2.0)")
     return parser
+
+
+def parse_scales(text):
+    try:
+        scales = tuple(float(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive numbers, got {text!r}")
+    return scales
 
 
 def build_model(args, network, device, device_ids):
@@ -156,12 +169,12 @@ class _Images(torch.utils.data.Dataset):
             return image_id, None, None, str(e)
 
 
+@torch.no_grad()
 def run_inference(args, network, kind, same=True, interpolation="bilinear", class_fn="sigmoid"):
     """The loop of both inference scripts: one seed file per image, skipping finished ones.
 
     Returns a summary dict; exits non-zero (SystemExit) if any image failed.
     """
-    torch.set_grad_enabled(False)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info)
     use_tags = kind == "rsepm" and args.conf_th == -1
@@ -183,7 +196,8 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
         if error is not None:
             failed.append(error)
             continue
-        probs, scores = multiscale_inference(model, image.to(device), kind, interpolation=interpolation,
+        probs, scores = multiscale_inference(model, image.to(device), kind, scales=args.scales,
+                                             interpolation=interpolation,
                                              same=same, with_scores=kind == "rsepm" and not use_tags,
                                              class_fn=class_fn)
         if kind == "rsepm":

@@ -1,0 +1,137 @@
+"""One RS+EPM training step as a module (METHOD.md section 2).
+
+The target generation (SCG, PAMR, certain filter, edge predict, mix) lives inside `forward`, so
+that DataParallel and DistributedDataParallel split it across devices together with the
+network: each device builds the targets of its own share of the batch (images are mixed with
+partners from the same share).
+"""
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from core.losses import classification_loss, masked_global_average, reconstruction_loss, segmentation_loss
+from core.pamr import refine_with_pamr
+from core.scg import scg_maps
+from core.targets import (IGNORE_INDEX, certain_filter, edge_predict, mix_batch, normalize_cam, paste,
+                          random_partner, resize_nearest, restrict_to_tags)
+
+LOSS_TERMS = ("cls", "rec", "seg", "rec_mix", "seg_mix", "cls_mix")
+
+
+@dataclasses.dataclass
+class RSEPMConfig:
+    """Hyper-parameters of the target generation; every [inferred] value is a flag of train_rsepm.py."""
+    scg_fg_th: float = 0.50        # SCG first-order threshold (released code)
+    scg_so_th: float = 0.10        # SCG second-order threshold (released code)
+    scg_fg_point: float = 0.30     # CAM value of SCG foreground points
+    scg_bg_point: float = 0.05     # CAM value of SCG background points
+    scg_features: tuple = ("C4", "C5")  # [inferred]
+    pamr_iterations: int = 10      # [inferred]
+    pamr_dilations: tuple = (1, 2, 4, 8, 12, 24)  # [inferred]
+    cf_fg_th: float = 0.55         # certain filter c
+    cf_bg_th: float = 0.10         # certain filter u
+    mix: str = "epm"               # epm | certainmix | none
+    ep_delta: float = 0.3          # [inferred]
+    ep_conf: float = 0.55          # [inferred]
+    w_cam: float = 1.0
+    w_seg: float = 1.0
+    w_cam_mix: float = 1.0
+    w_seg_mix: float = 1.0
+    w_cls_mix: float = 0.0
+
+    def weights(self):
+        return {"cls": 1.0, "rec": self.w_cam, "seg": self.w_seg, "rec_mix": self.w_cam_mix,
+                "seg_mix": self.w_seg_mix, "cls_mix": self.w_cls_mix}
+
+
+class RSEPMTraining(nn.Module):
+    """Wraps an RSEPM network (and optionally an EMA teacher) to compute the loss terms.
+
+    forward(images (B, 3, S, S), tags (B, C) multi-hot, valid (B, S, S) bool, use_rs, use_mix,
+    seed) returns a dict of scalar loss terms (only those that are active) and detached
+    statistics ('certain', 'ignored': fractions of pixels in the RS target). Under DataParallel
+    each value comes back once per device and the caller averages them.
+    """
+
+    def __init__(self, network, config, teacher=None):
+        super().__init__()
+        self.network = network
+        self.teacher = teacher  # None: the online network generates its own targets
+        self.config = config
+
+    def train(self, mode=True):
+        """Train/eval the online network; the teacher always stays in eval mode, so its BatchNorm
+        uses (and does not update) its averaged statistics and its dropout is off."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, images, tags, valid, use_rs=False, use_mix=False, seed=0):
+        cfg = self.config
+        out = self.network(images, with_features=use_rs and self.teacher is None)
+        losses = {"cls": classification_loss(masked_global_average(out["cam"], valid), tags)}
+        stats = {}
+        seg_logits = out["seg"]
+        if not use_rs:
+            # The decoder is unused before rs_start; a zero-weighted term keeps every parameter in
+            # the graph so DistributedDataParallel needs no unused-parameter search.
+            losses["cls"] = losses["cls"] + 0.0 * seg_logits.sum()
+            return {**losses, **stats}
+
+        with torch.no_grad():
+            source = out if self.teacher is None else self.teacher(images, with_features=True)
+            m_rs = self.recur_seed(images, source, tags)          # (B, C, H/4, W/4)
+            valid4 = resize_nearest(valid, m_rs.shape[-2:])
+            m_seg = certain_filter(m_rs, tags, cfg.cf_fg_th, cfg.cf_bg_th).masked_fill(~valid4, IGNORE_INDEX)
+            stats.update(_label_stats(m_seg, valid4))
+        losses["rec"] = reconstruction_loss(out["cam"], m_rs, tags)
+        losses["seg"] = segmentation_loss(seg_logits, m_seg)
+
+        if use_mix and cfg.mix != "none":
+            with torch.no_grad():
+                # the decoder of the target generator (the teacher when there is one)
+                m_ep = self.mix_labels(images, source["seg"].detach(), tags).masked_fill(~valid4, IGNORE_INDEX)
+                generator = torch.Generator().manual_seed(int(seed))
+                perm = random_partner(images.shape[0], generator).to(images.device)
+                images_mix, m_seg_mix, m_rs_mix, tags_mix = mix_batch(images, m_ep, m_rs, tags, perm)
+                valid_mix = paste(m_ep.ne(0) & m_ep.ne(IGNORE_INDEX), valid, valid[perm])
+            out_mix = self.network(images_mix)
+            losses["rec_mix"] = reconstruction_loss(out_mix["cam"], m_rs_mix, tags_mix)
+            losses["seg_mix"] = segmentation_loss(out_mix["seg"], m_seg_mix)
+            if cfg.w_cls_mix > 0:
+                losses["cls_mix"] = classification_loss(masked_global_average(out_mix["cam"], valid_mix), tags_mix)
+        return {**losses, **stats}
+
+    def recur_seed(self, images, source, tags):
+        """RecurSeed targets M_rs (METHOD.md 3a-3c): CAM -> SCG -> PAMR at stride 4.
+
+        Returns (B, C, H/4, W/4) in [0, 1], zero on classes not in `tags`.
+        """
+        cfg = self.config
+        cam = normalize_cam(source["cam"].float(), tags)
+        features = [source[name].detach().float() for name in cfg.scg_features]
+        m_scg = scg_maps(features, cam, tags, fg_point=cfg.scg_fg_point, bg_point=cfg.scg_bg_point,
+                         fg_th=cfg.scg_fg_th, so_th=cfg.scg_so_th)
+        size = source["seg"].shape[-2:]
+        m_rs = refine_with_pamr(images, m_scg, out_size=size, iterations=cfg.pamr_iterations,
+                                dilations=cfg.pamr_dilations)
+        return m_rs.clamp(0, 1) * (tags > 0).to(m_rs.dtype)[:, :, None, None]
+
+    def mix_labels(self, images, seg_logits, tags):
+        """Hard labels of the mix (METHOD.md 4a-4b): decoder probabilities over background and the
+        tags, refined by PAMR, then edge predict (epm) or the certain filter (certainmix)."""
+        cfg = self.config
+        m_dec = refine_with_pamr(images, restrict_to_tags(seg_logits, tags),
+                                 iterations=cfg.pamr_iterations, dilations=cfg.pamr_dilations)
+        if cfg.mix == "certainmix":
+            return certain_filter(m_dec[:, 1:], tags, cfg.cf_fg_th, cfg.cf_bg_th)
+        return edge_predict(m_dec, delta=cfg.ep_delta, conf=cfg.ep_conf)
+
+
+def _label_stats(labels, valid):
+    """Fractions of valid pixels that are certain (foreground or background) and ignored."""
+    total = valid.sum().clamp(min=1).float()
+    ignored = (labels.eq(IGNORE_INDEX) & valid).sum().float()
+    return {"certain": (total - ignored) / total, "ignored": ignored / total}

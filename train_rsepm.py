@@ -1,0 +1,278 @@
+"""Single-stage training of RS+EPM: RecurSeed + EdgePredictMix (METHOD.md sections 1-3).
+
+    python3 train_rsepm.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug --backbone resnet50
+    torchrun --nproc_per_node 4 train_rsepm.py ...          (DistributedDataParallel)
+    python3 train_rsepm.py ... --gpus 0,1                    (DataParallel)
+
+Writes experiments/models/{tag}/last.pth (released-weights format, so `infer_rsepm.py --tag`
+reads it), config.json (every setting), resume.pth (for --resume) and logs/ (TensorBoard, JSONL).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from core.networks import RSEPM, split_parameters
+from core.resnet import ARCHITECTURES
+from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
+from core.train_datasets import ClassificationDataset
+from core.transforms import TrainTransform
+from tools import trainer
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
+from tools.checkpoint import save_weights
+from tools.inference import multiscale_inference, rsepm_seed
+from tools.io import FormatError, write_json
+from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
+from tools.paths import model_dir, model_path
+
+
+def int_list(text):
+    try:
+        return tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_args(parser)
+    add_dataset_args(parser, domain="train_aug")
+    add_experiment_args(parser, tag="")
+    parser.add_argument("--backbone", default="resnet50", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH")
+    trainer.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
+    method = parser.add_argument_group("RS+EPM (METHOD.md section 2; [inferred] values as defaults)")
+    method.add_argument("--rs_start", default=5, type=int, help="first epoch of RecurSeed")
+    method.add_argument("--mix_start", default=15, type=int, help="first epoch of the mix")
+    method.add_argument("--mix", default="epm", choices=("epm", "certainmix", "none"))
+    method.add_argument("--w_cam", default=1.0, type=float, help="weight of L_rec")
+    method.add_argument("--w_seg", default=1.0, type=float, help="weight of L_seg")
+    method.add_argument("--w_cam_mix", default=1.0, type=float, help="weight of L_rec on mixed images")
+    method.add_argument("--w_seg_mix", default=1.0, type=float, help="weight of L_seg on mixed images")
+    method.add_argument("--w_cls_mix", default=0.0, type=float, help="weight of L_cls on mixed images (v1)")
+    method.add_argument("--scg_fg_th", default=0.50, type=float, help="SCG first-order threshold")
+    method.add_argument("--scg_so_th", default=0.10, type=float, help="SCG second-order threshold (/N)")
+    method.add_argument("--scg_fg_point", default=0.30, type=float, help="CAM value of SCG foreground points")
+    method.add_argument("--scg_bg_point", default=0.05, type=float, help="CAM value of SCG background points")
+    method.add_argument("--pamr_iterations", default=10, type=int, help="[inferred]")
+    method.add_argument("--pamr_dilations", default=(1, 2, 4, 8, 12, 24), type=int_list, help="[inferred]")
+    method.add_argument("--cf_fg_th", default=0.55, type=float, help="certain filter c")
+    method.add_argument("--cf_bg_th", default=0.10, type=float, help="certain filter u")
+    method.add_argument("--ep_delta", default=0.3, type=float, help="[inferred] edge predict jump")
+    method.add_argument("--ep_conf", default=0.55, type=float, help="[inferred] edge predict confidence")
+    method.add_argument("--teacher", default="online", choices=("online", "ema"),
+                        help="network that generates the targets")
+    method.add_argument("--ema_decay", default=0.999, type=float)
+    val = parser.add_argument_group("validation during training (information only)")
+    val.add_argument("--val_every", default=0, type=int, help="epochs between seed-mIoU checks; 0 = off")
+    val.add_argument("--val_domain", default="validation")
+    val.add_argument("--val_images", default=50, type=int, help="first N images of --val_domain")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    args.tag = args.tag or derive_tag(args)
+    return args
+
+
+def check_args(parser, args):
+    """Refuse settings that cannot run before any work is done."""
+    if args.max_epoch < 1:
+        parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
+    # epochs are 0 .. max_epoch - 1, so a start at max_epoch would never run either
+    if args.rs_start >= args.max_epoch:
+        parser.error(f"--rs_start {args.rs_start} is not below --max_epoch {args.max_epoch} (epochs are "
+                     f"0..{args.max_epoch - 1}): RecurSeed would never run")
+    if args.mix != "none" and args.mix_start >= args.max_epoch:
+        parser.error(f"--mix_start {args.mix_start} is not below --max_epoch {args.max_epoch} (epochs are "
+                     f"0..{args.max_epoch - 1}): the mix would never run; use --mix none")
+    if args.mix != "none" and args.mix_start < args.rs_start:
+        parser.error(f"--mix_start {args.mix_start} is before --rs_start {args.rs_start}: the mix needs RS targets")
+    if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
+        parser.error(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
+    if not 0 < args.min_image_size <= args.max_image_size <= 4096:
+        parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
+                     f"{args.min_image_size}, {args.max_image_size}")
+    if args.batch_size < 1 or (args.mix != "none" and args.batch_size < 2):
+        parser.error(f"--batch_size {args.batch_size}: the mix pairs images, so at least 2 are needed")
+
+
+def check_mix_share(args, ctx):
+    """Each device mixes within its own share of the batch (core/rsepm.py): a share of one image
+    would be pasted onto itself, a silent no-op mix, so refuse it. ValueError."""
+    devices = ctx.world_size if ctx.distributed else max(1, len(ctx.device_ids))
+    if args.mix != "none" and args.batch_size // devices < 2:
+        raise ValueError(f"--batch_size {args.batch_size} over {devices} devices leaves fewer than 2 "
+                         f"images per device, and the mix pairs images within a device; raise "
+                         f"--batch_size to at least {2 * devices} or use --mix none")
+
+
+def derive_tag(args):
+    """A name that states the experiment (mmsegmentation style), e.g.
+    ResNet50@VOC@RS(ep=5,cam=1.0,seg=1.0)+CF(c=0.55,u=0.1)+EPM(ep=15,cam=1.0,seg=1.0)@e30-b16-c512-s0"""
+    name = args.backbone.replace("resnet", "ResNet")
+    parts = f"RS(ep={args.rs_start},cam={args.w_cam},seg={args.w_seg})+CF(c={args.cf_fg_th},u={args.cf_bg_th})"
+    if args.mix != "none":
+        cls = f"cls={args.w_cls_mix}," if args.w_cls_mix else ""
+        mix = {"epm": "EPM", "certainmix": "CM"}[args.mix]
+        parts += f"+{mix}(ep={args.mix_start},{cls}cam={args.w_cam_mix},seg={args.w_seg_mix})"
+    if args.teacher == "ema":
+        parts += f"+EMA({args.ema_decay})"
+    schedule = f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}"
+    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
+    return f"{name}@{args.dataset}@{parts}@{schedule}{init}"
+
+
+def method_config(args):
+    return RSEPMConfig(
+        scg_fg_th=args.scg_fg_th, scg_so_th=args.scg_so_th, scg_fg_point=args.scg_fg_point,
+        scg_bg_point=args.scg_bg_point, pamr_iterations=args.pamr_iterations,
+        pamr_dilations=tuple(args.pamr_dilations), cf_fg_th=args.cf_fg_th, cf_bg_th=args.cf_bg_th,
+        mix=args.mix, ep_delta=args.ep_delta, ep_conf=args.ep_conf, w_cam=args.w_cam, w_seg=args.w_seg,
+        w_cam_mix=args.w_cam_mix, w_seg_mix=args.w_seg_mix, w_cls_mix=args.w_cls_mix)
+
+
+@torch.no_grad()
+def validate(network, layout, ids, device, num_classes):
+    """Seed mIoU (%) and best threshold on `ids`: single-scale + flip decoder seeds from the
+    ground-truth tags, scored with the project's evaluator (threshold sweep 0.10..0.80)."""
+    was_training = network.training
+    network.eval()
+    thresholds = sweep_thresholds(0.10, 0.80, 0.05)
+    meter = ConfusionMeter(num_classes, num_rows=len(thresholds))
+    for image_id in ids:
+        image = layout.read_image(image_id)
+        gt = layout.read_mask(image_id, image.shape[:2])
+        probs, _ = multiscale_inference(network, normalize_image(image).to(device), "rsepm",
+                                        scales=(1.0,), interpolation="nearest")
+        keys, seed = rsepm_seed(probs, layout.read_tags(image_id))
+        meter.add(seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "rsepm"}, gt,
+                                        thresholds, num_classes))
+    network.train(was_training)
+    scores = meter.scores()
+    best = int(np.nanargmax(scores["mIoU"]))
+    return float(scores["mIoU"][best]), float(thresholds[best])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ctx = trainer.setup_distributed(args.gpus)
+    check_mix_share(args, ctx)
+    trainer.seed_everything(args.seed, ctx.rank)
+    info = load_dataset_info(args.dataset)
+    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=True)
+    transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
+    dataset = ClassificationDataset(layout, transform, seed=args.seed)
+    loader = trainer.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    if len(loader) == 0:
+        raise DatasetError(f"{layout.split_dir}: {len(dataset)} tagged images give no full batch of "
+                           f"{args.batch_size}; lower --batch_size")
+
+    network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
+    ema = trainer.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
+    step_module = RSEPMTraining(network, method_config(args), teacher=ema.module if ema else None)
+    model = trainer.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
+    network = step_module.network  # the same module, moved to the device
+    optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
+    iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
+    max_iterations = args.max_epoch * iterations_per_epoch
+    scheduler = trainer.PolyLR(optimizer, max_iterations)
+    amp_dtype = trainer.resolve_amp_dtype(ctx.device, args.amp)
+    scaler = trainer.make_grad_scaler(ctx.device, amp_dtype)
+    weights = method_config(args).weights()
+
+    run_dir = model_dir(args.pred_dir, args.tag)
+    resume_file = trainer.resume_path(args.pred_dir, args.tag)
+    epoch, step, iteration = 0, 0, 0
+    resumed = args.resume and os.path.isfile(resume_file)
+    if resumed:
+        state = trainer.load_resume(resume_file, network, optimizer, scheduler, scaler, ema, loader.sampler, ctx)
+        epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
+    config = trainer.run_config(args, ctx, tag=args.tag, method=vars(method_config(args)),
+                                loss_weights=weights, iterations_per_epoch=iterations_per_epoch,
+                                max_iterations=max_iterations, amp_dtype=str(amp_dtype),
+                                train_images=len(dataset), skipped_untagged=dataset.skipped_untagged)
+    if ctx.is_main:
+        write_json(trainer.config_path(args.pred_dir, args.tag), config)
+    logger = trainer.RunLogger(os.path.join(run_dir, "logs"), enabled=ctx.is_main,
+                               purge_after=iteration if resumed else None)
+    logger.info(f"[i] tag {args.tag}")
+    logger.info(f"[i] {dataset.summary()}")
+    logger.info(f"[i] {iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch {args.batch_size}, "
+                f"device {ctx.device}, world size {ctx.world_size}, amp {amp_dtype}"
+                + (f", resumed at epoch {epoch} iteration {iteration}" if resumed else ""))
+    val_ids = []
+    if args.val_every > 0 and ctx.is_main:
+        val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True, require_xml=True)
+        val_ids = val_layout.ids[:args.val_images]
+
+    meter, images_since_log = trainer.MeanMeter(), 0
+    progress = tqdm(total=max_iterations, initial=iteration, desc="train_rsepm", disable=not ctx.is_main,
+                    dynamic_ncols=True)
+    last_time = time.perf_counter()
+    for epoch in range(epoch, args.max_epoch):
+        use_rs, use_mix = epoch >= args.rs_start, args.mix != "none" and epoch >= args.mix_start
+        trainer.set_loader_epoch(loader, epoch, skip_batches=step)
+        model.train()
+        for batch in loader:
+            images = batch["image"].to(ctx.device, non_blocking=True)
+            tags = batch["tags"].to(ctx.device, non_blocking=True)
+            valid = batch["valid"].to(ctx.device, non_blocking=True)
+            with trainer.autocast_context(ctx.device, amp_dtype):
+                out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
+                            seed=trainer.derive_seed(args.seed, iteration))
+            out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
+            losses = {k: out[k] for k in LOSS_TERMS if k in out}
+            values = trainer.check_finite(losses, iteration, ctx)
+            total = sum(weights[k] * v for k, v in losses.items())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(network)
+            step, iteration = step + 1, iteration + 1
+            images_since_log += images.shape[0] * ctx.world_size
+            stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
+            total_value = sum(weights[k] * v for k, v in values.items())
+            meter.update({**values, "total": total_value, **stats})
+            now = time.perf_counter()
+            progress.set_postfix(loss=f"{total_value:.3f}", ep=epoch,
+                                 img_s=f"{images.shape[0] * ctx.world_size / max(now - last_time, 1e-9):.1f}")
+            last_time = now
+            progress.update(1)
+            if iteration % args.log_interval == 0 or step == iterations_per_epoch:
+                logger.log(iteration, epoch, {**meter.means(), "lr": scheduler.get_last_lr()[0]},
+                           images=images_since_log)
+                images_since_log = 0
+            if iteration % args.save_interval == 0 and step < iterations_per_epoch:
+                trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, ema, epoch, step,
+                                    iteration, loader.sampler, ctx=ctx)
+        step = 0
+        trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
+                            loader.sampler, ctx=ctx)
+        if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
+            miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
+            logger.log(iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
+    progress.close()
+    if ctx.is_main:
+        trainer.save_final(args.pred_dir, args.tag, network, config)
+        if ema is not None:
+            save_weights(ema.module, model_path(args.pred_dir, args.tag, "ema"))
+        logger.info(f"[i] saved {model_path(args.pred_dir, args.tag)}")
+    logger.close()
+    trainer.cleanup_distributed()
+    return {"tag": args.tag, "iterations": iteration, "weights": model_path(args.pred_dir, args.tag),
+            "network": network, "rank": ctx.rank}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
