@@ -1,0 +1,278 @@
+"""demo.ipynb: stored clean, equal to its generator's output, and it runs top to bottom.
+
+The notebook is executed headlessly (nbclient, a kernel on this interpreter) against a tiny run
+built here: a few TOY images, randomly initialised RS+EPM and DeepLabV3+ ResNet-18 weights,
+seeds written by infer_rsepm.py / infer_seg.py and scored by evaluate.py. A cell appended to
+the executed copy pickles what the notebook computed, and that is checked against independent
+computations: the scripts' seed files, a numpy threshold rule, and a CAM computed here by hand.
+"""
+import json
+import os
+import pickle
+import sys
+import xml.etree.ElementTree as ET
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from nbclient import NotebookClient
+from PIL import Image
+
+import evaluate
+import infer_rsepm
+import infer_seg
+from core.crf import seed_to_mask
+from core.networks import RSEPM, DeepLabV3Plus
+from tools import make_demo_notebook
+from tools.checkpoint import save_weights
+from tools.io import load_seed, read_json
+from tools.make_toy_dataset import make_toy_dataset
+from tools.paths import evaluation_path, model_path, predictions_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
+KERNEL = "rsepm-demo-test"
+TAG, SEG_TAG = "R18@TOY@demo-test", "R18@TOY@DeepLabV3+@MS@demo-test"
+CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+SCALES = "1.0,0.5"
+NUM_VALIDATION = 3
+
+# Appended to the executed copy only: hands the notebook's results to the test.
+DUMP_CELL = """
+import pickle
+with open(os.environ["RSEPM_DEMO_TEST_DUMP"], "wb") as f:
+    pickle.dump({"bg_th": bg_th, "results": [{k: r[k] for k in ("id", "classes", "cam", "seed", "seed_mask",
+                                                                  "crf_mask", "seg_mask")} for r in results]}, f)
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny run and the kernel
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """TOY images, random weights, the scripts' seeds and their evaluate.py results."""
+    tmp = tmp_path_factory.mktemp("demo")
+    root, pred_dir = str(tmp / "TOY"), str(tmp / "experiments") + os.sep
+    make_toy_dataset(root, seed=0, num_train=1, num_train_aug=1, num_validation=NUM_VALIDATION, num_test=0,
+                     min_size=48, max_size=64, progress=False)
+    threads = torch.get_num_threads()
+    # Tiny images: one thread is faster, and far faster on a busy machine (no OpenMP spinning).
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        save_weights(RSEPM("resnet18", 6), model_path(pred_dir, TAG))
+        save_weights(DeepLabV3Plus("resnet18", 6, output_stride=16), model_path(pred_dir, SEG_TAG))
+        common = ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--pred_dir", pred_dir]
+        infer = [*common, "--backbone", "resnet18", "--scales", SCALES, "--num_workers", "0", "--gpus", "cpu"]
+        infer_rsepm.main([*infer, "--tag", TAG])
+        infer_seg.main([*infer, "--tag", SEG_TAG, "--decoder", "deeplabv3+", "--output_stride", "16"])
+        for tag in (TAG, SEG_TAG):
+            evaluate.main([*common, "--folder", "predictions", "--tag", tag, "--num_workers", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    ids = sorted(f[:-4] for f in os.listdir(os.path.join(root, "validation", "image")))
+    return {"root": root, "pred_dir": pred_dir, "ids": ids}
+
+
+def install_kernel(directory):
+    """A kernelspec running ipykernel on this interpreter (the venv), found through JUPYTER_PATH."""
+    spec_dir = directory / "kernels" / KERNEL
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "RS+EPM demo test", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+
+
+def execute_notebook(tmp, settings):
+    """Run demo.ipynb plus the dump cell with RSEPM_DEMO_{name} = settings[name]; returns
+    (executed notebook, the dumped results)."""
+    install_kernel(tmp / "jupyter")
+    dump = tmp / "dump.pkl"
+    env = {"JUPYTER_PATH": str(tmp / "jupyter"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+           "IPYTHONDIR": str(tmp / "ipython"), "OMP_NUM_THREADS": "1",
+           # The inline backend renders with Agg (no display needed) and returns PNG outputs.
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline", "RSEPM_DEMO_TEST_DUMP": str(dump)}
+    env.update({"RSEPM_DEMO_" + name: value for name, value in settings.items()})
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(DUMP_CELL.strip()))
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        NotebookClient(nb, timeout=300, kernel_name=KERNEL, resources={"metadata": {"path": ROOT}}).execute()
+    with open(dump, "rb") as f:
+        return nb, pickle.load(f)
+
+
+@pytest.fixture(scope="module")
+def executed(run, tmp_path_factory):
+    """The notebook on the whole tiny run: both models, evaluate.py results present."""
+    return execute_notebook(tmp_path_factory.mktemp("kernel"),
+                            {"ROOT": run["root"], "PRED_DIR": run["pred_dir"], "TAG": TAG, "SEG_TAG": SEG_TAG,
+                             "SCALES": SCALES})
+
+
+@pytest.fixture(scope="module")
+def executed_bare(run, tmp_path_factory):
+    """The notebook on an empty experiment folder: RS+EPM weights given by path, no retrained
+    model, no evaluate.py results, one chosen image, predicted classes."""
+    tmp = tmp_path_factory.mktemp("bare")
+    return execute_notebook(tmp, {"ROOT": run["root"], "PRED_DIR": str(tmp / "empty"), "TAG": TAG,
+                                  "SEG_TAG": SEG_TAG, "WEIGHTS": model_path(run["pred_dir"], TAG),
+                                  "IMAGE_IDS": run["ids"][1], "CONF_TH": "0.34", "SCALES": "1.0"})
+
+
+def outputs(nb, cell_id):
+    return next(c for c in nb.cells if c.get("id") == cell_id)["outputs"]
+
+
+def text_of(nb, cell_id, mime="text/plain"):
+    """stdout plus the `mime` representation of every output of a cell, joined."""
+    parts = []
+    for out in outputs(nb, cell_id):
+        parts.append(out.get("text", "") if out["output_type"] == "stream" else out.get("data", {}).get(mime, ""))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stored file
+# ---------------------------------------------------------------------------------------------
+def test_notebook_is_stored_without_outputs_for_a_python3_kernel():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+    assert code[0].metadata.get("tags") == ["parameters"]
+
+
+def test_notebook_equals_its_generator_output():
+    with open(NOTEBOOK, encoding="utf-8", newline="") as f:
+        assert f.read() == make_demo_notebook.notebook_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# The executed notebook
+# ---------------------------------------------------------------------------------------------
+def test_notebook_runs_and_draws_the_panels_and_the_chart(executed):
+    nb, dump = executed
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o["output_type"] == "error"]
+    assert errors == []
+    for cell_id in ("figure", "evaluation-chart"):
+        assert any("image/png" in o.get("data", {}) for o in outputs(nb, cell_id)), cell_id
+    assert len(dump["results"]) == NUM_VALIDATION  # NUM_IMAGES (4) capped by the split's size
+    assert "skipped" not in text_of(nb, "retrained-model")
+
+
+def test_the_threshold_is_the_best_of_evaluate_sweep(run, executed):
+    nb, dump = executed
+    result = read_json(evaluation_path(run["pred_dir"], "predictions", TAG, "validation"))
+    assert dump["bg_th"] == pytest.approx(result["threshold"])
+    assert f"background threshold {result['threshold']:.2f} (best of the sweep" in text_of(nb, "threshold")
+
+
+def test_the_iou_table_holds_every_evaluate_result(run, executed):
+    nb, _ = executed
+    table = text_of(nb, "evaluation-table", "text/markdown")
+    for tag in (TAG, SEG_TAG):
+        result = read_json(evaluation_path(run["pred_dir"], "predictions", tag, "validation"))
+        assert f"`{tag}`" in table
+        assert f"**{result['mIoU']:.2f}**" in table
+        row = next(line for line in table.splitlines() if line.startswith("| disc |"))
+        assert f"{result['iou']['disc']:.2f}" in row
+    assert table.index(f"`{TAG}`") < table.index(f"`{SEG_TAG}`")  # the RS+EPM run first, as given
+
+
+def test_seeds_equal_the_infer_rsepm_files(run, executed):
+    _, dump = executed
+    for r in dump["results"]:
+        expected = load_seed(os.path.join(predictions_dir(run["pred_dir"], TAG, "validation"), r["id"] + ".pkl"))
+        np.testing.assert_array_equal(r["seed"]["keys"], expected["keys"])
+        np.testing.assert_allclose(r["seed"]["seed"], expected["seed"], atol=1e-5)
+        assert r["classes"] == xml_classes(run["root"], r["id"])
+
+
+def test_seed_panel_is_the_thresholded_argmax(executed):
+    _, dump = executed
+    for r in dump["results"]:
+        keys, seed = r["seed"]["keys"], r["seed"]["seed"]
+        # Background wins ties with the threshold, as the argmax over [threshold, seed...] does.
+        expected = np.where(seed.max(axis=0) > dump["bg_th"], keys[1:][seed.argmax(axis=0)], 0)
+        np.testing.assert_array_equal(r["seed_mask"], expected)
+
+
+def test_crf_panel_matches_the_conversion_of_the_seed_file(run, executed):
+    _, dump = executed
+    for r in dump["results"]:
+        seed = load_seed(os.path.join(predictions_dir(run["pred_dir"], TAG, "validation"), r["id"] + ".pkl"))
+        expected = seed_to_mask(seed, read_rgb(run["root"], r["id"]), mode="crf")
+        assert np.mean(r["crf_mask"] == expected) > 0.99
+
+
+def test_retrained_panel_is_the_argmax_of_the_infer_seg_files(run, executed):
+    _, dump = executed
+    for r in dump["results"]:
+        seed = load_seed(os.path.join(predictions_dir(run["pred_dir"], SEG_TAG, "validation"), r["id"] + ".pkl"))
+        expected = seed["keys"][seed["seed"].argmax(axis=0)]
+        assert r["seg_mask"].shape == expected.shape
+        assert np.mean(r["seg_mask"] == expected) > 0.99
+
+
+def test_cam_panel_is_the_max_of_the_normalised_tagged_cams(run, executed):
+    _, dump = executed
+    model = load_rsepm(run)
+    for r in dump["results"]:
+        image = (read_rgb(run["root"], r["id"]) / 255.0 - MEAN) / STD
+        with torch.no_grad():
+            cam = model(torch.from_numpy(image.transpose(2, 0, 1)).float()[None])["cam"][0]
+        cam = cam.clamp(min=0)
+        cam = cam / (cam.flatten(1).max(dim=1).values[:, None, None] + 1e-5)
+        cam = cam[[c - 1 for c in r["classes"]]]
+        cam = F.interpolate(cam[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+        expected = cam.max(dim=0).values.numpy()
+        np.testing.assert_allclose(r["cam"], expected, atol=1e-4)
+
+
+def test_missing_retrained_model_and_results_are_skipped_with_a_message(run, executed_bare):
+    nb, dump = executed_bare
+    assert [r["id"] for r in dump["results"]] == [run["ids"][1]]
+    assert all(r["seg_mask"] is None for r in dump["results"])
+    assert dump["bg_th"] == 0.35
+    assert "(default: no evaluate.py seed result" in text_of(nb, "threshold")
+    assert "skipped the retrained model: no weights at" in text_of(nb, "retrained-model")
+    assert "no evaluate.py results" in text_of(nb, "evaluation-table")
+    assert outputs(nb, "evaluation-chart") == []
+    assert any("image/png" in o.get("data", {}) for o in outputs(nb, "figure"))
+
+
+def test_predicted_classes_are_those_scoring_at_least_conf_th(run, executed_bare):
+    _, dump = executed_bare
+    r = dump["results"][0]
+    model = load_rsepm(run)
+    image = torch.from_numpy(((read_rgb(run["root"], r["id"]) / 255.0 - MEAN) / STD).transpose(2, 0, 1)).float()
+    with torch.no_grad():  # scale 1.0 and its flip, as SCALES = "1.0"
+        scores = torch.sigmoid(model(torch.stack([image, image.flip(-1)]))["logits"]).mean(dim=0)
+    assert r["classes"] == [c + 1 for c in range(5) if scores[c] >= 0.34]
+    assert list(r["seed"]["keys"]) == [0] + r["classes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers reading the tiny dataset without the project's readers
+# ---------------------------------------------------------------------------------------------
+def load_rsepm(run):
+    model = RSEPM("resnet18", 6)
+    model.load_state_dict(torch.load(model_path(run["pred_dir"], TAG), weights_only=True))
+    return model.eval()
+
+
+def read_rgb(root, image_id):
+    with Image.open(os.path.join(root, "validation", "image", image_id + ".jpg")) as image:
+        return np.array(image.convert("RGB"))
+
+
+def xml_classes(root, image_id):
+    names = [n.text for n in ET.parse(os.path.join(root, "validation", "xml", image_id + ".xml")).iter("name")]
+    return sorted({CLASSES.index(n) for n in names})
