@@ -25,6 +25,9 @@ def parse_args(argv=None):
                         help="resize decoder logits to each pass's input size before the softmax")
     parser.add_argument("--interpolation", default="nearest", choices=("nearest", "bilinear"),
                         help="resizing mode of the decoder outputs")
+    parser.add_argument("--seed_source", default="decoder", choices=("decoder", "cam"),
+                        help="decoder: RS+EPM seeds (the published method); cam: the classifier's CAMs "
+                             "(ReLU, max-normalised), the classic CAM seed, for comparison")
     # Accepted so the original commands run unchanged; they selected training-time options
     # (pooling, SCG thresholds, unused CAM/SCG outputs) and have no effect on the seeds.
     for name, default, kind in (("pool_type", "gap", str), ("use_cam", True, str2bool),
@@ -39,7 +42,8 @@ def main(argv=None):
     args = parse_args(argv)
     info = load_dataset_info(args.dataset)
     network = RSEPM(backbone=args.backbone, num_classes=info.num_classes, output_stride=16)
-    return run_inference(args, network, "rsepm", same=args.same, interpolation=args.interpolation,
+    kind = "rsepm" if args.seed_source == "decoder" else "cam"
+    return run_inference(args, network, kind, same=args.same, interpolation=args.interpolation,
                          class_fn=args.class_fn)
 
 

@@ -84,7 +84,8 @@ def check_args(parser, args):
     if args.max_epoch < 1:
         parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
     # epochs are 0 .. max_epoch - 1, so a start at max_epoch would never run either
-    if args.rs_start >= args.max_epoch:
+    # rs_start == max_epoch with --mix none is the CAM-only baseline (classification loss alone).
+    if args.rs_start > args.max_epoch or (args.rs_start == args.max_epoch and args.mix != "none"):
         parser.error(f"--rs_start {args.rs_start} is not below --max_epoch {args.max_epoch} (epochs are "
                      f"0..{args.max_epoch - 1}): RecurSeed would never run")
     if args.mix != "none" and args.mix_start >= args.max_epoch:
@@ -115,6 +116,10 @@ def derive_tag(args):
     """A name that states the experiment (mmsegmentation style), e.g.
     ResNet50@VOC@RS(ep=5,cam=1.0,seg=1.0)+CF(c=0.55,u=0.1)+EPM(ep=15,cam=1.0,seg=1.0)@e30-b16-c512-s0"""
     name = args.backbone.replace("resnet", "ResNet")
+    schedule = f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}"
+    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
+    if args.rs_start >= args.max_epoch:
+        return f"{name}@{args.dataset}@CAM@{schedule}{init}"
     parts = f"RS(ep={args.rs_start},cam={args.w_cam},seg={args.w_seg})+CF(c={args.cf_fg_th},u={args.cf_bg_th})"
     if args.mix != "none":
         cls = f"cls={args.w_cls_mix}," if args.w_cls_mix else ""
@@ -122,8 +127,6 @@ def derive_tag(args):
         parts += f"+{mix}(ep={args.mix_start},{cls}cam={args.w_cam_mix},seg={args.w_seg_mix})"
     if args.teacher == "ema":
         parts += f"+EMA({args.ema_decay})"
-    schedule = f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}"
-    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
     return f"{name}@{args.dataset}@{parts}@{schedule}{init}"
 
 
@@ -199,7 +202,7 @@ def main(argv=None):
     if ctx.is_main:
         write_json(trainer.config_path(args.pred_dir, args.tag), config)
     logger = trainer.RunLogger(os.path.join(run_dir, "logs"), enabled=ctx.is_main,
-                               purge_after=iteration if resumed else None)
+                               purge_after=iteration)
     logger.info(f"[i] tag {args.tag}")
     logger.info(f"[i] {dataset.summary()}")
     logger.info(f"[i] {iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch {args.batch_size}, "

@@ -142,7 +142,7 @@ class SegmentationDataset(_AugmentedDataset):
         if self.missing_ids and not allow_missing:
             raise DatasetError(f"{source}: {len(self.missing_ids)} of {len(layout.ids)} images of "
                                f"{layout.split_dir} have no mask ({_first(self.missing_ids)}); "
-                               f"complete the folder or pass allow_missing to skip them")
+                               f"complete the folder or pass --allow_missing true to skip them")
         missing = set(self.missing_ids)
         self.mismatched = []
         for image_id in tqdm(layout.ids, desc="checking mask sizes", disable=not progress):

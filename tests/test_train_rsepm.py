@@ -227,7 +227,7 @@ def test_nan_loss_stops_with_the_iteration_and_term_and_keeps_the_last_resume(to
 
 @pytest.mark.parametrize("extra, message", [
     (["--max_epoch", "3", "--rs_start", "4"], "--rs_start 4 is not below --max_epoch 3 (epochs are 0..2)"),
-    (["--max_epoch", "3", "--rs_start", "3", "--mix", "none"], "--rs_start 3 is not below --max_epoch 3"),
+    (["--max_epoch", "3", "--rs_start", "3"], "--rs_start 3 is not below --max_epoch 3"),
     (["--max_epoch", "3", "--rs_start", "0", "--mix_start", "3"], "--mix_start 3 is not below --max_epoch 3"),
     (["--max_epoch", "3", "--rs_start", "2", "--mix_start", "1"], "--mix_start 1 is before --rs_start 2"),
     (["--crop_size", "4096"], "--crop_size 4096"),
@@ -312,3 +312,9 @@ def test_torchrun_two_processes_train_in_step_and_only_rank0_writes(toy, tmp_pat
     text = open(os.path.join(directory, "logs", "log.txt")).read()
     assert text.count("[i] tag ddp") == 1 and text.count("it 4]") == 1
     assert len(torch.load(os.path.join(directory, "resume.pth"), weights_only=True)["rng"]) == 2
+
+
+def test_rs_start_at_max_epoch_without_mix_is_the_cam_baseline():
+    args = train_rsepm.parse_args(["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3",
+                                   "--rs_start", "3", "--mix", "none"])
+    assert "@CAM@" in args.tag and "RS(" not in args.tag

@@ -46,7 +46,8 @@ def multiscale_inference(model, image, kind, scales=SCALES, interpolation="bilin
         model: RSEPM (returns a dict with 'seg' and 'logits') or DeepLabV3+/V2 (returns logits),
             possibly wrapped in DataParallel.
         image: normalised (3, H, W) tensor on the model's device.
-        kind: "rsepm" or "seg".
+        kind: "rsepm" (decoder probabilities), "cam" (RSEPM's ReLU CAMs, bilinear, the classic
+            CAM seed; channel 0 is left at 0) or "seg" (DeepLab probabilities).
         interpolation: mode used to bring each pass's logits to its input size and its
             probabilities to the reference size (`--interpolation`; DeepLab: bilinear).
         same: resize logits to the pass's input size before the softmax (original `--same`);
@@ -61,12 +62,17 @@ def multiscale_inference(model, image, kind, scales=SCALES, interpolation="bilin
         size = scaled_size(height, width, scale)
         x = resize(image[None], size, "bilinear")
         out = model(torch.cat([x, x.flip(-1)], dim=0))
-        logits = out["seg"] if kind == "rsepm" else out
-        if same:
-            logits = resize(logits, size, interpolation)
-        if ref_size is None:  # the first scale (1.0) fixes the size every pass is brought to
-            ref_size = tuple(logits.shape[-2:])
-        probs = resize(torch.softmax(logits.float(), dim=1), ref_size, interpolation)
+        if kind == "cam":
+            maps = resize(torch.relu(out["cam"].float()), size, "bilinear")
+            ref_size = ref_size or size
+            probs = resize(maps, ref_size, "bilinear")
+        else:
+            logits = out["seg"] if kind == "rsepm" else out
+            if same:
+                logits = resize(logits, size, interpolation)
+            if ref_size is None:  # the first scale (1.0) fixes the size every pass is brought to
+                ref_size = tuple(logits.shape[-2:])
+            probs = resize(torch.softmax(logits.float(), dim=1), ref_size, interpolation)
         probs = probs[0] + probs[1].flip(-1)
         total = probs if total is None else total + probs
         if with_scores:
@@ -74,6 +80,8 @@ def multiscale_inference(model, image, kind, scales=SCALES, interpolation="bilin
             s = (torch.sigmoid(logits) if class_fn == "sigmoid" else torch.softmax(logits, dim=1)).sum(dim=0)
             scores = s if scores is None else scores + s
     probs = total / (2 * len(scales))
+    if kind == "cam":
+        probs = torch.cat([torch.zeros_like(probs[:1]), probs])
     probs = resize(probs[None], (height, width), "bilinear")[0]
     return probs, (scores / (2 * len(scales)) if with_scores else None)
 
@@ -177,7 +185,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     """
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info)
-    use_tags = kind == "rsepm" and args.conf_th == -1
+    use_tags = kind != "seg" and args.conf_th == -1
     if use_tags and not layout.has_xml:
         raise DatasetError(f"{layout.split_dir}: split {args.domain!r} has no xml tags; --conf_th -1 uses "
                            "ground-truth tags, so give a confidence threshold instead (e.g. --conf_th 0.34)")
@@ -200,12 +208,12 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
                                              interpolation=interpolation,
                                              same=same, with_scores=kind == "rsepm" and not use_tags,
                                              class_fn=class_fn)
-        if kind == "rsepm":
+        if kind != "seg":
             classes = tags if use_tags else (torch.nonzero(scores >= args.conf_th).flatten() + 1).tolist()
             keys, seed = rsepm_seed(probs, classes)
         else:
             keys, seed = seg_seed(probs)
-        save_seed(os.path.join(out_dir, image_id + ".pkl"), keys, seed, kind)
+        save_seed(os.path.join(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
     summary = {"images": len(ids), "written": len(todo) - len(failed), "skipped_existing": len(ids) - len(todo),
                "failed": failed, "output_dir": out_dir}
     print(f"[i] wrote {summary['written']} seed files to {out_dir} "

@@ -49,6 +49,7 @@ Exact resumption (bitwise, on CPU): data order is a function of (seed, epoch), a
 (seed, epoch, index), worker seeds of (seed, epoch, rank), and every rank's RNG states travel in
 the resume checkpoint. On CUDA, non-deterministic kernels can still make runs differ slightly.
 """
+import argparse
 import contextlib
 import copy
 import json
@@ -80,6 +81,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------------------------
 # Command-line arguments shared by the training scripts
 # ---------------------------------------------------------------------------------------------
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
     """Flags of METHOD.md section 3 with the script's defaults (they differ per stage)."""
     parser.add_argument("--batch_size", default=batch_size, type=int,
@@ -96,8 +107,8 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
     parser.add_argument("--amp", default="auto", choices=AMP_MODES,
                         help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
     parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
-    parser.add_argument("--log_interval", default=50, type=int, help="iterations between log lines")
-    parser.add_argument("--save_interval", default=500, type=int,
+    parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
+    parser.add_argument("--save_interval", default=500, type=positive_int,
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")

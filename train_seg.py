@@ -1,0 +1,202 @@
+"""Multi-stage retraining: DeepLabV3+ or DeepLabV2 on RS+EPM pseudo masks (METHOD.md section 4).
+
+    python3 train_seg.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug \
+        --decoder deeplabv3+ --backbone resnet101 --label_tag "ResNet50@VOC@RS+EPM@Official"
+    torchrun --nproc_per_node 4 train_seg.py ...             (DistributedDataParallel)
+
+Masks come from experiments/pseudo-labels/{label_tag}/train/ (what convert_seed_to_pseudo_masks.py
+writes for --domain train_aug), or from the ground truth with --label_tag gt (a fully supervised
+reference). Writes experiments/models/{tag}/last.pth in the released-weights format, so
+`infer_seg.py --tag` reads it, plus config.json, resume.pth and logs/. The last checkpoint is
+the result: selecting one on validation ground truth would leak the test set.
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from core.networks import build_network, split_parameters
+from core.resnet import ARCHITECTURES
+from core.train_datasets import SegmentationDataset
+from core.transforms import TrainTransform
+from tools import trainer
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
+from tools.inference import multiscale_inference
+from tools.io import FormatError, write_json
+from tools.metrics import ConfusionMeter
+from tools.paths import model_dir, model_path, pseudo_labels_dir
+
+IGNORE_INDEX = 255
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_args(parser)
+    add_dataset_args(parser, domain="train_aug")
+    add_experiment_args(parser, tag="")
+    parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"))
+    parser.add_argument("--backbone", default="resnet101", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16))
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH")
+    parser.add_argument("--label_tag", required=True,
+                        help="pseudo masks from pseudo-labels/{label_tag}/train/, or 'gt' for ground truth")
+    parser.add_argument("--allow_missing", default=False, type=str2bool,
+                        help="skip (and count) images without a pseudo mask instead of stopping")
+    trainer.add_training_args(parser, lr=1e-3, weight_decay=4e-5, max_epoch=50, batch_size=16)
+    parser.add_argument("--head_lr_mult", default=10.0, type=float, help="head learning rate = lr x this")
+    val = parser.add_argument_group("validation during training (information only, never used to pick weights)")
+    val.add_argument("--val_every", default=0, type=int, help="epochs between mIoU checks; 0 = off")
+    val.add_argument("--val_domain", default="validation")
+    val.add_argument("--val_images", default=50, type=int, help="first N images of --val_domain")
+    args = parser.parse_args(argv)
+    if args.max_epoch < 1:
+        parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
+        parser.error(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
+    if not 0 < args.min_image_size <= args.max_image_size <= 4096:
+        parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
+                     f"{args.min_image_size}, {args.max_image_size}")
+    args.tag = args.tag or derive_tag(args)
+    return args
+
+
+def derive_tag(args):
+    """e.g. ResNet101@VOC@DeepLabV3+(os8)@MS@labels=<label_tag>@e50-b16-c512-s0 ("MS" marks the
+    multi-stage model, the substring the original used to recognise seg seed files)."""
+    decoder = {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}[args.decoder]
+    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
+    return (f"{args.backbone.replace('resnet', 'ResNet')}@{args.dataset}@{decoder}(os{args.output_stride})@MS"
+            f"@labels={args.label_tag}@e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}{init}")
+
+
+def segmentation_loss(logits, masks):
+    """Cross entropy (ignore 255) of logits upsampled bilinearly to the mask size (B, H, W)."""
+    logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def validate(network, layout, ids, device, num_classes):
+    """Single-scale + flip mIoU (%) of the argmax on `ids` (information only)."""
+    was_training = network.training
+    network.eval()
+    meter = ConfusionMeter(num_classes)
+    for image_id in ids:
+        image = layout.read_image(image_id)
+        gt = layout.read_mask(image_id, image.shape[:2])
+        probs, _ = multiscale_inference(network, normalize_image(image).to(device), "seg", scales=(1.0,))
+        meter.add_prediction(probs.argmax(0).cpu().numpy(), gt)
+    network.train(was_training)
+    return float(meter.scores()["mIoU"][0])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ctx = trainer.setup_distributed(args.gpus)
+    trainer.seed_everything(args.seed, ctx.rank)
+    info = load_dataset_info(args.dataset)
+    layout = SeedLayout(args.root_dir, args.domain, info)
+    mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain)
+    if mask_dir is not None and not os.path.isdir(mask_dir):
+        raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run infer_rsepm.py and "
+                           f"convert_seed_to_pseudo_masks.py with --domain {args.domain} --tag {args.label_tag})")
+    transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
+    dataset = SegmentationDataset(layout, mask_dir, transform, seed=args.seed, allow_missing=args.allow_missing)
+    loader = trainer.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    if len(loader) == 0:
+        raise DatasetError(f"{layout.split_dir}: {len(dataset)} usable images give no full batch of "
+                           f"{args.batch_size}; lower --batch_size")
+
+    network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride,
+                            pretrained=args.pretrained)
+    model = trainer.wrap_model(network, ctx, sync_bn=args.sync_bn)
+    optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
+                                        head_lr_mult=args.head_lr_mult)
+    iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
+    max_iterations = args.max_epoch * iterations_per_epoch
+    scheduler = trainer.PolyLR(optimizer, max_iterations)
+    amp_dtype = trainer.resolve_amp_dtype(ctx.device, args.amp)
+    scaler = trainer.make_grad_scaler(ctx.device, amp_dtype)
+
+    run_dir = model_dir(args.pred_dir, args.tag)
+    resume_file = trainer.resume_path(args.pred_dir, args.tag)
+    epoch, step, iteration = 0, 0, 0
+    resumed = args.resume and os.path.isfile(resume_file)
+    if resumed:
+        state = trainer.load_resume(resume_file, network, optimizer, scheduler, scaler, None, loader.sampler, ctx)
+        epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
+    config = trainer.run_config(args, ctx, tag=args.tag, mask_dir=mask_dir, iterations_per_epoch=iterations_per_epoch,
+                                max_iterations=max_iterations, amp_dtype=str(amp_dtype),
+                                train_images=len(dataset), dataset_summary=dataset.summary())
+    if ctx.is_main:
+        write_json(trainer.config_path(args.pred_dir, args.tag), config)
+    logger = trainer.RunLogger(os.path.join(run_dir, "logs"), enabled=ctx.is_main,
+                               purge_after=iteration)
+    logger.info(f"[i] tag {args.tag}")
+    logger.info(f"[i] {dataset.summary()}")
+    logger.info(f"[i] {iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch {args.batch_size}, "
+                f"device {ctx.device}, world size {ctx.world_size}, amp {amp_dtype}"
+                + (f", resumed at epoch {epoch} iteration {iteration}" if resumed else ""))
+    val_ids = []
+    if args.val_every > 0 and ctx.is_main:
+        val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True)
+        val_ids = val_layout.ids[:args.val_images]
+
+    meter, images_since_log = trainer.MeanMeter(), 0
+    progress = tqdm(total=max_iterations, initial=iteration, desc="train_seg", disable=not ctx.is_main,
+                    dynamic_ncols=True)
+    for epoch in range(epoch, args.max_epoch):
+        trainer.set_loader_epoch(loader, epoch, skip_batches=step)
+        model.train()
+        for batch in loader:
+            images = batch["image"].to(ctx.device, non_blocking=True)
+            masks = batch["mask"].to(ctx.device, non_blocking=True)
+            with trainer.autocast_context(ctx.device, amp_dtype):
+                logits = model(images)
+            losses = {"seg": segmentation_loss(logits, masks)}
+            values = trainer.check_finite(losses, iteration, ctx)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["seg"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step, iteration = step + 1, iteration + 1
+            images_since_log += images.shape[0] * ctx.world_size
+            meter.update({**values, "ignored": float((masks == IGNORE_INDEX).float().mean())})
+            progress.set_postfix(loss=f"{values['seg']:.3f}", ep=epoch)
+            progress.update(1)
+            if iteration % args.log_interval == 0 or step == iterations_per_epoch:
+                logger.log(iteration, epoch, {**meter.means(), "lr": scheduler.get_last_lr()[0]},
+                           images=images_since_log)
+                images_since_log = 0
+            if iteration % args.save_interval == 0 and step < iterations_per_epoch:
+                trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, None, epoch, step,
+                                    iteration, loader.sampler, ctx=ctx)
+        step = 0
+        trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, None, epoch + 1, 0, iteration,
+                            loader.sampler, ctx=ctx)
+        if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
+            logger.log(iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
+                                                               info.num_classes)})
+    progress.close()
+    if ctx.is_main:
+        trainer.save_final(args.pred_dir, args.tag, network, config)
+        logger.info(f"[i] saved {model_path(args.pred_dir, args.tag)}")
+    logger.close()
+    trainer.cleanup_distributed()
+    return {"tag": args.tag, "iterations": iteration, "weights": model_path(args.pred_dir, args.tag),
+            "network": network, "rank": ctx.rank}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
