@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 SEED_DIALECTS = ("rsepm", "seg")
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates files 0600, outputs get the usual 0666 & ~umask
 IGNORE_COLOR = (224, 224, 192)
 
 
@@ -33,6 +35,7 @@ def atomic_output(path, mode="wb"):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
