@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# CAM alone vs RecurSeed vs RecurSeed + EdgePredictMix on the toy dataset, same schedule
+# (12 epochs, ResNet-18 from scratch, the toy pipeline's settings). Run after tools/quickstart.sh
+# (it reuses the toy data and the RS+EPM model of that run). Prints one line per variant:
+# validation seed mIoU (ground-truth tags, best background threshold) and the CRF mask mIoU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+D=(--dataset TOY --root_dir toy_data/TOY --pred_dir ./experiments/toy/)
+TRAIN=(--domain train_aug --backbone resnet18 --pretrained none --batch_size 8 --max_epoch 12 --lr 0.01
+       --crop_size 64 --min_image_size 64 --max_image_size 96 --pamr_dilations 1,2,4,8 --log_interval 25
+       --seed 0 --resume true --num_workers 2)
+INFER=(--domain validation --backbone resnet18 --scales 1.0,0.5 --num_workers 2)
+declare -A TAGS=([cam]="toy@ResNet18@CAM" [rs]="toy@ResNet18@RS" [rsepm]="toy@ResNet18@RS+EPM")
+[ -f "experiments/toy/models/${TAGS[cam]}/last.pth" ] || \
+  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 12 --mix none --tag "${TAGS[cam]}"
+[ -f "experiments/toy/models/${TAGS[rs]}/last.pth" ] || \
+  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 4 --mix none --tag "${TAGS[rs]}"
+[ -f "experiments/toy/models/${TAGS[rsepm]}/last.pth" ] || \
+  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 4 --mix_start 8 --tag "${TAGS[rsepm]}"
+for v in cam rs rsepm; do
+  source=decoder; [ "$v" = cam ] && source=cam
+  out="${TAGS[$v]}@val-gt-tags"
+  "$PY" infer_rsepm.py "${D[@]}" "${INFER[@]}" --conf_th -1 --seed_source $source \
+      --tag "$out" --weights "experiments/toy/models/${TAGS[$v]}/last.pth"
+  "$PY" evaluate.py "${D[@]}" --domain validation --folder predictions --tag "$out" --num_workers 1 > /dev/null
+  "$PY" convert_seed_to_pseudo_masks.py "${D[@]}" --domain validation --folder predictions --tag "$out" --num_workers 2
+  "$PY" evaluate.py "${D[@]}" --domain validation --folder pseudo-labels --tag "$out" --num_workers 1 > /dev/null
+done
+for v in cam rs rsepm; do
+  out="${TAGS[$v]}@val-gt-tags"
+  "$PY" - "$out" <<'PYEOF'
+import json, sys
+tag = sys.argv[1]
+seeds = json.load(open(f"experiments/toy/predictions/{tag}/validation.eval.json"))
+masks = json.load(open(f"experiments/toy/pseudo-labels/{tag}/validation.eval.json"))
+print(f"{tag:40s} seeds {seeds['mIoU']:6.2f} (t={seeds['threshold']:.2f})   CRF masks {masks['mIoU']:6.2f}")
+PYEOF
+done
