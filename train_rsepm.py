@@ -8,13 +8,10 @@ Writes experiments/models/{tag}/last.pth (released-weights format, so `infer_rse
 reads it), config.json (every setting), resume.pth (for --resume) and logs/ (TensorBoard, JSONL).
 """
 import argparse
-import os
 import sys
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
 from core.networks import RSEPM, split_parameters
@@ -23,12 +20,10 @@ from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
 from tools import trainer
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
-from tools.checkpoint import save_weights
+from tools.args import add_dataset_args, add_device_args, add_experiment_args
 from tools.inference import multiscale_inference, rsepm_seed
-from tools.io import FormatError, write_json
+from tools.io import FormatError
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
-from tools.paths import model_dir, model_path
 
 
 def int_list(text):
@@ -181,98 +176,37 @@ def main(argv=None):
     model = trainer.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
     network = step_module.network  # the same module, moved to the device
     optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
-    iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
-    max_iterations = args.max_epoch * iterations_per_epoch
-    scheduler = trainer.PolyLR(optimizer, max_iterations)
-    amp_dtype = trainer.resolve_amp_dtype(ctx.device, args.amp)
-    scaler = trainer.make_grad_scaler(ctx.device, amp_dtype)
     weights = method_config(args).weights()
-
-    run_dir = model_dir(args.pred_dir, args.tag)
-    resume_file = trainer.resume_path(args.pred_dir, args.tag)
-    epoch, step, iteration = 0, 0, 0
-    resumed = args.resume and os.path.isfile(resume_file)
-    if resumed:
-        state = trainer.load_resume(resume_file, network, optimizer, scheduler, scaler, ema, loader.sampler, ctx)
-        epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
-    config = trainer.run_config(args, ctx, tag=args.tag, method=vars(method_config(args)),
-                                loss_weights=weights, iterations_per_epoch=iterations_per_epoch,
-                                max_iterations=max_iterations, amp_dtype=str(amp_dtype),
-                                train_images=len(dataset), skipped_untagged=dataset.skipped_untagged)
-    if ctx.is_main:
-        write_json(trainer.config_path(args.pred_dir, args.tag), config)
-    logger = trainer.RunLogger(os.path.join(run_dir, "logs"), enabled=ctx.is_main,
-                               purge_after=iteration)
-    logger.info(f"[i] tag {args.tag}")
-    logger.info(f"[i] {dataset.summary()}")
-    logger.info(f"[i] {iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch {args.batch_size}, "
-                f"device {ctx.device}, world size {ctx.world_size}, amp {amp_dtype}"
-                + (f", resumed at epoch {epoch} iteration {iteration}" if resumed else ""))
+    run = trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
+                              method=vars(method_config(args)), loss_weights=weights, train_images=len(dataset),
+                              skipped_untagged=dataset.skipped_untagged)
+    run.logger.info(f"[i] {dataset.summary()}")
     val_ids = []
     if args.val_every > 0 and ctx.is_main:
         val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True, require_xml=True)
         val_ids = val_layout.ids[:args.val_images]
 
-    meter, images_since_log = trainer.MeanMeter(), 0
-    progress = tqdm(total=max_iterations, initial=iteration, desc="train_rsepm", disable=not ctx.is_main,
-                    dynamic_ncols=True)
-    last_time = time.perf_counter()
-    for epoch in range(epoch, args.max_epoch):
+    for epoch in run.epochs():
         use_rs, use_mix = epoch >= args.rs_start, args.mix != "none" and epoch >= args.mix_start
-        trainer.set_loader_epoch(loader, epoch, skip_batches=step)
         model.train()
         for batch in loader:
             images = batch["image"].to(ctx.device, non_blocking=True)
             tags = batch["tags"].to(ctx.device, non_blocking=True)
             valid = batch["valid"].to(ctx.device, non_blocking=True)
-            with trainer.autocast_context(ctx.device, amp_dtype):
+            with trainer.autocast_context(ctx.device, run.amp_dtype):
                 out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
-                            seed=trainer.derive_seed(args.seed, iteration))
+                            seed=trainer.derive_seed(args.seed, run.iteration))
             out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
             losses = {k: out[k] for k in LOSS_TERMS if k in out}
-            values = trainer.check_finite(losses, iteration, ctx)
-            total = sum(weights[k] * v for k, v in losses.items())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(network)
-            step, iteration = step + 1, iteration + 1
-            images_since_log += images.shape[0] * ctx.world_size
+            values = trainer.check_finite(losses, run.iteration, ctx)
+            run.step(sum(weights[k] * v for k, v in losses.items()))
+            total = sum(weights[k] * v for k, v in values.items())
             stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
-            total_value = sum(weights[k] * v for k, v in values.items())
-            meter.update({**values, "total": total_value, **stats})
-            now = time.perf_counter()
-            progress.set_postfix(loss=f"{total_value:.3f}", ep=epoch,
-                                 img_s=f"{images.shape[0] * ctx.world_size / max(now - last_time, 1e-9):.1f}")
-            last_time = now
-            progress.update(1)
-            if iteration % args.log_interval == 0 or step == iterations_per_epoch:
-                logger.log(iteration, epoch, {**meter.means(), "lr": scheduler.get_last_lr()[0]},
-                           images=images_since_log)
-                images_since_log = 0
-            if iteration % args.save_interval == 0 and step < iterations_per_epoch:
-                trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, ema, epoch, step,
-                                    iteration, loader.sampler, ctx=ctx)
-        step = 0
-        trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
-                            loader.sampler, ctx=ctx)
+            run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total)
         if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
             miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
-            logger.log(iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
-    progress.close()
-    if ctx.is_main:
-        trainer.save_final(args.pred_dir, args.tag, network, config)
-        if ema is not None:
-            save_weights(ema.module, model_path(args.pred_dir, args.tag, "ema"))
-        logger.info(f"[i] saved {model_path(args.pred_dir, args.tag)}")
-    logger.close()
-    trainer.cleanup_distributed()
-    return {"tag": args.tag, "iterations": iteration, "weights": model_path(args.pred_dir, args.tag),
-            "network": network, "rank": ctx.rank}
-
+            run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
+    return run.finish()
 
 if __name__ == "__main__":
     try:

@@ -16,7 +16,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
 from core.networks import build_network, split_parameters
@@ -26,9 +25,9 @@ from core.transforms import TrainTransform
 from tools import trainer
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
 from tools.inference import multiscale_inference
-from tools.io import FormatError, write_json
+from tools.io import FormatError
 from tools.metrics import ConfusionMeter
-from tools.paths import model_dir, model_path, pseudo_labels_dir
+from tools.paths import pseudo_labels_dir
 
 IGNORE_INDEX = 255
 
@@ -119,81 +118,30 @@ def main(argv=None):
     model = trainer.wrap_model(network, ctx, sync_bn=args.sync_bn)
     optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
                                         head_lr_mult=args.head_lr_mult)
-    iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
-    max_iterations = args.max_epoch * iterations_per_epoch
-    scheduler = trainer.PolyLR(optimizer, max_iterations)
-    amp_dtype = trainer.resolve_amp_dtype(ctx.device, args.amp)
-    scaler = trainer.make_grad_scaler(ctx.device, amp_dtype)
-
-    run_dir = model_dir(args.pred_dir, args.tag)
-    resume_file = trainer.resume_path(args.pred_dir, args.tag)
-    epoch, step, iteration = 0, 0, 0
-    resumed = args.resume and os.path.isfile(resume_file)
-    if resumed:
-        state = trainer.load_resume(resume_file, network, optimizer, scheduler, scaler, None, loader.sampler, ctx)
-        epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
-    config = trainer.run_config(args, ctx, tag=args.tag, mask_dir=mask_dir, iterations_per_epoch=iterations_per_epoch,
-                                max_iterations=max_iterations, amp_dtype=str(amp_dtype),
-                                train_images=len(dataset), dataset_summary=dataset.summary())
-    if ctx.is_main:
-        write_json(trainer.config_path(args.pred_dir, args.tag), config)
-    logger = trainer.RunLogger(os.path.join(run_dir, "logs"), enabled=ctx.is_main,
-                               purge_after=iteration)
-    logger.info(f"[i] tag {args.tag}")
-    logger.info(f"[i] {dataset.summary()}")
-    logger.info(f"[i] {iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch {args.batch_size}, "
-                f"device {ctx.device}, world size {ctx.world_size}, amp {amp_dtype}"
-                + (f", resumed at epoch {epoch} iteration {iteration}" if resumed else ""))
+    run = trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
+                              train_images=len(dataset), dataset_summary=dataset.summary())
+    run.logger.info(f"[i] {dataset.summary()}")
     val_ids = []
     if args.val_every > 0 and ctx.is_main:
         val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True)
         val_ids = val_layout.ids[:args.val_images]
 
-    meter, images_since_log = trainer.MeanMeter(), 0
-    progress = tqdm(total=max_iterations, initial=iteration, desc="train_seg", disable=not ctx.is_main,
-                    dynamic_ncols=True)
-    for epoch in range(epoch, args.max_epoch):
-        trainer.set_loader_epoch(loader, epoch, skip_batches=step)
+    for epoch in run.epochs():
         model.train()
         for batch in loader:
             images = batch["image"].to(ctx.device, non_blocking=True)
             masks = batch["mask"].to(ctx.device, non_blocking=True)
-            with trainer.autocast_context(ctx.device, amp_dtype):
+            with trainer.autocast_context(ctx.device, run.amp_dtype):
                 logits = model(images)
             losses = {"seg": segmentation_loss(logits, masks)}
-            values = trainer.check_finite(losses, iteration, ctx)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["seg"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step, iteration = step + 1, iteration + 1
-            images_since_log += images.shape[0] * ctx.world_size
-            meter.update({**values, "ignored": float((masks == IGNORE_INDEX).float().mean())})
-            progress.set_postfix(loss=f"{values['seg']:.3f}", ep=epoch)
-            progress.update(1)
-            if iteration % args.log_interval == 0 or step == iterations_per_epoch:
-                logger.log(iteration, epoch, {**meter.means(), "lr": scheduler.get_last_lr()[0]},
-                           images=images_since_log)
-                images_since_log = 0
-            if iteration % args.save_interval == 0 and step < iterations_per_epoch:
-                trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, None, epoch, step,
-                                    iteration, loader.sampler, ctx=ctx)
-        step = 0
-        trainer.save_resume(resume_file, network, optimizer, scheduler, scaler, None, epoch + 1, 0, iteration,
-                            loader.sampler, ctx=ctx)
+            values = trainer.check_finite(losses, run.iteration, ctx)
+            run.step(losses["seg"])
+            run.record(epoch, {**values, "ignored": float((masks == IGNORE_INDEX).float().mean())},
+                       images=images.shape[0], progress_loss=values["seg"])
         if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
-            logger.log(iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
-                                                               info.num_classes)})
-    progress.close()
-    if ctx.is_main:
-        trainer.save_final(args.pred_dir, args.tag, network, config)
-        logger.info(f"[i] saved {model_path(args.pred_dir, args.tag)}")
-    logger.close()
-    trainer.cleanup_distributed()
-    return {"tag": args.tag, "iterations": iteration, "weights": model_path(args.pred_dir, args.tag),
-            "network": network, "rank": ctx.rank}
-
+            run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
+                                                                       info.num_classes)})
+    return run.finish()
 
 if __name__ == "__main__":
     try:

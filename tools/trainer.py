@@ -692,3 +692,117 @@ def _parsed_iteration(line):
         return int(json.loads(line)["iteration"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The bookkeeping of a run, shared by train_rsepm.py and train_seg.py
+# ---------------------------------------------------------------------------------------------
+class TrainingRun:
+    """Everything around the optimisation step that both training scripts do the same way.
+
+    Builds the poly schedule and the grad scaler, resumes from models/{tag}/resume.pth
+    (--resume), writes config.json, opens the logs and the progress bar; then `epochs()` drives
+    the data order, `step(loss)` applies one optimiser step, `record(...)` logs and writes the
+    periodic resume checkpoints, and `finish()` saves the final weights. Usage:
+
+        run = TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_x", **config_extra)
+        for epoch in run.epochs():
+            model.train()
+            for batch in loader:
+                with autocast_context(ctx.device, run.amp_dtype): losses = ...
+                values = check_finite(losses, run.iteration, ctx)
+                run.step(total_loss)
+                run.record(epoch, values, images=batch_size)
+        run.finish()
+    """
+
+    def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", **config_extra):
+        self.args, self.ctx, self.network, self.optimizer, self.loader, self.ema = (
+            args, ctx, network, optimizer, loader, ema)
+        self.iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
+        self.max_iterations = args.max_epoch * self.iterations_per_epoch
+        self.scheduler = PolyLR(optimizer, self.max_iterations)
+        self.amp_dtype = resolve_amp_dtype(ctx.device, args.amp)
+        self.scaler = make_grad_scaler(ctx.device, self.amp_dtype)
+        self.resume_file = resume_path(args.pred_dir, args.tag)
+        self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
+        resumed = args.resume and os.path.isfile(self.resume_file)
+        if resumed:
+            state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
+                                loader.sampler, ctx)
+            self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
+        self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
+                                 max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
+        if ctx.is_main:
+            write_json(config_path(args.pred_dir, args.tag), self.config)
+        # purge_after: a fresh run drops an earlier run's records of the same tag
+        self.logger = RunLogger(os.path.join(model_dir(args.pred_dir, args.tag), "logs"), enabled=ctx.is_main,
+                                purge_after=self.iteration)
+        self.logger.info(f"[i] tag {args.tag}")
+        self.logger.info(f"[i] {self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
+                         f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
+                         f"{self.amp_dtype}" + (f", resumed at epoch {self.epoch} iteration {self.iteration}"
+                                                if resumed else ""))
+        self.meter, self.images_since_log = MeanMeter(), 0
+        from tqdm import tqdm
+        self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
+                             disable=not ctx.is_main, dynamic_ncols=True)
+        self.last_time = time.perf_counter()
+
+    def epochs(self):
+        """Yield the remaining epochs, each with its data order set (skipping the batches a
+        resumed epoch already did); a resume checkpoint is written after each."""
+        for epoch in range(self.epoch, self.args.max_epoch):
+            self.epoch = epoch
+            set_loader_epoch(self.loader, epoch, skip_batches=self.step_in_epoch)
+            yield epoch
+            self.step_in_epoch = 0
+            self.save_resume(epoch + 1, 0)
+
+    def step(self, loss):
+        """Backward and one optimiser step (with the grad scaler, the schedule and the EMA)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.network)
+        self.step_in_epoch, self.iteration = self.step_in_epoch + 1, self.iteration + 1
+
+    def record(self, epoch, scalars, images, progress_loss=None):
+        """After step(): progress bar, averaged log line every --log_interval iterations and at
+        the end of each epoch, resume checkpoint every --save_interval iterations."""
+        images = images * self.ctx.world_size
+        self.images_since_log += images
+        self.meter.update(scalars)
+        now = time.perf_counter()
+        self.progress.set_postfix(loss=f"{progress_loss if progress_loss is not None else 0:.3f}", ep=epoch,
+                                  img_s=f"{images / max(now - self.last_time, 1e-9):.1f}")
+        self.last_time = now
+        self.progress.update(1)
+        end_of_epoch = self.step_in_epoch == self.iterations_per_epoch
+        if self.iteration % self.args.log_interval == 0 or end_of_epoch:
+            self.logger.log(self.iteration, epoch, {**self.meter.means(), "lr": self.scheduler.get_last_lr()[0]},
+                            images=self.images_since_log)
+            self.images_since_log = 0
+        if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
+            self.save_resume(epoch, self.step_in_epoch)
+
+    def save_resume(self, epoch, step):
+        save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
+                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx)
+
+    def finish(self):
+        """Write last.pth (and ema.pth) with config.json on rank 0, close logs, leave the group."""
+        self.progress.close()
+        if self.ctx.is_main:
+            save_final(self.args.pred_dir, self.args.tag, self.network, self.config)
+            if self.ema is not None:
+                save_weights(self.ema.module, model_path(self.args.pred_dir, self.args.tag, "ema"))
+            self.logger.info(f"[i] saved {model_path(self.args.pred_dir, self.args.tag)}")
+        self.logger.close()
+        cleanup_distributed()
+        return {"tag": self.args.tag, "iterations": self.iteration,
+                "weights": model_path(self.args.pred_dir, self.args.tag), "network": self.network,
+                "rank": self.ctx.rank}
