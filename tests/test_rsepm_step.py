@@ -14,24 +14,6 @@ FAST = dict(pamr_iterations=2, pamr_dilations=(1, 2))
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine, two OpenMP threads that wait on each
-    other make these small convolutions 10-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def grad_mode():
-    """tools.inference.run_inference (run in-process by earlier test files) turns autograd off
-    for the whole process; these tests need it on."""
-    torch.set_grad_enabled(True)
-    yield
-
-
 @pytest.fixture(scope="module")
 def network():
     torch.manual_seed(0)

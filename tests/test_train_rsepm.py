@@ -29,31 +29,12 @@ NUM_CLASSES = 6
 UNTAGGED_ID = "toy_000005"  # in train_aug only (train is the first 4 ids)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine, two OpenMP threads that wait on each
-    other make these small convolutions 10-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("toy") / "TOY")
     make_toy_dataset(root, seed=0, num_train=4, num_train_aug=8, num_validation=3, num_test=1,
                      min_size=48, max_size=64, progress=False)
     return root
-
-
-@pytest.fixture(autouse=True)
-def grad_mode():
-    """tools.inference.run_inference turns autograd off for the whole process (here and in
-    earlier test files); training needs it on."""
-    torch.set_grad_enabled(True)
-    yield
-    torch.set_grad_enabled(True)
 
 
 def train_argv(root, pred_dir, *extra, epochs=3, rs_start=1, mix_start=2):

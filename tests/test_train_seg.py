@@ -34,24 +34,6 @@ LABEL_TAG = "ResNet18@TOY@RS+EPM@toy"
 INFO = load_dataset_info("TOY")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: two OpenMP threads waiting on each other on a loaded 2-core machine
-    make these small convolutions many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def grad_mode():
-    """tools.inference.run_inference turns autograd off for the whole process; training needs it."""
-    torch.set_grad_enabled(True)
-    yield
-    torch.set_grad_enabled(True)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("toy") / "TOY")
