@@ -23,6 +23,7 @@ from tools import trainer
 from tools.checkpoint import load_checkpoint
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
+from helpers import kill_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
@@ -130,16 +131,6 @@ def test_derived_tag_states_the_settings():
 
 
 # --- exact resumption --------------------------------------------------------------------------
-def kill_at(monkeypatch, iteration):
-    """Interrupt the run (as Ctrl-C would) when the loss check of `iteration` is reached."""
-    original = trainer.check_finite
-
-    def check(losses, it, ctx=None):
-        if it == iteration:
-            raise KeyboardInterrupt
-        return original(losses, it, ctx)
-
-    monkeypatch.setattr(trainer, "check_finite", check)
 
 
 def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):

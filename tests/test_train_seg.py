@@ -27,6 +27,7 @@ from tools.checkpoint import CheckpointError
 from tools.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
+from helpers import kill_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
@@ -241,16 +242,6 @@ def test_derived_tag_marks_a_multi_stage_model():
 
 
 # --- exact resumption --------------------------------------------------------------------------
-def kill_at(monkeypatch, iteration):
-    """Interrupt the run (as Ctrl-C would) when the loss check of `iteration` is reached."""
-    original = trainer.check_finite
-
-    def check(losses, it, ctx=None):
-        if it == iteration:
-            raise KeyboardInterrupt
-        return original(losses, it, ctx)
-
-    monkeypatch.setattr(trainer, "check_finite", check)
 
 
 def test_resume_mid_epoch_gives_identical_weights_and_log(toy, tmp_path, monkeypatch):
