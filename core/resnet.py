@@ -14,7 +14,6 @@ import os
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from tools.checkpoint import CheckpointError, describe_mismatch, read_state_dict
@@ -175,6 +174,8 @@ def build_resnet(name, output_stride=16, pretrained=None):
 
 def imagenet_weights(name):
     """torchvision's ImageNet weights enum entry (IMAGENET1K_V1 for every depth)."""
+    import torchvision  # imported here: it costs about 2 s at start-up and only training needs it
+
     enum = getattr(torchvision.models, f"ResNet{name[len('resnet'):]}_Weights")
     return enum.IMAGENET1K_V1
 
