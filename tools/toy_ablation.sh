@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
 # CAM alone vs RecurSeed vs RecurSeed + EdgePredictMix on the toy dataset, same schedule
-# (12 epochs, ResNet-18 from scratch, the toy pipeline's settings). Run after tools/quickstart.sh
-# (it reuses the toy data and the RS+EPM model of that run). Prints one line per variant:
+# (12 epochs, ResNet-18 from scratch, RS from epoch 4, EPM from epoch 8). Run after
+# tools/quickstart.sh (it uses the toy data of that run). Prints one line per variant:
 # validation seed mIoU (ground-truth tags, best background threshold) and the CRF mask mIoU.
-#   CROP=128 bash tools/toy_ablation.sh    the same with 128-pixel crops (an 8x8 CAM grid), ~4x slower
+#   CROP=128 bash tools/toy_ablation.sh    128-pixel crops (an 8x8 CAM grid), about 20 minutes
+#   CROP=64 bash tools/toy_ablation.sh     64-pixel crops (a 4x4 CAM grid), about 8 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 D=(--dataset TOY --root_dir toy_data/TOY --pred_dir ./experiments/toy/)
-CROP=${CROP:-64}
+CROP=${CROP:-128}
 TRAIN=(--domain train_aug --backbone resnet18 --pretrained none --batch_size 8 --max_epoch 12 --lr 0.01
        --crop_size "$CROP" --min_image_size "$CROP" --max_image_size $((CROP * 3 / 2)) --pamr_dilations 1,2,4,8
        --log_interval 25
        --seed 0 --resume true --num_workers 2)
 INFER=(--domain validation --backbone resnet18 --scales 1.0,0.5 --num_workers 2)
-# crop 64 is the quickstart's setting: its RS+EPM model is reused
-SUFFIX=""; [ "$CROP" = 64 ] || SUFFIX="@c$CROP"
-declare -A TAGS=([cam]="toy@ResNet18@CAM$SUFFIX" [rs]="toy@ResNet18@RS$SUFFIX" [rsepm]="toy@ResNet18@RS+EPM$SUFFIX")
+declare -A TAGS=([cam]="toy@ResNet18@CAM@c$CROP" [rs]="toy@ResNet18@RS@c$CROP" [rsepm]="toy@ResNet18@RS+EPM@c$CROP")
 [ -f "experiments/toy/models/${TAGS[cam]}/last.pth" ] || \
   "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 12 --mix none --tag "${TAGS[cam]}"
 [ -f "experiments/toy/models/${TAGS[rs]}/last.pth" ] || \
