@@ -208,6 +208,7 @@ def main(argv=None):
             run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
     return run.finish()
 
+
 if __name__ == "__main__":
     try:
         main()

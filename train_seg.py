@@ -143,6 +143,7 @@ def main(argv=None):
                                                                        info.num_classes)})
     return run.finish()
 
+
 if __name__ == "__main__":
     try:
         main()
