@@ -13,7 +13,7 @@ fi
 stamp="$VENV/.requirements.sha256"
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing requirements into $VENV (torch comes from the local wheel cache; about 2 minutes)" >&2
+  echo "[setup] installing requirements into $VENV (torch comes from the local wheel cache; 2-5 minutes)" >&2
   log=$(mktemp)
   if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt >"$log" 2>&1; then
     grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
