@@ -177,36 +177,36 @@ def main(argv=None):
     network = step_module.network  # the same module, moved to the device
     optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
     weights = method_config(args).weights()
-    run = trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
-                              method=vars(method_config(args)), loss_weights=weights, train_images=len(dataset),
-                              skipped_untagged=dataset.skipped_untagged)
-    run.logger.info(f"[i] {dataset.summary()}")
-    val_ids = []
-    if args.val_every > 0 and ctx.is_main:
-        val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True, require_xml=True)
-        val_ids = val_layout.ids[:args.val_images]
+    with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
+                             method=vars(method_config(args)), loss_weights=weights, train_images=len(dataset),
+                             skipped_untagged=dataset.skipped_untagged) as run:
+        run.logger.info(f"[i] {dataset.summary()}")
+        val_ids = []
+        if args.val_every > 0 and ctx.is_main:
+            val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True, require_xml=True)
+            val_ids = val_layout.ids[:args.val_images]
 
-    for epoch in run.epochs():
-        use_rs, use_mix = epoch >= args.rs_start, args.mix != "none" and epoch >= args.mix_start
-        model.train()
-        for batch in loader:
-            images = batch["image"].to(ctx.device, non_blocking=True)
-            tags = batch["tags"].to(ctx.device, non_blocking=True)
-            valid = batch["valid"].to(ctx.device, non_blocking=True)
-            with trainer.autocast_context(ctx.device, run.amp_dtype):
-                out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
-                            seed=trainer.derive_seed(args.seed, run.iteration))
-            out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
-            losses = {k: out[k] for k in LOSS_TERMS if k in out}
-            values = trainer.check_finite(losses, run.iteration, ctx)
-            run.step(sum(weights[k] * v for k, v in losses.items()))
-            total = sum(weights[k] * v for k, v in values.items())
-            stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
-            run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total)
-        if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
-            miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
-            run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
-    return run.finish()
+        for epoch in run.epochs():
+            use_rs, use_mix = epoch >= args.rs_start, args.mix != "none" and epoch >= args.mix_start
+            model.train()
+            for batch in loader:
+                images = batch["image"].to(ctx.device, non_blocking=True)
+                tags = batch["tags"].to(ctx.device, non_blocking=True)
+                valid = batch["valid"].to(ctx.device, non_blocking=True)
+                with trainer.autocast_context(ctx.device, run.amp_dtype):
+                    out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
+                                seed=trainer.derive_seed(args.seed, run.iteration))
+                out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
+                losses = {k: out[k] for k in LOSS_TERMS if k in out}
+                values = trainer.check_finite(losses, run.iteration, ctx)
+                run.step(sum(weights[k] * v for k, v in losses.items()))
+                total = sum(weights[k] * v for k, v in values.items())
+                stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
+                run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total)
+            if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
+                miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
+                run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
+        return run.finish()
 
 
 if __name__ == "__main__":

@@ -118,30 +118,30 @@ def main(argv=None):
     model = trainer.wrap_model(network, ctx, sync_bn=args.sync_bn)
     optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
                                         head_lr_mult=args.head_lr_mult)
-    run = trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
-                              train_images=len(dataset), dataset_summary=dataset.summary())
-    run.logger.info(f"[i] {dataset.summary()}")
-    val_ids = []
-    if args.val_every > 0 and ctx.is_main:
-        val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True)
-        val_ids = val_layout.ids[:args.val_images]
+    with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
+                             train_images=len(dataset), dataset_summary=dataset.summary()) as run:
+        run.logger.info(f"[i] {dataset.summary()}")
+        val_ids = []
+        if args.val_every > 0 and ctx.is_main:
+            val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True)
+            val_ids = val_layout.ids[:args.val_images]
 
-    for epoch in run.epochs():
-        model.train()
-        for batch in loader:
-            images = batch["image"].to(ctx.device, non_blocking=True)
-            masks = batch["mask"].to(ctx.device, non_blocking=True)
-            with trainer.autocast_context(ctx.device, run.amp_dtype):
-                logits = model(images)
-            losses = {"seg": segmentation_loss(logits, masks)}
-            values = trainer.check_finite(losses, run.iteration, ctx)
-            run.step(losses["seg"])
-            run.record(epoch, {**values, "ignored": float((masks == IGNORE_INDEX).float().mean())},
-                       images=images.shape[0], progress_loss=values["seg"])
-        if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
-            run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
-                                                                       info.num_classes)})
-    return run.finish()
+        for epoch in run.epochs():
+            model.train()
+            for batch in loader:
+                images = batch["image"].to(ctx.device, non_blocking=True)
+                masks = batch["mask"].to(ctx.device, non_blocking=True)
+                with trainer.autocast_context(ctx.device, run.amp_dtype):
+                    logits = model(images)
+                losses = {"seg": segmentation_loss(logits, masks)}
+                values = trainer.check_finite(losses, run.iteration, ctx)
+                run.step(losses["seg"])
+                run.record(epoch, {**values, "ignored": float((masks == IGNORE_INDEX).float().mean())},
+                           images=images.shape[0], progress_loss=values["seg"])
+            if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
+                run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
+                                                                           info.num_classes)})
+        return run.finish()
 
 
 if __name__ == "__main__":

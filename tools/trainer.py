@@ -705,15 +705,15 @@ class TrainingRun:
     the data order, `step(loss)` applies one optimiser step, `record(...)` logs and writes the
     periodic resume checkpoints, and `finish()` saves the final weights. Usage:
 
-        run = TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_x", **config_extra)
-        for epoch in run.epochs():
-            model.train()
-            for batch in loader:
-                with autocast_context(ctx.device, run.amp_dtype): losses = ...
-                values = check_finite(losses, run.iteration, ctx)
-                run.step(total_loss)
-                run.record(epoch, values, images=batch_size)
-        run.finish()
+        with TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_x", **extra) as run:
+            for epoch in run.epochs():
+                model.train()
+                for batch in loader:
+                    with autocast_context(ctx.device, run.amp_dtype): losses = ...
+                    values = check_finite(losses, run.iteration, ctx)
+                    run.step(total_loss)
+                    run.record(epoch, values, images=batch_size)
+            return run.finish()
     """
 
     def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", **config_extra):
@@ -792,6 +792,15 @@ class TrainingRun:
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
                     epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        """Close the progress bar and logs also when the run stops on an error (NaN, Ctrl-C)."""
+        self.progress.close()
+        self.logger.close()
+        return False
 
     def finish(self):
         """Write last.pth (and ema.pth) with config.json on rank 0, close logs, leave the group."""
