@@ -109,11 +109,12 @@ def convert_one(image_id):
 
 def run_all(job, ids, num_workers):
     """Yield convert_one results for `ids`, in-process or over a pool of `num_workers` processes."""
-    if num_workers <= 1 or len(ids) <= 1:
+    if num_workers <= 1 or len(ids) <= 1 or (os.cpu_count() or 1) == 1:
         _init_worker(job)
         yield from map(convert_one, ids)
         return
-    workers = min(num_workers, len(ids))
+    # More processes than cores only adds memory: the CRF of one image runs on one core.
+    workers = min(num_workers, len(ids), os.cpu_count() or 1)
     # Each image takes about a second of CRF, so small chunks cost nothing and keep workers balanced.
     chunksize = max(1, min(4, len(ids) // (workers * 8)))
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
