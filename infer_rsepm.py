@@ -10,7 +10,8 @@ classes are the ground-truth tags (--conf_th -1) or the classes scoring >= --con
 from core.datasets import load_dataset_info
 from core.networks import RSEPM
 from tools.args import str2bool
-from tools.inference import cli, inference_parser, run_inference
+from tools.args import cli
+from tools.inference import inference_parser, run_inference
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
 

@@ -9,7 +9,8 @@ maximum probability reaches 0.05.
 """
 from core.datasets import load_dataset_info
 from core.networks import build_network
-from tools.inference import cli, inference_parser, run_inference
+from tools.args import cli
+from tools.inference import inference_parser, run_inference
 
 DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 

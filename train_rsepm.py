@@ -8,7 +8,6 @@ Writes experiments/models/{tag}/last.pth (released-weights format, so `infer_rse
 reads it), config.json (every setting), resume.pth (for --resume) and logs/ (TensorBoard, JSONL).
 """
 import argparse
-import sys
 
 import numpy as np
 import torch
@@ -20,9 +19,8 @@ from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
 from tools import trainer
-from tools.args import add_dataset_args, add_device_args, add_experiment_args
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli
 from tools.inference import multiscale_inference, rsepm_seed
-from tools.io import FormatError
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
 
@@ -210,7 +208,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    cli(main)

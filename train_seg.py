@@ -12,7 +12,6 @@ the result: selecting one on validation ground truth would leak the test set.
 """
 import argparse
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +22,8 @@ from core.resnet import ARCHITECTURES
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
 from tools import trainer
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, str2bool
 from tools.inference import multiscale_inference
-from tools.io import FormatError
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
 
@@ -145,7 +143,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    cli(main)

@@ -26,7 +26,8 @@ import infer_seg
 import tools.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
 from tools.checkpoint import save_weights
-from tools.inference import SCALES, cli, multiscale_inference, rsepm_seed, seg_seed
+from tools.args import cli
+from tools.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from tools.make_toy_dataset import make_toy_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

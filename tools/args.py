@@ -71,3 +71,14 @@ def resolve_devices(gpus):
 def normalise_root(root_dir):
     """Accept the root with or without a trailing slash (the original needed one)."""
     return os.path.normpath(os.path.expanduser(root_dir))
+
+
+def cli(main, argv=None):
+    """Run a script's main, turning the project's errors into a message and exit status 1."""
+    from core.datasets import DatasetError  # core imports tools: import it late
+    from tools.io import FormatError
+
+    try:
+        return main(argv)
+    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, resolve_devices, str2bool
 from tools.checkpoint import CheckpointError, load_checkpoint
-from tools.io import FormatError, save_seed
+from tools.io import save_seed
 from tools.paths import model_path, predictions_dir
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -225,10 +225,3 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
         raise SystemExit(1)
     return summary
 
-
-def cli(main, argv=None):
-    """Run a script's main, turning the project's errors into a message and exit status 1."""
-    try:
-        return main(argv)
-    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}") from None
