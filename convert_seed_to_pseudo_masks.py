@@ -20,9 +20,10 @@ import sys
 import tqdm
 
 from core.crf import seed_to_mask
-from core.datasets import DatasetError, SeedLayout, load_dataset_info
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import DatasetError, FormatError
+from core.io import load_seed, save_mask
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
-from tools.io import FormatError, load_seed, save_mask
 from tools.paths import output_dir, pseudo_labels_dir
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.

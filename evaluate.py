@@ -22,10 +22,11 @@ import sys
 
 import tqdm
 
-from core.datasets import DatasetError, SeedLayout, load_dataset_info
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import DatasetError, FormatError
+from core.io import load_seed, read_mask, write_json
 from tools import metrics
 from tools.args import add_dataset_args, add_experiment_args, str2bool
-from tools.io import FormatError, load_seed, read_mask, write_json
 from tools.paths import evaluation_path, output_dir
 
 MASK_MODE, SEED_MODE = "mask", "seed"

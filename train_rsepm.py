@@ -12,7 +12,9 @@ import argparse
 import numpy as np
 import torch
 
-from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.errors import DatasetError
+from core.inference import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
 from core.resnet import ARCHITECTURES
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
@@ -20,7 +22,6 @@ from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
 from tools import trainer
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli
-from tools.inference import multiscale_inference, rsepm_seed
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
 

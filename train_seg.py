@@ -16,14 +16,15 @@ import os
 import torch
 import torch.nn.functional as F
 
-from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.errors import DatasetError
+from core.inference import multiscale_inference
 from core.networks import build_network, split_parameters
 from core.resnet import ARCHITECTURES
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
 from tools import trainer
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, str2bool
-from tools.inference import multiscale_inference
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
 

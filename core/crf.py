@@ -17,7 +17,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
-from tools.io import FormatError
+from core.errors import FormatError
 
 # The "deeplab" CRF of the original convert script (FORMATS.md section 5).
 CRF_DEFAULTS = dict(iterations=10, gaussian_sxy=1, gaussian_compat=3,
@@ -109,7 +109,7 @@ def seed_to_mask(seed_dict, image, mode="crf", bg_th=None, bg_gamma=DEFAULT_BG_G
     """Pseudo mask of one image from its seed file contents.
 
     Args:
-        seed_dict: {"keys", "seed" (K, H, W), "dialect"} as returned by tools.io.load_seed.
+        seed_dict: {"keys", "seed" (K, H, W), "dialect"} as returned by core.io.load_seed.
         image: uint8 RGB (H, W, 3) of the same image (used by the CRF; its size is checked).
         mode: "crf" refines with dense_crf; any other value takes the plain argmax, where an
             rsepm seed gets the constant `bg_th` plane (so `bg_th` is required there).

@@ -12,16 +12,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tools.io import FormatError, make_palette, read_json, read_mask
+from core.errors import DatasetError, FormatError
+from core.io import make_palette, read_json, read_mask
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 DOMAINS = ("train", "train_aug", "validation", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DatasetError(Exception):
-    """A dataset file or folder is missing or malformed. The message names it."""
 
 
 class DatasetInfo:

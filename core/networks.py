@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checkpoint import unwrap
 from core.resnet import ARCHITECTURES, build_resnet
-from tools.checkpoint import unwrap
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 DEEPLABV2_RATES = (6, 12, 18, 24)

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from tools.checkpoint import CheckpointError, describe_mismatch, read_state_dict
+from core.checkpoint import describe_mismatch, read_state_dict
+from core.errors import CheckpointError
 
 # per output stride: (strides of layer1..4, dilations of layer1..4 after their first block)
 LAYER_SETTINGS = {

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from core.datasets import DatasetError
-from tools.io import FormatError, read_mask
+from core.errors import DatasetError, FormatError
+from core.io import read_mask
 
 MAX_LISTED = 5
 

@@ -22,13 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from core.checkpoint import unwrap  # noqa: E402
 from core.datasets import DatasetInfo, SeedLayout  # noqa: E402
+from core.io import save_mask  # noqa: E402
 from core.networks import split_parameters  # noqa: E402
 from core.train_datasets import SegmentationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
 from tools import trainer  # noqa: E402
-from tools.checkpoint import unwrap  # noqa: E402
-from tools.io import save_mask  # noqa: E402
 
 TAG = "tiny"
 

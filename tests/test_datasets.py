@@ -8,7 +8,7 @@ from PIL import Image
 
 from core.datasets import (DatasetError, DatasetInfo, InferenceDataset, SeedLayout, load_dataset_info,
                            normalize_image, parse_xml_tags, read_image)
-from tools.io import save_mask
+from core.io import save_mask
 
 TOY = DatasetInfo("TOY")
 

@@ -23,11 +23,11 @@ from torch import nn
 
 import infer_rsepm
 import infer_seg
-import tools.io
+from core.checkpoint import save_weights
+from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
+import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
-from tools.checkpoint import save_weights
 from tools.args import cli
-from tools.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from tools.make_toy_dataset import make_toy_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -476,7 +476,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
     temporary file, the 2 finished files stay, and a re-run completes the folder."""
     place_weights(tmp_path / "a", weights["rsepm"])
     place_weights(tmp_path / "b", weights["rsepm"])
-    real, calls = tools.io.atomic_output, []
+    real, calls = core.io.atomic_output, []
 
     @contextlib.contextmanager
     def interrupted_third(path, mode="wb"):
@@ -487,7 +487,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
                 raise KeyboardInterrupt
             yield f
 
-    monkeypatch.setattr(tools.io, "atomic_output", interrupted_third)
+    monkeypatch.setattr(core.io, "atomic_output", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
         infer_rsepm.main(rsepm_args(toy, tmp_path / "a", *FAST))
     monkeypatch.undo()

@@ -12,8 +12,8 @@ import torch
 import torchvision
 
 from core.networks import (DeepLabV2, DeepLabV3Plus, RSEPM, build_network, split_parameters)
+from core.errors import CheckpointError
 from core.resnet import build_resnet
-from tools.checkpoint import CheckpointError
 
 torch.set_num_threads(2)
 VOC = 21

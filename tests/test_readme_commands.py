@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.checkpoint import save_weights
 from core.datasets import load_dataset_info
+from core.io import save_mask
 from core.networks import RSEPM, DeepLabV3Plus
-from tools.checkpoint import save_weights
-from tools.io import save_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_TAG = "ResNet50@VOC@RS+EPM@Official"

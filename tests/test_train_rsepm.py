@@ -18,9 +18,9 @@ import core.rsepm
 import evaluate
 import infer_rsepm
 import train_rsepm
+from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
 from tools import trainer
-from tools.checkpoint import load_checkpoint
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at

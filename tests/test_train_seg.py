@@ -21,10 +21,10 @@ import evaluate
 import infer_seg
 import train_seg
 from core.datasets import load_dataset_info
+from core.errors import CheckpointError
+from core.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
 from tools import trainer
-from tools.checkpoint import CheckpointError
-from tools.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at

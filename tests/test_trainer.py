@@ -12,8 +12,8 @@ from torch import nn
 
 from core.networks import split_parameters
 from ddp_worker import TAG, TinyNet, train, write_tiny_layout
+from core.checkpoint import load_checkpoint
 from tools import trainer
-from tools.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from core.errors import DatasetError, FormatError
 from tools.paths import DEFAULT_PRED_DIR
 
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
@@ -75,9 +76,6 @@ def normalise_root(root_dir):
 
 def cli(main, argv=None):
     """Run a script's main, turning the project's errors into a message and exit status 1."""
-    from core.datasets import DatasetError  # core imports tools: import it late
-    from tools.io import FormatError
-
     try:
         return main(argv)
     except (DatasetError, FormatError, ValueError, RuntimeError) as e:

@@ -18,7 +18,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import convert_seed_to_pseudo_masks as convert  # noqa: E402
-from tools.io import save_seed  # noqa: E402
+from core.io import save_seed  # noqa: E402
 
 TAG = "bench"
 DOMAIN = "validation"

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate  # noqa: E402
 from core.datasets import load_dataset_info  # noqa: E402
+from core.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
 from tools import metrics  # noqa: E402
-from tools.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
 from tools.paths import output_dir  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500

@@ -1,4 +1,4 @@
-"""Time of the multi-scale seed inference (tools.inference.multiscale_inference) per image.
+"""Time of the multi-scale seed inference (core.inference.multiscale_inference) per image.
 
 Random-weight networks on random images of fixed size: RSEPM ResNet-50 at the VOC size 500x375
 and RSEPM ResNet-18 at the TOY size 128x128, with the published 4 scales (each with its flip) and
@@ -19,8 +19,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from core.inference import SCALES, multiscale_inference  # noqa: E402
 from core.networks import RSEPM  # noqa: E402
-from tools.inference import SCALES, multiscale_inference  # noqa: E402
 
 # (backbone, classes incl. background, height, width)
 CASES = {"r50-voc": ("resnet50", 21, 375, 500), "r18-toy": ("resnet18", 6, 128, 128)}

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.io import atomic_output  # noqa: E402
+from core.io import atomic_output  # noqa: E402
 
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
 
@@ -110,13 +110,13 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from matplotlib.patches import Patch
 
+from core.checkpoint import load_checkpoint
 from core.crf import seed_to_mask
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.inference import multiscale_inference, rsepm_seed
+from core.io import read_json
 from core.networks import RSEPM, build_network
 from core.targets import normalize_cam
-from tools.checkpoint import load_checkpoint
-from tools.inference import multiscale_inference, rsepm_seed
-from tools.io import read_json
 from tools.paths import evaluation_path, model_path
 
 torch.set_grad_enabled(False)

@@ -39,8 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core.datasets import DatasetError, DatasetInfo  # noqa: E402
-from tools.io import FormatError, atomic_output, read_json, save_mask, write_json  # noqa: E402
+from core.datasets import DatasetInfo  # noqa: E402
+from core.errors import DatasetError, FormatError  # noqa: E402
+from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
 DEFAULT_COUNTS = {"train": 60, "train_aug": 200, "validation": 40, "test": 20}

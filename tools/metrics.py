@@ -203,7 +203,7 @@ def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None,
     See exclude_classes.
 
     Args:
-        seed_dict: {"keys", "seed" (K, H, W), "dialect": "rsepm" | "seg"} (tools.io.load_seed).
+        seed_dict: {"keys", "seed" (K, H, W), "dialect": "rsepm" | "seg"} (core.io.load_seed).
         gt: integer (H, W) ground truth.
         thresholds: ascending background thresholds (R,).
         tag_mask: optional bool (C,) from tag_keep_mask; None = accumulate every class.

@@ -38,8 +38,9 @@ from pycocotools import mask as mask_utils
 if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `core`, `tools` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.datasets import DatasetError, DatasetInfo, parse_xml_tags  # noqa: E402
-from tools.io import FormatError, atomic_output, save_mask  # noqa: E402
+from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
+from core.errors import DatasetError, FormatError  # noqa: E402
+from core.io import atomic_output, save_mask  # noqa: E402
 from tools.prepare_voc import (PrepareError, add_output_args, check_official_counts,  # noqa: E402
                                place_file, print_summary, run_parallel, verify_split)
 

@@ -15,7 +15,7 @@ Inputs
 
 Output: ROOT/{train,train_aug,validation}/{image,mask,xml}/ and ROOT/test/image/.
 
-Masks are always re-saved as palette PNGs of class indices (255 kept) through tools.io.save_mask.
+Masks are always re-saved as palette PNGs of class indices (255 kept) through core.io.save_mask.
 VOC SegmentationClass PNGs are palette PNGs whose pixel indices are the classes, so indices are
 read, never colours. For a train_aug id that has a VOC SegmentationClass mask (the 1,464 VOC
 train ids) that mask is used: SegmentationClassAug carries a copy of it anyway, and the VOC file
@@ -40,8 +40,9 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `core`, `tools` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.datasets import DatasetError, DatasetInfo, parse_xml_tags  # noqa: E402
-from tools.io import FormatError, atomic_output, read_mask, save_mask  # noqa: E402
+from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
+from core.errors import DatasetError, FormatError  # noqa: E402
+from core.io import atomic_output, read_mask, save_mask  # noqa: E402
 
 OFFICIAL_COUNTS = {"train": 1464, "train_aug": 10582, "validation": 1449, "test": 1456}
 LINK_MODES = ("copy", "hardlink", "symlink")

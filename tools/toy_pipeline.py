@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.io import atomic_output, read_json, write_json  # noqa: E402
+from core.io import atomic_output, read_json, write_json  # noqa: E402
 from tools.paths import evaluation_path, model_path  # noqa: E402
 
 DATA = "toy_data/TOY"

@@ -67,9 +67,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.checkpoint import save_weights, unwrap
+from core.io import atomic_output, write_json
 from tools.args import resolve_devices, str2bool
-from tools.checkpoint import save_weights, unwrap
-from tools.io import atomic_output, write_json
 from tools.paths import model_dir, model_path
 
 GROUP_NAMES = ("backbone_weight", "backbone_bias_bn", "head_weight", "head_bias_bn")

@@ -10,15 +10,12 @@ import collections
 import torch
 from torch import nn
 
-from tools.io import FormatError, atomic_output
+from core.errors import CheckpointError
+from core.io import atomic_output
 
 WRAPPER_KEYS = ("model", "state_dict")
 PREFIX = "module."
 MAX_LISTED = 10
-
-
-class CheckpointError(FormatError):
-    """A checkpoint file is missing, unreadable, or does not fit the model. Names the file."""
 
 
 def unwrap(model):

@@ -14,14 +14,12 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from core.errors import FormatError
+
 SEED_DIALECTS = ("rsepm", "seg")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates files 0600, outputs get the usual 0666 & ~umask
 IGNORE_COLOR = (224, 224, 192)
-
-
-class FormatError(Exception):
-    """A file exists but does not hold what it should. The message names the file."""
 
 
 @contextlib.contextmanager
