@@ -20,7 +20,7 @@ from core.resnet import ARCHITECTURES
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools import trainer
+from tools import distributed, optim, trainer
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
@@ -157,24 +157,24 @@ def validate(network, layout, ids, device, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = trainer.setup_distributed(args.gpus)
+    ctx = distributed.setup_distributed(args.gpus)
     check_mix_share(args, ctx)
-    trainer.seed_everything(args.seed, ctx.rank)
+    distributed.seed_everything(args.seed, ctx.rank)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info, require_xml=True)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
     dataset = ClassificationDataset(layout, transform, seed=args.seed)
-    loader = trainer.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
     if len(loader) == 0:
         raise DatasetError(f"{layout.split_dir}: {len(dataset)} tagged images give no full batch of "
                            f"{args.batch_size}; lower --batch_size")
 
     network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
-    ema = trainer.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
+    ema = optim.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
     step_module = RSEPMTraining(network, method_config(args), teacher=ema.module if ema else None)
-    model = trainer.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
+    model = distributed.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
     network = step_module.network  # the same module, moved to the device
-    optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
+    optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
     weights = method_config(args).weights()
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
                              method=vars(method_config(args)), loss_weights=weights, train_images=len(dataset),
@@ -192,12 +192,12 @@ def main(argv=None):
                 images = batch["image"].to(ctx.device, non_blocking=True)
                 tags = batch["tags"].to(ctx.device, non_blocking=True)
                 valid = batch["valid"].to(ctx.device, non_blocking=True)
-                with trainer.autocast_context(ctx.device, run.amp_dtype):
+                with optim.autocast_context(ctx.device, run.amp_dtype):
                     out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
-                                seed=trainer.derive_seed(args.seed, run.iteration))
+                                seed=distributed.derive_seed(args.seed, run.iteration))
                 out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
                 losses = {k: out[k] for k in LOSS_TERMS if k in out}
-                values = trainer.check_finite(losses, run.iteration, ctx)
+                values = optim.check_finite(losses, run.iteration, ctx)
                 run.step(sum(weights[k] * v for k, v in losses.items()))
                 total = sum(weights[k] * v for k, v in values.items())
                 stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}

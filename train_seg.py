@@ -23,7 +23,7 @@ from core.networks import build_network, split_parameters
 from core.resnet import ARCHITECTURES
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
-from tools import trainer
+from tools import distributed, optim, trainer
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, str2bool
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
@@ -97,8 +97,8 @@ def validate(network, layout, ids, device, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = trainer.setup_distributed(args.gpus)
-    trainer.seed_everything(args.seed, ctx.rank)
+    ctx = distributed.setup_distributed(args.gpus)
+    distributed.seed_everything(args.seed, ctx.rank)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info)
     mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain)
@@ -107,15 +107,15 @@ def main(argv=None):
                            f"convert_seed_to_pseudo_masks.py with --domain {args.domain} --tag {args.label_tag})")
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
     dataset = SegmentationDataset(layout, mask_dir, transform, seed=args.seed, allow_missing=args.allow_missing)
-    loader = trainer.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
     if len(loader) == 0:
         raise DatasetError(f"{layout.split_dir}: {len(dataset)} usable images give no full batch of "
                            f"{args.batch_size}; lower --batch_size")
 
     network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride,
                             pretrained=args.pretrained)
-    model = trainer.wrap_model(network, ctx, sync_bn=args.sync_bn)
-    optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
+    model = distributed.wrap_model(network, ctx, sync_bn=args.sync_bn)
+    optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
                                         head_lr_mult=args.head_lr_mult)
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
@@ -130,10 +130,10 @@ def main(argv=None):
             for batch in loader:
                 images = batch["image"].to(ctx.device, non_blocking=True)
                 masks = batch["mask"].to(ctx.device, non_blocking=True)
-                with trainer.autocast_context(ctx.device, run.amp_dtype):
+                with optim.autocast_context(ctx.device, run.amp_dtype):
                     logits = model(images)
                 losses = {"seg": segmentation_loss(logits, masks)}
-                values = trainer.check_finite(losses, run.iteration, ctx)
+                values = optim.check_finite(losses, run.iteration, ctx)
                 run.step(losses["seg"])
                 run.record(epoch, {**values, "ignored": float((masks == IGNORE_INDEX).float().mean())},
                            images=images.shape[0], progress_loss=values["seg"])

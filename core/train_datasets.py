@@ -5,7 +5,7 @@ augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample
 the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
 what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
 The epoch reaches the workers because they are started afresh for every epoch
-(tools.trainer.build_loader: persistent_workers=False).
+(tools.distributed.build_loader: persistent_workers=False).
 
 Problems found at construction are either errors (DatasetError naming files) or skips that are
 counted and listed for the log (`summary()`), so a run never trains silently on less data.
