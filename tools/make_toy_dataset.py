@@ -42,6 +42,7 @@ if ROOT not in sys.path:
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import DatasetError, FormatError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
+from tools.builders import voc_annotation_xml  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
 DEFAULT_COUNTS = {"train": 60, "train_aug": 200, "validation": 40, "test": 20}
@@ -289,26 +290,8 @@ def render_sample(rng, class_names, min_size, max_size, max_objects):
 
 def annotation_xml(image_id, height, width, objects):
     """Pascal VOC annotation bytes for one image."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "TOY"
-    ET.SubElement(root, "filename").text = image_id + ".jpg"
-    source = ET.SubElement(root, "source")
-    ET.SubElement(source, "database").text = "TOY synthetic (tools/make_toy_dataset.py)"
-    size = ET.SubElement(root, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, key).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
-    for obj in objects:
-        node = ET.SubElement(root, "object")
-        ET.SubElement(node, "name").text = obj["name"]
-        ET.SubElement(node, "pose").text = "Unspecified"
-        ET.SubElement(node, "truncated").text = str(obj["truncated"])
-        ET.SubElement(node, "difficult").text = "0"
-        box = ET.SubElement(node, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]):
-            ET.SubElement(box, key).text = str(value)
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="utf-8") + b"\n"
+    return voc_annotation_xml("TOY", image_id + ".jpg", width, height, objects,
+                              database="TOY synthetic (tools/make_toy_dataset.py)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-import xml.etree.ElementTree as ET
 from functools import partial
 
 import numpy as np
@@ -41,8 +40,8 @@ if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `co
 from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.errors import DatasetError, FormatError  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
-from tools.prepare_voc import (PrepareError, add_output_args, check_official_counts,  # noqa: E402
-                               place_file, print_summary, run_parallel, verify_split)
+from tools.builders import (PrepareError, add_output_args, check_official_counts, place_file,  # noqa: E402
+                            print_summary, run_parallel, verify_split, voc_annotation_xml)
 
 SPLITS = {"train": ("train2014", "instances_train2014.json"),
           "validation": ("val2014", "instances_val2014.json")}
@@ -135,25 +134,9 @@ def voc_box(bbox, width, height):
 
 def annotation_xml(file_name, width, height, annotations, class_names):
     """VOC-style annotation (bytes) with one <object> per annotation, in annotation order."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "COCO2014"
-    ET.SubElement(root, "filename").text = file_name
-    size = ET.SubElement(root, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, key).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
-    for ann in annotations:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = class_names[ann["class"]]
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        ET.SubElement(obj, "iscrowd").text = str(int(ann["iscrowd"]))  # extra field, ignored by VOC readers
-        box = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), voc_box(ann["bbox"], width, height)):
-            ET.SubElement(box, key).text = str(value)
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+    objects = [{"name": class_names[ann["class"]], "bbox": voc_box(ann["bbox"], width, height),
+                "extra": {"iscrowd": int(ann["iscrowd"])}} for ann in annotations]
+    return voc_annotation_xml("COCO2014", file_name, width, height, objects)
 
 
 def expected_tags(annotations):

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 if __package__ in (None, ""):  # run as `python tools/bench_prepare.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import DatasetInfo  # noqa: E402
 
@@ -185,5 +185,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools.bench_prepare import main as _main
+    from tools.bench.bench_prepare import main as _main
     sys.exit(_main())
