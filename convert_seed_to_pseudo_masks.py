@@ -12,7 +12,6 @@ missing or unreadable, or that does not fit its image, is skipped and listed at 
 the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
 compatibility and ignored.
 """
-import argparse
 import multiprocessing
 import os
 import sys
@@ -23,7 +22,7 @@ from core.crf import seed_to_mask
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, FormatError
 from core.io import load_seed, save_mask
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, str2bool
 from tools.paths import output_dir, pseudo_labels_dir
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
@@ -31,8 +30,7 @@ _JOB = None
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(description=__doc__.split("\n\n")[0])
     add_device_args(parser)
     parser.set_defaults(num_workers=16)  # the original's default; each worker converts one image at a time
     add_dataset_args(parser, domain="train")

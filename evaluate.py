@@ -13,7 +13,6 @@ Prints a per-class IoU table and a summary line, and writes the result as JSON b
 evaluated folder (tools.paths.evaluation_path). Images are spread over --num_workers processes
 whose integer confusion matrices are summed, so the result does not depend on the worker count.
 """
-import argparse
 import math
 import multiprocessing
 import os
@@ -26,7 +25,7 @@ from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, FormatError
 from core.io import load_seed, read_mask, write_json
 from tools import metrics
-from tools.args import add_dataset_args, add_experiment_args, str2bool
+from tools.args import add_dataset_args, add_experiment_args, make_parser, str2bool
 from tools.paths import evaluation_path, output_dir
 
 MASK_MODE, SEED_MODE = "mask", "seed"
@@ -38,8 +37,7 @@ class EvaluationError(Exception):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(description=__doc__.split("\n\n")[0])
     add_dataset_args(parser, domain="validation")
     add_experiment_args(parser)
     parser.add_argument("--folder", default="pseudo-labels", type=str,

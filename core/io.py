@@ -19,7 +19,8 @@ from core.errors import FormatError
 SEED_DIALECTS = ("rsepm", "seg")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates files 0600, outputs get the usual 0666 & ~umask
-IGNORE_COLOR = (224, 224, 192)
+IGNORE_INDEX = 255  # label of pixels no loss and no metric counts (object borders, crowds, crop padding)
+IGNORE_COLOR = (224, 224, 192)  # its palette colour
 
 
 @contextlib.contextmanager
@@ -173,11 +174,11 @@ def _check_seed(path, keys, seed, dialect, exc=ValueError):
 # Palette masks (FORMATS.md section 5)
 # ---------------------------------------------------------------------------------------------
 def make_palette(colors):
-    """768-entry palette list: `colors[i]` at index i, (224, 224, 192) at 255, black elsewhere."""
+    """768-entry palette list: `colors[i]` at index i, IGNORE_COLOR at IGNORE_INDEX, black elsewhere."""
     palette = [0] * 768
     for i, rgb in enumerate(colors):
         palette[3 * i:3 * i + 3] = [int(v) for v in rgb]
-    palette[3 * 255:3 * 256] = list(IGNORE_COLOR)
+    palette[3 * IGNORE_INDEX:3 * IGNORE_INDEX + 3] = list(IGNORE_COLOR)
     return palette
 
 

@@ -8,9 +8,9 @@ decoder tensors have C + 1 channels with background at channel 0.
 import torch
 import torch.nn.functional as F
 
+from core.io import IGNORE_INDEX
 from core.pamr import shifted_neighbours
 
-IGNORE_INDEX = 255
 CF_FG_TH = 0.55  # certain filter c (experiment tag CF(c=0.55)); [inferred] meaning
 CF_BG_TH = 0.10  # certain filter u (experiment tag CF(u=0.10)); [inferred] meaning
 EP_DELTA = 0.3  # [inferred] edge predict: probability jump that makes an edge

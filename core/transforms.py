@@ -24,8 +24,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from core.datasets import normalize_image
+from core.io import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from core.networks import split_parameters
 from ddp_worker import TAG, TinyNet, train, write_tiny_layout
 from core.checkpoint import load_checkpoint
-from tools import checkpoints, distributed, optim, runlog, trainer
+from tools import checkpoints, distributed, optim, runlog, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,7 +111,7 @@ def test_training_args_defaults_and_parsing():
     import argparse
 
     parser = argparse.ArgumentParser()
-    trainer.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30)
+    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30)
     args = parser.parse_args([])
     assert (args.lr, args.wd, args.max_epoch, args.batch_size, args.crop_size) == (0.01, 1e-4, 30, 16, 512)
     assert (args.min_image_size, args.max_image_size, args.amp, args.nesterov) == (320, 640, "auto", True)

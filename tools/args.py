@@ -27,6 +27,20 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every optional flag's help; a required flag has no default."""
+
+    def _get_help_string(self, action):
+        if action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(description):
+    """An ArgumentParser whose --help shows every flag's default."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
 def add_dataset_args(parser, domain="validation"):
     parser.add_argument("--root_dir", default="../VOC2012/", type=str,
                         help="dataset root in the seed layout (trailing slash optional)")
@@ -38,7 +52,8 @@ def add_dataset_args(parser, domain="validation"):
 
 def add_experiment_args(parser, tag=None):
     parser.add_argument("--tag", default=tag, type=str, required=tag is None,
-                        help="experiment name: the folder under models/, predictions/, pseudo-labels/")
+                        help="experiment name: the folder under models/, predictions/, pseudo-labels/"
+                             + ("; empty: a name derived from the settings" if tag == "" else ""))
     parser.add_argument("--pred_dir", default=DEFAULT_PRED_DIR, type=str,
                         help="root of the experiment folders models/, predictions/, pseudo-labels/")
 

@@ -14,18 +14,18 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.io import save_seed
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, resolve_devices, str2bool
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, resolve_devices, str2bool
 from tools.paths import model_path, predictions_dir
 
 
 def inference_parser(description, backbone, tag):
     """The flags both inference scripts share, with the original names and defaults."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = make_parser(description)
     add_device_args(parser)
     add_dataset_args(parser, domain="train")
     add_experiment_args(parser, tag=tag)
     parser.add_argument("--single", default=False, type=str2bool, help="only images with exactly one tag")
-    parser.add_argument("--backbone", default=backbone, type=str)
+    parser.add_argument("--backbone", default=backbone, type=str, help="ResNet backbone of the checkpoint")
     parser.add_argument("--strategy", default="last", type=str, help="checkpoint name models/{tag}/{strategy}.pth")
     parser.add_argument("--weights", default=None, type=str,
                         help="checkpoint file to load instead of models/{tag}/{strategy}.pth")
@@ -34,7 +34,7 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--debug", default=False, type=str2bool, help="accepted for compatibility; unused")
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
-                             "reference size (default: the published 1.0,0.5,1.5,2.0)")
+                             "reference size (the default is the published set)")
     return parser
 
 

@@ -6,7 +6,6 @@
 The notebook is stored without outputs and with fixed cell ids, so the file is the same byte for
 byte on every run; tests/test_notebook.py checks that and executes it on a tiny run.
 """
-import argparse
 import os
 import sys
 
@@ -18,6 +17,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from core.io import atomic_output  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
 
@@ -410,7 +410,7 @@ def notebook_text():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", default=NOTEBOOK, help="notebook file to write")
     parser.add_argument("--check", action="store_true", help="only compare --out with the generated text")
     args = parser.parse_args(argv)

@@ -25,7 +25,6 @@ train_aug share the pool "trainval", so train is a prefix of train_aug and no sp
 another split's count. The same settings give byte-identical files. Files are written atomically;
 a re-run skips the files that exist.
 """
-import argparse
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -42,6 +41,7 @@ if ROOT not in sys.path:
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import DatasetError, FormatError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 from tools.builders import voc_annotation_xml  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
@@ -438,15 +438,15 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="./toy_data/TOY", type=str, help="dataset root to write")
     parser.add_argument("--seed", default=0, type=int, help="random seed (same seed = identical files)")
-    parser.add_argument("--num_train", default=DEFAULT_COUNTS["train"], type=int)
+    parser.add_argument("--num_train", default=DEFAULT_COUNTS["train"], type=int, help="train images")
     parser.add_argument("--num_train_aug", default=DEFAULT_COUNTS["train_aug"], type=int,
                         help="train_aug size, the train images included")
-    parser.add_argument("--num_validation", default=DEFAULT_COUNTS["validation"], type=int)
-    parser.add_argument("--num_test", default=DEFAULT_COUNTS["test"], type=int)
+    parser.add_argument("--num_validation", default=DEFAULT_COUNTS["validation"], type=int,
+                        help="validation images")
+    parser.add_argument("--num_test", default=DEFAULT_COUNTS["test"], type=int, help="test images")
     parser.add_argument("--min_size", default=96, type=int, help="smallest image side in px")
     parser.add_argument("--max_size", default=160, type=int, help="largest image side in px")
     parser.add_argument("--max_objects", default=4, type=int, help="objects per image: 1..max_objects")

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from core.io import IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ integer corners. Images without any annotation are kept with an empty xml and an
 mask (`--empty_images keep`) or left out (`skip`: the 82,081 / 40,137 images that WSSS papers
 report).
 """
-import argparse
 import io
 import json
 import os
@@ -40,6 +39,7 @@ if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `co
 from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.errors import DatasetError, FormatError  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_official_counts, place_file,  # noqa: E402
                             print_summary, run_parallel, verify_split, voc_annotation_xml)
 
@@ -240,7 +240,7 @@ def category_map(info):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build the seed layout of MS COCO 2014 (train, validation).")
+    parser = make_parser("Build the seed layout of MS COCO 2014 (train, validation).")
     parser.add_argument("--coco_root", required=True, type=str,
                         help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
     parser.add_argument("--splits", default="train,validation", type=str,

@@ -23,7 +23,6 @@ is the original with its 255 object borders, while SBD .mat labels have no borde
 
 Re-running skips finished files (every write is atomic), then verifies the whole output.
 """
-import argparse
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `cor
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import DatasetError, FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
                             place_file, print_summary, read_id_list, resolve_folder, run_parallel,
                             verify_split)
@@ -230,8 +230,8 @@ def collect_splits(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build the seed layout of PASCAL VOC 2012 "
-                                                 "(train, train_aug, validation, test).")
+    parser = make_parser("Build the seed layout of PASCAL VOC 2012 "
+                         "(train, train_aug, validation, test).")
     parser.add_argument("--devkit", required=True, type=str,
                         help="VOC2012 trainval folder (VOCdevkit/VOC2012 or a parent of it)")
     parser.add_argument("--sbd", default=None, type=str,

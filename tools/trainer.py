@@ -1,59 +1,21 @@
-"""The run loop shared by train_rsepm.py and train_seg.py: the training flags (add_training_args) and
-TrainingRun, which ties the schedule, mixed precision, resume, logs and final weights together.
+"""The run loop shared by train_rsepm.py and train_seg.py: TrainingRun, which ties the schedule,
+mixed precision, resume, logs and final weights together.
 
 The parts it uses live in focused modules: tools/distributed.py (processes, seeds, data order),
 tools/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/checkpoints.py (resume checkpoint,
-config.json, final weights) and tools/runlog.py (logs). tests/ddp_worker.py is a runnable
-miniature of a training script built from them.
+config.json, final weights) and tools/runlog.py (logs); the flags both scripts share are in
+tools/training.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
 """
-import argparse
 import os
 import time
 
 from core.checkpoint import save_weights
 from core.io import write_json
-from tools.args import str2bool
 from tools.checkpoints import config_path, load_resume, resume_path, run_config, save_final, save_resume
 from tools.distributed import cleanup_distributed, set_loader_epoch
-from tools.optim import AMP_MODES, PolyLR, make_grad_scaler, resolve_amp_dtype
+from tools.optim import PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
 from tools.runlog import MeanMeter, RunLogger
-
-
-# ---------------------------------------------------------------------------------------------
-# Command-line arguments shared by the training scripts
-# ---------------------------------------------------------------------------------------------
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
-    """Flags of METHOD.md section 3 with the script's defaults (they differ per stage)."""
-    parser.add_argument("--batch_size", default=batch_size, type=int,
-                        help="global batch size (split over DDP processes)")
-    parser.add_argument("--max_epoch", "--max_epochs", dest="max_epoch", default=max_epoch, type=int)
-    parser.add_argument("--lr", default=lr, type=float, help="backbone learning rate (head: x10)")
-    parser.add_argument("--wd", default=weight_decay, type=float, help="weight decay (not on biases/BN)")
-    parser.add_argument("--nesterov", default=True, type=str2bool)
-    parser.add_argument("--crop_size", "--image_size", dest="crop_size", default=512, type=int,
-                        help="side of the square training crop")
-    parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
-    parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--amp", default="auto", choices=AMP_MODES,
-                        help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
-    parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
-    parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
-    parser.add_argument("--save_interval", default=500, type=positive_int,
-                        help="iterations between resume checkpoints (models/{tag}/resume.pth)")
-    parser.add_argument("--resume", default=False, type=str2bool,
-                        help="continue from models/{tag}/resume.pth when it exists")
 
 
 # ---------------------------------------------------------------------------------------------
