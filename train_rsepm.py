@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from core.datasets import SeedLayout, load_dataset_info
-from core.errors import DatasetError
+from core.errors import DatasetError, UsageError
 from core.inference import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
@@ -82,10 +82,10 @@ def check_args(parser, args):
 
 def check_mix_share(args, ctx):
     """Each device mixes within its own share of the batch (core/rsepm.py): a share of one image
-    would be pasted onto itself, a silent no-op mix, so refuse it. ValueError."""
+    would be pasted onto itself, a silent no-op mix, so refuse it. UsageError (a ValueError)."""
     devices = ctx.world_size if ctx.distributed else max(1, len(ctx.device_ids))
     if args.mix != "none" and args.batch_size // devices < 2:
-        raise ValueError(f"--batch_size {args.batch_size} over {devices} devices leaves fewer than 2 "
+        raise UsageError(f"--batch_size {args.batch_size} over {devices} devices leaves fewer than 2 "
                          f"images per device, and the mix pairs images within a device; raise "
                          f"--batch_size to at least {2 * devices} or use --mix none")
 

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from core.errors import FormatError
+from core.errors import FormatError, MissingFileError, OutputError, ProjectError
 
 SEED_DIALECTS = ("rsepm", "seg")
 _UMASK = os.umask(0)
@@ -27,7 +27,8 @@ IGNORE_COLOR = (224, 224, 192)  # its palette colour
 def atomic_output(path, mode="wb"):
     """Open a temporary file beside `path`; on success move it onto `path` with os.replace.
 
-    On any exception the temporary file is removed and `path` is left untouched.
+    On any exception the temporary file is removed and `path` is left untouched; an OSError
+    (disk full, no permission) becomes an OutputError naming `path`.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -40,9 +41,11 @@ def atomic_output(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, ProjectError):
+            raise OutputError(f"{path}: cannot write ({e})") from e
         raise
 
 
@@ -58,7 +61,7 @@ def read_json(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingFileError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
 
@@ -100,7 +103,7 @@ def safe_pickle_load(path):
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingFileError(f"{path}: file not found") from None
     try:
         return _SafeUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
@@ -211,6 +214,6 @@ def read_mask(path):
                                   f"found mode {image.mode}")
             return np.array(image, dtype=np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: mask file not found") from None
+        raise MissingFileError(f"{path}: mask file not found") from None
     except (OSError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read mask ({e})") from None

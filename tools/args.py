@@ -4,11 +4,10 @@ Flag names, types and defaults follow the original scripts so that their README 
 unchanged. One definition per flag: scripts call the `add_*` helpers instead of repeating them.
 """
 import argparse
-import os
 
 import torch
 
-from core.errors import DatasetError, FormatError
+from core.errors import ProjectError
 from tools.paths import DEFAULT_PRED_DIR
 
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
@@ -84,14 +83,11 @@ def resolve_devices(gpus):
     return torch.device(f"cuda:{ids[0]}"), ids
 
 
-def normalise_root(root_dir):
-    """Accept the root with or without a trailing slash (the original needed one)."""
-    return os.path.normpath(os.path.expanduser(root_dir))
-
-
 def cli(main, argv=None):
-    """Run a script's main, turning the project's errors into a message and exit status 1."""
+    """Run a script's main, turning the project's errors (bad input, bad arguments: core.errors)
+    into one line `error: ...` and exit status 1. Every other exception is a bug and keeps its
+    traceback."""
     try:
         return main(argv)
-    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
+    except ProjectError as e:
         raise SystemExit(f"error: {e}") from None

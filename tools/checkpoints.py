@@ -15,12 +15,17 @@ import torch
 import torch.distributed as dist
 
 from core.checkpoint import save_weights, unwrap
+from core.errors import CheckpointError, MissingFileError
 from core.io import atomic_output, write_json
 from tools.optim import NonFiniteError
 from tools.paths import model_dir, model_path
 
 RESUME_FORMAT = "rsepm-resume-1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ResumeError(CheckpointError, ValueError):
+    """A resume checkpoint that is unreadable or from another kind of run. Names the file."""
 
 
 def resume_path(pred_dir, tag):
@@ -109,17 +114,17 @@ def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=No
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: resume checkpoint not found") from None
+        raise MissingFileError(f"{path}: resume checkpoint not found") from None
     except Exception as e:  # pickle/zip/EOF errors alike
-        raise ValueError(f"{path}: not a readable resume checkpoint ({type(e).__name__}: {e})") from None
+        raise ResumeError(f"{path}: not a readable resume checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise ValueError(f"{path}: not a resume checkpoint of this project (format "
+        raise ResumeError(f"{path}: not a resume checkpoint of this project (format "
                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
     if sampler is not None and state["sampler"] is not None:
         sampler.check_compatible(state["sampler"], path)
     rank = ctx.rank if ctx else 0
     if len(state["rng"]) <= rank:
-        raise ValueError(f"{path}: saved by {len(state['rng'])} process(es), this is rank {rank}")
+        raise ResumeError(f"{path}: saved by {len(state['rng'])} process(es), this is rank {rank}")
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])

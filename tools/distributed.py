@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import UsageError
 from tools.args import resolve_devices
 
 
@@ -76,7 +77,7 @@ def cleanup_distributed():
 def local_batch_size(batch_size, ctx):
     """Images per DDP process for a global `batch_size`; ValueError if it does not divide."""
     if batch_size % ctx.world_size:
-        raise ValueError(f"--batch_size {batch_size} is not divisible by the {ctx.world_size} processes")
+        raise UsageError(f"--batch_size {batch_size} is not divisible by the {ctx.world_size} processes")
     return batch_size // ctx.world_size
 
 
@@ -161,7 +162,7 @@ class EpochSampler(torch.utils.data.Sampler):
         """Resuming must see the same order: same seed, dataset size and process count."""
         for key in ("seed", "num_samples", "world_size", "shuffle"):
             if state.get(key) != getattr(self, key):
-                raise ValueError(f"{path}: the run was saved with {key}={state.get(key)}, this run "
+                raise UsageError(f"{path}: the run was saved with {key}={state.get(key)}, this run "
                                  f"has {key}={getattr(self, key)}; resuming would change the data "
                                  f"order (use the original settings or a new --tag)")
 

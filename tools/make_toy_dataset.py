@@ -39,9 +39,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from core.datasets import DatasetInfo  # noqa: E402
-from core.errors import DatasetError, FormatError  # noqa: E402
+from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
 from tools.builders import voc_annotation_xml  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
@@ -328,18 +328,18 @@ def _jobs(counts):
 
 def _check_settings(counts, min_size, max_size, max_objects, quality, seed):
     if any(counts[s] < 0 for s in SPLITS) or any(counts[s] > MAX_PER_POOL for s in SPLITS):
-        raise ValueError(f"image counts must lie in 0..{MAX_PER_POOL}, got {counts}")
+        raise UsageError(f"image counts must lie in 0..{MAX_PER_POOL}, got {counts}")
     if counts["train"] > counts["train_aug"]:
-        raise ValueError(f"train ({counts['train']}) must not exceed train_aug ({counts['train_aug']}): "
+        raise UsageError(f"train ({counts['train']}) must not exceed train_aug ({counts['train_aug']}): "
                          "train_aug contains every train image")
     if not 48 <= min_size <= max_size:
-        raise ValueError(f"image sides need 48 <= min_size <= max_size, got {min_size}..{max_size}")
+        raise UsageError(f"image sides need 48 <= min_size <= max_size, got {min_size}..{max_size}")
     if max_objects < 1:
-        raise ValueError(f"max_objects must be at least 1, got {max_objects}")
+        raise UsageError(f"max_objects must be at least 1, got {max_objects}")
     if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must lie in 1..100, got {quality}")
+        raise UsageError(f"JPEG quality must lie in 1..100, got {quality}")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise UsageError(f"seed must be non-negative, got {seed}")
 
 
 def _claim_output(out_dir, config):
@@ -456,13 +456,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        summary = make_toy_dataset(args.out, seed=args.seed, num_train=args.num_train,
-                                   num_train_aug=args.num_train_aug, num_validation=args.num_validation,
-                                   num_test=args.num_test, min_size=args.min_size, max_size=args.max_size,
-                                   max_objects=args.max_objects, quality=args.quality)
-    except (DatasetError, FormatError, ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    summary = cli(lambda a: make_toy_dataset(a.out, seed=a.seed, num_train=a.num_train, num_train_aug=a.num_train_aug,
+                                             num_validation=a.num_validation, num_test=a.num_test,
+                                             min_size=a.min_size, max_size=a.max_size,
+                                             max_objects=a.max_objects, quality=a.quality), args)
     print(f"TOY dataset in {os.path.normpath(args.out)}")
     print(format_summary(summary, DatasetInfo("TOY")))
 

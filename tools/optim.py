@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from core.checkpoint import unwrap
+from core.errors import ProjectError, UsageError
 
 GROUP_NAMES = ("backbone_weight", "backbone_bias_bn", "head_weight", "head_bias_bn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -112,9 +113,9 @@ def resolve_amp_dtype(device, mode="auto"):
         return torch.bfloat16
     if mode == "fp16":
         if device.type != "cuda":
-            raise ValueError("--amp fp16 needs a CUDA device; use bf16 or off on CPU")
+            raise UsageError("--amp fp16 needs a CUDA device; use bf16 or off on CPU")
         return torch.float16
-    raise ValueError(f"unknown --amp mode {mode!r}; choose one of {AMP_MODES}")
+    raise UsageError(f"unknown --amp mode {mode!r}; choose one of {AMP_MODES}")
 
 
 def autocast_context(device, dtype=None, enabled=True):
@@ -135,8 +136,9 @@ def make_grad_scaler(device, dtype):
 # ---------------------------------------------------------------------------------------------
 # Sanity checks
 # ---------------------------------------------------------------------------------------------
-class NonFiniteError(RuntimeError):
-    """A loss term or a weight is NaN or infinite; the message says which and where."""
+class NonFiniteError(ProjectError, RuntimeError):
+    """A loss term or a weight is NaN or infinite; the message says which and where (and the
+    scripts print it as one line: the cause is the settings or the data, not the code)."""
 
 
 def check_finite(losses, iteration, ctx=None):

@@ -37,9 +37,8 @@ if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `co
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
-from core.errors import DatasetError, FormatError  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_official_counts, place_file,  # noqa: E402
                             print_summary, run_parallel, verify_split, voc_annotation_xml)
 
@@ -292,11 +291,7 @@ def prepare_coco(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        prepare_coco(args)
-    except (PrepareError, DatasetError, FormatError, OSError) as e:
-        sys.exit(f"error: {e}")
+    cli(prepare_coco, parse_args(argv))
     return 0
 
 

@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `cor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.datasets import DatasetInfo  # noqa: E402
-from core.errors import DatasetError, FormatError  # noqa: E402
+from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
                             place_file, print_summary, read_id_list, resolve_folder, run_parallel,
                             verify_split)
@@ -267,11 +267,7 @@ def prepare_voc(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        prepare_voc(args)
-    except (PrepareError, DatasetError, FormatError, OSError) as e:
-        sys.exit(f"error: {e}")
+    cli(prepare_voc, parse_args(argv))
     return 0
 
 
