@@ -200,21 +200,6 @@ class SeedLayout:
         return vector
 
 
-class InferenceDataset(torch.utils.data.Dataset):
-    """Full-resolution images for seed inference: (uint8 image (H, W, 3), id, tags)."""
-
-    def __init__(self, layout):
-        self.layout = layout
-
-    def __len__(self):
-        return len(self.layout)
-
-    def __getitem__(self, index):
-        image_id = self.layout.ids[index]
-        return {"id": image_id, "image": self.layout.read_image(image_id),
-                "tags": self.layout.read_tags(image_id)}
-
-
 def normalize_image(image):
     """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (FORMATS.md section 2)."""
     tensor = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)

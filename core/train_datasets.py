@@ -59,7 +59,7 @@ class ClassificationDataset(_AugmentedDataset):
 
     Args:
         layout: SeedLayout with xml annotations (the tags).
-        transform: core.transforms.TrainTransform (or EvalTransform).
+        transform: core.transforms.TrainTransform.
         seed: run seed for the per-sample augmentation.
         progress: show a progress bar while the annotations are read.
     Images whose annotation lists no class cannot teach a multi-label classifier and are skipped;
@@ -108,7 +108,7 @@ class SegmentationDataset(_AugmentedDataset):
         layout: SeedLayout of the training split.
         mask_dir: folder of pseudo masks `{ID}.png` (pseudo-labels/{tag}/{domain}), or None for
             the layout's ground-truth masks.
-        transform: core.transforms.TrainTransform (or EvalTransform).
+        transform: core.transforms.TrainTransform.
         seed: run seed for the per-sample augmentation.
         allow_missing: skip images without a mask instead of raising DatasetError.
         progress: show a progress bar during the size check.

@@ -1,4 +1,4 @@
-"""Training and evaluation transforms (METHOD.md section 3), image and mask kept in step.
+"""The training transform (METHOD.md section 3), image and mask kept in step.
 
 Training pipeline, in this order:
     resize the long side to a random integer in [min_size, max_size]  (image bicubic, mask nearest)
@@ -12,7 +12,7 @@ Every random choice is drawn from the `rng` (numpy Generator) passed in, in a fi
 sample is a pure function of (image, mask, rng seed). The datasets derive that seed from
 (run seed, epoch, sample index), which keeps augmentation independent of worker scheduling.
 
-Output of both transforms, a dict:
+Output, a dict:
     image (3, S, S) float32, mask (S, S) int64 (only when a mask was given),
     valid (S, S) bool: True on pixels that come from the image, False on padding,
     box (4,) int64: the same region as (x0, y0, x1, y1), half-open, in crop pixels
@@ -142,16 +142,3 @@ class TrainTransform:
     def __repr__(self):
         return (f"TrainTransform(crop_size={self.crop_size}, long side in [{self.min_size}, "
                 f"{self.max_size}], flip={self.flip}, jitter={self.jitter})")
-
-
-class EvalTransform:
-    """Normalisation only, at the image's own size; same keys as TrainTransform (valid all True)."""
-
-    def __call__(self, image, mask=None, rng=None):
-        height, width = image.shape[:2]
-        sample = {"image": normalize_image(image),
-                  "valid": torch.ones((height, width), dtype=torch.bool),
-                  "box": torch.tensor([0, 0, width, height], dtype=torch.int64)}
-        if mask is not None:
-            sample["mask"] = torch.from_numpy(np.asarray(mask, dtype=np.int64))
-        return sample

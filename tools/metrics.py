@@ -169,7 +169,7 @@ def seed_foreground(seed_dict, num_classes):
     return score, _pred_columns(keys, num_classes)[best]
 
 
-def seg_seed_prediction(seed_dict, num_classes):
+def seg_seed_prediction(seed_dict):
     """Class map (H, W) of a seg-dialect seed: argmax of the stored planes mapped through keys
     (no threshold; background is one of the planes). No plane at all gives background."""
     keys = np.asarray(seed_dict["keys"])
@@ -215,7 +215,7 @@ def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None,
     if tuple(seed.shape[1:]) != tuple(gt.shape):
         raise ValueError(f"seed size {seed.shape[1:]} differs from ground-truth size {gt.shape}")
     if seed_dict.get("dialect", "rsepm") == "seg":
-        confusion = confusion_matrix(seg_seed_prediction(seed_dict, num_classes), gt, num_classes,
+        confusion = confusion_matrix(seg_seed_prediction(seed_dict), gt, num_classes,
                                      ignore_index)[None]
     else:
         confusion = _rsepm_sweep(seed_dict, gt, thresholds, num_classes, ignore_index)
