@@ -1,4 +1,4 @@
-"""Turn seed files into pseudo masks: background plane + dense CRF + argmax (FORMATS.md section 5).
+"""Turn seed files into pseudo masks: background plane + dense CRF + argmax (docs/formats.md#pseudo-masks).
 
     {pred_dir}/{folder}/{tag}/{domain}/ID.pkl  ->  {pred_dir}/pseudo-labels/{tag}/{domain}/ID.png
 

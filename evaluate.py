@@ -1,4 +1,4 @@
-"""Evaluate seeds or pseudo masks against the ground truth (FORMATS.md section 6).
+"""Evaluate seeds or pseudo masks against the ground truth (docs/formats.md#metrics).
 
     python3 evaluate.py --root_dir ../VOC2012/ --domain validation --folder pseudo-labels \
         --tag "ResNet50@VOC@RS+EPM@Official"

@@ -1,4 +1,4 @@
-"""Seed inference with a retrained segmentation network, DeepLabV3+ or DeepLabV2 (FORMATS.md section 8).
+"""Seed inference with a retrained segmentation network, DeepLabV3+ or DeepLabV2 (docs/formats.md#inference).
 
     python3 infer_seg.py --root_dir ../VOC2012/ --dataset VOC --domain validation \
         --backbone resnet101 --decoder deeplabv3+ --tag "ResNet101@VOC@RS+EPM@MS@Official"

@@ -1,4 +1,4 @@
-"""Single-stage training of RS+EPM: RecurSeed + EdgePredictMix (METHOD.md sections 1-3).
+"""Single-stage training of RS+EPM: RecurSeed + EdgePredictMix (docs/method.md#training-iteration).
 
     python3 train_rsepm.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug --backbone resnet50
     torchrun --nproc_per_node 4 train_rsepm.py ...          (DistributedDataParallel)
@@ -34,7 +34,7 @@ def int_list(text):
 def parse_args(argv=None):
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
     training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
-    method = parser.add_argument_group("RS+EPM (METHOD.md section 2; [inferred] values as defaults)")
+    method = parser.add_argument_group("RS+EPM (docs/method.md#training-iteration; [inferred] values as defaults)")
     method.add_argument("--rs_start", default=5, type=int, help="first epoch of RecurSeed")
     method.add_argument("--mix_start", default=15, type=int, help="first epoch of the mix")
     method.add_argument("--mix", default="epm", choices=("epm", "certainmix", "none"))

@@ -1,4 +1,4 @@
-"""Multi-stage retraining: DeepLabV3+ or DeepLabV2 on RS+EPM pseudo masks (METHOD.md section 4).
+"""Multi-stage retraining: DeepLabV3+ or DeepLabV2 on RS+EPM pseudo masks (docs/method.md#multi-stage).
 
     python3 train_seg.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug \
         --decoder deeplabv3+ --backbone resnet101 --label_tag "ResNet50@VOC@RS+EPM@Official"

@@ -1,4 +1,4 @@
-"""The one checkpoint reader/writer of the project (FORMATS.md section 7).
+"""The one checkpoint reader/writer of the project (docs/formats.md#networks-and-checkpoints).
 
 Weights are saved as plain flat state_dicts (no `module.` prefix, no wrapper dict). Reading also
 accepts a `module.` prefix (weights saved from DataParallel/DDP) and a dict wrapping the weights

@@ -1,4 +1,4 @@
-"""Datasets in the seed layout (FORMATS.md section 1), for VOC, COCO and TOY alike.
+"""Datasets in the seed layout (docs/formats.md#dataset-layout), for VOC, COCO and TOY alike.
 
     ROOT/{domain}/image/ID.jpg   ROOT/{domain}/mask/ID.png   ROOT/{domain}/xml/ID.xml
 
@@ -201,7 +201,7 @@ class SeedLayout:
 
 
 def normalize_image(image):
-    """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (FORMATS.md section 2)."""
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (docs/formats.md#preprocessing)."""
     tensor = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

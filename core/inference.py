@@ -1,5 +1,5 @@
 """Multi-scale, flipped inference on tensors: the seeds of both inference scripts and of validation
-(FORMATS.md section 8).
+(docs/formats.md#inference).
 
 Each test-time scale is ONE batched forward of the image and its horizontal flip; nothing that
 the seed does not need (CAMs at every scale, backbone feature maps) is computed or kept.
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
-SEG_CLASS_TH = 0.05  # infer_seg keeps classes whose max probability reaches this (FORMATS.md section 4)
+SEG_CLASS_TH = 0.05  # infer_seg keeps classes whose max probability reaches this (docs/formats.md#seed-files)
 
 
 def resize(x, size, mode):

@@ -2,7 +2,7 @@
 
 Every output of the project goes through :func:`atomic_output`, so a run killed at any moment
 leaves either the complete file or no file at all, and skip-if-exists resumption is safe
-(FORMATS.md section 10: the original left truncated files that later counted as done).
+(docs/formats.md#fixed-defects: the original left truncated files that later counted as done).
 """
 import contextlib
 import io
@@ -67,7 +67,7 @@ def read_json(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Seed files (FORMATS.md section 4)
+# Seed files (docs/formats.md#seed-files)
 # ---------------------------------------------------------------------------------------------
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and plain containers and refuses everything else.
@@ -174,7 +174,7 @@ def _check_seed(path, keys, seed, dialect, exc=ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Palette masks (FORMATS.md section 5)
+# Palette masks (docs/formats.md#pseudo-masks)
 # ---------------------------------------------------------------------------------------------
 def make_palette(colors):
     """768-entry palette list: `colors[i]` at index i, IGNORE_COLOR at IGNORE_INDEX, black elsewhere."""
@@ -188,7 +188,7 @@ def make_palette(colors):
 def save_mask(path, mask, palette):
     """Write a uint8 (H, W) class-index mask as an 8-bit palette PNG, atomically.
 
-    Pillow pitfalls (FORMATS.md section 5): the palette is passed as a list, and always set, so
+    Pillow pitfalls (docs/formats.md#pseudo-masks): the palette is passed as a list, and always set, so
     the file keeps 8 bits per pixel and the indices survive.
     """
     mask = np.asarray(mask)

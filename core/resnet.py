@@ -1,4 +1,4 @@
-"""The one ResNet backbone of the project (FORMATS.md section 7).
+"""The one ResNet backbone of the project (docs/formats.md#networks-and-checkpoints).
 
 Parameter names follow torchvision (conv1, bn1, layer1..layer4, downsample.0/1) without `fc`,
 so torchvision ImageNet weights and the official checkpoints load strictly.

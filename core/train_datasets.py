@@ -102,7 +102,7 @@ class ClassificationDataset(_AugmentedDataset):
 
 
 class SegmentationDataset(_AugmentedDataset):
-    """Crops with dense masks for the segmentation network (multi-stage, METHOD.md section 4).
+    """Crops with dense masks for the segmentation network (multi-stage, docs/method.md#multi-stage).
 
     Args:
         layout: SeedLayout of the training split.

@@ -1,4 +1,4 @@
-"""The training transform (METHOD.md section 3), image and mask kept in step.
+"""The training transform (docs/method.md#optimisation), image and mask kept in step.
 
 Training pipeline, in this order:
     resize the long side to a random integer in [min_size, max_size]  (image bicubic, mask nearest)
@@ -106,7 +106,7 @@ def random_crop(image, mask, rng, crop_size, ignore_index=IGNORE_INDEX):
 
 
 class TrainTransform:
-    """The training augmentation of METHOD.md section 3.
+    """The training augmentation of docs/method.md#optimisation.
 
     Call with (image uint8 (H, W, 3), mask uint8 (H, W) or None, rng numpy Generator).
     See the module docstring for the returned dict.

@@ -1,4 +1,5 @@
-"""Seed inference: tools/inference.py, infer_rsepm.py and infer_seg.py (FORMATS.md sections 3, 4, 8).
+"""Seed inference: core/inference.py, tools/inference.py, infer_rsepm.py and infer_seg.py
+(docs/formats.md#experiment-folder, #seed-files and #inference).
 
 The multi-scale average is checked against a slow reference written here: every one of the 8
 passes runs on its own (batch of 1), with explicit floor sizes and resizes. The scripts run end to
@@ -309,7 +310,7 @@ def image_ids(root, domain):
 
 
 def load_image(root, domain, image_id):
-    """Normalised (3, H, W) float tensor straight from PIL, with the FORMATS.md constants."""
+    """Normalised (3, H, W) float tensor straight from PIL, with the docs/formats.md#preprocessing constants."""
     rgb = np.array(Image.open(os.path.join(root, domain, "image", image_id + ".jpg")).convert("RGB"))
     return torch.from_numpy(((rgb / 255.0 - MEAN) / STD).transpose(2, 0, 1).astype(np.float32))
 

@@ -1,4 +1,4 @@
-"""Command-line arguments shared by the scripts (FORMATS.md section 9).
+"""Command-line arguments shared by the scripts (docs/formats.md#command-line).
 
 Flag names, types and defaults follow the original scripts so that their README commands run
 unchanged. One definition per flag: scripts call the `add_*` helpers instead of repeating them.

@@ -1,5 +1,5 @@
 """The loop of infer_rsepm.py and infer_seg.py: flags, checkpoint, image order, one seed file per
-image (FORMATS.md section 8). The tensor-level multi-scale inference lives in core/inference.py.
+image (docs/formats.md#inference). The tensor-level multi-scale inference lives in core/inference.py.
 """
 import argparse
 import os

@@ -1,4 +1,4 @@
-"""Synthetic TOY dataset in the seed layout (FORMATS.md section 1), for CPU end-to-end runs.
+"""Synthetic TOY dataset in the seed layout (docs/formats.md#dataset-layout), for CPU end-to-end runs.
 
     python tools/make_toy_dataset.py --out ./toy_data/TOY --seed 0
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics (FORMATS.md section 6): one definition, built on a confusion matrix.
+"""Segmentation metrics (docs/formats.md#metrics): one definition, built on a confusion matrix.
 
 Every number evaluate.py reports comes from an extended confusion matrix of shape
 (..., C+1, C+1), C = number of classes including background:
@@ -111,7 +111,7 @@ def tag_keep_mask(tags, num_classes):
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeds (FORMATS.md section 4) and the background-threshold sweep
+# Seeds (docs/formats.md#seed-files) and the background-threshold sweep
 # ---------------------------------------------------------------------------------------------
 def sweep_thresholds(st_th=0.10, end_th=0.80, th_interval=0.05):
     """Background thresholds st_th, st_th + th_interval, ..., end_th inclusive (rounded to 1e-10,

@@ -24,7 +24,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 # Optimisation
 # ---------------------------------------------------------------------------------------------
 def build_optimizer(param_groups, lr, weight_decay, momentum=0.9, nesterov=True, head_lr_mult=10.0):
-    """SGD over the four groups of core.networks.split_parameters (METHOD.md section 3).
+    """SGD over the four groups of core.networks.split_parameters (docs/method.md#optimisation).
 
     param_groups: (backbone weights, backbone biases+BN, head weights, head biases+BN).
     Learning rates lr, lr, head_lr_mult*lr, head_lr_mult*lr; weight decay only on the weights.
@@ -63,7 +63,7 @@ class ModelEMA:
 
     Floating tensors of the state_dict (parameters and BN running statistics) are averaged;
     integer buffers (num_batches_tracked) are copied. `module` is an eval-mode copy of the
-    unwrapped model without gradients, usable as the teacher (METHOD.md section 3, --teacher ema).
+    unwrapped model without gradients, usable as the teacher (docs/method.md#ema, --teacher ema).
     """
 
     def __init__(self, model, decay=0.999):

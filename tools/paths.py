@@ -1,4 +1,4 @@
-"""The experiment folder (FORMATS.md section 3), one definition for every script.
+"""The experiment folder (docs/formats.md#experiment-folder), one definition for every script.
 
     {pred_dir}/models/{tag}/{strategy}.pth
     {pred_dir}/predictions/{tag}/{domain}/{ID}.pkl

@@ -1,4 +1,4 @@
-"""Build the seed layout (FORMATS.md section 1) of MS COCO 2014 from the official downloads.
+"""Build the seed layout (docs/formats.md#dataset-layout) of MS COCO 2014 from the official downloads.
 
     python tools/prepare_coco.py --coco_root COCO --out ../COCO2014/ --link hardlink --num_workers 8
 

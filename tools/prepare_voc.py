@@ -1,4 +1,4 @@
-"""Build the seed layout (FORMATS.md section 1) of PASCAL VOC 2012 from the official downloads.
+"""Build the seed layout (docs/formats.md#dataset-layout) of PASCAL VOC 2012 from the official downloads.
 
     python tools/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
         --test_devkit VOC2012test/VOCdevkit/VOC2012 --out ../VOC2012/ --link hardlink
