@@ -166,7 +166,7 @@ def main(argv=None):
     parser.add_argument("--num_masks", default=1449, type=int, help="mask pairs (VOC validation: 1,449)")
     parser.add_argument("--num_seeds", default=300, type=int, help="seed files (1-3 classes each)")
     parser.add_argument("--workers", default="1,2", type=str, help="comma-separated --num_workers values")
-    parser.add_argument("--tmp_dir", default=None, type=str, 
+    parser.add_argument("--tmp_dir", default=None, type=str,
                         help="where to build the data; None: the system temp folder")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args(argv)
