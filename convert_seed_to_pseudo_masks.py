@@ -1,4 +1,4 @@
-"""Turn seed files into pseudo masks: background plane + dense CRF + argmax (FORMATS.md section 5).
+"""Turn seed files into pseudo masks: background plane + dense CRF + argmax (docs/formats.md#pseudo-masks).
 
     {pred_dir}/{folder}/{tag}/{domain}/ID.pkl  ->  {pred_dir}/pseudo-labels/{tag}/{domain}/ID.png
 
@@ -12,7 +12,6 @@ missing or unreadable, or that does not fit its image, is skipped and listed at 
 the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
 compatibility and ignored.
 """
-import argparse
 import multiprocessing
 import os
 import sys
@@ -20,9 +19,10 @@ import sys
 import tqdm
 
 from core.crf import seed_to_mask
-from core.datasets import DatasetError, SeedLayout, load_dataset_info
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, str2bool
-from tools.io import FormatError, load_seed, save_mask
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import DatasetError, FormatError, MissingFileError, UsageError
+from core.io import load_seed, save_mask
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, make_parser, str2bool
 from tools.paths import output_dir, pseudo_labels_dir
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
@@ -30,8 +30,7 @@ _JOB = None
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(description=__doc__.split("\n\n")[0])
     add_device_args(parser)
     parser.set_defaults(num_workers=16)  # the original's default; each worker converts one image at a time
     add_dataset_args(parser, domain="train")
@@ -63,11 +62,11 @@ def prepare(args):
     layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single)
     seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
     if not os.path.isdir(seed_dir):
-        raise FileNotFoundError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
-                                "first, or check --pred_dir, --folder, --tag and --domain)")
+        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
+                               "first, or check --pred_dir, --folder, --tag and --domain)")
     if args.mode != "crf" and args.bg_th is None:
         # The original crashed here; say what is missing instead.
-        raise ValueError(f"--mode {args.mode} (argmax without CRF) needs --bg_th, the constant "
+        raise UsageError(f"--mode {args.mode} (argmax without CRF) needs --bg_th, the constant "
                          "background score of rsepm seeds")
     mask_dir = pseudo_labels_dir(args.pred_dir, args.tag, args.domain)
     ids = layout.ids
@@ -124,20 +123,21 @@ def run_all(job, ids, num_workers):
 def main(argv=None):
     """Run the conversion. Returns {"written", "skipped_existing", "failed": [{"id", "problem"}],
     "output_dir"}; exits with an error message on problems that concern the whole run."""
+    return cli(run, argv)
+
+
+def run(argv):
     args = build_parser().parse_args(argv)
-    try:
-        job, ids, num_existing = prepare(args)
-        summary = {"written": 0, "skipped_existing": num_existing, "failed": [], "output_dir": job["mask_dir"]}
-        progress = tqdm.tqdm(run_all(job, ids, args.num_workers), total=len(ids), desc="seed -> mask",
-                             unit="img", dynamic_ncols=True)
-        for image_id, problem in progress:
-            if problem is None:
-                summary["written"] += 1
-            else:
-                summary["failed"].append({"id": image_id, "problem": problem})
-                tqdm.tqdm.write(f"skipped {image_id}: {problem}", file=sys.stderr)
-    except (DatasetError, FormatError, ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    job, ids, num_existing = prepare(args)
+    summary = {"written": 0, "skipped_existing": num_existing, "failed": [], "output_dir": job["mask_dir"]}
+    progress = tqdm.tqdm(run_all(job, ids, args.num_workers), total=len(ids), desc="seed -> mask",
+                         unit="img", dynamic_ncols=True)
+    for image_id, problem in progress:
+        if problem is None:
+            summary["written"] += 1
+        else:
+            summary["failed"].append({"id": image_id, "problem": problem})
+            tqdm.tqdm.write(f"skipped {image_id}: {problem}", file=sys.stderr)
     report(summary)
     return summary
 

@@ -1,4 +1,4 @@
-"""Evaluate seeds or pseudo masks against the ground truth (FORMATS.md section 6).
+"""Evaluate seeds or pseudo masks against the ground truth (docs/formats.md#metrics).
 
     python3 evaluate.py --root_dir ../VOC2012/ --domain validation --folder pseudo-labels \
         --tag "ResNet50@VOC@RS+EPM@Official"
@@ -13,7 +13,6 @@ Prints a per-class IoU table and a summary line, and writes the result as JSON b
 evaluated folder (tools.paths.evaluation_path). Images are spread over --num_workers processes
 whose integer confusion matrices are summed, so the result does not depend on the worker count.
 """
-import argparse
 import math
 import multiprocessing
 import os
@@ -22,23 +21,23 @@ import sys
 
 import tqdm
 
-from core.datasets import DatasetError, SeedLayout, load_dataset_info
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import ProjectError
+from core.io import load_seed, read_mask, write_json
 from tools import metrics
-from tools.args import add_dataset_args, add_experiment_args, str2bool
-from tools.io import FormatError, load_seed, read_mask, write_json
+from tools.args import add_dataset_args, add_experiment_args, cli, make_parser, str2bool
 from tools.paths import evaluation_path, output_dir
 
 MASK_MODE, SEED_MODE = "mask", "seed"
 MAX_CHUNK = 64  # images per worker task: bounds the size of the matrices sent back
 
 
-class EvaluationError(Exception):
+class EvaluationError(ProjectError):
     """A prediction is missing or does not match its ground truth. The message names the file."""
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(description=__doc__.split("\n\n")[0])
     add_dataset_args(parser, domain="validation")
     add_experiment_args(parser)
     parser.add_argument("--folder", default="pseudo-labels", type=str,
@@ -255,26 +254,26 @@ def build_job(args):
 
 
 def main(argv=None):
-    """Run the evaluation; returns the result dict. Errors exit with status 1 and a message."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the evaluation; returns the result dict. Bad input exits with status 1 and a message."""
+    return cli(run, list(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv):
     args = get_parser().parse_args(argv)
     command = shlex.join(["evaluate.py"] + argv)
-    try:
-        job = build_job(args)
-        image_ids = select_ids(job.layout, args.single)
-        if not image_ids:
-            raise EvaluationError(f"{job.layout.split_dir}: no images to evaluate")
-        check_predictions_exist(job, image_ids)
-        meter, dialects = accumulate(job, image_ids, args.num_workers)
-        result = summarise(meter, dialects, job, args, len(image_ids), command)
-        print(format_report(result))
-        if len(dialects) > 1:
-            print(f"note: the folder mixes seed dialects {dialects}; seg seeds do not depend on the threshold")
-        path = evaluation_path(args.pred_dir, args.folder, args.tag, args.domain)
-        write_json(path, result)
-        print(f"result written to {path}")
-    except (EvaluationError, DatasetError, FormatError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    job = build_job(args)
+    image_ids = select_ids(job.layout, args.single)
+    if not image_ids:
+        raise EvaluationError(f"{job.layout.split_dir}: no images to evaluate")
+    check_predictions_exist(job, image_ids)
+    meter, dialects = accumulate(job, image_ids, args.num_workers)
+    result = summarise(meter, dialects, job, args, len(image_ids), command)
+    print(format_report(result))
+    if len(dialects) > 1:
+        print(f"note: the folder mixes seed dialects {dialects}; seg seeds do not depend on the threshold")
+    path = evaluation_path(args.pred_dir, args.folder, args.tag, args.domain)
+    write_json(path, result)
+    print(f"result written to {path}")
     return result
 
 

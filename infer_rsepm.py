@@ -1,4 +1,4 @@
-"""Seed inference with a single-stage RS+EPM network (FORMATS.md section 8).
+"""Seed inference with a single-stage RS+EPM network (docs/formats.md#inference).
 
     python3 infer_rsepm.py --root_dir ../VOC2012/ --dataset VOC --domain validation \
         --backbone resnet50 --tag "ResNet50@VOC@RS+EPM@Official" --conf_th 0.34

@@ -1,4 +1,4 @@
-"""Seed inference with a retrained segmentation network, DeepLabV3+ or DeepLabV2 (FORMATS.md section 8).
+"""Seed inference with a retrained segmentation network, DeepLabV3+ or DeepLabV2 (docs/formats.md#inference).
 
     python3 infer_seg.py --root_dir ../VOC2012/ --dataset VOC --domain validation \
         --backbone resnet101 --decoder deeplabv3+ --tag "ResNet101@VOC@RS+EPM@MS@Official"
@@ -17,8 +17,9 @@ DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 
 def parse_args(argv=None):
     parser = inference_parser(__doc__.splitlines()[0], backbone="resnet101", tag=DEFAULT_TAG)
-    parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"))
-    parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16))
+    parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"),
+                        help="segmentation network")
+    parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16), help="backbone output stride")
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""Single-stage training of RS+EPM: RecurSeed + EdgePredictMix (METHOD.md sections 1-3).
+"""Single-stage training of RS+EPM: RecurSeed + EdgePredictMix (docs/method.md#training-iteration).
 
     python3 train_rsepm.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug --backbone resnet50
     torchrun --nproc_per_node 4 train_rsepm.py ...          (DistributedDataParallel)
@@ -12,15 +12,15 @@ import argparse
 import numpy as np
 import torch
 
-from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import DatasetError, UsageError
+from core.inference import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
-from core.resnet import ARCHITECTURES
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools import trainer
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli
-from tools.inference import multiscale_inference, rsepm_seed
+from tools import distributed, optim, trainer, training
+from tools.args import cli
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
 
@@ -32,15 +32,9 @@ def int_list(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_args(parser)
-    add_dataset_args(parser, domain="train_aug")
-    add_experiment_args(parser, tag="")
-    parser.add_argument("--backbone", default="resnet50", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--pretrained", default="imagenet",
-                        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH")
-    trainer.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
-    method = parser.add_argument_group("RS+EPM (METHOD.md section 2; [inferred] values as defaults)")
+    parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
+    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
+    method = parser.add_argument_group("RS+EPM (docs/method.md#training-iteration; [inferred] values as defaults)")
     method.add_argument("--rs_start", default=5, type=int, help="first epoch of RecurSeed")
     method.add_argument("--mix_start", default=15, type=int, help="first epoch of the mix")
     method.add_argument("--mix", default="epm", choices=("epm", "certainmix", "none"))
@@ -62,10 +56,7 @@ def parse_args(argv=None):
     method.add_argument("--teacher", default="online", choices=("online", "ema"),
                         help="network that generates the targets")
     method.add_argument("--ema_decay", default=0.999, type=float)
-    val = parser.add_argument_group("validation during training (information only)")
-    val.add_argument("--val_every", default=0, type=int, help="epochs between seed-mIoU checks; 0 = off")
-    val.add_argument("--val_domain", default="validation")
-    val.add_argument("--val_images", default=50, type=int, help="first N images of --val_domain")
+    training.add_validation_args(parser, "seed mIoU, information only")
     args = parser.parse_args(argv)
     check_args(parser, args)
     args.tag = args.tag or derive_tag(args)
@@ -74,8 +65,7 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Refuse settings that cannot run before any work is done."""
-    if args.max_epoch < 1:
-        parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
+    training.check_training_args(parser, args)
     # epochs are 0 .. max_epoch - 1, so a start at max_epoch would never run either
     # rs_start == max_epoch with --mix none is the CAM-only baseline (classification loss alone).
     if args.rs_start > args.max_epoch or (args.rs_start == args.max_epoch and args.mix != "none"):
@@ -86,21 +76,16 @@ def check_args(parser, args):
                      f"0..{args.max_epoch - 1}): the mix would never run; use --mix none")
     if args.mix != "none" and args.mix_start < args.rs_start:
         parser.error(f"--mix_start {args.mix_start} is before --rs_start {args.rs_start}: the mix needs RS targets")
-    if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
-        parser.error(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
-    if not 0 < args.min_image_size <= args.max_image_size <= 4096:
-        parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
-                     f"{args.min_image_size}, {args.max_image_size}")
-    if args.batch_size < 1 or (args.mix != "none" and args.batch_size < 2):
+    if args.mix != "none" and args.batch_size < 2:
         parser.error(f"--batch_size {args.batch_size}: the mix pairs images, so at least 2 are needed")
 
 
 def check_mix_share(args, ctx):
     """Each device mixes within its own share of the batch (core/rsepm.py): a share of one image
-    would be pasted onto itself, a silent no-op mix, so refuse it. ValueError."""
+    would be pasted onto itself, a silent no-op mix, so refuse it. UsageError (a ValueError)."""
     devices = ctx.world_size if ctx.distributed else max(1, len(ctx.device_ids))
     if args.mix != "none" and args.batch_size // devices < 2:
-        raise ValueError(f"--batch_size {args.batch_size} over {devices} devices leaves fewer than 2 "
+        raise UsageError(f"--batch_size {args.batch_size} over {devices} devices leaves fewer than 2 "
                          f"images per device, and the mix pairs images within a device; raise "
                          f"--batch_size to at least {2 * devices} or use --mix none")
 
@@ -108,11 +93,9 @@ def check_mix_share(args, ctx):
 def derive_tag(args):
     """A name that states the experiment (mmsegmentation style), e.g.
     ResNet50@VOC@RS(ep=5,cam=1.0,seg=1.0)+CF(c=0.55,u=0.1)+EPM(ep=15,cam=1.0,seg=1.0)@e30-b16-c512-s0"""
-    name = args.backbone.replace("resnet", "ResNet")
-    schedule = f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}"
-    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
+    name, schedule = training.tag_network(args), training.tag_schedule(args)
     if args.rs_start >= args.max_epoch:
-        return f"{name}@{args.dataset}@CAM@{schedule}{init}"
+        return f"{name}@{args.dataset}@CAM@{schedule}"
     parts = f"RS(ep={args.rs_start},cam={args.w_cam},seg={args.w_seg})+CF(c={args.cf_fg_th},u={args.cf_bg_th})"
     if args.mix != "none":
         cls = f"cls={args.w_cls_mix}," if args.w_cls_mix else ""
@@ -120,7 +103,7 @@ def derive_tag(args):
         parts += f"+{mix}(ep={args.mix_start},{cls}cam={args.w_cam_mix},seg={args.w_seg_mix})"
     if args.teacher == "ema":
         parts += f"+EMA({args.ema_decay})"
-    return f"{name}@{args.dataset}@{parts}@{schedule}{init}"
+    return f"{name}@{args.dataset}@{parts}@{schedule}"
 
 
 def method_config(args):
@@ -136,19 +119,13 @@ def method_config(args):
 def validate(network, layout, ids, device, num_classes):
     """Seed mIoU (%) and best threshold on `ids`: single-scale + flip decoder seeds from the
     ground-truth tags, scored with the project's evaluator (threshold sweep 0.10..0.80)."""
-    was_training = network.training
-    network.eval()
     thresholds = sweep_thresholds(0.10, 0.80, 0.05)
     meter = ConfusionMeter(num_classes, num_rows=len(thresholds))
-    for image_id in ids:
-        image = layout.read_image(image_id)
-        gt = layout.read_mask(image_id, image.shape[:2])
-        probs, _ = multiscale_inference(network, normalize_image(image).to(device), "rsepm",
-                                        scales=(1.0,), interpolation="nearest")
+    for image_id, image, gt in training.validation_images(network, layout, ids, device):
+        probs, _ = multiscale_inference(network, image, "rsepm", scales=(1.0,), interpolation="nearest")
         keys, seed = rsepm_seed(probs, layout.read_tags(image_id))
         meter.add(seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "rsepm"}, gt,
                                         thresholds, num_classes))
-    network.train(was_training)
     scores = meter.scores()
     best = int(np.nanargmax(scores["mIoU"]))
     return float(scores["mIoU"][best]), float(thresholds[best])
@@ -156,33 +133,30 @@ def validate(network, layout, ids, device, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = trainer.setup_distributed(args.gpus)
+    ctx = distributed.setup_distributed(args.gpus)
     check_mix_share(args, ctx)
-    trainer.seed_everything(args.seed, ctx.rank)
+    distributed.seed_everything(args.seed, ctx.rank)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info, require_xml=True)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
     dataset = ClassificationDataset(layout, transform, seed=args.seed)
-    loader = trainer.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
     if len(loader) == 0:
         raise DatasetError(f"{layout.split_dir}: {len(dataset)} tagged images give no full batch of "
                            f"{args.batch_size}; lower --batch_size")
 
     network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
-    ema = trainer.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
+    ema = optim.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
     step_module = RSEPMTraining(network, method_config(args), teacher=ema.module if ema else None)
-    model = trainer.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
+    model = distributed.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
     network = step_module.network  # the same module, moved to the device
-    optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
+    optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
     weights = method_config(args).weights()
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
                              method=vars(method_config(args)), loss_weights=weights, train_images=len(dataset),
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(f"[i] {dataset.summary()}")
-        val_ids = []
-        if args.val_every > 0 and ctx.is_main:
-            val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True, require_xml=True)
-            val_ids = val_layout.ids[:args.val_images]
+        val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
 
         for epoch in run.epochs():
             use_rs, use_mix = epoch >= args.rs_start, args.mix != "none" and epoch >= args.mix_start
@@ -191,17 +165,17 @@ def main(argv=None):
                 images = batch["image"].to(ctx.device, non_blocking=True)
                 tags = batch["tags"].to(ctx.device, non_blocking=True)
                 valid = batch["valid"].to(ctx.device, non_blocking=True)
-                with trainer.autocast_context(ctx.device, run.amp_dtype):
+                with optim.autocast_context(ctx.device, run.amp_dtype):
                     out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
-                                seed=trainer.derive_seed(args.seed, run.iteration))
+                                seed=distributed.derive_seed(args.seed, run.iteration))
                 out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
                 losses = {k: out[k] for k in LOSS_TERMS if k in out}
-                values = trainer.check_finite(losses, run.iteration, ctx)
+                values = optim.check_finite(losses, run.iteration, ctx)
                 run.step(sum(weights[k] * v for k, v in losses.items()))
                 total = sum(weights[k] * v for k, v in values.items())
                 stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
                 run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total)
-            if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
+            if training.validation_due(args, epoch, val_ids):
                 miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
                 run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
         return run.finish()

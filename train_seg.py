@@ -1,4 +1,4 @@
-"""Multi-stage retraining: DeepLabV3+ or DeepLabV2 on RS+EPM pseudo masks (METHOD.md section 4).
+"""Multi-stage retraining: DeepLabV3+ or DeepLabV2 on RS+EPM pseudo masks (docs/method.md#multi-stage).
 
     python3 train_seg.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug \
         --decoder deeplabv3+ --backbone resnet101 --label_tag "ResNet50@VOC@RS+EPM@Official"
@@ -10,56 +10,39 @@ reference). Writes experiments/models/{tag}/last.pth in the released-weights for
 `infer_seg.py --tag` reads it, plus config.json, resume.pth and logs/. The last checkpoint is
 the result: selecting one on validation ground truth would leak the test set.
 """
-import argparse
 import os
 
 import torch
 import torch.nn.functional as F
 
-from core.datasets import DatasetError, SeedLayout, load_dataset_info, normalize_image
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import DatasetError
+from core.inference import multiscale_inference
+from core.io import IGNORE_INDEX
 from core.networks import build_network, split_parameters
-from core.resnet import ARCHITECTURES
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
-from tools import trainer
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, str2bool
-from tools.inference import multiscale_inference
+from tools import distributed, optim, trainer, training
+from tools.args import cli, str2bool
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
 
-IGNORE_INDEX = 255
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_args(parser)
-    add_dataset_args(parser, domain="train_aug")
-    add_experiment_args(parser, tag="")
-    parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"))
-    parser.add_argument("--backbone", default="resnet101", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16))
-    parser.add_argument("--pretrained", default="imagenet",
-                        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH")
+    parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet101")
+    parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"),
+                        help="segmentation network")
+    parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16), help="backbone output stride")
     parser.add_argument("--label_tag", required=True,
                         help="pseudo masks from pseudo-labels/{label_tag}/train/, or 'gt' for ground truth")
     parser.add_argument("--allow_missing", default=False, type=str2bool,
                         help="skip (and count) images without a pseudo mask instead of stopping")
-    trainer.add_training_args(parser, lr=1e-3, weight_decay=4e-5, max_epoch=50, batch_size=16)
+    training.add_training_args(parser, lr=1e-3, weight_decay=4e-5, max_epoch=50, batch_size=16)
     parser.add_argument("--head_lr_mult", default=10.0, type=float, help="head learning rate = lr x this")
-    val = parser.add_argument_group("validation during training (information only, never used to pick weights)")
-    val.add_argument("--val_every", default=0, type=int, help="epochs between mIoU checks; 0 = off")
-    val.add_argument("--val_domain", default="validation")
-    val.add_argument("--val_images", default=50, type=int, help="first N images of --val_domain")
+    training.add_validation_args(parser, "mIoU, information only, never used to pick weights")
     args = parser.parse_args(argv)
-    if args.max_epoch < 1:
-        parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
-    if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
-        parser.error(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
-    if not 0 < args.min_image_size <= args.max_image_size <= 4096:
-        parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
-                     f"{args.min_image_size}, {args.max_image_size}")
+    training.check_training_args(parser, args)
     args.tag = args.tag or derive_tag(args)
     return args
 
@@ -68,9 +51,8 @@ def derive_tag(args):
     """e.g. ResNet101@VOC@DeepLabV3+(os8)@MS@labels=<label_tag>@e50-b16-c512-s0 ("MS" marks the
     multi-stage model, the substring the original used to recognise seg seed files)."""
     decoder = {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}[args.decoder]
-    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
-    return (f"{args.backbone.replace('resnet', 'ResNet')}@{args.dataset}@{decoder}(os{args.output_stride})@MS"
-            f"@labels={args.label_tag}@e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}{init}")
+    return (f"{training.tag_network(args)}@{args.dataset}@{decoder}(os{args.output_stride})@MS"
+            f"@labels={args.label_tag}@{training.tag_schedule(args)}")
 
 
 def segmentation_loss(logits, masks):
@@ -82,22 +64,17 @@ def segmentation_loss(logits, masks):
 @torch.no_grad()
 def validate(network, layout, ids, device, num_classes):
     """Single-scale + flip mIoU (%) of the argmax on `ids` (information only)."""
-    was_training = network.training
-    network.eval()
     meter = ConfusionMeter(num_classes)
-    for image_id in ids:
-        image = layout.read_image(image_id)
-        gt = layout.read_mask(image_id, image.shape[:2])
-        probs, _ = multiscale_inference(network, normalize_image(image).to(device), "seg", scales=(1.0,))
+    for _, image, gt in training.validation_images(network, layout, ids, device):
+        probs, _ = multiscale_inference(network, image, "seg", scales=(1.0,))
         meter.add_prediction(probs.argmax(0).cpu().numpy(), gt)
-    network.train(was_training)
     return float(meter.scores()["mIoU"][0])
 
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = trainer.setup_distributed(args.gpus)
-    trainer.seed_everything(args.seed, ctx.rank)
+    ctx = distributed.setup_distributed(args.gpus)
+    distributed.seed_everything(args.seed, ctx.rank)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info)
     mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain)
@@ -106,37 +83,34 @@ def main(argv=None):
                            f"convert_seed_to_pseudo_masks.py with --domain {args.domain} --tag {args.label_tag})")
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
     dataset = SegmentationDataset(layout, mask_dir, transform, seed=args.seed, allow_missing=args.allow_missing)
-    loader = trainer.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
     if len(loader) == 0:
         raise DatasetError(f"{layout.split_dir}: {len(dataset)} usable images give no full batch of "
                            f"{args.batch_size}; lower --batch_size")
 
     network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride,
                             pretrained=args.pretrained)
-    model = trainer.wrap_model(network, ctx, sync_bn=args.sync_bn)
-    optimizer = trainer.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
+    model = distributed.wrap_model(network, ctx, sync_bn=args.sync_bn)
+    optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
                                         head_lr_mult=args.head_lr_mult)
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
         run.logger.info(f"[i] {dataset.summary()}")
-        val_ids = []
-        if args.val_every > 0 and ctx.is_main:
-            val_layout = SeedLayout(args.root_dir, args.val_domain, info, require_masks=True)
-            val_ids = val_layout.ids[:args.val_images]
+        val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True)
 
         for epoch in run.epochs():
             model.train()
             for batch in loader:
                 images = batch["image"].to(ctx.device, non_blocking=True)
                 masks = batch["mask"].to(ctx.device, non_blocking=True)
-                with trainer.autocast_context(ctx.device, run.amp_dtype):
+                with optim.autocast_context(ctx.device, run.amp_dtype):
                     logits = model(images)
                 losses = {"seg": segmentation_loss(logits, masks)}
-                values = trainer.check_finite(losses, run.iteration, ctx)
+                values = optim.check_finite(losses, run.iteration, ctx)
                 run.step(losses["seg"])
                 run.record(epoch, {**values, "ignored": float((masks == IGNORE_INDEX).float().mean())},
                            images=images.shape[0], progress_loss=values["seg"])
-            if val_ids and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch):
+            if training.validation_due(args, epoch, val_ids):
                 run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
                                                                            info.num_classes)})
         return run.finish()

@@ -1,6 +1,6 @@
-"""Seed -> pseudo-mask conversion: background plane, dense CRF, argmax (FORMATS.md section 5).
+"""Seed -> pseudo-mask conversion: background plane, dense CRF, argmax (docs/formats.md#pseudo-masks).
 
-A seed file holds K class planes (K, H, W) and their class indices `keys` (FORMATS.md section 4).
+A seed file holds K class planes (K, H, W) and their class indices `keys` (docs/formats.md#seed-files).
 The rsepm dialect stores foreground only, so a background plane is prepended here; the seg
 dialect already carries a real background channel and is used as it is. The planes are then
 refined with the fully connected CRF of DeepLab (Krähenbühl and Koltun 2011, the "deeplab"
@@ -17,9 +17,9 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
-from tools.io import FormatError
+from core.errors import FormatError
 
-# The "deeplab" CRF of the original convert script (FORMATS.md section 5).
+# The "deeplab" CRF of the original convert script (docs/formats.md#pseudo-masks).
 CRF_DEFAULTS = dict(iterations=10, gaussian_sxy=1, gaussian_compat=3,
                     bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4)
 DEFAULT_BG_GAMMA = 2.0
@@ -109,7 +109,7 @@ def seed_to_mask(seed_dict, image, mode="crf", bg_th=None, bg_gamma=DEFAULT_BG_G
     """Pseudo mask of one image from its seed file contents.
 
     Args:
-        seed_dict: {"keys", "seed" (K, H, W), "dialect"} as returned by tools.io.load_seed.
+        seed_dict: {"keys", "seed" (K, H, W), "dialect"} as returned by core.io.load_seed.
         image: uint8 RGB (H, W, 3) of the same image (used by the CRF; its size is checked).
         mode: "crf" refines with dense_crf; any other value takes the plain argmax, where an
             rsepm seed gets the constant `bg_th` plane (so `bg_th` is required there).

@@ -1,4 +1,4 @@
-"""Datasets in the seed layout (FORMATS.md section 1), for VOC, COCO and TOY alike.
+"""Datasets in the seed layout (docs/formats.md#dataset-layout), for VOC, COCO and TOY alike.
 
     ROOT/{domain}/image/ID.jpg   ROOT/{domain}/mask/ID.png   ROOT/{domain}/xml/ID.xml
 
@@ -12,16 +12,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tools.io import FormatError, make_palette, read_json, read_mask
+from core.errors import DatasetError, FormatError
+from core.io import make_palette, read_json, read_mask
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 DOMAINS = ("train", "train_aug", "validation", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DatasetError(Exception):
-    """A dataset file or folder is missing or malformed. The message names it."""
 
 
 class DatasetInfo:
@@ -203,23 +200,8 @@ class SeedLayout:
         return vector
 
 
-class InferenceDataset(torch.utils.data.Dataset):
-    """Full-resolution images for seed inference: (uint8 image (H, W, 3), id, tags)."""
-
-    def __init__(self, layout):
-        self.layout = layout
-
-    def __len__(self):
-        return len(self.layout)
-
-    def __getitem__(self, index):
-        image_id = self.layout.ids[index]
-        return {"id": image_id, "image": self.layout.read_image(image_id),
-                "tags": self.layout.read_tags(image_id)}
-
-
 def normalize_image(image):
-    """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (FORMATS.md section 2)."""
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor, ImageNet mean/std (docs/formats.md#preprocessing)."""
     tensor = torch.from_numpy(np.require(image, requirements=("C", "W"))).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

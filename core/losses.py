@@ -1,4 +1,7 @@
-"""Losses of RS+EPM (METHOD.md 2, steps 2, 3e, 4d). All return a scalar tensor with grad."""
+"""Losses of RS+EPM (docs/method.md#classification-loss, #losses and #edgepredictmix).
+
+All return a scalar tensor with grad.
+"""
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +25,7 @@ def box_mask(boxes, size):
 
 
 def masked_global_average(cam, valid=None):
-    """Class logits as the spatial mean of the CAM inside the crop's valid region (METHOD.md 2).
+    """Class logits as the spatial mean of the CAM inside the crop's valid region (docs/method.md#classification-loss).
 
     cam: (B, C, h, w) CAM logits A. valid: None (plain mean), or (B, H, W) bool/0-1 mask of the
     non-padded pixels at any size (image size: see box_mask). [inferred] A mask at another size is
@@ -39,7 +42,7 @@ def masked_global_average(cam, valid=None):
 
 
 def reconstruction_loss(cam, target, tags):
-    """L_rec (METHOD.md 3e): mean |M_cam_grad - M_rs_down| over the tagged classes.
+    """L_rec (docs/method.md#losses): mean |M_cam_grad - M_rs_down| over the tagged classes.
 
     cam: (B, C, h, w) CAM logits A WITH grad; M_cam_grad = normalize_cam(cam), i.e. ReLU(A) over
         its spatial max + 1e-5 per image and class (the max is part of the graph).
@@ -60,7 +63,7 @@ def reconstruction_loss(cam, target, tags):
 
 
 def segmentation_loss(seg_logits, labels, ignore_index=IGNORE_INDEX):
-    """L_seg: cross entropy with ignore (METHOD.md 3e), averaged over the non-ignored pixels.
+    """L_seg: cross entropy with ignore (docs/method.md#losses), averaged over the non-ignored pixels.
 
     seg_logits: (B, C + 1, h, w); labels: long (B, H, W), resized nearest to (h, w) if needed.
     A batch whose labels are all ignore_index gives 0 (still connected to seg_logits), not NaN.

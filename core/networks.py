@@ -1,6 +1,6 @@
 """Networks: the single-stage RSEPM model and the DeepLabV3+ / DeepLabV2 segmenters.
 
-Parameter names and shapes match the official checkpoints (FORMATS.md section 7); the key
+Parameter names and shapes match the official checkpoints (docs/formats.md#networks-and-checkpoints); the key
 counts for VOC (21 classes) are RSEPM/R50 374, DeepLabV3+/R101 679, DeepLabV2/R101 632.
 Every constructor takes `num_classes` INCLUDING background (21 for VOC, 6 for TOY).
 """
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checkpoint import unwrap
 from core.resnet import ARCHITECTURES, build_resnet
-from tools.checkpoint import unwrap
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 DEEPLABV2_RATES = (6, 12, 18, 24)
@@ -93,7 +93,7 @@ class Decoder(nn.Module):
 
 
 class RSEPM(nn.Module):
-    """Single-stage RS+EPM network (METHOD.md section 1): CAM head on C5 + DeepLabV3+ head.
+    """Single-stage RS+EPM network (docs/method.md#network): CAM head on C5 + DeepLabV3+ head.
 
     Attributes: model (backbone), classifier (1x1 conv C5 -> num_classes-1, no bias),
     aspp, decoder (low_channels 256, outputs num_classes incl. background).
@@ -188,7 +188,7 @@ def build_network(kind, backbone, num_classes, output_stride=None, pretrained=No
 
 
 def split_parameters(model):
-    """Four optimiser groups (METHOD.md section 3), trainable parameters only:
+    """Four optimiser groups (docs/method.md#optimisation), trainable parameters only:
 
     (backbone weights, backbone biases + BN, head weights, head biases + BN).
     Backbone = parameters under the `model` attribute; weights = tensors with 2+ dims.

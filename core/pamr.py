@@ -1,4 +1,4 @@
-"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), METHOD.md 3c and 4a.
+"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), docs/method.md#pamr and #edgepredictmix.
 
 Each pixel p looks at its 8 neighbours q at every dilation d (so 8 * len(dilations) neighbours).
 The affinity of p to q is
@@ -19,8 +19,8 @@ time to keep memory at a few copies of (B, C, H, W) instead of (B, C, 48, H, W).
 import torch
 import torch.nn.functional as F
 
-PAMR_ITERATIONS = 10  # [inferred] METHOD.md 3c
-PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # [inferred] METHOD.md 3c
+PAMR_ITERATIONS = 10  # [inferred] docs/method.md#pamr
+PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # [inferred] docs/method.md#pamr
 PAMR_SIGMA = 0.1  # scale of the local std in the affinity (Araslanov & Roth)
 PAMR_EPS = 1e-8  # keeps the division finite in flat regions, where std is 0
 
@@ -86,11 +86,11 @@ def pamr(image, mask, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
 
 
 def refine_with_pamr(image, maps, out_size=None, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
-    """Upsample maps to out_size, resize the image to the same size, and run PAMR (METHOD.md 3c).
+    """Upsample maps to out_size, resize the image to the same size, and run PAMR (docs/method.md#pamr).
 
     image: (B, 3, H, W) (the network input); maps: (B, C, h, w); out_size: (H', W') or None to
     keep the maps' size (e.g. stride 4 of the crop: (H // 4, W // 4)). Both resizes are bilinear,
-    align_corners=False (FORMATS.md 2). Returns (B, C, H', W') float32.
+    align_corners=False (docs/formats.md#preprocessing). Returns (B, C, H', W') float32.
     """
     size = tuple(out_size) if out_size is not None else tuple(maps.shape[-2:])
     maps = maps.float()

@@ -1,4 +1,4 @@
-"""The one ResNet backbone of the project (FORMATS.md section 7).
+"""The one ResNet backbone of the project (docs/formats.md#networks-and-checkpoints).
 
 Parameter names follow torchvision (conv1, bn1, layer1..layer4, downsample.0/1) without `fc`,
 so torchvision ImageNet weights and the official checkpoints load strictly.
@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from tools.checkpoint import CheckpointError, describe_mismatch, read_state_dict
+from core.checkpoint import describe_mismatch, read_state_dict
+from core.errors import CheckpointError, SetupError
 
 # per output stride: (strides of layer1..4, dilations of layer1..4 after their first block)
 LAYER_SETTINGS = {
@@ -187,12 +188,12 @@ def imagenet_cache_path(name):
 
 
 def imagenet_state_dict(name):
-    """torchvision's ImageNet state_dict; RuntimeError saying what to do when offline."""
+    """torchvision's ImageNet state_dict; SetupError (a RuntimeError) saying what to do when offline."""
     weights = imagenet_weights(name)
     try:
         return weights.get_state_dict(progress=True)
     except Exception as e:  # offline: URLError; half-downloaded file: RuntimeError from torch.load
-        raise RuntimeError(
+        raise SetupError(
             f"the ImageNet weights of {name} could not be downloaded from {weights.url} ({e}). "
             f"Place that file at {imagenet_cache_path(name)} (where torch looks for it), or pass "
             f"a local torchvision ResNet state_dict file with --pretrained PATH.") from e

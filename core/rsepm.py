@@ -1,4 +1,4 @@
-"""One RS+EPM training step as a module (METHOD.md section 2).
+"""One RS+EPM training step as a module (docs/method.md#training-iteration).
 
 The target generation (SCG, PAMR, certain filter, edge predict, mix) lives inside `forward`, so
 that DataParallel and DistributedDataParallel split it across devices together with the
@@ -105,7 +105,7 @@ class RSEPMTraining(nn.Module):
         return {**losses, **stats}
 
     def recur_seed(self, images, source, tags):
-        """RecurSeed targets M_rs (METHOD.md 3a-3c): CAM -> SCG -> PAMR at stride 4.
+        """RecurSeed targets M_rs (docs/method.md#cam, #scg and #pamr): CAM -> SCG -> PAMR at stride 4.
 
         Returns (B, C, H/4, W/4) in [0, 1], zero on classes not in `tags`.
         """
@@ -120,7 +120,7 @@ class RSEPMTraining(nn.Module):
         return m_rs.clamp(0, 1) * (tags > 0).to(m_rs.dtype)[:, :, None, None]
 
     def mix_labels(self, images, seg_logits, tags):
-        """Hard labels of the mix (METHOD.md 4a-4b): decoder probabilities over background and the
+        """Hard labels of the mix (docs/method.md#edgepredictmix): decoder probabilities over background and the
         tags, refined by PAMR, then edge predict (epm) or the certain filter (certainmix)."""
         cfg = self.config
         m_dec = refine_with_pamr(images, restrict_to_tags(seg_logits, tags),

@@ -1,4 +1,4 @@
-"""Self-correlation map generation (SCG; from SPA, CVPR 2021), METHOD.md 3b.
+"""Self-correlation map generation (SCG; from SPA, CVPR 2021), docs/method.md#scg.
 
 A feature map's positions are correlated with each other (first- and second-order), and the
 correlation columns of a class's confident CAM points (foreground) minus those of its
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 SCG_FG_TH = 0.50  # first-order correlation threshold (released SCG code)
 SCG_SO_TH = 0.10  # second-order threshold, divided by N (released SCG code)
-SCG_FG_POINT = 0.30  # CAM value for a foreground point (METHOD.md 3b)
-SCG_BG_POINT = 0.05  # CAM value for a background point (METHOD.md 3b)
+SCG_FG_POINT = 0.30  # CAM value for a foreground point (docs/method.md#scg)
+SCG_BG_POINT = 0.05  # CAM value for a background point (docs/method.md#scg)
 EPS = 1e-5
 
 
@@ -74,7 +74,7 @@ def point_maps(point_mask, correlation):
 
 def scg_maps(feature_list, cam_norm, tags, fg_point=SCG_FG_POINT, bg_point=SCG_BG_POINT,
              fg_th=SCG_FG_TH, so_th=SCG_SO_TH):
-    """Self-correlation maps M_scg of the tagged classes (METHOD.md 3b).
+    """Self-correlation maps M_scg of the tagged classes (docs/method.md#scg).
 
     feature_list: list of (B, D_i, h_i, w_i) feature maps (detached; the caller passes C4 and C5),
         each resized bilinearly to the CAM grid when its size differs.

@@ -1,5 +1,6 @@
-"""Training targets of RS+EPM (METHOD.md 3a, 3d, 4a-4c): CAM normalisation, certain filter,
-decoder probabilities restricted to the tags, edge predict, and the EdgePredictMix paste.
+"""Training targets of RS+EPM (docs/method.md#cam, #certain-filter and #edgepredictmix): CAM
+normalisation, certain filter, decoder probabilities restricted to the tags, edge predict, and
+the EdgePredictMix paste.
 
 Conventions: C = number of foreground classes; tags are multi-hot (B, C) over foreground classes;
 label maps are long (B, H, W) with 0 = background, k + 1 = foreground class k, 255 = ignore;
@@ -8,9 +9,9 @@ decoder tensors have C + 1 channels with background at channel 0.
 import torch
 import torch.nn.functional as F
 
+from core.io import IGNORE_INDEX
 from core.pamr import shifted_neighbours
 
-IGNORE_INDEX = 255
 CF_FG_TH = 0.55  # certain filter c (experiment tag CF(c=0.55)); [inferred] meaning
 CF_BG_TH = 0.10  # certain filter u (experiment tag CF(u=0.10)); [inferred] meaning
 EP_DELTA = 0.3  # [inferred] edge predict: probability jump that makes an edge
@@ -19,7 +20,7 @@ EP_DILATIONS = (1, 2)  # [inferred] edge predict neighbourhood
 
 
 def normalize_cam(cam, tags=None, eps=1e-5):
-    """Max-normalised CAM, M_cam = ReLU(A) / (spatial max of ReLU(A) + eps) (METHOD.md 3a).
+    """Max-normalised CAM, M_cam = ReLU(A) / (spatial max of ReLU(A) + eps) (docs/method.md#cam).
 
     cam: (B, C, h, w) CAM logits A (with or without grad; differentiable).
     tags: optional (B, C) multi-hot; classes with tag 0 are zeroed.
@@ -33,7 +34,7 @@ def normalize_cam(cam, tags=None, eps=1e-5):
 
 
 def certain_filter(probs, tags, fg_th=CF_FG_TH, bg_th=CF_BG_TH, ignore_index=IGNORE_INDEX):
-    """Certain filter CF (METHOD.md 3d): keep only confident foreground and background.
+    """Certain filter CF (docs/method.md#certain-filter): keep only confident foreground and background.
 
     probs: (B, C, H, W) foreground maps M_rs in [0, 1]; tags: (B, C) multi-hot.
     Over the tagged classes only: m = max, k = argmax. Label k + 1 where m >= fg_th, 0 where
@@ -52,7 +53,7 @@ def certain_filter(probs, tags, fg_th=CF_FG_TH, bg_th=CF_BG_TH, ignore_index=IGN
 
 
 def restrict_to_tags(seg_logits, tags):
-    """Decoder probabilities over background + tagged classes only (METHOD.md 4a).
+    """Decoder probabilities over background + tagged classes only (docs/method.md#edgepredictmix).
 
     seg_logits: (B, C + 1, H, W); tags: (B, C) multi-hot. A softmax over the allowed channels,
     which equals the full softmax with untagged classes zeroed and renormalised.
@@ -65,7 +66,7 @@ def restrict_to_tags(seg_logits, tags):
 
 
 def edge_predict(probs, delta=EP_DELTA, conf=EP_CONF, dilations=EP_DILATIONS, ignore_index=IGNORE_INDEX):
-    """Edge predict EP (METHOD.md 4b): hard labels with uncertain edge zones ignored.
+    """Edge predict EP (docs/method.md#edgepredictmix): hard labels with uncertain edge zones ignored.
 
     probs: (B, C + 1, H, W) refined decoder probabilities M_dec (background channel 0).
     label(p) = argmax_k probs_k(p). p becomes ignore_index when, for some neighbour q among the 8
@@ -116,7 +117,7 @@ def present_classes(labels, num_classes, ignore_index=IGNORE_INDEX):
 
 
 def mix_batch(images, labels, rs_maps, tags, perm, ignore_index=IGNORE_INDEX):
-    """EdgePredictMix / CertainMix paste (METHOD.md 4c) of image A = i onto partner B = perm[i].
+    """EdgePredictMix / CertainMix paste (docs/method.md#edgepredictmix) of image A = i onto partner B = perm[i].
 
     images: (B, 3, H, W); labels: (B, h, w) long target M_ep (any size, usually stride 4);
     rs_maps: (B, C, h', w') M_rs (any size; the stride-4 maps, same size as labels, make the paste

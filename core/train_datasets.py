@@ -5,7 +5,7 @@ augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample
 the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
 what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
 The epoch reaches the workers because they are started afresh for every epoch
-(tools.trainer.build_loader: persistent_workers=False).
+(tools.distributed.build_loader: persistent_workers=False).
 
 Problems found at construction are either errors (DatasetError naming files) or skips that are
 counted and listed for the log (`summary()`), so a run never trains silently on less data.
@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from core.datasets import DatasetError
-from tools.io import FormatError, read_mask
+from core.errors import DatasetError, FormatError
+from core.io import read_mask
 
 MAX_LISTED = 5
 
@@ -59,7 +59,7 @@ class ClassificationDataset(_AugmentedDataset):
 
     Args:
         layout: SeedLayout with xml annotations (the tags).
-        transform: core.transforms.TrainTransform (or EvalTransform).
+        transform: core.transforms.TrainTransform.
         seed: run seed for the per-sample augmentation.
         progress: show a progress bar while the annotations are read.
     Images whose annotation lists no class cannot teach a multi-label classifier and are skipped;
@@ -102,13 +102,13 @@ class ClassificationDataset(_AugmentedDataset):
 
 
 class SegmentationDataset(_AugmentedDataset):
-    """Crops with dense masks for the segmentation network (multi-stage, METHOD.md section 4).
+    """Crops with dense masks for the segmentation network (multi-stage, docs/method.md#multi-stage).
 
     Args:
         layout: SeedLayout of the training split.
         mask_dir: folder of pseudo masks `{ID}.png` (pseudo-labels/{tag}/{domain}), or None for
             the layout's ground-truth masks.
-        transform: core.transforms.TrainTransform (or EvalTransform).
+        transform: core.transforms.TrainTransform.
         seed: run seed for the per-sample augmentation.
         allow_missing: skip images without a mask instead of raising DatasetError.
         progress: show a progress bar during the size check.

@@ -1,4 +1,4 @@
-"""Training and evaluation transforms (METHOD.md section 3), image and mask kept in step.
+"""The training transform (docs/method.md#optimisation), image and mask kept in step.
 
 Training pipeline, in this order:
     resize the long side to a random integer in [min_size, max_size]  (image bicubic, mask nearest)
@@ -12,7 +12,7 @@ Every random choice is drawn from the `rng` (numpy Generator) passed in, in a fi
 sample is a pure function of (image, mask, rng seed). The datasets derive that seed from
 (run seed, epoch, sample index), which keeps augmentation independent of worker scheduling.
 
-Output of both transforms, a dict:
+Output, a dict:
     image (3, S, S) float32, mask (S, S) int64 (only when a mask was given),
     valid (S, S) bool: True on pixels that come from the image, False on padding,
     box (4,) int64: the same region as (x0, y0, x1, y1), half-open, in crop pixels
@@ -24,8 +24,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from core.datasets import normalize_image
+from core.io import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
 
 
@@ -106,7 +106,7 @@ def random_crop(image, mask, rng, crop_size, ignore_index=IGNORE_INDEX):
 
 
 class TrainTransform:
-    """The training augmentation of METHOD.md section 3.
+    """The training augmentation of docs/method.md#optimisation.
 
     Call with (image uint8 (H, W, 3), mask uint8 (H, W) or None, rng numpy Generator).
     See the module docstring for the returned dict.
@@ -142,16 +142,3 @@ class TrainTransform:
     def __repr__(self):
         return (f"TrainTransform(crop_size={self.crop_size}, long side in [{self.min_size}, "
                 f"{self.max_size}], flip={self.flip}, jitter={self.jitter})")
-
-
-class EvalTransform:
-    """Normalisation only, at the image's own size; same keys as TrainTransform (valid all True)."""
-
-    def __call__(self, image, mask=None, rng=None):
-        height, width = image.shape[:2]
-        sample = {"image": normalize_image(image),
-                  "valid": torch.ones((height, width), dtype=torch.bool),
-                  "box": torch.tensor([0, 0, width, height], dtype=torch.int64)}
-        if mask is not None:
-            sample["mask"] = torch.from_numpy(np.asarray(mask, dtype=np.int64))
-        return sample

@@ -4,7 +4,8 @@
         --root DATA --out OUT --max_epoch 2
 
 Also imported by the tests: `write_tiny_layout` builds a seed-layout dataset (TOY classes) and
-`train` is the loop of tools/trainer.py's docstring, used single-process for the resume test.
+`train` is a training loop built from tools/distributed.py, optim.py, resume.py and runlog.py,
+used single-process for the resume test.
 Each rank writes OUT/rank{r}.pt = {"state": final weights, "indices": sample indices seen}.
 """
 import argparse
@@ -22,13 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from core.checkpoint import unwrap  # noqa: E402
 from core.datasets import DatasetInfo, SeedLayout  # noqa: E402
+from core.io import save_mask  # noqa: E402
 from core.networks import split_parameters  # noqa: E402
 from core.train_datasets import SegmentationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools import trainer  # noqa: E402
-from tools.checkpoint import unwrap  # noqa: E402
-from tools.io import save_mask  # noqa: E402
+from tools import checkpoints, distributed, optim, runlog  # noqa: E402
 
 TAG = "tiny"
 
@@ -85,40 +86,40 @@ class TinyNet(nn.Module):
 
 def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0, batch_size=2,
           seed=0, ctx=None, init_seed=None):
-    """The training loop of tools/trainer.py in miniature. stop_at: save a resume checkpoint
+    """A training script's loop in miniature. stop_at: save a resume checkpoint
     after that many iterations and return (a killed run). init_seed: seed the model's initial
     weights differently (a fresh process would), before resuming overwrites them."""
-    ctx = ctx or trainer.setup_distributed("cpu")
-    trainer.seed_everything(seed if init_seed is None else init_seed, ctx.rank)
+    ctx = ctx or distributed.setup_distributed("cpu")
+    distributed.seed_everything(seed if init_seed is None else init_seed, ctx.rank)
     layout = SeedLayout(root, "train", DatasetInfo("TOY"))
     transform = TrainTransform(crop_size=32, min_size=30, max_size=56)
     dataset = SegmentationDataset(layout, None, transform, seed=seed)
-    loader = trainer.build_loader(dataset, ctx, batch_size, num_workers, seed)
-    model = trainer.wrap_model(TinyNet(), ctx)
-    optimizer = trainer.build_optimizer(split_parameters(model), lr=0.05, weight_decay=1e-4)
-    scheduler = trainer.PolyLR(optimizer, max_epoch * len(loader))
-    scaler = trainer.make_grad_scaler(ctx.device, None)
-    ema = trainer.ModelEMA(model, decay=0.9)
-    resume_file = trainer.resume_path(out_dir, TAG)
+    loader = distributed.build_loader(dataset, ctx, batch_size, num_workers, seed)
+    model = distributed.wrap_model(TinyNet(), ctx)
+    optimizer = optim.build_optimizer(split_parameters(model), lr=0.05, weight_decay=1e-4)
+    scheduler = optim.PolyLR(optimizer, max_epoch * len(loader))
+    scaler = optim.make_grad_scaler(ctx.device, None)
+    ema = optim.ModelEMA(model, decay=0.9)
+    resume_file = checkpoints.resume_path(out_dir, TAG)
     epoch, step, iteration = 0, 0, 0
     if resume:
-        trainer.seed_everything(12345, ctx.rank)  # a fresh process: other RNG states until restored
-        state = trainer.load_resume(resume_file, model, optimizer, scheduler, scaler, ema,
+        distributed.seed_everything(12345, ctx.rank)  # a fresh process: other RNG states until restored
+        state = checkpoints.load_resume(resume_file, model, optimizer, scheduler, scaler, ema,
                                     loader.sampler, ctx)
         epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
-    logger = trainer.RunLogger(os.path.join(out_dir, "logs"), enabled=ctx.is_main,
+    logger = runlog.RunLogger(os.path.join(out_dir, "logs"), enabled=ctx.is_main,
                                purge_after=iteration if resume else None)
     seen = []
     for epoch in range(epoch, max_epoch):
-        trainer.set_loader_epoch(loader, epoch, skip_batches=step)
+        distributed.set_loader_epoch(loader, epoch, skip_batches=step)
         for batch in loader:
             images, masks = batch["image"].to(ctx.device), batch["mask"].to(ctx.device)
             partner = torch.randperm(images.shape[0])  # global RNG in the step, as EdgePredictMix
-            with trainer.autocast_context(ctx.device, dtype=None):
+            with optim.autocast_context(ctx.device, dtype=None):
                 logits = model(images)
                 losses = {"seg": F.cross_entropy(logits, masks, ignore_index=255),
                           "mix": 0.1 * (logits - logits[partner].detach()).pow(2).mean()}
-            values = trainer.check_finite(losses, iteration, ctx)
+            values = optim.check_finite(losses, iteration, ctx)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(sum(losses.values())).backward()
             scaler.step(optimizer)
@@ -130,16 +131,16 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
             logger.log(iteration, epoch, {**values, "lr": scheduler.get_last_lr()[0]},
                        images=batch_size * ctx.world_size)
             if iteration == stop_at:
-                trainer.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch, step,
+                checkpoints.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch, step,
                                     iteration, loader.sampler, ctx=ctx)
                 logger.close()
                 return model, ema, optimizer, seen
         step = 0
-    trainer.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
+    checkpoints.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
                         loader.sampler, ctx=ctx)
     if ctx.is_main:
-        config = trainer.run_config({"seed": seed, "max_epoch": max_epoch}, ctx)
-        trainer.save_final(out_dir, TAG, model, config)
+        config = checkpoints.run_config({"seed": seed, "max_epoch": max_epoch}, ctx)
+        checkpoints.save_final(out_dir, TAG, model, config)
     logger.close()
     return model, ema, optimizer, seen
 
@@ -152,11 +153,11 @@ def main():
     parser.add_argument("--num_workers", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ctx = trainer.setup_distributed()
+    ctx = distributed.setup_distributed()
     model, _, _, seen = train(args.root, args.out, args.max_epoch, num_workers=args.num_workers, ctx=ctx)
     torch.save({"state": unwrap(model).state_dict(), "indices": seen},
                os.path.join(args.out, f"rank{ctx.rank}.pt"))
-    trainer.cleanup_distributed()
+    distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":

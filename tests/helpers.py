@@ -1,14 +1,14 @@
 """Small helpers shared by test modules (tests/ is on sys.path under pytest's default import mode)."""
-from tools import trainer
+from tools import optim
 
 
 def kill_at(monkeypatch, iteration):
     """Interrupt the next training run (as Ctrl-C would) when it checks the loss of `iteration`."""
-    original = trainer.check_finite
+    original = optim.check_finite
 
     def check(losses, it, ctx=None):
         if it == iteration:
             raise KeyboardInterrupt
         return original(losses, it, ctx)
 
-    monkeypatch.setattr(trainer, "check_finite", check)
+    monkeypatch.setattr(optim, "check_finite", check)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from tools.checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_weights, unwrap
+from core.checkpoint import load_checkpoint, read_state_dict, save_weights, unwrap
+from core.errors import CheckpointError
 
 
 class Tiny(nn.Module):

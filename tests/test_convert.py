@@ -12,7 +12,7 @@ from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
 import convert_seed_to_pseudo_masks as convert
-from tools.io import save_seed
+from core.io import save_seed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet50@TOY@RS+EPM@test"

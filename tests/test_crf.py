@@ -5,7 +5,7 @@ import pytest
 from pydensecrf.utils import unary_from_softmax
 
 from core.crf import background_plane, dense_crf, seed_planes, seed_to_mask
-from tools.io import FormatError
+from core.errors import FormatError
 
 H, W = 24, 32
 

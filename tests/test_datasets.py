@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import (DatasetError, DatasetInfo, InferenceDataset, SeedLayout, load_dataset_info,
+from core.datasets import (DatasetError, DatasetInfo, SeedLayout, load_dataset_info,
                            normalize_image, parse_xml_tags, read_image)
-from tools.io import save_mask
+from core.io import save_mask
 
 TOY = DatasetInfo("TOY")
 
@@ -273,14 +273,6 @@ def test_multi_hot(tmp_path):
     assert layout.multi_hot([]).tolist() == [0] * 5
     voc = SeedLayout(str(tmp_path), "train", DatasetInfo("VOC"))
     assert voc.multi_hot([15]).tolist() == [0] * 14 + [1] + [0] * 5
-
-
-def test_inference_dataset_items(tmp_path):
-    make_split(str(tmp_path), "train", ["a", "b"])
-    dataset = InferenceDataset(SeedLayout(str(tmp_path), "train", TOY))
-    assert len(dataset) == 2
-    item = dataset[1]
-    assert item["id"] == "b" and item["tags"] == [2] and item["image"].shape == (12, 16, 3)
 
 
 def test_normalize_image_matches_the_formula():

@@ -11,7 +11,7 @@ from PIL import Image
 
 import evaluate
 from core.datasets import load_dataset_info
-from tools.io import save_mask, save_seed
+from core.io import save_mask, save_seed
 from tools.paths import evaluation_path, output_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,5 @@
-"""Seed inference: tools/inference.py, infer_rsepm.py and infer_seg.py (FORMATS.md sections 3, 4, 8).
+"""Seed inference: core/inference.py, tools/inference.py, infer_rsepm.py and infer_seg.py
+(docs/formats.md#experiment-folder, #seed-files and #inference).
 
 The multi-scale average is checked against a slow reference written here: every one of the 8
 passes runs on its own (batch of 1), with explicit floor sizes and resizes. The scripts run end to
@@ -23,11 +24,11 @@ from torch import nn
 
 import infer_rsepm
 import infer_seg
-import tools.io
+from core.checkpoint import save_weights
+from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
+import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
-from tools.checkpoint import save_weights
 from tools.args import cli
-from tools.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from tools.make_toy_dataset import make_toy_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,7 +310,7 @@ def image_ids(root, domain):
 
 
 def load_image(root, domain, image_id):
-    """Normalised (3, H, W) float tensor straight from PIL, with the FORMATS.md constants."""
+    """Normalised (3, H, W) float tensor straight from PIL, with the docs/formats.md#preprocessing constants."""
     rgb = np.array(Image.open(os.path.join(root, domain, "image", image_id + ".jpg")).convert("RGB"))
     return torch.from_numpy(((rgb / 255.0 - MEAN) / STD).transpose(2, 0, 1).astype(np.float32))
 
@@ -476,7 +477,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
     temporary file, the 2 finished files stay, and a re-run completes the folder."""
     place_weights(tmp_path / "a", weights["rsepm"])
     place_weights(tmp_path / "b", weights["rsepm"])
-    real, calls = tools.io.atomic_output, []
+    real, calls = core.io.atomic_output, []
 
     @contextlib.contextmanager
     def interrupted_third(path, mode="wb"):
@@ -487,7 +488,7 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
                 raise KeyboardInterrupt
             yield f
 
-    monkeypatch.setattr(tools.io, "atomic_output", interrupted_third)
+    monkeypatch.setattr(core.io, "atomic_output", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
         infer_rsepm.main(rsepm_args(toy, tmp_path / "a", *FAST))
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""tools/io.py: atomic writes, seed files (both dialects, legacy files, hostile pickles), palette masks."""
+"""core/io.py: atomic writes, seed files (both dialects, legacy files, hostile pickles), palette masks."""
 import os
 import pickle
 import stat
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.io import (FormatError, atomic_output, load_seed, make_palette, read_mask, save_mask, save_seed,
-                      seed_dialect_from_tag)
+from core.errors import FormatError
+from core.io import atomic_output, load_seed, make_palette, read_mask, save_mask, save_seed, seed_dialect_from_tag
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):

@@ -1,8 +1,8 @@
 """Backbone and network tests: checkpoint key names/shapes, strides/dilations, forward shapes.
 
 References are independent of core/: torchvision's own ResNets (key names, and forward
-outputs after a one-line stride/dilation fix), hand-written head key tables from FORMATS.md
-section 7, and hand-worked output sizes.
+outputs after a one-line stride/dilation fix), hand-written head key tables from
+docs/formats.md#networks-and-checkpoints, and hand-worked output sizes.
 """
 import functools
 import urllib.error
@@ -12,15 +12,15 @@ import torch
 import torchvision
 
 from core.networks import (DeepLabV2, DeepLabV3Plus, RSEPM, build_network, split_parameters)
+from core.errors import CheckpointError
 from core.resnet import build_resnet
-from tools.checkpoint import CheckpointError
 
 torch.set_num_threads(2)
 VOC = 21
 
 
 # ---------------------------------------------------------------------------------------------
-# (a) key names and shapes against torchvision + the FORMATS.md head tables
+# (a) key names and shapes against torchvision + the docs/formats.md#networks-and-checkpoints head tables
 # ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _torchvision_shapes(depth):
@@ -112,7 +112,7 @@ def test_every_batchnorm_tracks_batches():
 # ---------------------------------------------------------------------------------------------
 # (b) strides, dilations, paddings and output sizes
 # ---------------------------------------------------------------------------------------------
-# Hand-written per FORMATS.md section 7: (stride, dilation) of every block's 3x3 conv(s).
+# Hand-written per docs/formats.md#networks-and-checkpoints: (stride, dilation) of every block's 3x3 conv(s).
 R50_BLOCKS = {
     16: {"layer1": [(1, 1)] * 3, "layer2": [(2, 1)] + [(1, 1)] * 3,
          "layer3": [(2, 1)] + [(1, 1)] * 5, "layer4": [(1, 1)] * 3},

@@ -23,11 +23,11 @@ from PIL import Image
 import evaluate
 import infer_rsepm
 import infer_seg
+from core.checkpoint import save_weights
 from core.crf import seed_to_mask
+from core.io import load_seed, read_json
 from core.networks import RSEPM, DeepLabV3Plus
 from tools import make_demo_notebook
-from tools.checkpoint import save_weights
-from tools.io import load_seed, read_json
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import evaluation_path, model_path, predictions_dir
 

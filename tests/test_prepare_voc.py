@@ -18,7 +18,7 @@ TEST = {"2008_000001": (30, 40), "2008_000004": (26, 38)}
 
 
 def voc_colormap(n):
-    """PASCAL colormap written out bit by bit (independent of tools.io.make_palette)."""
+    """PASCAL colormap written out bit by bit (independent of core.io.make_palette)."""
     colors = []
     for i in range(n):
         r = g = b = 0

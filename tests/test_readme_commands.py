@@ -1,4 +1,4 @@
-"""The four commands of the original README (FORMATS.md section 9) run unchanged but for --root_dir.
+"""The four commands of the original README (docs/formats.md#command-line) run unchanged but for --root_dir.
 
 A two-image VOC dataset in the seed layout is built in tmp_path, randomly initialised networks
 sit where the official weights would (./experiments/models/{tag}/last.pth, relative to the working
@@ -18,15 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
+from core.checkpoint import save_weights
 from core.datasets import load_dataset_info
+from core.io import save_mask
 from core.networks import RSEPM, DeepLabV3Plus
-from tools.checkpoint import save_weights
-from tools.io import save_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_TAG = "ResNet50@VOC@RS+EPM@Official"
 MULTI_TAG = "ResNet101@VOC@RS+EPM@MS@Official"
-# Verbatim from the original README (FORMATS.md section 9).
+# Verbatim from the original README (docs/formats.md#command-line).
 README = [
     r'''python3 infer_rsepm.py --gpus 2 --root_dir ../VOC2012/ --dataset VOC --domain validation \
   --backbone resnet50 --tag "ResNet50@VOC@RS+EPM@Official" --conf_th 0.34''',

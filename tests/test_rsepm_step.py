@@ -1,4 +1,4 @@
-"""core/rsepm.py: one RS+EPM training step (METHOD.md section 2) on random tensors, tiny ResNet-18."""
+"""core/rsepm.py: one RS+EPM training step (docs/method.md#training-iteration) on random tensors, tiny ResNet-18."""
 import copy
 
 import pytest

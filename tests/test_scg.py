@@ -6,7 +6,7 @@ from core.scg import scg_maps, self_correlation
 
 
 def brute_force_self_correlation(features, fg_th=0.5, so_th=0.1, eps=1e-5):
-    """Element-by-element loops in float64, written from METHOD.md 3b."""
+    """Element-by-element loops in float64, written from docs/method.md#scg."""
     f = features.double().numpy()
     B, D, h, w = f.shape
     N = h * w

@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from core.datasets import DatasetError, DatasetInfo, SeedLayout, parse_xml_tags, read_image
-from tools.io import read_mask
+from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags, read_image
+from core.errors import DatasetError
+from core.io import read_mask
 from tools.make_toy_dataset import main, make_toy_dataset, visible_layout
 
 SMALL = dict(num_train=5, num_train_aug=9, num_validation=5, num_test=3, min_size=64, max_size=112)

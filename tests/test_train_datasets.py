@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.datasets import DatasetError, DatasetInfo, SeedLayout, parse_xml_tags
+from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
+from core.errors import DatasetError
 from core.train_datasets import ClassificationDataset, SegmentationDataset
 from core.transforms import TrainTransform
 from ddp_worker import write_tiny_layout
-from tools.io import save_mask
+from core.io import save_mask
 
 INFO = DatasetInfo("TOY")
 

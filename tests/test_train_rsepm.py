@@ -18,9 +18,9 @@ import core.rsepm
 import evaluate
 import infer_rsepm
 import train_rsepm
+from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
-from tools import trainer
-from tools.checkpoint import load_checkpoint
+from tools import checkpoints, distributed
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
@@ -85,7 +85,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     assert config["iterations_per_epoch"] == 2 and config["max_iterations"] == 6
     assert config["loss_weights"]["cls_mix"] == 0.0 and config["method"]["pamr_dilations"] == [1, 2]
 
-    state = trainer.load_resume(str(directory / "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
+    state = checkpoints.load_resume(str(directory / "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
     assert (state["epoch"], state["step"], state["iteration"]) == (3, 0, 6)
 
     # the log: one record per iteration, the terms of each phase, poly lr, label fractions
@@ -147,7 +147,7 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
             train_rsepm.main(train_argv(toy, tmp_path / "b", *extra, **kwargs))
     directory_b = model_dir(str(tmp_path / "b"), "resume")
     assert not os.path.exists(os.path.join(directory_b, "last.pth"))
-    saved = trainer.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
+    saved = checkpoints.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
     assert (saved["epoch"], saved["step"], saved["iteration"]) == (1, 1, 3)
     resumed = train_rsepm.main(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", **kwargs))
     assert resumed["iterations"] == 4
@@ -192,7 +192,7 @@ def test_nan_loss_stops_with_the_iteration_and_term_and_keeps_the_last_resume(to
     directory = model_dir(str(tmp_path), "nan")
     assert not os.path.exists(os.path.join(directory, "last.pth"))
     network = RSEPM("resnet18", NUM_CLASSES)
-    state = trainer.load_resume(os.path.join(directory, "resume.pth"), network)
+    state = checkpoints.load_resume(os.path.join(directory, "resume.pth"), network)
     assert state["iteration"] == 1
     assert all(torch.isfinite(v).all() for v in network.state_dict().values() if v.is_floating_point())
 
@@ -219,11 +219,11 @@ def test_bad_arguments_exit_before_any_work(tmp_path, capsys, extra, message):
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize("ctx", [trainer.DistContext(world_size=2, distributed=True),
-                                 trainer.DistContext(device_ids=[0, 1])], ids=["ddp", "dataparallel"])
+@pytest.mark.parametrize("ctx", [distributed.DistContext(world_size=2, distributed=True),
+                                 distributed.DistContext(device_ids=[0, 1])], ids=["ddp", "dataparallel"])
 def test_mix_needs_two_images_per_device(tmp_path, monkeypatch, ctx):
     """--batch_size 2 over 2 processes (or 2 DataParallel GPUs) would mix each image with itself."""
-    monkeypatch.setattr(trainer, "setup_distributed", lambda gpus: ctx)
+    monkeypatch.setattr(distributed, "setup_distributed", lambda gpus: ctx)
     argv = ["--root_dir", str(tmp_path / "missing"), "--dataset", "TOY", "--pred_dir", str(tmp_path / "exp"),
             "--batch_size", "2"]
     with pytest.raises(ValueError, match="--batch_size 2 over 2 devices leaves fewer than 2 images"):

@@ -12,8 +12,8 @@ from torch import nn
 
 from core.networks import split_parameters
 from ddp_worker import TAG, TinyNet, train, write_tiny_layout
-from tools import trainer
-from tools.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
+from tools import checkpoints, distributed, optim, runlog, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,9 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --- optimiser and schedule --------------------------------------------------------------------
 def test_optimizer_has_four_groups_with_lr_and_decay():
     model = TinyNet()
-    optimizer = trainer.build_optimizer(split_parameters(model), lr=0.01, weight_decay=1e-4)
+    optimizer = optim.build_optimizer(split_parameters(model), lr=0.01, weight_decay=1e-4)
     groups = optimizer.param_groups
-    assert [g["name"] for g in groups] == list(trainer.GROUP_NAMES)
+    assert [g["name"] for g in groups] == list(optim.GROUP_NAMES)
     assert [g["lr"] for g in groups] == [0.01, 0.01, pytest.approx(0.1), pytest.approx(0.1)]
     assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
     assert all(g["momentum"] == 0.9 and g["nesterov"] for g in groups)
@@ -39,7 +39,7 @@ def test_weight_decay_is_applied_as_decay_not_momentum():
     # First Nesterov step from zero momentum: p <- p - lr * (1 + m) * (g + wd * p) (no wd on biases).
     torch.manual_seed(0)
     model = TinyNet()
-    optimizer = trainer.build_optimizer(split_parameters(model), lr=0.1, weight_decay=0.01)
+    optimizer = optim.build_optimizer(split_parameters(model), lr=0.1, weight_decay=0.01)
     model(torch.randn(2, 3, 8, 8)).square().mean().backward()
     before = {n: (p.detach().clone(), p.grad.clone()) for n, p in model.named_parameters()}
     optimizer.step()
@@ -51,8 +51,8 @@ def test_weight_decay_is_applied_as_decay_not_momentum():
 
 
 def test_poly_lr_follows_the_formula_and_resumes():
-    optimizer = trainer.build_optimizer(split_parameters(TinyNet()), lr=0.01, weight_decay=0)
-    scheduler = trainer.PolyLR(optimizer, max_iterations=10, power=0.9)
+    optimizer = optim.build_optimizer(split_parameters(TinyNet()), lr=0.01, weight_decay=0)
+    scheduler = optim.PolyLR(optimizer, max_iterations=10, power=0.9)
     seen = []
     for _ in range(12):
         seen.append([g["lr"] for g in optimizer.param_groups])
@@ -61,7 +61,7 @@ def test_poly_lr_follows_the_formula_and_resumes():
     for it, lrs in enumerate(seen):
         factor = max(0.0, 1 - it / 10) ** 0.9
         assert lrs == pytest.approx([0.01 * factor, 0.01 * factor, 0.1 * factor, 0.1 * factor], abs=1e-12)
-    fresh = trainer.PolyLR(trainer.build_optimizer(split_parameters(TinyNet()), 0.01, 0), 10)
+    fresh = optim.PolyLR(optim.build_optimizer(split_parameters(TinyNet()), 0.01, 0), 10)
     fresh.load_state_dict(scheduler.state_dict())
     assert fresh.last_epoch == 12 and fresh.get_last_lr() == scheduler.get_last_lr()
 
@@ -70,7 +70,7 @@ def test_ema_matches_a_hand_computation():
     model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
-    ema = trainer.ModelEMA(model, decay=0.9)
+    ema = optim.ModelEMA(model, decay=0.9)
     expected = torch.tensor([[1.0, 2.0]])
     for value in (3.0, -1.0, 0.5):
         with torch.no_grad():
@@ -81,7 +81,7 @@ def test_ema_matches_a_hand_computation():
     assert torch.allclose(ema.module[0].weight, expected, atol=1e-6)
     assert ema.module[1].num_batches_tracked.item() == 3  # integers copied, not averaged
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
-    other = trainer.ModelEMA(model, decay=0.5)
+    other = optim.ModelEMA(model, decay=0.5)
     other.load_state_dict(ema.state_dict())
     assert other.decay == 0.9 and other.updates == 3
     assert torch.equal(other.module[0].weight, ema.module[0].weight)
@@ -90,19 +90,19 @@ def test_ema_matches_a_hand_computation():
 # --- mixed precision ---------------------------------------------------------------------------
 def test_amp_defaults_and_cpu_bf16():
     cpu = torch.device("cpu")
-    assert trainer.resolve_amp_dtype(cpu, "auto") is None
-    assert trainer.resolve_amp_dtype(cpu, "off") is None
-    assert trainer.resolve_amp_dtype(cpu, "bf16") is torch.bfloat16
+    assert optim.resolve_amp_dtype(cpu, "auto") is None
+    assert optim.resolve_amp_dtype(cpu, "off") is None
+    assert optim.resolve_amp_dtype(cpu, "bf16") is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        trainer.resolve_amp_dtype(cpu, "fp16")
+        optim.resolve_amp_dtype(cpu, "fp16")
     a, b = torch.randn(4, 4), torch.randn(4, 4)
-    with trainer.autocast_context(cpu, dtype=torch.bfloat16):
+    with optim.autocast_context(cpu, dtype=torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16
-    with trainer.autocast_context(cpu):  # default on CPU: full precision
+    with optim.autocast_context(cpu):  # default on CPU: full precision
         assert (a @ b).dtype == torch.float32
-    with trainer.autocast_context(cpu, torch.bfloat16, enabled=False):
+    with optim.autocast_context(cpu, torch.bfloat16, enabled=False):
         assert (a @ b).dtype == torch.float32
-    scaler = trainer.make_grad_scaler(cpu, torch.bfloat16)
+    scaler = optim.make_grad_scaler(cpu, torch.bfloat16)
     loss = torch.tensor(2.0)
     assert not scaler.is_enabled() and scaler.scale(loss) is loss
 
@@ -111,7 +111,7 @@ def test_training_args_defaults_and_parsing():
     import argparse
 
     parser = argparse.ArgumentParser()
-    trainer.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30)
+    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30)
     args = parser.parse_args([])
     assert (args.lr, args.wd, args.max_epoch, args.batch_size, args.crop_size) == (0.01, 1e-4, 30, 16, 512)
     assert (args.min_image_size, args.max_image_size, args.amp, args.nesterov) == (320, 640, "auto", True)
@@ -121,10 +121,10 @@ def test_training_args_defaults_and_parsing():
 
 # --- sanity checks and logs --------------------------------------------------------------------
 def test_check_finite_names_iteration_and_terms():
-    values = trainer.check_finite({"cls": torch.tensor(0.5), "seg": 1.5}, iteration=7)
+    values = optim.check_finite({"cls": torch.tensor(0.5), "seg": 1.5}, iteration=7)
     assert values == {"cls": 0.5, "seg": 1.5}
-    with pytest.raises(trainer.NonFiniteError) as error:
-        trainer.check_finite({"cls": torch.tensor(0.5), "seg": torch.tensor(float("nan")),
+    with pytest.raises(optim.NonFiniteError) as error:
+        optim.check_finite({"cls": torch.tensor(0.5), "seg": torch.tensor(float("nan")),
                               "rec": torch.tensor(float("inf"))}, iteration=42)
     message = str(error.value)
     assert "iteration 42" in message and "seg=nan" in message and "rec=inf" in message
@@ -132,7 +132,7 @@ def test_check_finite_names_iteration_and_terms():
 
 
 def test_mean_meter():
-    meter = trainer.MeanMeter()
+    meter = runlog.MeanMeter()
     meter.update({"a": 1.0, "b": 2.0})
     meter.update({"a": 3.0})
     assert meter.means() == {"a": 2.0, "b": 2.0}
@@ -140,7 +140,7 @@ def test_mean_meter():
 
 
 def test_run_logger_writes_jsonl_text_and_tensorboard(tmp_path):
-    logger = trainer.RunLogger(str(tmp_path / "logs"), enabled=True)
+    logger = runlog.RunLogger(str(tmp_path / "logs"), enabled=True)
     for it in (1, 2, 3):
         logger.log(it, 0, {"seg": 0.5 * it, "lr": 0.01}, images=16)
     logger.close()
@@ -152,7 +152,7 @@ def test_run_logger_writes_jsonl_text_and_tensorboard(tmp_path):
     # a resumed run at iteration 2 drops the records of the interrupted run after it
     with open(tmp_path / "logs" / "log.jsonl", "a") as f:
         f.write('{"iteration": 4, "ep')  # a line cut by the crash
-    logger = trainer.RunLogger(str(tmp_path / "logs"), enabled=True, purge_after=2)
+    logger = runlog.RunLogger(str(tmp_path / "logs"), enabled=True, purge_after=2)
     logger.log(3, 0, {"seg": 9.0})
     logger.close()
     records = [json.loads(line) for line in open(tmp_path / "logs" / "log.jsonl")]
@@ -160,7 +160,7 @@ def test_run_logger_writes_jsonl_text_and_tensorboard(tmp_path):
 
 
 def test_run_logger_disabled_writes_nothing(tmp_path, capsys):
-    logger = trainer.RunLogger(str(tmp_path / "logs"), enabled=False)
+    logger = runlog.RunLogger(str(tmp_path / "logs"), enabled=False)
     logger.log(1, 0, {"seg": 1.0}, images=4)
     logger.info("hello")
     logger.close()
@@ -171,7 +171,7 @@ def test_run_logger_disabled_writes_nothing(tmp_path, capsys):
 # --- data order --------------------------------------------------------------------------------
 def test_epoch_sampler_order_shards_and_skip():
     def shard(rank, epoch, world=3, skip=0):
-        sampler = trainer.EpochSampler(10, seed=5, rank=rank, world_size=world)
+        sampler = distributed.EpochSampler(10, seed=5, rank=rank, world_size=world)
         sampler.set_epoch(epoch, skip)
         return list(sampler)
 
@@ -182,8 +182,8 @@ def test_epoch_sampler_order_shards_and_skip():
     assert shard(1, 0) == shards[1]  # a function of (seed, epoch, rank)
     assert shard(1, 1) != shards[1]
     assert shard(1, 0, skip=3) == shards[1][3:]
-    assert len(trainer.EpochSampler(10, 5, rank=0, world_size=3)) == 4
-    plain = trainer.EpochSampler(5, shuffle=False)
+    assert len(distributed.EpochSampler(10, 5, rank=0, world_size=3)) == 4
+    plain = distributed.EpochSampler(5, shuffle=False)
     assert list(plain) == [0, 1, 2, 3, 4]
 
 
@@ -195,12 +195,12 @@ def test_set_loader_epoch_reaches_workers_and_skips(tmp_path):
     write_tiny_layout(str(tmp_path), count=6)
     layout = SeedLayout(str(tmp_path), "train", DatasetInfo("TOY"))
     dataset = SegmentationDataset(layout, None, TrainTransform(32, 30, 56), seed=1)
-    loader = trainer.build_loader(dataset, trainer.DistContext(), batch_size=2, num_workers=2, seed=1)
+    loader = distributed.build_loader(dataset, distributed.DistContext(), batch_size=2, num_workers=2, seed=1)
     epochs = []
     for epoch in (0, 1):
-        trainer.set_loader_epoch(loader, epoch)
+        distributed.set_loader_epoch(loader, epoch)
         epochs.append(list(loader))
-    trainer.set_loader_epoch(loader, 1, skip_batches=1)
+    distributed.set_loader_epoch(loader, 1, skip_batches=1)
     skipped = list(loader)
     assert [b["id"] for b in skipped] == [b["id"] for b in epochs[1][1:]]
     assert torch.equal(skipped[0]["image"], epochs[1][1]["image"])
@@ -213,21 +213,21 @@ def test_set_loader_epoch_reaches_workers_and_skips(tmp_path):
 
 
 def test_derive_seed_separates_neighbours():
-    assert len({trainer.derive_seed(a, b) for a in range(5) for b in range(5)}) == 25
-    assert trainer.derive_seed(0, 1) != trainer.derive_seed(1, 0)
+    assert len({distributed.derive_seed(a, b) for a in range(5) for b in range(5)}) == 25
+    assert distributed.derive_seed(0, 1) != distributed.derive_seed(1, 0)
 
 
 def test_single_process_context_on_cpu(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
-    ctx = trainer.setup_distributed("cpu")
+    ctx = distributed.setup_distributed("cpu")
     assert (ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main) == (0, 1, False, True)
     assert ctx.device == torch.device("cpu")
     model = TinyNet()
-    assert trainer.wrap_model(model, ctx) is model
-    assert trainer.local_batch_size(16, trainer.DistContext(world_size=4, distributed=True)) == 4
+    assert distributed.wrap_model(model, ctx) is model
+    assert distributed.local_batch_size(16, distributed.DistContext(world_size=4, distributed=True)) == 4
     with pytest.raises(ValueError, match="not divisible"):
-        trainer.local_batch_size(16, trainer.DistContext(world_size=3, distributed=True))
+        distributed.local_batch_size(16, distributed.DistContext(world_size=3, distributed=True))
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -259,12 +259,12 @@ def test_resume_without_restoring_rng_would_differ(tmp_path):
     write_tiny_layout(data, count=8)
     model_a, *_ = train(data, str(tmp_path / "a"), max_epoch=2)
     train(data, str(tmp_path / "b"), max_epoch=2, stop_at=3)
-    original = trainer.set_rng_state
-    trainer.set_rng_state = lambda state, device=None: None
+    original = checkpoints.set_rng_state
+    checkpoints.set_rng_state = lambda state, device=None: None
     try:
         model_b, *_ = train(data, str(tmp_path / "b"), max_epoch=2, resume=True, init_seed=99)
     finally:
-        trainer.set_rng_state = original
+        checkpoints.set_rng_state = original
     assert not all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(),
                                                       model_b.state_dict().values()))
 
@@ -273,31 +273,31 @@ def test_resume_refuses_another_seed_and_other_files(tmp_path):
     data = str(tmp_path / "data")
     write_tiny_layout(data, count=4)
     train(data, str(tmp_path / "run"), max_epoch=1, stop_at=1)
-    path = trainer.resume_path(str(tmp_path / "run"), TAG)
+    path = checkpoints.resume_path(str(tmp_path / "run"), TAG)
     model = TinyNet()
     with pytest.raises(ValueError, match="seed=0, this run has seed=1"):
-        trainer.load_resume(path, model, sampler=trainer.EpochSampler(4, seed=1))
+        checkpoints.load_resume(path, model, sampler=distributed.EpochSampler(4, seed=1))
     torch.save(model.state_dict(), tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="not a resume checkpoint"):
-        trainer.load_resume(str(tmp_path / "weights.pth"), model)
+        checkpoints.load_resume(str(tmp_path / "weights.pth"), model)
 
 
 def test_save_resume_refuses_non_finite_weights_and_keeps_the_last_good_file(tmp_path):
     model = TinyNet()
-    optimizer = trainer.build_optimizer(split_parameters(model), 0.01, 0)
+    optimizer = optim.build_optimizer(split_parameters(model), 0.01, 0)
     path = str(tmp_path / "resume.pth")
-    trainer.save_resume(path, model, optimizer, epoch=0, step=3, iteration=3)
+    checkpoints.save_resume(path, model, optimizer, epoch=0, step=3, iteration=3)
     good = open(path, "rb").read()
     with torch.no_grad():
         model.head[1].bias[0] = float("nan")
-    with pytest.raises(trainer.NonFiniteError, match=r"iteration 4: non-finite weights in head\.1\.bias"):
-        trainer.save_resume(path, model, optimizer, epoch=0, step=4, iteration=4)
+    with pytest.raises(optim.NonFiniteError, match=r"iteration 4: non-finite weights in head\.1\.bias"):
+        checkpoints.save_resume(path, model, optimizer, epoch=0, step=4, iteration=4)
     assert open(path, "rb").read() == good and os.listdir(tmp_path) == ["resume.pth"]
-    assert trainer.load_resume(path, TinyNet())["iteration"] == 3
+    assert checkpoints.load_resume(path, TinyNet())["iteration"] == 3
 
 
 def test_run_config_is_json_safe():
-    config = trainer.run_config({"seed": 3, "device": torch.device("cpu"), "gpus": "0"})
+    config = checkpoints.run_config({"seed": 3, "device": torch.device("cpu"), "gpus": "0"})
     assert config["args"]["device"] == "cpu" and config["seed"] == 3
     json.dumps(config)
 
@@ -344,7 +344,7 @@ def test_torchrun_two_processes_stay_in_step(tmp_path):
     final = torch.load(os.path.join(out, "models", TAG, "last.pth"))
     assert all(torch.equal(final[k], rank0["state"][k]) for k in final)
     assert json.load(open(os.path.join(out, "models", TAG, "config.json")))["world_size"] == 2
-    resume = torch.load(trainer.resume_path(out, TAG), weights_only=True)
+    resume = torch.load(checkpoints.resume_path(out, TAG), weights_only=True)
     assert len(resume["rng"]) == 2  # both ranks' generators travel in the checkpoint
     assert not torch.equal(resume["rng"][0]["torch"], resume["rng"][1]["torch"])
     assert math.isfinite(records[-1]["seg"])

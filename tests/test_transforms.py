@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import IMAGENET_MEAN, IMAGENET_STD, normalize_image
-from core.transforms import (EvalTransform, TrainTransform, color_jitter, random_crop, random_hflip,
+from core.datasets import IMAGENET_MEAN, IMAGENET_STD
+from core.transforms import (TrainTransform, color_jitter, random_crop, random_hflip,
                              random_resize_long)
 
 
@@ -165,16 +165,6 @@ def test_same_seed_same_sample_other_seed_other_sample():
     c = transform(image, mask, np.random.default_rng(12))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["image"], c["image"])
-
-
-def test_eval_transform_is_normalisation_only():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
-    mask = rng.integers(0, 6, (9, 13), dtype=np.uint8)
-    out = EvalTransform()(image, mask)
-    assert torch.equal(out["image"], normalize_image(image))
-    assert torch.equal(out["mask"], torch.from_numpy(mask.astype(np.int64)))
-    assert out["valid"].all() and out["box"].tolist() == [0, 0, 13, 9]
 
 
 def test_random_crop_without_mask():

@@ -1,13 +1,13 @@
-"""Command-line arguments shared by the scripts (FORMATS.md section 9).
+"""Command-line arguments shared by the scripts (docs/formats.md#command-line).
 
 Flag names, types and defaults follow the original scripts so that their README commands run
 unchanged. One definition per flag: scripts call the `add_*` helpers instead of repeating them.
 """
 import argparse
-import os
 
 import torch
 
+from core.errors import ProjectError
 from tools.paths import DEFAULT_PRED_DIR
 
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
@@ -26,6 +26,20 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every optional flag's help; a required flag has no default."""
+
+    def _get_help_string(self, action):
+        if action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(description):
+    """An ArgumentParser whose --help shows every flag's default."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
 def add_dataset_args(parser, domain="validation"):
     parser.add_argument("--root_dir", default="../VOC2012/", type=str,
                         help="dataset root in the seed layout (trailing slash optional)")
@@ -37,7 +51,8 @@ def add_dataset_args(parser, domain="validation"):
 
 def add_experiment_args(parser, tag=None):
     parser.add_argument("--tag", default=tag, type=str, required=tag is None,
-                        help="experiment name: the folder under models/, predictions/, pseudo-labels/")
+                        help="experiment name: the folder under models/, predictions/, pseudo-labels/"
+                             + ("; empty: a name derived from the settings" if tag == "" else ""))
     parser.add_argument("--pred_dir", default=DEFAULT_PRED_DIR, type=str,
                         help="root of the experiment folders models/, predictions/, pseudo-labels/")
 
@@ -68,17 +83,11 @@ def resolve_devices(gpus):
     return torch.device(f"cuda:{ids[0]}"), ids
 
 
-def normalise_root(root_dir):
-    """Accept the root with or without a trailing slash (the original needed one)."""
-    return os.path.normpath(os.path.expanduser(root_dir))
-
-
 def cli(main, argv=None):
-    """Run a script's main, turning the project's errors into a message and exit status 1."""
-    from core.datasets import DatasetError  # core imports tools: import it late
-    from tools.io import FormatError
-
+    """Run a script's main, turning the project's errors (bad input, bad arguments: core.errors)
+    into one line `error: ...` and exit status 1. Every other exception is a bug and keeps its
+    traceback."""
     try:
         return main(argv)
-    except (DatasetError, FormatError, ValueError, RuntimeError) as e:
+    except ProjectError as e:
         raise SystemExit(f"error: {e}") from None

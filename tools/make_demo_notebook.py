@@ -6,7 +6,6 @@
 The notebook is stored without outputs and with fixed cell ids, so the file is the same byte for
 byte on every run; tests/test_notebook.py checks that and executes it on a tiny run.
 """
-import argparse
 import os
 import sys
 
@@ -17,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.io import atomic_output  # noqa: E402
+from core.io import atomic_output  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
 
@@ -110,13 +110,13 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from matplotlib.patches import Patch
 
+from core.checkpoint import load_checkpoint
 from core.crf import seed_to_mask
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.inference import multiscale_inference, rsepm_seed
+from core.io import read_json
 from core.networks import RSEPM, build_network
 from core.targets import normalize_cam
-from tools.checkpoint import load_checkpoint
-from tools.inference import multiscale_inference, rsepm_seed
-from tools.io import read_json
 from tools.paths import evaluation_path, model_path
 
 torch.set_grad_enabled(False)
@@ -410,7 +410,7 @@ def notebook_text():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", default=NOTEBOOK, help="notebook file to write")
     parser.add_argument("--check", action="store_true", help="only compare --out with the generated text")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Synthetic TOY dataset in the seed layout (FORMATS.md section 1), for CPU end-to-end runs.
+"""Synthetic TOY dataset in the seed layout (docs/formats.md#dataset-layout), for CPU end-to-end runs.
 
     python tools/make_toy_dataset.py --out ./toy_data/TOY --seed 0
 
@@ -25,7 +25,6 @@ train_aug share the pool "trainval", so train is a prefix of train_aug and no sp
 another split's count. The same settings give byte-identical files. Files are written atomically;
 a re-run skips the files that exist.
 """
-import argparse
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -39,8 +38,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core.datasets import DatasetError, DatasetInfo  # noqa: E402
-from tools.io import FormatError, atomic_output, read_json, save_mask, write_json  # noqa: E402
+from core.datasets import DatasetInfo  # noqa: E402
+from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
+from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
+from tools.builders import voc_annotation_xml  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
 DEFAULT_COUNTS = {"train": 60, "train_aug": 200, "validation": 40, "test": 20}
@@ -288,26 +290,8 @@ def render_sample(rng, class_names, min_size, max_size, max_objects):
 
 def annotation_xml(image_id, height, width, objects):
     """Pascal VOC annotation bytes for one image."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "TOY"
-    ET.SubElement(root, "filename").text = image_id + ".jpg"
-    source = ET.SubElement(root, "source")
-    ET.SubElement(source, "database").text = "TOY synthetic (tools/make_toy_dataset.py)"
-    size = ET.SubElement(root, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, key).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
-    for obj in objects:
-        node = ET.SubElement(root, "object")
-        ET.SubElement(node, "name").text = obj["name"]
-        ET.SubElement(node, "pose").text = "Unspecified"
-        ET.SubElement(node, "truncated").text = str(obj["truncated"])
-        ET.SubElement(node, "difficult").text = "0"
-        box = ET.SubElement(node, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]):
-            ET.SubElement(box, key).text = str(value)
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="utf-8") + b"\n"
+    return voc_annotation_xml("TOY", image_id + ".jpg", width, height, objects,
+                              database="TOY synthetic (tools/make_toy_dataset.py)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,18 +328,18 @@ def _jobs(counts):
 
 def _check_settings(counts, min_size, max_size, max_objects, quality, seed):
     if any(counts[s] < 0 for s in SPLITS) or any(counts[s] > MAX_PER_POOL for s in SPLITS):
-        raise ValueError(f"image counts must lie in 0..{MAX_PER_POOL}, got {counts}")
+        raise UsageError(f"image counts must lie in 0..{MAX_PER_POOL}, got {counts}")
     if counts["train"] > counts["train_aug"]:
-        raise ValueError(f"train ({counts['train']}) must not exceed train_aug ({counts['train_aug']}): "
+        raise UsageError(f"train ({counts['train']}) must not exceed train_aug ({counts['train_aug']}): "
                          "train_aug contains every train image")
     if not 48 <= min_size <= max_size:
-        raise ValueError(f"image sides need 48 <= min_size <= max_size, got {min_size}..{max_size}")
+        raise UsageError(f"image sides need 48 <= min_size <= max_size, got {min_size}..{max_size}")
     if max_objects < 1:
-        raise ValueError(f"max_objects must be at least 1, got {max_objects}")
+        raise UsageError(f"max_objects must be at least 1, got {max_objects}")
     if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must lie in 1..100, got {quality}")
+        raise UsageError(f"JPEG quality must lie in 1..100, got {quality}")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise UsageError(f"seed must be non-negative, got {seed}")
 
 
 def _claim_output(out_dir, config):
@@ -454,15 +438,15 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="./toy_data/TOY", type=str, help="dataset root to write")
     parser.add_argument("--seed", default=0, type=int, help="random seed (same seed = identical files)")
-    parser.add_argument("--num_train", default=DEFAULT_COUNTS["train"], type=int)
+    parser.add_argument("--num_train", default=DEFAULT_COUNTS["train"], type=int, help="train images")
     parser.add_argument("--num_train_aug", default=DEFAULT_COUNTS["train_aug"], type=int,
                         help="train_aug size, the train images included")
-    parser.add_argument("--num_validation", default=DEFAULT_COUNTS["validation"], type=int)
-    parser.add_argument("--num_test", default=DEFAULT_COUNTS["test"], type=int)
+    parser.add_argument("--num_validation", default=DEFAULT_COUNTS["validation"], type=int,
+                        help="validation images")
+    parser.add_argument("--num_test", default=DEFAULT_COUNTS["test"], type=int, help="test images")
     parser.add_argument("--min_size", default=96, type=int, help="smallest image side in px")
     parser.add_argument("--max_size", default=160, type=int, help="largest image side in px")
     parser.add_argument("--max_objects", default=4, type=int, help="objects per image: 1..max_objects")
@@ -472,13 +456,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        summary = make_toy_dataset(args.out, seed=args.seed, num_train=args.num_train,
-                                   num_train_aug=args.num_train_aug, num_validation=args.num_validation,
-                                   num_test=args.num_test, min_size=args.min_size, max_size=args.max_size,
-                                   max_objects=args.max_objects, quality=args.quality)
-    except (DatasetError, FormatError, ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+    summary = cli(lambda a: make_toy_dataset(a.out, seed=a.seed, num_train=a.num_train, num_train_aug=a.num_train_aug,
+                                             num_validation=a.num_validation, num_test=a.num_test,
+                                             min_size=a.min_size, max_size=a.max_size,
+                                             max_objects=a.max_objects, quality=a.quality), args)
     print(f"TOY dataset in {os.path.normpath(args.out)}")
     print(format_summary(summary, DatasetInfo("TOY")))
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics (FORMATS.md section 6): one definition, built on a confusion matrix.
+"""Segmentation metrics (docs/formats.md#metrics): one definition, built on a confusion matrix.
 
 Every number evaluate.py reports comes from an extended confusion matrix of shape
 (..., C+1, C+1), C = number of classes including background:
@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from core.io import IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def tag_keep_mask(tags, num_classes):
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeds (FORMATS.md section 4) and the background-threshold sweep
+# Seeds (docs/formats.md#seed-files) and the background-threshold sweep
 # ---------------------------------------------------------------------------------------------
 def sweep_thresholds(st_th=0.10, end_th=0.80, th_interval=0.05):
     """Background thresholds st_th, st_th + th_interval, ..., end_th inclusive (rounded to 1e-10,
@@ -169,7 +169,7 @@ def seed_foreground(seed_dict, num_classes):
     return score, _pred_columns(keys, num_classes)[best]
 
 
-def seg_seed_prediction(seed_dict, num_classes):
+def seg_seed_prediction(seed_dict):
     """Class map (H, W) of a seg-dialect seed: argmax of the stored planes mapped through keys
     (no threshold; background is one of the planes). No plane at all gives background."""
     keys = np.asarray(seed_dict["keys"])
@@ -203,7 +203,7 @@ def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None,
     See exclude_classes.
 
     Args:
-        seed_dict: {"keys", "seed" (K, H, W), "dialect": "rsepm" | "seg"} (tools.io.load_seed).
+        seed_dict: {"keys", "seed" (K, H, W), "dialect": "rsepm" | "seg"} (core.io.load_seed).
         gt: integer (H, W) ground truth.
         thresholds: ascending background thresholds (R,).
         tag_mask: optional bool (C,) from tag_keep_mask; None = accumulate every class.
@@ -215,7 +215,7 @@ def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None,
     if tuple(seed.shape[1:]) != tuple(gt.shape):
         raise ValueError(f"seed size {seed.shape[1:]} differs from ground-truth size {gt.shape}")
     if seed_dict.get("dialect", "rsepm") == "seg":
-        confusion = confusion_matrix(seg_seed_prediction(seed_dict, num_classes), gt, num_classes,
+        confusion = confusion_matrix(seg_seed_prediction(seed_dict), gt, num_classes,
                                      ignore_index)[None]
     else:
         confusion = _rsepm_sweep(seed_dict, gt, thresholds, num_classes, ignore_index)

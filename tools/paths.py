@@ -1,4 +1,4 @@
-"""The experiment folder (FORMATS.md section 3), one definition for every script.
+"""The experiment folder (docs/formats.md#experiment-folder), one definition for every script.
 
     {pred_dir}/models/{tag}/{strategy}.pth
     {pred_dir}/predictions/{tag}/{domain}/{ID}.pkl
@@ -6,8 +6,9 @@
 """
 import os
 
+from core.errors import UsageError
+
 DEFAULT_PRED_DIR = "./experiments/"
-FOLDERS = ("models", "predictions", "pseudo-labels")
 
 
 def output_domain(domain):
@@ -26,7 +27,7 @@ def model_path(pred_dir, tag, strategy="last"):
 def output_dir(pred_dir, folder, tag, domain):
     """`{pred_dir}/{folder}/{tag}/{domain}` with the train_aug -> train rule."""
     if not folder or os.sep in folder or folder in (".", "..", "models"):
-        raise ValueError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
+        raise UsageError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
     return os.path.join(pred_dir, folder, tag, output_domain(domain))
 
 

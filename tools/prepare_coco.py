@@ -1,4 +1,4 @@
-"""Build the seed layout (FORMATS.md section 1) of MS COCO 2014 from the official downloads.
+"""Build the seed layout (docs/formats.md#dataset-layout) of MS COCO 2014 from the official downloads.
 
     python tools/prepare_coco.py --coco_root COCO --out ../COCO2014/ --link hardlink --num_workers 8
 
@@ -23,13 +23,11 @@ integer corners. Images without any annotation are kept with an empty xml and an
 mask (`--empty_images keep`) or left out (`skip`: the 82,081 / 40,137 images that WSSS papers
 report).
 """
-import argparse
 import io
 import json
 import os
 import sys
 import time
-import xml.etree.ElementTree as ET
 from functools import partial
 
 import numpy as np
@@ -38,10 +36,11 @@ from pycocotools import mask as mask_utils
 if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `core`, `tools` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.datasets import DatasetError, DatasetInfo, parse_xml_tags  # noqa: E402
-from tools.io import FormatError, atomic_output, save_mask  # noqa: E402
-from tools.prepare_voc import (PrepareError, add_output_args, check_official_counts,  # noqa: E402
-                               place_file, print_summary, run_parallel, verify_split)
+from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
+from core.io import atomic_output, save_mask  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
+from tools.builders import (PrepareError, add_output_args, check_official_counts, place_file,  # noqa: E402
+                            print_summary, run_parallel, verify_split, voc_annotation_xml)
 
 SPLITS = {"train": ("train2014", "instances_train2014.json"),
           "validation": ("val2014", "instances_val2014.json")}
@@ -134,25 +133,9 @@ def voc_box(bbox, width, height):
 
 def annotation_xml(file_name, width, height, annotations, class_names):
     """VOC-style annotation (bytes) with one <object> per annotation, in annotation order."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "COCO2014"
-    ET.SubElement(root, "filename").text = file_name
-    size = ET.SubElement(root, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, key).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
-    for ann in annotations:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = class_names[ann["class"]]
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        ET.SubElement(obj, "iscrowd").text = str(int(ann["iscrowd"]))  # extra field, ignored by VOC readers
-        box = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), voc_box(ann["bbox"], width, height)):
-            ET.SubElement(box, key).text = str(value)
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+    objects = [{"name": class_names[ann["class"]], "bbox": voc_box(ann["bbox"], width, height),
+                "extra": {"iscrowd": int(ann["iscrowd"])}} for ann in annotations]
+    return voc_annotation_xml("COCO2014", file_name, width, height, objects)
 
 
 def expected_tags(annotations):
@@ -256,7 +239,7 @@ def category_map(info):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build the seed layout of MS COCO 2014 (train, validation).")
+    parser = make_parser("Build the seed layout of MS COCO 2014 (train, validation).")
     parser.add_argument("--coco_root", required=True, type=str,
                         help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
     parser.add_argument("--splits", default="train,validation", type=str,
@@ -308,11 +291,7 @@ def prepare_coco(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        prepare_coco(args)
-    except (PrepareError, DatasetError, FormatError, OSError) as e:
-        sys.exit(f"error: {e}")
+    cli(prepare_coco, parse_args(argv))
     return 0
 
 

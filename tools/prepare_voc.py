@@ -1,4 +1,4 @@
-"""Build the seed layout (FORMATS.md section 1) of PASCAL VOC 2012 from the official downloads.
+"""Build the seed layout (docs/formats.md#dataset-layout) of PASCAL VOC 2012 from the official downloads.
 
     python tools/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
         --test_devkit VOC2012test/VOCdevkit/VOC2012 --out ../VOC2012/ --link hardlink
@@ -15,245 +15,35 @@ Inputs
 
 Output: ROOT/{train,train_aug,validation}/{image,mask,xml}/ and ROOT/test/image/.
 
-Masks are always re-saved as palette PNGs of class indices (255 kept) through tools.io.save_mask.
+Masks are always re-saved as palette PNGs of class indices (255 kept) through core.io.save_mask.
 VOC SegmentationClass PNGs are palette PNGs whose pixel indices are the classes, so indices are
 read, never colours. For a train_aug id that has a VOC SegmentationClass mask (the 1,464 VOC
 train ids) that mask is used: SegmentationClassAug carries a copy of it anyway, and the VOC file
 is the original with its 255 object borders, while SBD .mat labels have no borders at all.
 
 Re-running skips finished files (every write is atomic), then verifies the whole output.
-This module also holds the helpers shared with tools/prepare_coco.py (the "shared" section).
 """
-import argparse
 import os
-import shutil
 import sys
 import time
-import uuid
 from functools import partial
-from multiprocessing import Pool
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `core`, `tools` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.datasets import DatasetError, DatasetInfo, parse_xml_tags  # noqa: E402
-from tools.io import FormatError, atomic_output, read_mask, save_mask  # noqa: E402
+from core.datasets import DatasetInfo  # noqa: E402
+from core.errors import FormatError  # noqa: E402
+from core.io import read_mask, save_mask  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
+from tools.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
+                            place_file, print_summary, read_id_list, resolve_folder, run_parallel,
+                            verify_split)
 
 OFFICIAL_COUNTS = {"train": 1464, "train_aug": 10582, "validation": 1449, "test": 1456}
-LINK_MODES = ("copy", "hardlink", "symlink")
 
 
-# =============================================================================================
-# Shared with tools/prepare_coco.py
-# =============================================================================================
-class PrepareError(Exception):
-    """An input is missing or inconsistent, or the output fails verification. Names the file."""
-
-
-def add_output_args(parser, default_out):
-    parser.add_argument("--out", default=default_out, type=str,
-                        help="dataset root to build in the seed layout (trailing slash optional)")
-    parser.add_argument("--link", default="copy", choices=LINK_MODES,
-                        help="how images and xml files reach the output: copy, hardlink (same file "
-                             "system, no extra disk) or symlink (absolute links to the inputs)")
-    parser.add_argument("--num_workers", default=4, type=int,
-                        help="worker processes (0: everything in this process)")
-    parser.add_argument("--expect_official", action="store_true",
-                        help="a split count that differs from the official one is an error, not a warning")
-
-
-def place_file(src, dst, link):
-    """Put `src` at `dst` by copy, hard link or symlink, atomically; skip if `dst` exists.
-
-    Links are created under a temporary name and moved with os.replace, so a killed run never
-    leaves a half-made entry that a later run would count as done. Returns 1 if written, else 0.
-    """
-    if os.path.exists(dst):  # follows symlinks: a dangling link is rebuilt
-        return 0
-    if not os.path.isfile(src):
-        raise PrepareError(f"{src}: input file not found")
-    if link == "copy":
-        with open(src, "rb") as fin, atomic_output(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        return 1
-    directory = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{uuid.uuid4().hex}.tmp")
-    try:
-        if link == "hardlink":
-            os.link(src, tmp)
-        else:
-            os.symlink(os.path.abspath(src), tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        hint = " (hard links need input and output on the same file system; try --link copy)" \
-            if link == "hardlink" else ""
-        raise PrepareError(f"cannot {link} {src} -> {dst}: {e.strerror or e}{hint}") from None
-    return 1
-
-
-def read_id_list(path, what):
-    """Image ids of a list file, in file order, duplicates dropped.
-
-    Accepts plain VOC lists (`2007_000032`) and DeepLab-style pair lists
-    (`/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`): the stem of the first
-    token is the id.
-    """
-    if not os.path.isfile(path):
-        raise PrepareError(f"{path}: {what} list file not found")
-    with open(path, encoding="utf-8") as f:
-        tokens = [line.split()[0] for line in f if line.strip()]
-    ids = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tokens))
-    if not ids:
-        raise PrepareError(f"{path}: {what} list file is empty")
-    return ids
-
-
-def check_mask_values(mask, num_classes, path):
-    """Return `mask` as uint8 (H, W) after checking every value is a class index or 255.
-
-    Raises PrepareError naming `path` and the offending values otherwise.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 2 or mask.size == 0:
-        raise PrepareError(f"{path}: mask must be a non-empty (H, W) array, found shape {mask.shape}")
-    if mask.dtype.kind not in "iub":
-        raise PrepareError(f"{path}: mask must hold integer class indices, found {mask.dtype}")
-    low, high = int(mask.min()), int(mask.max())
-    if low < 0 or high > 255:
-        raise PrepareError(f"{path}: unexpected mask values (range {low}..{high}); expected class "
-                           f"indices 0..{num_classes - 1} or 255")
-    mask = mask.astype(np.uint8, copy=False)
-    counts = np.bincount(mask.ravel(), minlength=256)
-    bad = np.flatnonzero(counts[num_classes:255]) + num_classes
-    if bad.size:
-        raise PrepareError(f"{path}: unexpected mask values {bad[:10].tolist()} "
-                           f"({int(counts[bad].sum())} pixels); expected class indices "
-                           f"0..{num_classes - 1} or 255")
-    return mask
-
-
-def run_parallel(func, tasks, num_workers, desc):
-    """`[func(t) for t in tasks]` in `num_workers` processes (0: here), with a progress bar.
-
-    A worker's exception is re-raised here, so the first bad input stops the run.
-    """
-    if num_workers <= 0 or len(tasks) < 2:
-        return [func(t) for t in tqdm(tasks, desc=desc, unit="img")]
-    chunksize = max(1, min(32, len(tasks) // (num_workers * 8)))
-    with Pool(num_workers) as pool:
-        return list(tqdm(pool.imap(func, tasks, chunksize), total=len(tasks), desc=desc, unit="img"))
-
-
-def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_dict):
-    """Problems of one output image as a list of messages (empty when all is well)."""
-    image_path = os.path.join(split_dir, "image", image_id + ".jpg")
-    try:
-        with Image.open(image_path) as image:  # header only: the size, no decoding
-            width, height = image.size
-    except FileNotFoundError:
-        return [f"{image_path}: image missing"]
-    except OSError as e:
-        return [f"{image_path}: unreadable image ({e})"]
-    problems = []
-    if need_mask:
-        mask_path = os.path.join(split_dir, "mask", image_id + ".png")
-        try:
-            mask = check_mask_values(read_mask(mask_path), num_classes, mask_path)
-            if mask.shape != (height, width):
-                problems.append(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "
-                                f"its image {width}x{height}")
-        except (FileNotFoundError, FormatError, PrepareError) as e:
-            problems.append(str(e))
-    if need_xml:
-        xml_path = os.path.join(split_dir, "xml", image_id + ".xml")
-        if not os.path.isfile(xml_path):
-            problems.append(f"{xml_path}: annotation missing")
-        else:
-            try:
-                parse_xml_tags(xml_path, class_dict)
-            except DatasetError as e:
-                problems.append(str(e))
-    return problems
-
-
-def verify_split(out_root, split, ids, need_mask, need_xml, info, num_workers):
-    """Check one built split against the ids it should hold.
-
-    Every id has its image (and mask / xml when `need_*`), masks hold class indices or 255 and
-    match their image's size, xml files parse with known classes, and no other image, mask or
-    xml files lie in the split. Raises PrepareError listing the problems. Returns the counts
-    {"image": n, "mask": n, "xml": n}.
-    """
-    split_dir = os.path.join(out_root, split)
-    check = partial(_verify_item, split_dir=split_dir, need_mask=need_mask, need_xml=need_xml,
-                    num_classes=info.num_classes, class_dict=info.class_dict)
-    problems = [p for item in run_parallel(check, list(ids), num_workers, f"verify {split}") for p in item]
-    expected = set(ids)
-    counts = {}
-    for folder, ext in (("image", ".jpg"), ("mask", ".png"), ("xml", ".xml")):
-        directory = os.path.join(split_dir, folder)
-        names = [f for f in os.listdir(directory) if not f.startswith(".")] if os.path.isdir(directory) else []
-        stray = sorted(f for f in names if not f.endswith(ext) or f[:-len(ext)] not in expected)
-        if stray:
-            problems.append(f"{directory}: {len(stray)} file(s) not in the {split} list, e.g. "
-                            f"{', '.join(stray[:3])} (left by another run? remove them)")
-        counts[folder] = len(names) - len(stray)
-    if problems:
-        shown = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise PrepareError(f"verification of {split_dir} failed ({len(problems)} problem(s)):\n  {shown}{more}")
-    return counts
-
-
-def check_official_counts(counts, official, strict, name):
-    """Warn (or, if `strict`, raise) for every split whose image count differs from the official one."""
-    for split, count in counts.items():
-        if split in official and count != official[split]:
-            message = (f"{name} {split}: {count:,} images, the official split has {official[split]:,}")
-            if strict:
-                raise PrepareError(message + " (--expect_official)")
-            print(f"warning: {message} (fine for a subset; --expect_official makes this an error)",
-                  file=sys.stderr)
-
-
-def print_summary(out_root, rows, official, seconds, notes=()):
-    """Table of the built splits: image/mask/xml counts, files written this run, official count."""
-    print(f"\nseed layout at {out_root} ({seconds:.1f} s)")
-    print(f"  {'split':<11}{'images':>9}{'masks':>9}{'xml':>9}{'written':>10}{'official':>10}")
-    for split, row in rows.items():
-        expected = official.get(split)
-        flag = "" if expected is None or expected == row["image"] else "  (differs)"
-        print(f"  {split:<11}{row['image']:>9,}{row['mask']:>9,}{row['xml']:>9,}{row['written']:>10,}"
-              f"{(f'{expected:,}' if expected else '-'):>10}{flag}")
-    print("  verified: every labelled image has its mask and xml, mask values are class indices "
-          "or 255, mask sizes match the images")
-    for note in notes:
-        print(f"  {note}")
-
-
-def resolve_folder(path, flag, marker, candidates):
-    """The first of `path/c` (c in `candidates`) that contains `marker`; `flag` names the option."""
-    root = os.path.normpath(os.path.expanduser(path))
-    if not os.path.isdir(root):
-        raise PrepareError(f"{flag} {root}: folder not found")
-    for candidate in candidates:
-        folder = os.path.normpath(os.path.join(root, candidate))
-        if os.path.exists(os.path.join(folder, marker)):
-            return folder
-    tried = ", ".join(os.path.normpath(os.path.join(root, c, marker)) for c in candidates)
-    raise PrepareError(f"{flag} {root}: {marker} not found (looked for {tried})")
-
-
-# =============================================================================================
-# VOC 2012
-# =============================================================================================
 def _item(image_id, image, xml=None, mask=None):
     """One output image: its id and its source files (None = not produced for this split)."""
     return {"id": image_id, "image": image, "xml": xml, "mask": mask}
@@ -440,8 +230,8 @@ def collect_splits(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build the seed layout of PASCAL VOC 2012 "
-                                                 "(train, train_aug, validation, test).")
+    parser = make_parser("Build the seed layout of PASCAL VOC 2012 "
+                         "(train, train_aug, validation, test).")
     parser.add_argument("--devkit", required=True, type=str,
                         help="VOC2012 trainval folder (VOCdevkit/VOC2012 or a parent of it)")
     parser.add_argument("--sbd", default=None, type=str,
@@ -477,11 +267,7 @@ def prepare_voc(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        prepare_voc(args)
-    except (PrepareError, DatasetError, FormatError, OSError) as e:
-        sys.exit(f"error: {e}")
+    cli(prepare_voc, parse_args(argv))
     return 0
 
 

@@ -15,7 +15,6 @@ A stage whose outputs exist is reused (every output is written atomically, so a 
 exists is complete); training resumes from its checkpoint. The table of mIoU per stage is printed
 and saved as experiments/toy/summary.{json,md}.
 """
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.io import atomic_output, read_json, write_json  # noqa: E402
+from core.io import atomic_output, read_json, write_json  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 from tools.paths import evaluation_path, model_path  # noqa: E402
 
 DATA = "toy_data/TOY"
@@ -69,7 +69,7 @@ def evaluation(folder, tag, domain, log, extra=()):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete toy_data/ and experiments/toy/ first")
     parser.add_argument("--num_workers", default=2, type=int, help="worker processes for data and CRF")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The one checkpoint reader/writer of the project (FORMATS.md section 7).
+"""The one checkpoint reader/writer of the project (docs/formats.md#networks-and-checkpoints).
 
 Weights are saved as plain flat state_dicts (no `module.` prefix, no wrapper dict). Reading also
 accepts a `module.` prefix (weights saved from DataParallel/DDP) and a dict wrapping the weights
@@ -10,15 +10,12 @@ import collections
 import torch
 from torch import nn
 
-from tools.io import FormatError, atomic_output
+from core.errors import CheckpointError
+from core.io import atomic_output
 
 WRAPPER_KEYS = ("model", "state_dict")
 PREFIX = "module."
 MAX_LISTED = 10
-
-
-class CheckpointError(FormatError):
-    """A checkpoint file is missing, unreadable, or does not fit the model. Names the file."""
 
 
 def unwrap(model):

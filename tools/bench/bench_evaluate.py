@@ -1,6 +1,6 @@
 """Benchmark of evaluate.py on synthetic VOC-sized data (not run by the tests).
 
-    python tools/bench_evaluate.py [--num_masks 1449] [--num_seeds 300] [--workers 1,2]
+    python tools/bench/bench_evaluate.py [--num_masks 1449] [--num_seeds 300] [--workers 1,2]
 
 Builds, in a temporary folder, a VOC-like validation split (500x375 blocky ground-truth masks
 with 255 borders; the image files are 1-pixel placeholders since evaluate.py never decodes them),
@@ -10,7 +10,6 @@ classes. Then reports seconds per 100 images for
 - computing the metric on arrays already in memory (confusion matrix, or the 15-threshold sweep),
 - evaluate.main end to end with each --num_workers value.
 """
-import argparse
 import contextlib
 import io
 import os
@@ -22,12 +21,13 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import evaluate  # noqa: E402
 from core.datasets import load_dataset_info  # noqa: E402
+from core.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
 from tools import metrics  # noqa: E402
-from tools.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 from tools.paths import output_dir  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500
@@ -162,11 +162,12 @@ def bench(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--num_masks", default=1449, type=int, help="mask pairs (VOC validation: 1,449)")
     parser.add_argument("--num_seeds", default=300, type=int, help="seed files (1-3 classes each)")
     parser.add_argument("--workers", default="1,2", type=str, help="comma-separated --num_workers values")
-    parser.add_argument("--tmp_dir", default=None, type=str, help="where to build the data (default: system temp)")
+    parser.add_argument("--tmp_dir", default=None, type=str,
+                        help="where to build the data; None: the system temp folder")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]

@@ -3,9 +3,8 @@
 Builds a throw-away seed-layout dataset (images about 500x375 with 2-3 rsepm seed classes) in a
 temporary folder, converts it once per --num_workers value and prints images per second.
 
-    python tools/bench_crf.py --num_images 16 --workers 1,2
+    python tools/bench/bench_crf.py --num_images 16 --workers 1,2
 """
-import argparse
 import os
 import resource
 import sys
@@ -15,10 +14,11 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import convert_seed_to_pseudo_masks as convert  # noqa: E402
-from tools.io import save_seed  # noqa: E402
+from core.io import save_seed  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 
 TAG = "bench"
 DOMAIN = "validation"
@@ -61,8 +61,8 @@ def _cpu_seconds():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_images", default=16, type=int)
+    parser = make_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--num_images", default=16, type=int, help="synthetic 500x375 seed files")
     parser.add_argument("--workers", default="1,2", type=str, help="comma-separated --num_workers values")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:

@@ -1,6 +1,6 @@
 """Throughput of tools/prepare_voc.py and tools/prepare_coco.py on synthetic official layouts.
 
-    python tools/bench_prepare.py --images 300 --num_workers 2
+    python tools/bench/bench_prepare.py --images 300 --num_workers 2
 
 Builds, in a temporary folder, a VOC 2012 devkit + SegmentationClassAug + VOC2012test and a
 COCO 2014 root (train2014, val2014, instances json with polygons, RLE and crowd regions) at the
@@ -8,7 +8,6 @@ real image sizes (500x375, 640x480), then times each builder: a cold build with 
 cold build with --link hardlink, and a re-run on the finished output (everything skipped,
 verification only). Prints files written per second and images per second (build + verify).
 """
-import argparse
 import contextlib
 import io
 import json
@@ -21,10 +20,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as `python tools/bench_prepare.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as `python tools/bench/bench_prepare.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import DatasetInfo  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 
 
 def smooth_image(rng, height, width):
@@ -165,7 +165,7 @@ def bench(name, main, inputs, root, num_workers, quiet):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Time the VOC and COCO seed-layout builders.")
+    parser = make_parser("Time the VOC and COCO seed-layout builders.")
     parser.add_argument("--images", default=300, type=int, help="synthetic images per dataset")
     parser.add_argument("--num_workers", default=2, type=int, help="builder worker processes")
     parser.add_argument("--verbose", action="store_true", help="show the builders' own output")
@@ -185,5 +185,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from tools.bench_prepare import main as _main
+    from tools.bench.bench_prepare import main as _main
     sys.exit(_main())

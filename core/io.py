@@ -2,7 +2,7 @@
 
 Every output of the project goes through :func:`atomic_output`, so a run killed at any moment
 leaves either the complete file or no file at all, and skip-if-exists resumption is safe
-(FORMATS.md section 10: the original left truncated files that later counted as done).
+(docs/formats.md#fixed-defects: the original left truncated files that later counted as done).
 """
 import contextlib
 import io
@@ -14,21 +14,21 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from core.errors import FormatError, MissingFileError, OutputError, ProjectError
+
 SEED_DIALECTS = ("rsepm", "seg")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates files 0600, outputs get the usual 0666 & ~umask
-IGNORE_COLOR = (224, 224, 192)
-
-
-class FormatError(Exception):
-    """A file exists but does not hold what it should. The message names the file."""
+IGNORE_INDEX = 255  # label of pixels no loss and no metric counts (object borders, crowds, crop padding)
+IGNORE_COLOR = (224, 224, 192)  # its palette colour
 
 
 @contextlib.contextmanager
 def atomic_output(path, mode="wb"):
     """Open a temporary file beside `path`; on success move it onto `path` with os.replace.
 
-    On any exception the temporary file is removed and `path` is left untouched.
+    On any exception the temporary file is removed and `path` is left untouched; an OSError
+    (disk full, no permission) becomes an OutputError naming `path`.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -41,9 +41,11 @@ def atomic_output(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, ProjectError):
+            raise OutputError(f"{path}: cannot write ({e})") from e
         raise
 
 
@@ -59,13 +61,13 @@ def read_json(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingFileError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------
-# Seed files (FORMATS.md section 4)
+# Seed files (docs/formats.md#seed-files)
 # ---------------------------------------------------------------------------------------------
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and plain containers and refuses everything else.
@@ -101,7 +103,7 @@ def safe_pickle_load(path):
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingFileError(f"{path}: file not found") from None
     try:
         return _SafeUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
@@ -172,21 +174,21 @@ def _check_seed(path, keys, seed, dialect, exc=ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Palette masks (FORMATS.md section 5)
+# Palette masks (docs/formats.md#pseudo-masks)
 # ---------------------------------------------------------------------------------------------
 def make_palette(colors):
-    """768-entry palette list: `colors[i]` at index i, (224, 224, 192) at 255, black elsewhere."""
+    """768-entry palette list: `colors[i]` at index i, IGNORE_COLOR at IGNORE_INDEX, black elsewhere."""
     palette = [0] * 768
     for i, rgb in enumerate(colors):
         palette[3 * i:3 * i + 3] = [int(v) for v in rgb]
-    palette[3 * 255:3 * 256] = list(IGNORE_COLOR)
+    palette[3 * IGNORE_INDEX:3 * IGNORE_INDEX + 3] = list(IGNORE_COLOR)
     return palette
 
 
 def save_mask(path, mask, palette):
     """Write a uint8 (H, W) class-index mask as an 8-bit palette PNG, atomically.
 
-    Pillow pitfalls (FORMATS.md section 5): the palette is passed as a list, and always set, so
+    Pillow pitfalls (docs/formats.md#pseudo-masks): the palette is passed as a list, and always set, so
     the file keeps 8 bits per pixel and the indices survive.
     """
     mask = np.asarray(mask)
@@ -212,6 +214,6 @@ def read_mask(path):
                                   f"found mode {image.mode}")
             return np.array(image, dtype=np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: mask file not found") from None
+        raise MissingFileError(f"{path}: mask file not found") from None
     except (OSError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read mask ({e})") from None

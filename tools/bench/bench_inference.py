@@ -1,14 +1,13 @@
-"""Time of the multi-scale seed inference (tools.inference.multiscale_inference) per image.
+"""Time of the multi-scale seed inference (core.inference.multiscale_inference) per image.
 
 Random-weight networks on random images of fixed size: RSEPM ResNet-50 at the VOC size 500x375
 and RSEPM ResNet-18 at the TOY size 128x128, with the published 4 scales (each with its flip) and
 with `--scales 1.0` (one scale + flip). Also reports the forward calls per image, and with
 --unbatched the time of running the image and its flip as two separate forwards.
 
-    python tools/bench_inference.py                # CPU, both cases
-    python tools/bench_inference.py --repeat 3 --threads 2 --unbatched
+    python tools/bench/bench_inference.py                # CPU, both cases
+    python tools/bench/bench_inference.py --repeat 3 --threads 2 --unbatched
 """
-import argparse
 import os
 import statistics
 import sys
@@ -17,10 +16,11 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from core.inference import SCALES, multiscale_inference  # noqa: E402
 from core.networks import RSEPM  # noqa: E402
-from tools.inference import SCALES, multiscale_inference  # noqa: E402
+from tools.args import make_parser  # noqa: E402
 
 # (backbone, classes incl. background, height, width)
 CASES = {"r50-voc": ("resnet50", 21, 375, 500), "r18-toy": ("resnet18", 6, 128, 128)}
@@ -63,10 +63,10 @@ def time_case(model, image, scales, repeat, unbatched=False):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     parser.add_argument("--repeat", default=3, type=int, help="timed runs per setting (min and median reported)")
-    parser.add_argument("--threads", default=None, type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", default=None, type=int, help="torch intra-op threads; None: torch's choice")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--unbatched", action="store_true",
                         help="also time two forwards per scale (image and flip apart) for comparison")

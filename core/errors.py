@@ -1,0 +1,48 @@
+"""The project's own errors: bad input files, bad datasets, bad checkpoints, bad arguments.
+
+Every script runs under tools.args.cli, which prints these as one line (`error: ...`) and exits
+with status 1. Any other exception is a bug, not bad input, and keeps its traceback.
+
+    ProjectError
+    ├── FormatError        a file exists but does not hold what it should
+    │   └── CheckpointError    a checkpoint is missing, unreadable or does not fit the model
+    ├── MissingFileError   an input file does not exist (also a FileNotFoundError)
+    ├── OutputError        an output file cannot be written: disk full, permissions (also an OSError)
+    ├── DatasetError       a dataset file or folder is missing or malformed
+    ├── UsageError         arguments that cannot work together (also a ValueError)
+    └── SetupError         the environment lacks something, e.g. offline weights (also a RuntimeError)
+
+The second bases keep `except ValueError` and the like working for callers that used them.
+"""
+
+
+class ProjectError(Exception):
+    """Base of the errors caused by the user's input. The message names the file or flag."""
+
+
+class FormatError(ProjectError):
+    """A file exists but does not hold what it should. The message names the file."""
+
+
+class CheckpointError(FormatError):
+    """A checkpoint file is missing, unreadable, or does not fit the model. Names the file."""
+
+
+class DatasetError(ProjectError):
+    """A dataset file or folder is missing or malformed. The message names it."""
+
+
+class MissingFileError(ProjectError, FileNotFoundError):
+    """An input file does not exist. The message names it."""
+
+
+class OutputError(ProjectError, OSError):
+    """An output file could not be written (disk full, no permission). The message names it."""
+
+
+class UsageError(ProjectError, ValueError):
+    """Arguments that are individually valid but cannot work together, or out of range."""
+
+
+class SetupError(ProjectError, RuntimeError):
+    """The environment lacks something the run needs; the message says how to provide it."""

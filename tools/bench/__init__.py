@@ -1,0 +1,1 @@
+"""Benchmarks, each runnable as `python tools/bench/bench_NAME.py` from the repository root."""

@@ -1,0 +1,188 @@
+"""What a training run leaves on disk besides its logs: the resume checkpoint (models/{tag}/resume.pth
+with weights, optimiser, schedule, scaler, EMA, sampler position and every rank's RNG states),
+the run configuration (config.json) and the final weights (docs/formats.md#experiment-folder).
+"""
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from core.checkpoint import save_weights, unwrap
+from core.errors import CheckpointError, MissingFileError
+from core.io import atomic_output, write_json
+from tools.optim import NonFiniteError
+from tools.paths import model_dir, model_path
+
+RESUME_FORMAT = "rsepm-resume-1"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ResumeError(CheckpointError, ValueError):
+    """A resume checkpoint that is unreadable or from another kind of run. Names the file."""
+
+
+def resume_path(pred_dir, tag):
+    return os.path.join(model_dir(pred_dir, tag), "resume.pth")
+
+
+def config_path(pred_dir, tag):
+    return os.path.join(model_dir(pred_dir, tag), "config.json")
+
+
+def rng_state(device=None):
+    """This process's generator states in plain types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
+                       float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device=None):
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _as_tuple(value):
+    """random.setstate needs tuples all the way down; a loaded checkpoint may hold lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _gather(obj, ctx):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (just [obj] without DDP)."""
+    if ctx is None or not ctx.distributed:
+        return [obj]
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, epoch=0, step=0,
+                iteration=0, sampler=None, extra=None, ctx=None):
+    """Write everything needed to continue the run bit for bit, atomically.
+
+    Call on EVERY rank under DDP (it gathers each rank's RNG states); only rank 0 writes.
+    epoch: current epoch; step: batches already done in it; iteration: optimiser steps so far.
+    extra: a dict of plain values (numbers, strings, lists) for the script.
+    Raises NonFiniteError, writing nothing, when a weight is NaN/inf (the previous file stays).
+    """
+    names, params = zip(*unwrap(model).named_parameters())
+    finite = torch.stack([torch.isfinite(p).all() for p in params]).cpu()  # one host sync
+    if not finite.all():
+        bad = [n for n, ok in zip(names, finite.tolist()) if not ok]
+        raise NonFiniteError(f"iteration {iteration}: non-finite weights in {', '.join(bad[:5])}"
+                             f"{' ...' if len(bad) > 5 else ''}; {path} not written, it keeps the "
+                             f"last good state")
+    rng_states = _gather(rng_state(ctx.device if ctx else None), ctx)
+    if ctx is not None and not ctx.is_main:
+        return
+    state = {
+        "format": RESUME_FORMAT, "epoch": int(epoch), "step": int(step), "iteration": int(iteration),
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "sampler": sampler.state_dict() if sampler is not None else None,
+        "rng": rng_states, "extra": extra or {},
+    }
+    with atomic_output(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=None, sampler=None,
+                ctx=None):
+    """Restore a save_resume checkpoint into the given objects (each optional but the model).
+
+    Returns dict(epoch, step, iteration, extra). Raises ValueError naming the file when it is
+    not a resume checkpoint or the run's seed / dataset size / process count changed.
+    """
+    device = ctx.device if ctx else torch.device("cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: resume checkpoint not found") from None
+    except Exception as e:  # pickle/zip/EOF errors alike
+        raise ResumeError(f"{path}: not a readable resume checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise ResumeError(f"{path}: not a resume checkpoint of this project (format "
+                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    if sampler is not None and state["sampler"] is not None:
+        sampler.check_compatible(state["sampler"], path)
+    rank = ctx.rank if ctx else 0
+    if len(state["rng"]) <= rank:
+        raise ResumeError(f"{path}: saved by {len(state['rng'])} process(es), this is rank {rank}")
+    unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"][rank], device)
+    return {"epoch": state["epoch"], "step": state["step"], "iteration": state["iteration"],
+            "extra": state["extra"]}
+
+
+def git_commit():
+    """(commit hash, dirty flag) of the repository, or (None, None) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def run_config(args, ctx=None, **extra):
+    """The run's full configuration for config.json: every argument plus the environment."""
+    commit, dirty = git_commit()
+    config = {
+        "args": vars(args) if not isinstance(args, dict) else dict(args),
+        "seed": getattr(args, "seed", None) if not isinstance(args, dict) else args.get("seed"),
+        "command": sys.argv,
+        "world_size": ctx.world_size if ctx else 1,
+        "device": str(ctx.device) if ctx else "cpu",
+        "weight_decay_in_momentum_slot": False,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": _version("torchvision"), "numpy": np.__version__,
+                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
+        "git_commit": commit, "git_dirty": dirty,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    config.update(extra)
+    # values json cannot write (a torch.device in args, ...) become strings, so that the final
+    # write after hours of training cannot fail on them
+    return json.loads(json.dumps(config, default=str))
+
+
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def save_final(pred_dir, tag, model, config, strategy="last"):
+    """Write models/{tag}/{strategy}.pth (flat state_dict) and config.json beside it."""
+    weights = model_path(pred_dir, tag, strategy)
+    save_weights(model, weights)
+    write_json(config_path(pred_dir, tag), config)
+    return weights

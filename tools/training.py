@@ -1,0 +1,123 @@
+"""The command line and the validation that train_rsepm.py and train_seg.py share.
+
+Owns the common flags (devices, dataset, experiment, --backbone, --pretrained, the optimisation
+flags of add_training_args, the --val_* group), the argument checks both scripts make, the parts
+of the derived tag both use (network name, schedule suffix) and the validation set-up and loop.
+Each script keeps only its own flags, its own checks and how it scores a validation image.
+"""
+import argparse
+
+import torch
+
+from core.datasets import SeedLayout, normalize_image
+from core.resnet import ARCHITECTURES
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, str2bool
+from tools.optim import AMP_MODES
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def training_parser(description, backbone):
+    """A parser with the flags every training script has; the script adds its own after these."""
+    parser = make_parser(description)
+    add_device_args(parser)
+    add_dataset_args(parser, domain="train_aug")
+    add_experiment_args(parser, tag="")
+    parser.add_argument("--backbone", default=backbone, choices=sorted(ARCHITECTURES), help="ResNet backbone")
+    parser.add_argument("--pretrained", default="imagenet",
+                        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH")
+    return parser
+
+
+def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
+    """Flags of docs/method.md#optimisation with the script's defaults (they differ per stage)."""
+    parser.add_argument("--batch_size", default=batch_size, type=int,
+                        help="global batch size (split over DDP processes)")
+    parser.add_argument("--max_epoch", "--max_epochs", dest="max_epoch", default=max_epoch, type=int,
+                        help="number of epochs")
+    parser.add_argument("--lr", default=lr, type=float, help="backbone learning rate (head: x10)")
+    parser.add_argument("--wd", default=weight_decay, type=float, help="weight decay (not on biases/BN)")
+    parser.add_argument("--nesterov", default=True, type=str2bool, help="Nesterov momentum (0.9)")
+    parser.add_argument("--crop_size", "--image_size", dest="crop_size", default=512, type=int,
+                        help="side of the square training crop")
+    parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
+    parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
+    parser.add_argument("--seed", default=0, type=int, help="seed of data order, augmentation and init")
+    parser.add_argument("--amp", default="auto", choices=AMP_MODES,
+                        help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
+    parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
+    parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
+    parser.add_argument("--save_interval", default=500, type=positive_int,
+                        help="iterations between resume checkpoints (models/{tag}/resume.pth)")
+    parser.add_argument("--resume", default=False, type=str2bool,
+                        help="continue from models/{tag}/resume.pth when it exists")
+
+
+def add_validation_args(parser, what):
+    """The --val_* group; `what` says what is measured (both are information only)."""
+    val = parser.add_argument_group(f"validation during training ({what})")
+    val.add_argument("--val_every", default=0, type=int, help="epochs between validations; 0 = off")
+    val.add_argument("--val_domain", default="validation", help="split to validate on")
+    val.add_argument("--val_images", default=50, type=int, help="first N images of --val_domain")
+
+
+def check_training_args(parser, args):
+    """Refuse settings both scripts cannot run, before any work is done (parser.error exits 2)."""
+    if args.max_epoch < 1:
+        parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
+        parser.error(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
+    if not 0 < args.min_image_size <= args.max_image_size <= 4096:
+        parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
+                     f"{args.min_image_size}, {args.max_image_size}")
+
+
+def tag_network(args):
+    """The network part of a derived tag: resnet50 -> ResNet50."""
+    return args.backbone.replace("resnet", "ResNet")
+
+
+def tag_schedule(args):
+    """The last part of a derived tag: e{epochs}-b{batch}-c{crop}-s{seed}, then -scratch
+    (--pretrained none) or -init (a weights file); nothing for ImageNet initialisation."""
+    init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
+    return f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}{init}"
+
+
+def validation_set(args, ctx, info, **require):
+    """(layout, ids) of the --val_images first images of --val_domain; no ids when validation is
+    off or on ranks other than 0. require: SeedLayout's require_masks / require_xml."""
+    if args.val_every <= 0 or not ctx.is_main:
+        return None, []
+    layout = SeedLayout(args.root_dir, args.val_domain, info, **require)
+    return layout, layout.ids[:args.val_images]
+
+
+def validation_due(args, epoch, ids):
+    """Validate after every --val_every epochs and after the last one."""
+    return bool(ids) and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch)
+
+
+@torch.no_grad()
+def validation_images(network, layout, ids, device):
+    """Yield (image_id, normalised (3, H, W) image on `device`, ground truth (H, W) uint8) with
+    the network in eval mode; its previous mode is restored afterwards."""
+    was_training = network.training
+    network.eval()
+    try:
+        for image_id in ids:
+            image = layout.read_image(image_id)
+            gt = layout.read_mask(image_id, image.shape[:2])
+            yield image_id, normalize_image(image).to(device), gt
+    finally:
+        network.train(was_training)
