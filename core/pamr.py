@@ -1,4 +1,4 @@
-"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), METHOD.md 3c and 4a.
+"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), docs/method.md#pamr.
 
 Each pixel p looks at its 8 neighbours q at every dilation d (so 8 * len(dilations) neighbours).
 The affinity of p to q is
@@ -15,12 +15,17 @@ Neighbours outside the image are read with replicate padding (coordinates clampe
 a border pixel then "sees" border pixels, never zeros, so the image frame creates no fake edge.
 Shifts are slices of one padded tensor (no unfold), and the mask is updated one neighbour at a
 time to keep memory at a few copies of (B, C, H, W) instead of (B, C, 48, H, W).
+
+PAMR builds training targets, so it runs in float32 with autocast disabled whatever the caller's
+autocast state (core.precision; docs/method.md#scg, precision).
 """
 import torch
 import torch.nn.functional as F
 
-PAMR_ITERATIONS = 10  # [inferred] METHOD.md 3c
-PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # [inferred] METHOD.md 3c
+from core.precision import float32_targets
+
+PAMR_ITERATIONS = 10  # [inferred] docs/method.md#pamr
+PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # [inferred] docs/method.md#pamr
 PAMR_SIGMA = 0.1  # scale of the local std in the affinity (Araslanov & Roth)
 PAMR_EPS = 1e-8  # keeps the division finite in flat regions, where std is 0
 
@@ -49,6 +54,7 @@ def shifted_neighbours(x, dilations, include_centre=False):
     return out
 
 
+@float32_targets
 def pamr_affinity(image, dilations=PAMR_DILATIONS, sigma=PAMR_SIGMA, eps=PAMR_EPS):
     """Softmax affinity of each pixel to its 8 * len(dilations) neighbours.
 
@@ -63,6 +69,7 @@ def pamr_affinity(image, dilations=PAMR_DILATIONS, sigma=PAMR_SIGMA, eps=PAMR_EP
     return torch.softmax(affinity.mean(dim=1), dim=1)
 
 
+@float32_targets
 def pamr(image, mask, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
     """Refine a mask with image-adaptive local averaging (PAMR).
 
@@ -85,12 +92,13 @@ def pamr(image, mask, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
     return m
 
 
+@float32_targets
 def refine_with_pamr(image, maps, out_size=None, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
-    """Upsample maps to out_size, resize the image to the same size, and run PAMR (METHOD.md 3c).
+    """Upsample maps to out_size, resize the image to the same size, and run PAMR (docs/method.md#pamr).
 
     image: (B, 3, H, W) (the network input); maps: (B, C, h, w); out_size: (H', W') or None to
     keep the maps' size (e.g. stride 4 of the crop: (H // 4, W // 4)). Both resizes are bilinear,
-    align_corners=False (FORMATS.md 2). Returns (B, C, H', W') float32.
+    align_corners=False (docs/formats.md#preprocessing). Returns (B, C, H', W') float32.
     """
     size = tuple(out_size) if out_size is not None else tuple(maps.shape[-2:])
     maps = maps.float()
