@@ -69,11 +69,12 @@ def self_correlation(features, fg_th=SCG_FIRST_TH, so_th=SCG_SECOND_TH, valid=No
     """
     B, D, h, w = features.shape
     N = h * w
-    f = features.float().reshape(B, D, N)
+    # (B, N, D): one row per position, the layout of the released class (same float32 rounding)
+    f = features.float().permute(0, 2, 3, 1).contiguous().view(B, N, D)
     if valid is not None:
-        f = f * valid.reshape(B, 1, N).to(f.dtype)
-    f = f / (f.norm(dim=1, keepdim=True) + EPS)  # unit vector per position (0 stays 0)
-    s = torch.relu(torch.bmm(f.transpose(1, 2), f))  # (B, N, N) cosine similarities >= 0
+        f = f * valid.reshape(B, N, 1).to(f.dtype)
+    f = f / (torch.norm(f, dim=2, keepdim=True) + EPS)  # unit vectors (0 stays 0)
+    s = torch.relu(torch.matmul(f, f.transpose(1, 2)))  # (B, N, N) cosine similarities >= 0
 
     # First order. The threshold is applied to S itself: the second order below starts from
     # the thresholded S too, as the released class does.
