@@ -111,7 +111,8 @@ class RSEPM(nn.Module):
         out = {"logits": cam.mean(dim=(2, 3)), "cam": cam,
                "seg": self.decoder(self.aspp(maps["C5"]), maps["C2"])}
         if with_features:
-            out.update({name: maps[name] for name in (("C4", "C5") if with_features is True else with_features)})
+            names = ("C4", "C5") if with_features is True else tuple(with_features)
+            out.update({name: maps[name] for name in names})
         return out
 
 

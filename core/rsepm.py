@@ -55,7 +55,8 @@ class RSEPMConfig:
         self.scg_features = tuple(self.scg_features)
         unknown = [name for name in self.scg_features if name not in FEATURE_NAMES]
         if not self.scg_features or unknown:
-            raise ValueError(f"scg_features must be a non-empty subset of {FEATURE_NAMES}, got {self.scg_features!r}")
+            raise ValueError(f"scg_features must be a non-empty subset of {FEATURE_NAMES}, "
+                             f"got {self.scg_features!r}")
         if self.scg_grid not in SCG_GRIDS:
             raise ValueError(f"scg_grid must be one of {SCG_GRIDS}, got {self.scg_grid!r}")
 
@@ -155,8 +156,9 @@ class RSEPMTraining(nn.Module):
             return m_rs.clamp(0, 1) * (tags > 0).to(m_rs.dtype)[:, :, None, None]
 
     def mix_labels(self, images, seg_logits, tags):
-        """Hard labels of the mix (docs/method.md#edgepredictmix): decoder probabilities over background and the
-        tags, refined by PAMR, then edge predict (epm) or the certain filter (certainmix)."""
+        """Hard labels of the mix (docs/method.md#edgepredictmix): decoder probabilities over
+        background and the tags, refined by PAMR, then edge predict (epm) or the certain filter
+        (certainmix). Float32 with autocast off."""
         cfg = self.config
         m_dec = refine_with_pamr(images, restrict_to_tags(seg_logits, tags),
                                  iterations=cfg.pamr_iterations, dilations=cfg.pamr_dilations)
