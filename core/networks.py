@@ -3,6 +3,10 @@
 Parameter names and shapes match the official checkpoints (docs/formats.md#networks-and-checkpoints); the key
 counts for VOC (21 classes) are RSEPM/R50 374, DeepLabV3+/R101 679, DeepLabV2/R101 632.
 Every constructor takes `num_classes` INCLUDING background (21 for VOC, 6 for TOY).
+
+Initialisation: the backbone is ImageNet (or torchvision's random init); the new layers (CAM
+classifier, ASPP, decoder, DeepLabV2 classifier) keep PyTorch's default initialisation, as in the
+authors' released network code, which sets none of its own (docs/method.md#network).
 """
 import torch
 import torch.nn.functional as F
@@ -20,19 +24,6 @@ DEFAULT_OUTPUT_STRIDE = {"rsepm": 16, "deeplabv3+": 8, "deeplabv2": 8}
 def resize_bilinear(x, size):
     """(B, C, h, w) -> (B, C, *size), bilinear, align_corners=False."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def init_new_layers(modules):
-    """Kaiming-normal convolutions (zero bias), BatchNorm weight 1 / bias 0."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
 
 class ConvBlock(nn.Module):
@@ -106,20 +97,22 @@ class RSEPM(nn.Module):
         self.classifier = nn.Conv2d(channels["C5"], num_classes - 1, 1, bias=False)
         self.aspp = ASPP(channels["C5"], output_stride)
         self.decoder = Decoder(channels["C2"], num_classes, low_channels=FEATURE_SIZE)
-        init_new_layers([self.classifier, self.aspp, self.decoder])
 
     def forward(self, x, with_features=False):
         """x (B, 3, H, W) -> dict (a plain dict, so DataParallel can gather it):
 
         'cam' (B, C, h, w) raw CAM logits at the backbone's output stride (C foreground classes),
         'logits' (B, C) spatial mean of 'cam', 'seg' (B, C+1, H/4, W/4) decoder logits;
-        with_features also 'C4' and 'C5' (backbone maps, for SCG).
+        with_features: False, True ('C4' and 'C5'), or a sequence of names among 'C1'..'C5':
+        those backbone maps too (for SCG; only the ones asked for, as DataParallel gathers them).
         """
-        _, c2, _, c4, c5 = self.model(x)
-        cam = self.classifier(c5)
-        out = {"logits": cam.mean(dim=(2, 3)), "cam": cam, "seg": self.decoder(self.aspp(c5), c2)}
+        maps = dict(zip(("C1", "C2", "C3", "C4", "C5"), self.model(x)))
+        cam = self.classifier(maps["C5"])
+        out = {"logits": cam.mean(dim=(2, 3)), "cam": cam,
+               "seg": self.decoder(self.aspp(maps["C5"]), maps["C2"])}
         if with_features:
-            out["C4"], out["C5"] = c4, c5
+            names = ("C4", "C5") if with_features is True else tuple(with_features)
+            out.update({name: maps[name] for name in names})
         return out
 
 
@@ -132,7 +125,6 @@ class DeepLabV3Plus(nn.Module):
         channels = self.model.channels
         self.aspp = ASPP(channels["C5"], output_stride)
         self.decoder = Decoder(channels["C2"], num_classes, low_channels=48)
-        init_new_layers([self.aspp, self.decoder])
 
     def forward(self, x):
         """x (B, 3, H, W) -> logits (B, num_classes, H/4, W/4)."""
@@ -161,7 +153,6 @@ class DeepLabV2(nn.Module):
         super().__init__()
         self.model = build_resnet(backbone, output_stride, pretrained)
         self.aspp = DeepLabV2ASPP(self.model.channels["C5"], num_classes)
-        init_new_layers([self.aspp])
 
     def forward(self, x):
         """x (B, 3, H, W) -> logits (B, num_classes, H/os, W/os)."""

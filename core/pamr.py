@@ -1,4 +1,4 @@
-"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), docs/method.md#pamr and #edgepredictmix.
+"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020), docs/method.md#pamr.
 
 Each pixel p looks at its 8 neighbours q at every dilation d (so 8 * len(dilations) neighbours).
 The affinity of p to q is
@@ -15,9 +15,14 @@ Neighbours outside the image are read with replicate padding (coordinates clampe
 a border pixel then "sees" border pixels, never zeros, so the image frame creates no fake edge.
 Shifts are slices of one padded tensor (no unfold), and the mask is updated one neighbour at a
 time to keep memory at a few copies of (B, C, H, W) instead of (B, C, 48, H, W).
+
+PAMR builds training targets, so it runs in float32 with autocast disabled whatever the caller's
+autocast state (core.precision; docs/method.md#scg, precision).
 """
 import torch
 import torch.nn.functional as F
+
+from core.precision import float32_targets
 
 PAMR_ITERATIONS = 10  # [inferred] docs/method.md#pamr
 PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)  # [inferred] docs/method.md#pamr
@@ -49,6 +54,7 @@ def shifted_neighbours(x, dilations, include_centre=False):
     return out
 
 
+@float32_targets
 def pamr_affinity(image, dilations=PAMR_DILATIONS, sigma=PAMR_SIGMA, eps=PAMR_EPS):
     """Softmax affinity of each pixel to its 8 * len(dilations) neighbours.
 
@@ -63,6 +69,7 @@ def pamr_affinity(image, dilations=PAMR_DILATIONS, sigma=PAMR_SIGMA, eps=PAMR_EP
     return torch.softmax(affinity.mean(dim=1), dim=1)
 
 
+@float32_targets
 def pamr(image, mask, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
     """Refine a mask with image-adaptive local averaging (PAMR).
 
@@ -85,6 +92,7 @@ def pamr(image, mask, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
     return m
 
 
+@float32_targets
 def refine_with_pamr(image, maps, out_size=None, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
     """Upsample maps to out_size, resize the image to the same size, and run PAMR (docs/method.md#pamr).
 

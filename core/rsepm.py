@@ -4,6 +4,10 @@ The target generation (SCG, PAMR, certain filter, edge predict, mix) lives insid
 that DataParallel and DistributedDataParallel split it across devices together with the
 network: each device builds the targets of its own share of the batch (images are mixed with
 partners from the same share).
+
+Targets are generated in float32 with autocast disabled, whatever the caller's autocast state
+(docs/method.md#scg, precision); the padded part of a crop (`valid` False) is ignored by every
+loss and target, SCG and L_rec included.
 """
 import dataclasses
 
@@ -13,10 +17,14 @@ import torch.nn as nn
 from core.losses import classification_loss, masked_global_average, reconstruction_loss, segmentation_loss
 from core.pamr import refine_with_pamr
 from core.scg import scg_maps
+from core.precision import autocast_off
+from core.scg import resize_to
 from core.targets import (IGNORE_INDEX, certain_filter, edge_predict, mix_batch, normalize_cam, paste,
-                          random_partner, resize_nearest, restrict_to_tags)
+                          random_partner, resize_nearest, restrict_to_tags, valid_cells)
 
 LOSS_TERMS = ("cls", "rec", "seg", "rec_mix", "seg_mix", "cls_mix")
+FEATURE_NAMES = ("C1", "C2", "C3", "C4", "C5")
+SCG_GRIDS = ("cam", "c3")
 
 
 @dataclasses.dataclass
@@ -26,7 +34,10 @@ class RSEPMConfig:
     scg_so_th: float = 0.10        # SCG second-order threshold (released code)
     scg_fg_point: float = 0.30     # CAM value of SCG foreground points
     scg_bg_point: float = 0.05     # CAM value of SCG background points
-    scg_features: tuple = ("C4", "C5")  # [inferred]
+    scg_features: tuple = ("C4", "C5")  # [inferred] backbone maps correlated by SCG (any of C1..C5)
+    # [inferred] grid of SCG: 'cam' = the CAM grid (stride 16); 'c3' = the C3 grid (stride 8), where
+    # the released inference code resizes the CAM and the feature maps for its SCG option.
+    scg_grid: str = "cam"
     pamr_iterations: int = 10      # [inferred]
     pamr_dilations: tuple = (1, 2, 4, 8, 12, 24)  # [inferred]
     cf_fg_th: float = 0.55         # certain filter c
@@ -39,6 +50,20 @@ class RSEPMConfig:
     w_cam_mix: float = 1.0
     w_seg_mix: float = 1.0
     w_cls_mix: float = 0.0
+
+    def __post_init__(self):
+        self.scg_features = tuple(self.scg_features)
+        unknown = [name for name in self.scg_features if name not in FEATURE_NAMES]
+        if not self.scg_features or unknown:
+            raise ValueError(f"scg_features must be a non-empty subset of {FEATURE_NAMES}, "
+                             f"got {self.scg_features!r}")
+        if self.scg_grid not in SCG_GRIDS:
+            raise ValueError(f"scg_grid must be one of {SCG_GRIDS}, got {self.scg_grid!r}")
+
+    def feature_names(self):
+        """Backbone maps the target generator must return: SCG's maps, plus C3 for its grid."""
+        extra = ("C3",) if self.scg_grid == "c3" and "C3" not in self.scg_features else ()
+        return self.scg_features + extra
 
     def weights(self):
         return {"cls": 1.0, "rec": self.w_cam, "seg": self.w_seg, "rec_mix": self.w_cam_mix,
@@ -70,7 +95,8 @@ class RSEPMTraining(nn.Module):
 
     def forward(self, images, tags, valid, use_rs=False, use_mix=False, seed=0):
         cfg = self.config
-        out = self.network(images, with_features=use_rs and self.teacher is None)
+        own_features = cfg.feature_names() if use_rs and self.teacher is None else False
+        out = self.network(images, with_features=own_features)
         losses = {"cls": classification_loss(masked_global_average(out["cam"], valid), tags)}
         stats = {}
         seg_logits = out["seg"]
@@ -81,16 +107,16 @@ class RSEPMTraining(nn.Module):
             return {**losses, **stats}
 
         with torch.no_grad():
-            source = out if self.teacher is None else self.teacher(images, with_features=True)
-            m_rs = self.recur_seed(images, source, tags)          # (B, C, H/4, W/4)
+            source = out if self.teacher is None else self.teacher(images, with_features=cfg.feature_names())
+            m_rs = self.recur_seed(images, source, tags, valid)   # (B, C, H/4, W/4)
             valid4 = resize_nearest(valid, m_rs.shape[-2:])
             m_seg = certain_filter(m_rs, tags, cfg.cf_fg_th, cfg.cf_bg_th).masked_fill(~valid4, IGNORE_INDEX)
             stats.update(_label_stats(m_seg, valid4))
-        losses["rec"] = reconstruction_loss(out["cam"], m_rs, tags)
+        losses["rec"] = reconstruction_loss(out["cam"], m_rs, tags, valid)
         losses["seg"] = segmentation_loss(seg_logits, m_seg)
 
         if use_mix and cfg.mix != "none":
-            with torch.no_grad():
+            with torch.no_grad(), autocast_off(images.device.type):
                 # the decoder of the target generator (the teacher when there is one)
                 m_ep = self.mix_labels(images, source["seg"].detach(), tags).masked_fill(~valid4, IGNORE_INDEX)
                 generator = torch.Generator().manual_seed(int(seed))
@@ -98,30 +124,41 @@ class RSEPMTraining(nn.Module):
                 images_mix, m_seg_mix, m_rs_mix, tags_mix = mix_batch(images, m_ep, m_rs, tags, perm)
                 valid_mix = paste(m_ep.ne(0) & m_ep.ne(IGNORE_INDEX), valid, valid[perm])
             out_mix = self.network(images_mix)
-            losses["rec_mix"] = reconstruction_loss(out_mix["cam"], m_rs_mix, tags_mix)
+            losses["rec_mix"] = reconstruction_loss(out_mix["cam"], m_rs_mix, tags_mix, valid_mix)
             losses["seg_mix"] = segmentation_loss(out_mix["seg"], m_seg_mix)
             if cfg.w_cls_mix > 0:
                 losses["cls_mix"] = classification_loss(masked_global_average(out_mix["cam"], valid_mix), tags_mix)
         return {**losses, **stats}
 
-    def recur_seed(self, images, source, tags):
-        """RecurSeed targets M_rs (docs/method.md#cam, #scg and #pamr): CAM -> SCG -> PAMR at stride 4.
+    def recur_seed(self, images, source, tags, valid=None):
+        """RecurSeed targets M_rs (docs/method.md#cam, #scg, #pamr): CAM -> SCG -> PAMR at stride 4.
 
-        Returns (B, C, H/4, W/4) in [0, 1], zero on classes not in `tags`.
+        images: (B, 3, H, W); source: the target generator's outputs ('cam', 'seg' and the
+        feature maps cfg.feature_names()); tags: (B, C) multi-hot; valid: None or (B, H, W) bool,
+        False on crop padding (padded cells are neither SCG points nor correlation partners).
+        SCG runs on cfg.scg_grid: the CAM grid, or the C3 grid (the raw CAM is then resized
+        bilinearly to it before the max normalisation, as the released inference code does).
+        Everything in float32 with autocast off. Returns (B, C, H/4, W/4) in [0, 1], zero on
+        classes not in `tags`.
         """
         cfg = self.config
-        cam = normalize_cam(source["cam"].float(), tags)
-        features = [source[name].detach().float() for name in cfg.scg_features]
-        m_scg = scg_maps(features, cam, tags, fg_point=cfg.scg_fg_point, bg_point=cfg.scg_bg_point,
-                         fg_th=cfg.scg_fg_th, so_th=cfg.scg_so_th)
-        size = source["seg"].shape[-2:]
-        m_rs = refine_with_pamr(images, m_scg, out_size=size, iterations=cfg.pamr_iterations,
-                                dilations=cfg.pamr_dilations)
-        return m_rs.clamp(0, 1) * (tags > 0).to(m_rs.dtype)[:, :, None, None]
+        with autocast_off(images.device.type):
+            cam = source["cam"].detach().float()
+            grid = tuple(source["C3"].shape[-2:]) if cfg.scg_grid == "c3" else tuple(cam.shape[-2:])
+            cells = None if valid is None else valid_cells(valid, grid)
+            cam = normalize_cam(resize_to(cam, grid), tags, valid=cells)
+            features = [source[name].detach().float() for name in cfg.scg_features]
+            m_scg = scg_maps(features, cam, tags, fg_point=cfg.scg_fg_point, bg_point=cfg.scg_bg_point,
+                             fg_th=cfg.scg_fg_th, so_th=cfg.scg_so_th, valid=cells)
+            size = source["seg"].shape[-2:]
+            m_rs = refine_with_pamr(images, m_scg, out_size=size, iterations=cfg.pamr_iterations,
+                                    dilations=cfg.pamr_dilations)
+            return m_rs.clamp(0, 1) * (tags > 0).to(m_rs.dtype)[:, :, None, None]
 
     def mix_labels(self, images, seg_logits, tags):
-        """Hard labels of the mix (docs/method.md#edgepredictmix): decoder probabilities over background and the
-        tags, refined by PAMR, then edge predict (epm) or the certain filter (certainmix)."""
+        """Hard labels of the mix (docs/method.md#edgepredictmix): decoder probabilities over
+        background and the tags, refined by PAMR, then edge predict (epm) or the certain filter
+        (certainmix). Float32 with autocast off."""
         cfg = self.config
         m_dec = refine_with_pamr(images, restrict_to_tags(seg_logits, tags),
                                  iterations=cfg.pamr_iterations, dilations=cfg.pamr_dilations)

@@ -1,6 +1,9 @@
-"""Training targets of RS+EPM (docs/method.md#cam, #certain-filter and #edgepredictmix): CAM
-normalisation, certain filter, decoder probabilities restricted to the tags, edge predict, and
-the EdgePredictMix paste.
+"""Training targets of RS+EPM (docs/method.md#cam, #certain-filter, #edgepredictmix): CAM
+normalisation, certain filter, decoder probabilities restricted to the tags, edge predict, and the
+EdgePredictMix paste.
+
+Every target function runs in float32 with autocast disabled (core.precision.float32_targets),
+whatever the caller's autocast state (docs/method.md#scg, precision).
 
 Conventions: C = number of foreground classes; tags are multi-hot (B, C) over foreground classes;
 label maps are long (B, H, W) with 0 = background, k + 1 = foreground class k, 255 = ignore;
@@ -9,30 +12,52 @@ decoder tensors have C + 1 channels with background at channel 0.
 import torch
 import torch.nn.functional as F
 
-from core.io import IGNORE_INDEX
 from core.pamr import shifted_neighbours
+from core.io import IGNORE_INDEX
+from core.precision import float32_targets
 
 CF_FG_TH = 0.55  # certain filter c (experiment tag CF(c=0.55)); [inferred] meaning
 CF_BG_TH = 0.10  # certain filter u (experiment tag CF(u=0.10)); [inferred] meaning
 EP_DELTA = 0.3  # [inferred] edge predict: probability jump that makes an edge
 EP_CONF = 0.55  # [inferred] edge predict: pixels at least this confident are never ignored
 EP_DILATIONS = (1, 2)  # [inferred] edge predict neighbourhood
+VALID_CELL_FRACTION = 0.5  # [inferred] a grid cell is image (not padding) from this fraction on
 
 
-def normalize_cam(cam, tags=None, eps=1e-5):
+def valid_cells(valid, size, min_fraction=VALID_CELL_FRACTION):
+    """The crop's valid (non-padded) mask on a coarser grid, for SCG and L_rec.
+
+    valid: (B, H, W) bool/0-1 at image size (or already at `size`); size: (h, w).
+    A cell is valid when at least `min_fraction` of its pixels are: the fraction is the area
+    average (adaptive average pooling, as L_cls weights its cells), so grid-aligned boxes are
+    exact. Returns bool (B, h, w).
+    """
+    if tuple(valid.shape[-2:]) == tuple(size):
+        return valid.bool()
+    fraction = F.adaptive_avg_pool2d(valid.float()[:, None], tuple(size))[:, 0]
+    return fraction >= min_fraction
+
+
+@float32_targets
+def normalize_cam(cam, tags=None, eps=1e-5, valid=None):
     """Max-normalised CAM, M_cam = ReLU(A) / (spatial max of ReLU(A) + eps) (docs/method.md#cam).
 
     cam: (B, C, h, w) CAM logits A (with or without grad; differentiable).
     tags: optional (B, C) multi-hot; classes with tag 0 are zeroed.
-    Returns (B, C, h, w) in [0, 1).
+    valid: optional bool (B, h, w) on the CAM grid (see valid_cells); the max is taken over the
+        valid cells only and padded cells come out 0, so padding cannot change M_cam.
+    Returns (B, C, h, w) float32 in [0, 1).
     """
-    cam = torch.relu(cam)
+    cam = torch.relu(cam.float())
+    if valid is not None:
+        cam = cam * valid[:, None].to(cam.dtype)
     cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
     if tags is not None:
         cam = cam * (tags > 0).to(cam.dtype)[:, :, None, None]
     return cam
 
 
+@float32_targets
 def certain_filter(probs, tags, fg_th=CF_FG_TH, bg_th=CF_BG_TH, ignore_index=IGNORE_INDEX):
     """Certain filter CF (docs/method.md#certain-filter): keep only confident foreground and background.
 
@@ -52,6 +77,7 @@ def certain_filter(probs, tags, fg_th=CF_FG_TH, bg_th=CF_BG_TH, ignore_index=IGN
     return labels
 
 
+@float32_targets
 def restrict_to_tags(seg_logits, tags):
     """Decoder probabilities over background + tagged classes only (docs/method.md#edgepredictmix).
 
@@ -65,6 +91,7 @@ def restrict_to_tags(seg_logits, tags):
     return torch.softmax(logits, dim=1)
 
 
+@float32_targets
 def edge_predict(probs, delta=EP_DELTA, conf=EP_CONF, dilations=EP_DILATIONS, ignore_index=IGNORE_INDEX):
     """Edge predict EP (docs/method.md#edgepredictmix): hard labels with uncertain edge zones ignored.
 
@@ -76,6 +103,7 @@ def edge_predict(probs, delta=EP_DELTA, conf=EP_CONF, dilations=EP_DILATIONS, ig
 
     [inferred] rule: any function probs -> labels with this signature can replace it.
     """
+    probs = probs.float()
     confidence, labels = probs.max(dim=1)
     own = labels.unsqueeze(1)  # (B, 1, H, W)
     edge = torch.zeros_like(labels, dtype=torch.bool)
@@ -116,6 +144,7 @@ def present_classes(labels, num_classes, ignore_index=IGNORE_INDEX):
     return present[:, 1:]
 
 
+@float32_targets
 def mix_batch(images, labels, rs_maps, tags, perm, ignore_index=IGNORE_INDEX):
     """EdgePredictMix / CertainMix paste (docs/method.md#edgepredictmix) of image A = i onto partner B = perm[i].
 
@@ -136,6 +165,7 @@ def mix_batch(images, labels, rs_maps, tags, perm, ignore_index=IGNORE_INDEX):
     dropped. A's foreground classes are always kept (K is exactly their pixels).
     """
     perm = perm.to(images.device).long()
+    rs_maps = rs_maps.float()
     foreground = (labels != 0) & (labels != ignore_index)
     tags_bool = tags > 0
     rs_maps = rs_maps * tags_bool.to(rs_maps.dtype)[:, :, None, None]

@@ -76,6 +76,57 @@ def test_reconstruction_loss_without_tags_is_zero():
     assert (cam.grad == 0).all()
 
 
+def test_reconstruction_loss_averages_over_valid_cells_only():
+    # Image 16 x 16, CAM grid 4 x 4. Image 0: box of the left 8 columns and top 12 rows (CAM cells
+    # rows 0-2, columns 0-1); image 1: a box ending 1 pixel into cell column 2 (3/4 of it is
+    # padding: padding) and 2 pixels into cell row 3 (half image: image). A cell counts when at
+    # least half of it is image.
+    g = torch.Generator().manual_seed(3)
+    cam = torch.randn(2, 2, 4, 4, generator=g) * 2
+    target = torch.rand(2, 2, 4, 4, generator=g)
+    tags = torch.tensor([[1, 1], [0, 1]])
+    valid = box_mask(torch.tensor([[0, 0, 8, 12], [0, 0, 9, 14]]), (16, 16))
+    cells = [(slice(0, 3), slice(0, 2)), (slice(0, 4), slice(0, 2))]
+    maps = []
+    for b in range(2):
+        for c in range(2):
+            if tags[b, c]:
+                a = np.maximum(cam[b, c][cells[b]].double().numpy(), 0)  # max over valid cells only
+                a = a / (a.max() + 1e-5)
+                maps.append(np.abs(a - target[b, c][cells[b]].double().numpy()).mean())
+    loss = reconstruction_loss(cam, target, tags, valid)
+    np.testing.assert_allclose(loss.item(), np.mean(maps), rtol=1e-5)
+
+    # Padded cells have no influence: new CAM and target values there leave the loss unchanged.
+    cam2, target2 = cam.clone(), target.clone()
+    padded = torch.ones(2, 4, 4, dtype=torch.bool)
+    for b in range(2):
+        padded[b][cells[b]] = False
+    cam2[padded[:, None].expand_as(cam2)] = 50.0
+    target2[padded[:, None].expand_as(target2)] = 0.0
+    torch.testing.assert_close(reconstruction_loss(cam2, target2, tags, valid), loss)
+    assert abs(reconstruction_loss(cam2, target2, tags).item() - reconstruction_loss(cam, target, tags).item()) > 0.01
+
+    # and they get no gradient
+    cam3 = cam.clone().requires_grad_(True)
+    reconstruction_loss(cam3, target, tags, valid).backward()
+    assert (cam3.grad[padded[:, None].expand_as(cam3)] == 0).all() and cam3.grad.abs().sum() > 0
+
+
+def test_reconstruction_loss_under_cpu_bf16_autocast_equals_float32():
+    g = torch.Generator().manual_seed(4)
+    cam = torch.randn(2, 3, 4, 4, generator=g)
+    target = torch.rand(2, 3, 8, 8, generator=g)
+    tags = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    valid = box_mask(torch.tensor([[0, 0, 12, 16], [0, 0, 16, 8]]), (16, 16))
+    expected = reconstruction_loss(cam, target, tags, valid)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = reconstruction_loss(cam.bfloat16(), target, tags, valid)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reconstruction_loss(cam.bfloat16().float(), target, tags, valid), atol=1e-6, rtol=0)
+    assert abs(got.item() - expected.item()) < 1e-2  # only the bf16 rounding of the input CAM
+
+
 def numpy_cross_entropy(logits, labels, ignore=255):
     x = logits.double().numpy()
     lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)

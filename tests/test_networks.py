@@ -257,6 +257,9 @@ def test_rsepm_forward_outputs(rsepm50):
     assert torch.allclose(out["logits"], by_hand, atol=1e-5)
     with torch.no_grad():
         assert set(model(torch.randn(1, 3, 32, 32))) == {"logits", "cam", "seg"}
+        named = model(torch.randn(1, 3, 64, 64), with_features=("C1", "C3"))
+    assert set(named) == {"logits", "cam", "seg", "C1", "C3"}
+    assert named["C1"].shape == (1, 64, 16, 16) and named["C3"].shape == (1, 512, 8, 8)
 
 
 def test_rsepm_cam_is_a_bias_free_1x1_conv_on_c5():
@@ -298,13 +301,26 @@ def test_build_network_defaults_and_errors():
 # ---------------------------------------------------------------------------------------------
 # initialisation and optimiser groups
 # ---------------------------------------------------------------------------------------------
-def test_new_layers_are_kaiming_initialised():
+def test_new_layers_keep_pytorch_default_initialisation():
+    # nn.Conv2d's default: kaiming_uniform_(a=sqrt(5)), i.e. U(-b, b) with b = 1 / sqrt(fan_in),
+    # std b / sqrt(3); kaiming normal (relu) would give std sqrt(2 / fan_in), 2.45x larger.
     torch.manual_seed(0)
     model = RSEPM("resnet18", num_classes=6)
-    w = model.decoder.classifier[0].conv.weight  # fan_in = (256 + 256) * 9
-    assert abs(w.std().item() / (2.0 / (512 * 9)) ** 0.5 - 1) < 0.05
+    for weight, fan_in in [(model.classifier.weight, 512),
+                           (model.decoder.classifier[0].conv.weight, (256 + 256) * 9),
+                           (model.aspp.aspp2.conv.weight, 512 * 9)]:
+        bound = 1.0 / fan_in ** 0.5
+        assert weight.abs().max() <= bound
+        assert abs(weight.std().item() / (bound / 3 ** 0.5) - 1) < 0.05
     bn = model.aspp.block[0].bn
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    # the segmenters too (the released DeepLab layers set no initialisation either)
+    aspp = DeepLabV2("resnet18", num_classes=6).aspp.aspp1
+    bound = 1.0 / (512 * 9) ** 0.5
+    assert aspp.weight.abs().max() <= bound and aspp.bias.abs().max() <= bound
+    assert aspp.bias.abs().max() > 0  # default bias init is uniform, not zero
+    w = DeepLabV3Plus("resnet18", num_classes=6).decoder.low_block.conv.weight  # fan_in 64
+    assert abs(w.std().item() / (1 / (3 * 64) ** 0.5) - 1) < 0.1
 
 
 def test_split_parameters_groups():

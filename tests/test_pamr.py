@@ -115,3 +115,14 @@ def test_refine_with_pamr_resizes_maps_and_image():
 def test_mismatched_sizes_are_rejected():
     with pytest.raises(ValueError, match="spatial size"):
         pamr(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 5, 4))
+
+
+def test_pamr_under_cpu_bf16_autocast_equals_float32():
+    g = torch.Generator().manual_seed(7)
+    image = torch.randn(2, 3, 24, 24, generator=g)
+    maps = torch.rand(2, 3, 6, 6, generator=g)
+    expected = refine_with_pamr(image, maps, out_size=(12, 12), iterations=3, dilations=(1, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = refine_with_pamr(image, maps, out_size=(12, 12), iterations=3, dilations=(1, 2))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

@@ -1,4 +1,5 @@
-"""core/rsepm.py: one RS+EPM training step (docs/method.md#training-iteration) on random tensors, tiny ResNet-18."""
+"""core/rsepm.py: one RS+EPM training step (docs/method.md#training-iteration) on random tensors,
+tiny ResNet-18."""
 import copy
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import core.rsepm as rsepm
 from core.networks import RSEPM
 from core.rsepm import RSEPMConfig, RSEPMTraining
-from core.targets import IGNORE_INDEX, certain_filter, random_partner, resize_nearest
+from core.targets import IGNORE_INDEX, certain_filter, random_partner, resize_nearest, valid_cells
 
 NUM_CLASSES = 6  # TOY: background + 5
 FAST = dict(pamr_iterations=2, pamr_dilations=(1, 2))
@@ -134,7 +135,7 @@ def test_recurseed_target_is_the_certain_filter_of_the_online_network_with_paddi
     # batch statistics, the CAM and backbone maps do not pass through dropout)
     with torch.no_grad():
         source = module.network(images, with_features=True)
-        m_rs = module.recur_seed(images, source, tags)
+        m_rs = module.recur_seed(images, source, tags, valid)
     valid4 = stride4_valid(valid)
     expected = certain_filter(m_rs, tags, 0.5, 0.2)
     assert torch.equal(labels[valid4], expected[valid4])
@@ -153,7 +154,8 @@ def test_rec_target_is_recurseed_map(network, batch, monkeypatch):
     rec_calls = spy(monkeypatch, "reconstruction_loss")
     module = step_module(network)
     module(*batch, use_rs=True)
-    (cam, target, tags), = [c["args"] for c in rec_calls]
+    (cam, target, tags, valid), = [c["args"] for c in rec_calls]
+    assert torch.equal(valid, batch[2])  # L_rec ignores the padding too
     assert cam.requires_grad and not target.requires_grad
     assert target.shape == (4, NUM_CLASSES - 1, SIZE // 4, SIZE // 4)
     assert target.min() >= 0 and target.max() <= 1
@@ -241,7 +243,7 @@ def test_teacher_generates_the_targets_and_stays_in_eval_mode(network, batch, mo
     module.mix_labels = lambda *a: mix_label_calls.append(a) or original_mix_labels(*a)
 
     out = module(images, tags, valid, use_rs=True, use_mix=True, seed=2)
-    assert calls == [("online", False, True), ("teacher", True, False), ("online", False, True)]
+    assert calls == [("online", False, True), ("teacher", ("C4", "C5"), False), ("online", False, True)]
     backward(out)
     assert all(p.grad is None for p in teacher.parameters())
     assert_every_parameter_has_a_gradient(module)
@@ -249,7 +251,70 @@ def test_teacher_generates_the_targets_and_stays_in_eval_mode(network, batch, mo
     # the RS target and the mix labels come from the teacher's outputs
     with torch.no_grad():
         source = teacher(images, with_features=True)
-        expected = certain_filter(module.recur_seed(images, source, tags), tags)
+        expected = certain_filter(module.recur_seed(images, source, tags, valid), tags)
     valid4 = stride4_valid(valid)
     assert torch.equal(seg_calls[0]["args"][1][valid4], expected[valid4])
     assert torch.equal(mix_label_calls[0][1], source["seg"])
+
+
+# --- SCG grid, padding and precision ------------------------------------------------------------
+def test_scg_gets_the_valid_cells_of_the_cam_grid(network, batch, monkeypatch):
+    images, tags, valid = batch
+    scg_calls = spy(monkeypatch, "scg_maps")
+    step_module(network)(images, tags, valid, use_rs=True)
+    (call,) = scg_calls
+    features, cam = call["args"][:2]
+    cells = call["kwargs"]["valid"]
+    assert [f.shape[1] for f in features] == [256, 512]  # resnet18 C4, C5
+    assert cam.shape == (4, NUM_CLASSES - 1, 2, 2)
+    # the 32 x 32 crops on the 2 x 2 CAM grid: image 1's right half and image 2's bottom
+    # 12 rows (3/4 of the bottom cells) are padding
+    expected = torch.ones(4, 2, 2, dtype=torch.bool)
+    expected[1, :, 1] = False
+    expected[2, 1, :] = False
+    assert torch.equal(cells, expected)
+    assert (cam[~expected[:, None].expand_as(cam)] == 0).all()
+    assert (call["result"][~expected[:, None].expand_as(cam)] == 0).all()
+
+
+def test_scg_on_the_c3_grid_with_chosen_feature_maps(network, batch, monkeypatch):
+    images, tags, valid = batch
+    scg_calls = spy(monkeypatch, "scg_maps")
+    module = step_module(network, scg_features=("C1", "C2", "C3", "C4", "C5"), scg_grid="c3")
+    out = module(images, tags, valid, use_rs=True)
+    assert torch.isfinite(out["rec"]) and torch.isfinite(out["seg"])
+    (call,) = scg_calls
+    features, cam = call["args"][:2]
+    assert [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
+    assert cam.shape == (4, NUM_CLASSES - 1, 4, 4)  # stride 8 of 32
+    assert torch.equal(call["kwargs"]["valid"], valid_cells(valid, (4, 4)))
+    # the CAM is resized to the C3 grid before the max normalisation (released inference code)
+    with torch.no_grad():
+        raw = module.network(images)["cam"]
+    up = torch.nn.functional.interpolate(raw, size=(4, 4), mode="bilinear", align_corners=False)
+    expected = rsepm.normalize_cam(up, tags, valid=valid_cells(valid, (4, 4)))
+    torch.testing.assert_close(cam, expected, atol=1e-5, rtol=0)
+
+
+def test_config_rejects_unknown_feature_maps_and_grids():
+    with pytest.raises(ValueError, match="scg_features"):
+        RSEPMConfig(scg_features=("C6",))
+    with pytest.raises(ValueError, match="scg_grid"):
+        RSEPMConfig(scg_grid="c4")
+    assert RSEPMConfig(scg_features=["C3"], scg_grid="c3").feature_names() == ("C3",)
+    assert RSEPMConfig(scg_grid="c3").feature_names() == ("C4", "C5", "C3")
+
+
+def test_targets_under_cpu_bf16_autocast_equal_float32(network, batch):
+    images, tags, valid = batch
+    module = step_module(network).eval()
+    with torch.no_grad():
+        source = module.network(images, with_features=True)
+        expected = module.recur_seed(images, source, tags, valid)
+        expected_mix = module.mix_labels(images, source["seg"], tags)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = module.recur_seed(images, source, tags, valid)
+            got_mix = module.mix_labels(images, source["seg"], tags)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert torch.equal(got_mix, expected_mix)

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from core.targets import (certain_filter, edge_predict, mix_batch, normalize_cam, paste,
-                          random_partner, restrict_to_tags)
+                          random_partner, restrict_to_tags, valid_cells)
 
 IGN = 255
 
@@ -26,6 +26,23 @@ def test_normalize_cam_all_negative_map_is_zero_and_differentiable():
     assert torch.isfinite(cam.grad).all() and cam.grad.abs().sum() > 0
     with torch.no_grad():
         assert normalize_cam(cam).requires_grad is False
+
+
+def test_normalize_cam_takes_the_max_over_valid_cells_only():
+    cam = torch.tensor([[[[1.0, 2.0], [9.0, -1.0]]]])  # (1, 1, 2, 2); the 9 is padding
+    valid = torch.tensor([[[True, True], [False, True]]])
+    out = normalize_cam(cam, valid=valid, eps=0.0)
+    torch.testing.assert_close(out[0, 0], torch.tensor([[0.5, 1.0], [0.0, 0.0]]))
+    assert normalize_cam(cam, eps=0.0)[0, 0, 0, 1] == 2.0 / 9.0  # without the mask it counts
+
+
+def test_valid_cells_majority_rule():
+    # 8 x 8 image on a 2 x 2 grid (cells of 4 x 4 pixels). The box covers columns 0-5 (cell
+    # column 1 half image: valid) and rows 0-4 (cell row 1: 1/4 image: padding).
+    valid = torch.zeros(1, 8, 8, dtype=torch.bool)
+    valid[0, :5, :6] = True
+    assert valid_cells(valid, (2, 2)).tolist() == [[[True, True], [False, False]]]
+    assert valid_cells(valid, (8, 8)).equal(valid)
 
 
 # ---------------------------------------------------------------- certain_filter
@@ -208,3 +225,28 @@ def test_random_partner_is_a_permutation_without_fixed_points():
         assert (perm != torch.arange(b)).all()
         assert torch.equal(perm, random_partner(b, torch.Generator().manual_seed(b)))
     assert random_partner(1).tolist() == [0]
+
+
+# ---------------------------------------------------------------- precision
+
+def test_targets_under_cpu_bf16_autocast_equal_float32():
+    g = torch.Generator().manual_seed(11)
+    cam = torch.randn(2, 3, 4, 4, generator=g)
+    tags = torch.tensor([[1, 0, 1], [0, 1, 1]])
+    logits = torch.randn(2, 4, 8, 8, generator=g) * 3
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    labels = torch.randint(0, 4, (2, 8, 8), generator=g)
+    rs = torch.rand(2, 3, 8, 8, generator=g)
+    perm = torch.tensor([1, 0])
+
+    def run():
+        probs = restrict_to_tags(logits, tags)
+        return [normalize_cam(cam, tags), certain_filter(rs, tags), probs, edge_predict(probs),
+                *mix_batch(images, labels, rs, tags, perm)]
+
+    expected = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run()
+    for e, o in zip(expected, got):
+        assert o.dtype == e.dtype
+        torch.testing.assert_close(o, e, atol=1e-6, rtol=0)
