@@ -303,7 +303,10 @@ def random_walk_labels(seed, keys, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BET
     if tuple(edge.shape) != grid:
         raise ValueError(f"edge map {tuple(edge.shape)} does not match the stride-{stride} grid "
                          f"{grid} of a {height}x{width} seed (height x width)")
-    keys = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=seed.device)
+    if isinstance(keys, torch.Tensor):
+        keys = keys.to(device=seed.device, dtype=torch.int64).reshape(-1)
+    else:
+        keys = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=seed.device)
     if keys.numel() != k:
         raise ValueError(f"{k} seed planes but {keys.numel()} keys")
     if k == 0:

@@ -174,3 +174,16 @@ def test_random_walk_labels_by_hand():
     assert empty.shape == (height, width) and not empty.any()
     with pytest.raises(ValueError, match="stride-4 grid"):
         random_walk_labels(seed, [7], edge[:7])
+
+
+def test_tiny_maps_and_tensor_keys():
+    # maps smaller than the radius: every pixel still pairs with every pixel in reach
+    for h, w in [(1, 1), (2, 3), (3, 1)]:
+        edge = torch.rand(h, w, dtype=torch.float64) * 0.5
+        scores = torch.rand(1, h, w, dtype=torch.float64)
+        np.testing.assert_allclose(random_walk(scores, edge, 5, 10, 2).numpy(),
+                                   brute_walk(scores.numpy(), edge.numpy(), 5, 10, 2), rtol=1e-9)
+    seed = torch.zeros(2, 8, 8)
+    seed[1, :4] = 1
+    labels = random_walk_labels(seed, torch.tensor([2, 5]), torch.zeros(2, 2))
+    assert set(labels.unique().tolist()) <= {0, 2, 5} and (labels[:2] == 5).all()
