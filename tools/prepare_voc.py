@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from functools import partial
 from multiprocessing import Pool
 
@@ -41,6 +40,8 @@ if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `cor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.datasets import DatasetError, DatasetInfo, parse_xml_tags  # noqa: E402
+from core.safety import (UnsafePathError, check_image_file, check_output_id, image_mode_problem,  # noqa: E402
+                         safe_output_path, temp_path)
 from tools.io import FormatError, atomic_output, read_mask, save_mask  # noqa: E402
 
 OFFICIAL_COUNTS = {"train": 1464, "train_aug": 10582, "validation": 1449, "test": 1456}
@@ -82,7 +83,7 @@ def place_file(src, dst, link):
         return 1
     directory = os.path.dirname(os.path.abspath(dst))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{uuid.uuid4().hex}.tmp")
+    tmp = temp_path(dst)  # the project's temporary-name pattern (core.safety)
     try:
         if link == "hardlink":
             os.link(src, tmp)
@@ -110,6 +111,8 @@ def read_id_list(path, what):
     with open(path, encoding="utf-8") as f:
         tokens = [line.split()[0] for line in f if line.strip()]
     ids = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tokens))
+    for image_id in ids:  # ids become output file names
+        check_output_id(image_id, f"{path}: id", PrepareError)
     if not ids:
         raise PrepareError(f"{path}: {what} list file is empty")
     return ids
@@ -157,6 +160,8 @@ def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_di
     try:
         with Image.open(image_path) as image:  # header only: the size, no decoding
             width, height = image.size
+            if image_mode_problem(image.mode):
+                return [f"{image_path}: {image_mode_problem(image.mode)}"]
     except FileNotFoundError:
         return [f"{image_path}: image missing"]
     except OSError as e:
@@ -392,11 +397,12 @@ def load_source_mask(path, num_classes):
 def build_item(item, split_dir, link, num_classes, palette):
     """Write one image's files into `split_dir`; returns how many files were written."""
     image_id = item["id"]
-    written = place_file(item["image"], os.path.join(split_dir, "image", image_id + ".jpg"), link)
+    check_image_file(item["image"], PrepareError)  # header only: refuses 16-bit images before writing
+    written = place_file(item["image"], safe_output_path(split_dir, os.path.join("image", image_id + ".jpg")), link)
     if item["xml"]:
-        written += place_file(item["xml"], os.path.join(split_dir, "xml", image_id + ".xml"), link)
+        written += place_file(item["xml"], safe_output_path(split_dir, os.path.join("xml", image_id + ".xml")), link)
     if item["mask"]:
-        mask_path = os.path.join(split_dir, "mask", image_id + ".png")
+        mask_path = safe_output_path(split_dir, os.path.join("mask", image_id + ".png"))
         if not os.path.exists(mask_path):
             save_mask(mask_path, load_source_mask(item["mask"], num_classes), palette)
             written += 1
@@ -480,7 +486,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         prepare_voc(args)
-    except (PrepareError, DatasetError, FormatError, OSError) as e:
+    except (PrepareError, DatasetError, FormatError, OSError, UnsafePathError) as e:
         sys.exit(f"error: {e}")
     return 0
 
