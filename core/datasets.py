@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.safety import image_mode_problem
 from tools.io import FormatError, make_palette, read_json, read_mask
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
@@ -59,9 +60,11 @@ def load_dataset_info(name):
 
 
 def read_image(path):
-    """RGB uint8 array (H, W, 3). Missing, truncated or undecodable files raise DatasetError."""
+    """RGB uint8 array (H, W, 3). Missing, truncated, undecodable or not 8-bit files raise DatasetError."""
     try:
         with Image.open(path) as image:
+            if image_mode_problem(image.mode):  # e.g. a 16-bit PNG under a .jpg name: RGB would clip it to white
+                raise DatasetError(f"{path}: {image_mode_problem(image.mode)}")
             image.load()
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
