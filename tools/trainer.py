@@ -67,6 +67,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.safety import remove_stale_temp_files
 from tools.args import resolve_devices, str2bool
 from tools.checkpoint import save_weights, unwrap
 from tools.io import atomic_output, write_json
@@ -725,6 +726,10 @@ class TrainingRun:
         self.amp_dtype = resolve_amp_dtype(ctx.device, args.amp)
         self.scaler = make_grad_scaler(ctx.device, self.amp_dtype)
         self.resume_file = resume_path(args.pred_dir, args.tag)
+        if ctx.is_main:  # temporaries of writes killed in earlier runs (a resume.pth one is hundreds of MB)
+            folder = model_dir(args.pred_dir, args.tag)
+            remove_stale_temp_files(folder)
+            remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:
