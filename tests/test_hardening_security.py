@@ -77,6 +77,7 @@ def test_crafted_pickle_under_the_official_name_is_refused_without_running(hub, 
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_crafted_pickle_with_a_matching_hash_is_still_not_unpickled(hub, tmp_path, monkeypatch):
     """The hash check alone is not the guard: the file is read with weights_only=True."""
     marker = tmp_path / "code_ran"
