@@ -22,6 +22,7 @@ from core.crf import seed_to_mask
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
 from core.io import load_seed, save_mask
+from core.safety import remove_stale_temp_files, safe_output_path
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, make_parser, str2bool
 from tools.paths import output_dir, pseudo_labels_dir
 
@@ -74,6 +75,7 @@ def prepare(args):
         ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
     if args.reverse:
         ids = ids[::-1]
+    remove_stale_temp_files(mask_dir)  # what killed runs left half-written
     pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]
     job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, mode=args.mode,
                bg_th=args.bg_th, bg_gamma=args.bg_gamma, palette=info.palette, num_classes=info.num_classes)
@@ -102,7 +104,7 @@ def convert_one(image_id):
                             num_classes=job["num_classes"], source=seed_path)
     except (FormatError, DatasetError) as e:
         return image_id, str(e)
-    save_mask(os.path.join(job["mask_dir"], image_id + ".png"), mask, job["palette"])
+    save_mask(safe_output_path(job["mask_dir"], image_id + ".png"), mask, job["palette"])
     return image_id, None
 
 

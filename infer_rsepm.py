@@ -10,7 +10,7 @@ classes are the ground-truth tags (--conf_th -1) or the classes scoring >= --con
 from core.datasets import load_dataset_info
 from core.networks import RSEPM
 from tools.args import str2bool
-from tools.args import cli
+from tools.args import cli, conf_threshold
 from tools.inference import inference_parser, run_inference
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
@@ -18,7 +18,7 @@ DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, 
 
 def parse_args(argv=None):
     parser = inference_parser(__doc__.splitlines()[0], backbone="resnet50", tag=DEFAULT_TAG)
-    parser.add_argument("--conf_th", default=-1, type=float,
+    parser.add_argument("--conf_th", default=-1, type=conf_threshold,
                         help="-1: use the ground-truth tags; else keep classes with score >= conf_th")
     parser.add_argument("--class_fn", default="sigmoid", choices=("sigmoid", "softmax"),
                         help="class score of the logits, for --conf_th")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.errors import DatasetError, FormatError
 from core.io import make_palette, read_json, read_mask
+from core.safety import image_mode_problem
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 DOMAINS = ("train", "train_aug", "validation", "test")
@@ -56,9 +57,11 @@ def load_dataset_info(name):
 
 
 def read_image(path):
-    """RGB uint8 array (H, W, 3). Missing, truncated or undecodable files raise DatasetError."""
+    """RGB uint8 array (H, W, 3). Missing, truncated, undecodable or not 8-bit files raise DatasetError."""
     try:
         with Image.open(path) as image:
+            if image_mode_problem(image.mode):  # e.g. a 16-bit PNG under a .jpg name: RGB would clip it to white
+                raise DatasetError(f"{path}: {image_mode_problem(image.mode)}")
             image.load()
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:

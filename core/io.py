@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import FormatError, MissingFileError, OutputError, ProjectError
+from core.safety import TEMP_SUFFIX, temp_prefix
 
 SEED_DIALECTS = ("rsepm", "seg")
 _UMASK = os.umask(0)
@@ -33,7 +34,8 @@ def atomic_output(path, mode="wb"):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    # one name pattern for every temporary, so core.safety.remove_stale_temp_files finds those of killed runs
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:

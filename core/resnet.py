@@ -10,6 +10,7 @@ Strides and dilations of layer1..layer4 by output stride (OS):
 The first-block rule differs from torchvision's `replace_stride_with_dilation` (which gives
 layer4's first block dilation 2); the official weights were trained with ours.
 """
+import hashlib
 import os
 from urllib.parse import urlparse
 
@@ -188,15 +189,46 @@ def imagenet_cache_path(name):
 
 
 def imagenet_state_dict(name):
-    """torchvision's ImageNet state_dict; SetupError (a RuntimeError) saying what to do when offline."""
+    """torchvision's ImageNet state_dict, loaded safely; SetupError saying what to do otherwise.
+
+    The file in torch's hub cache is checked against the sha256 prefix in its torchvision name
+    (resnet50-0676ba61.pth) before it is read, and read with weights_only=True, so a file placed
+    there by hand cannot run code. A download is hash-checked the same way by torch.
+    """
     weights = imagenet_weights(name)
+    path = imagenet_cache_path(name)
+    if os.path.isfile(path):
+        check_file_hash(path, weights.url)
+        return read_state_dict(path)
     try:
-        return weights.get_state_dict(progress=True)
-    except Exception as e:  # offline: URLError; half-downloaded file: RuntimeError from torch.load
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except Exception as e:  # offline: URLError; bad download: RuntimeError (hash) or UnpicklingError
         raise SetupError(
             f"the ImageNet weights of {name} could not be downloaded from {weights.url} ({e}). "
-            f"Place that file at {imagenet_cache_path(name)} (where torch looks for it), or pass "
+            f"Place that file at {path} (where torch looks for it), or pass "
             f"a local torchvision ResNet state_dict file with --pretrained PATH.") from e
+
+
+def check_file_hash(path, url):
+    """Check the sha256 of `path` against the hex prefix in its name (torchvision's `name-<hash>.pth`).
+
+    Raises CheckpointError naming the file, both prefixes and what to do (`url`: the official
+    download) on a mismatch.
+    """
+    match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+    if match is None or not match.group(1):
+        raise CheckpointError(f"{path}: the file name carries no hash prefix to check")
+    expected = match.group(1)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    found = digest.hexdigest()[:len(expected)]
+    if found != expected:
+        raise CheckpointError(
+            f"{path}: sha256 starts with {found}, expected {expected} (the prefix in the official file "
+            f"name): the file is damaged or not the official one, and is not loaded. Delete it (the "
+            f"next run downloads the official file again), or replace it by the official file from {url}")
 
 
 def load_backbone_state(model, state, source):

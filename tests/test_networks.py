@@ -338,7 +338,8 @@ def test_split_parameters_groups():
 # ---------------------------------------------------------------------------------------------
 # (f) pretrained weights: ImageNet offline and local files
 # ---------------------------------------------------------------------------------------------
-def test_imagenet_offline_gives_actionable_error(monkeypatch):
+def test_imagenet_offline_gives_actionable_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache, whatever this machine holds
     def offline(self, *args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
@@ -351,7 +352,8 @@ def test_imagenet_offline_gives_actionable_error(monkeypatch):
     assert "--pretrained PATH" in message
 
 
-def test_imagenet_weights_load_without_fc(monkeypatch):
+def test_imagenet_weights_load_without_fc(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the download path is taken
     reference = torchvision.models.resnet18().state_dict()
     monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict",
                         lambda self, *a, **k: reference)

@@ -327,7 +327,7 @@ def test_torchrun_two_processes_stay_in_step(tmp_path):
                os.path.join(ROOT, "tests", "ddp_worker.py"), "--root", data, "--out", out, "--max_epoch", "2"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rank0, rank1 = (torch.load(os.path.join(out, f"rank{r}.pt")) for r in (0, 1))
+    rank0, rank1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
     # parameters are identical; BN running statistics are rank-local after the last forward
     # (DDP broadcasts rank 0's buffers at the start of each forward), so they are not compared
     for name, _ in TinyNet().named_parameters():
@@ -341,7 +341,7 @@ def test_torchrun_two_processes_stay_in_step(tmp_path):
     assert len(glob.glob(os.path.join(out, "logs", "events.out.tfevents.*"))) == 1
     records = [json.loads(line) for line in open(os.path.join(out, "logs", "log.jsonl"))]
     assert [r["iteration"] for r in records] == list(range(1, 9))
-    final = torch.load(os.path.join(out, "models", TAG, "last.pth"))
+    final = torch.load(os.path.join(out, "models", TAG, "last.pth"), weights_only=True)
     assert all(torch.equal(final[k], rank0["state"][k]) for k in final)
     assert json.load(open(os.path.join(out, "models", TAG, "config.json")))["world_size"] == 2
     resume = torch.load(checkpoints.resume_path(out, TAG), weights_only=True)

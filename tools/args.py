@@ -38,6 +38,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def make_parser(description):
     """An ArgumentParser whose --help shows every flag's default."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+def conf_threshold(value):
+    """--conf_th parser: -1 (use the ground-truth tags) or a class score in [0, 1]; NaN refused."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if number != -1 and not 0.0 <= number <= 1.0:  # NaN fails the range test too
+        raise argparse.ArgumentTypeError(f"expected -1 (ground-truth tags) or a class score in [0, 1], got "
+                                         f"{value!r} (a threshold outside [0, 1] keeps every class or none)")
+    return number
 
 
 def add_dataset_args(parser, domain="validation"):

@@ -6,7 +6,6 @@ table and the one VOC-style xml writer (docs/formats.md#dataset-layout).
 import os
 import shutil
 import sys
-import uuid
 import xml.etree.ElementTree as ET
 from functools import partial
 from multiprocessing import Pool
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from core.datasets import parse_xml_tags
 from core.errors import DatasetError, FormatError, ProjectError
 from core.io import atomic_output, read_mask
+from core.safety import check_output_id, image_mode_problem, temp_path
 
 LINK_MODES = ("copy", "hardlink", "symlink")
 
@@ -54,7 +54,7 @@ def place_file(src, dst, link):
         return 1
     directory = os.path.dirname(os.path.abspath(dst))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{uuid.uuid4().hex}.tmp")
+    tmp = temp_path(dst)  # the project's temporary-name pattern (core.safety)
     try:
         if link == "hardlink":
             os.link(src, tmp)
@@ -82,6 +82,8 @@ def read_id_list(path, what):
     with open(path, encoding="utf-8") as f:
         tokens = [line.split()[0] for line in f if line.strip()]
     ids = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tokens))
+    for image_id in ids:  # ids become output file names
+        check_output_id(image_id, f"{path}: id", PrepareError)
     if not ids:
         raise PrepareError(f"{path}: {what} list file is empty")
     return ids
@@ -129,6 +131,8 @@ def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_di
     try:
         with Image.open(image_path) as image:  # header only: the size, no decoding
             width, height = image.size
+            if image_mode_problem(image.mode):
+                return [f"{image_path}: {image_mode_problem(image.mode)}"]
     except FileNotFoundError:
         return [f"{image_path}: image missing"]
     except OSError as e:

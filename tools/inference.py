@@ -14,8 +14,11 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.io import save_seed
+from core.safety import remove_stale_temp_files, safe_output_path
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, resolve_devices, str2bool
 from tools.paths import model_path, predictions_dir
+
+MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
 
 
 def inference_parser(description, backbone, tag):
@@ -39,12 +42,16 @@ def inference_parser(description, backbone, tag):
 
 
 def parse_scales(text):
+    """Comma-separated test-time scales: finite, positive and at most MAX_SCALE."""
     try:
         scales = tuple(float(s) for s in str(text).split(",") if s.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not scales or min(scales) <= 0:
-        raise argparse.ArgumentTypeError(f"scales must be positive numbers, got {text!r}")
+    # `not 0 < s <= MAX_SCALE` is also true for NaN; inf fails the upper bound
+    if not scales or any(not 0.0 < s <= MAX_SCALE for s in scales):
+        raise argparse.ArgumentTypeError(
+            f"scales must be finite numbers in (0, {MAX_SCALE:g}], got {text!r} (a scale multiplies both "
+            f"image sides: {MAX_SCALE:g} already means {MAX_SCALE ** 2:g}x the pixels and memory)")
     return scales
 
 
@@ -108,6 +115,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     model, weights = build_model(args, network, device, device_ids)
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
     os.makedirs(out_dir, exist_ok=True)
+    remove_stale_temp_files(out_dir)  # what killed runs left half-written
     ids = image_order(layout, args)
     todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
     print(f"[i] {kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
@@ -128,7 +136,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
             keys, seed = rsepm_seed(probs, classes)
         else:
             keys, seed = seg_seed(probs)
-        save_seed(os.path.join(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
+        save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
     summary = {"images": len(ids), "written": len(todo) - len(failed), "skipped_existing": len(ids) - len(todo),
                "failed": failed, "output_dir": out_dir}
     print(f"[i] wrote {summary['written']} seed files to {out_dir} "

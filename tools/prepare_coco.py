@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `co
 
 from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
+from core.safety import check_output_id, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_official_counts, place_file,  # noqa: E402
                             print_summary, run_parallel, verify_split, voc_annotation_xml)
@@ -178,6 +179,7 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
                 empty += 1
                 if empty_images == "skip":
                     continue
+            output_name(image["file_name"], json_path, image["id"])
             src = os.path.join(image_dir, image["file_name"])
             if not os.path.isfile(src):
                 raise PrepareError(f"{json_path}: image {image['file_name']} (id {image['id']}) not found "
@@ -189,6 +191,15 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
         raise PrepareError(f"{json_path}: an image or annotation entry lacks the field {e}") from None
     tasks.sort(key=lambda t: t["id"])
     return tasks, empty
+
+
+def output_name(file_name, json_path, image_id):
+    """Check that a COCO `file_name` is a bare file name (it becomes the output id); PrepareError
+    naming the annotation file and the value otherwise, before anything is written."""
+    check_output_id(file_name, f"{json_path}: image id {image_id}: file_name", PrepareError)
+    check_output_id(os.path.splitext(file_name)[0], f"{json_path}: image id {image_id}: file_name stem",
+                    PrepareError)
+    return file_name
 
 
 def group_annotations(annotations, category_to_class, json_path):
@@ -208,14 +219,14 @@ def group_annotations(annotations, category_to_class, json_path):
 def build_image(task, split_dir, link, crowd, info):
     """Write image, mask and xml of one COCO image; returns how many files were written."""
     image_id = task["id"]
-    written = place_file(task["src"], os.path.join(split_dir, "image", image_id + ".jpg"), link)
-    mask_path = os.path.join(split_dir, "mask", image_id + ".png")
+    written = place_file(task["src"], safe_output_path(split_dir, os.path.join("image", image_id + ".jpg")), link)
+    mask_path = safe_output_path(split_dir, os.path.join("mask", image_id + ".png"))
     if not os.path.exists(mask_path):
         mask = render_semantic_mask(task["annotations"], task["height"], task["width"], crowd,
                                     where=task["file_name"])
         save_mask(mask_path, mask, info.palette)
         written += 1
-    xml_path = os.path.join(split_dir, "xml", image_id + ".xml")
+    xml_path = safe_output_path(split_dir, os.path.join("xml", image_id + ".xml"))
     if not os.path.exists(xml_path):
         text = annotation_xml(task["file_name"], task["width"], task["height"], task["annotations"],
                               info.class_names)

@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `cor
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
+from core.safety import check_image_file, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
                             place_file, print_summary, read_id_list, resolve_folder, run_parallel,
@@ -182,11 +183,12 @@ def load_source_mask(path, num_classes):
 def build_item(item, split_dir, link, num_classes, palette):
     """Write one image's files into `split_dir`; returns how many files were written."""
     image_id = item["id"]
-    written = place_file(item["image"], os.path.join(split_dir, "image", image_id + ".jpg"), link)
+    check_image_file(item["image"], PrepareError)  # header only: refuses 16-bit images before writing
+    written = place_file(item["image"], safe_output_path(split_dir, os.path.join("image", image_id + ".jpg")), link)
     if item["xml"]:
-        written += place_file(item["xml"], os.path.join(split_dir, "xml", image_id + ".xml"), link)
+        written += place_file(item["xml"], safe_output_path(split_dir, os.path.join("xml", image_id + ".xml")), link)
     if item["mask"]:
-        mask_path = os.path.join(split_dir, "mask", image_id + ".png")
+        mask_path = safe_output_path(split_dir, os.path.join("mask", image_id + ".png"))
         if not os.path.exists(mask_path):
             save_mask(mask_path, load_source_mask(item["mask"], num_classes), palette)
             written += 1

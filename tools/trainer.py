@@ -11,6 +11,7 @@ import time
 
 from core.checkpoint import save_weights
 from core.io import write_json
+from core.safety import remove_stale_temp_files
 from tools.checkpoints import config_path, load_resume, resume_path, run_config, save_final, save_resume
 from tools.distributed import cleanup_distributed, set_loader_epoch
 from tools.optim import PolyLR, make_grad_scaler, resolve_amp_dtype
@@ -49,6 +50,10 @@ class TrainingRun:
         self.amp_dtype = resolve_amp_dtype(ctx.device, args.amp)
         self.scaler = make_grad_scaler(ctx.device, self.amp_dtype)
         self.resume_file = resume_path(args.pred_dir, args.tag)
+        if ctx.is_main:  # temporaries of writes killed in earlier runs (a resume.pth one is hundreds of MB)
+            folder = model_dir(args.pred_dir, args.tag)
+            remove_stale_temp_files(folder)
+            remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:
