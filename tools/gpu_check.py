@@ -76,7 +76,7 @@ class Sizes:
 
 
 FULL = Sizes("resnet50", "resnet101", 16, 512, 320, 640, 375, 500, 3, 7, 48, 2, "1.0,0.5", "1.0,0.5,1.5,2.0", 8)
-SMOKE = Sizes("resnet18", "resnet18", 4, 64, 64, 96, 64, 80, 1, 2, 4, 2, "1.0,0.5", "1.0,0.5", 0)
+SMOKE = Sizes("resnet18", "resnet18", 2, 32, 32, 48, 48, 64, 1, 1, 4, 2, "1.0,0.5", "1.0,0.5", 0)
 
 
 def parse_args(argv=None):
