@@ -11,13 +11,14 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
-from core.errors import CheckpointError, DatasetError
+from core.errors import CheckpointError, DatasetError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.io import save_seed
 from core.safety import remove_stale_temp_files, safe_output_path
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, resolve_devices, str2bool
 from tools.paths import model_path, predictions_dir
 
+AMP_MODES = ("off", "bf16", "fp16")
 MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
 
 
@@ -35,6 +36,10 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--reverse", default=False, type=str2bool, help="process images in reverse order")
     parser.add_argument("--shuffle", default=False, type=str2bool, help="process images in random order")
     parser.add_argument("--debug", default=False, type=str2bool, help="accepted for compatibility; unused")
+    parser.add_argument("--amp", default="off", choices=AMP_MODES,
+                        help="mixed precision of the network forward: off = the published float32 path; "
+                             "bf16 (CPU or CUDA) or fp16 (CUDA only) run the forward under autocast, "
+                             "softmax and averaging stay float32")
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
@@ -66,6 +71,35 @@ def build_model(args, network, device, device_ids):
     if len(device_ids) > 1:
         network = torch.nn.DataParallel(network, device_ids=device_ids)
     return network, weights
+
+
+class AutocastForward(torch.nn.Module):
+    """Runs the wrapped network under torch.autocast(device_type, dtype) and returns its outputs
+    (a tensor or a dict of tensors) as float32, so everything after the forward (resizing,
+    softmax, averaging over scales and flips) is computed in float32 as in the fp32 path."""
+
+    def __init__(self, network, device_type, dtype):
+        super().__init__()
+        self.network, self.device_type, self.dtype = network, device_type, dtype
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.network(x)
+        if isinstance(out, dict):
+            return {k: v.float() for k, v in out.items()}
+        return out.float()
+
+
+def with_amp(model, device, mode):
+    """`model` unchanged for --amp off, else wrapped in AutocastForward. fp16 is refused on the
+    CPU (ValueError): CPU autocast is meant for bf16, and fp16 there is slow and untested."""
+    if mode == "off":
+        return model
+    if mode not in AMP_MODES:
+        raise UsageError(f"unknown --amp mode {mode!r}; choose one of {AMP_MODES}")
+    if mode == "fp16" and device.type != "cuda":
+        raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
+    return AutocastForward(model, device.type, torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
 def image_order(layout, args):
@@ -113,13 +147,15 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
                            "ground-truth tags, so give a confidence threshold instead (e.g. --conf_th 0.34)")
     device, device_ids = resolve_devices(args.gpus)
     model, weights = build_model(args, network, device, device_ids)
+    model = with_amp(model, device, getattr(args, "amp", "off"))
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
     os.makedirs(out_dir, exist_ok=True)
     remove_stale_temp_files(out_dir)  # what killed runs left half-written
     ids = image_order(layout, args)
     todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
     print(f"[i] {kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
-          f"weights {weights}, device {device}{' x' + str(len(device_ids)) if len(device_ids) > 1 else ''}")
+          f"weights {weights}, device {device}{' x' + str(len(device_ids)) if len(device_ids) > 1 else ''}"
+          f"{', amp ' + args.amp if getattr(args, 'amp', 'off') != 'off' else ''}")
     loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags), batch_size=None, shuffle=False,
                                          num_workers=min(args.num_workers, len(todo)))
     failed = []
