@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CAM alone vs RecurSeed vs RecurSeed + EdgePredictMix on the toy dataset, same schedule
-# (12 epochs, ResNet-18 from scratch, RS from epoch 4, EPM from epoch 8). Run after
+# (12 epochs, ResNet-18 from scratch, RS from the 5th epoch, EPM from the 9th; epochs count from 1). Run after
 # tools/quickstart.sh (it uses the toy data of that run). Prints one line per variant:
 # validation seed mIoU (ground-truth tags, best background threshold) and the CRF mask mIoU.
 #   CROP=128 bash tools/toy_ablation.sh    128-pixel crops (an 8x8 CAM grid), about 20 minutes
@@ -17,11 +17,11 @@ TRAIN=(--domain train_aug --backbone resnet18 --pretrained none --batch_size 8 -
 INFER=(--domain validation --backbone resnet18 --scales 1.0,0.5 --num_workers 2)
 declare -A TAGS=([cam]="toy@ResNet18@CAM@c$CROP" [rs]="toy@ResNet18@RS@c$CROP" [rsepm]="toy@ResNet18@RS+EPM@c$CROP")
 [ -f "experiments/toy/models/${TAGS[cam]}/last.pth" ] || \
-  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 12 --mix none --tag "${TAGS[cam]}"
+  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 13 --mix none --tag "${TAGS[cam]}"
 [ -f "experiments/toy/models/${TAGS[rs]}/last.pth" ] || \
-  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 4 --mix none --tag "${TAGS[rs]}"
+  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 5 --mix none --tag "${TAGS[rs]}"
 [ -f "experiments/toy/models/${TAGS[rsepm]}/last.pth" ] || \
-  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 4 --mix_start 8 --tag "${TAGS[rsepm]}"
+  "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 5 --mix_start 9 --tag "${TAGS[rsepm]}"
 for v in cam rs rsepm; do
   source=decoder; [ "$v" = cam ] && source=cam
   out="${TAGS[$v]}@val-gt-tags"

@@ -38,7 +38,7 @@ COMMON = ["--dataset", "TOY", "--root_dir", DATA, "--pred_dir", PRED_DIR]
 # crop is 128 pixels so that the CAM grid is 8x8: at 64 pixels (4x4) SCG has too little to work
 # with and RecurSeed makes the seeds worse (tools/toy_ablation.sh, README).
 RSEPM_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", "none",
-               "--batch_size", "8", "--max_epoch", "10", "--rs_start", "3", "--mix_start", "6",
+               "--batch_size", "8", "--max_epoch", "10", "--rs_start", "4", "--mix_start", "7",
                "--lr", "0.01", "--crop_size", "128", "--min_image_size", "128", "--max_image_size", "192",
                "--pamr_dilations", "1,2,4,8", "--log_interval", "25", "--seed", "0", "--resume", "true"]
 SEG_TRAIN = ["--domain", "train_aug", "--decoder", "deeplabv3+", "--backbone", "resnet18", "--output_stride", "16",

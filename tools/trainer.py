@@ -132,12 +132,16 @@ class TrainingRun:
         return False
 
     def finish(self):
-        """Write last.pth (and ema.pth) with config.json on rank 0, close logs, leave the group."""
+        """Write last.pth with config.json on rank 0, close logs, leave the group. With an EMA,
+        last.pth holds the EMA weights (as the authors' trainer saves them, docs/method.md#ema)
+        and online.pth the online network; config.json's "saved_weights" says which."""
         self.progress.close()
+        self.config["saved_weights"] = "online" if self.ema is None else "ema"
         if self.ctx.is_main:
-            save_final(self.args.pred_dir, self.args.tag, self.network, self.config)
             if self.ema is not None:
-                save_weights(self.ema.module, model_path(self.args.pred_dir, self.args.tag, "ema"))
+                save_weights(self.network, model_path(self.args.pred_dir, self.args.tag, "online"))
+            final = self.network if self.ema is None else self.ema.module
+            save_final(self.args.pred_dir, self.args.tag, final, self.config)
             self.logger.info(f"[i] saved {model_path(self.args.pred_dir, self.args.tag)}")
         self.logger.close()
         cleanup_distributed()

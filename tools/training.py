@@ -94,6 +94,19 @@ def tag_schedule(args):
     return f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}{init}"
 
 
+def tag_scg(args, defaults):
+    """The SCG part of a derived tag, only when --scg_features or --scg_grid differ from the
+    defaults (the authors' tags do not show them): e.g. '+SCG(C1-C5, c3)'; '' otherwise.
+    defaults: an object with the default scg_features and scg_grid (core.rsepm.RSEPMConfig())."""
+    if tuple(args.scg_features) == tuple(defaults.scg_features) and args.scg_grid == defaults.scg_grid:
+        return ""
+    names = tuple(args.scg_features)
+    numbers = [int(name[1:]) for name in names]
+    contiguous = len(names) > 2 and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    features = f"{names[0]}-{names[-1]}" if contiguous else "+".join(names)
+    return f"+SCG({features}, {args.scg_grid})"
+
+
 def validation_set(args, ctx, info, **require):
     """(layout, ids) of the --val_images first images of --val_domain; no ids when validation is
     off or on ranks other than 0. require: SeedLayout's require_masks / require_xml."""
