@@ -1,19 +1,30 @@
 """The whole RS+EPM pipeline on the bundled synthetic toy dataset, through the public scripts.
 
-    python tools/toy_pipeline.py            (what `bash tools/quickstart.sh` runs)
-    python tools/toy_pipeline.py --fresh    (start again from nothing)
+    python tools/toy_pipeline.py                 (what `bash tools/quickstart.sh` runs; seed 0)
+    python tools/toy_pipeline.py --fresh         (start again; the pretrained backbone is kept)
+    python tools/toy_pipeline.py --seeds 0,1,2   (one run per training seed, then mean and spread)
 
-Stages, each a command a user could type (printed before it runs):
+Stages, each a command a user could type (printed with what it does before it runs, timed after):
+  0. tools/make_toy_dataset.py --seed 1000 + tools/pretrain_toy.py   the stand-in for ImageNet
+     weights: a ResNet-18 classifier trained on image-level tags of a separate toy set, made once
+     and cached in toy_data/pretrained/ (like torch's hub cache); both training stages start from it
   1. tools/make_toy_dataset.py        toy_data/TOY in the seed layout
-  2. train_rsepm.py                   single-stage RS+EPM on train_aug (ResNet-18 from scratch)
+  2. train_rsepm.py                   single-stage RS+EPM on train_aug (image-level tags only)
   3. infer_rsepm.py --domain train_aug  seeds with ground-truth tags (the multi-stage input)
      evaluate.py on predictions/train   seed quality (threshold sweep)
      convert_seed_to_pseudo_masks.py    CRF pseudo masks; evaluate.py on them
   4. infer_rsepm.py --domain validation --conf_th T -> CRF -> evaluate   single-stage result
   5. train_seg.py on the pseudo masks -> infer_seg.py -> CRF -> evaluate   multi-stage result
+No pixel label reaches a training stage: the pretraining and RS+EPM read xml tags only, train_seg
+reads the CRF pseudo masks; ground-truth masks are read by evaluate.py alone.
+Determinism: every stage runs with OMP_NUM_THREADS=--threads (recorded in the summary) on CPU,
+with data order and augmentation functions of the seed, so the same command and seed give the same
+table on one machine. Use --threads 1 on a machine shared with other jobs: two threads per process
+on oversubscribed cores spin and run several times slower.
 A stage whose outputs exist is reused (every output is written atomically, so a file that
 exists is complete); training resumes from its checkpoint. The table of mIoU per stage is printed
-and saved as experiments/toy/summary.{json,md}.
+and saved as experiments/toy/summary.{json,md} (per seed: experiments/toy/seed{N}/summary.*,
+and experiments/toy/summary_seeds.{json,md}).
 """
 import argparse
 import os
