@@ -243,8 +243,7 @@ def main(argv=None):
         print("\n" + "\n".join(table))
         print(f"\nsaved to {PRED_ROOT}summary_seeds.md and .json")
     else:
-        print("\n" + "\n".join(seed_summary(rows, 0, seeds[0], args.threads, [])[1]))
-        print(f"saved to {PRED_ROOT}summary.md and summary.json")
+        print(f"\nthe table above is saved to {PRED_ROOT}summary.md and summary.json")
     print(f"\nToy pipeline finished in {elapsed / 60:.1f} min with {args.threads} threads.")
     print("Next: open demo.ipynb (per-image panels and the per-class chart): "
           ".venv/bin/jupyter notebook demo.ipynb")
