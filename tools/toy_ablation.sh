@@ -20,7 +20,10 @@ RSEPM_TAG=$("$PY" -c "from tools.toy_pipeline import RSEPM_TAG; print(RSEPM_TAG)
 TRAIN+=(--seed "$SEED" --num_workers 2)
 INFER=(--domain validation --backbone resnet18 "${SCALES[@]}" --num_workers 2)
 declare -A TAGS=([cam]="toy@ResNet18@CAM" [rs]="toy@ResNet18@RS" [rsepm]="$RSEPM_TAG")
-[ -f "$PRED/models/$RSEPM_TAG/last.pth" ] || { echo "error: $PRED/models/$RSEPM_TAG/last.pth missing: run tools/quickstart.sh (or toy_pipeline.py) first" >&2; exit 1; }
+if [ ! -f "$PRED/models/$RSEPM_TAG/last.pth" ]; then
+  echo "error: $PRED/models/$RSEPM_TAG/last.pth missing: run tools/quickstart.sh (or toy_pipeline.py) first" >&2
+  exit 1
+fi
 # Later arguments win in argparse: CAM only never starts RecurSeed; RS only never mixes.
 [ -f "$PRED/models/${TAGS[cam]}/last.pth" ] || \
   "$PY" train_rsepm.py "${D[@]}" "${TRAIN[@]}" --rs_start 100000 --mix none --tag "${TAGS[cam]}"
