@@ -24,7 +24,7 @@ def run_pretrain(root, out):
     pretrain_toy.main(["--root_dir", str(root), "--out", str(out), "--epochs", "1", "--batch_size", "4",
                        "--crop_size", "48", "--min_image_size", "48", "--max_image_size", "56",
                        "--num_workers", "0", "--seed", "3"])
-    return torch.load(out, map_location="cpu")
+    return torch.load(out, map_location="cpu", weights_only=True)
 
 
 def test_pretrained_file_is_torchvision_layout_loads_and_is_deterministic(tiny_set, tmp_path):
