@@ -1,19 +1,30 @@
 """The whole RS+EPM pipeline on the bundled synthetic toy dataset, through the public scripts.
 
-    python tools/toy_pipeline.py            (what `bash tools/quickstart.sh` runs)
-    python tools/toy_pipeline.py --fresh    (start again from nothing)
+    python tools/toy_pipeline.py                 (what `bash tools/quickstart.sh` runs; seed 0)
+    python tools/toy_pipeline.py --fresh         (start again; the pretrained backbone is kept)
+    python tools/toy_pipeline.py --seeds 0,1,2   (one run per training seed, then mean and spread)
 
-Stages, each a command a user could type (printed before it runs):
+Stages, each a command a user could type (printed with what it does before it runs, timed after):
+  0. tools/make_toy_dataset.py --seed 1000 + tools/pretrain_toy.py   the stand-in for ImageNet
+     weights: a ResNet-18 classifier trained on image-level tags of a separate toy set, made once
+     and cached in toy_data/pretrained/ (like torch's hub cache); both training stages start from it
   1. tools/make_toy_dataset.py        toy_data/TOY in the seed layout
-  2. train_rsepm.py                   single-stage RS+EPM on train_aug (ResNet-18 from scratch)
+  2. train_rsepm.py                   single-stage RS+EPM on train_aug (image-level tags only)
   3. infer_rsepm.py --domain train_aug  seeds with ground-truth tags (the multi-stage input)
      evaluate.py on predictions/train   seed quality (threshold sweep)
      convert_seed_to_pseudo_masks.py    CRF pseudo masks; evaluate.py on them
   4. infer_rsepm.py --domain validation --conf_th T -> CRF -> evaluate   single-stage result
   5. train_seg.py on the pseudo masks -> infer_seg.py -> CRF -> evaluate   multi-stage result
+No pixel label reaches a training stage: the pretraining and RS+EPM read xml tags only, train_seg
+reads the CRF pseudo masks; ground-truth masks are read by evaluate.py alone.
+Determinism: every stage runs with OMP_NUM_THREADS=--threads (recorded in the summary) on CPU,
+with data order and augmentation functions of the seed, so the same command and seed give the same
+table on one machine. Use --threads 1 on a machine shared with other jobs: two threads per process
+on oversubscribed cores spin and run several times slower.
 A stage whose outputs exist is reused (every output is written atomically, so a file that
 exists is complete); training resumes from its checkpoint. The table of mIoU per stage is printed
-and saved as experiments/toy/summary.{json,md}.
+and saved as experiments/toy/summary.{json,md} (per seed: experiments/toy/seed{N}/summary.*,
+and experiments/toy/summary_seeds.{json,md}).
 """
 import os
 import shutil
@@ -30,106 +41,213 @@ from tools.args import make_parser  # noqa: E402
 from tools.paths import evaluation_path, model_path  # noqa: E402
 
 DATA = "toy_data/TOY"
-PRED_DIR = "./experiments/toy/"
+PRED_ROOT = "./experiments/toy/"
+# The stand-in for ImageNet: a classification pretraining on a separate toy set (another generator
+# seed, image-level tags only), made once and reused by every seed and by --fresh, as torch keeps
+# downloaded ImageNet weights in its hub cache. --fresh_pretrain makes it again.
+PRETRAIN_DATA = "toy_data/PRETRAIN"
+PRETRAIN_DATA_SEED = "1000"
+PRETRAINED = "toy_data/pretrained/resnet18_toy.pth"
+PRETRAIN = ["--backbone", "resnet18", "--epochs", "6", "--batch_size", "16", "--lr", "0.05",
+            "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144", "--seed", "0"]
 RSEPM_TAG = "toy@ResNet18@RS+EPM"
 SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
-COMMON = ["--dataset", "TOY", "--root_dir", DATA, "--pred_dir", PRED_DIR]
 # Small settings for 2 CPU cores; the published VOC settings are the scripts' defaults. The RS+EPM
 # crop is 128 pixels so that the CAM grid is 8x8: at 64 pixels (4x4) SCG has too little to work
 # with and RecurSeed makes the seeds worse (tools/toy_ablation.sh, README).
-RSEPM_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", "none",
+RSEPM_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", PRETRAINED,
                "--batch_size", "8", "--max_epoch", "10", "--rs_start", "4", "--mix_start", "7",
                "--lr", "0.01", "--crop_size", "128", "--min_image_size", "128", "--max_image_size", "192",
-               "--pamr_dilations", "1,2,4,8", "--log_interval", "25", "--seed", "0", "--resume", "true"]
+               "--pamr_dilations", "1,2,4,8", "--log_interval", "25", "--resume", "true"]
 SEG_TRAIN = ["--domain", "train_aug", "--decoder", "deeplabv3+", "--backbone", "resnet18", "--output_stride", "16",
-             "--pretrained", "none", "--batch_size", "8", "--max_epoch", "8", "--lr", "0.01",
-             "--crop_size", "64", "--min_image_size", "64", "--max_image_size", "96",
-             "--log_interval", "25", "--seed", "0", "--resume", "true"]
+             "--pretrained", PRETRAINED, "--batch_size", "8", "--max_epoch", "8", "--lr", "0.01",
+             "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144",
+             "--log_interval", "25", "--resume", "true"]
 SCALES = ["--scales", "1.0,0.5"]  # the published 1.0,0.5,1.5,2.0 cost 6x more
 CONF_TH = "0.34"
 
 
-def run(command, log):
-    """Run one public command, echoing it; stop the pipeline on failure."""
-    printable = " ".join(f'"{c}"' if (" " in c or "@" in c or "+" in c) else c for c in command)
-    print(f"\n$ python3 {printable}", flush=True)
-    log.write(f"$ python3 {printable}\n")
-    log.flush()
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, *command], cwd=ROOT)
-    log.write(f"  (exit {result.returncode}, {time.perf_counter() - start:.0f} s)\n")
-    if result.returncode != 0:
-        raise SystemExit(f"error: stage failed (exit {result.returncode}): python3 {printable}")
+def printable(command):
+    return " ".join(f'"{c}"' if (" " in c or "@" in c or "+" in c) else c for c in command)
 
 
-def evaluation(folder, tag, domain, log, extra=()):
-    run(["evaluate.py", *COMMON, "--domain", domain, "--folder", folder, "--tag", tag, "--num_workers", "1",
-         *extra], log)
-    return read_json(evaluation_path(PRED_DIR, folder, tag, domain))
+class Runner:
+    """Runs public commands with a fixed thread count, echoing each and timing each stage."""
+
+    def __init__(self, log, threads):
+        self.log, self.threads, self.times = log, threads, []
+        # Same thread count -> same CPU reduction order -> the same numbers on one machine.
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+    def run(self, command, what):
+        text = printable(command)
+        print(f"\n== {what}\n$ python3 {text}", flush=True)
+        self.log.write(f"$ python3 {text}\n")
+        self.log.flush()
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, *command], cwd=ROOT, env=self.env)
+        took = time.perf_counter() - start
+        self.log.write(f"  (exit {result.returncode}, {took:.0f} s)\n")
+        if result.returncode != 0:
+            raise SystemExit(f"error: stage failed (exit {result.returncode}): python3 {text}")
+        self.times.append({"stage": what, "seconds": round(took, 1)})
+        print(f"== done in {took:.0f} s: {what}", flush=True)
+
+    def evaluation(self, common, pred_dir, folder, tag, domain, what):
+        self.run(["evaluate.py", *common, "--domain", domain, "--folder", folder, "--tag", tag,
+                  "--num_workers", "1"], what)
+        return read_json(evaluation_path(pred_dir, folder, tag, domain))
+
+
+def ensure_pretrained(runner, workers):
+    """Stage 0: the separate pretraining set and the pretrained backbone (cached)."""
+    if os.path.isfile(PRETRAINED):
+        print(f"\n== pretrained backbone {PRETRAINED} exists: reused (--fresh_pretrain remakes it)")
+        return
+    runner.run(["tools/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
+                "--num_train", "0", "--num_train_aug", "400", "--num_validation", "0", "--num_test", "0"],
+               "generate the separate pretraining set (another generator seed, 400 images)")
+    runner.run(["tools/pretrain_toy.py", "--root_dir", PRETRAIN_DATA, "--out", PRETRAINED, *PRETRAIN, *workers],
+               "pretrain the ResNet-18 backbone on image-level tags (stand-in for ImageNet)")
+
+
+def run_seed(runner, seed, pred_dir, workers):
+    """Stages 2-5 for one training seed into pred_dir; returns [(row name, evaluation dict)]."""
+    common = ["--dataset", "TOY", "--root_dir", DATA, "--pred_dir", pred_dir]
+    seed_arg = ["--seed", str(seed)]
+    rows = []
+    if not os.path.isfile(model_path(pred_dir, RSEPM_TAG)):
+        runner.run(["train_rsepm.py", *common, *RSEPM_TRAIN, *seed_arg, "--tag", RSEPM_TAG, *workers],
+                   "train single-stage RS+EPM on train_aug (image-level tags only)")
+    infer = ["--backbone", "resnet18", "--tag", RSEPM_TAG, *SCALES, *workers]
+    runner.run(["infer_rsepm.py", *common, "--domain", "train_aug", *infer],
+               "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
+    rows.append(("RS+EPM seeds, train, GT tags (best threshold)",
+                 runner.evaluation(common, pred_dir, "predictions", RSEPM_TAG, "train", "evaluate the seeds")))
+    runner.run(["convert_seed_to_pseudo_masks.py", *common, "--domain", "train_aug", "--folder", "predictions",
+                "--tag", RSEPM_TAG, *workers], "CRF pseudo masks from the seeds")
+    rows.append(("RS+EPM + CRF pseudo masks, train",
+                 runner.evaluation(common, pred_dir, "pseudo-labels", RSEPM_TAG, "train", "evaluate the masks")))
+
+    val_tag = RSEPM_TAG + "@conf" + CONF_TH
+    # Seeds of validation with predicted classes go to their own tag so they never mix
+    # with the ground-truth-tag seeds; the weights are read through --weights.
+    runner.run(["infer_rsepm.py", *common, "--domain", "validation", "--conf_th", CONF_TH, "--backbone", "resnet18",
+                "--tag", val_tag, "--weights", model_path(pred_dir, RSEPM_TAG), *SCALES, *workers],
+               "single stage: RS+EPM on validation with predicted classes")
+    runner.run(["convert_seed_to_pseudo_masks.py", *common, "--domain", "validation", "--folder", "predictions",
+                "--tag", val_tag, *workers], "single stage: CRF")
+    rows.append((f"single stage: RS+EPM + CRF, validation, conf_th {CONF_TH}",
+                 runner.evaluation(common, pred_dir, "pseudo-labels", val_tag, "validation",
+                                   "evaluate the single stage")))
+
+    if not os.path.isfile(model_path(pred_dir, SEG_TAG)):
+        runner.run(["train_seg.py", *common, *SEG_TRAIN, *seed_arg, "--label_tag", RSEPM_TAG, "--tag", SEG_TAG,
+                    *workers], "multi stage: train DeepLabV3+ on the CRF pseudo masks")
+    runner.run(["infer_seg.py", *common, "--domain", "validation", "--backbone", "resnet18", "--decoder",
+                "deeplabv3+", "--output_stride", "16", "--tag", SEG_TAG, *SCALES, *workers],
+               "multi stage: DeepLabV3+ on validation")
+    rows.append(("multi stage: DeepLabV3+ (argmax), validation",
+                 runner.evaluation(common, pred_dir, "predictions", SEG_TAG, "validation",
+                                   "evaluate the multi stage")))
+    runner.run(["convert_seed_to_pseudo_masks.py", *common, "--domain", "validation", "--folder", "predictions",
+                "--tag", SEG_TAG, *workers], "multi stage: CRF")
+    rows.append(("multi stage: DeepLabV3+ + CRF, validation",
+                 runner.evaluation(common, pred_dir, "pseudo-labels", SEG_TAG, "validation",
+                                   "evaluate the multi stage + CRF")))
+    return rows
+
+
+def write_table(path_stem, header, lines):
+    write_json(path_stem + ".json", header)
+    with atomic_output(path_stem + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def seed_summary(rows, seconds, seed, threads, times):
+    summary = {"stages": [{"stage": name, "mIoU": r["mIoU"], "FP": r["FP"], "FN": r["FN"],
+                           "threshold": r.get("threshold"), "num_images": r["num_images"],
+                           "domain": r["domain"], "tag": r["tag"]} for name, r in rows],
+               "seconds": round(seconds, 1), "seed": seed, "threads": threads, "stage_seconds": times}
+    table = ["| stage | images | mIoU (%) | FP | FN |", "|---|---:|---:|---:|---:|"]
+    table += [f"| {s['stage']} | {s['num_images']} | {s['mIoU']:.2f} | {s['FP']:.3f} | {s['FN']:.3f} |"
+              for s in summary["stages"]]
+    return summary, table
+
+
+def seeds_summary(summaries):
+    """Mean, standard deviation, min and max of each row's mIoU over the seeds."""
+    import statistics
+    stages = []
+    for i, first in enumerate(summaries[0]["stages"]):
+        values = [s["stages"][i]["mIoU"] for s in summaries]
+        stages.append({"stage": first["stage"], "num_images": first["num_images"], "mIoU": values,
+                       "mean": statistics.fmean(values),
+                       "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                       "min": min(values), "max": max(values)})
+    seeds = [s["seed"] for s in summaries]
+    table = [f"| stage | images | mIoU (%) mean +- std over seeds {','.join(map(str, seeds))} | min-max |",
+             "|---|---:|---:|---:|"]
+    table += [f"| {s['stage']} | {s['num_images']} | {s['mean']:.2f} +- {s['std']:.2f} | "
+              f"{s['min']:.2f}-{s['max']:.2f} |" for s in stages]
+    return {"seeds": seeds, "stages": stages, "threads": summaries[0]["threads"]}, table
 
 
 def main(argv=None):
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--fresh", action="store_true", help="delete toy_data/ and experiments/toy/ first")
+    parser.add_argument("--fresh", action="store_true",
+                        help=f"delete {DATA} and {PRED_ROOT} first (the pretrained backbone is kept)")
+    parser.add_argument("--fresh_pretrain", action="store_true", help="also make the pretrained backbone again")
+    parser.add_argument("--seed", default=0, type=int, help="training seed (the toy data stays the same)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated training seeds: one run each into experiments/toy/seed{N}/, "
+                             "then mean and spread in experiments/toy/summary_seeds.{json,md}")
+    parser.add_argument("--threads", default=2, type=int,
+                        help="OMP threads of every stage (recorded; the numbers depend on it)")
     parser.add_argument("--num_workers", default=2, type=int, help="worker processes for data and CRF")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    if args.fresh:
-        for path in (os.path.dirname(DATA), PRED_DIR):
+    if args.fresh or args.fresh_pretrain:
+        for path in (DATA, PRED_ROOT):
             shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(PRED_DIR, exist_ok=True)
+    if args.fresh_pretrain:
+        for path in (PRETRAIN_DATA, os.path.dirname(PRETRAINED)):
+            shutil.rmtree(path, ignore_errors=True)
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    os.makedirs(PRED_ROOT, exist_ok=True)
     workers = ["--num_workers", str(args.num_workers)]
     start = time.perf_counter()
-    rows = []
-    with open(os.path.join(PRED_DIR, "commands.log"), "a", encoding="utf-8") as log:
-        run(["tools/make_toy_dataset.py", "--out", DATA, "--seed", "0"], log)
-
-        if not os.path.isfile(model_path(PRED_DIR, RSEPM_TAG)):
-            run(["train_rsepm.py", *COMMON, *RSEPM_TRAIN, "--tag", RSEPM_TAG, *workers], log)
-        infer = ["--backbone", "resnet18", "--tag", RSEPM_TAG, *SCALES, *workers]
-        run(["infer_rsepm.py", *COMMON, "--domain", "train_aug", *infer], log)
-        seeds = evaluation("predictions", RSEPM_TAG, "train", log)
-        rows.append(("RS+EPM seeds, train, GT tags (best threshold)", seeds))
-        run(["convert_seed_to_pseudo_masks.py", *COMMON, "--domain", "train_aug", "--folder", "predictions",
-             "--tag", RSEPM_TAG, *workers], log)
-        rows.append(("RS+EPM + CRF pseudo masks, train", evaluation("pseudo-labels", RSEPM_TAG, "train", log)))
-
-        val_tag = RSEPM_TAG + "@conf" + CONF_TH
-        # Seeds of validation with predicted classes go to their own tag so they never mix
-        # with the ground-truth-tag seeds; the weights are read through --weights.
-        run(["infer_rsepm.py", *COMMON, "--domain", "validation", "--conf_th", CONF_TH, "--backbone", "resnet18",
-             "--tag", val_tag, "--weights", model_path(PRED_DIR, RSEPM_TAG), *SCALES, *workers], log)
-        run(["convert_seed_to_pseudo_masks.py", *COMMON, "--domain", "validation", "--folder", "predictions",
-             "--tag", val_tag, *workers], log)
-        rows.append((f"single stage: RS+EPM + CRF, validation, conf_th {CONF_TH}",
-                     evaluation("pseudo-labels", val_tag, "validation", log)))
-
-        if not os.path.isfile(model_path(PRED_DIR, SEG_TAG)):
-            run(["train_seg.py", *COMMON, *SEG_TRAIN, "--label_tag", RSEPM_TAG, "--tag", SEG_TAG, *workers], log)
-        run(["infer_seg.py", *COMMON, "--domain", "validation", "--backbone", "resnet18", "--decoder",
-             "deeplabv3+", "--output_stride", "16", "--tag", SEG_TAG, *SCALES, *workers], log)
-        rows.append(("multi stage: DeepLabV3+ (argmax), validation",
-                     evaluation("predictions", SEG_TAG, "validation", log)))
-        run(["convert_seed_to_pseudo_masks.py", *COMMON, "--domain", "validation", "--folder", "predictions",
-             "--tag", SEG_TAG, *workers], log)
-        rows.append(("multi stage: DeepLabV3+ + CRF, validation",
-                     evaluation("pseudo-labels", SEG_TAG, "validation", log)))
+    summaries = []
+    with open(os.path.join(PRED_ROOT, "commands.log"), "a", encoding="utf-8") as log:
+        runner = Runner(log, args.threads)
+        runner.run(["tools/make_toy_dataset.py", "--out", DATA, "--seed", "0"], "generate the toy dataset")
+        ensure_pretrained(runner, workers)
+        for seed in seeds:
+            pred_dir = PRED_ROOT if args.seeds is None else os.path.join(PRED_ROOT, f"seed{seed}/")
+            seed_start, first = time.perf_counter(), len(runner.times)
+            rows = run_seed(runner, seed, pred_dir, workers)
+            summary, table = seed_summary(rows, time.perf_counter() - seed_start, seed, args.threads,
+                                          runner.times[first:])
+            write_table(os.path.join(pred_dir, "summary"), summary, table)
+            summaries.append(summary)
+            print(f"\nseed {seed}:\n" + "\n".join(table))
 
     elapsed = time.perf_counter() - start
-    summary = {"stages": [{"stage": name, "mIoU": r["mIoU"], "FP": r["FP"], "FN": r["FN"],
-                           "threshold": r.get("threshold"), "num_images": r["num_images"],
-                           "domain": r["domain"], "tag": r["tag"]} for name, r in rows],
-               "seconds": round(elapsed, 1)}
-    table = ["| stage | images | mIoU (%) | FP | FN |", "|---|---:|---:|---:|---:|"]
-    table += [f"| {s['stage']} | {s['num_images']} | {s['mIoU']:.2f} | {s['FP']:.3f} | {s['FN']:.3f} |"
-              for s in summary["stages"]]
-    write_json(os.path.join(PRED_DIR, "summary.json"), summary)
-    with atomic_output(os.path.join(PRED_DIR, "summary.md"), "w") as f:
-        f.write("\n".join(table) + "\n")
-    print("\n" + "\n".join(table))
-    print(f"\nToy pipeline finished in {elapsed / 60:.1f} min; table saved to {PRED_DIR}summary.md and summary.json")
-    return summary
-
+    print("\nTime per stage:")
+    for t in runner.times:
+        print(f"  {t['seconds']:7.1f} s  {t['stage']}")
+    if args.seeds is not None:
+        result, table = seeds_summary(summaries)
+        result["seconds"] = round(elapsed, 1)
+        write_table(os.path.join(PRED_ROOT, "summary_seeds"), result, table)
+        print("\n" + "\n".join(table))
+        print(f"\nsaved to {PRED_ROOT}summary_seeds.md and .json")
+    else:
+        print(f"\nthe table above is saved to {PRED_ROOT}summary.md and summary.json")
+    print(f"\nToy pipeline finished in {elapsed / 60:.1f} min with {args.threads} threads.")
+    print("Next: open demo.ipynb (per-image panels and the per-class chart): "
+          ".venv/bin/jupyter notebook demo.ipynb")
+    return summaries
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,127 @@
+"""Stand-in for ImageNet pretraining on the toy dataset: a multi-label classifier on a separate set.
+
+    python tools/pretrain_toy.py --root_dir toy_data/PRETRAIN --out toy_data/resnet18_toy.pth
+
+The paper starts both training stages from ImageNet weights (docs/method.md#network). The toy
+run cannot download them, so it trains the ResNet-18 backbone here on image-level labels only
+(multi-label soft-margin loss on global-average-pooled features, as a classification
+pretraining does) on a toy set generated with a *different* generator seed than the experiment's
+own data: no image and no pixel label of the experiment reaches this stage, and no pixel label of
+any set is read here (only the xml tags). The output is the backbone's state_dict in torchvision's
+key layout, without `fc.*`, which `train_rsepm.py` and `train_seg.py` load with `--pretrained PATH`.
+Deterministic on one machine for a fixed seed and thread count (CPU kernels, per-sample
+augmentation seeds, sample order from (seed, epoch)).
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
+from core.resnet import ARCHITECTURES, build_resnet  # noqa: E402
+from core.train_datasets import ClassificationDataset  # noqa: E402
+from core.transforms import TrainTransform  # noqa: E402
+from tools import distributed  # noqa: E402
+from core.io import atomic_output  # noqa: E402
+from tools.args import make_parser  # noqa: E402
+
+
+class Classifier(torch.nn.Module):
+    """Backbone + global average pooling + linear layer: images (B, 3, S, S) -> logits (B, C)."""
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone = build_resnet(backbone, output_stride=16, pretrained=None)
+        channels = self.backbone.layer4[-1].conv1.in_channels  # 512 (resnet18/34) or 2048
+        self.fc = torch.nn.Linear(channels, num_classes)
+
+    def forward(self, images):
+        features = self.backbone(images)[-1]
+        return self.fc(features.mean(dim=(2, 3)))
+
+
+def parse_args(argv=None):
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--root_dir", required=True, help="toy dataset root (its train_aug split is used)")
+    parser.add_argument("--dataset", default="TOY", help="class list name (data/NAME.json)")
+    parser.add_argument("--out", required=True, help="backbone state_dict file to write")
+    parser.add_argument("--backbone", default="resnet18", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--epochs", default=6, type=int)
+    parser.add_argument("--batch_size", default=16, type=int)
+    parser.add_argument("--lr", default=0.05, type=float)
+    parser.add_argument("--wd", default=1e-4, type=float)
+    parser.add_argument("--crop_size", default=96, type=int)
+    parser.add_argument("--min_image_size", default=96, type=int)
+    parser.add_argument("--max_image_size", default=144, type=int)
+    parser.add_argument("--num_workers", default=2, type=int)
+    parser.add_argument("--seed", default=0, type=int)
+    return parser.parse_args(argv)
+
+
+def pretrain(args):
+    """Train the classifier; returns (backbone state_dict, per-epoch mean losses)."""
+    distributed.seed_everything(args.seed)
+    info = load_dataset_info(args.dataset)
+    layout = SeedLayout(args.root_dir, "train_aug", info, require_xml=True)
+    dataset = ClassificationDataset(layout, TrainTransform(args.crop_size, args.min_image_size,
+                                                           args.max_image_size), seed=args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sampler = distributed.EpochSampler(len(dataset), args.seed, shuffle=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.num_workers, drop_last=True,
+                                         worker_init_fn=distributed.seed_worker, generator=torch.Generator())
+    if len(loader) == 0:
+        raise SystemExit(f"error: {layout.split_dir}: {len(dataset)} images give no batch of {args.batch_size}")
+    model = Classifier(args.backbone, info.num_foreground).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                weight_decay=args.wd)
+    total = args.epochs * len(loader)
+    # Poly decay as in the training scripts (docs/method.md#optimisation).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - i / total) ** 0.9)
+    losses = []
+    bar = tqdm(total=total, desc="pretrain_toy", disable=None)
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        loader.generator.manual_seed(distributed.derive_seed(args.seed, epoch))
+        model.train()
+        running = []
+        for batch in loader:
+            images, tags = batch["image"].to(device), batch["tags"].to(device)
+            # tags (B, C) multi-hot over the foreground classes; background is not a class here.
+            loss = F.multilabel_soft_margin_loss(model(images), tags)
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"error: non-finite loss at epoch {epoch}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(sum(running) / len(running))
+    bar.close()
+    return {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, losses
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.perf_counter()
+    state, losses = pretrain(args)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with atomic_output(args.out, "wb") as f:
+        torch.save(state, f)
+    print(f"[i] pretrain_toy: loss per epoch {', '.join(f'{v:.3f}' for v in losses)}; "
+          f"{time.perf_counter() - start:.0f} s; backbone saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
