@@ -19,6 +19,16 @@ class MeanMeter:
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
             self.counts[name] = self.counts.get(name, 0) + 1
 
+    def state_dict(self):
+        """Plain values for resume.pth (sums and counts of the line in progress)."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state):
+        """Restore state_dict(); None (a resume file without meters) starts empty."""
+        state = state or {}
+        self.sums = {k: float(v) for k, v in state.get("sums", {}).items()}
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+
     def means(self, reset=True):
         result = {n: self.sums[n] / self.counts[n] for n in self.sums}
         if reset:

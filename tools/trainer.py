@@ -12,7 +12,8 @@ import time
 from core.checkpoint import save_weights
 from core.io import write_json
 from core.safety import remove_stale_temp_files
-from tools.checkpoints import config_path, load_resume, resume_path, run_config, save_final, save_resume
+from tools.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
+                               save_resume)
 from tools.distributed import cleanup_distributed, set_loader_epoch
 from tools.optim import PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
@@ -55,11 +56,16 @@ class TrainingRun:
             remove_stale_temp_files(folder)
             remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
+        self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
         resumed = args.resume and os.path.isfile(self.resume_file)
-        if resumed:
+        if resumed:  # refused when a run-shaping flag changed (tools/checkpoints.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
-                                loader.sampler, ctx)
+                                loader.sampler, ctx, settings=run_settings(args))
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
+            # the log means in progress, so that a resumed run logs what an uninterrupted one does
+            self.meter.load_state_dict(state["extra"].get("log_meter"))
+            self.images_since_log = int(state["extra"].get("images_since_log", 0))
+            warnings = state["warnings"]
         self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
                                  max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
         if ctx.is_main:
@@ -72,7 +78,8 @@ class TrainingRun:
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
                          f"{self.amp_dtype}" + (f", resumed at epoch {self.epoch} iteration {self.iteration}"
                                                 if resumed else ""))
-        self.meter, self.images_since_log = MeanMeter(), 0
+        for line in warnings:
+            self.logger.info(f"[!] {line}")
         from tqdm import tqdm
         self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
                              disable=not ctx.is_main, dynamic_ncols=True)
@@ -120,7 +127,9 @@ class TrainingRun:
 
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
-                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx)
+                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
+                    extra={"log_meter": self.meter.state_dict(), "images_since_log": self.images_since_log},
+                    settings=run_settings(self.args))
 
     def __enter__(self):
         return self
