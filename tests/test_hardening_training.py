@@ -113,3 +113,53 @@ def test_full_disk_names_the_path_and_cause(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=r"config\.json: cannot write \(\[Errno 28\]"):
         write_json(str(tmp_path / "config.json"), {"x": "y" * 100})
     assert os.listdir(tmp_path) == []
+
+
+# --- item 4: one bad file is a counted skip -------------------------------------------------------
+def png_header(width, height):
+    """The first bytes of a PNG that claims width x height (no pixel data follows)."""
+    import struct
+    import zlib
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(toy, tmp_path):
+    import shutil
+    from core.errors import DatasetError
+    root = str(tmp_path / "TOY")
+    shutil.copytree(toy, root)
+    images = os.path.join(root, "train_aug", "image")
+    ids = sorted(f[:-4] for f in os.listdir(images))
+    with open(os.path.join(images, ids[0] + ".jpg"), "wb") as f:
+        f.write(png_header(100_000, 100_000))  # PIL's DecompressionBombError
+    with open(os.path.join(images, ids[1] + ".jpg"), "wb") as f:
+        f.write(png_header(10_000, 6_000))  # 60 M pixels: above --max_image_pixels 50e6
+    path = os.path.join(images, ids[2] + ".jpg")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) * 2 // 3)  # a JPEG cut short: the header reads, the pixels do not
+    xml = os.path.join(root, "train_aug", "xml", ids[3] + ".xml")
+    with open(xml) as f:
+        text = f.read()
+    with open(xml, "w") as f:
+        f.write(_with_inf(text))
+    with pytest.raises(DatasetError) as info:
+        # batch 7: the one batch of an epoch holds every tagged image, so each bad one is met
+        train_rsepm.main(argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7"))
+    message = str(info.value)
+    assert "skipped 4 bad file(s)" in message, message
+    for i in ids[:4]:
+        assert i in message
+    assert "decompression bomb" in message and "above --max_image_pixels 50000000" in message
+    assert "truncated" in message and ids[3] + ".xml: bad number" in message
+    directory = model_dir(str(tmp_path / "out"), "t")
+    assert os.path.isfile(os.path.join(directory, "last.pth"))  # saved before the error
+    assert "(2x)" in message  # met in both epochs, listed once
+    assert [r["iteration"] for r in read_log(tmp_path / "out")] == [1, 2]
+
+
+def _with_inf(text):
+    start = text.index("<xmin>") + len("<xmin>")
+    return text[:start] + "inf" + text[text.index("</xmin>"):]
