@@ -11,9 +11,12 @@ import torch
 
 import core.io
 import train_rsepm
+from core.checkpoint import save_weights
 from core.errors import OutputError
 from core.io import write_json
 from tools import checkpoints
+from tools.args import cli
+from tools.runlog import RunLogger
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir
 from helpers import kill_at
@@ -113,6 +116,22 @@ def test_full_disk_names_the_path_and_cause(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=r"config\.json: cannot write \(\[Errno 28\]"):
         write_json(str(tmp_path / "config.json"), {"x": "y" * 100})
     assert os.listdir(tmp_path) == []
+    with pytest.raises(OutputError, match=r"last\.pth: cannot write \(\[Errno 28\] No space left"):
+        save_weights(model, str(tmp_path / "last.pth"))  # the final weights (before: RuntimeError)
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_folder_that_cannot_be_created_is_one_line(toy, tmp_path, capsys):
+    """--pred_dir below a file (as a read-only or permission-denied folder, which root cannot
+    simulate): `error: PATH: cannot write (...)` and exit 1, not a NotADirectoryError traceback."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as info:
+        cli(train_rsepm.main, argv(toy, tmp_path / "file" / "out"))
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "cannot write" in message and "Not a directory" in message
+    assert str(tmp_path / "file" / "out") in message
+    with pytest.raises(OutputError, match=r"logs: cannot write the logs \(\[Errno 20\]"):
+        RunLogger(str(tmp_path / "file" / "logs"))
 
 
 # --- item 4: one bad file is a counted skip -------------------------------------------------------

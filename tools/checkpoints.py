@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.checkpoint import save_weights, unwrap
+from core.checkpoint import save_atomically, save_weights, unwrap
 from core.errors import CheckpointError, MissingFileError
-from core.io import atomic_output, write_json
+from core.io import write_json
 from tools.optim import NonFiniteError
 from tools.paths import model_dir, model_path
 
@@ -143,42 +143,7 @@ def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, e
         "sampler": sampler.state_dict() if sampler is not None else None,
         "rng": rng_states, "extra": extra or {}, "settings": settings,
     }
-    save_state(state, path)
-
-
-def save_state(state, path):
-    """torch.save(state) to `path` atomically; a failed write (disk full, read-only folder,
-    permission) raises OutputError naming the path and the cause.
-
-    torch.save reports an OSError of the file's write() as a RuntimeError ("PytorchStreamWriter
-    failed writing file data/0"), so the first OSError is kept and raised in its place, where
-    atomic_output turns it into the OutputError (and removes the temporary file).
-    """
-    with atomic_output(path, "wb") as f:
-        writer = _RecordingWriter(f)
-        try:
-            torch.save(state, writer)
-        except Exception:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
-
-
-class _RecordingWriter:
-    """A binary file wrapper that remembers the first OSError of write()."""
-
-    def __init__(self, f):
-        self.f, self.error = f, None
-
-    def write(self, data):
-        try:
-            return self.f.write(data)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-
-    def flush(self):
-        return self.f.flush()
+    save_atomically(state, path)
 
 
 def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=None, sampler=None,
