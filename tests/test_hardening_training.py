@@ -33,11 +33,11 @@ def toy(tmp_path_factory):
 
 
 def argv(root, pred_dir, *extra):
-    """2 epochs x 2 iterations (8 images, batch 4), RS from epoch 0, no mix: the cheapest real run."""
+    """2 epochs x 2 iterations (8 images, batch 4), no mix: the cheapest real run."""
     return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
             "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
             "--max_image_size", "48", "--batch_size", "4", "--num_workers", "0", "--max_epoch", "2",
-            "--rs_start", "0", "--mix", "none", "--pamr_iterations", "1", "--pamr_dilations", "1",
+            "--rs_start", "1", "--mix", "none", "--pamr_iterations", "1", "--pamr_dilations", "1",
             "--pred_dir", str(pred_dir), "--tag", "t", "--save_interval", "1", *extra]
 
 
