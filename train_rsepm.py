@@ -180,7 +180,8 @@ def main(argv=None):
                 run.step(sum(weights[k] * v for k, v in losses.items()))
                 total = sum(weights[k] * v for k, v in values.items())
                 stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
-                run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total)
+                run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total,
+                           skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
                 miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
                 run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})

@@ -106,5 +106,39 @@ def save_weights(model, path):
     """Write the model's weights as a plain flat CPU state_dict (no `module.` prefix), atomically."""
     state = collections.OrderedDict(
         (k, v.detach().cpu()) for k, v in unwrap(model).state_dict().items())
+    save_atomically(state, path)
+
+
+def save_atomically(obj, path):
+    """torch.save(obj) to `path` atomically; a failed write (disk full, read-only folder,
+    permission) raises OutputError naming the path and the cause.
+
+    torch.save reports an OSError of the file's write() as a RuntimeError ("unexpected pos" /
+    "PytorchStreamWriter failed writing file"), so the first OSError is kept and raised in its
+    place, where atomic_output turns it into the OutputError (and removes the temporary file).
+    """
     with atomic_output(path, "wb") as f:
-        torch.save(state, f)
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(obj, writer)
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _RecordingWriter:
+    """A binary file wrapper that remembers the first OSError of write()."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        return self.f.flush()

@@ -33,9 +33,12 @@ def atomic_output(path, mode="wb"):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # one name pattern for every temporary, so core.safety.remove_stale_temp_files finds those of killed runs
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    try:  # a read-only or full disk, a file where a folder should be: one line naming the path
+        os.makedirs(directory, exist_ok=True)
+        # one name pattern for every temporary, so core.safety.remove_stale_temp_files finds those of killed runs
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e})") from e
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:

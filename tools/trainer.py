@@ -10,9 +10,11 @@ import os
 import time
 
 from core.checkpoint import save_weights
+from core.errors import DatasetError
 from core.io import write_json
 from core.safety import remove_stale_temp_files
-from tools.checkpoints import config_path, load_resume, resume_path, run_config, save_final, save_resume
+from tools.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
+                               save_resume)
 from tools.distributed import cleanup_distributed, set_loader_epoch
 from tools.optim import PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
@@ -50,16 +52,29 @@ class TrainingRun:
         self.amp_dtype = resolve_amp_dtype(ctx.device, args.amp)
         self.scaler = make_grad_scaler(ctx.device, self.amp_dtype)
         self.resume_file = resume_path(args.pred_dir, args.tag)
+        # one bad file is a counted skip, not the end of the run (core/train_datasets.py)
+        self.skipped = {}  # "path: problem" -> times met
+        dataset = loader.dataset
+        if hasattr(dataset, "collate"):
+            loader.collate_fn = dataset.collate
+            dataset.max_image_pixels = getattr(args, "max_image_pixels", dataset.max_image_pixels)
+            self.skipped.update(dict.fromkeys(dataset.bad_files, 1))
         if ctx.is_main:  # temporaries of writes killed in earlier runs (a resume.pth one is hundreds of MB)
             folder = model_dir(args.pred_dir, args.tag)
             remove_stale_temp_files(folder)
             remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
+        self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
         resumed = args.resume and os.path.isfile(self.resume_file)
-        if resumed:
+        if resumed:  # refused when a run-shaping flag changed (tools/checkpoints.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
-                                loader.sampler, ctx)
+                                loader.sampler, ctx, settings=run_settings(args))
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
+            # the log means in progress, so that a resumed run logs what an uninterrupted one does
+            self.meter.load_state_dict(state["extra"].get("log_meter"))
+            self.images_since_log = int(state["extra"].get("images_since_log", 0))
+            self.skipped.update(state["extra"].get("skipped", {}))
+            warnings = state["warnings"]
         self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
                                  max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
         if ctx.is_main:
@@ -72,7 +87,8 @@ class TrainingRun:
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
                          f"{self.amp_dtype}" + (f", resumed at epoch {self.epoch} iteration {self.iteration}"
                                                 if resumed else ""))
-        self.meter, self.images_since_log = MeanMeter(), 0
+        for line in warnings:
+            self.logger.info(f"[!] {line}")
         from tqdm import tqdm
         self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
                              disable=not ctx.is_main, dynamic_ncols=True)
@@ -99,9 +115,14 @@ class TrainingRun:
             self.ema.update(self.network)
         self.step_in_epoch, self.iteration = self.step_in_epoch + 1, self.iteration + 1
 
-    def record(self, epoch, scalars, images, progress_loss=None):
+    def record(self, epoch, scalars, images, progress_loss=None, skipped=None):
         """After step(): progress bar, averaged log line every --log_interval iterations and at
-        the end of each epoch, resume checkpoint every --save_interval iterations."""
+        the end of each epoch, resume checkpoint every --save_interval iterations.
+        skipped: the batch's batch["skipped"] (problems of the files dropped from it)."""
+        for problem in skipped or ():
+            if problem not in self.skipped:
+                self.logger.info(f"[!] skipped {problem}")
+            self.skipped[problem] = self.skipped.get(problem, 0) + 1
         images = images * self.ctx.world_size
         self.images_since_log += images
         self.meter.update(scalars)
@@ -120,7 +141,20 @@ class TrainingRun:
 
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
-                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx)
+                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
+                    extra={"log_meter": self.meter.state_dict(), "images_since_log": self.images_since_log,
+                           "skipped": self.skipped},
+                    settings=run_settings(self.args))
+
+    def raise_if_skipped(self):
+        """After the weights are saved: a run that skipped files ends with DatasetError listing
+        them (non-zero exit), so that training on less data is never silent."""
+        if self.skipped:
+            listed = "; ".join(f"{p} ({n}x)" if n > 1 else p for p, n in list(self.skipped.items())[:10])
+            more = f"; ... ({len(self.skipped) - 10} more)" if len(self.skipped) > 10 else ""
+            raise DatasetError(f"training finished and saved {model_path(self.args.pred_dir, self.args.tag)}, "
+                               f"but skipped {len(self.skipped)} bad file(s): {listed}{more}; fix or remove them "
+                               f"(rank {self.ctx.rank})")
 
     def __enter__(self):
         return self
@@ -145,6 +179,7 @@ class TrainingRun:
             self.logger.info(f"[i] saved {model_path(self.args.pred_dir, self.args.tag)}")
         self.logger.close()
         cleanup_distributed()
+        self.raise_if_skipped()
         return {"tag": self.args.tag, "iterations": self.iteration,
                 "weights": model_path(self.args.pred_dir, self.args.tag), "network": self.network,
                 "rank": self.ctx.rank}

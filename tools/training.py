@@ -57,6 +57,8 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
     parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
     parser.add_argument("--save_interval", default=500, type=positive_int,
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
+    parser.add_argument("--max_image_pixels", default=50_000_000, type=float,
+                        help="training images above this many pixels (from the header) are skipped")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
 
