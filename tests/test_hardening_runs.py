@@ -286,3 +286,29 @@ def test_conversion_refuses_other_settings_unless_overwrite(data, weights, capsy
     infer(data, weights, "--scales", "1.0", "--overwrite", "true")
     err = failure(capsys, lambda: convert.main(argv + ["--bg_gamma", "3"]))
     assert "seed_settings.scales" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: every bad prediction is listed, no partial result is written
+# ---------------------------------------------------------------------------------------------
+def test_evaluation_lists_every_bad_prediction_and_writes_no_result(tmp_path):
+    """Before: the first bad file stopped the evaluation; the others stayed unknown."""
+    from test_evaluate import INFO, SHAPE, TAG as EVAL_TAG, make_split, run, write_masks
+    from core.io import save_mask
+    from tools.paths import evaluation_path, output_dir
+
+    rng = np.random.default_rng(0)
+    root = str(tmp_path / "TOY")
+    data = {"root": root, "pred_dir": str(tmp_path / "experiments") + "/", "rng": rng,
+            "split": make_split(root, "validation", rng)}
+    write_masks(data["pred_dir"], "validation", data["split"], data["rng"])
+    folder = output_dir(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation")
+    bad = sorted(os.listdir(folder))[:2]
+    for name in bad:
+        save_mask(os.path.join(folder, name), np.zeros((SHAPE[0], SHAPE[1] + 1), np.uint8), INFO.palette)
+    with pytest.raises(SystemExit) as error:
+        run(data)
+    message = str(error.value.code)
+    assert f"2 of {len(os.listdir(folder))} image(s) could not be evaluated" in message
+    assert all(name in message for name in bad)
+    assert not os.path.exists(evaluation_path(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation"))
