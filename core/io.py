@@ -273,6 +273,8 @@ def read_mask(path):
             return np.array(image, dtype=np.uint8)
     except FileNotFoundError:
         raise MissingFileError(f"{path}: mask file not found") from None
+    except Image.DecompressionBombError as e:  # not an OSError: a header claiming a huge image
+        raise FormatError(f"{path}: mask too large to decode safely ({e})") from None
     except (OSError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read mask ({e})") from None
 

@@ -312,3 +312,14 @@ def test_evaluation_lists_every_bad_prediction_and_writes_no_result(tmp_path):
     assert f"2 of {len(os.listdir(folder))} image(s) could not be evaluated" in message
     assert all(name in message for name in bad)
     assert not os.path.exists(evaluation_path(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation"))
+
+
+def test_mask_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    """Before: PIL's DecompressionBombError escaped read_mask (evaluation, builders) as a traceback."""
+    from core.io import read_mask, save_mask
+    path = str(tmp_path / "m.png")
+    save_mask(path, np.zeros((40, 48), np.uint8), DatasetInfo("TOY").palette)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(FormatError, match="too large to decode safely") as error:
+        read_mask(path)
+    assert path in str(error.value)

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.datasets import parse_xml_tags
-from core.errors import DatasetError, FormatError, ProjectError
+from core.errors import DatasetError, FormatError, OutputError, ProjectError
 from core.io import atomic_output, read_mask
 from core.datasets import image_size_problem
 from core.safety import check_output_id, image_mode_problem, temp_path
@@ -160,6 +160,8 @@ class _Skipping:
     def __call__(self, task):
         try:
             return self.func(task), None
+        except OutputError:  # the disk is full or read-only: no other item will do better
+            raise
         except ProjectError as e:
             return 0, str(e)
 
