@@ -63,8 +63,9 @@ def positive_int(text):
     return value
 
 
-# PIL's own warning limit: larger headers are decompression-bomb suspects.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# A 7000 x 7000 photograph (VOC and COCO images are below 0.5 M pixels); the same default as the
+# training scripts'. PIL's own decompression-bomb error (above 179 M pixels) is caught as well.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
 def add_image_limit_arg(parser):
