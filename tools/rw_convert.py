@@ -9,7 +9,7 @@ pseudo-labels/{tag}@rw/{domain}/ID.png, beside the CRF masks of the same seeds.
 
 Devices: with CUDA (--gpus) the images run one after another in this process on the first
 listed GPU; on the CPU, --num_workers processes each load the network once and share the
-cores (threads per worker = cores / workers). Writes, skip-if-done and the per-image problem
+cores (threads per worker: cores / workers, at most this process's torch threads). Writes, skip-if-done and the per-image problem
 list are those of the CRF mode: convert_one returns (id, None) or (id, problem).
 """
 import multiprocessing
@@ -144,6 +144,7 @@ def run_all(job, ids, num_workers):
         _init_worker(job)
         yield from map(convert_one, ids)
         return
-    threads = max(1, cores // workers)  # the forward and the sparse products use the worker's share
+    # each worker takes its share of the cores (never more threads than this process may use)
+    threads = max(1, min(torch.get_num_threads(), cores // workers))
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job, threads)) as pool:
         yield from pool.imap_unordered(convert_one, ids, chunksize=1)
