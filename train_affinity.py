@@ -16,6 +16,7 @@ Defaults are IRN's (ResNet-50 from ImageNet, crop 512, batch 32, 3 epochs, lr 0.
 """
 import argparse
 import os
+import sys
 
 import torch
 
@@ -100,25 +101,24 @@ def affinity_losses(model, images, labels, grid):
 
 
 def prepare_labels(args, ctx, layout, info):
-    """Rank 0 makes the missing relation-label maps; the others wait. Returns their folder."""
+    """Make the missing relation-label maps, each DDP rank its share of the images (a barrier
+    that waited for rank 0 alone could time out on a large set). Returns their folder; images
+    whose map could not be made are listed here and refused (or skipped) by AffinityDataset."""
     seed_dir = predictions_dir(args.pred_dir, args.label_tag, args.domain)
     label_dir = ir_labels_dir(args.pred_dir, args.label_tag, args.domain)
-    if ctx.is_main:
-        if not os.path.isdir(seed_dir):
-            raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py --domain "
-                                   f"{args.domain} --conf_th -1 --tag {args.label_tag} first)")
-        summary = make_ir_labels(layout, seed_dir, label_dir, args.label_tag, info.palette, args.fg_th,
-                                 args.bg_th, args.ir_crf, args.num_workers)
-        failed = sorted(summary["failed"])
-        for image_id, problem in failed[:10]:
-            print(f"skipped {image_id}: {problem}")
-        if failed and not args.allow_missing:
-            raise DatasetError(f"{seed_dir}: {len(failed)} seed file(s) could not be turned into relation "
-                               f"labels (first: {failed[0][1]}); pass --allow_missing true to train without them")
-        print(f"[i] {label_dir}: {summary['written']} relation-label maps made, {summary['existing']} "
-              f"already present, {len(failed)} failed")
+    if not os.path.isdir(seed_dir):
+        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py --domain "
+                               f"{args.domain} --conf_th -1 --tag {args.label_tag} first)")
+    summary = make_ir_labels(layout, seed_dir, label_dir, args.label_tag, info.palette, args.fg_th, args.bg_th,
+                             args.ir_crf, args.num_workers, progress=ctx.is_main,
+                             ids=layout.ids[ctx.rank::ctx.world_size])
+    for image_id, problem in sorted(summary["failed"]):
+        print(f"skipped {image_id}: {problem}", file=sys.stderr)
     if ctx.distributed:
         torch.distributed.barrier()
+    if ctx.is_main:
+        print(f"[i] {label_dir}: {summary['written']} relation-label maps made, {summary['existing']} already "
+              f"present, {len(summary['failed'])} failed" + (" (rank 0's share)" if ctx.distributed else ""))
     return label_dir
 
 

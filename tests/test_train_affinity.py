@@ -177,3 +177,20 @@ def test_bad_arguments_are_refused(toy, capsys):
     assert args.tag == f"ResNet18@TOY@AffinityNet@labels={SEED_TAG}@r5@e1-b2-c64-s0-scratch"
     with pytest.raises(SystemExit, match="seed folder not found"):
         train_affinity.cli(train_affinity.main, train_argv(root, pred + "/elsewhere"))
+
+
+def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
+    root, pred = toy
+    other = str(tmp_path / "exp")
+    seeds = predictions_dir(other, SEED_TAG, "train_aug")
+    os.makedirs(seeds)
+    source = predictions_dir(pred, SEED_TAG, "train_aug")
+    names = sorted(os.listdir(source))
+    for name in names[1:]:
+        os.symlink(os.path.join(source, name), os.path.join(seeds, name))
+    with open(os.path.join(seeds, names[0]), "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(SystemExit, match=r"1 of 8 images have no relation-label map \(toy_000000\)"):
+        train_affinity.cli(train_affinity.main, train_argv(root, other))
+    result = train_affinity.main(train_argv(root, other, "--allow_missing", "true", "--batch_size", "7"))
+    assert result["iterations"] == 1  # 7 usable images, one batch of 7

@@ -68,17 +68,19 @@ def ir_label_one(image_id):
 
 
 def make_ir_labels(layout, seed_dir, out_dir, tag, palette, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD,
-                   crf=True, num_workers=1, progress=True):
-    """Write the missing label maps of layout.ids into `out_dir`.
+                   crf=True, num_workers=1, progress=True, ids=None):
+    """Write the missing label maps of `ids` (default: layout.ids) into `out_dir`.
 
     Returns dict(written, existing, failed=[(id, problem)]); nothing is raised for one image's
-    bad or missing seed file, the caller decides.
+    bad or missing seed file, the caller decides. Several processes may fill one folder with
+    disjoint `ids` (DDP ranks): every file is written atomically under its own name.
     """
-    remove_stale_temp_files(out_dir)
-    pending = [i for i in layout.ids if not os.path.isfile(os.path.join(out_dir, i + ".png"))]
+    ids = layout.ids if ids is None else list(ids)
+    remove_stale_temp_files(out_dir)  # only temporaries older than this process: not a live write
+    pending = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".png"))]
     job = dict(layout=layout, seed_dir=seed_dir, out_dir=out_dir, tag=tag, palette=palette, fg_th=fg_th,
                bg_th=bg_th, crf=crf, num_classes=layout.info.num_classes)
-    summary = {"written": 0, "existing": len(layout.ids) - len(pending), "failed": []}
+    summary = {"written": 0, "existing": len(ids) - len(pending), "failed": []}
     workers = min(max(1, num_workers), len(pending), os.cpu_count() or 1)
     if workers <= 1:
         _init_worker(job)
