@@ -194,3 +194,16 @@ def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
         train_affinity.cli(train_affinity.main, train_argv(root, other))
     result = train_affinity.main(train_argv(root, other, "--allow_missing", "true", "--batch_size", "7"))
     assert result["iterations"] == 1  # 7 usable images, one batch of 7
+
+
+def test_backbone_from_a_checkpoint_of_this_project(tmp_path):
+    """--pretrained PATH with an RS+EPM last.pth: the frozen backbone is its `model.*` part."""
+    from core.checkpoint import save_weights
+    from core.networks import RSEPM
+    rsepm = RSEPM("resnet18", num_classes=6)
+    save_weights(rsepm, str(tmp_path / "last.pth"))
+    net = train_affinity.build_affinity_net("resnet18", str(tmp_path / "last.pth"))
+    source = rsepm.model.state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in net.model.state_dict().items())
+    with pytest.raises(Exception, match="not a matching ResNet state_dict"):
+        train_affinity.build_affinity_net("resnet34", str(tmp_path / "last.pth"))
