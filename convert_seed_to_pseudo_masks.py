@@ -10,7 +10,8 @@ Masks already present are skipped, so an interrupted run can simply be started a
 is written atomically: a killed run leaves no half-written PNG behind). A seed file that is
 missing or unreadable, or that does not fit its image, is skipped and listed at the end, and
 the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
-compatibility and ignored.
+compatibility and ignored. `--mode rw --affinity_tag TAG` makes random-walk masks instead, into
+pseudo-labels/{tag}@rw/{domain}/ (tools/rw_convert.py; docs/method.md#random-walk).
 """
 import multiprocessing
 import os
@@ -18,12 +19,12 @@ import sys
 
 import tqdm
 
-from core.crf import seed_to_mask
+from core.crf import CRF_DEFAULTS, seed_to_mask
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
-from core.crf import CRF_DEFAULTS
 from core.io import claim_output_folder, load_seed, save_mask, settings_path
 from core.safety import remove_stale_temp_files, safe_output_path
+from tools import rw_convert
 from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, add_seed_limit_arg, cli, make_parser, str2bool)
 from tools.paths import output_dir, pseudo_labels_dir
@@ -43,7 +44,8 @@ def build_parser():
     parser.add_argument("--folder", default="predictions", type=str,
                         help="folder under --pred_dir that holds the seed files")
     parser.add_argument("--mode", default="crf", type=str,
-                        help="'crf' refines with the dense CRF; any other value takes the plain argmax "
+                        help="'crf' refines with the dense CRF; 'rw' runs the random walk of --affinity_tag "
+                             "into pseudo-labels/{tag}@rw/; any other value takes the plain argmax "
                              "with the constant --bg_th background")
     parser.add_argument("--bg_th", default=None, type=float,
                         help="constant background score for rsepm seeds (wins over --bg_gamma)")
@@ -54,6 +56,7 @@ def build_parser():
     add_image_limit_arg(parser)
     add_seed_limit_arg(parser)
     add_overwrite_arg(parser, "masks")
+    rw_convert.add_rw_args(parser)
     return parser
 
 
@@ -155,9 +158,14 @@ def main(argv=None):
 
 def run(argv):
     args = build_parser().parse_args(argv)
-    job, ids, num_existing = prepare(args)
+    if args.mode == "rw":  # the random walk: tools/rw_convert.py, same prepare/run_all interface
+        job, ids, num_existing = rw_convert.prepare(args)
+        results = rw_convert.run_all(job, ids, args.num_workers)
+    else:
+        job, ids, num_existing = prepare(args)
+        results = run_all(job, ids, args.num_workers)
     summary = {"written": 0, "skipped_existing": num_existing, "failed": [], "output_dir": job["mask_dir"]}
-    progress = tqdm.tqdm(run_all(job, ids, args.num_workers), total=len(ids), desc="seed -> mask",
+    progress = tqdm.tqdm(results, total=len(ids), desc="seed -> mask",
                          unit="img", dynamic_ncols=True)
     for image_id, problem in progress:
         if problem is None:
