@@ -17,10 +17,16 @@ Stages, each a command a user could type (printed with what it does before it ru
   5. train_seg.py on the pseudo masks -> infer_seg.py -> CRF -> evaluate   multi-stage result
 No pixel label reaches a training stage: the pretraining and RS+EPM read xml tags only, train_seg
 reads the CRF pseudo masks; ground-truth masks are read by evaluate.py alone.
-Determinism: every stage runs with OMP_NUM_THREADS=--threads (recorded in the summary) on CPU,
-with data order and augmentation functions of the seed, so the same command and seed give the same
-table on one machine. Use --threads 1 on a machine shared with other jobs: two threads per process
-on oversubscribed cores spin and run several times slower.
+Determinism: every stage runs in stage_environment(): OMP_NUM_THREADS = MKL_NUM_THREADS =
+--threads and PYTHONHASHSEED=0 (both recorded in the summary with the torch version). Data order,
+augmentation and DataLoader worker seeds are functions of --seed (tools/distributed.py), so the
+same command and seed give the same table on one machine (tests/test_toy_determinism.py trains
+twice and compares the weights byte for byte). torch.use_deterministic_algorithms is not set: on CPU it
+only changes accumulating index_put/put_ and the backward of list indexing (none on a stage's hot
+path); the CPU kernels used here are already run-to-run identical at a fixed thread count, which
+is why the count is fixed (another count changes the order of float additions and so the last digits). Use
+--threads 1 on a machine shared with other jobs: two threads per process on oversubscribed cores
+spin and run several times slower.
 A stage whose outputs exist is reused (every output is written atomically, so a file that
 exists is complete); training resumes from its checkpoint. The table of mIoU per stage is printed
 and saved as experiments/toy/summary.{json,md} (per seed: experiments/toy/seed{N}/summary.*,
@@ -71,13 +77,28 @@ def printable(command):
     return " ".join(f'"{c}"' if (" " in c or "@" in c or "+" in c) else c for c in command)
 
 
+def stage_environment(threads):
+    """The environment of every stage: os.environ with the settings the numbers depend on."""
+    # Same thread count -> same CPU reduction order -> the same numbers on one machine; a fixed
+    # hash seed keeps any iteration over a set of strings in one order.
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
+
+
+def environment_record(threads):
+    """What the summary records about the set-up the numbers were measured with."""
+    import platform
+
+    import torch
+    return {"threads": threads, "PYTHONHASHSEED": "0", "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
 class Runner:
     """Runs public commands with a fixed thread count, echoing each and timing each stage."""
 
     def __init__(self, log, threads):
         self.log, self.threads, self.times = log, threads, []
-        # Same thread count -> same CPU reduction order -> the same numbers on one machine.
-        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.env = stage_environment(threads)
 
     def run(self, command, what):
         text = printable(command)
