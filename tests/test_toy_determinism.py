@@ -76,3 +76,46 @@ def test_stage_environment_fixes_threads_and_hash_seed():
     env = stage_environment(threads=3)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
     assert env["PYTHONHASHSEED"] == "0"
+
+
+def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path, monkeypatch, capsys):
+    """toy_pipeline.main with the commands replaced by a recorder: the output's order and the record."""
+    from tools import toy_pipeline as tp
+    commands = []
+
+    def run(self, command, what):
+        commands.append((command[0], dict(self.env)))
+        print(f"== [{len(self.times) + 1}] {what}")
+        self.times.append({"stage": what, "seconds": 1.5})
+
+    def evaluation(self, common, pred_dir, folder, tag, domain, what):
+        self.run(["evaluate.py"], what)
+        return {"mIoU": 10.0 * len(self.times), "FP": 0.1, "FN": 0.2, "num_images": 3, "domain": domain,
+                "tag": tag, "threshold": None}
+
+    pretrained = tmp_path / "pretrained.pth"
+    pretrained.write_bytes(b"")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "old").write_text("x")
+    monkeypatch.setattr(tp.Runner, "run", run)
+    monkeypatch.setattr(tp.Runner, "evaluation", evaluation)
+    monkeypatch.setattr(tp, "PRETRAINED", str(pretrained))
+    monkeypatch.setattr(tp, "DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(tp, "PRED_ROOT", str(tmp_path / "exp") + os.sep)
+    monkeypatch.chdir(ROOT)
+    tp.main(["--fresh", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert not (tmp_path / "data" / "old").exists()  # --fresh removed the old dataset
+    assert pretrained.exists()                       # and kept the pretrained backbone
+    assert all(env["OMP_NUM_THREADS"] == "1" and env["PYTHONHASHSEED"] == "0" for _, env in commands)
+    names = [c for c, _ in commands]
+    assert names[:2] == ["tools/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
+    numbers = [int(line.split("]")[0][4:]) for line in out.splitlines() if line.startswith("== [")]
+    assert numbers == list(range(1, len(commands) + 1))
+    # The end: time per stage, then the table (five rows), then the notebook.
+    tail = out[out.index("Time per stage:"):]
+    assert tail.index("| stage |") < tail.index("demo.ipynb")
+    assert len([line for line in tail.splitlines() if line.startswith("| ") and not line.startswith("| stage |")]) == 5
+    record = tp.read_json(str(tmp_path / "exp" / "summary.json"))
+    assert record["environment"]["threads"] == 1 and record["environment"]["PYTHONHASHSEED"] == "0"
+    assert [s["mIoU"] for s in record["stages"]] == sorted(s["mIoU"] for s in record["stages"])

@@ -353,8 +353,10 @@ next to the ground truth the method never saw.
 """
 
 TRAIN_MASKS = r'''
-train_layout = SeedLayout(ROOT_DIR, "train_aug", info)
-train_ids = [i for i in train_layout.ids if stored_mask(RSEPM_TAG, "train_aug", i) is not None][:NUM_IMAGES]
+train_ids = []
+if os.path.isdir(pseudo_labels_dir(PRED_DIR, RSEPM_TAG, "train_aug")):  # else train_aug may not even exist
+    train_layout = SeedLayout(ROOT_DIR, "train_aug", info)
+    train_ids = [i for i in train_layout.ids if stored_mask(RSEPM_TAG, "train_aug", i) is not None][:NUM_IMAGES]
 if not train_ids:
     print(f"no CRF pseudo masks of train_aug in {pseudo_labels_dir(PRED_DIR, RSEPM_TAG, 'train_aug')} "
           "(convert_seed_to_pseudo_masks.py --domain train_aug writes them; the toy pipeline does)")

@@ -240,7 +240,7 @@ def seeds_summary(summaries):
     table += [f"| {s['stage']} | {s['num_images']} | {s['mean']:.2f} +- {s['std']:.2f} | "
               f"{s['min']:.2f}-{s['max']:.2f} |" for s in stages]
     return {"seeds": seeds, "stages": stages, "threads": summaries[0]["threads"],
-            "environment": summaries[0]["environment"]}, table
+            "environment": summaries[0].get("environment")}, table
 
 
 def main(argv=None):
