@@ -24,7 +24,7 @@ same command and seed give the same table on one machine (tests/test_toy_determi
 twice and compares the weights byte for byte). torch.use_deterministic_algorithms is not set: on CPU it
 only changes accumulating index_put/put_ and the backward of list indexing (none on a stage's hot
 path); the CPU kernels used here are already run-to-run identical at a fixed thread count, which
-is why the count is fixed (another count changes the order of float additions and so the last digits). Use
+is why the count is fixed (another count may change the order of float additions, so the last digits). Use
 --threads 1 on a machine shared with other jobs: two threads per process on oversubscribed cores
 spin and run several times slower.
 A stage whose outputs exist is reused (every output is written atomically, so a file that
