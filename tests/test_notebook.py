@@ -186,9 +186,9 @@ def test_notebook_text_states_the_pipeline_settings():
     scales = toy_pipeline.SCALES[toy_pipeline.SCALES.index("--scales") + 1]
     assert f"test-time scales `{scales}`" in intro
     assert toy_pipeline.PRETRAINED in intro
-    for flags, name in ((toy_pipeline.RSEPM_TRAIN, "RS+EPM"), (toy_pipeline.SEG_TRAIN, "DeepLabV3+")):
+    for flags, start in ((toy_pipeline.RSEPM_TRAIN, "RS+EPM:"), (toy_pipeline.SEG_TRAIN, "the retrained DeepLabV3+")):
         epochs, crop = flags[flags.index("--max_epoch") + 1], flags[flags.index("--crop_size") + 1]
-        line = next(line for line in intro.split("\n* ") if line.startswith(name) or line.startswith("the retrained " + name))
+        line = next(line for line in intro.split("\n* ") if line.startswith(start))
         assert f"{epochs} epochs" in line and f"{crop}-pixel crops" in line
 
 
