@@ -112,10 +112,10 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     assert names[:2] == ["tools/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
     numbers = [int(line.split("]")[0][4:]) for line in out.splitlines() if line.startswith("== [")]
     assert numbers == list(range(1, len(commands) + 1))
-    # The end: time per stage, then the table (five rows), then the notebook.
+    # The end: time per stage, then the table (six rows), then the notebook.
     tail = out[out.index("Time per stage:"):]
     assert tail.index("| stage |") < tail.index("demo.ipynb")
-    assert len([line for line in tail.splitlines() if line.startswith("| ") and not line.startswith("| stage |")]) == 5
+    assert len([line for line in tail.splitlines() if line.startswith("| ") and not line.startswith("| stage |")]) == 6
     record = tp.read_json(str(tmp_path / "exp" / "summary.json"))
     assert record["environment"]["threads"] == 1 and record["environment"]["PYTHONHASHSEED"] == "0"
     assert [s["mIoU"] for s in record["stages"]] == sorted(s["mIoU"] for s in record["stages"])
