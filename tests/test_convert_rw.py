@@ -133,3 +133,18 @@ def test_train_seg_takes_the_rw_masks(setup):
                              "--batch_size", "6", "--num_workers", "0", "--max_epoch", "1",
                              "--label_tag", TAG + "@rw", "--pred_dir", pred])
     assert result["iterations"] == 1 and os.path.isfile(result["weights"])
+
+
+def test_rw_masks_of_other_walk_settings_are_refused_unless_overwrite(setup, tmp_path):
+    root, pred, layout, _ = setup
+    other = str(tmp_path / "exp")
+    os.makedirs(os.path.dirname(predictions_dir(other, TAG, "train_aug")))
+    os.symlink(predictions_dir(pred, TAG, "train_aug"), predictions_dir(other, TAG, "train_aug"))
+    os.symlink(os.path.join(pred, "models"), os.path.join(other, "models"))
+    assert convert.main(argv(root, other, "--exp_times", "2", "--num_workers", "1"))["written"] == 6
+    # the same settings resume (nothing to do); other settings would mix two walks in one folder
+    assert convert.main(argv(root, other, "--exp_times", "2", "--num_workers", "1"))["written"] == 0
+    with pytest.raises(SystemExit, match="exp_times"):
+        convert.main(argv(root, other, "--exp_times", "3", "--num_workers", "1"))
+    summary = convert.main(argv(root, other, "--exp_times", "3", "--num_workers", "1", "--overwrite", "true"))
+    assert summary["written"] == 6

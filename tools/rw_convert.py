@@ -21,7 +21,7 @@ from core.affinity import AffinityNet
 from core.checkpoint import load_checkpoint
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
-from core.io import load_seed, read_json, save_mask
+from core.io import claim_output_folder, load_seed, read_json, save_mask, settings_path
 from core.randomwalk import DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, DEFAULT_RADIUS, random_walk_labels
 from core.relations import foreground_planes
 from core.resnet import ARCHITECTURES
@@ -74,7 +74,7 @@ def prepare(args):
         raise MissingFileError(f"{weights}: affinity weights not found (run train_affinity.py --tag "
                                f"{args.affinity_tag} first, or pass --affinity_weights)")
     info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single)
+    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
     seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
     if not os.path.isdir(seed_dir):
         raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
@@ -86,14 +86,32 @@ def prepare(args):
     if args.reverse:
         ids = ids[::-1]
     remove_stale_temp_files(mask_dir)
+    claim_rw_masks(args, seed_dir, mask_dir, weights)
     pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]
     device, _ = resolve_devices(args.gpus)
     job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, palette=info.palette,
                num_classes=info.num_classes, weights=weights, backbone=affinity_backbone(args),
                device=str(device), radius=args.rw_radius, beta=args.beta, exp_times=args.exp_times,
-               bg_score=args.sem_seg_bg_thres)
+               bg_score=args.sem_seg_bg_thres, max_seed_bytes=args.max_seed_bytes)
     load_network(job)  # a wrong weights file stops the run here, before any worker starts
     return job, pending, len(ids) - len(pending)
+
+
+def claim_rw_masks(args, seed_dir, mask_dir, weights):
+    """Record the walk's settings beside its masks and refuse to add to masks made otherwise (as the
+    CRF mode does: core.io.claim_output_folder; --overwrite true starts the folder afresh)."""
+    seed_record = settings_path(seed_dir)
+    stat = os.stat(weights)
+    settings = {"seed_dir": os.path.abspath(seed_dir),
+                "seed_settings": read_json(seed_record) if os.path.isfile(seed_record) else None,
+                "dataset": args.dataset, "mode": "rw", "affinity_weights": {"path": os.path.abspath(weights),
+                                                                            "size": stat.st_size},
+                "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
+                "bg_score": args.sem_seg_bg_thres}
+    os.makedirs(mask_dir, exist_ok=True)
+    deleted = claim_output_folder(mask_dir, settings, ".png", overwrite=args.overwrite, ignore=("path", "seed_dir"))
+    if deleted:
+        print(f"--overwrite: deleted {deleted} masks of {mask_dir}")
 
 
 def load_network(job):
@@ -118,7 +136,7 @@ def convert_one(image_id):
     if not os.path.isfile(seed_path):
         return image_id, f"{seed_path}: seed file not found"
     try:
-        planes, keys = foreground_planes(load_seed(seed_path, tag=job["tag"]))
+        planes, keys = foreground_planes(load_seed(seed_path, tag=job["tag"], max_bytes=job["max_seed_bytes"]))
         image = job["layout"].read_image(image_id)
         if planes.shape[1:] != image.shape[:2]:
             return image_id, (f"{seed_path}: seed size {planes.shape[2]}x{planes.shape[1]} differs from its "
