@@ -21,15 +21,8 @@ from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
 from tools import distributed, optim, trainer, training
-from tools.args import cli
+from tools.args import cli, int_list
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
-
-
-def int_list(text):
-    try:
-        return tuple(int(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def feature_list(text):
