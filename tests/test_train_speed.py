@@ -170,3 +170,37 @@ def test_channels_last_rsepm_step_matches():
     assert {"rec", "seg", "rec_mix", "seg_mix"} <= set(plain) and set(plain) == set(last)
     for name in plain:
         torch.testing.assert_close(last[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+# --- data loading ------------------------------------------------------------------------------
+class EpochEcho(torch.utils.data.Dataset):
+    """Returns (worker pid, the epoch it was told, index)."""
+
+    def __init__(self, size):
+        self.size, self.epoch = size, 0
+
+    def __len__(self):
+        return self.size
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __getitem__(self, index):
+        return torch.tensor([os.getpid(), self.epoch, index])
+
+
+def test_loader_workers_persist_and_see_each_epoch():
+    from tools import distributed
+
+    loader = distributed.build_loader(EpochEcho(6), distributed.DistContext(), batch_size=2, num_workers=1, seed=3)
+    assert loader.persistent_workers and not loader.pin_memory  # pinning only on CUDA
+    seen = {}
+    for epoch in (0, 1, 2):
+        distributed.set_loader_epoch(loader, epoch, skip_batches=1 if epoch == 2 else 0)
+        rows = torch.cat(list(loader))
+        seen[epoch] = rows
+        assert rows[:, 1].tolist() == [epoch] * len(rows)  # the worker augmented with this epoch
+        expected = loader.sampler.shard()[2 if epoch == 2 else 0:].tolist()
+        assert rows[:, 2].tolist() == expected
+    assert len({int(p) for rows in seen.values() for p in rows[:, 0]}) == 1  # one worker process throughout
+    assert int(seen[0][0, 0]) != os.getpid()
