@@ -10,7 +10,8 @@ Masks already present are skipped, so an interrupted run can simply be started a
 is written atomically: a killed run leaves no half-written PNG behind). A seed file that is
 missing or unreadable, or that does not fit its image, is skipped and listed at the end, and
 the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
-compatibility and ignored.
+compatibility and ignored. `--mode rw --affinity_tag TAG` makes random-walk masks instead, into
+pseudo-labels/{tag}@rw/{domain}/ (tools/rw_convert.py; docs/method.md#random-walk).
 """
 import multiprocessing
 import os
@@ -18,12 +19,14 @@ import sys
 
 import tqdm
 
-from core.crf import seed_to_mask
+from core.crf import CRF_DEFAULTS, seed_to_mask
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
-from core.io import load_seed, save_mask
+from core.io import claim_output_folder, load_seed, save_mask, settings_path
 from core.safety import remove_stale_temp_files, safe_output_path
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, cli, make_parser, str2bool
+from tools import rw_convert
+from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
+                        add_overwrite_arg, add_seed_limit_arg, cli, make_parser, str2bool)
 from tools.paths import output_dir, pseudo_labels_dir
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
@@ -41,7 +44,8 @@ def build_parser():
     parser.add_argument("--folder", default="predictions", type=str,
                         help="folder under --pred_dir that holds the seed files")
     parser.add_argument("--mode", default="crf", type=str,
-                        help="'crf' refines with the dense CRF; any other value takes the plain argmax "
+                        help="'crf' refines with the dense CRF; 'rw' runs the random walk of --affinity_tag "
+                             "into pseudo-labels/{tag}@rw/; any other value takes the plain argmax "
                              "with the constant --bg_th background")
     parser.add_argument("--bg_th", default=None, type=float,
                         help="constant background score for rsepm seeds (wins over --bg_gamma)")
@@ -49,6 +53,10 @@ def build_parser():
                         help="rsepm background score (1 - max_c seed_c) ** bg_gamma, when --bg_th is not given")
     parser.add_argument("--reverse", default=False, type=str2bool,
                         help="process the images in reverse order (to run a second job from the other end)")
+    add_image_limit_arg(parser)
+    add_seed_limit_arg(parser)
+    add_overwrite_arg(parser, "masks")
+    rw_convert.add_rw_args(parser)
     return parser
 
 
@@ -60,7 +68,7 @@ def prepare(args):
     problems that concern the whole run.
     """
     info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single)
+    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
     seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
     if not os.path.isdir(seed_dir):
         raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
@@ -76,10 +84,30 @@ def prepare(args):
     if args.reverse:
         ids = ids[::-1]
     remove_stale_temp_files(mask_dir)  # what killed runs left half-written
+    claim_masks(args, seed_dir, mask_dir)
     pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]
     job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, mode=args.mode,
+               max_seed_bytes=args.max_seed_bytes,
                bg_th=args.bg_th, bg_gamma=args.bg_gamma, palette=info.palette, num_classes=info.num_classes)
     return job, pending, len(ids) - len(pending)
+
+
+def claim_masks(args, seed_dir, mask_dir):
+    """Record what shapes the masks beside their folder (pseudo-labels/{tag}/{domain}.settings.json)
+    and refuse to add to masks made with other settings (core.io.claim_output_folder): the
+    seed folder and its own settings record, the background and CRF settings."""
+    seed_record = settings_path(seed_dir)
+    seeds = None
+    if os.path.isfile(seed_record):
+        from core.io import read_json
+        seeds = read_json(seed_record)
+    settings = {"seed_dir": os.path.abspath(seed_dir), "seed_settings": seeds, "dataset": args.dataset,
+                "mode": args.mode, "bg_th": args.bg_th, "bg_gamma": None if args.bg_th is not None else args.bg_gamma,
+                "crf": CRF_DEFAULTS if args.mode == "crf" else None}
+    os.makedirs(mask_dir, exist_ok=True)
+    deleted = claim_output_folder(mask_dir, settings, ".png", overwrite=args.overwrite, ignore=("path", "seed_dir"))
+    if deleted:
+        print(f"--overwrite: deleted {deleted} masks of {mask_dir}")
 
 
 def _init_worker(job):
@@ -98,7 +126,7 @@ def convert_one(image_id):
     if not os.path.isfile(seed_path):
         return image_id, f"{seed_path}: seed file not found"
     try:
-        seed = load_seed(seed_path, tag=job["tag"])
+        seed = load_seed(seed_path, tag=job["tag"], max_bytes=job.get("max_seed_bytes"))
         image = job["layout"].read_image(image_id)
         mask = seed_to_mask(seed, image, mode=job["mode"], bg_th=job["bg_th"], bg_gamma=job["bg_gamma"],
                             num_classes=job["num_classes"], source=seed_path)
@@ -130,9 +158,14 @@ def main(argv=None):
 
 def run(argv):
     args = build_parser().parse_args(argv)
-    job, ids, num_existing = prepare(args)
+    if args.mode == "rw":  # the random walk: tools/rw_convert.py, same prepare/run_all interface
+        job, ids, num_existing = rw_convert.prepare(args)
+        results = rw_convert.run_all(job, ids, args.num_workers)
+    else:
+        job, ids, num_existing = prepare(args)
+        results = run_all(job, ids, args.num_workers)
     summary = {"written": 0, "skipped_existing": num_existing, "failed": [], "output_dir": job["mask_dir"]}
-    progress = tqdm.tqdm(run_all(job, ids, args.num_workers), total=len(ids), desc="seed -> mask",
+    progress = tqdm.tqdm(results, total=len(ids), desc="seed -> mask",
                          unit="img", dynamic_ncols=True)
     for image_id, problem in progress:
         if problem is None:

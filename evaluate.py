@@ -25,7 +25,7 @@ from core.datasets import SeedLayout, load_dataset_info
 from core.errors import ProjectError
 from core.io import load_seed, read_mask, write_json
 from tools import metrics
-from tools.args import add_dataset_args, add_experiment_args, cli, make_parser, str2bool
+from tools.args import add_dataset_args, add_experiment_args, add_seed_limit_arg, cli, make_parser, str2bool
 from tools.paths import evaluation_path, output_dir
 
 MASK_MODE, SEED_MODE = "mask", "seed"
@@ -50,6 +50,7 @@ def get_parser():
                         help="evaluate only the images with exactly one image-level tag")
     parser.add_argument("--num_workers", default=16, type=int,
                         help="worker processes (capped at the CPU count); 0 or 1 = in this process")
+    add_seed_limit_arg(parser)
     # Accepted so the original commands run unchanged; they change nothing here.
     parser.add_argument("--gpus", default="0", type=str, help="ignored: evaluation runs on the CPU")
     parser.add_argument("--parallel", default=False, type=str2bool,
@@ -63,7 +64,8 @@ def get_parser():
 class Job:
     """Everything a worker needs to score one image; pickled once per worker process."""
 
-    def __init__(self, layout, pred_dir, mode, tag, thresholds, tag_rule):
+    def __init__(self, layout, pred_dir, mode, tag, thresholds, tag_rule, max_seed_bytes=None):
+        self.max_seed_bytes = max_seed_bytes
         self.layout = layout
         self.pred_dir = pred_dir
         self.mode = mode
@@ -87,7 +89,7 @@ class Job:
             pred, dialect = read_mask(path), None
             size = pred.shape
         else:
-            seed = load_seed(path, tag=self.tag)
+            seed = load_seed(path, tag=self.tag, max_bytes=self.max_seed_bytes)
             dialect, size = seed["dialect"], seed["seed"].shape[1:]
         if tuple(size) != tuple(gt.shape):
             raise EvaluationError(f"{path}: prediction size {size[1]}x{size[0]} differs from the ground "
@@ -103,16 +105,21 @@ class Job:
             raise EvaluationError(f"{path} against {self.layout.mask_path(image_id)}: {e}") from None
 
     def score_chunk(self, image_ids):
-        """Summed matrices (R, C+1, C+1) of several images, the number of images, and a count
-        of seed dialects seen."""
+        """Summed matrices (R, C+1, C+1) of several images, the number of images, a count
+        of seed dialects seen, and the problems of the images skipped (one message each: a bad
+        file is counted and listed, the others are still scored)."""
         meter = metrics.ConfusionMeter(self.num_classes, self.rows())
-        dialects = {}
+        dialects, failed = {}, []
         for image_id in image_ids:
-            confusion, dialect = self.score_image(image_id)
+            try:
+                confusion, dialect = self.score_image(image_id)
+            except ProjectError as e:
+                failed.append(str(e))
+                continue
             meter.add(confusion)
             if dialect:
                 dialects[dialect] = dialects.get(dialect, 0) + 1
-        return meter.matrix, len(image_ids), dialects
+        return meter.matrix, len(image_ids), dialects, failed
 
 
 _JOB = None
@@ -139,13 +146,13 @@ def chunked(items, size):
 
 
 def accumulate(job, image_ids, num_workers):
-    """Score every image; returns (ConfusionMeter, dialect counts). Workers get chunks of ids and
-    send back one summed matrix per chunk."""
+    """Score every image; returns (ConfusionMeter, dialect counts, problems of skipped images).
+    Workers get chunks of ids and send back one summed matrix per chunk."""
     workers = max(1, min(num_workers, available_cpus(), len(image_ids)))
     size = max(1, min(MAX_CHUNK, math.ceil(len(image_ids) / (workers * 8))))
     chunks = chunked(image_ids, size)
     meter = metrics.ConfusionMeter(job.num_classes, job.rows())
-    dialects = {}
+    dialects, failed = {}, []
     with tqdm.tqdm(total=len(image_ids), desc="evaluate", unit="image", dynamic_ncols=True) as bar:
         if workers == 1:
             results = (job.score_chunk(chunk) for chunk in chunks)
@@ -154,8 +161,9 @@ def accumulate(job, image_ids, num_workers):
             pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job,))
             results = pool.imap_unordered(_score_chunk, chunks)
         try:
-            for matrix, count, seen in results:
+            for matrix, count, seen, problems in results:
                 meter.add(matrix)
+                failed.extend(problems)
                 for name, n in seen.items():
                     dialects[name] = dialects.get(name, 0) + n
                 bar.update(count)
@@ -163,7 +171,7 @@ def accumulate(job, image_ids, num_workers):
             if pool is not None:
                 pool.terminate()
                 pool.join()
-    return meter, dialects
+    return meter, dialects, failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +258,7 @@ def build_job(args):
                         require_xml=tag_rule or args.single)
     if not os.path.isdir(pred_dir):
         raise EvaluationError(f"{pred_dir}: prediction folder not found")
-    return Job(layout, pred_dir, mode, args.tag, thresholds, tag_rule)
+    return Job(layout, pred_dir, mode, args.tag, thresholds, tag_rule, args.max_seed_bytes)
 
 
 def main(argv=None):
@@ -266,7 +274,11 @@ def run(argv):
     if not image_ids:
         raise EvaluationError(f"{job.layout.split_dir}: no images to evaluate")
     check_predictions_exist(job, image_ids)
-    meter, dialects = accumulate(job, image_ids, args.num_workers)
+    meter, dialects, failed = accumulate(job, image_ids, args.num_workers)
+    if failed:
+        # a score over the other images would look like a result of the whole split: none is written
+        raise SystemExit(f"error: {len(failed)} of {len(image_ids)} image(s) could not be evaluated (no result "
+                         "written):\n  " + "\n  ".join(sorted(failed)))
     result = summarise(meter, dialects, job, args, len(image_ids), command)
     print(format_report(result))
     if len(dialects) > 1:

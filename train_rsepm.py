@@ -8,6 +8,7 @@ Writes experiments/models/{tag}/last.pth (released-weights format, so `infer_rse
 reads it), config.json (every setting), resume.pth (for --resume) and logs/ (TensorBoard, JSONL).
 """
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, UsageError
 from core.inference import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
-from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining
+from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
 from tools import distributed, optim, trainer, training
@@ -31,31 +32,33 @@ def int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def feature_list(text):
+    names = tuple(v.strip().upper() for v in str(text).split(",") if v.strip())
+    if not names or any(name not in FEATURE_NAMES for name in names):
+        raise argparse.ArgumentTypeError(f"expected a comma list of {','.join(FEATURE_NAMES)}, got {text!r}")
+    return names
+
+
+def add_method_args(parser):
+    """One flag per RSEPMConfig field, with the field's default, help and source (the config is
+    the single definition of each default; docs/method.md#sources)."""
+    method = parser.add_argument_group("RS+EPM method (docs/method.md; [source: ...] says where each default "
+                                       "comes from)")
+    for field in dataclasses.fields(RSEPMConfig):
+        meta, default = field.metadata, field.default
+        kind = meta.get("kind")
+        if kind:  # a comma-list string default: argparse passes it through `type` like a typed value
+            parse, default = {"int_list": int_list, "feature_list": feature_list}[kind], ",".join(map(str, default))
+        else:
+            parse = type(default)
+        method.add_argument(f"--{field.name}", default=default, type=parse, choices=meta.get("choices"),
+                            help=f"{meta['help']} [source: {meta['source']}]")
+
+
 def parse_args(argv=None):
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
     training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
-    method = parser.add_argument_group("RS+EPM (docs/method.md#training-iteration; [inferred] values as defaults)")
-    method.add_argument("--rs_start", default=5, type=int, help="first epoch of RecurSeed")
-    method.add_argument("--mix_start", default=15, type=int, help="first epoch of the mix")
-    method.add_argument("--mix", default="epm", choices=("epm", "certainmix", "none"))
-    method.add_argument("--w_cam", default=1.0, type=float, help="weight of L_rec")
-    method.add_argument("--w_seg", default=1.0, type=float, help="weight of L_seg")
-    method.add_argument("--w_cam_mix", default=1.0, type=float, help="weight of L_rec on mixed images")
-    method.add_argument("--w_seg_mix", default=1.0, type=float, help="weight of L_seg on mixed images")
-    method.add_argument("--w_cls_mix", default=0.0, type=float, help="weight of L_cls on mixed images (v1)")
-    method.add_argument("--scg_fg_th", default=0.50, type=float, help="SCG first-order threshold")
-    method.add_argument("--scg_so_th", default=0.10, type=float, help="SCG second-order threshold (/N)")
-    method.add_argument("--scg_fg_point", default=0.30, type=float, help="CAM value of SCG foreground points")
-    method.add_argument("--scg_bg_point", default=0.05, type=float, help="CAM value of SCG background points")
-    method.add_argument("--pamr_iterations", default=10, type=int, help="[inferred]")
-    method.add_argument("--pamr_dilations", default=(1, 2, 4, 8, 12, 24), type=int_list, help="[inferred]")
-    method.add_argument("--cf_fg_th", default=0.55, type=float, help="certain filter c")
-    method.add_argument("--cf_bg_th", default=0.10, type=float, help="certain filter u")
-    method.add_argument("--ep_delta", default=0.3, type=float, help="[inferred] edge predict jump")
-    method.add_argument("--ep_conf", default=0.55, type=float, help="[inferred] edge predict confidence")
-    method.add_argument("--teacher", default="online", choices=("online", "ema"),
-                        help="network that generates the targets")
-    method.add_argument("--ema_decay", default=0.999, type=float)
+    add_method_args(parser)
     training.add_validation_args(parser, "seed mIoU, information only")
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -64,16 +67,19 @@ def parse_args(argv=None):
 
 
 def check_args(parser, args):
-    """Refuse settings that cannot run before any work is done."""
+    """Refuse settings that cannot run before any work is done. Starts count from 1 (epochs
+    1..max_epoch); --rs_start above --max_epoch with --mix none is the CAM-only baseline."""
     training.check_training_args(parser, args)
-    # epochs are 0 .. max_epoch - 1, so a start at max_epoch would never run either
-    # rs_start == max_epoch with --mix none is the CAM-only baseline (classification loss alone).
-    if args.rs_start > args.max_epoch or (args.rs_start == args.max_epoch and args.mix != "none"):
-        parser.error(f"--rs_start {args.rs_start} is not below --max_epoch {args.max_epoch} (epochs are "
-                     f"0..{args.max_epoch - 1}): RecurSeed would never run")
-    if args.mix != "none" and args.mix_start >= args.max_epoch:
-        parser.error(f"--mix_start {args.mix_start} is not below --max_epoch {args.max_epoch} (epochs are "
-                     f"0..{args.max_epoch - 1}): the mix would never run; use --mix none")
+    epochs = f"epochs are counted 1..{args.max_epoch}"
+    if args.rs_start < 1 or args.mix_start < 1:
+        parser.error(f"--rs_start {args.rs_start} / --mix_start {args.mix_start}: {epochs}, so a start "
+                     f"is at least 1")
+    if args.rs_start > args.max_epoch and args.mix != "none":
+        parser.error(f"--rs_start {args.rs_start} is after --max_epoch {args.max_epoch} ({epochs}): "
+                     f"RecurSeed would never run; for the CAM-only baseline add --mix none")
+    if args.mix != "none" and args.mix_start > args.max_epoch:
+        parser.error(f"--mix_start {args.mix_start} is after --max_epoch {args.max_epoch} ({epochs}): "
+                     f"the mix would never run; use --mix none")
     if args.mix != "none" and args.mix_start < args.rs_start:
         parser.error(f"--mix_start {args.mix_start} is before --rs_start {args.rs_start}: the mix needs RS targets")
     if args.mix != "none" and args.batch_size < 2:
@@ -91,28 +97,27 @@ def check_mix_share(args, ctx):
 
 
 def derive_tag(args):
-    """A name that states the experiment (mmsegmentation style), e.g.
-    ResNet50@VOC@RS(ep=5,cam=1.0,seg=1.0)+CF(c=0.55,u=0.1)+EPM(ep=15,cam=1.0,seg=1.0)@e30-b16-c512-s0"""
+    """A name that states the experiment in the authors' tag style, e.g.
+    ResNet50@VOC@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+EPM(ep=15, cls=1.0, cam=1.0, seg=1.0)@e30-b16-c512-s0
+    (CM for --mix certainmix); settings the authors' tag does not show (SCG features and grid,
+    the EMA teacher) are appended only when they differ from the defaults."""
     name, schedule = training.tag_network(args), training.tag_schedule(args)
-    if args.rs_start >= args.max_epoch:
+    if args.rs_start > args.max_epoch:
         return f"{name}@{args.dataset}@CAM@{schedule}"
-    parts = f"RS(ep={args.rs_start},cam={args.w_cam},seg={args.w_seg})+CF(c={args.cf_fg_th},u={args.cf_bg_th})"
+    parts = (f"RS(ep={args.rs_start}, cam={args.w_cam}, seg={args.w_seg})"
+             f"+CF(c={args.cf_fg_th:.2f}, u={args.cf_bg_th:.2f})")
     if args.mix != "none":
-        cls = f"cls={args.w_cls_mix}," if args.w_cls_mix else ""
         mix = {"epm": "EPM", "certainmix": "CM"}[args.mix]
-        parts += f"+{mix}(ep={args.mix_start},{cls}cam={args.w_cam_mix},seg={args.w_seg_mix})"
+        parts += f"+{mix}(ep={args.mix_start}, cls={args.w_cls_mix}, cam={args.w_cam_mix}, seg={args.w_seg_mix})"
+    parts += training.tag_scg(args, RSEPMConfig())
     if args.teacher == "ema":
         parts += f"+EMA({args.ema_decay})"
     return f"{name}@{args.dataset}@{parts}@{schedule}"
 
 
 def method_config(args):
-    return RSEPMConfig(
-        scg_fg_th=args.scg_fg_th, scg_so_th=args.scg_so_th, scg_fg_point=args.scg_fg_point,
-        scg_bg_point=args.scg_bg_point, pamr_iterations=args.pamr_iterations,
-        pamr_dilations=tuple(args.pamr_dilations), cf_fg_th=args.cf_fg_th, cf_bg_th=args.cf_bg_th,
-        mix=args.mix, ep_delta=args.ep_delta, ep_conf=args.ep_conf, w_cam=args.w_cam, w_seg=args.w_seg,
-        w_cam_mix=args.w_cam_mix, w_seg_mix=args.w_seg_mix, w_cls_mix=args.w_cls_mix)
+    """The RSEPMConfig of the parsed flags (one flag per field)."""
+    return RSEPMConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(RSEPMConfig)})
 
 
 @torch.no_grad()
@@ -148,20 +153,21 @@ def main(argv=None):
     network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
     layout_format = training.memory_format(args, ctx.device)  # channels-last on CUDA (--channels_last)
     network = network.to(memory_format=layout_format)  # before the EMA copy, so the teacher matches
+    config = method_config(args)
     ema = optim.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
-    step_module = RSEPMTraining(network, method_config(args), teacher=ema.module if ema else None)
+    step_module = RSEPMTraining(network, config, teacher=ema.module if ema else None)
     model = distributed.wrap_model(step_module, ctx, sync_bn=args.sync_bn)
     network = step_module.network  # the same module, moved to the device
     optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
-    weights = method_config(args).weights()
+    weights = config.weights()
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
-                             method=vars(method_config(args)), loss_weights=weights, train_images=len(dataset),
+                             method=dataclasses.asdict(config), loss_weights=weights, train_images=len(dataset),
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(f"[i] {dataset.summary()}")
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
 
         for epoch in run.epochs():
-            use_rs, use_mix = epoch >= args.rs_start, args.mix != "none" and epoch >= args.mix_start
+            use_rs, use_mix = config.active_terms(epoch)  # epoch is 0-based, the starts 1-based
             model.train()
             for batch in loader:
                 images = batch["image"].to(ctx.device, non_blocking=True, memory_format=layout_format)
@@ -176,7 +182,8 @@ def main(argv=None):
                 run.step(sum(weights[k] * v for k, v in losses.items()))
                 total = sum(weights[k] * v for k, v in values.items())
                 stats = {k: v.detach() for k, v in out.items() if k not in LOSS_TERMS}  # no host sync
-                run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total)
+                run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total,
+                           skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
                 miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
                 run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})

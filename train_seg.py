@@ -111,7 +111,7 @@ def main(argv=None):
                 values = optim.check_finite(losses, run.iteration, ctx, sync=False)  # checked in record()
                 run.step(losses["seg"])
                 run.record(epoch, {**values, "ignored": (masks == IGNORE_INDEX).float().mean()},
-                           images=images.shape[0], progress_loss=values["seg"])
+                           images=images.shape[0], progress_loss=values["seg"], skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
                 run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
                                                                            info.num_classes)})

@@ -6,6 +6,7 @@ under `model` or `state_dict`. Loading is strict by default and a mismatch names
 unexpected and mis-shaped key, so a researcher sees at once which file does not fit which model.
 """
 import collections
+import re
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from core.io import atomic_output
 
 WRAPPER_KEYS = ("model", "state_dict")
 PREFIX = "module."
-MAX_LISTED = 10
+MAX_LISTED = 3  # keys shown of each kind: the counts come first, a dump helps nobody
 
 
 def unwrap(model):
@@ -64,11 +65,29 @@ def _listed(keys):
     return shown + (f", ... ({len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
 
 
+_RESNETS = {((2, 2, 2, 2), False): "ResNet-18", ((3, 4, 6, 3), False): "ResNet-34",
+            ((3, 4, 6, 3), True): "ResNet-50", ((3, 4, 23, 3), True): "ResNet-101",
+            ((3, 8, 36, 3), True): "ResNet-152"}
+
+
+def guess_resnet(keys):
+    """'ResNet-50' etc. from the block counts of a state_dict's layer1..layer4 keys, else None."""
+    blocks, bottleneck = {}, False
+    for key in keys:
+        match = re.search(r"(?:^|\.)layer([1-4])\.(\d+)\.(conv3)?", key)
+        if match:
+            layer = int(match.group(1))
+            blocks[layer] = max(blocks.get(layer, 0), int(match.group(2)) + 1)
+            bottleneck = bottleneck or match.group(3) is not None
+    return _RESNETS.get((tuple(blocks.get(i, 0) for i in range(1, 5)), bottleneck))
+
+
 def describe_mismatch(expected, given, strict=True):
     """Compare two state_dicts by key and shape; '' when they fit, else a readable summary.
 
     expected: the model's state_dict; given: the file's. With strict=False only mis-shaped
-    keys count (missing and unexpected keys are allowed).
+    keys count (missing and unexpected keys are allowed). The summary starts with the counts
+    and, when the two are different ResNets, both names; then at most MAX_LISTED keys of each kind.
     """
     missing = [k for k in expected if k not in given] if strict else []
     unexpected = [k for k in given if k not in expected] if strict else []
@@ -76,14 +95,19 @@ def describe_mismatch(expected, given, strict=True):
                  for k in expected if k in given and given[k].shape != expected[k].shape]
     if not (missing or unexpected or misshaped):
         return ""
-    parts = [f"the file has {len(given)} keys, the model expects {len(expected)}"]
+    counts = [f"{len(missing)} missing" if missing else "", f"{len(unexpected)} unexpected" if unexpected else "",
+              f"{len(misshaped)} mis-shaped" if misshaped else ""]
+    summary = ", ".join(c for c in counts if c) + " key(s)"
+    file_net, model_net = guess_resnet(given), guess_resnet(expected)
+    if file_net and model_net and file_net != model_net:
+        summary += f" (is it a {file_net} checkpoint for a {model_net} model? check --backbone)"
+    parts = [summary, f"the file has {len(given)} keys, the model expects {len(expected)}"]
     if missing:
-        parts.append(f"{len(missing)} missing key(s) (in the model, not in the file): {_listed(missing)}")
+        parts.append(f"missing (in the model, not in the file): {_listed(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s) (in the file, not in the model): "
-                     f"{_listed(unexpected)}")
+        parts.append(f"unexpected (in the file, not in the model): {_listed(unexpected)}")
     if misshaped:
-        parts.append(f"{len(misshaped)} mis-shaped key(s): {_listed(misshaped)}")
+        parts.append(f"mis-shaped: {_listed(misshaped)}")
     return "; ".join(parts)
 
 
@@ -106,5 +130,39 @@ def save_weights(model, path):
     """Write the model's weights as a plain flat CPU state_dict (no `module.` prefix), atomically."""
     state = collections.OrderedDict(
         (k, v.detach().cpu()) for k, v in unwrap(model).state_dict().items())
+    save_atomically(state, path)
+
+
+def save_atomically(obj, path):
+    """torch.save(obj) to `path` atomically; a failed write (disk full, read-only folder,
+    permission) raises OutputError naming the path and the cause.
+
+    torch.save reports an OSError of the file's write() as a RuntimeError ("unexpected pos" /
+    "PytorchStreamWriter failed writing file"), so the first OSError is kept and raised in its
+    place, where atomic_output turns it into the OutputError (and removes the temporary file).
+    """
     with atomic_output(path, "wb") as f:
-        torch.save(state, f)
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(obj, writer)
+        except Exception:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _RecordingWriter:
+    """A binary file wrapper that remembers the first OSError of write()."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        return self.f.flush()

@@ -5,6 +5,7 @@
 Class names, colours and counts come from data/{dataset}.json. Every reading error raises
 DatasetError with the offending file in the message.
 """
+import math
 import os
 import xml.etree.ElementTree as ET
 
@@ -56,16 +57,30 @@ def load_dataset_info(name):
     return DatasetInfo(name)
 
 
-def read_image(path):
-    """RGB uint8 array (H, W, 3). Missing, truncated, undecodable or not 8-bit files raise DatasetError."""
+def image_size_problem(size, max_pixels):
+    """None when a (width, height) header fits `max_pixels` (None: no limit), else the reason."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        return (f"image header claims {width}x{height} = {width * height:,} pixels, more than the limit "
+                f"of {max_pixels:,} (--max_image_pixels); skipped before decoding")
+    return None
+
+
+def read_image(path, max_pixels=None):
+    """RGB uint8 array (H, W, 3). Missing, truncated, undecodable or not 8-bit files, and files
+    whose header claims more than `max_pixels` pixels (checked before decoding), raise DatasetError."""
     try:
         with Image.open(path) as image:
             if image_mode_problem(image.mode):  # e.g. a 16-bit PNG under a .jpg name: RGB would clip it to white
                 raise DatasetError(f"{path}: {image_mode_problem(image.mode)}")
+            if image_size_problem(image.size, max_pixels):
+                raise DatasetError(f"{path}: {image_size_problem(image.size, max_pixels)}")
             image.load()
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL's own limit on the header size
+        raise DatasetError(f"{path}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: corrupt or truncated image ({e})") from None
 
@@ -115,9 +130,14 @@ def _xml_number(node, key, path):
     if text is None or not text.strip():
         return None
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
         raise DatasetError(f"{path}: <{key}> is not a number ({text!r})") from None
+    # inf, nan and 1e400 (which float() reads as inf) would stop the run in int() with a message
+    # naming no file; coordinates beyond 1e9 pixels are as broken
+    if not math.isfinite(value) or abs(value) > 1e9:
+        raise DatasetError(f"{path}: <{key}> is not a finite pixel coordinate ({text.strip()!r})")
+    return int(value)
 
 
 class SeedLayout:
@@ -128,10 +148,12 @@ class SeedLayout:
         domain: train, train_aug, validation or test.
         info: DatasetInfo.
         require_masks / require_xml: raise at construction if the folder is missing.
+        max_pixels: images whose header claims more pixels are refused by read_image (None: no limit).
     Attributes: ids (sorted image ids), has_masks, has_xml.
     """
 
-    def __init__(self, root_dir, domain, info, require_masks=False, require_xml=False):
+    def __init__(self, root_dir, domain, info, require_masks=False, require_xml=False, max_pixels=None):
+        self.max_pixels = max_pixels  # read_image's limit on the header size (None: no limit)
         self.root = os.path.normpath(os.path.expanduser(root_dir))
         self.domain = domain
         self.info = info
@@ -167,7 +189,7 @@ class SeedLayout:
         return os.path.join(self.split_dir, "xml", image_id + ".xml")
 
     def read_image(self, image_id):
-        return read_image(self.image_path(image_id))
+        return read_image(self.image_path(image_id), self.max_pixels)
 
     def read_mask(self, image_id, size=None):
         """uint8 (H, W) class indices, 255 = ignore. `size` = (H, W) of the image to check against."""

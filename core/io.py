@@ -5,6 +5,7 @@ leaves either the complete file or no file at all, and skip-if-exists resumption
 (docs/formats.md#fixed-defects: the original left truncated files that later counted as done).
 """
 import contextlib
+import errno
 import io
 import json
 import os
@@ -18,6 +19,28 @@ from core.errors import FormatError, MissingFileError, OutputError, ProjectError
 from core.safety import TEMP_SUFFIX, temp_prefix
 
 SEED_DIALECTS = ("rsepm", "seg")
+# Largest decoded seed accepted by load_seed (--max_seed_bytes): a VOC seed is ~20 MB, a COCO one
+# ~130 MB; a small pickle that repeats one array can otherwise expand to gigabytes.
+DEFAULT_MAX_SEED_BYTES = 1 << 30
+# errno -> the cause in words, for one-line messages about writes that failed
+OS_ERROR_CAUSES = {errno.ENOSPC: "disk full (no space left on device)",
+                   errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system",
+                   errno.EACCES: "permission denied",
+                   errno.EPERM: "permission denied (operation not permitted)",
+                   errno.ENOTDIR: "a parent of the path is a file, not a folder",
+                   errno.EISDIR: "the path is a folder",
+                   errno.EIO: "input/output error of the device"}
+
+
+def describe_os_error(error, path=None):
+    """One line `path: cannot write (cause)` for an OSError of a write; the cause in words when
+    the errno is a known one (disk full, read-only, permission), else the system's text."""
+    path = path or getattr(error, "filename", None) or "output"
+    cause = OS_ERROR_CAUSES.get(error.errno) or error.strerror or str(error)
+    return f"{path}: cannot write ({cause})"
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates files 0600, outputs get the usual 0666 & ~umask
 IGNORE_INDEX = 255  # label of pixels no loss and no metric counts (object borders, crowds, crop padding)
@@ -33,9 +56,12 @@ def atomic_output(path, mode="wb"):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # one name pattern for every temporary, so core.safety.remove_stale_temp_files finds those of killed runs
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    try:  # a read-only or full disk, a file where a folder should be: one line naming the path
+        os.makedirs(directory, exist_ok=True)
+        # one name pattern for every temporary, so core.safety.remove_stale_temp_files finds those of killed runs
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, path)) from e
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
@@ -47,7 +73,7 @@ def atomic_output(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         if isinstance(e, OSError) and not isinstance(e, ProjectError):
-            raise OutputError(f"{path}: cannot write ({e})") from e
+            raise OutputError(describe_os_error(e, path)) from e
         raise
 
 
@@ -99,9 +125,15 @@ class _SafeUnpickler(pickle.Unpickler):
                                      "dicts, lists and scalars are allowed in a seed file")
 
 
-def safe_pickle_load(path):
-    """Unpickle `path` allowing only numpy arrays, dicts, lists and scalars."""
+def safe_pickle_load(path, max_bytes=None):
+    """Unpickle `path` allowing only numpy arrays, dicts, lists and scalars.
+
+    With `max_bytes`, a file larger than that is refused before it is read.
+    """
     try:
+        if max_bytes is not None and os.path.getsize(path) > max_bytes:
+            raise FormatError(f"{path}: file of {os.path.getsize(path):,} bytes exceeds the limit of "
+                              f"{max_bytes:,} bytes (--max_seed_bytes)")
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
@@ -137,14 +169,35 @@ def seed_dialect_from_tag(tag):
     return "seg" if "MS" in (tag or "") else "rsepm"
 
 
-def load_seed(path, tag=None):
+def decoded_nbytes(obj, limit):
+    """Bytes that np.asarray(obj) (as float32 or wider) would take, counted without allocating.
+
+    Nested lists/tuples are counted once per reference: a pickle may hold one array referenced
+    a million times (a few kilobytes on disk) which np.asarray would copy a million times.
+    Counting stops as soon as `limit` is passed. Arrays count their own nbytes (at least 4 bytes
+    per element: load_seed converts to float32).
+    """
+    if isinstance(obj, np.ndarray):
+        return int(obj.size) * max(obj.itemsize, 4)
+    if isinstance(obj, (list, tuple)):
+        total = 0
+        for item in obj:
+            total += decoded_nbytes(item, limit - total)
+            if total > limit:
+                return total
+        return total
+    return 8
+
+
+def load_seed(path, tag=None, max_bytes=DEFAULT_MAX_SEED_BYTES):
     """Read a seed file (either dialect) and validate it.
 
     Returns a dict with "keys" (int64), "seed" (float32, (K, H, W)) and "dialect". Files written
     by the original scripts carry no dialect; the original `MS`-in-tag rule decides for them.
-    Raises FormatError naming the file on anything that is not a seed file.
+    Raises FormatError naming the file on anything that is not a seed file, and on a file or
+    decoded content larger than `max_bytes` (None: no limit), checked before the arrays are built.
     """
-    data = safe_pickle_load(path)
+    data = safe_pickle_load(path, max_bytes)
     if not isinstance(data, dict) or "keys" not in data or "seed" not in data:
         raise FormatError(f"{path}: not a seed file (expected a dict with 'keys' and 'seed', "
                           f"found {type(data).__name__}"
@@ -152,6 +205,11 @@ def load_seed(path, tag=None):
     dialect = data.get("dialect") or seed_dialect_from_tag(tag)
     if dialect not in SEED_DIALECTS:
         raise FormatError(f"{path}: unknown seed dialect {dialect!r}")
+    if max_bytes is not None:
+        size = decoded_nbytes(data["keys"], max_bytes) + decoded_nbytes(data["seed"], max_bytes)
+        if size > max_bytes:
+            raise FormatError(f"{path}: the seed would decode to more than {max_bytes:,} bytes (over "
+                              "the limit --max_seed_bytes; a small pickle can repeat one array many times)")
     keys = np.asarray(data["keys"])
     seed = np.asarray(data["seed"])
     if keys.dtype.kind not in "iu" or seed.dtype.kind != "f":
@@ -217,5 +275,81 @@ def read_mask(path):
             return np.array(image, dtype=np.uint8)
     except FileNotFoundError:
         raise MissingFileError(f"{path}: mask file not found") from None
+    except Image.DecompressionBombError as e:  # not an OSError: a header claiming a huge image
+        raise FormatError(f"{path}: mask too large to decode safely ({e})") from None
     except (OSError, SyntaxError) as e:
         raise FormatError(f"{path}: cannot read mask ({e})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings records of output folders
+# ---------------------------------------------------------------------------------------------
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_path(folder):
+    """The settings record of an output folder: beside it, `{folder}.settings.json`, so the folder
+    itself holds only outputs (like evaluate.py's `{folder}.eval.json`)."""
+    return os.path.normpath(folder) + SETTINGS_SUFFIX
+
+
+def file_fingerprint(path):
+    """{"path", "size", "sha256"} of an input file whose content shapes the outputs (weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",)):
+    """Make sure the outputs in `folder` all come from `settings`, then record them there.
+
+    `settings` (JSON-able) is written to settings_path(folder) atomically. When the folder
+    already holds a record with other values, or files ending in `extension` but no record,
+    the run is refused with UsageError naming the differences, unless `overwrite`: then those
+    files are deleted first. `overwrite` always starts the folder afresh. Values under a key in
+    `ignore` (at any depth, e.g. the weights' path) are recorded but not compared.
+    Returns the number of outputs deleted.
+    """
+    from core.errors import UsageError
+
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they are read back
+    record = settings_path(folder)
+    outputs = sorted(f for f in os.listdir(folder) if f.endswith(extension)) if os.path.isdir(folder) else []
+    old = read_json(record) if os.path.isfile(record) else None
+    if old is None and outputs:
+        problem = f"holds {len(outputs)} {extension} file(s) but no settings record {record}"
+    else:
+        changed = [] if old is None else _differences(old, settings, ignore)
+        problem = ("was written with other settings: " + "; ".join(changed[:8])) if changed else None
+    deleted = 0
+    if problem and not overwrite:
+        raise UsageError(f"{folder}: {problem}. Adding to it would mix results of two settings: pass "
+                         f"--overwrite true to delete its {len(outputs)} {extension} file(s) and start "
+                         "again, or use a new --tag")
+    if overwrite:
+        for name in outputs:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+            deleted += 1
+    write_json(record, settings)
+    return deleted
+
+
+def _differences(old, new, ignore, prefix=""):
+    """'key: old -> new' for every differing leaf of two JSON dicts (keys in `ignore` skipped)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [f"{prefix or 'settings'}: {old!r} -> {new!r}"]
+    changes = []
+    for key in list(old) + [k for k in new if k not in old]:
+        if key in ignore:
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in old or key not in new:
+            changes.append(f"{name}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
+        else:
+            changes.extend(_differences(old[key], new[key], ignore, name))
+    return changes

@@ -15,41 +15,70 @@ import torch
 import torch.nn as nn
 
 from core.losses import classification_loss, masked_global_average, reconstruction_loss, segmentation_loss
-from core.pamr import refine_with_pamr
-from core.scg import scg_maps
+from core.pamr import PAMR_DILATIONS, PAMR_ITERATIONS, refine_with_pamr
 from core.precision import autocast_off
-from core.scg import resize_to
-from core.targets import (IGNORE_INDEX, certain_filter, edge_predict, mix_batch, normalize_cam, paste,
-                          random_partner, resize_nearest, restrict_to_tags, valid_cells)
+from core.scg import SCG_BG_POINT, SCG_FG_POINT, SCG_FIRST_TH, SCG_SECOND_TH, resize_to, scg_maps
+from core.targets import (CF_BG_TH, CF_FG_TH, EP_CONF, EP_DELTA, IGNORE_INDEX, certain_filter, edge_predict,
+                          mix_batch, normalize_cam, paste, random_partner, resize_nearest, restrict_to_tags, valid_cells)
 
 LOSS_TERMS = ("cls", "rec", "seg", "rec_mix", "seg_mix", "cls_mix")
 FEATURE_NAMES = ("C1", "C2", "C3", "C4", "C5")
 SCG_GRIDS = ("cam", "c3")
+MIX_MODES = ("epm", "certainmix", "none")
+TEACHERS = ("online", "ema")
+# where a default comes from (docs/method.md#sources); every field names one of these
+SOURCES = ("paper", "released code", "default tag", "sibling code", "inferred")
+
+
+def _field(default, source, help, **flag):
+    """A config field with the metadata train_rsepm.py turns into its flag: `source` (one of
+    SOURCES, optionally followed by a detail such as the file), `help`, and the flag's own
+    `choices` / `kind` ('int_list', 'feature_list') when the type alone does not say it."""
+    if source.split(" (")[0] not in SOURCES:
+        raise ValueError(f"unknown source {source!r}")
+    return dataclasses.field(default=default, metadata={"source": source, "help": help, **flag})
 
 
 @dataclasses.dataclass
 class RSEPMConfig:
-    """Hyper-parameters of the target generation; every [inferred] value is a flag of train_rsepm.py."""
-    scg_fg_th: float = 0.50        # SCG first-order threshold (released code)
-    scg_so_th: float = 0.10        # SCG second-order threshold (released code)
-    scg_fg_point: float = 0.30     # CAM value of SCG foreground points
-    scg_bg_point: float = 0.05     # CAM value of SCG background points
-    scg_features: tuple = ("C4", "C5")  # [inferred] backbone maps correlated by SCG (any of C1..C5)
-    # [inferred] grid of SCG: 'cam' = the CAM grid (stride 16); 'c3' = the C3 grid (stride 8), where
-    # the released inference code resizes the CAM and the feature maps for its SCG option.
-    scg_grid: str = "cam"
-    pamr_iterations: int = 10      # [inferred]
-    pamr_dilations: tuple = (1, 2, 4, 8, 12, 24)  # [inferred]
-    cf_fg_th: float = 0.55         # certain filter c
-    cf_bg_th: float = 0.10         # certain filter u
-    mix: str = "epm"               # epm | certainmix | none
-    ep_delta: float = 0.3          # [inferred]
-    ep_conf: float = 0.55          # [inferred]
-    w_cam: float = 1.0
-    w_seg: float = 1.0
-    w_cam_mix: float = 1.0
-    w_seg_mix: float = 1.0
-    w_cls_mix: float = 0.0
+    """The method's settings: the single definition of each default (train_rsepm.py generates its
+    method flags from these fields, docs/method.md lists them).
+
+    Epochs are counted from 1 as in the authors' trainers: a term with start epoch s is on in the
+    epoch with 0-based index e when e + 1 >= s (see `active_terms`).
+    """
+    rs_start: int = _field(5, "default tag (RS(ep=5); 1-based reading from the released trainers.py)",
+                           "first epoch of RecurSeed, counted from 1 (on when epoch index + 1 >= rs_start); "
+                           "above --max_epoch with --mix none = CAM-only baseline")
+    mix_start: int = _field(15, "default tag (CM(ep=15))",
+                            "first epoch of the mix, counted from 1 like --rs_start")
+    mix: str = _field("epm", "paper (certainmix = version 1)", "label rule of the mixed images; none = no mix",
+                      choices=MIX_MODES)
+    w_cam: float = _field(1.0, "default tag (RS(cam=1.0))", "weight of L_rec")
+    w_seg: float = _field(1.0, "default tag (RS(seg=1.0))", "weight of L_seg")
+    w_cam_mix: float = _field(1.0, "default tag (CM(cam=1.0))", "weight of L_rec on mixed images")
+    w_seg_mix: float = _field(1.0, "default tag (CM(seg=1.0))", "weight of L_seg on mixed images")
+    w_cls_mix: float = _field(1.0, "default tag (CM(cls=1.0))", "weight of L_cls on mixed images")
+    scg_fg_th: float = _field(SCG_FIRST_TH, "released code (core/inferences.py SCG first_th)",
+                              "SCG: similarities below it are zeroed")
+    scg_so_th: float = _field(SCG_SECOND_TH, "released code (core/inferences.py SCG second_th)",
+                              "SCG second-order threshold (divided by N)")
+    scg_fg_point: float = _field(SCG_FG_POINT, "released code (foreground_th)", "CAM value of SCG foreground points")
+    scg_bg_point: float = _field(SCG_BG_POINT, "released code (background_th)", "CAM value of SCG background points")
+    scg_features: tuple = _field(("C4", "C5"), "inferred", "backbone maps SCG correlates (comma list of C1..C5)",
+                                 kind="feature_list")
+    scg_grid: str = _field("cam", "inferred", "grid of SCG: cam = the CAM grid (stride 16); c3 = the C3 grid "
+                           "(stride 8), as the released inference code's SCG option", choices=SCG_GRIDS)
+    pamr_iterations: int = _field(PAMR_ITERATIONS, "inferred", "PAMR iterations")
+    pamr_dilations: tuple = _field(PAMR_DILATIONS, "inferred", "PAMR dilations (comma list)", kind="int_list")
+    cf_fg_th: float = _field(CF_FG_TH, "default tag (CF(c=0.55); meaning inferred)", "certain filter c")
+    cf_bg_th: float = _field(CF_BG_TH, "default tag (CF(u=0.10); meaning inferred)", "certain filter u")
+    ep_delta: float = _field(EP_DELTA, "inferred", "edge predict: probability jump that makes an edge")
+    ep_conf: float = _field(EP_CONF, "inferred", "edge predict: pixels at least this confident are kept")
+    teacher: str = _field("online", "inferred", "network that generates the targets: the online network or "
+                          "its EMA", choices=TEACHERS)
+    ema_decay: float = _field(0.999, "released code (tools/ai/torch_utils.py ModelEMA)",
+                              "EMA decay d; after u updates the decay is d * (1 - exp(-u / 2000))")
 
     def __post_init__(self):
         self.scg_features = tuple(self.scg_features)
@@ -57,8 +86,16 @@ class RSEPMConfig:
         if not self.scg_features or unknown:
             raise ValueError(f"scg_features must be a non-empty subset of {FEATURE_NAMES}, "
                              f"got {self.scg_features!r}")
-        if self.scg_grid not in SCG_GRIDS:
-            raise ValueError(f"scg_grid must be one of {SCG_GRIDS}, got {self.scg_grid!r}")
+        self.pamr_dilations = tuple(self.pamr_dilations)
+        for name in ("scg_grid", "mix", "teacher"):
+            choices = type(self).__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def active_terms(self, epoch):
+        """(use_rs, use_mix) in the epoch with 0-based index `epoch`: the starts count from 1."""
+        use_rs = epoch + 1 >= self.rs_start
+        return use_rs, use_rs and self.mix != "none" and epoch + 1 >= self.mix_start
 
     def feature_names(self):
         """Backbone maps the target generator must return: SCG's maps, plus C3 for its grid."""

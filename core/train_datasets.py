@@ -9,6 +9,11 @@ sampler yields (epoch, index) and its dataset wrapper calls set_epoch in the wor
 
 Problems found at construction are either errors (DatasetError naming files) or skips that are
 counted and listed for the log (`summary()`), so a run never trains silently on less data.
+One bad file never stops a run: an unreadable annotation is listed in `bad_files` at construction;
+an image that is corrupt, not 8-bit, or larger than `max_image_pixels` (checked from the header,
+before decoding) makes __getitem__ return a skip marker {"skip": id, "problem": text}, which
+`collate_skipping` drops from its batch and lists under batch["skipped"]. tools/trainer.py counts
+both and ends the run with the list and a non-zero exit once the weights are saved.
 """
 import os
 
@@ -17,10 +22,47 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from core.datasets import read_image
 from core.errors import DatasetError, FormatError
 from core.io import read_mask
 
 MAX_LISTED = 5
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # a 7000 x 7000 photo; VOC/COCO images are below 0.5 M
+
+
+def collate_skipping(items):
+    """default_collate of the items that are not skip markers; batch["skipped"] lists the
+    problems (one line each, naming the file) of those dropped. A batch of only bad files
+    raises DatasetError: there is nothing to train on and the data is likely broken as a whole."""
+    kept = [item for item in items if "skip" not in item]
+    skipped = [item["problem"] for item in items if "skip" in item]
+    if not kept:
+        raise DatasetError(f"every image of a batch is unusable: {'; '.join(skipped)}")
+    batch = torch.utils.data.default_collate(kept)
+    batch["skipped"] = skipped
+    return batch
+
+
+def read_checked_image(path, max_pixels):
+    """read_image after a size check from the header: DatasetError naming the file when the
+    image claims more than `max_pixels` pixels (or PIL's decompression-bomb limit), before any
+    memory is spent on decoding."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{path}: image too large ({e})") from None
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable image header ({e})") from None
+    if max_pixels and width * height > max_pixels:
+        raise DatasetError(f"{path}: {width}x{height} image ({width * height / 1e6:.1f} M pixels) is above "
+                           f"--max_image_pixels {max_pixels:.0f}")
+    try:
+        return read_image(path)
+    except Image.DecompressionBombError as e:  # a --max_image_pixels above PIL's own limit
+        raise DatasetError(f"{path}: image too large ({e})") from None
 
 
 def _first(ids, count=MAX_LISTED):
@@ -37,6 +79,20 @@ class _AugmentedDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.ids = []
+        self.bad_files = []  # "path: problem" of files found unusable at construction
+        self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+    collate = staticmethod(collate_skipping)
+
+    def __getitem__(self, index):
+        """The sample of `index`, or a skip marker naming the file when one of its files is bad."""
+        try:
+            return self.load(index)
+        except DatasetError as e:
+            return {"skip": self.ids[index], "problem": str(e)}
+
+    def read_image(self, image_id):
+        return read_checked_image(self.layout.image_path(image_id), self.max_image_pixels)
 
     def __len__(self):
         return len(self.ids)
@@ -77,7 +133,13 @@ class ClassificationDataset(_AugmentedDataset):
         self.tags = []
         self.untagged_ids = []
         for image_id in tqdm(layout.ids, desc="reading tags", disable=not progress):
-            tags = layout.read_tags(image_id, required=True)
+            try:
+                tags = layout.read_tags(image_id, required=True)
+            except (DatasetError, ValueError, OverflowError) as e:  # e.g. an `inf` in a box
+                problem = str(e) if isinstance(e, DatasetError) else f"bad number ({e})"
+                path = layout.xml_path(image_id)
+                self.bad_files.append(problem if problem.startswith(path) else f"{path}: {problem}")
+                continue
             if tags:
                 self.ids.append(image_id)
                 self.tags.append(tags)
@@ -90,11 +152,14 @@ class ClassificationDataset(_AugmentedDataset):
         text = f"{len(self.ids)} of {len(self.layout.ids)} images of {self.layout.split_dir}"
         if self.skipped_untagged:
             text += f"; skipped {self.skipped_untagged} without tags ({_first(self.untagged_ids)})"
+        if self.bad_files:
+            text += f"; skipped {len(self.bad_files)} with an unreadable annotation ({_first(self.bad_files)})"
         return text
 
-    def __getitem__(self, index):
+    def load(self, index):
+        """The sample of `index`; DatasetError naming the file when a file is bad."""
         image_id = self.ids[index]
-        sample = self.transform(self.layout.read_image(image_id), None, self.sample_rng(index))
+        sample = self.transform(self.read_image(image_id), None, self.sample_rng(index))
         sample["tags"] = torch.from_numpy(self.layout.multi_hot(self.tags[index]))
         sample["id"] = image_id
         sample["index"] = index
@@ -187,9 +252,10 @@ class SegmentationDataset(_AugmentedDataset):
                                f"0..{num_classes - 1} and not {ignore} (ignore)")
         return mask
 
-    def __getitem__(self, index):
+    def load(self, index):
+        """The sample of `index`; DatasetError naming the file when a file is bad."""
         image_id = self.ids[index]
-        sample = self.transform(self.layout.read_image(image_id), self.read_mask(image_id),
+        sample = self.transform(self.read_image(image_id), self.read_mask(image_id),
                                 self.sample_rng(index))
         sample["id"] = image_id
         sample["index"] = index

@@ -80,7 +80,7 @@ def test_training_in_bf16_on_cpu_is_finite_and_close_to_float32(toy, tmp_path, s
     for amp in ("off", "bf16"):
         argv = common_train(toy, tmp_path, amp, f"{script}-{amp}")
         if script == "rsepm":
-            result = train_rsepm.main(argv + ["--rs_start", "0", "--mix_start", "0", "--pamr_iterations", "2",
+            result = train_rsepm.main(argv + ["--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
                                               "--pamr_dilations", "1,2"])
             terms = ("cls", "rec", "seg", "rec_mix", "seg_mix")
         else:

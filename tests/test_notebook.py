@@ -1,8 +1,10 @@
-"""demo.ipynb: stored clean, equal to its generator's output, and it runs top to bottom.
+"""demo.ipynb: stored with its figures, its cells equal to its generator's, and it runs top to bottom.
 
-The notebook is executed headlessly (nbclient, a kernel on this interpreter) against a tiny run
+The stored file is checked as committed (outputs of the toy run, small, no run-to-run noise).
+A copy without outputs is executed headlessly (nbclient, a kernel on this interpreter) against a tiny run
 built here: a few TOY images, randomly initialised RS+EPM and DeepLabV3+ ResNet-18 weights,
-seeds written by infer_rsepm.py / infer_seg.py and scored by evaluate.py. A cell appended to
+seeds written by infer_rsepm.py / infer_seg.py and scored by evaluate.py, and random-walk and
+CRF pseudo-mask files written here as the pipeline's stages would. A cell appended to
 the executed copy pickles what the notebook computed, and that is checked against independent
 computations: the scripts' seed files, a numpy threshold rule, and a CAM computed here by hand.
 """
@@ -29,7 +31,7 @@ from core.io import load_seed, read_json
 from core.networks import RSEPM, DeepLabV3Plus
 from tools import make_demo_notebook
 from tools.make_toy_dataset import make_toy_dataset
-from tools.paths import evaluation_path, model_path, predictions_dir
+from tools.paths import evaluation_path, model_path, predictions_dir, pseudo_labels_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
@@ -45,7 +47,8 @@ DUMP_CELL = """
 import pickle
 with open(os.environ["RSEPM_DEMO_TEST_DUMP"], "wb") as f:
     pickle.dump({"bg_th": bg_th, "results": [{k: r[k] for k in ("id", "classes", "cam", "seed", "seed_mask",
-                                                                  "crf_mask", "seg_mask")} for r in results]}, f)
+                                                                  "crf_mask", "seg_mask", "rw_mask")}
+                             for r in results], "train_ids": train_ids}, f)
 """
 
 
@@ -75,7 +78,16 @@ def run(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     ids = sorted(f[:-4] for f in os.listdir(os.path.join(root, "validation", "image")))
-    return {"root": root, "pred_dir": pred_dir, "ids": ids}
+    # Random-walk masks of the first two validation images only (the third panel says "no mask"),
+    # and CRF + random-walk pseudo masks of the train_aug image: each a different constant class.
+    rw = {image_id: np.full(read_rgb(root, image_id).shape[:2], 1 + k, np.uint8) for k, image_id in enumerate(ids[:2])}
+    for image_id, mask in rw.items():
+        write_png(pseudo_labels_dir(pred_dir, TAG + "@rw", "validation"), image_id, mask)
+    train_id = sorted(f[:-4] for f in os.listdir(os.path.join(root, "train_aug", "image")))[0]
+    shape = read_rgb(root, train_id, "train_aug").shape[:2]
+    write_png(pseudo_labels_dir(pred_dir, TAG, "train_aug"), train_id, np.full(shape, 3, np.uint8))
+    write_png(pseudo_labels_dir(pred_dir, TAG + "@rw", "train_aug"), train_id, np.full(shape, 4, np.uint8))
+    return {"root": root, "pred_dir": pred_dir, "ids": ids, "rw": rw, "train_id": train_id}
 
 
 def install_kernel(directory):
@@ -97,7 +109,7 @@ def execute_notebook(tmp, settings):
            # The inline backend renders with Agg (no display needed) and returns PNG outputs.
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "RSEPM_DEMO_TEST_DUMP": str(dump)}
     env.update({"RSEPM_DEMO_" + name: value for name, value in settings.items()})
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = make_demo_notebook.without_outputs(nbformat.read(NOTEBOOK, as_version=4))
     nb.cells.append(nbformat.v4.new_code_cell(DUMP_CELL.strip()))
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
@@ -140,18 +152,44 @@ def text_of(nb, cell_id, mime="text/plain"):
 # ---------------------------------------------------------------------------------------------
 # The stored file
 # ---------------------------------------------------------------------------------------------
-def test_notebook_is_stored_without_outputs_for_a_python3_kernel():
+def test_notebook_is_stored_with_its_figures_small_and_without_run_noise():
+    with open(NOTEBOOK, "rb") as f:
+        size = len(f.read())
+    assert size < 2 * 1024 * 1024
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.metadata == {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                           "language_info": {"name": "python"}}
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
     assert code[0].metadata.get("tags") == ["parameters"]
+    # Every code cell ran, in order, without an error; no timings or kernel details were kept.
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert all(o["output_type"] != "error" for c in code for o in c.outputs)
+    assert all("execution" not in c.metadata for c in nb.cells)
+    for cell_id in ("figure", "train-masks", "evaluation-chart"):
+        assert any("image/png" in o.get("data", {}) for o in outputs(nb, cell_id)), cell_id
+    assert "mIoU" in text_of(nb, "evaluation-table", "text/markdown")
+    # The stored outputs are the toy pipeline's run, not a test's.
+    assert "./experiments/toy/" in text_of(nb, "threshold")
 
 
-def test_notebook_equals_its_generator_output():
-    with open(NOTEBOOK, encoding="utf-8", newline="") as f:
-        assert f.read() == make_demo_notebook.notebook_text()
+def test_notebook_cells_equal_their_generator_output():
+    stored = make_demo_notebook.without_outputs(nbformat.read(NOTEBOOK, as_version=4))
+    assert make_demo_notebook.notebook_text(stored) == make_demo_notebook.notebook_text()
+    assert make_demo_notebook.main(["--check"]) is None
+
+
+def test_notebook_text_states_the_pipeline_settings():
+    """The scales, schedules and pretrained stand-in named in the text are the pipeline's."""
+    from tools import toy_pipeline
+    intro = make_demo_notebook.build_notebook().cells[0].source.replace("\n  ", " ")  # unwrap the bullets
+    scales = toy_pipeline.SCALES[toy_pipeline.SCALES.index("--scales") + 1]
+    assert f"test-time scales `{scales}`" in intro
+    assert toy_pipeline.PRETRAINED in intro
+    for flags, start in ((toy_pipeline.RSEPM_TRAIN, "RS+EPM:"), (toy_pipeline.SEG_TRAIN, "the retrained DeepLabV3+")):
+        epochs, crop = flags[flags.index("--max_epoch") + 1], flags[flags.index("--crop_size") + 1]
+        line = next(line for line in intro.split("\n* ") if line.startswith(start))
+        assert f"{epochs} epochs" in line and f"{crop}-pixel crops" in line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +203,17 @@ def test_notebook_runs_and_draws_the_panels_and_the_chart(executed):
         assert any("image/png" in o.get("data", {}) for o in outputs(nb, cell_id)), cell_id
     assert len(dump["results"]) == NUM_VALIDATION  # NUM_IMAGES (4) capped by the split's size
     assert "skipped" not in text_of(nb, "retrained-model")
+    assert dump["train_ids"] and "no CRF pseudo masks" not in text_of(nb, "train-masks")
+
+
+def test_random_walk_masks_are_shown_where_their_files_exist(run, executed):
+    _, dump = executed
+    for r in dump["results"]:
+        if r["id"] in run["rw"]:
+            np.testing.assert_array_equal(r["rw_mask"], run["rw"][r["id"]])
+        else:
+            assert r["rw_mask"] is None
+    assert dump["train_ids"] == [run["train_id"]]
 
 
 def test_the_threshold_is_the_best_of_evaluate_sweep(run, executed):
@@ -245,6 +294,8 @@ def test_missing_retrained_model_and_results_are_skipped_with_a_message(run, exe
     assert "skipped the retrained model: no weights at" in text_of(nb, "retrained-model")
     assert "no evaluate.py results" in text_of(nb, "evaluation-table")
     assert outputs(nb, "evaluation-chart") == []
+    assert all(r["rw_mask"] is None for r in dump["results"])
+    assert dump["train_ids"] == [] and "no CRF pseudo masks of train_aug" in text_of(nb, "train-masks")
     assert any("image/png" in o.get("data", {}) for o in outputs(nb, "figure"))
 
 
@@ -268,9 +319,14 @@ def load_rsepm(run):
     return model.eval()
 
 
-def read_rgb(root, image_id):
-    with Image.open(os.path.join(root, "validation", "image", image_id + ".jpg")) as image:
+def read_rgb(root, image_id, domain="validation"):
+    with Image.open(os.path.join(root, domain, "image", image_id + ".jpg")) as image:
         return np.array(image.convert("RGB"))
+
+
+def write_png(directory, image_id, mask):
+    os.makedirs(directory, exist_ok=True)
+    Image.fromarray(mask, mode="L").save(os.path.join(directory, image_id + ".png"))
 
 
 def xml_classes(root, image_id):

@@ -164,7 +164,7 @@ def test_rec_target_is_recurseed_map(network, batch, monkeypatch):
 
 # --- EdgePredictMix ----------------------------------------------------------------------------
 def test_mix_adds_rec_mix_and_seg_mix_and_cls_mix_only_with_its_weight(network, batch):
-    module = step_module(network)
+    module = step_module(network, w_cls_mix=0.0)  # the default is 1.0 (docs/method.md#total-loss)
     out = module(*batch, use_rs=True, use_mix=True, seed=3)
     assert set(out) == {"cls", "rec", "seg", "rec_mix", "seg_mix", "certain", "ignored"}
     backward(out)

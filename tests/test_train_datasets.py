@@ -116,7 +116,9 @@ def test_out_of_range_label_names_the_file(layout, tmp_path):
     save_mask(os.path.join(folder, "img_002.png"), np.full((40, 48), 9, np.uint8), INFO.palette)
     dataset = SegmentationDataset(layout, folder, small_transform())
     with pytest.raises(DatasetError, match=r"img_002\.png: label\(s\) \[9\]"):
-        dataset[2]
+        dataset.load(2)
+    # in a run the item is a skip marker that the collate drops and lists (core/train_datasets.py)
+    assert dataset[2]["skip"] == "img_002" and "img_002.png: label(s) [9]" in dataset[2]["problem"]
 
 
 def test_corrupt_mask_header_names_the_file(layout, tmp_path):

@@ -1,9 +1,11 @@
 """train_rsepm.py end to end on the TOY set: outputs, the single-stage path, exact resume, NaN stop,
 argument errors, untagged images, the EMA teacher and torchrun (2 CPU processes)."""
+import dataclasses
 import glob
 import json
 import math
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -20,7 +22,7 @@ import infer_rsepm
 import train_rsepm
 from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
-from tools import checkpoints, distributed
+from tools import checkpoints, distributed, optim
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
@@ -38,8 +40,8 @@ def toy(tmp_path_factory):
     return root
 
 
-def train_argv(root, pred_dir, *extra, epochs=3, rs_start=1, mix_start=2):
-    """Fast settings: 8 train_aug images, batch 4 -> 2 iterations per epoch."""
+def train_argv(root, pred_dir, *extra, epochs=3, rs_start=2, mix_start=3):
+    """Fast settings: 8 train_aug images, batch 4 -> 2 iterations per epoch. Starts count from 1."""
     return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
             "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32",
             "--min_image_size", "32", "--max_image_size", "64", "--batch_size", "4", "--num_workers", "0",
@@ -65,7 +67,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     tag = result["tag"]
     assert result["iterations"] == 6
     # the derived tag states the settings and names the folder
-    for part in ("ResNet18", "@TOY@", "RS(ep=1,", "EPM(ep=2,", "CF(c=0.55,u=0.1)", "e3-b4-c32-s0", "scratch"):
+    for part in ("ResNet18", "@TOY@", "RS(ep=2, ", "EPM(ep=3, ", "CF(c=0.55, u=0.10)", "e3-b4-c32-s0", "scratch"):
         assert part in tag, (part, tag)
     directory = pred_dir / "models" / tag
     assert result["weights"] == str(directory / "last.pth")
@@ -80,10 +82,12 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     config = json.loads((directory / "config.json").read_text())
     expected_args = json.loads(json.dumps(vars(train_rsepm.parse_args(argv))))
     assert config["args"] == expected_args
-    assert config["args"]["rs_start"] == 1 and config["args"]["mix"] == "epm" and config["seed"] == 0
+    assert config["args"]["rs_start"] == 2 and config["args"]["mix"] == "epm" and config["seed"] == 0
     assert config["weight_decay_in_momentum_slot"] is False
     assert config["iterations_per_epoch"] == 2 and config["max_iterations"] == 6
-    assert config["loss_weights"]["cls_mix"] == 0.0 and config["method"]["pamr_dilations"] == [1, 2]
+    assert config["loss_weights"]["cls_mix"] == 1.0 and config["method"]["pamr_dilations"] == [1, 2]
+    assert config["method"]["scg_features"] == ["C4", "C5"] and config["args"]["scg_grid"] == "cam"
+    assert config["saved_weights"] == "online"
 
     state = checkpoints.load_resume(str(directory / "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
     assert (state["epoch"], state["step"], state["iteration"]) == (3, 0, 6)
@@ -94,7 +98,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     for r in records:
         terms = {k for k in r if k in core.rsepm.LOSS_TERMS}
         expected_terms = {"cls"} | ({"rec", "seg"} if r["epoch"] >= 1 else set()) \
-            | ({"rec_mix", "seg_mix"} if r["epoch"] >= 2 else set())
+            | ({"rec_mix", "seg_mix", "cls_mix"} if r["epoch"] >= 2 else set())
         assert terms == expected_terms, r
         assert r["total"] == pytest.approx(sum(r[k] for k in terms), rel=1e-6)
         assert r["lr"] == pytest.approx(0.01 * (1 - r["iteration"] / 6) ** 0.9, abs=1e-12)
@@ -118,16 +122,69 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     assert 0.0 <= scores["mIoU"] <= 100.0
 
 
-def test_derived_tag_states_the_settings():
-    base = ["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3", "--rs_start", "1"]
-    epm = train_rsepm.parse_args(base + ["--mix_start", "2"]).tag
-    assert epm.startswith("ResNet18@TOY@RS(ep=1,cam=1.0,seg=1.0)") and "+EPM(ep=2,cam=1.0,seg=1.0)" in epm
-    cm = train_rsepm.parse_args(base + ["--mix", "certainmix", "--mix_start", "2", "--w_cls_mix", "1"]).tag
-    assert "+CM(ep=2,cls=1.0,cam=1.0,seg=1.0)" in cm
+def test_derived_tag_reads_like_the_authors_tag():
+    base = ["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3", "--rs_start", "2"]
+    epm = train_rsepm.parse_args(base + ["--mix_start", "3"]).tag
+    assert epm == ("ResNet18@TOY@RS(ep=2, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)"
+                   "+EPM(ep=3, cls=1.0, cam=1.0, seg=1.0)@e3-b16-c512-s0")
+    cm = train_rsepm.parse_args(base + ["--mix", "certainmix", "--mix_start", "3", "--w_cls_mix", "0.5"]).tag
+    assert "+CM(ep=3, cls=0.5, cam=1.0, seg=1.0)@" in cm
     plain = train_rsepm.parse_args(base + ["--mix", "none", "--teacher", "ema"]).tag
-    assert "EPM" not in plain and "CM(" not in plain and "+EMA(0.999)" in plain
-    assert train_rsepm.parse_args(base + ["--mix_start", "2", "--w_seg", "0.5"]).tag != epm
-    assert train_rsepm.parse_args(base + ["--mix_start", "2", "--tag", "mine"]).tag == "mine"
+    assert "EPM" not in plain and "CM(" not in plain and plain.endswith("+EMA(0.999)@e3-b16-c512-s0")
+    assert train_rsepm.parse_args(base + ["--mix_start", "3", "--w_seg", "0.5"]).tag != epm
+    assert train_rsepm.parse_args(base + ["--mix_start", "3", "--tag", "mine"]).tag == "mine"
+    # SCG settings appear only when they differ from the defaults
+    scg = train_rsepm.parse_args(base + ["--mix_start", "3", "--scg_features", "c1,C2,C3,C4,C5",
+                                         "--scg_grid", "c3"])
+    assert scg.scg_features == ("C1", "C2", "C3", "C4", "C5")
+    assert scg.tag == epm.replace("seg=1.0)@", "seg=1.0)+SCG(C1-C5, c3)@")
+    assert "+SCG(C5, cam)@" in train_rsepm.parse_args(base + ["--mix_start", "3", "--scg_features", "C5"]).tag
+    assert train_rsepm.method_config(scg).feature_names() == ("C1", "C2", "C3", "C4", "C5")
+
+
+@pytest.mark.parametrize("flags, max_epoch, rs_epochs, mix_epochs", [
+    ([], 30, range(5, 31), range(15, 31)),                       # the defaults: RS(ep=5), EPM(ep=15)
+    (["--rs_start", "1", "--mix_start", "3"], 4, [1, 2, 3, 4], [3, 4]),
+    (["--rs_start", "4", "--mix", "none"], 4, [4], []),
+    (["--rs_start", "5", "--mix", "none"], 4, [], []),           # after the last epoch: CAM only
+])
+def test_active_terms_and_weights_follow_the_parsed_flags(flags, max_epoch, rs_epochs, mix_epochs):
+    """Which terms are on in epochs 1..max_epoch (counted from 1, as the authors' trainers do),
+    and with which weights: the expected sets are written out by hand above."""
+    args = train_rsepm.parse_args(["--dataset", "TOY", "--max_epoch", str(max_epoch), *flags])
+    config = train_rsepm.method_config(args)
+    for epoch in range(1, max_epoch + 1):
+        use_rs, use_mix = config.active_terms(epoch - 1)  # the script's loop index is 0-based
+        assert (use_rs, use_mix) == (epoch in rs_epochs, epoch in mix_epochs), epoch
+    assert config.weights() == {"cls": 1.0, "rec": 1.0, "seg": 1.0, "rec_mix": 1.0, "seg_mix": 1.0,
+                                "cls_mix": 1.0}
+    weighted = train_rsepm.method_config(train_rsepm.parse_args(
+        ["--dataset", "TOY", "--max_epoch", "30", "--w_cls_mix", "0.25", "--w_cam", "2"])).weights()
+    assert weighted["cls_mix"] == 0.25 and weighted["rec"] == 2.0 and weighted["seg"] == 1.0
+
+
+def test_help_lists_each_method_flag_with_its_default_and_source(capsys):
+    with pytest.raises(SystemExit):
+        train_rsepm.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    expected = {"rs_start": ("5", "default tag"), "mix_start": ("15", "default tag"), "mix": ("epm", "paper"),
+                "w_cls_mix": ("1.0", "default tag"), "w_cam": ("1.0", "default tag"),
+                "scg_fg_th": ("0.5", "released code"), "scg_features": ("C4,C5", "inferred"),
+                "scg_grid": ("cam", "inferred"), "pamr_dilations": ("1,2,4,8,12,24", "inferred"),
+                "cf_fg_th": ("0.55", "default tag"), "ep_delta": ("0.3", "inferred"),
+                "teacher": ("online", "inferred"), "ema_decay": ("0.999", "released code")}
+    names = [f.name for f in dataclasses.fields(core.rsepm.RSEPMConfig)]
+    assert set(expected) <= set(names)
+    group = text.index("RS+EPM method")  # after the usage line
+    for name in names:
+        # the flag's own entry: the flag followed by its metavar or its choices
+        start = re.compile(rf"--{name} ({name.upper()}|{{)").search(text, group).start()
+        entry = text[start:text.index("(default: ", start) + 40]
+        assert "[source: " in entry, entry
+        if name in expected:
+            default, source = expected[name]
+            assert f"[source: {source}" in entry and f"(default: {default})" in entry, entry
+    assert "counted from 1" in text
 
 
 # --- exact resumption --------------------------------------------------------------------------
@@ -137,7 +194,7 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
     """2 epochs x 2 iterations, RS from epoch 0, EdgePredictMix from epoch 1, EMA teacher:
     one run vs a run killed in iteration 4 (mid-epoch 1, with mix) and resumed."""
     extra = ["--tag", "resume", "--teacher", "ema", "--save_interval", "1", "--log_interval", "3"]
-    kwargs = dict(epochs=2, rs_start=0, mix_start=1)
+    kwargs = dict(epochs=2, rs_start=1, mix_start=2)
     whole = train_rsepm.main(train_argv(toy, tmp_path / "a", *extra, **kwargs))
     assert whole["iterations"] == 4
 
@@ -152,16 +209,23 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
     resumed = train_rsepm.main(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", **kwargs))
     assert resumed["iterations"] == 4
 
-    for name in ("last.pth", "ema.pth"):
+    for name in ("last.pth", "online.pth"):
         a = flat_state(os.path.join(model_dir(str(tmp_path / "a"), "resume"), name))
         b = flat_state(os.path.join(directory_b, name))
         assert list(a) == list(b)
         different = [k for k in a if not torch.equal(a[k], b[k])]
         assert not different, f"{name}: {len(different)} tensors differ, e.g. {different[:3]}"
-    # the EMA teacher's weights are saved too, loadable and different from the online network
-    ema = load_checkpoint(RSEPM("resnet18", NUM_CLASSES), os.path.join(directory_b, "ema.pth"))
-    last = flat_state(os.path.join(directory_b, "last.pth"))
-    assert not torch.equal(ema.classifier.weight, last["classifier.weight"])
+    # last.pth holds the EMA weights (the resumed EMA state), online.pth the online network
+    config = json.load(open(os.path.join(directory_b, "config.json")))
+    assert config["saved_weights"] == "ema"
+    last = load_checkpoint(RSEPM("resnet18", NUM_CLASSES), os.path.join(directory_b, "last.pth")).state_dict()
+    online = flat_state(os.path.join(directory_b, "online.pth"))
+    ema_state = checkpoints.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES),
+                                        ema=(ema := optim.ModelEMA(RSEPM("resnet18", NUM_CLASSES))))
+    assert ema_state["iteration"] == 4 and ema.updates == 4
+    assert all(torch.equal(last[k], v) for k, v in ema.module.state_dict().items())
+    assert not torch.equal(last["classifier.weight"], online["classifier.weight"])
+    assert all(torch.equal(online[k], v) for k, v in resumed["network"].state_dict().items())
 
     # logs: every 3rd iteration and each epoch's end, once each, with identical loss values
     log_a, log_b = read_log(tmp_path / "a", "resume"), read_log(tmp_path / "b", "resume")
@@ -198,9 +262,11 @@ def test_nan_loss_stops_with_the_iteration_and_term_and_keeps_the_last_resume(to
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--max_epoch", "3", "--rs_start", "4"], "--rs_start 4 is not below --max_epoch 3 (epochs are 0..2)"),
-    (["--max_epoch", "3", "--rs_start", "3"], "--rs_start 3 is not below --max_epoch 3"),
-    (["--max_epoch", "3", "--rs_start", "0", "--mix_start", "3"], "--mix_start 3 is not below --max_epoch 3"),
+    (["--max_epoch", "3", "--rs_start", "4"], "--rs_start 4 is after --max_epoch 3 (epochs are counted 1..3)"),
+    (["--max_epoch", "3", "--rs_start", "0"], "--rs_start 0 / --mix_start 15: epochs are counted 1..3"),
+    (["--max_epoch", "3", "--rs_start", "1", "--mix_start", "4"], "--mix_start 4 is after --max_epoch 3"),
+    (["--scg_features", "C4,C6"], "expected a comma list of C1,C2,C3,C4,C5"),
+    (["--scg_grid", "c2"], "argument --scg_grid: invalid choice: 'c2'"),
     (["--max_epoch", "3", "--rs_start", "2", "--mix_start", "1"], "--mix_start 1 is before --rs_start 2"),
     (["--crop_size", "4096"], "--crop_size 4096"),
     (["--crop_size", "100"], "--crop_size 100: use a multiple of 16"),
@@ -243,7 +309,7 @@ def test_image_without_tags_is_skipped_and_counted(toy, tmp_path):
         tree.getroot().remove(obj)
     tree.write(path)
     result = train_rsepm.main(train_argv(root, tmp_path / "exp", "--tag", "untagged", "--mix", "none",
-                                         epochs=1, rs_start=0))
+                                         epochs=1, rs_start=1))
     assert result["iterations"] == 1  # 7 images, batch 4, the last partial batch dropped
     directory = model_dir(str(tmp_path / "exp"), "untagged")
     config = json.load(open(os.path.join(directory, "config.json")))
@@ -262,7 +328,7 @@ def test_torchrun_two_processes_train_in_step_and_only_rank0_writes(toy, tmp_pat
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    argv = train_argv(toy, tmp_path / "exp", "--tag", "ddp", epochs=2, rs_start=0, mix_start=1)
+    argv = train_argv(toy, tmp_path / "exp", "--tag", "ddp", epochs=2, rs_start=1, mix_start=2)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                os.path.join(ROOT, "tests", "ddp_train_rsepm.py"), "--out", str(out), *argv]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -286,7 +352,10 @@ def test_torchrun_two_processes_train_in_step_and_only_rank0_writes(toy, tmp_pat
     assert len(torch.load(os.path.join(directory, "resume.pth"), weights_only=True)["rng"]) == 2
 
 
-def test_rs_start_at_max_epoch_without_mix_is_the_cam_baseline():
+def test_rs_start_after_max_epoch_without_mix_is_the_cam_baseline():
     args = train_rsepm.parse_args(["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3",
-                                   "--rs_start", "3", "--mix", "none"])
+                                   "--rs_start", "4", "--mix", "none"])
     assert "@CAM@" in args.tag and "RS(" not in args.tag
+    # at max_epoch, RS runs in the last epoch
+    last = train_rsepm.parse_args(["--dataset", "TOY", "--max_epoch", "3", "--rs_start", "3", "--mix", "none"])
+    assert "RS(ep=3, " in last.tag

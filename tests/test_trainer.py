@@ -66,24 +66,44 @@ def test_poly_lr_follows_the_formula_and_resumes():
     assert fresh.last_epoch == 12 and fresh.get_last_lr() == scheduler.get_last_lr()
 
 
-def test_ema_matches_a_hand_computation():
+def test_ema_decay_ramp_matches_the_closed_form():
+    """d(u) = 0.999 * (1 - exp(-u / 2000)), values worked out by hand (exp(-1) = 0.367879441,
+    exp(-5) = 0.006737947, 1 - exp(-0.0005) = 0.000499875)."""
+    for updates, expected in ((0, 0.0), (1, 0.000499375), (2000, 0.631488438), (10000, 0.992268791)):
+        assert optim.ema_decay_at(0.999, updates) == pytest.approx(expected, abs=1e-9), updates
+    ema = optim.ModelEMA(nn.Linear(2, 1))  # default decay 0.999
+    assert ema.decay == 0.999 and ema.updates == 0
+    ema.update(nn.Linear(2, 1))
+    assert ema.updates == 1 and ema.current_decay() == pytest.approx(0.000499375, abs=1e-9)
+
+
+def test_ema_average_after_two_updates_matches_a_hand_computation():
+    """Two updates at u = 2000 and 2001 with decay 0.9: d = 0.9 * (1 - exp(-u / 2000)) =
+    0.568908503 and 0.569074007. Floating buffers (BN running mean) are averaged like the
+    weights; integer buffers keep the value of the copy (the authors' ModelEMA)."""
     model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
     ema = optim.ModelEMA(model, decay=0.9)
-    expected = torch.tensor([[1.0, 2.0]])
-    for value in (3.0, -1.0, 0.5):
+    ema.updates = 1999
+    expected, running_mean = torch.tensor([[1.0, 2.0]]), torch.zeros(1)
+    for value, decay in ((3.0, 0.568908503), (-1.0, 0.569074007)):
         with torch.no_grad():
             model[0].weight.fill_(value)
         model(torch.randn(4, 2))  # train mode: BN running stats and num_batches_tracked move
         ema.update(model)
-        expected = 0.9 * expected + 0.1 * torch.full((1, 2), value)
+        expected = decay * expected + (1 - decay) * torch.full((1, 2), value)
+        running_mean = decay * running_mean + (1 - decay) * model[1].running_mean
+    # by hand: 0.568908503 * 1 + 0.431091497 * 3 = 1.862182994, then
+    # 0.569074007 * 1.862182994 - 0.430925993 = 0.628794; likewise 2 -> 2.431091497 -> 0.952545
+    assert torch.allclose(expected, torch.tensor([[0.628794, 0.952545]]), atol=1e-5)
     assert torch.allclose(ema.module[0].weight, expected, atol=1e-6)
-    assert ema.module[1].num_batches_tracked.item() == 3  # integers copied, not averaged
+    assert torch.allclose(ema.module[1].running_mean, running_mean, atol=1e-6)
+    assert ema.module[1].num_batches_tracked.item() == 0 and model[1].num_batches_tracked.item() == 2
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
     other = optim.ModelEMA(model, decay=0.5)
-    other.load_state_dict(ema.state_dict())
-    assert other.decay == 0.9 and other.updates == 3
+    other.load_state_dict(ema.state_dict())  # a resumed run continues the ramp
+    assert other.decay == 0.9 and other.updates == 2001
     assert torch.equal(other.module[0].weight, ema.module[0].weight)
 
 

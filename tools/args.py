@@ -4,10 +4,12 @@ Flag names, types and defaults follow the original scripts so that their README 
 unchanged. One definition per flag: scripts call the `add_*` helpers instead of repeating them.
 """
 import argparse
+import errno
 
 import torch
 
 from core.errors import ProjectError
+from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
 from tools.paths import DEFAULT_PRED_DIR
 
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
@@ -38,6 +40,52 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def make_parser(description):
     """An ArgumentParser whose --help shows every flag's default."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def int_list(text):
+    """Comma-separated integers, at least one (`,` alone is refused, not read as an empty list)."""
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# A 7000 x 7000 photograph (VOC and COCO images are below 0.5 M pixels); the same default as the
+# training scripts'. PIL's own decompression-bomb error (above 179 M pixels) is caught as well.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+
+def add_image_limit_arg(parser):
+    parser.add_argument("--max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS, type=positive_int,
+                        help="an image whose header claims more pixels (width x height) is skipped and "
+                             "listed at the end, before it is decoded")
+
+
+def add_seed_limit_arg(parser):
+    parser.add_argument("--max_seed_bytes", default=DEFAULT_MAX_SEED_BYTES, type=positive_int,
+                        help="a seed file larger than this, on disk or once decoded, is skipped and listed "
+                             "at the end (checked before the arrays are built)")
+
+
+def add_overwrite_arg(parser, what):
+    parser.add_argument("--overwrite", default=False, type=str2bool,
+                        help=f"when the output folder holds {what} written with other settings: delete them "
+                             "and start again (without it such a run is refused)")
+
+
 def conf_threshold(value):
     """--conf_th parser: -1 (use the ground-truth tags) or a class score in [0, 1]; NaN refused."""
     try:
@@ -101,3 +149,9 @@ def cli(main, argv=None):
         return main(argv)
     except ProjectError as e:
         raise SystemExit(f"error: {e}") from None
+    except OSError as e:
+        # a write that failed for a reason of the machine (disk full, read-only folder, no
+        # permission): one line naming the path and the cause; anything else stays a traceback
+        if e.errno in OS_ERROR_CAUSES and e.errno != errno.EIO:
+            raise SystemExit(f"error: {describe_os_error(e)}") from None
+        raise

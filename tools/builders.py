@@ -6,6 +6,7 @@ table and the one VOC-style xml writer (docs/formats.md#dataset-layout).
 import os
 import shutil
 import sys
+import unicodedata
 import xml.etree.ElementTree as ET
 from functools import partial
 from multiprocessing import Pool
@@ -15,9 +16,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.datasets import parse_xml_tags
-from core.errors import DatasetError, FormatError, ProjectError
+from core.errors import DatasetError, FormatError, OutputError, ProjectError
 from core.io import atomic_output, read_mask
+from core.datasets import image_size_problem
 from core.safety import check_output_id, image_mode_problem, temp_path
+from tools.args import add_image_limit_arg
 
 LINK_MODES = ("copy", "hardlink", "symlink")
 
@@ -36,6 +39,23 @@ def add_output_args(parser, default_out):
                         help="worker processes (0: everything in this process)")
     parser.add_argument("--expect_official", action="store_true",
                         help="a split count that differs from the official one is an error, not a warning")
+    add_image_limit_arg(parser)
+
+
+def check_source_image(path, max_pixels=None):
+    """Raise PrepareError naming `path` unless its header is an 8-bit image of at most
+    `max_pixels` pixels (header only: nothing is decoded)."""
+    try:
+        with Image.open(path) as image:
+            problem = image_mode_problem(image.mode) or image_size_problem(image.size, max_pixels)
+    except FileNotFoundError:
+        raise PrepareError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:  # not an OSError
+        raise PrepareError(f"{path}: image too large to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PrepareError(f"{path}: unreadable image ({e})") from None
+    if problem:
+        raise PrepareError(f"{path}: {problem}")
 
 
 def place_file(src, dst, link):
@@ -79,8 +99,25 @@ def read_id_list(path, what):
     """
     if not os.path.isfile(path):
         raise PrepareError(f"{path}: {what} list file not found")
-    with open(path, encoding="utf-8") as f:
-        tokens = [line.split()[0] for line in f if line.strip()]
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark at the start is dropped
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise PrepareError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                           f"{e.start}); a list file holds one image id per line") from None
+    tokens = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        # invisible characters (a byte-order mark inside the file, zero-width spaces) would end up
+        # in output file names that look right but do not match the images
+        hidden = [c for c in line.strip() if unicodedata.category(c) in ("Cf", "Cc", "Co", "Cn")]
+        if hidden:
+            raise PrepareError(f"{path}: line {number}: invisible character U+{ord(hidden[0]):04X} in "
+                               f"{line.strip()!r}; remove it (list files hold plain image ids)")
+        tokens.append(line.split()[0])
     ids = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tokens))
     for image_id in ids:  # ids become output file names
         check_output_id(image_id, f"{path}: id", PrepareError)
@@ -111,6 +148,36 @@ def check_mask_values(mask, num_classes, path):
                            f"({int(counts[bad].sum())} pixels); expected class indices "
                            f"0..{num_classes - 1} or 255")
     return mask
+
+
+class _Skipping:
+    """func(task) -> (result, None), or (0, message) when it raises a ProjectError (a bad input
+    file): the builder goes on with the other items and lists the skipped ones at the end."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self, task):
+        try:
+            return self.func(task), None
+        except OutputError:  # the disk is full or read-only: no other item will do better
+            raise
+        except ProjectError as e:
+            return 0, str(e)
+
+
+def run_counting_skips(func, tasks, num_workers, desc, what):
+    """sum(func(t)) over `tasks`, where an item whose input is bad is skipped, not fatal; after
+    all items, PrepareError counts and lists the skipped ones (so a re-run after fixing them only
+    adds those: every finished file is kept and skipped)."""
+    results = run_parallel(_Skipping(func), tasks, num_workers, desc)
+    problems = [p for _, p in results if p]
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise PrepareError(f"{what}: {len(problems)} of {len(tasks)} item(s) skipped because of bad input "
+                           f"(the others were written; fix or remove these and run again):\n  {shown}{more}")
+    return sum(r for r, _ in results)
 
 
 def run_parallel(func, tasks, num_workers, desc):

@@ -14,14 +14,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.checkpoint import save_weights, unwrap
+from core.checkpoint import save_atomically, save_weights, unwrap
 from core.errors import CheckpointError, MissingFileError
-from core.io import atomic_output, write_json
+from core.io import write_json
 from tools.optim import NonFiniteError
 from tools.paths import model_dir, model_path
 
 RESUME_FORMAT = "rsepm-resume-1"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Flags that may change when a run is resumed: where files are, how many workers load them, how
+# often the run logs, saves and validates. Every other flag (batch size, epochs, lr, weight decay,
+# backbone, method flags, ... and any flag a new script adds) shapes the run and must keep the value
+# recorded in resume.pth (docs/formats.md#experiment-folder).
+RESUMABLE_FLAGS = frozenset({
+    "resume", "num_workers", "log_interval", "save_interval", "val_every", "val_domain", "val_images",
+    "gpus", "pred_dir", "root_dir", "tag", "pretrained", "max_image_pixels"})
 
 
 class ResumeError(CheckpointError, ValueError):
@@ -71,13 +79,49 @@ def _gather(obj, ctx):
     return gathered
 
 
+def run_settings(args):
+    """The flags that shape a run, as plain values: vars(args) minus RESUMABLE_FLAGS."""
+    values = vars(args) if not isinstance(args, dict) else dict(args)
+    settings = {k: v for k, v in values.items() if k not in RESUMABLE_FLAGS}
+    return json.loads(json.dumps(settings, default=str))  # tuples -> lists, devices -> strings
+
+
+def check_settings(path, saved, current):
+    """Refuse (ResumeError) a resume whose run-shaping flags differ from those in `path`.
+
+    saved: the checkpoint's record (None for a resume file written before the record existed);
+    current: run_settings(args). Returns warning lines: an old file cannot be checked, and a flag
+    known to only one side (added or removed since) cannot be compared.
+    """
+    if saved is None:
+        return [f"{path} records no flags (written by an older version): the flags of this run "
+                f"cannot be checked against those it started with"]
+    changed = [(k, saved[k], current[k]) for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
+    if changed:
+        listed = "; ".join(f"--{k} was {_flag_text(a)}, now {_flag_text(b)}" for k, a, b in changed)
+        old = " ".join(f"--{k} {_flag_text(a)}" for k, a, _ in changed)
+        raise ResumeError(f"{path}: cannot resume with changed settings ({listed}); the schedule and "
+                          f"state would no longer match. Pass the old value(s) ({old}) to continue, or "
+                          f"start a new --tag (or leave out --resume) for a run with the new ones")
+    unknown = sorted(set(saved) ^ set(current))
+    return [f"{path}: flag(s) {', '.join('--' + k for k in unknown)} known to only one of the "
+            f"checkpoint and this version; not compared"] if unknown else []
+
+
+def _flag_text(value):
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, epoch=0, step=0,
-                iteration=0, sampler=None, extra=None, ctx=None):
+                iteration=0, sampler=None, extra=None, ctx=None, settings=None):
     """Write everything needed to continue the run bit for bit, atomically.
 
     Call on EVERY rank under DDP (it gathers each rank's RNG states); only rank 0 writes.
     epoch: current epoch; step: batches already done in it; iteration: optimiser steps so far.
     extra: a dict of plain values (numbers, strings, lists) for the script.
+    settings: run_settings(args), checked by load_resume against the resuming run's flags.
     Raises NonFiniteError, writing nothing, when a weight is NaN/inf (the previous file stays).
     """
     names, params = zip(*unwrap(model).named_parameters())
@@ -97,17 +141,18 @@ def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, e
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "sampler": sampler.state_dict() if sampler is not None else None,
-        "rng": rng_states, "extra": extra or {},
+        "rng": rng_states, "extra": extra or {}, "settings": settings,
     }
-    with atomic_output(path, "wb") as f:
-        torch.save(state, f)
+    save_atomically(state, path)
 
 
 def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=None, sampler=None,
-                ctx=None):
+                ctx=None, settings=None):
     """Restore a save_resume checkpoint into the given objects (each optional but the model).
 
-    Returns dict(epoch, step, iteration, extra). Raises ValueError naming the file when it is
+    settings: run_settings(args) of the resuming run; a run-shaping flag that differs from the
+    checkpoint's record raises ResumeError naming the flag and both values (check_settings).
+    Returns dict(epoch, step, iteration, extra, warnings). Raises ValueError naming the file when it is
     not a resume checkpoint or the run's seed / dataset size / process count changed.
     """
     device = ctx.device if ctx else torch.device("cpu")
@@ -120,6 +165,7 @@ def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=No
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise ResumeError(f"{path}: not a resume checkpoint of this project (format "
                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    warnings = check_settings(path, state.get("settings"), settings) if settings is not None else []
     if sampler is not None and state["sampler"] is not None:
         sampler.check_compatible(state["sampler"], path)
     rank = ctx.rank if ctx else 0
@@ -136,7 +182,7 @@ def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=No
         ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"][rank], device)
     return {"epoch": state["epoch"], "step": state["step"], "iteration": state["iteration"],
-            "extra": state["extra"]}
+            "extra": state["extra"], "warnings": warnings}
 
 
 def git_commit():

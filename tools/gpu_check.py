@@ -45,9 +45,9 @@ from core.io import atomic_output, load_seed, write_json  # noqa: E402
 from tools.make_toy_dataset import make_toy_dataset  # noqa: E402
 
 # Epoch numbers handed to train_rsepm.py so that RS and the mix are active from the first
-# iteration. Today's convention counts epochs from 0; change these two when it counts from 1.
-RS_START = 0
-MIX_START = 0
+# iteration (train_rsepm.py counts epochs from 1, as the authors' trainers do).
+RS_START = 1
+MIX_START = 1
 MATCH_TOL = 2e-4  # max |GPU - CPU| of float32 seeds from the same weights
 # --smoke runs every code path once (single process and torchrun, fp32 and bf16, each script and
 # decoder, the seed comparison), not the whole matrix: each run is a process that imports torch.

@@ -3,6 +3,7 @@ image (docs/formats.md#inference). The tensor-level multi-scale inference lives 
 """
 import argparse
 import os
+from functools import partial
 import random
 import sys
 
@@ -13,13 +14,19 @@ from core.checkpoint import load_checkpoint
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
-from core.io import save_seed
+from core.inference import scaled_size
+from core.io import claim_output_folder, file_fingerprint, save_seed
 from core.safety import remove_stale_temp_files, safe_output_path
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, resolve_devices, str2bool
+from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
+                        add_overwrite_arg, make_parser, resolve_devices, str2bool)
 from tools.paths import model_path, predictions_dir
 
 AMP_MODES = ("off", "bf16", "fp16")
 MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
+# Rough peak memory of one pass per pixel of its (scaled) input, the image and its flip together:
+# a ResNet-101 DeepLab at output stride 8 keeps a few 1024-2048-channel maps at 1/8 of the input
+# side alive (~100 floats per input pixel each image). An estimate for a guard, not a measurement.
+PASS_BYTES_PER_PIXEL = 1024
 
 
 def inference_parser(description, backbone, tag):
@@ -43,6 +50,11 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
+    add_image_limit_arg(parser)
+    parser.add_argument("--max_memory_gib", default=32.0, type=float,
+                        help="an image whose estimated inference memory at the largest scale exceeds this is "
+                             "skipped and listed at the end (the estimate is rough: ~1 KiB per scaled pixel)")
+    add_overwrite_arg(parser, "seed files")
     return parser
 
 
@@ -114,11 +126,32 @@ def image_order(layout, args):
     return ids
 
 
-class _Images(torch.utils.data.Dataset):
-    """Reads images in DataLoader workers; a bad image is returned as its error, not raised."""
+def scale_problem(height, width, scales, num_classes, max_gib):
+    """None when an (height, width) image can run at `scales`, else the reason to skip it.
 
-    def __init__(self, layout, ids, need_tags):
-        self.layout, self.ids, self.need_tags = layout, ids, need_tags
+    Too small: a scale that floors a side to 0 pixels (e.g. a 1-pixel-high image at 0.5).
+    Too large: the estimated memory of the largest pass (PASS_BYTES_PER_PIXEL per scaled pixel)
+    plus the float32 averages at full size ((C+1) planes, three copies) exceeds `max_gib`.
+    """
+    for scale in scales:
+        if min(scaled_size(height, width, scale)) < 1:
+            return (f"image of {width}x{height} pixels is too small for scale {scale:g} (a side becomes 0 "
+                    "pixels); drop that scale with --scales")
+    largest = max(scales)
+    h, w = scaled_size(height, width, largest)
+    estimate = h * w * PASS_BYTES_PER_PIXEL + 3 * 4 * num_classes * height * width
+    if estimate > max_gib * 2 ** 30:
+        return (f"image of {width}x{height} pixels would need about {estimate / 2 ** 30:.1f} GiB at scale "
+                f"{largest:g}, over --max_memory_gib {max_gib:g}; skipped")
+    return None
+
+
+class _Images(torch.utils.data.Dataset):
+    """Reads images in DataLoader workers; a bad image is returned as its error, not raised.
+    `check(height, width)` returns a reason to skip an image (size guards) or None."""
+
+    def __init__(self, layout, ids, need_tags, check=None):
+        self.layout, self.ids, self.need_tags, self.check = layout, ids, need_tags, check
 
     def __len__(self):
         return len(self.ids)
@@ -127,10 +160,28 @@ class _Images(torch.utils.data.Dataset):
         image_id = self.ids[index]
         try:
             image = self.layout.read_image(image_id)
+            problem = self.check(*image.shape[:2]) if self.check else None
+            if problem:
+                return image_id, None, None, f"{self.layout.image_path(image_id)}: {problem}"
             tags = self.layout.read_tags(image_id) if self.need_tags else []
             return image_id, normalize_image(image), tags, None
         except DatasetError as e:
             return image_id, None, None, str(e)
+
+
+def inference_settings(args, kind, weights, same, interpolation, class_fn):
+    """What shapes the seeds of a run (recorded in predictions/{tag}/{domain}.settings.json):
+    the weights' content (sha256; their path is recorded, not compared), the network and every
+    flag that changes a seed value. Order flags (--reverse, --shuffle, --single) are left out."""
+    settings = {"kind": kind, "weights": file_fingerprint(weights), "dataset": args.dataset,
+                "domain": args.domain, "backbone": args.backbone, "scales": list(args.scales),
+                "amp": getattr(args, "amp", "off"), "same": same, "interpolation": interpolation}
+    if kind != "seg":
+        settings.update(conf_th=args.conf_th, class_fn=class_fn)
+    for name in ("decoder", "output_stride"):
+        if hasattr(args, name):
+            settings[name] = getattr(args, name)
+    return settings
 
 
 @torch.no_grad()
@@ -140,7 +191,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     Returns a summary dict; exits non-zero (SystemExit) if any image failed.
     """
     info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info)
+    layout = SeedLayout(args.root_dir, args.domain, info, max_pixels=getattr(args, "max_image_pixels", None))
     use_tags = kind != "seg" and args.conf_th == -1
     if use_tags and not layout.has_xml:
         raise DatasetError(f"{layout.split_dir}: split {args.domain!r} has no xml tags; --conf_th -1 uses "
@@ -151,12 +202,19 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
     os.makedirs(out_dir, exist_ok=True)
     remove_stale_temp_files(out_dir)  # what killed runs left half-written
+    deleted = claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
+                                  ".pkl", overwrite=getattr(args, "overwrite", False))
+    if deleted:
+        print(f"[i] --overwrite: deleted {deleted} seed files of {out_dir}")
     ids = image_order(layout, args)
     todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
     print(f"[i] {kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
           f"weights {weights}, device {device}{' x' + str(len(device_ids)) if len(device_ids) > 1 else ''}"
           f"{', amp ' + args.amp if getattr(args, 'amp', 'off') != 'off' else ''}")
-    loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags), batch_size=None, shuffle=False,
+    limit = getattr(args, "max_memory_gib", None)
+    check = None if limit is None else partial(scale_problem, scales=args.scales, num_classes=info.num_classes,
+                                               max_gib=limit)
+    loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags, check), batch_size=None, shuffle=False,
                                          num_workers=min(args.num_workers, len(todo)))
     failed = []
     for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True):
@@ -178,7 +236,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     print(f"[i] wrote {summary['written']} seed files to {out_dir} "
           f"({summary['skipped_existing']} already present, {len(failed)} failed)")
     if failed:
-        print(f"error: {len(failed)} image(s) could not be processed:", file=sys.stderr)
+        print(f"error: {len(failed)} image(s) could not be processed (skipped, no seed written):", file=sys.stderr)
         for message in failed:
             print(f"  {message}", file=sys.stderr)
         raise SystemExit(1)

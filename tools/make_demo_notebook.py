@@ -1,13 +1,21 @@
-"""Write demo.ipynb, the walk-through notebook, from the cells below (so it is reviewed as Python).
+"""Write demo.ipynb, the walk-through notebook, from tools/demo_cells.py (reviewed as Python).
 
-    python tools/make_demo_notebook.py            (re)write demo.ipynb at the repository root
-    python tools/make_demo_notebook.py --check    exit 1 if demo.ipynb differs from this script's output
+    python tools/make_demo_notebook.py --execute  write it and execute it on the toy run
+                                                  (experiments/toy/), storing the outputs: what is
+                                                  committed, so the figures show without running
+    python tools/make_demo_notebook.py            write it without outputs
+    python tools/make_demo_notebook.py --check    exit 1 if its cells differ from the generator's
 
-The notebook is stored without outputs and with fixed cell ids, so the file is the same byte for
-byte on every run; tests/test_notebook.py checks that and executes it on a tiny run.
+Cells have fixed ids; --execute runs a kernel on this interpreter (the venv) through nbclient and
+drops what changes from run to run (timings, kernel and interpreter details), so executing again
+on the same run changes nothing but what the run changed. Figures are PNG at FIGURE_DPI.
+tests/test_notebook.py checks the stored file and executes a copy on a tiny run.
 """
+import contextlib
+import json
 import os
 import sys
+import tempfile
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -19,373 +27,13 @@ if ROOT not in sys.path:
 from core.io import atomic_output  # noqa: E402
 from tools.args import make_parser  # noqa: E402
 
+from tools.demo_cells import CELLS  # noqa: E402
+
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
-
-INTRO = r"""
-# RS+EPM demo: from class activation maps to pseudo masks
-
-Weakly-supervised semantic segmentation (WSSS) trains a network to label every pixel although
-the training images only come with image-level tags ("this picture contains a disc and a ring").
-This notebook takes a few images through every stage of RS+EPM and shows what each stage
-produces:
-
-1. the **CAM** of the classifier head (where the network finds evidence for a class),
-2. the **RS+EPM seed** of the segmentation head (a soft map per class, thresholded),
-3. the **CRF pseudo mask** made from the seed (the training labels of the second stage),
-4. the **retrained model**'s prediction (a DeepLabV3+ trained on those pseudo masks),
-
-next to the image and its ground truth, and then the per-class IoU that `evaluate.py` measured.
-
-**Before you run it.** Train the toy run first: `bash tools/quickstart.sh` (or
-`python tools/toy_pipeline.py`) builds the synthetic TOY dataset in `toy_data/TOY` and writes
-weights, seeds, masks and evaluations to `experiments/toy/`. Start Jupyter from the repository
-root (`jupyter notebook demo.ipynb`) so that `core` and `tools` can be imported. Besides the
-runtime requirements it needs matplotlib and a Jupyter kernel (`pip install -r requirements-dev.txt`)
-and a front end such as `pip install notebook` or `jupyterlab`.
-
-**Speed.** Everything runs on the CPU, in a minute or less for the toy run: only a few images,
-and the test-time scales default to `(1.0, 0.5)` instead of the published `(1.0, 0.5, 1.5, 2.0)`.
-The maps here are therefore close to, not identical with, the seed files of the run; to
-reproduce those exactly, set `SCALES` to the scales they were made with (the toy pipeline uses
-`(1.0, 0.5, 1.5)`, the scripts' default is the published set).
-
-**The released VOC weights.** Set `DATASET = "VOC"`, `ROOT_DIR = "../VOC2012/"`,
-`BACKBONE = "resnet50"`, `RSEPM_TAG = "ResNet50@VOC@RS+EPM@Official"`, `PRED_DIR = "./experiments/"`
-and `WEIGHTS` to the downloaded `.pth` file (or leave it `None` when the file sits at
-`experiments/models/ResNet50@VOC@RS+EPM@Official/last.pth`); for the multi-stage model
-`SEG_TAG = "ResNet101@VOC@RS+EPM@MS@Official"`, `SEG_BACKBONE = "resnet101"`,
-`SEG_OUTPUT_STRIDE = 8` (and `SEG_WEIGHTS`). At full VOC resolution these networks take several
-seconds per image on a CPU.
-"""
-
-PARAMETERS = r'''
-# Parameters. Edit the defaults here, or set the environment variable RSEPM_DEMO_<NAME> shown
-# on each line (the test runs the notebook that way on a tiny run).
-import os
-
-if not os.path.isfile(os.path.join("core", "networks.py")):
-    raise RuntimeError(f"start this notebook from the repository root (the folder holding core/ and tools/); "
-                       f"the working directory is {os.getcwd()}")
-
-from tools.inference import parse_scales
-from tools.toy_pipeline import RSEPM_TAG as TOY_RSEPM_TAG, SEG_TAG as TOY_SEG_TAG
-
-
-def setting(name, default, kind=str):
-    """RSEPM_DEMO_{name} from the environment (converted by `kind`) if set, else `default`."""
-    value = os.environ.get("RSEPM_DEMO_" + name, "")
-    return kind(value) if value.strip() else default
-
-
-def id_list(text):
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-ROOT_DIR = setting("ROOT", "toy_data/TOY")               # dataset root in the seed layout
-DATASET = setting("DATASET", "TOY")                      # data/{DATASET}.json: class names, colours
-DOMAIN = setting("DOMAIN", "validation")                 # split the images come from
-PRED_DIR = setting("PRED_DIR", "./experiments/toy/")     # experiment folder (models/, predictions/, ...)
-RSEPM_TAG = setting("TAG", TOY_RSEPM_TAG)                # single-stage RS+EPM run
-SEG_TAG = setting("SEG_TAG", TOY_SEG_TAG)                # retrained segmenter (multi-stage) run
-BACKBONE = setting("BACKBONE", "resnet18")               # RS+EPM backbone
-SEG_DECODER = setting("SEG_DECODER", "deeplabv3+")       # deeplabv3+ or deeplabv2
-SEG_BACKBONE = setting("SEG_BACKBONE", "resnet18")
-SEG_OUTPUT_STRIDE = setting("SEG_OUTPUT_STRIDE", 16, int)  # 16 for the toy run, 8 for the VOC weights
-WEIGHTS = setting("WEIGHTS", None)                       # None: {PRED_DIR}/models/{RSEPM_TAG}/last.pth
-SEG_WEIGHTS = setting("SEG_WEIGHTS", None)               # None: {PRED_DIR}/models/{SEG_TAG}/last.pth
-IMAGE_IDS = setting("IMAGE_IDS", None, id_list)          # None: the first NUM_IMAGES of DOMAIN
-NUM_IMAGES = setting("NUM_IMAGES", 4, int)
-SCALES = setting("SCALES", (1.0, 0.5), parse_scales)     # test-time scales, each with its flip
-CONF_TH = setting("CONF_TH", -1.0, float)                # -1: ground-truth tags; else classes scoring >= CONF_TH
-BG_TH = setting("BG_TH", None, float)                    # None: evaluate.py's best threshold, else 0.35
-'''
-
-SETUP = r'''
-import glob
-
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
-import torch.nn.functional as F
-from IPython.display import Markdown, display
-from matplotlib.patches import Patch
-
-from core.checkpoint import load_checkpoint
-from core.crf import seed_to_mask
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
-from core.inference import multiscale_inference, rsepm_seed
-from core.io import read_json
-from core.networks import RSEPM, build_network
-from core.targets import normalize_cam
-from tools.paths import evaluation_path, model_path
-
-torch.set_grad_enabled(False)
-info = load_dataset_info(DATASET)
-layout = SeedLayout(ROOT_DIR, DOMAIN, info)
-image_ids = list(IMAGE_IDS or layout.ids[:NUM_IMAGES])
-known = set(layout.ids)
-missing = [i for i in image_ids if i not in known]
-if missing:
-    raise ValueError(f"IMAGE_IDS not in {layout.split_dir}: {', '.join(missing)}")
-if CONF_TH == -1 and not layout.has_xml:
-    raise ValueError(f"{layout.split_dir} has no xml tags: set CONF_TH (e.g. 0.34) to use the predicted classes")
-print(f"{len(image_ids)} image(s) of {DATASET}/{DOMAIN}: {', '.join(image_ids)}; scales {SCALES}")
-'''
-
-PANELS = r"""
-## What the panels show
-
-* **Image** and **ground truth**: the ground-truth mask is used here only for comparison; the
-  method never sees it. The light band around objects is "ignore" (not scored), as in VOC.
-* **CAM** (class activation map): the classifier's 1x1 convolution evaluated at every position of
-  the last backbone feature map, before it is averaged into an image-level score. It marks where
-  the network found evidence for a class, usually only the most telling part of an object. Each
-  class map is divided by its own maximum (`core.targets.normalize_cam`); the panel shows the
-  largest value over the image's classes, coarse (stride 16) and upsampled.
-* **RS+EPM seed**: the segmentation head's probability of each present class, each scaled so
-  its peak is 1, averaged over the test-time scales and flips: what `infer_rsepm.py` stores.
-  A pixel takes the class with the highest score, or background when no score reaches the
-  background threshold (the best one of `evaluate.py`'s sweep when that result exists).
-* **CRF pseudo mask**: `convert_seed_to_pseudo_masks.py` adds a background score
-  (1 - highest seed)^2 and runs a dense CRF, which pulls the boundaries onto colour edges
-  (`core.crf.seed_to_mask`). These masks are the labels the second stage trains on.
-* **Retrained model** (multi-stage): an ordinary, fully supervised DeepLabV3+ trained on the
-  pseudo masks; it needs no tags at test time. Its argmax is often cleaner than its own labels,
-  because mistakes that differ from image to image average out during training.
-
-"Present classes" are the image's ground-truth tags when `CONF_TH = -1` (like
-`infer_rsepm.py --conf_th -1`); with `CONF_TH = 0.34` they are the classes the classifier
-predicts, which is how a single-stage validation result is made.
-"""
-
-THRESHOLD = r'''
-DEFAULT_BG_TH = 0.35
-
-
-def best_threshold(pred_dir, tag, domain):
-    """evaluate.py's best background threshold for this run's seeds, and the JSON it came from.
-
-    Looks at the seeds of `domain`, then of train (the toy run sweeps the train seeds).
-    Returns (threshold, path) or (None, None).
-    """
-    for folder_domain in dict.fromkeys([domain, "train"]):
-        path = evaluation_path(pred_dir, "predictions", tag, folder_domain)
-        if os.path.isfile(path):
-            threshold = read_json(path).get("threshold")
-            if threshold is not None:
-                return float(threshold), path
-    return None, None
-
-
-if BG_TH is not None:
-    bg_th = BG_TH
-    print(f"background threshold {bg_th:.2f} (BG_TH)")
-else:
-    bg_th, source = best_threshold(PRED_DIR, RSEPM_TAG, DOMAIN)
-    if bg_th is None:
-        bg_th = DEFAULT_BG_TH
-        print(f"background threshold {bg_th:.2f} (default: no evaluate.py seed result for {RSEPM_TAG})")
-    else:
-        print(f"background threshold {bg_th:.2f} (best of the sweep in {source})")
-'''
-
-RSEPM_CELL = r'''
-def load_model(network, weights):
-    """The network with the checkpoint's weights, in eval mode; a clear error when the file is absent."""
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights}: checkpoint not found (run `bash tools/quickstart.sh` for the toy "
-                                "run, or set WEIGHTS / SEG_WEIGHTS to a .pth file)")
-    load_checkpoint(network, weights)
-    return network.eval()
-
-
-def present_classes(image_id, scores):
-    """1-based classes of the image: ground-truth tags (CONF_TH = -1) or scores (C,) >= CONF_TH."""
-    if CONF_TH == -1:
-        return sorted(layout.read_tags(image_id))
-    return (torch.nonzero(scores >= CONF_TH).flatten() + 1).tolist()
-
-
-def class_activation_map(model, image, classes):
-    """Max over `classes` of the normalised CAM at scale 1: image (3, H, W) -> (H, W) in [0, 1)."""
-    cam = model(image[None])["cam"]                          # (1, C, H/16, W/16) CAM logits
-    tags = torch.zeros(1, cam.shape[1])
-    tags[0, [c - 1 for c in classes]] = 1.0
-    cam = normalize_cam(cam, tags)                           # untagged classes are zero
-    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
-    return cam[0].max(dim=0).values.numpy()
-
-
-rsepm_weights = WEIGHTS or model_path(PRED_DIR, RSEPM_TAG)
-rsepm = load_model(RSEPM(BACKBONE, info.num_classes, output_stride=16), rsepm_weights)
-print(f"RS+EPM weights: {rsepm_weights}")
-
-results = []
-for image_id in image_ids:
-    image = layout.read_image(image_id)                      # uint8 (H, W, 3)
-    tensor = normalize_image(image)                          # float (3, H, W)
-    # The settings of infer_rsepm.py: nearest resizing of the decoder logits, sigmoid class scores.
-    probs, scores = multiscale_inference(rsepm, tensor, "rsepm", scales=SCALES, interpolation="nearest",
-                                         same=True, with_scores=CONF_TH != -1)
-    classes = present_classes(image_id, scores)
-    keys, seed = rsepm_seed(probs, classes)
-    seed = {"keys": keys, "seed": seed, "dialect": "rsepm"}
-    results.append({
-        "id": image_id, "image": image, "classes": classes,
-        "gt": layout.read_mask(image_id, image.shape[:2]) if layout.has_masks else None,
-        "cam": class_activation_map(rsepm, tensor, classes),
-        "seed": seed,
-        "seed_mask": seed_to_mask(seed, image, mode="argmax", bg_th=bg_th),
-        "crf_mask": seed_to_mask(seed, image, mode="crf"),
-        "seg_mask": None,
-    })
-    print(f"{image_id}: classes {[info.class_names[c] for c in classes]}")
-'''
-
-SEG_CELL = r'''
-seg_weights = SEG_WEIGHTS or model_path(PRED_DIR, SEG_TAG)
-if not os.path.isfile(seg_weights):
-    print(f"skipped the retrained model: no weights at {seg_weights} (train_seg.py writes them; "
-          "the toy pipeline's stage 5)")
-else:
-    seg_model = load_model(build_network(SEG_DECODER, SEG_BACKBONE, info.num_classes, SEG_OUTPUT_STRIDE),
-                           seg_weights)
-    print(f"retrained model weights: {seg_weights}")
-    for result in results:
-        # The settings of infer_seg.py: bilinear resizing; the mask is the argmax over all classes.
-        probs, _ = multiscale_inference(seg_model, normalize_image(result["image"]), "seg", scales=SCALES,
-                                        interpolation="bilinear", same=True)
-        result["seg_mask"] = probs.argmax(dim=0).numpy().astype(np.uint8)
-'''
-
-FIGURE = r'''
-IGNORE_COLOR = (224, 224, 192)  # VOC's colour of the unscored border band
-
-lookup = np.zeros((256, 3), dtype=np.uint8)
-lookup[:info.num_classes] = info.colors
-lookup[info.ignore_index] = IGNORE_COLOR
-
-
-def legend_handles(masks):
-    """One coloured patch per class index found in any of the (H, W) masks."""
-    present = np.unique(np.concatenate([m.ravel() for m in masks]))
-    names = {info.ignore_index: "ignore", **dict(enumerate(info.class_names))}
-    return [Patch(facecolor=lookup[c] / 255.0, edgecolor="grey", label=names.get(int(c), str(c)))
-            for c in present]
-
-
-columns = ["image", "ground truth", "CAM", f"RS+EPM seed (bg {bg_th:.2f})", "CRF pseudo mask"]
-with_seg = any(r["seg_mask"] is not None for r in results)
-if with_seg:
-    columns.append("retrained " + {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}.get(SEG_DECODER, SEG_DECODER))
-
-fig, axes = plt.subplots(len(results), len(columns), figsize=(2.3 * len(columns) + 1.6, 2.4 * len(results)),
-                         squeeze=False)
-for row, result in zip(axes, results):
-    masks = [m for m in (result["gt"], result["seed_mask"], result["crf_mask"], result["seg_mask"]) if m is not None]
-    row[0].imshow(result["image"])
-    if result["gt"] is not None:
-        row[1].imshow(lookup[result["gt"]])
-    else:
-        row[1].text(0.5, 0.5, "no ground truth", ha="center", va="center")
-    row[2].imshow(result["image"])
-    row[2].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-    row[3].imshow(lookup[result["seed_mask"]])
-    row[4].imshow(lookup[result["crf_mask"]])
-    if with_seg:
-        row[5].imshow(lookup[result["seg_mask"]])
-    for ax in row:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    row[0].set_ylabel(result["id"] + "\n" + ", ".join(info.class_names[c] for c in result["classes"]), fontsize=8)
-    row[-1].legend(handles=legend_handles(masks), loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-for ax, title in zip(axes[0], columns):
-    ax.set_title(title, fontsize=9)
-fig.tight_layout()
-plt.show()
-'''
-
-EVALUATION_INTRO = r"""
-## Scores measured by `evaluate.py`
-
-`evaluate.py` writes its result as JSON beside the folder it scored:
-`{PRED_DIR}/{folder}/{tag}/{domain}.eval.json`. The table lists every one found for the two
-tags above and their variants (`{tag}@...`, e.g. the toy run's `@conf0.34` seeds of
-validation made with predicted classes). `predictions` rows score seeds (RS+EPM seeds at the
-best background threshold of the sweep, the retrained model's argmax), `pseudo-labels` rows
-score the CRF masks. IoU is in percent; a blank cell is a class absent from both the prediction
-and the ground truth.
-"""
-
-EVALUATION = r'''
-def evaluation_files(pred_dir, tags):
-    """Paths of evaluate.py's JSON results of each tag and its `{tag}@...` variants, tag by tag."""
-    found = []
-    for tag in tags:
-        paths = []
-        for name in (glob.escape(tag), glob.escape(tag) + "@*"):
-            paths += glob.glob(os.path.join(glob.escape(pred_dir), "*", name, "*.eval.json"))
-        found += sorted(paths)
-    return list(dict.fromkeys(found))  # a variant of one tag may be the other tag
-
-
-def cell(value):
-    return "" if value is None else f"{value:.2f}"
-
-
-evaluations = [read_json(path) for path in evaluation_files(PRED_DIR, dict.fromkeys([RSEPM_TAG, SEG_TAG]))]
-if not evaluations:
-    print(f"no evaluate.py results (*.eval.json) under {PRED_DIR} for {RSEPM_TAG} or {SEG_TAG}; "
-          "run evaluate.py (the toy pipeline does) to fill this section")
-else:
-    header = "| class | " + " | ".join(f"({k})" for k in range(1, len(evaluations) + 1)) + " |"
-    lines = [header, "|---|" + "---:|" * len(evaluations)]
-    for name in info.class_names:
-        lines.append(f"| {name} | " + " | ".join(cell(e["iou"].get(name)) for e in evaluations) + " |")
-    lines.append("| **mIoU** | " + " | ".join(f"**{cell(e['mIoU'])}**" for e in evaluations) + " |")
-    lines.append("")
-    for k, e in enumerate(evaluations, start=1):
-        threshold = "" if e.get("threshold") is None else f", background threshold {e['threshold']:.2f}"
-        lines.append(f"* ({k}) `{e['folder']}` of `{e['tag']}` on {e['domain']}, "
-                     f"{e['num_images']} images{threshold}")
-    display(Markdown("\n".join(lines)))
-'''
-
-CHART = r'''
-if evaluations:
-    names = info.class_names + ["mIoU"]
-    x = np.arange(len(names))
-    width = 0.8 / len(evaluations)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names)), 3.6))
-    for k, e in enumerate(evaluations):
-        values = [np.nan if e["iou"].get(n) is None else e["iou"][n] for n in info.class_names]
-        values.append(np.nan if e["mIoU"] is None else e["mIoU"])
-        ax.bar(x + (k - (len(evaluations) - 1) / 2) * width, values, width,
-               label=f"({k + 1}) {e['folder']}, {e['domain']}: {e['tag']}")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1)
-    fig.tight_layout()
-    plt.show()
-'''
-
-CELLS = [
-    ("intro", "markdown", INTRO),
-    ("parameters", "code", PARAMETERS),
-    ("setup", "code", SETUP),
-    ("panels", "markdown", PANELS),
-    ("threshold", "code", THRESHOLD),
-    ("rsepm", "code", RSEPM_CELL),
-    ("retrained-model", "code", SEG_CELL),
-    ("figure", "code", FIGURE),
-    ("evaluation-intro", "markdown", EVALUATION_INTRO),
-    ("evaluation-table", "code", EVALUATION),
-    ("evaluation-chart", "code", CHART),
-]
-
-
+KERNEL = "rsepm-demo"
+METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"}}
+MAX_BYTES = 2 * 1024 * 1024  # the stored notebook must stay small enough to browse
 def build_notebook():
     """The demo notebook as an nbformat node: no outputs, fixed cell ids, Python 3 kernel."""
     cells = []
@@ -397,38 +45,96 @@ def build_notebook():
             cell["metadata"]["tags"] = ["parameters"]  # papermill's convention for the cell to override
         cells.append(cell)
     nb = new_notebook(cells=cells)
-    nb["metadata"] = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
+    nb["metadata"] = json.loads(json.dumps(METADATA))
     nbformat.validate(nb)
     return nb
 
 
-def notebook_text():
-    return nbformat.writes(build_notebook()) + "\n"
+def notebook_text(nb=None):
+    return nbformat.writes(build_notebook() if nb is None else nb) + "\n"
+
+
+def without_outputs(nb):
+    """A copy of the notebook node with every code cell's outputs and execution count cleared."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+@contextlib.contextmanager
+def kernel_environment():
+    """A kernelspec running ipykernel on this interpreter, and the environment the kernel inherits:
+    no RSEPM_DEMO_* overrides (the stored outputs show the defaults), PNG figures via the inline
+    backend, one thread per process unless OMP_NUM_THREADS is set."""
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = os.path.join(tmp, "kernels", KERNEL)
+        os.makedirs(spec)
+        with open(os.path.join(spec, "kernel.json"), "w", encoding="utf-8") as f:
+            json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                       "display_name": "RS+EPM demo", "language": "python"}, f)
+        for key in [k for k in os.environ if k.startswith("RSEPM_DEMO_")]:
+            del os.environ[key]
+        os.environ.update({"JUPYTER_PATH": tmp, "JUPYTER_RUNTIME_DIR": os.path.join(tmp, "runtime"),
+                           "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def execute(nb, timeout=900):
+    """Execute the notebook node in place from the repository root; returns it without the
+    run-to-run noise. A cell error raises nbclient's CellExecutionError naming the cell."""
+    from nbclient import NotebookClient
+
+    with kernel_environment():
+        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
+                       resources={"metadata": {"path": ROOT}}).execute()
+    nb["metadata"] = json.loads(json.dumps(METADATA))  # not the temporary kernel, not the Python version
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        for output in cell.get("outputs", []):
+            output.get("metadata", {}).pop("execution", None)
+    nbformat.validate(nb)
+    return nb
 
 
 def main(argv=None):
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", default=NOTEBOOK, help="notebook file to write")
-    parser.add_argument("--check", action="store_true", help="only compare --out with the generated text")
+    parser.add_argument("--execute", action="store_true",
+                        help="execute it on the toy run (experiments/toy/) and store the outputs")
+    parser.add_argument("--check", action="store_true",
+                        help="only compare the cells of --out with the generated ones (outputs are ignored)")
+    parser.add_argument("--timeout", default=900, type=int, help="seconds one cell may run with --execute")
     args = parser.parse_args(argv)
-    text = notebook_text()
     if args.check:
         try:
-            with open(args.out, encoding="utf-8", newline="") as f:
-                same = f.read() == text
+            same = notebook_text(without_outputs(nbformat.read(args.out, as_version=4))) == notebook_text()
         except FileNotFoundError:
             same = False
         if not same:
-            sys.exit(f"error: {args.out} differs from the output of tools/make_demo_notebook.py; "
-                     "run `python tools/make_demo_notebook.py` to regenerate it")
+            sys.exit(f"error: the cells of {args.out} differ from tools/demo_cells.py; run "
+                     "`python tools/make_demo_notebook.py --execute` to regenerate it")
         print(f"{args.out} is up to date")
         return
+    nb = build_notebook()
+    if args.execute:
+        print("executing the notebook on the toy run (about a minute) ...", flush=True)
+        execute(nb, args.timeout)
+    text = notebook_text(nb)
+    if len(text.encode("utf-8")) > MAX_BYTES:
+        sys.exit(f"error: the notebook would be {len(text) / 2**20:.1f} MB, over {MAX_BYTES / 2**20:.0f} MB; "
+                 "show fewer or smaller images (NUM_IMAGES, FIGURE_DPI)")
     with atomic_output(args.out, "wb") as f:
         f.write(text.encode("utf-8"))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} ({len(text.encode('utf-8')) / 1024:.0f} KiB"
+          f"{', with outputs' if args.execute else ', no outputs'})")
 
 
 if __name__ == "__main__":

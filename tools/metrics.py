@@ -113,14 +113,25 @@ def tag_keep_mask(tags, num_classes):
 # ---------------------------------------------------------------------------------------------
 # Seeds (docs/formats.md#seed-files) and the background-threshold sweep
 # ---------------------------------------------------------------------------------------------
-def sweep_thresholds(st_th=0.10, end_th=0.80, th_interval=0.05):
+MAX_THRESHOLDS = 1000  # each threshold is one (C+1, C+1) matrix per image and one pass over its scores
+
+
+def sweep_thresholds(st_th=0.10, end_th=0.80, th_interval=0.05, max_count=MAX_THRESHOLDS):
     """Background thresholds st_th, st_th + th_interval, ..., end_th inclusive (rounded to 1e-10,
-    so 0.15 is 0.15 and not 0.15000000000000002)."""
+    so 0.15 is 0.15 and not 0.15000000000000002). At most `max_count` thresholds."""
+    if not all(np.isfinite([st_th, end_th, th_interval])):
+        raise ValueError(f"--st_th, --end_th and --th_interval must be finite numbers, got "
+                         f"{st_th}, {end_th}, {th_interval}")
     if not th_interval > 0:
         raise ValueError(f"--th_interval must be positive, got {th_interval}")
     if end_th < st_th:
         raise ValueError(f"--end_th ({end_th}) is below --st_th ({st_th})")
-    count = int(np.floor((end_th - st_th) / th_interval + 1e-9)) + 1
+    steps = (end_th - st_th) / th_interval
+    if steps + 1 > max_count:
+        raise ValueError(f"--th_interval {th_interval:g} gives {steps + 1:,.0f} thresholds from {st_th:g} to "
+                         f"{end_th:g}, more than {max_count:,}; use a step of at least "
+                         f"{(end_th - st_th) / (max_count - 1):.2g}")
+    count = int(np.floor(steps + 1e-9)) + 1
     return [round(st_th + i * th_interval, 10) for i in range(count)]
 
 

@@ -63,12 +63,24 @@ class PolyLR(torch.optim.lr_scheduler.LRScheduler):
         return [base * (1.0 - progress) ** self.power for base in self.base_lrs]
 
 
-class ModelEMA:
-    """Exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * w.
+EMA_RAMP = 2000.0  # updates over which the decay ramps up (released tools/ai/torch_utils.py ModelEMA)
 
-    Floating tensors of the state_dict (parameters and BN running statistics) are averaged;
-    integer buffers (num_batches_tracked) are copied. `module` is an eval-mode copy of the
-    unwrapped model without gradients, usable as the teacher (docs/method.md#ema, --teacher ema).
+
+def ema_decay_at(decay, updates):
+    """Decay of the `updates`-th update: decay * (1 - exp(-updates / EMA_RAMP)) (docs/method.md#ema)."""
+    return decay * (1.0 - math.exp(-updates / EMA_RAMP))
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights, with the authors' ramped decay
+    (docs/method.md#ema): the u-th update (u = 1, 2, ...) does ema = d(u) * ema + (1 - d(u)) * w
+    with d(u) = ema_decay_at(decay, u), so early on the average follows the network closely.
+
+    As in the authors' ModelEMA, every floating tensor of the state_dict (parameters and BN
+    running statistics) is averaged and integer buffers (num_batches_tracked) keep the value they
+    had when the copy was made. `module` is an eval-mode copy of the unwrapped model without
+    gradients, usable as the teacher (--teacher ema). `updates` is part of state_dict(), so a
+    resumed run continues the ramp where it stopped.
     """
 
     def __init__(self, model, decay=0.999):
@@ -76,21 +88,22 @@ class ModelEMA:
         self.decay = decay
         self.updates = 0
 
+    def current_decay(self):
+        """The decay the last update used (0 before any update)."""
+        return ema_decay_at(self.decay, self.updates)
+
     @torch.no_grad()
     def update(self, model):
+        self.updates += 1
+        decay = self.current_decay()
         source = unwrap(model).state_dict()
-        floats, targets, others = [], [], []
+        floats, targets = [], []
         for name, value in self.module.state_dict().items():
             if value.is_floating_point():
                 floats.append(value)
                 targets.append(source[name].detach())
-            else:
-                others.append((value, source[name]))
-        torch._foreach_mul_(floats, self.decay)
-        torch._foreach_add_(floats, targets, alpha=1.0 - self.decay)
-        for value, new in others:
-            value.copy_(new)
-        self.updates += 1
+        torch._foreach_mul_(floats, decay)
+        torch._foreach_add_(floats, targets, alpha=1.0 - decay)
 
     def state_dict(self):
         return {"decay": self.decay, "updates": self.updates, "module": self.module.state_dict()}
@@ -211,6 +224,11 @@ class LossMonitor:
     def means(self, ctx=None):
         """check(), then return {name: mean since the last call} as floats and start afresh
         (the check and the sums come back in one transfer)."""
+        totals, counts = self.totals(ctx)
+        return {n: totals[n] / counts[n] for n in totals}
+
+    def totals(self, ctx=None):
+        """check(), then return ({name: sum}, {name: count}) since the last call and start afresh."""
         packed = self._read(ctx, sums=True)
         totals, counts, offset = {}, {}, 0
         for names, (_, count, _) in self.groups.items():
@@ -218,7 +236,7 @@ class LossMonitor:
                 totals[n], counts[n] = totals.get(n, 0.0) + v, counts.get(n, 0) + count
             offset += len(names)
         self.groups = {}
-        return {n: totals[n] / counts[n] for n in totals}
+        return totals, counts
 
     def _read(self, ctx, sums):
         """Copy the verdict (and the sums) to the host; raise if a value was not finite."""

@@ -25,6 +25,7 @@ report).
 """
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -40,8 +41,8 @@ from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
 from core.safety import check_output_id, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.builders import (PrepareError, add_output_args, check_official_counts, place_file,  # noqa: E402
-                            print_summary, run_parallel, verify_split, voc_annotation_xml)
+from tools.builders import (PrepareError, add_output_args, check_official_counts, check_source_image,  # noqa: E402
+                            place_file, print_summary, run_counting_skips, verify_split, voc_annotation_xml)
 
 SPLITS = {"train": ("train2014", "instances_train2014.json"),
           "validation": ("val2014", "instances_val2014.json")}
@@ -184,13 +185,39 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
             if not os.path.isfile(src):
                 raise PrepareError(f"{json_path}: image {image['file_name']} (id {image['id']}) not found "
                                    f"in {image_dir}")
+            where = f"{json_path}: image id {image['id']} ({image['file_name']})"
+            for ann in anns:
+                ann["bbox"] = check_box(ann["bbox"], f"{where}: annotation {ann['id']}")
             tasks.append({"id": os.path.splitext(image["file_name"])[0], "src": src,
-                          "file_name": image["file_name"], "width": int(image["width"]),
-                          "height": int(image["height"]), "annotations": anns})
+                          "file_name": image["file_name"], "width": image_side(image, "width", where),
+                          "height": image_side(image, "height", where), "annotations": anns})
     except KeyError as e:
         raise PrepareError(f"{json_path}: an image or annotation entry lacks the field {e}") from None
     tasks.sort(key=lambda t: t["id"])
     return tasks, empty
+
+
+MAX_SIDE = 1 << 20  # a side beyond a million pixels is a broken annotation, not a photograph
+
+
+def image_side(image, key, where):
+    """The integer `width` or `height` of a COCO image entry; PrepareError naming the file,
+    the image and the value when it is not a positive whole number (e.g. "abc", NaN, 1e400)."""
+    value = image[key]
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or number != int(number) or not 0 < number <= MAX_SIDE:
+        raise PrepareError(f"{where}: {key} {value!r} is not a positive whole number of pixels")
+    return int(number)
+
+
+def check_box(bbox, where):
+    """A COCO [x, y, w, h] of four finite numbers (w, h >= 0); PrepareError naming the file otherwise."""
+    ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    if not ok or bbox[2] < 0 or bbox[3] < 0:
+        raise PrepareError(f"{where}: bbox {bbox!r} is not [x, y, width, height] of finite numbers "
+                           "with width, height >= 0")
+    return list(bbox)
 
 
 def output_name(file_name, json_path, image_id):
@@ -216,9 +243,10 @@ def group_annotations(annotations, category_to_class, json_path):
     return by_image
 
 
-def build_image(task, split_dir, link, crowd, info):
+def build_image(task, split_dir, link, crowd, info, max_pixels=None):
     """Write image, mask and xml of one COCO image; returns how many files were written."""
     image_id = task["id"]
+    check_source_image(task["src"], max_pixels)  # header only: 16-bit or huge images skipped before writing
     written = place_file(task["src"], safe_output_path(split_dir, os.path.join("image", image_id + ".jpg")), link)
     mask_path = safe_output_path(split_dir, os.path.join("mask", image_id + ".png"))
     if not os.path.exists(mask_path):
@@ -288,8 +316,8 @@ def prepare_coco(args):
                                   category_to_class, args.empty_images)
         check_official_counts({split: len(tasks)}, official, args.expect_official, "COCO2014")
         work = partial(build_image, split_dir=os.path.join(out_root, split), link=args.link,
-                       crowd=args.crowd, info=info)
-        written = sum(run_parallel(work, tasks, args.num_workers, f"build {split}"))
+                       crowd=args.crowd, info=info, max_pixels=getattr(args, "max_image_pixels", None))
+        written = run_counting_skips(work, tasks, args.num_workers, f"build {split}", f"COCO2014 {split}")
         ids = [t["id"] for t in tasks]
         del tasks  # the annotations of train2014 take a few GB
         rows[split] = verify_split(out_root, split, ids, True, True, info, args.num_workers)

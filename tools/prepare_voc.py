@@ -36,11 +36,11 @@ if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `cor
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
-from core.safety import check_image_file, safe_output_path  # noqa: E402
+from core.safety import safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
-                            place_file, print_summary, read_id_list, resolve_folder, run_parallel,
-                            verify_split)
+                            check_source_image, place_file, print_summary, read_id_list, resolve_folder,
+                            run_counting_skips, verify_split)
 
 OFFICIAL_COUNTS = {"train": 1464, "train_aug": 10582, "validation": 1449, "test": 1456}
 
@@ -180,10 +180,10 @@ def load_source_mask(path, num_classes):
     return check_mask_values(mask, num_classes, path)
 
 
-def build_item(item, split_dir, link, num_classes, palette):
+def build_item(item, split_dir, link, num_classes, palette, max_pixels=None):
     """Write one image's files into `split_dir`; returns how many files were written."""
     image_id = item["id"]
-    check_image_file(item["image"], PrepareError)  # header only: refuses 16-bit images before writing
+    check_source_image(item["image"], max_pixels)  # header only: refuses 16-bit or huge images before writing
     written = place_file(item["image"], safe_output_path(split_dir, os.path.join("image", image_id + ".jpg")), link)
     if item["xml"]:
         written += place_file(item["xml"], safe_output_path(split_dir, os.path.join("xml", image_id + ".xml")), link)
@@ -195,11 +195,12 @@ def build_item(item, split_dir, link, num_classes, palette):
     return written
 
 
-def build_split(out_root, split, items, link, info, num_workers):
-    """Write every item of a split; returns the number of files written."""
+def build_split(out_root, split, items, link, info, num_workers, max_pixels=None):
+    """Write every item of a split; returns the number of files written. An item with a bad
+    input file is skipped; PrepareError lists them all after the others are written."""
     work = partial(build_item, split_dir=os.path.join(out_root, split), link=link,
-                   num_classes=info.num_classes, palette=info.palette)
-    return sum(run_parallel(work, items, num_workers, f"build {split}"))
+                   num_classes=info.num_classes, palette=info.palette, max_pixels=max_pixels)
+    return run_counting_skips(work, items, num_workers, f"build {split}", f"VOC2012 {split}")
 
 
 def collect_splits(args):
@@ -256,7 +257,8 @@ def prepare_voc(args):
     splits, notes = collect_splits(args)
     check_official_counts({s: len(items) for s, items in splits.items()}, OFFICIAL_COUNTS,
                           args.expect_official, "VOC2012")
-    written = {split: build_split(out_root, split, items, args.link, info, args.num_workers)
+    written = {split: build_split(out_root, split, items, args.link, info, args.num_workers,
+                                  getattr(args, "max_image_pixels", None))
                for split, items in splits.items()}
     rows = {}
     for split, items in splits.items():

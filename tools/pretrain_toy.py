@@ -53,16 +53,19 @@ def parse_args(argv=None):
     parser.add_argument("--root_dir", required=True, help="toy dataset root (its train_aug split is used)")
     parser.add_argument("--dataset", default="TOY", help="class list name (data/NAME.json)")
     parser.add_argument("--out", required=True, help="backbone state_dict file to write")
-    parser.add_argument("--backbone", default="resnet18", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--epochs", default=6, type=int)
-    parser.add_argument("--batch_size", default=16, type=int)
-    parser.add_argument("--lr", default=0.05, type=float)
-    parser.add_argument("--wd", default=1e-4, type=float)
-    parser.add_argument("--crop_size", default=96, type=int)
-    parser.add_argument("--min_image_size", default=96, type=int)
-    parser.add_argument("--max_image_size", default=144, type=int)
-    parser.add_argument("--num_workers", default=2, type=int)
-    parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--backbone", default="resnet18", choices=sorted(ARCHITECTURES),
+                        help="backbone to pretrain (the training stages must use the same)")
+    parser.add_argument("--epochs", default=6, type=int, help="passes over the pretraining set")
+    parser.add_argument("--batch_size", default=16, type=int, help="images per iteration")
+    parser.add_argument("--lr", default=0.05, type=float, help="initial SGD learning rate (poly decay to 0)")
+    parser.add_argument("--wd", default=1e-4, type=float, help="SGD weight decay")
+    parser.add_argument("--crop_size", default=96, type=int, help="square training crop in pixels")
+    parser.add_argument("--min_image_size", default=96, type=int,
+                        help="smallest random long side (rescale before the crop)")
+    parser.add_argument("--max_image_size", default=144, type=int,
+                        help="largest random long side")
+    parser.add_argument("--num_workers", default=2, type=int, help="DataLoader worker processes")
+    parser.add_argument("--seed", default=0, type=int, help="seed of initialisation, data order and augmentation")
     return parser.parse_args(argv)
 
 

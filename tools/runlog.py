@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+from core.errors import OutputError
 from core.io import atomic_output
 
 
@@ -18,6 +19,16 @@ class MeanMeter:
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
             self.counts[name] = self.counts.get(name, 0) + 1
+
+    def state_dict(self):
+        """Plain values for resume.pth (sums and counts of the line in progress)."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state):
+        """Restore state_dict(); None (a resume file without meters) starts empty."""
+        state = state or {}
+        self.sums = {k: float(v) for k, v in state.get("sums", {}).items()}
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
 
     def means(self, reset=True):
         result = {n: self.sums[n] / self.counts[n] for n in self.sums}
@@ -44,13 +55,18 @@ class RunLogger:
             return
         from torch.utils.tensorboard import SummaryWriter  # only rank 0 needs tensorboard
 
-        os.makedirs(log_dir, exist_ok=True)
         self.jsonl_path = os.path.join(log_dir, "log.jsonl")
-        if purge_after is not None:
-            self._purge_jsonl(purge_after)
-        self.writer = SummaryWriter(log_dir, purge_step=None if purge_after is None else purge_after + 1)
-        self.jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-        self.text = open(os.path.join(log_dir, "log.txt"), "a", encoding="utf-8")
+        try:  # a read-only or full disk: one line naming the folder, not a traceback
+            os.makedirs(log_dir, exist_ok=True)
+            if purge_after is not None:
+                self._purge_jsonl(purge_after)
+            self.writer = SummaryWriter(log_dir, purge_step=None if purge_after is None else purge_after + 1)
+            self.jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+            self.text = open(os.path.join(log_dir, "log.txt"), "a", encoding="utf-8")
+        except OSError as e:
+            if isinstance(e, OutputError):
+                raise
+            raise OutputError(f"{log_dir}: cannot write the logs ({e})") from e
 
     def _purge_jsonl(self, iteration):
         if not os.path.isfile(self.jsonl_path):

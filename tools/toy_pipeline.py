@@ -17,10 +17,16 @@ Stages, each a command a user could type (printed with what it does before it ru
   5. train_seg.py on the pseudo masks -> infer_seg.py -> CRF -> evaluate   multi-stage result
 No pixel label reaches a training stage: the pretraining and RS+EPM read xml tags only, train_seg
 reads the CRF pseudo masks; ground-truth masks are read by evaluate.py alone.
-Determinism: every stage runs with OMP_NUM_THREADS=--threads (recorded in the summary) on CPU,
-with data order and augmentation functions of the seed, so the same command and seed give the same
-table on one machine. Use --threads 1 on a machine shared with other jobs: two threads per process
-on oversubscribed cores spin and run several times slower.
+Determinism: every stage runs in stage_environment(): OMP_NUM_THREADS = MKL_NUM_THREADS =
+--threads and PYTHONHASHSEED=0 (both recorded in the summary with the torch version). Data order,
+augmentation and DataLoader worker seeds are functions of --seed (tools/distributed.py), so the
+same command and seed give the same table on one machine (tests/test_toy_determinism.py trains
+twice and compares the weights byte for byte). torch.use_deterministic_algorithms is not set: on CPU it
+only changes accumulating index_put/put_ and the backward of list indexing (none on a stage's hot
+path); the CPU kernels used here are already run-to-run identical at a fixed thread count, which
+is why the count is fixed (another count may change the order of float additions, so the last digits). Use
+--threads 1 on a machine shared with other jobs: two threads per process on oversubscribed cores
+spin and run several times slower.
 A stage whose outputs exist is reused (every output is written atomically, so a file that
 exists is complete); training resumes from its checkpoint. The table of mIoU per stage is printed
 and saved as experiments/toy/summary.{json,md} (per seed: experiments/toy/seed{N}/summary.*,
@@ -56,13 +62,20 @@ SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
 # crop is 128 pixels so that the CAM grid is 8x8: at 64 pixels (4x4) SCG has too little to work
 # with and RecurSeed makes the seeds worse (tools/toy_ablation.sh, README).
 RSEPM_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", PRETRAINED,
-               "--batch_size", "8", "--max_epoch", "10", "--rs_start", "3", "--mix_start", "6",
+               "--batch_size", "8", "--max_epoch", "10", "--rs_start", "4", "--mix_start", "7",
                "--lr", "0.01", "--crop_size", "128", "--min_image_size", "128", "--max_image_size", "192",
                "--pamr_dilations", "1,2,4,8", "--log_interval", "25", "--resume", "true"]
 SEG_TRAIN = ["--domain", "train_aug", "--decoder", "deeplabv3+", "--backbone", "resnet18", "--output_stride", "16",
              "--pretrained", PRETRAINED, "--batch_size", "8", "--max_epoch", "8", "--lr", "0.01",
              "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144",
              "--log_interval", "25", "--resume", "true"]
+AFF_TAG = "toy@ResNet18@AffinityNet"
+AFF_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", PRETRAINED, "--crop_size", "96",
+             "--batch_size", "8", "--max_epoch", "3", "--momentum", "0.9", "--log_interval", "25", "--resume", "true"]
+# IRN's walk (radius 5, beta 10, bg 0.25) with 2^3 = 8 steps instead of 2^8: on the 32x32 stride-4
+# grid of a 128-pixel toy image, 256 steps of radius 5 reach every pixel and flood the objects
+# (measured: 62 mIoU on train vs 77 with 8 steps); a VOC image has a 125x94 grid.
+RW_CONVERT = ["--mode", "rw", "--affinity_tag", AFF_TAG, "--exp_times", "3"]
 SCALES = ["--scales", "1.0,0.5"]  # the published 1.0,0.5,1.5,2.0 cost 6x more
 CONF_TH = "0.34"
 
@@ -71,17 +84,32 @@ def printable(command):
     return " ".join(f'"{c}"' if (" " in c or "@" in c or "+" in c) else c for c in command)
 
 
+def stage_environment(threads):
+    """The environment of every stage: os.environ with the settings the numbers depend on."""
+    # Same thread count -> same CPU reduction order -> the same numbers on one machine; a fixed
+    # hash seed keeps any iteration over a set of strings in one order.
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
+
+
+def environment_record(threads):
+    """What the summary records about the set-up the numbers were measured with."""
+    import platform
+
+    import torch
+    return {"threads": threads, "PYTHONHASHSEED": "0", "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
 class Runner:
     """Runs public commands with a fixed thread count, echoing each and timing each stage."""
 
     def __init__(self, log, threads):
         self.log, self.threads, self.times = log, threads, []
-        # Same thread count -> same CPU reduction order -> the same numbers on one machine.
-        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.env = stage_environment(threads)
 
     def run(self, command, what):
         text = printable(command)
-        print(f"\n== {what}\n$ python3 {text}", flush=True)
+        print(f"\n== [{len(self.times) + 1}] {what}\n$ python3 {text}", flush=True)
         self.log.write(f"$ python3 {text}\n")
         self.log.flush()
         start = time.perf_counter()
@@ -111,51 +139,89 @@ def ensure_pretrained(runner, workers):
                "pretrain the ResNet-18 backbone on image-level tags (stand-in for ImageNet)")
 
 
-def run_seed(runner, seed, pred_dir, workers):
-    """Stages 2-5 for one training seed into pred_dir; returns [(row name, evaluation dict)]."""
-    common = ["--dataset", "TOY", "--root_dir", DATA, "--pred_dir", pred_dir]
-    seed_arg = ["--seed", str(seed)]
-    rows = []
-    if not os.path.isfile(model_path(pred_dir, RSEPM_TAG)):
-        runner.run(["train_rsepm.py", *common, *RSEPM_TRAIN, *seed_arg, "--tag", RSEPM_TAG, *workers],
-                   "train single-stage RS+EPM on train_aug (image-level tags only)")
-    infer = ["--backbone", "resnet18", "--tag", RSEPM_TAG, *SCALES, *workers]
-    runner.run(["infer_rsepm.py", *common, "--domain", "train_aug", *infer],
-               "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
-    rows.append(("RS+EPM seeds, train, GT tags (best threshold)",
-                 runner.evaluation(common, pred_dir, "predictions", RSEPM_TAG, "train", "evaluate the seeds")))
-    runner.run(["convert_seed_to_pseudo_masks.py", *common, "--domain", "train_aug", "--folder", "predictions",
-                "--tag", RSEPM_TAG, *workers], "CRF pseudo masks from the seeds")
-    rows.append(("RS+EPM + CRF pseudo masks, train",
-                 runner.evaluation(common, pred_dir, "pseudo-labels", RSEPM_TAG, "train", "evaluate the masks")))
+class SeedRun:
+    """What every stage of one training seed needs: the runner, the seed, its folder, flags."""
 
+    def __init__(self, runner, seed, pred_dir, workers):
+        self.runner, self.seed, self.pred_dir, self.workers = runner, seed, pred_dir, workers
+        self.common = ["--dataset", "TOY", "--root_dir", DATA, "--pred_dir", pred_dir]
+        self.seed_arg = ["--seed", str(seed)]
+
+    def run(self, command, what):
+        self.runner.run(command, what)
+
+    def evaluate(self, folder, tag, domain, what):
+        return self.runner.evaluation(self.common, self.pred_dir, folder, tag, domain, what)
+
+
+def rsepm_stage(r):
+    """Stages 2-3: train RS+EPM, seeds of train_aug with ground-truth tags, CRF pseudo masks."""
+    if not os.path.isfile(model_path(r.pred_dir, RSEPM_TAG)):
+        r.run(["train_rsepm.py", *r.common, *RSEPM_TRAIN, *r.seed_arg, "--tag", RSEPM_TAG, *r.workers],
+              "train single-stage RS+EPM on train_aug (image-level tags only)")
+    r.run(["infer_rsepm.py", *r.common, "--domain", "train_aug", "--backbone", "resnet18", "--tag", RSEPM_TAG,
+           *SCALES, *r.workers], "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
+    rows = [("RS+EPM seeds, train, GT tags (best threshold)",
+             r.evaluate("predictions", RSEPM_TAG, "train", "evaluate the seeds"))]
+    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "train_aug", "--folder", "predictions",
+           "--tag", RSEPM_TAG, *r.workers], "CRF pseudo masks from the seeds")
+    rows.append(("RS+EPM + CRF pseudo masks, train",
+                 r.evaluate("pseudo-labels", RSEPM_TAG, "train", "evaluate the masks")))
+    return rows
+
+
+def random_walk_stage(r):
+    """Stage 3b: the paper's refinement: affinity network on the seeds, random-walk pseudo masks of train."""
+    if not os.path.isfile(model_path(r.pred_dir, AFF_TAG)):
+        r.run(["train_affinity.py", *r.common, *AFF_TRAIN, *r.seed_arg, "--label_tag", RSEPM_TAG, "--tag", AFF_TAG,
+               *r.workers], "train the affinity (boundary) network on the seeds' confident regions")
+    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "train_aug", "--folder", "predictions",
+           "--tag", RSEPM_TAG, *RW_CONVERT, *r.workers], "random-walk pseudo masks from the seeds")
+    return [("RS+EPM + random walk pseudo masks, train",
+             r.evaluate("pseudo-labels", RSEPM_TAG + "@rw", "train", "evaluate the random-walk masks"))]
+
+
+def single_stage(r):
+    """Stage 4: RS+EPM on validation with predicted classes, CRF, evaluation."""
     val_tag = RSEPM_TAG + "@conf" + CONF_TH
     # Seeds of validation with predicted classes go to their own tag so they never mix
     # with the ground-truth-tag seeds; the weights are read through --weights.
-    runner.run(["infer_rsepm.py", *common, "--domain", "validation", "--conf_th", CONF_TH, "--backbone", "resnet18",
-                "--tag", val_tag, "--weights", model_path(pred_dir, RSEPM_TAG), *SCALES, *workers],
-               "single stage: RS+EPM on validation with predicted classes")
-    runner.run(["convert_seed_to_pseudo_masks.py", *common, "--domain", "validation", "--folder", "predictions",
-                "--tag", val_tag, *workers], "single stage: CRF")
-    rows.append((f"single stage: RS+EPM + CRF, validation, conf_th {CONF_TH}",
-                 runner.evaluation(common, pred_dir, "pseudo-labels", val_tag, "validation",
-                                   "evaluate the single stage")))
+    r.run(["infer_rsepm.py", *r.common, "--domain", "validation", "--conf_th", CONF_TH, "--backbone", "resnet18",
+           "--tag", val_tag, "--weights", model_path(r.pred_dir, RSEPM_TAG), *SCALES, *r.workers],
+          "single stage: RS+EPM on validation with predicted classes")
+    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "validation", "--folder", "predictions",
+           "--tag", val_tag, *r.workers], "single stage: CRF")
+    return [(f"single stage: RS+EPM + CRF, validation, conf_th {CONF_TH}",
+             r.evaluate("pseudo-labels", val_tag, "validation", "evaluate the single stage"))]
 
-    if not os.path.isfile(model_path(pred_dir, SEG_TAG)):
-        runner.run(["train_seg.py", *common, *SEG_TRAIN, *seed_arg, "--label_tag", RSEPM_TAG, "--tag", SEG_TAG,
-                    *workers], "multi stage: train DeepLabV3+ on the CRF pseudo masks")
-    runner.run(["infer_seg.py", *common, "--domain", "validation", "--backbone", "resnet18", "--decoder",
-                "deeplabv3+", "--output_stride", "16", "--tag", SEG_TAG, *SCALES, *workers],
-               "multi stage: DeepLabV3+ on validation")
-    rows.append(("multi stage: DeepLabV3+ (argmax), validation",
-                 runner.evaluation(common, pred_dir, "predictions", SEG_TAG, "validation",
-                                   "evaluate the multi stage")))
-    runner.run(["convert_seed_to_pseudo_masks.py", *common, "--domain", "validation", "--folder", "predictions",
-                "--tag", SEG_TAG, *workers], "multi stage: CRF")
+
+def multi_stage(r):
+    """Stage 5: DeepLabV3+ trained on the CRF pseudo masks, on validation, with and without CRF."""
+    if not os.path.isfile(model_path(r.pred_dir, SEG_TAG)):
+        r.run(["train_seg.py", *r.common, *SEG_TRAIN, *r.seed_arg, "--label_tag", RSEPM_TAG, "--tag", SEG_TAG,
+               *r.workers], "multi stage: train DeepLabV3+ on the CRF pseudo masks")
+    r.run(["infer_seg.py", *r.common, "--domain", "validation", "--backbone", "resnet18", "--decoder",
+           "deeplabv3+", "--output_stride", "16", "--tag", SEG_TAG, *SCALES, *r.workers],
+          "multi stage: DeepLabV3+ on validation")
+    rows = [("multi stage: DeepLabV3+ (argmax), validation",
+             r.evaluate("predictions", SEG_TAG, "validation", "evaluate the multi stage"))]
+    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "validation", "--folder", "predictions",
+           "--tag", SEG_TAG, *r.workers], "multi stage: CRF")
     rows.append(("multi stage: DeepLabV3+ + CRF, validation",
-                 runner.evaluation(common, pred_dir, "pseudo-labels", SEG_TAG, "validation",
-                                   "evaluate the multi stage + CRF")))
+                 r.evaluate("pseudo-labels", SEG_TAG, "validation", "evaluate the multi stage + CRF")))
     return rows
+
+
+# The stages of one seed, in order; each takes a SeedRun and returns its table rows
+# [(row name, evaluate.py result)]. A new stage is a function appended here (or inserted before
+# multi_stage when the retraining should read its masks).
+SEED_STAGES = [rsepm_stage, random_walk_stage, single_stage, multi_stage]
+
+
+def run_seed(runner, seed, pred_dir, workers):
+    """Every stage of SEED_STAGES for one training seed into pred_dir; returns the table rows."""
+    run = SeedRun(runner, seed, pred_dir, workers)
+    return [row for stage in SEED_STAGES for row in stage(run)]
 
 
 def write_table(path_stem, header, lines):
@@ -168,7 +234,8 @@ def seed_summary(rows, seconds, seed, threads, times):
     summary = {"stages": [{"stage": name, "mIoU": r["mIoU"], "FP": r["FP"], "FN": r["FN"],
                            "threshold": r.get("threshold"), "num_images": r["num_images"],
                            "domain": r["domain"], "tag": r["tag"]} for name, r in rows],
-               "seconds": round(seconds, 1), "seed": seed, "threads": threads, "stage_seconds": times}
+               "seconds": round(seconds, 1), "seed": seed, "threads": threads,
+               "environment": environment_record(threads), "stage_seconds": times}
     table = ["| stage | images | mIoU (%) | FP | FN |", "|---|---:|---:|---:|---:|"]
     table += [f"| {s['stage']} | {s['num_images']} | {s['mIoU']:.2f} | {s['FP']:.3f} | {s['FN']:.3f} |"
               for s in summary["stages"]]
@@ -190,7 +257,8 @@ def seeds_summary(summaries):
              "|---|---:|---:|---:|"]
     table += [f"| {s['stage']} | {s['num_images']} | {s['mean']:.2f} +- {s['std']:.2f} | "
               f"{s['min']:.2f}-{s['max']:.2f} |" for s in stages]
-    return {"seeds": seeds, "stages": stages, "threads": summaries[0]["threads"]}, table
+    return {"seeds": seeds, "stages": stages, "threads": summaries[0]["threads"],
+            "environment": summaries[0].get("environment")}, table
 
 
 def main(argv=None):
@@ -230,24 +298,27 @@ def main(argv=None):
                                           runner.times[first:])
             write_table(os.path.join(pred_dir, "summary"), summary, table)
             summaries.append(summary)
-            print(f"\nseed {seed}:\n" + "\n".join(table))
+            if len(seeds) > 1:
+                print(f"\nseed {seed} (saved to {pred_dir}summary.md):\n" + "\n".join(table))
 
     elapsed = time.perf_counter() - start
     print("\nTime per stage:")
     for t in runner.times:
         print(f"  {t['seconds']:7.1f} s  {t['stage']}")
+    print(f"  {elapsed:7.1f} s  in all ({elapsed / 60:.1f} min, {args.threads} thread(s) per stage)")
     if args.seeds is not None:
         result, table = seeds_summary(summaries)
         result["seconds"] = round(elapsed, 1)
         write_table(os.path.join(PRED_ROOT, "summary_seeds"), result, table)
-        print("\n" + "\n".join(table))
-        print(f"\nsaved to {PRED_ROOT}summary_seeds.md and .json")
+        saved = f"{PRED_ROOT}summary_seeds.md and .json"
     else:
-        print(f"\nthe table above is saved to {PRED_ROOT}summary.md and summary.json")
-    print(f"\nToy pipeline finished in {elapsed / 60:.1f} min with {args.threads} threads.")
-    print("Next: open demo.ipynb (per-image panels and the per-class chart): "
-          ".venv/bin/jupyter notebook demo.ipynb")
+        saved = f"{PRED_ROOT}summary.md and summary.json"
+    print(f"\nToy results, seed(s) {','.join(map(str, seeds))} (saved to {saved}):\n" + "\n".join(table))
+    print(f"\nNext: open {os.path.join(ROOT, 'demo.ipynb')} (per-image panels and the per-class chart;\n"
+          f"  it is stored with the outputs of a seed-0 run: `python tools/make_demo_notebook.py --execute`\n"
+          f"  re-executes it on {PRED_ROOT}), e.g. .venv/bin/jupyter notebook demo.ipynb")
     return summaries
+
 
 if __name__ == "__main__":
     main()

@@ -10,9 +10,11 @@ import os
 import time
 
 from core.checkpoint import save_weights
+from core.errors import DatasetError
 from core.io import write_json
 from core.safety import remove_stale_temp_files
-from tools.checkpoints import config_path, load_resume, resume_path, run_config, save_final, save_resume
+from tools.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
+                               save_resume)
 from tools.distributed import cleanup_distributed, set_loader_epoch
 from tools.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
@@ -52,16 +54,29 @@ class TrainingRun:
         self.amp_dtype = resolve_amp_dtype(ctx.device, args.amp)
         self.scaler = make_grad_scaler(ctx.device, self.amp_dtype)
         self.resume_file = resume_path(args.pred_dir, args.tag)
+        # one bad file is a counted skip, not the end of the run (core/train_datasets.py)
+        self.skipped = {}  # "path: problem" -> times met
+        dataset = loader.dataset
+        if hasattr(dataset, "collate"):
+            loader.collate_fn = dataset.collate
+            dataset.max_image_pixels = getattr(args, "max_image_pixels", dataset.max_image_pixels)
+            self.skipped.update(dict.fromkeys(dataset.bad_files, 1))
         if ctx.is_main:  # temporaries of writes killed in earlier runs (a resume.pth one is hundreds of MB)
             folder = model_dir(args.pred_dir, args.tag)
             remove_stale_temp_files(folder)
             remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
+        self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
         resumed = args.resume and os.path.isfile(self.resume_file)
-        if resumed:
+        if resumed:  # refused when a run-shaping flag changed (tools/checkpoints.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
-                                loader.sampler, ctx)
+                                loader.sampler, ctx, settings=run_settings(args))
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
+            # the log means in progress, so that a resumed run logs what an uninterrupted one does
+            self.meter.load_state_dict(state["extra"].get("log_meter"))
+            self.images_since_log = int(state["extra"].get("images_since_log", 0))
+            self.skipped.update(state["extra"].get("skipped", {}))
+            warnings = state["warnings"]
         self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
                                  max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
         if ctx.is_main:
@@ -74,8 +89,9 @@ class TrainingRun:
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
                          f"{self.amp_dtype}" + (f", resumed at epoch {self.epoch} iteration {self.iteration}"
                                                 if resumed else ""))
-        self.meter, self.images_since_log = MeanMeter(), 0
         self.monitor = LossMonitor()  # device-side sums and NaN watch between log lines
+        for line in warnings:
+            self.logger.info(f"[!] {line}")
         from tqdm import tqdm
         self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
                              disable=not ctx.is_main, dynamic_ncols=True)
@@ -102,15 +118,20 @@ class TrainingRun:
             self.ema.update(self.network)
         self.step_in_epoch, self.iteration = self.step_in_epoch + 1, self.iteration + 1
 
-    def record(self, epoch, scalars, images, progress_loss=None):
+    def record(self, epoch, scalars, images, progress_loss=None, skipped=None):
         """After step(): progress bar, averaged log line every --log_interval iterations and at
         the end of each epoch, resume checkpoint every --save_interval iterations.
+        skipped: the batch's batch["skipped"] (problems of the files dropped from it).
 
         scalars (and progress_loss): name -> 0-d tensor (or number). They are summed on the
         device and checked for NaN/inf without a host sync (tools/optim.py LossMonitor); the
         values come to the host once per log line, and the check runs before every save, so a
         non-finite value stops the run (NonFiniteError naming its iteration) before it is saved.
         """
+        for problem in skipped or ():
+            if problem not in self.skipped:
+                self.logger.info(f"[!] skipped {problem}")
+            self.skipped[problem] = self.skipped.get(problem, 0) + 1
         images = images * self.ctx.world_size
         self.images_since_log += images
         if progress_loss is not None:
@@ -119,23 +140,43 @@ class TrainingRun:
         self.progress.update(1)
         end_of_epoch = self.step_in_epoch == self.iterations_per_epoch
         if self.iteration % self.args.log_interval == 0 or end_of_epoch:
-            means = self.monitor.means(self.ctx)
+            self._fold_monitor()
+            means = self.meter.means()
             shown = means.pop(_PROGRESS, None)
             now = time.perf_counter()
             self.progress.set_postfix(loss=f"{shown if shown is not None else 0:.3f}", ep=epoch,
                                       img_s=f"{self.images_since_log / max(now - self.last_time, 1e-9):.1f}")
             self.last_time = now
-            self.meter.update(means)
-            self.logger.log(self.iteration, epoch, {**self.meter.means(), "lr": self.scheduler.get_last_lr()[0]},
+            self.logger.log(self.iteration, epoch, {**means, "lr": self.scheduler.get_last_lr()[0]},
                             images=self.images_since_log)
             self.images_since_log = 0
         if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
-            self.monitor.check(self.ctx)
+            self._fold_monitor()  # NaN check before the save; the sums travel in resume.pth
             self.save_resume(epoch, self.step_in_epoch)
+
+    def _fold_monitor(self):
+        """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
+        totals, counts = self.monitor.totals(self.ctx)
+        for name, total in totals.items():
+            self.meter.sums[name] = self.meter.sums.get(name, 0.0) + total
+            self.meter.counts[name] = self.meter.counts.get(name, 0) + counts[name]
 
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
-                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx)
+                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
+                    extra={"log_meter": self.meter.state_dict(), "images_since_log": self.images_since_log,
+                           "skipped": self.skipped},
+                    settings=run_settings(self.args))
+
+    def raise_if_skipped(self):
+        """After the weights are saved: a run that skipped files ends with DatasetError listing
+        them (non-zero exit), so that training on less data is never silent."""
+        if self.skipped:
+            listed = "; ".join(f"{p} ({n}x)" if n > 1 else p for p, n in list(self.skipped.items())[:10])
+            more = f"; ... ({len(self.skipped) - 10} more)" if len(self.skipped) > 10 else ""
+            raise DatasetError(f"training finished and saved {model_path(self.args.pred_dir, self.args.tag)}, "
+                               f"but skipped {len(self.skipped)} bad file(s): {listed}{more}; fix or remove them "
+                               f"(rank {self.ctx.rank})")
 
     def __enter__(self):
         return self
@@ -147,15 +188,20 @@ class TrainingRun:
         return False
 
     def finish(self):
-        """Write last.pth (and ema.pth) with config.json on rank 0, close logs, leave the group."""
+        """Write last.pth with config.json on rank 0, close logs, leave the group. With an EMA,
+        last.pth holds the EMA weights (as the authors' trainer saves them, docs/method.md#ema)
+        and online.pth the online network; config.json's "saved_weights" says which."""
         self.progress.close()
+        self.config["saved_weights"] = "online" if self.ema is None else "ema"
         if self.ctx.is_main:
-            save_final(self.args.pred_dir, self.args.tag, self.network, self.config)
             if self.ema is not None:
-                save_weights(self.ema.module, model_path(self.args.pred_dir, self.args.tag, "ema"))
+                save_weights(self.network, model_path(self.args.pred_dir, self.args.tag, "online"))
+            final = self.network if self.ema is None else self.ema.module
+            save_final(self.args.pred_dir, self.args.tag, final, self.config)
             self.logger.info(f"[i] saved {model_path(self.args.pred_dir, self.args.tag)}")
         self.logger.close()
         cleanup_distributed()
+        self.raise_if_skipped()
         return {"tag": self.args.tag, "iterations": self.iteration,
                 "weights": model_path(self.args.pred_dir, self.args.tag), "network": self.network,
                 "rank": self.ctx.rank}

@@ -59,6 +59,8 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
     parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
     parser.add_argument("--save_interval", default=500, type=positive_int,
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
+    parser.add_argument("--max_image_pixels", default=50_000_000, type=float,
+                        help="training images above this many pixels (from the header) are skipped")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
 
@@ -103,6 +105,19 @@ def tag_schedule(args):
     (--pretrained none) or -init (a weights file); nothing for ImageNet initialisation."""
     init = "" if args.pretrained == "imagenet" else "-scratch" if args.pretrained == "none" else "-init"
     return f"e{args.max_epoch}-b{args.batch_size}-c{args.crop_size}-s{args.seed}{init}"
+
+
+def tag_scg(args, defaults):
+    """The SCG part of a derived tag, only when --scg_features or --scg_grid differ from the
+    defaults (the authors' tags do not show them): e.g. '+SCG(C1-C5, c3)'; '' otherwise.
+    defaults: an object with the default scg_features and scg_grid (core.rsepm.RSEPMConfig())."""
+    if tuple(args.scg_features) == tuple(defaults.scg_features) and args.scg_grid == defaults.scg_grid:
+        return ""
+    names = tuple(args.scg_features)
+    numbers = [int(name[1:]) for name in names]
+    contiguous = len(names) > 2 and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    features = f"{names[0]}-{names[-1]}" if contiguous else "+".join(names)
+    return f"+SCG({features}, {args.scg_grid})"
 
 
 def validation_set(args, ctx, info, **require):
