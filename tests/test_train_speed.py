@@ -93,8 +93,8 @@ def test_training_loop_makes_no_host_sync_per_iteration(toy, tmp_path, monkeypat
     """The same epoch of 8 images as 2 or 4 iterations (RS and EPM active, one log line at the
     epoch's end): the host-sync calls are the same, so none of them is per iteration."""
     def run(batch_size):
-        argv = common_argv(toy, tmp_path / f"b{batch_size}", batch_size, "--max_epoch", "1", "--rs_start", "0",
-                           "--mix_start", "0", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
+        argv = common_argv(toy, tmp_path / f"b{batch_size}", batch_size, "--max_epoch", "1", "--rs_start", "1",
+                           "--mix_start", "1", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
                            "--log_interval", "100", "--save_interval", "100")
         return count_syncs(monkeypatch, lambda: train_rsepm.main(argv))
 
