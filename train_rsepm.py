@@ -144,6 +144,8 @@ def main(argv=None):
                            f"{args.batch_size}; lower --batch_size")
 
     network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
+    layout_format = training.memory_format(args, ctx.device)  # channels-last on CUDA (--channels_last)
+    network = network.to(memory_format=layout_format)  # before the EMA copy, so the teacher matches
     config = method_config(args)
     ema = optim.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
     step_module = RSEPMTraining(network, config, teacher=ema.module if ema else None)
@@ -161,7 +163,7 @@ def main(argv=None):
             use_rs, use_mix = config.active_terms(epoch)  # epoch is 0-based, the starts 1-based
             model.train()
             for batch in loader:
-                images = batch["image"].to(ctx.device, non_blocking=True)
+                images = batch["image"].to(ctx.device, non_blocking=True, memory_format=layout_format)
                 tags = batch["tags"].to(ctx.device, non_blocking=True)
                 valid = batch["valid"].to(ctx.device, non_blocking=True)
                 with optim.autocast_context(ctx.device, run.amp_dtype):
@@ -169,10 +171,10 @@ def main(argv=None):
                                 seed=distributed.derive_seed(args.seed, run.iteration))
                 out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
                 losses = {k: out[k] for k in LOSS_TERMS if k in out}
-                values = optim.check_finite(losses, run.iteration, ctx)
+                values = optim.check_finite(losses, run.iteration, ctx, sync=False)  # checked in record()
                 run.step(sum(weights[k] * v for k, v in losses.items()))
                 total = sum(weights[k] * v for k, v in values.items())
-                stats = {k: float(v) for k, v in out.items() if k not in LOSS_TERMS}
+                stats = {k: v.detach() for k, v in out.items() if k not in LOSS_TERMS}  # no host sync
                 run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total,
                            skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):

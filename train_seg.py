@@ -90,6 +90,8 @@ def main(argv=None):
 
     network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride,
                             pretrained=args.pretrained)
+    layout_format = training.memory_format(args, ctx.device)  # channels-last on CUDA (--channels_last)
+    network = network.to(memory_format=layout_format)
     model = distributed.wrap_model(network, ctx, sync_bn=args.sync_bn)
     optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
                                         head_lr_mult=args.head_lr_mult)
@@ -101,14 +103,14 @@ def main(argv=None):
         for epoch in run.epochs():
             model.train()
             for batch in loader:
-                images = batch["image"].to(ctx.device, non_blocking=True)
+                images = batch["image"].to(ctx.device, non_blocking=True, memory_format=layout_format)
                 masks = batch["mask"].to(ctx.device, non_blocking=True)
                 with optim.autocast_context(ctx.device, run.amp_dtype):
                     logits = model(images)
                 losses = {"seg": segmentation_loss(logits, masks)}
-                values = optim.check_finite(losses, run.iteration, ctx)
+                values = optim.check_finite(losses, run.iteration, ctx, sync=False)  # checked in record()
                 run.step(losses["seg"])
-                run.record(epoch, {**values, "ignored": float((masks == IGNORE_INDEX).float().mean())},
+                run.record(epoch, {**values, "ignored": (masks == IGNORE_INDEX).float().mean()},
                            images=images.shape[0], progress_loss=values["seg"], skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
                 run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,

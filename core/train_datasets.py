@@ -4,8 +4,8 @@ Both read a core.datasets.SeedLayout and apply a core.transforms transform. Each
 augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample depends only on
 the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
 what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
-The epoch reaches the workers because they are started afresh for every epoch
-(tools.distributed.build_loader: persistent_workers=False).
+The epoch reaches the persistent workers with each index (tools.distributed.build_loader's
+sampler yields (epoch, index) and its dataset wrapper calls set_epoch in the worker).
 
 Problems found at construction are either errors (DatasetError naming files) or skips that are
 counted and listed for the log (`summary()`), so a run never trains silently on less data.

@@ -6,9 +6,9 @@ def kill_at(monkeypatch, iteration):
     """Interrupt the next training run (as Ctrl-C would) when it checks the loss of `iteration`."""
     original = optim.check_finite
 
-    def check(losses, it, ctx=None):
+    def check(losses, it, ctx=None, **options):
         if it == iteration:
             raise KeyboardInterrupt
-        return original(losses, it, ctx)
+        return original(losses, it, ctx, **options)
 
     monkeypatch.setattr(optim, "check_finite", check)

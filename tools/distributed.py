@@ -179,19 +179,52 @@ def seed_worker(worker_id):
     np.random.seed(seed)
 
 
+class _EpochTaggedSampler(EpochSampler):
+    """EpochSampler that yields (epoch, index): persistent workers learn the epoch from it."""
+
+    def __iter__(self):
+        return iter([(self.epoch, int(i)) for i in self.shard()[self.skip:].tolist()])
+
+
+class _EpochDataset(torch.utils.data.Dataset):
+    """Reads (epoch, index) from _EpochTaggedSampler and sets the epoch on the worker's copy of
+    the dataset before loading, so persistent workers augment with the epoch that was set."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def set_epoch(self, epoch):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if getattr(self.dataset, "epoch", None) != epoch:
+            self.set_epoch(epoch)
+        return self.dataset[index]
+
+
 def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop_last=True):
     """DataLoader with an EpochSampler for this rank and a global `batch_size`.
 
-    persistent_workers stays False: workers are forked for every epoch and so see the epoch set
-    on the dataset (the augmentation seeds depend on it). The loader's own generator keeps the
-    main process's global RNG untouched by worker seeding.
+    With workers, they are persistent (not forked again for every epoch, which on a GPU leaves it
+    idle while the new workers fill the queue): the sampler then yields (epoch, index) and the
+    dataset is wrapped to set that epoch in the worker (the augmentation seeds depend on it), so
+    `loader.dataset` may be that wrapper. Memory is pinned on CUDA (asynchronous copies with
+    non_blocking=True). The loader's own generator keeps the main process's global RNG untouched
+    by worker seeding; the augmentation draws from per-sample generators, not from worker seeds.
     """
-    sampler = EpochSampler(len(dataset), seed, shuffle, ctx.rank, ctx.world_size)
+    persistent = num_workers > 0
+    sampler_class = _EpochTaggedSampler if persistent else EpochSampler
+    sampler = sampler_class(len(dataset), seed, shuffle, ctx.rank, ctx.world_size)
     per_process = local_batch_size(batch_size, ctx) if ctx.distributed else batch_size
     return torch.utils.data.DataLoader(
-        dataset, batch_size=per_process, sampler=sampler, num_workers=num_workers,
-        pin_memory=ctx.device.type == "cuda", drop_last=drop_last, worker_init_fn=seed_worker,
-        generator=torch.Generator(), persistent_workers=False)
+        _EpochDataset(dataset) if persistent else dataset, batch_size=per_process, sampler=sampler,
+        num_workers=num_workers, pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
+        worker_init_fn=seed_worker, generator=torch.Generator(), persistent_workers=persistent)
 
 
 def set_loader_epoch(loader, epoch, skip_batches=0):

@@ -1,10 +1,15 @@
 """The optimisation step's parts: SGD with its parameter groups, the poly schedule, the EMA of the
 weights, mixed precision and the NaN/inf check (docs/method.md#optimisation, docs/method.md#ema).
 
-NaN/inf pattern: check_finite raises before backward(), so a bad step never reaches the weights,
-and tools.checkpoints.save_resume refuses weights that are not finite; the script lets the error end
-the run (exit status non-zero) and does NOT save on the way out. resume.pth (written atomically)
-then still holds the last good state, ready for --resume once the cause is fixed (e.g. a lower --lr).
+NaN/inf pattern: the training scripts hand the loss terms to TrainingRun.record as device tensors;
+a LossMonitor adds them up and notes the first non-finite iteration on the device, without a
+host-device sync, and reads both once per log line and before every resume checkpoint (a sync per
+iteration stalls a GPU's queue). A bad step thus reaches the in-memory weights, but never a file:
+the check raises NonFiniteError naming the iteration before anything is saved, and
+tools.checkpoints.save_resume refuses weights that are not finite as well. The script lets the
+error end the run (exit status non-zero) and does NOT save on the way out; resume.pth (written
+atomically) still holds the last good state, ready for --resume once the cause is fixed (e.g. a
+lower --lr). check_finite(sync=True) is the immediate form (one sync per call).
 """
 import contextlib
 import copy
@@ -154,13 +159,17 @@ class NonFiniteError(ProjectError, RuntimeError):
     scripts print it as one line: the cause is the settings or the data, not the code)."""
 
 
-def check_finite(losses, iteration, ctx=None):
+def check_finite(losses, iteration, ctx=None, sync=True):
     """Return {name: float} for the loss terms, or raise NonFiniteError.
 
     losses: dict name -> scalar tensor (or number). One host sync for all terms. Under DDP the
     verdict is shared (all-reduce), so every rank stops together instead of hanging.
+    sync=False: no check and no sync here; return {name: detached float32 0-d tensor} for
+    TrainingRun.record, whose LossMonitor checks them (see the module docstring).
     """
     names = list(losses)
+    if not sync:
+        return {k: torch.as_tensor(losses[k]).detach().float().reshape(()) for k in names}
     values = torch.stack([torch.as_tensor(losses[k]).detach().float().reshape(()) for k in names])
     numbers = values.cpu().tolist()
     offending = [f"{n}={v}" for n, v in zip(names, numbers) if not math.isfinite(v)]
@@ -170,7 +179,78 @@ def check_finite(losses, iteration, ctx=None):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop = bool(flag.item())
     if stop:
-        where = ", ".join(offending) if offending else "on another process"
-        raise NonFiniteError(f"iteration {iteration}: non-finite loss {where}; the run stops "
-                                 f"here and the last resume checkpoint is left as it was")
+        raise _non_finite(iteration, offending)
     return dict(zip(names, numbers))
+
+
+def _non_finite(iteration, offending):
+    where = ", ".join(offending) if offending else "on another process"
+    return NonFiniteError(f"iteration {iteration}: non-finite loss {where}; the run stops "
+                          f"here and the last resume checkpoint is left as it was")
+
+
+class LossMonitor:
+    """Sums of the logged scalars and a NaN/inf watch, kept on the device between log lines.
+
+    add(scalars, iteration) costs a few small kernels and no host sync: scalars (name -> 0-d
+    tensor or number) are stacked and added to float64 sums, and the first iteration with a
+    non-finite value is kept (with its values) in device tensors. check(ctx) and means(ctx) read
+    them back (one transfer each; under DDP an all-reduce shares the verdict, every rank calls
+    them at the same iterations) and raise NonFiniteError naming that iteration and its terms.
+    """
+
+    def __init__(self):
+        self.groups = {}  # names tuple -> [sums (K,) float64, count, first bad values (K,)]
+        self.first_bad = None  # 0-d int64 on the device: first non-finite iteration, -1 if none
+
+    def add(self, scalars, iteration):
+        names = tuple(scalars)
+        device = next((v.device for v in scalars.values() if torch.is_tensor(v)), torch.device("cpu"))
+        values = torch.stack([torch.as_tensor(scalars[k], device=device).detach().reshape(()).double()
+                              for k in names])
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        group = self.groups.setdefault(names, [torch.zeros_like(values), 0, torch.zeros_like(values)])
+        newly = (~torch.isfinite(values)).any() & (self.first_bad < 0)
+        self.first_bad = torch.where(newly, torch.full_like(self.first_bad, int(iteration)), self.first_bad)
+        group[2] = torch.where(newly, values, group[2])
+        group[0] += values
+        group[1] += 1
+
+    def check(self, ctx=None):
+        """Raise NonFiniteError if any value added so far was NaN or inf (one host sync)."""
+        self._read(ctx, sums=False)
+
+    def means(self, ctx=None):
+        """check(), then return {name: mean since the last call} as floats and start afresh
+        (the check and the sums come back in one transfer)."""
+        totals, counts = self.totals(ctx)
+        return {n: totals[n] / counts[n] for n in totals}
+
+    def totals(self, ctx=None):
+        """check(), then return ({name: sum}, {name: count}) since the last call and start afresh."""
+        packed = self._read(ctx, sums=True)
+        totals, counts, offset = {}, {}, 0
+        for names, (_, count, _) in self.groups.items():
+            for n, v in zip(names, packed[offset:offset + len(names)]):
+                totals[n], counts[n] = totals.get(n, 0.0) + v, counts.get(n, 0) + count
+            offset += len(names)
+        self.groups = {}
+        return totals, counts
+
+    def _read(self, ctx, sums):
+        """Copy the verdict (and the sums) to the host; raise if a value was not finite."""
+        if self.first_bad is None:
+            return []
+        shared = self.first_bad.reshape(1).clone()
+        if ctx is not None and ctx.distributed:
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)  # >= 0 on any rank: every rank stops
+        parts = [shared.double(), self.first_bad.reshape(1).double()]
+        parts += [g[0] for g in self.groups.values()] if sums else []
+        packed = torch.cat(parts).tolist()
+        if packed[0] >= 0:
+            own = packed[1] >= 0
+            offending = [f"{n}={v}" for names, (_, _, bad) in self.groups.items()
+                         for n, v in zip(names, bad.tolist()) if own and not math.isfinite(v)]
+            raise _non_finite(int(packed[1] if own else packed[0]), offending)
+        return packed[2:]

@@ -16,9 +16,11 @@ from core.safety import remove_stale_temp_files
 from tools.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
                                save_resume)
 from tools.distributed import cleanup_distributed, set_loader_epoch
-from tools.optim import PolyLR, make_grad_scaler, resolve_amp_dtype
+from tools.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
 from tools.runlog import MeanMeter, RunLogger
+
+_PROGRESS = "_progress_loss"  # record()'s progress_loss among the monitored scalars, not logged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,9 +39,9 @@ class TrainingRun:
                 model.train()
                 for batch in loader:
                     with autocast_context(ctx.device, run.amp_dtype): losses = ...
-                    values = check_finite(losses, run.iteration, ctx)
+                    values = check_finite(losses, run.iteration, ctx, sync=False)  # tensors
                     run.step(total_loss)
-                    run.record(epoch, values, images=batch_size)
+                    run.record(epoch, values, images=batch_size)  # NaN check here, no sync
             return run.finish()
     """
 
@@ -87,6 +89,7 @@ class TrainingRun:
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
                          f"{self.amp_dtype}" + (f", resumed at epoch {self.epoch} iteration {self.iteration}"
                                                 if resumed else ""))
+        self.monitor = LossMonitor()  # device-side sums and NaN watch between log lines
         for line in warnings:
             self.logger.info(f"[!] {line}")
         from tqdm import tqdm
@@ -118,26 +121,45 @@ class TrainingRun:
     def record(self, epoch, scalars, images, progress_loss=None, skipped=None):
         """After step(): progress bar, averaged log line every --log_interval iterations and at
         the end of each epoch, resume checkpoint every --save_interval iterations.
-        skipped: the batch's batch["skipped"] (problems of the files dropped from it)."""
+        skipped: the batch's batch["skipped"] (problems of the files dropped from it).
+
+        scalars (and progress_loss): name -> 0-d tensor (or number). They are summed on the
+        device and checked for NaN/inf without a host sync (tools/optim.py LossMonitor); the
+        values come to the host once per log line, and the check runs before every save, so a
+        non-finite value stops the run (NonFiniteError naming its iteration) before it is saved.
+        """
         for problem in skipped or ():
             if problem not in self.skipped:
                 self.logger.info(f"[!] skipped {problem}")
             self.skipped[problem] = self.skipped.get(problem, 0) + 1
         images = images * self.ctx.world_size
         self.images_since_log += images
-        self.meter.update(scalars)
-        now = time.perf_counter()
-        self.progress.set_postfix(loss=f"{progress_loss if progress_loss is not None else 0:.3f}", ep=epoch,
-                                  img_s=f"{images / max(now - self.last_time, 1e-9):.1f}")
-        self.last_time = now
+        if progress_loss is not None:
+            scalars = {**scalars, _PROGRESS: progress_loss}
+        self.monitor.add(scalars, self.iteration - 1)  # step() has already counted this iteration
         self.progress.update(1)
         end_of_epoch = self.step_in_epoch == self.iterations_per_epoch
         if self.iteration % self.args.log_interval == 0 or end_of_epoch:
-            self.logger.log(self.iteration, epoch, {**self.meter.means(), "lr": self.scheduler.get_last_lr()[0]},
+            self._fold_monitor()
+            means = self.meter.means()
+            shown = means.pop(_PROGRESS, None)
+            now = time.perf_counter()
+            self.progress.set_postfix(loss=f"{shown if shown is not None else 0:.3f}", ep=epoch,
+                                      img_s=f"{self.images_since_log / max(now - self.last_time, 1e-9):.1f}")
+            self.last_time = now
+            self.logger.log(self.iteration, epoch, {**means, "lr": self.scheduler.get_last_lr()[0]},
                             images=self.images_since_log)
             self.images_since_log = 0
         if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
+            self._fold_monitor()  # NaN check before the save; the sums travel in resume.pth
             self.save_resume(epoch, self.step_in_epoch)
+
+    def _fold_monitor(self):
+        """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
+        totals, counts = self.monitor.totals(self.ctx)
+        for name, total in totals.items():
+            self.meter.sums[name] = self.meter.sums.get(name, 0.0) + total
+            self.meter.counts[name] = self.meter.counts.get(name, 0) + counts[name]
 
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,

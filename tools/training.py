@@ -54,6 +54,8 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
     parser.add_argument("--amp", default="auto", choices=AMP_MODES,
                         help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
     parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
+    parser.add_argument("--channels_last", default="auto", choices=("auto", "true", "false"),
+                        help="channels-last memory format for the network and its inputs; auto = on CUDA")
     parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
     parser.add_argument("--save_interval", default=500, type=positive_int,
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
@@ -82,6 +84,15 @@ def check_training_args(parser, args):
     if not 0 < args.min_image_size <= args.max_image_size <= 4096:
         parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
                      f"{args.min_image_size}, {args.max_image_size}")
+
+
+def memory_format(args, device):
+    """torch.channels_last when --channels_last asks for it (auto: on CUDA, where cuDNN's NHWC
+    convolutions are faster, above all under bf16/fp16), else torch.contiguous_format. The
+    results do not depend on it (same values, other strides); the SCG and PAMR code reshapes
+    with reshape/contiguous, never a view that needs the default layout."""
+    wanted = args.channels_last == "true" or (args.channels_last == "auto" and torch.device(device).type == "cuda")
+    return torch.channels_last if wanted else torch.contiguous_format
 
 
 def tag_network(args):
