@@ -40,7 +40,7 @@ def train_argv(root, pred_dir, seed):
     return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
             "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
             "--max_image_size", "64", "--batch_size", "4", "--num_workers", "1", "--max_epoch", "1",
-            "--rs_start", "0", "--mix_start", "0", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
+            "--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
             "--pred_dir", str(pred_dir), "--tag", TAG, "--seed", str(seed), "--log_interval", "1"]
 
 
