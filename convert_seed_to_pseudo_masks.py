@@ -20,14 +20,14 @@ import sys
 import tqdm
 
 from core.crf import CRF_DEFAULTS, seed_to_mask
-from core.datasets import SeedLayout, load_dataset_info
-from core.errors import DatasetError, FormatError, MissingFileError, UsageError
+from core.datasets import load_dataset_info
+from core.errors import DatasetError, FormatError, UsageError
 from core.io import claim_output_folder, load_seed, save_mask, settings_path
 from core.safety import remove_stale_temp_files, safe_output_path
 from tools import rw_convert
 from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, add_seed_limit_arg, cli, make_parser, str2bool)
-from tools.paths import output_dir, pseudo_labels_dir
+from tools.paths import pseudo_labels_dir
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
 _JOB = None
@@ -68,21 +68,12 @@ def prepare(args):
     problems that concern the whole run.
     """
     info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
-    seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
-    if not os.path.isdir(seed_dir):
-        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
-                               "first, or check --pred_dir, --folder, --tag and --domain)")
+    layout, seed_dir, ids = rw_convert.seed_inputs(args, info)
     if args.mode != "crf" and args.bg_th is None:
         # The original crashed here; say what is missing instead.
         raise UsageError(f"--mode {args.mode} (argmax without CRF) needs --bg_th, the constant "
                          "background score of rsepm seeds")
     mask_dir = pseudo_labels_dir(args.pred_dir, args.tag, args.domain)
-    ids = layout.ids
-    if args.single:
-        ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
-    if args.reverse:
-        ids = ids[::-1]
     remove_stale_temp_files(mask_dir)  # what killed runs left half-written
     claim_masks(args, seed_dir, mask_dir)
     pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]

@@ -60,6 +60,22 @@ def affinity_backbone(args):
     return "resnet50"
 
 
+def seed_inputs(args, info):
+    """The dataset split and seed folder a conversion reads, and the image ids in processing order
+    (`--single`: one-tag images only; `--reverse`). Shared by the CRF and random-walk modes."""
+    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
+    seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
+    if not os.path.isdir(seed_dir):
+        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
+                               "first, or check --pred_dir, --folder, --tag and --domain)")
+    ids = layout.ids
+    if args.single:
+        ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
+    if args.reverse:
+        ids = ids[::-1]
+    return layout, seed_dir, ids
+
+
 def prepare(args):
     """Check the inputs and list the work: (job, pending ids, number already present)."""
     if not args.affinity_tag and not args.affinity_weights:
@@ -74,17 +90,8 @@ def prepare(args):
         raise MissingFileError(f"{weights}: affinity weights not found (run train_affinity.py --tag "
                                f"{args.affinity_tag} first, or pass --affinity_weights)")
     info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
-    seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
-    if not os.path.isdir(seed_dir):
-        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
-                               "first, or check --pred_dir, --folder, --tag and --domain)")
+    layout, seed_dir, ids = seed_inputs(args, info)
     mask_dir = pseudo_labels_dir(args.pred_dir, args.tag + RW_SUFFIX, args.domain)
-    ids = layout.ids
-    if args.single:
-        ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
-    if args.reverse:
-        ids = ids[::-1]
     remove_stale_temp_files(mask_dir)
     claim_rw_masks(args, seed_dir, mask_dir, weights)
     pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]
