@@ -27,7 +27,9 @@ Public API:
     transition_matrix(affinity, beta, exp_times)   IRN's dense T ** (2 ** exp_times)
     random_walk(scores, edge, ...)                 (K, h, w) -> (K, h, w) propagated scores
     scores_to_stride(seed, stride)                 (K, H, W) -> (K, ceil(H/s), ceil(W/s))
+    random_walk_planes(seed, edge, ...)            (K, H, W) seed -> (K + 1, H, W) scores, background first
     random_walk_labels(seed, keys, edge, ...)      (K, H, W) seed -> (H, W) class indices
+    walk_keys(keys, k)                             class index of each of those planes
 """
 import math
 import warnings
@@ -283,14 +285,43 @@ def scores_to_stride(seed, stride=STRIDE):
     return F.avg_pool2d(padded, stride)[0]
 
 
-def random_walk_labels(seed, keys, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA,
-                       exp_times=DEFAULT_EXP_TIMES, bg_score=DEFAULT_BG_SCORE, stride=STRIDE,
-                       method="sparse"):
-    """Seed -> pseudo mask by the random walk (IRN's make_sem_seg_labels).
+def random_walk_planes(seed, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_times=DEFAULT_EXP_TIMES,
+                       bg_score=DEFAULT_BG_SCORE, stride=STRIDE, method="sparse"):
+    """Seed -> full-size class scores after the random walk, background first (IRN's make_sem_seg_labels
+    before its argmax).
 
     Steps: foreground planes to the stride grid, random walk, x`stride` bilinear upsampling
     cropped to the image, division by the overall maximum, a constant background plane
-    `bg_score` in front, argmax, class indices through `keys`.
+    `bg_score` in front.
+    Args:
+        seed: (K, H, W) foreground scores of the present classes (tensor, any device), K >= 1.
+        edge: (ceil(H / stride), ceil(W / stride)) boundary probabilities, same device.
+    Returns:
+        (K + 1, H, W) in seed's dtype: plane 0 the background, plane k the class of seed plane k - 1.
+    """
+    k, height, width = seed.shape
+    grid = (math.ceil(height / stride), math.ceil(width / stride))
+    if tuple(edge.shape) != grid:
+        raise ValueError(f"edge map {tuple(edge.shape)} does not match the stride-{stride} grid "
+                         f"{grid} of a {height}x{width} seed (height x width)")
+    if k == 0:
+        return torch.full((1, height, width), bg_score, dtype=seed.dtype, device=seed.device)
+    walked = random_walk(scores_to_stride(seed, stride), edge.to(seed.dtype), radius, beta,
+                         exp_times, method)
+    up = F.interpolate(walked[None], scale_factor=stride, mode="bilinear",
+                       align_corners=False)[0, :, :height, :width]
+    top = up.max()
+    if top > 0:
+        up = up / top
+    return torch.cat([torch.full_like(up[:1], bg_score), up])
+
+
+def random_walk_labels(seed, keys, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA,
+                       exp_times=DEFAULT_EXP_TIMES, bg_score=DEFAULT_BG_SCORE, stride=STRIDE,
+                       method="sparse"):
+    """Seed -> pseudo mask by the random walk (IRN's make_sem_seg_labels): the argmax of
+    random_walk_planes, class indices through `keys`.
+
     Args:
         seed: (K, H, W) foreground scores of the present classes (tensor, any device).
         keys: (K,) their class indices (>= 1), a sequence or tensor.
@@ -299,25 +330,21 @@ def random_walk_labels(seed, keys, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BET
         int64 (H, W) class indices on seed's device; all 0 when K == 0 or nothing scores.
     """
     k, height, width = seed.shape
-    grid = (math.ceil(height / stride), math.ceil(width / stride))
-    if tuple(edge.shape) != grid:
-        raise ValueError(f"edge map {tuple(edge.shape)} does not match the stride-{stride} grid "
-                         f"{grid} of a {height}x{width} seed (height x width)")
-    if isinstance(keys, torch.Tensor):
-        keys = keys.to(device=seed.device, dtype=torch.int64).reshape(-1)
-    else:
-        keys = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=seed.device)
-    if keys.numel() != k:
-        raise ValueError(f"{k} seed planes but {keys.numel()} keys")
+    keys = walk_keys(keys, k, seed.device)
+    planes = random_walk_planes(seed, edge, radius, beta, exp_times, bg_score, stride, method)
     if k == 0:
         return torch.zeros((height, width), dtype=torch.int64, device=seed.device)
-    walked = random_walk(scores_to_stride(seed, stride), edge.to(seed.dtype), radius, beta,
-                         exp_times, method)
-    up = F.interpolate(walked[None], scale_factor=stride, mode="bilinear",
-                       align_corners=False)[0, :, :height, :width]
-    top = up.max()
-    if top > 0:
-        up = up / top
-    planes = torch.cat([torch.full_like(up[:1], bg_score), up])
-    labels = torch.cat([keys.new_zeros(1), keys])
-    return labels[planes.argmax(dim=0)]
+    return keys[planes.argmax(dim=0)]
+
+
+def walk_keys(keys, k, device=None):
+    """The class index of every plane of random_walk_planes: int64 (K + 1,) tensor [0, keys...].
+
+    Raises ValueError when `keys` does not name exactly `k` seed planes."""
+    if isinstance(keys, torch.Tensor):
+        keys = keys.to(device=device, dtype=torch.int64).reshape(-1)
+    else:
+        keys = torch.as_tensor(np.asarray(keys, dtype=np.int64).reshape(-1), device=device)
+    if keys.numel() != k:
+        raise ValueError(f"{k} seed planes but {keys.numel()} keys")
+    return torch.cat([keys.new_zeros(1), keys])

@@ -52,9 +52,10 @@ def argv(root, pred, *extra):
             "--tag", TAG, "--pred_dir", pred, "--gpus", "cpu", "--mode", "rw", "--affinity_tag", "aff", *extra]
 
 
-def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, bg=0.25):
+def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, bg=0.25, crf=False):
     """IRN's make_sem_seg_labels written out with the dense N x N matrix and an explicit
-    stride-4 average of the seed (padding by repetition), independent of random_walk_labels."""
+    stride-4 average of the seed (padding by repetition), independent of random_walk_labels;
+    crf=True: the walked planes through pydensecrf's calls written out here (DeepLab's settings)."""
     with torch.no_grad():
         x = normalize_image(image)[None]
         logits = net(torch.cat([x, x.flip(-1)]))[:, 0]
@@ -68,8 +69,16 @@ def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, b
     up = torch.nn.functional.interpolate(walked[None], scale_factor=4, mode="bilinear",
                                          align_corners=False)[0, :, :H, :W]
     up = up / up.max()
-    full = torch.cat([torch.full_like(up[:1], bg), up])
-    return np.concatenate([[0], keys])[full.argmax(0).numpy()]
+    full = torch.cat([torch.full_like(up[:1], bg), up]).numpy()
+    if crf:
+        import pydensecrf.densecrf as dcrf
+        model = dcrf.DenseCRF2D(W, H, len(full))
+        model.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(full, 1e-5, 1)).reshape(len(full), -1),
+                                                  dtype=np.float32))
+        model.addPairwiseGaussian(sxy=1, compat=3)
+        model.addPairwiseBilateral(sxy=67, srgb=3, rgbim=np.array(image, dtype=np.uint8, order="C"), compat=4)
+        full = np.asarray(model.inference(10)).reshape(len(full), H, W)
+    return np.concatenate([[0], keys])[full.argmax(0)]
 
 
 def test_masks_match_a_brute_force_random_walk_with_one_or_two_workers(setup, tmp_path):
@@ -96,6 +105,31 @@ def test_masks_match_a_brute_force_random_walk_with_one_or_two_workers(setup, tm
         np.testing.assert_array_equal(
             read_mask(os.path.join(pseudo_labels_dir(other, TAG + "@rw", "train_aug"), image_id + ".png")),
             read_mask(os.path.join(mask_dir, image_id + ".png")))
+
+
+def test_rw_crf_refines_the_walked_scores_with_the_dense_crf(setup, tmp_path):
+    root, pred, layout, net = setup
+    other = str(tmp_path / "exp")
+    os.makedirs(other)
+    for name in ("predictions", "models"):
+        os.symlink(os.path.join(pred, name), os.path.join(other, name))
+    summary = convert.main(argv(root, other, "--num_workers", "1", "--exp_times", "3", "--rw_crf", "true"))
+    assert summary["written"] == 6 and not summary["failed"]
+    mask_dir = pseudo_labels_dir(other, TAG + "@rw", "train_aug")
+    agreement, changed = [], []
+    for image_id in layout.ids:
+        seed = load_seed(os.path.join(predictions_dir(pred, TAG, "train_aug"), image_id + ".pkl"))
+        image = layout.read_image(image_id)
+        planes = seed["seed"].astype(np.float64)
+        expected = brute_force_mask(net, image, planes, seed["keys"][1:], exp_times=3, crf=True)
+        got = read_mask(os.path.join(mask_dir, image_id + ".png"))
+        agreement.append((got == expected).mean())
+        changed.append((expected != brute_force_mask(net, image, planes, seed["keys"][1:], exp_times=3)).mean())
+    assert min(agreement) > 0.995
+    assert max(changed) > 0.01  # the CRF did move pixels: the test can tell the two modes apart
+    # the record says the CRF was on: the plain walk is refused in this folder without --overwrite
+    with pytest.raises(SystemExit, match="crf"):
+        convert.main(argv(root, other, "--num_workers", "1", "--exp_times", "3"))
 
 
 def test_problems_are_reported(setup, tmp_path):

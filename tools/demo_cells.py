@@ -21,8 +21,9 @@ produces:
 
 1. the **CAM** of the classifier head (where the network finds evidence for a class),
 2. the **RS+EPM seed** of the segmentation head (a soft map per class, thresholded),
-3. the **CRF pseudo mask** made from the seed (the training labels of the second stage),
-4. the **retrained model**'s prediction (a DeepLabV3+ trained on those pseudo masks),
+3. the **CRF pseudo mask** made from the seed,
+4. the **retrained model**'s prediction (a DeepLabV3+ trained on the random-walk pseudo masks of
+   the training images, as in the paper),
 
 next to the image and its ground truth, then the stored pseudo masks of a few training images,
 and the per-class IoU that `evaluate.py` measured.
@@ -39,7 +40,7 @@ the new outputs. That run, on the synthetic TOY dataset (`toy_data/TOY`):
 * RS+EPM: {rsepm_epochs} epochs, batch {rsepm_batch}, {rsepm_crop}-pixel crops, RecurSeed from epoch
   {rs_start}, EdgePredictMix from epoch {mix_start};
 * the retrained DeepLabV3+ (output stride 16): {seg_epochs} epochs, batch {seg_batch}, {seg_crop}-pixel
-  crops, on the CRF pseudo masks of `train_aug`;
+  crops, on the random-walk pseudo masks of `train_aug` (`--rw_crf true`: walk, then dense CRF);
 * test-time scales `{scales}` with flips (the published `1.0,0.5,1.5,2.0` cost several times
   more), single-stage classes from scores >= {conf_th}.
 
@@ -175,9 +176,11 @@ PANELS = r"""
   background threshold (the best one of `evaluate.py`'s sweep when that result exists).
 * **CRF pseudo mask**: `convert_seed_to_pseudo_masks.py` adds a background score
   (1 - highest seed)^2 and runs a dense CRF, which pulls the boundaries onto colour edges
-  (`core.crf.seed_to_mask`). These masks are the labels the second stage trains on.
+  (`core.crf.seed_to_mask`).
 * **Random-walk mask** (only when `pseudo-labels/{RSEPM_TAG}@rw/` holds masks of these images):
-  the seeds propagated over learned pixel affinities instead of the CRF, read from its files.
+  the seeds propagated over learned pixel affinities (an affinity network trained on the seeds'
+  confident regions), then, in the toy run (`--rw_crf true`), the same dense CRF; read from its
+  files. These are the labels the retrained model learns from, as in the paper.
 * **Retrained model** (multi-stage): an ordinary, fully supervised DeepLabV3+ trained on the
   pseudo masks; it needs no tags at test time. Its argmax is often cleaner than its own labels,
   because mistakes that differ from image to image average out during training.
@@ -347,9 +350,9 @@ TRAIN_INTRO = r"""
 ## The pseudo masks the second stage trains on
 
 The panels above recompute everything from the weights. The files below are the run's own: the
-CRF pseudo masks `convert_seed_to_pseudo_masks.py` wrote for `train_aug` (the labels of
-`train_seg.py`), and, when the random-walk stage has run, its masks (`pseudo-labels/{RSEPM_TAG}@rw/`),
-next to the ground truth the method never saw.
+CRF pseudo masks `convert_seed_to_pseudo_masks.py` wrote for `train_aug`, and, when the
+random-walk stage has run, its masks (`pseudo-labels/{RSEPM_TAG}@rw/`, the labels of `train_seg.py`
+in the toy run), next to the ground truth the method never saw.
 """
 
 TRAIN_MASKS = r'''

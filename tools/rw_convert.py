@@ -3,8 +3,9 @@
 
 For each seed file: the boundary map of its image from the affinity network of --affinity_tag
 (AffinityNet.predict_boundary: the image and its mirror in one forward, stride 4), then
-core.randomwalk.random_walk_labels (pairs within --rw_radius, affinities ** --beta,
-2 ** --exp_times steps, background score --sem_seg_bg_thres) and a palette PNG in
+core.randomwalk.random_walk_planes (pairs within --rw_radius, affinities ** --beta,
+2 ** --exp_times steps, background score --sem_seg_bg_thres), with --rw_crf true the dense CRF of
+the CRF mode on the walked scores, and a palette PNG in
 pseudo-labels/{tag}@rw/{domain}/ID.png, beside the CRF masks of the same seeds.
 
 Devices: with CUDA (--gpus) the images run one after another in this process on the first
@@ -22,11 +23,13 @@ from core.checkpoint import load_checkpoint
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
 from core.io import claim_output_folder, load_seed, read_json, save_mask, settings_path
-from core.randomwalk import DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, DEFAULT_RADIUS, random_walk_labels
+from core.crf import CRF_DEFAULTS, dense_crf
+from core.randomwalk import (DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, DEFAULT_RADIUS, random_walk_planes,
+                             walk_keys)
 from core.relations import foreground_planes
 from core.resnet import ARCHITECTURES
 from core.safety import remove_stale_temp_files, safe_output_path
-from tools.args import resolve_devices
+from tools.args import resolve_devices, str2bool
 from tools.paths import model_dir, model_path, output_dir, pseudo_labels_dir
 
 RW_SUFFIX = "@rw"
@@ -47,6 +50,9 @@ def add_rw_args(parser):
                        help="the walk applies the transition matrix 2 ** exp_times times")
     group.add_argument("--sem_seg_bg_thres", default=DEFAULT_BG_SCORE, type=float,
                        help="constant background score against the walked, max-normalised seeds")
+    group.add_argument("--rw_crf", default=False, type=str2bool,
+                       help="refine the walked scores (background plane first) with the dense CRF of --mode crf "
+                            "before the argmax; not part of IRN (false = its masks as they are)")
 
 
 def affinity_backbone(args):
@@ -99,7 +105,7 @@ def prepare(args):
     job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, palette=info.palette,
                num_classes=info.num_classes, weights=weights, backbone=affinity_backbone(args),
                device=str(device), radius=args.rw_radius, beta=args.beta, exp_times=args.exp_times,
-               bg_score=args.sem_seg_bg_thres, max_seed_bytes=args.max_seed_bytes)
+               bg_score=args.sem_seg_bg_thres, crf=args.rw_crf, max_seed_bytes=args.max_seed_bytes)
     load_network(job)  # a wrong weights file stops the run here, before any worker starts
     return job, pending, len(ids) - len(pending)
 
@@ -114,7 +120,7 @@ def claim_rw_masks(args, seed_dir, mask_dir, weights):
                 "dataset": args.dataset, "mode": "rw", "affinity_weights": {"path": os.path.abspath(weights),
                                                                             "size": stat.st_size},
                 "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
-                "bg_score": args.sem_seg_bg_thres}
+                "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}
     os.makedirs(mask_dir, exist_ok=True)
     deleted = claim_output_folder(mask_dir, settings, ".png", overwrite=args.overwrite, ignore=("path", "seed_dir"))
     if deleted:
@@ -154,8 +160,12 @@ def convert_one(image_id):
         return image_id, str(e)
     device = job["device"]
     edge = job["network"].predict_boundary(normalize_image(image)[None].to(device))[0]
-    mask = random_walk_labels(torch.from_numpy(planes).to(device), keys, edge.float(), job["radius"],
-                              job["beta"], job["exp_times"], job["bg_score"])
+    labels = walk_keys(keys, len(keys))
+    planes = random_walk_planes(torch.from_numpy(planes).to(device), edge.float(), job["radius"], job["beta"],
+                                job["exp_times"], job["bg_score"]).cpu()
+    if job["crf"] and len(labels) > 1:  # one label needs no inference
+        planes = torch.from_numpy(dense_crf(image, planes.numpy(), **CRF_DEFAULTS))
+    mask = labels[planes.argmax(dim=0)]
     save_mask(safe_output_path(job["mask_dir"], image_id + ".png"), mask.cpu().numpy(), job["palette"])
     return image_id, None
 
