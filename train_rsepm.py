@@ -136,7 +136,7 @@ def main(argv=None):
     distributed.seed_everything(args.seed, ctx.rank)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info, require_xml=True)
-    transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
+    transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
     dataset = ClassificationDataset(layout, transform, seed=args.seed)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
     if len(loader) == 0:

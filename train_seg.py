@@ -81,7 +81,7 @@ def main(argv=None):
     if mask_dir is not None and not os.path.isdir(mask_dir):
         raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run infer_rsepm.py and "
                            f"convert_seed_to_pseudo_masks.py with --domain {args.domain} --tag {args.label_tag})")
-    transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size)
+    transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
     dataset = SegmentationDataset(layout, mask_dir, transform, seed=args.seed, allow_missing=args.allow_missing)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
     if len(loader) == 0:

@@ -137,6 +137,36 @@ def test_training_args_defaults_and_parsing():
     assert (args.min_image_size, args.max_image_size, args.amp, args.nesterov) == (320, 640, "auto", True)
     args = parser.parse_args(["--amp", "bf16", "--nesterov", "false", "--resume", "yes"])
     assert args.amp == "bf16" and args.nesterov is False and args.resume is True
+    # colour jitter: the published strengths by default, 4 values or none, nothing else
+    assert parser.parse_args([]).color_jitter == (0.3, 0.3, 0.3, 0.1)
+    assert parser.parse_args(["--color_jitter", "0.3,0.3,0.3,0"]).color_jitter == (0.3, 0.3, 0.3, 0.0)
+    assert parser.parse_args(["--color_jitter", "none"]).color_jitter is None
+    assert parser.parse_args(["--color_jitter", "0,0,0,0"]).color_jitter is None
+    for bad in ("0.3,0.3,0.3", "0.3,0.3,0.3,0.6", "a,b,c,d", "-1,0,0,0"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--color_jitter", bad])
+
+
+def test_color_jitter_flag_reaches_the_training_transform(tmp_path):
+    """train_seg with hue jitter 0 and without jitter: the crops it trains on are those of
+    TrainTransform(jitter=...) computed here independently (same per-sample rng)."""
+    from core.datasets import SeedLayout, load_dataset_info
+    from core.train_datasets import SegmentationDataset
+    from core.transforms import TrainTransform
+    from tools.make_toy_dataset import make_toy_dataset
+    root = str(tmp_path / "TOY")
+    make_toy_dataset(root, seed=2, num_train=2, num_train_aug=2, num_validation=1, num_test=1,
+                     min_size=48, max_size=60, progress=False)
+    layout = SeedLayout(root, "train_aug", load_dataset_info("TOY"))
+    import train_seg
+    args = train_seg.parse_args(["--root_dir", root, "--dataset", "TOY", "--label_tag", "gt",
+                                 "--color_jitter", "0.3,0.3,0.3,0"])
+    assert args.color_jitter == (0.3, 0.3, 0.3, 0.0)
+    plain = SegmentationDataset(layout, None, TrainTransform(48, 48, 60, jitter=None), seed=1)
+    hue0 = SegmentationDataset(layout, None, TrainTransform(48, 48, 60, jitter=args.color_jitter), seed=1)
+    full = SegmentationDataset(layout, None, TrainTransform(48, 48, 60), seed=1)
+    a, b, c = plain[0]["image"], hue0[0]["image"], full[0]["image"]
+    assert not torch.equal(a, b) and not torch.equal(b, c)  # the strengths change the crop's colours
 
 
 # --- sanity checks and logs --------------------------------------------------------------------

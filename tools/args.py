@@ -53,6 +53,21 @@ def int_list(text):
     return values
 
 
+def color_jitter(text):
+    """'B,C,S,H' (brightness, contrast, saturation, hue strengths of core.transforms.color_jitter)
+    -> a 4-tuple of floats; 'none' (or all zeros) -> None, no jitter."""
+    if text.strip().lower() in ("none", "off", ""):
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0 or values[3] > 0.5:
+        raise argparse.ArgumentTypeError(f"expected 4 comma-separated strengths B,C,S,H (>= 0, hue <= 0.5) "
+                                         f"or 'none', got {text!r}")
+    return values if any(values) else None
+
+
 def positive_int(text):
     try:
         value = int(text)

@@ -41,6 +41,8 @@ the new outputs. That run, on the synthetic TOY dataset (`toy_data/TOY`):
   {rs_start}, EdgePredictMix from epoch {mix_start};
 * the retrained DeepLabV3+ (output stride 16): {seg_epochs} epochs, batch {seg_batch}, {seg_crop}-pixel
   crops, on the random-walk pseudo masks of `train_aug` (`--rw_crf true`: walk, then dense CRF);
+* training crops get colour jitter without its hue part (`--color_jitter {jitter}`): the toy
+  classes differ by hue, among other cues, and the published hue jitter would blur that line;
 * test-time scales `{scales}` with flips (the published `1.0,0.5,1.5,2.0` cost several times
   more), single-stage classes from scores >= {conf_th}.
 
@@ -64,7 +66,7 @@ seconds per image on a CPU.
            rsepm_crop=flag(toy.RSEPM_TRAIN, "--crop_size"), rs_start=flag(toy.RSEPM_TRAIN, "--rs_start"),
            mix_start=flag(toy.RSEPM_TRAIN, "--mix_start"), seg_epochs=flag(toy.SEG_TRAIN, "--max_epoch"),
            seg_batch=flag(toy.SEG_TRAIN, "--batch_size"), seg_crop=flag(toy.SEG_TRAIN, "--crop_size"),
-           scales=flag(toy.SCALES, "--scales"), conf_th=toy.CONF_TH)
+           scales=flag(toy.SCALES, "--scales"), conf_th=toy.CONF_TH, jitter=flag(toy.TOY_JITTER, "--color_jitter"))
 
 PARAMETERS = r'''
 # Parameters. Edit the defaults here, or set the environment variable RSEPM_DEMO_<NAME> shown

@@ -32,6 +32,7 @@ from core.transforms import TrainTransform  # noqa: E402
 from tools import distributed  # noqa: E402
 from core.io import atomic_output  # noqa: E402
 from tools.args import make_parser  # noqa: E402
+from tools.training import add_color_jitter_arg  # noqa: E402
 
 
 class Classifier(torch.nn.Module):
@@ -64,6 +65,7 @@ def parse_args(argv=None):
                         help="smallest random long side (rescale before the crop)")
     parser.add_argument("--max_image_size", default=144, type=int,
                         help="largest random long side")
+    add_color_jitter_arg(parser)
     parser.add_argument("--num_workers", default=2, type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", default=0, type=int, help="seed of initialisation, data order and augmentation")
     return parser.parse_args(argv)
@@ -74,8 +76,8 @@ def pretrain(args):
     distributed.seed_everything(args.seed)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, "train_aug", info, require_xml=True)
-    dataset = ClassificationDataset(layout, TrainTransform(args.crop_size, args.min_image_size,
-                                                           args.max_image_size), seed=args.seed)
+    dataset = ClassificationDataset(layout, TrainTransform(args.crop_size, args.min_image_size, args.max_image_size,
+                                                           jitter=args.color_jitter), seed=args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sampler = distributed.EpochSampler(len(dataset), args.seed, shuffle=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,

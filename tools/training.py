@@ -11,7 +11,8 @@ import torch
 
 from core.datasets import SeedLayout, normalize_image
 from core.resnet import ARCHITECTURES
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, make_parser, str2bool
+from core.transforms import JITTER
+from tools.args import add_dataset_args, add_device_args, add_experiment_args, color_jitter, make_parser, str2bool
 from tools.optim import AMP_MODES
 
 
@@ -50,6 +51,7 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
                         help="side of the square training crop")
     parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
     parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
+    add_color_jitter_arg(parser)
     parser.add_argument("--seed", default=0, type=int, help="seed of data order, augmentation and init")
     parser.add_argument("--amp", default="auto", choices=AMP_MODES,
                         help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
@@ -63,6 +65,12 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
                         help="training images above this many pixels (from the header) are skipped")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
+
+
+def add_color_jitter_arg(parser):
+    parser.add_argument("--color_jitter", default=",".join(map(str, JITTER)), type=color_jitter,
+                        help="colour jitter strengths brightness,contrast,saturation,hue (hue as a fraction of "
+                             "the colour circle), or none")
 
 
 def add_validation_args(parser, what):
