@@ -28,6 +28,7 @@ from tools import rw_convert
 from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, add_seed_limit_arg, cli, make_parser, str2bool)
 from tools.paths import pseudo_labels_dir
+from tools.seed_reading import seed_inputs
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
 _JOB = None
@@ -68,7 +69,7 @@ def prepare(args):
     problems that concern the whole run.
     """
     info = load_dataset_info(args.dataset)
-    layout, seed_dir, ids = rw_convert.seed_inputs(args, info)
+    layout, seed_dir, ids = seed_inputs(args, info)
     if args.mode != "crf" and args.bg_th is None:
         # The original crashed here; say what is missing instead.
         raise UsageError(f"--mode {args.mode} (argmax without CRF) needs --bg_th, the constant "

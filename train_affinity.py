@@ -22,7 +22,6 @@ import torch
 
 from core.affinity import AffinityNet
 from core.checkpoint import read_state_dict
-from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, MissingFileError
 from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
@@ -124,10 +123,7 @@ def prepare_labels(args, ctx, layout, info):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = distributed.setup_distributed(args.gpus)
-    distributed.seed_everything(args.seed, ctx.rank)
-    info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info)
+    ctx, info, layout = training.start_run(args)
     label_dir = prepare_labels(args, ctx, layout, info)
     dataset = AffinityDataset(layout, label_dir, AffinityTransform(args.crop_size, args.min_scale, args.max_scale),
                               seed=args.seed, allow_missing=args.allow_missing)

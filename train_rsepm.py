@@ -13,7 +13,6 @@ import dataclasses
 import numpy as np
 import torch
 
-from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError, UsageError
 from core.inference import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
@@ -131,11 +130,8 @@ def validate(network, layout, ids, device, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = distributed.setup_distributed(args.gpus)
+    ctx, info, layout = training.start_run(args, require_xml=True)
     check_mix_share(args, ctx)
-    distributed.seed_everything(args.seed, ctx.rank)
-    info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=True)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
     dataset = ClassificationDataset(layout, transform, seed=args.seed)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)

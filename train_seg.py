@@ -15,7 +15,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-from core.datasets import SeedLayout, load_dataset_info
 from core.errors import DatasetError
 from core.inference import multiscale_inference
 from core.io import IGNORE_INDEX
@@ -73,10 +72,7 @@ def validate(network, layout, ids, device, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx = distributed.setup_distributed(args.gpus)
-    distributed.seed_everything(args.seed, ctx.rank)
-    info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info)
+    ctx, info, layout = training.start_run(args)
     mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain)
     if mask_dir is not None and not os.path.isdir(mask_dir):
         raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run infer_rsepm.py and "

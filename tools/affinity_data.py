@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from core.datasets import normalize_image
 from core.errors import DatasetError, FormatError
-from core.io import IGNORE_INDEX, load_seed, read_mask, save_mask
-from core.relations import BG_THRESHOLD, FG_THRESHOLD, foreground_planes, ir_label_from_seed, labels_to_stride
+from core.io import IGNORE_INDEX, read_mask, save_mask
+from core.relations import BG_THRESHOLD, FG_THRESHOLD, ir_label_from_seed, labels_to_stride
 from core.safety import remove_stale_temp_files, safe_output_path
 from core.transforms import random_crop
 from tools.paths import output_dir
+from tools.seed_reading import read_foreground
 
 IR_FOLDER = "ir-labels"
 STRIDE = 4
@@ -53,13 +54,7 @@ def ir_label_one(image_id):
     if not os.path.isfile(seed_path):
         return image_id, f"{seed_path}: seed file not found"
     try:
-        planes, keys = foreground_planes(load_seed(seed_path, tag=job["tag"]))
-        image = job["layout"].read_image(image_id)
-        if planes.shape[1:] != image.shape[:2]:
-            return image_id, (f"{seed_path}: seed size {planes.shape[2]}x{planes.shape[1]} differs from "
-                              f"its image {image.shape[1]}x{image.shape[0]}")
-        if keys.size and keys.max() >= job["num_classes"]:
-            return image_id, f"{seed_path}: class index {int(keys.max())} outside the dataset's classes"
+        planes, keys, image = read_foreground(seed_path, job["tag"], job["layout"], image_id, job["num_classes"])
         labels = ir_label_from_seed(planes, keys, image, job["fg_th"], job["bg_th"], crf=job["crf"])
     except (FormatError, DatasetError, ValueError) as e:
         return image_id, str(e)

@@ -20,17 +20,17 @@ import torch
 
 from core.affinity import AffinityNet
 from core.checkpoint import load_checkpoint
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.datasets import load_dataset_info, normalize_image
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
-from core.io import claim_output_folder, load_seed, read_json, save_mask, settings_path
+from core.io import claim_output_folder, read_json, save_mask, settings_path
 from core.crf import CRF_DEFAULTS, dense_crf
 from core.randomwalk import (DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, DEFAULT_RADIUS, random_walk_planes,
                              walk_keys)
-from core.relations import foreground_planes
 from core.resnet import ARCHITECTURES
 from core.safety import remove_stale_temp_files, safe_output_path
 from tools.args import resolve_devices, str2bool
-from tools.paths import model_dir, model_path, output_dir, pseudo_labels_dir
+from tools.paths import model_dir, model_path, pseudo_labels_dir
+from tools.seed_reading import read_foreground, seed_inputs
 
 RW_SUFFIX = "@rw"
 _JOB = None  # set in each worker by _init_worker: the job dict plus the loaded network
@@ -64,22 +64,6 @@ def affinity_backbone(args):
         if backbone in ARCHITECTURES:
             return backbone
     return "resnet50"
-
-
-def seed_inputs(args, info):
-    """The dataset split and seed folder a conversion reads, and the image ids in processing order
-    (`--single`: one-tag images only; `--reverse`). Shared by the CRF and random-walk modes."""
-    layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
-    seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
-    if not os.path.isdir(seed_dir):
-        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
-                               "first, or check --pred_dir, --folder, --tag and --domain)")
-    ids = layout.ids
-    if args.single:
-        ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
-    if args.reverse:
-        ids = ids[::-1]
-    return layout, seed_dir, ids
 
 
 def prepare(args):
@@ -149,13 +133,8 @@ def convert_one(image_id):
     if not os.path.isfile(seed_path):
         return image_id, f"{seed_path}: seed file not found"
     try:
-        planes, keys = foreground_planes(load_seed(seed_path, tag=job["tag"], max_bytes=job["max_seed_bytes"]))
-        image = job["layout"].read_image(image_id)
-        if planes.shape[1:] != image.shape[:2]:
-            return image_id, (f"{seed_path}: seed size {planes.shape[2]}x{planes.shape[1]} differs from its "
-                              f"image {image.shape[1]}x{image.shape[0]}")
-        if keys.size and (keys.min() < 1 or keys.max() >= job["num_classes"]):
-            return image_id, f"{seed_path}: class indices {keys.tolist()} outside 1..{job['num_classes'] - 1}"
+        planes, keys, image = read_foreground(seed_path, job["tag"], job["layout"], image_id, job["num_classes"],
+                                              job["max_seed_bytes"])
     except (FormatError, DatasetError, ValueError) as e:
         return image_id, str(e)
     device = job["device"]

@@ -6,9 +6,38 @@
 # per variant: validation seed mIoU (ground-truth tags, best background threshold) and CRF mask mIoU.
 #   bash tools/toy_ablation.sh                                   the quick-start run (seed 0)
 #   SEED=1 PRED=./experiments/toy/seed1/ bash tools/toy_ablation.sh   one run of toy_pipeline.py --seeds
+#   SEEDS=0,1,2 bash tools/toy_ablation.sh      every run of toy_pipeline.py --seeds 0,1,2, then the
+#                                               mean and spread (experiments/toy/ablation_seeds.md)
+# Each run's rows are saved to {PRED}ablation.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+if [ -n "${SEEDS:-}" ]; then
+  IFS=, read -ra LIST <<< "$SEEDS"
+  for s in "${LIST[@]}"; do
+    echo "== ablation, training seed $s"
+    SEEDS= SEED=$s PRED=./experiments/toy/seed$s/ bash "$0"
+  done
+  "$PY" - "$SEEDS" <<'PYEOF'
+import json, statistics, sys
+from core.io import atomic_output
+seeds = sys.argv[1].split(",")
+runs = [json.load(open(f"experiments/toy/seed{s}/ablation.json")) for s in seeds]
+lines = [f"| training | seeds mean +- std (min-max) over seeds {','.join(seeds)} | + CRF mean +- std (min-max) |",
+         "|---|---:|---:|"]
+for i, row in enumerate(runs[0]):
+    cells = []
+    for key in ("seeds", "crf"):
+        v = [r[i][key] for r in runs]
+        cells.append(f"{statistics.fmean(v):.2f} +- {statistics.stdev(v) if len(v) > 1 else 0:.2f} "
+                     f"({min(v):.2f}-{max(v):.2f})")
+    lines.append(f"| {row['variant']} | {cells[0]} | {cells[1]} |")
+with atomic_output("experiments/toy/ablation_seeds.md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PYEOF
+  exit 0
+fi
 SEED=${SEED:-0}
 PRED=${PRED:-./experiments/toy/}
 THREADS=${THREADS:-2}
@@ -38,12 +67,16 @@ for v in cam rs rsepm; do
   "$PY" convert_seed_to_pseudo_masks.py "${D[@]}" --domain validation --folder predictions --tag "$out" --num_workers 2
   "$PY" evaluate.py "${D[@]}" --domain validation --folder pseudo-labels --tag "$out" --num_workers 1 > /dev/null
 done
-for v in cam rs rsepm; do
-  "$PY" - "$PRED" "${TAGS[$v]}@val-gt-tags" <<'PYEOF'
+"$PY" - "$PRED" "${TAGS[cam]}" "${TAGS[rs]}" "${TAGS[rsepm]}" <<'PYEOF'
 import json, os, sys
-pred, tag = sys.argv[1], sys.argv[2]
-seeds = json.load(open(os.path.join(pred, "predictions", tag, "validation.eval.json")))
-masks = json.load(open(os.path.join(pred, "pseudo-labels", tag, "validation.eval.json")))
-print(f"{tag:40s} seeds {seeds['mIoU']:6.2f} (t={seeds['threshold']:.2f})   CRF masks {masks['mIoU']:6.2f}")
+from core.io import write_json
+pred, rows = sys.argv[1], []
+for variant, tag in zip(("CAM only", "RS", "RS+EPM"), sys.argv[2:]):
+    tag += "@val-gt-tags"
+    seeds = json.load(open(os.path.join(pred, "predictions", tag, "validation.eval.json")))
+    masks = json.load(open(os.path.join(pred, "pseudo-labels", tag, "validation.eval.json")))
+    rows.append({"variant": variant, "tag": tag, "seeds": seeds["mIoU"], "threshold": seeds["threshold"],
+                 "crf": masks["mIoU"]})
+    print(f"{tag:40s} seeds {seeds['mIoU']:6.2f} (t={seeds['threshold']:.2f})   CRF masks {masks['mIoU']:6.2f}")
+write_json(os.path.join(pred, "ablation.json"), rows)
 PYEOF
-done

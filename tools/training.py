@@ -9,10 +9,11 @@ import argparse
 
 import torch
 
-from core.datasets import SeedLayout, normalize_image
+from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, color_jitter, make_parser, str2bool
+from tools import distributed
 from tools.optim import AMP_MODES
 
 
@@ -65,6 +66,16 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
                         help="training images above this many pixels (from the header) are skipped")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
+
+
+def start_run(args, require_xml=False):
+    """The opening of every training script: the process context (one process, DataParallel or a
+    torchrun rank), this rank's seeds, the dataset's classes and the training split.
+    Returns (ctx, info, layout)."""
+    ctx = distributed.setup_distributed(args.gpus)
+    distributed.seed_everything(args.seed, ctx.rank)
+    info = load_dataset_info(args.dataset)
+    return ctx, info, SeedLayout(args.root_dir, args.domain, info, require_xml=require_xml)
 
 
 def add_color_jitter_arg(parser):
