@@ -130,8 +130,7 @@ def validate(network, layout, ids, device, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    ctx, info, layout = training.start_run(args, require_xml=True)
-    check_mix_share(args, ctx)
+    ctx, info, layout = training.start_run(args, require_xml=True, check=check_mix_share)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
     dataset = ClassificationDataset(layout, transform, seed=args.seed)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)

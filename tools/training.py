@@ -68,11 +68,14 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
                         help="continue from models/{tag}/resume.pth when it exists")
 
 
-def start_run(args, require_xml=False):
+def start_run(args, require_xml=False, check=None):
     """The opening of every training script: the process context (one process, DataParallel or a
-    torchrun rank), this rank's seeds, the dataset's classes and the training split.
+    torchrun rank), `check(args, ctx)` (settings that cannot run on these devices are refused
+    before any data is read), this rank's seeds, the dataset's classes and the training split.
     Returns (ctx, info, layout)."""
     ctx = distributed.setup_distributed(args.gpus)
+    if check is not None:
+        check(args, ctx)
     distributed.seed_everything(args.seed, ctx.rank)
     info = load_dataset_info(args.dataset)
     return ctx, info, SeedLayout(args.root_dir, args.domain, info, require_xml=require_xml)
