@@ -329,12 +329,9 @@ def random_walk_labels(seed, keys, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BET
     Returns:
         int64 (H, W) class indices on seed's device; all 0 when K == 0 or nothing scores.
     """
-    k, height, width = seed.shape
-    keys = walk_keys(keys, k, seed.device)
-    planes = random_walk_planes(seed, edge, radius, beta, exp_times, bg_score, stride, method)
-    if k == 0:
-        return torch.zeros((height, width), dtype=torch.int64, device=seed.device)
-    return keys[planes.argmax(dim=0)]
+    keys = walk_keys(keys, seed.shape[0], seed.device)
+    # no foreground: the background plane alone, whose argmax is 0 everywhere
+    return keys[random_walk_planes(seed, edge, radius, beta, exp_times, bg_score, stride, method).argmax(dim=0)]
 
 
 def walk_keys(keys, k, device=None):
