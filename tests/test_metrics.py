@@ -271,3 +271,36 @@ def test_sweep_thresholds_inclusive_and_validated():
         metrics.sweep_thresholds(0.5, 0.1, 0.05)
     with pytest.raises(ValueError):
         metrics.sweep_thresholds(0.1, 0.5, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# average precision (tools/pretrain_toy.py's score of its classifier)
+# ---------------------------------------------------------------------------------------------
+def test_average_precision_hand_worked():
+    # Ranked: +, -, +, -  ->  precision 1 at the first positive, 2/3 at the second: (1 + 2/3) / 2.
+    assert metrics.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    # A tie between a positive and a negative enters together: precision 1/2 at recall 1, not 1.
+    assert metrics.average_precision([0.3, 0.5, 0.5], [0, 1, 0]) == pytest.approx(0.5)
+    assert metrics.average_precision([0.1, 0.2], [1, 1]) == pytest.approx(1.0)
+    assert math.isnan(metrics.average_precision([0.1, 0.2], [0, 0]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_precision_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=40) / 5.0  # many ties
+    labels = rng.random(40) < 0.4
+    # Brute force: every distinct threshold, high to low, precision and recall counted by loops.
+    expected, previous_recall = 0.0, 0.0
+    for t in sorted(set(scores.tolist()), reverse=True):
+        kept = [label for score, label in zip(scores, labels) if score >= t]
+        recall = sum(kept) / labels.sum()
+        expected += (recall - previous_recall) * sum(kept) / len(kept)
+        previous_recall = recall
+    assert metrics.average_precision(scores, labels) == pytest.approx(expected)
+    # Without ties AP is the mean precision at the rank of each positive (the classical form).
+    untied = rng.permutation(40).astype(float)
+    ranks = np.argsort(np.argsort(-untied)) + 1
+    positive_ranks = np.sort(ranks[labels])
+    classical = np.mean(np.arange(1, len(positive_ranks) + 1) / positive_ranks)
+    assert metrics.average_precision(untied, labels) == pytest.approx(classical)

@@ -1,5 +1,6 @@
 """tools/pretrain_toy.py (the toy stand-in for ImageNet weights) and the --seeds summary of
 tools/toy_pipeline.py."""
+import json
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torchvision
 
 from core.resnet import build_resnet
-from tools import pretrain_toy
+from tools import pretrain_toy, toy_pipeline
 from tools.make_toy_dataset import make_toy_dataset
 from tools.toy_pipeline import seeds_summary
 
@@ -15,7 +16,7 @@ from tools.toy_pipeline import seeds_summary
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain") / "TOY"
-    make_toy_dataset(str(root), seed=7, num_train=0, num_train_aug=8, num_validation=0, num_test=0,
+    make_toy_dataset(str(root), seed=7, num_train=0, num_train_aug=8, num_validation=4, num_test=0,
                      min_size=48, max_size=56)
     return root
 
@@ -57,3 +58,50 @@ def test_seeds_summary_mean_std_min_max():
     assert second["std"] == 0.0
     assert result["seeds"] == [0, 1, 2]
     assert "73.00 +- 3.61" in table[2] and "70.00-77.00" in table[2]
+
+
+def test_record_beside_the_weights_scores_the_held_out_split(tiny_set, tmp_path):
+    run_pretrain(tiny_set, tmp_path / "w.pth")
+    record = json.loads((tmp_path / "w.json").read_text())
+    assert record["settings"]["epochs"] == 1 and record["settings"]["seed"] == 3
+    assert len(record["loss_per_epoch"]) == 1
+    validation = record["validation"]
+    assert validation["domain"] == "validation" and validation["num_images"] == 4
+    # The mAP is the mean of the classes' AP that are defined (a class absent from the 4 images has none).
+    defined = [v for v in validation["AP"].values() if not math.isnan(v)]
+    assert defined and validation["mAP"] == pytest.approx(sum(defined) / len(defined))
+    assert all(0.0 <= v <= 100.0 for v in defined)
+
+
+def test_scores_are_the_classifiers_sigmoid_at_full_size(tiny_set):
+    from core.datasets import SeedLayout, load_dataset_info
+    torch.manual_seed(0)
+    model = pretrain_toy.Classifier("resnet18", 5)
+    layout = SeedLayout(str(tiny_set), "validation", load_dataset_info("TOY"))
+    scores, labels = pretrain_toy.tag_scores(model, layout)
+    assert scores.shape == labels.shape == (4, 5)
+    # Independent: backbone, global mean, linear layer, sigmoid written out for one image.
+    from core.datasets import normalize_image
+    image = normalize_image(layout.read_image(layout.ids[2]))[None]
+    with torch.no_grad():
+        features = model.backbone(image)[-1].mean(dim=(2, 3))
+        expected = torch.sigmoid(features @ model.fc.weight.T + model.fc.bias)[0]
+    assert torch.allclose(torch.from_numpy(scores[2]), expected, atol=1e-5)
+    assert labels[2].tolist() == layout.multi_hot(layout.read_tags(layout.ids[2])).tolist()
+
+
+def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkeypatch):
+    weights = tmp_path / "pretrained" / "resnet18_toy.pth"
+    monkeypatch.setattr(toy_pipeline, "PRETRAINED", str(weights))
+    workers = ["--num_workers", "2"]
+    assert toy_pipeline.cached_pretraining_problem(workers) == "not made yet"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)  # an older release's file
+    settings = vars(pretrain_toy.parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
+    settings = json.loads(json.dumps({k: v for k, v in settings.items() if k != "out"}))
+    (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
+    assert toy_pipeline.cached_pretraining_problem(workers) is None  # the worker count does not matter
+    settings["epochs"] = 6
+    (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
+    assert toy_pipeline.cached_pretraining_problem(workers) == "made with other settings (epochs)"

@@ -335,3 +335,30 @@ class ConfusionMeter:
     def scores(self):
         """segmentation_scores of every row: arrays with leading dimension R."""
         return segmentation_scores(self.matrix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-level classification (tools/pretrain_toy.py reports how well its backbone tags images)
+# ---------------------------------------------------------------------------------------------
+def average_precision(scores, labels):
+    """Non-interpolated average precision of one class, in [0, 1]; NaN without positives.
+
+    scores: (N,) floats; labels: (N,) 0/1. AP = sum over the distinct score thresholds t (high to
+    low) of (R(t) - R(t_prev)) * P(t), with P and R the precision and recall of `score >= t`:
+    tied scores enter together, so the order of tied items does not matter (the definition of
+    scikit-learn's average_precision_score).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    positives = int(labels.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    true_positives = np.cumsum(labels)
+    # the last index of each run of tied scores closes one threshold
+    last = np.r_[np.flatnonzero(np.diff(scores) != 0), scores.size - 1]
+    tp = true_positives[last]
+    precision = tp / (last + 1)
+    recall_steps = np.diff(np.r_[0, tp]) / positives
+    return float((recall_steps * precision).sum())

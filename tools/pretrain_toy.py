@@ -9,11 +9,15 @@ pretraining does) on a toy set generated with a *different* generator seed than 
 own data: no image and no pixel label of the experiment reaches this stage, and no pixel label of
 any set is read here (only the xml tags). The output is the backbone's state_dict in torchvision's
 key layout, without `fc.*`, which `train_rsepm.py` and `train_seg.py` load with `--pretrained PATH`.
+After training, the classifier tags the images of `--val_domain` (a held-out split of the same
+pretraining set, xml tags only) and reports the average precision per class; the settings, the
+loss per epoch and that score are saved next to the weights (OUT with .json for its extension).
 Deterministic on one machine for a fixed seed and thread count (CPU kernels, per-sample
 augmentation seeds, sample order from (seed, epoch)).
 """
 import math
 import os
+import platform
 import sys
 import time
 
@@ -25,13 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
+from core.datasets import SeedLayout, load_dataset_info, normalize_image  # noqa: E402
 from core.resnet import ARCHITECTURES, build_resnet  # noqa: E402
 from core.train_datasets import ClassificationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
 from tools import distributed  # noqa: E402
-from core.io import atomic_output  # noqa: E402
+from core.io import atomic_output, write_json  # noqa: E402
 from tools.args import make_parser  # noqa: E402
+from tools.metrics import average_precision  # noqa: E402
 from tools.training import add_color_jitter_arg  # noqa: E402
 
 
@@ -68,11 +73,19 @@ def parse_args(argv=None):
     add_color_jitter_arg(parser)
     parser.add_argument("--num_workers", default=2, type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", default=0, type=int, help="seed of initialisation, data order and augmentation")
+    parser.add_argument("--val_domain", default="validation",
+                        help="held-out split of --root_dir whose tags score the classifier (average precision); "
+                             "skipped when the split is absent; none = never")
     return parser.parse_args(argv)
 
 
+def record_path(out):
+    """The JSON record saved beside the weights: OUT with .json for its extension."""
+    return os.path.splitext(out)[0] + ".json"
+
+
 def pretrain(args):
-    """Train the classifier; returns (backbone state_dict, per-epoch mean losses)."""
+    """Train the classifier; returns (the trained Classifier, per-epoch mean losses)."""
     distributed.seed_everything(args.seed)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, "train_aug", info, require_xml=True)
@@ -114,18 +127,55 @@ def pretrain(args):
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(sum(running) / len(running))
     bar.close()
-    return {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, losses
+    return model, losses
+
+
+@torch.no_grad()
+def tag_scores(model, layout):
+    """Image-level scores of every image of `layout` at its full size: (scores (N, C), labels (N, C))."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores, labels = [], []
+    for image_id in tqdm(layout.ids, desc="pretrain_toy: scoring", disable=None):
+        image = normalize_image(layout.read_image(image_id))[None].to(device)
+        scores.append(torch.sigmoid(model(image))[0].cpu())
+        labels.append(torch.from_numpy(layout.multi_hot(layout.read_tags(image_id, required=True))))
+    return torch.stack(scores).numpy(), torch.stack(labels).numpy()
+
+
+def validation_scores(model, args, info):
+    """{domain, num_images, AP per class (%), mAP (%)} on --val_domain, or None when there is none."""
+    if args.val_domain == "none" or not os.path.isdir(os.path.join(args.root_dir, args.val_domain, "image")):
+        return None
+    layout = SeedLayout(args.root_dir, args.val_domain, info, require_xml=True)
+    scores, labels = tag_scores(model, layout)
+    ap = {name: 100 * average_precision(scores[:, c], labels[:, c]) for c, name in enumerate(info.class_names[1:])}
+    defined = [v for v in ap.values() if not math.isnan(v)]
+    return {"domain": args.val_domain, "num_images": len(layout.ids), "AP": ap,
+            "mAP": sum(defined) / len(defined) if defined else float("nan")}
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
-    state, losses = pretrain(args)
+    model, losses = pretrain(args)
+    seconds = time.perf_counter() - start
+    validation = validation_scores(model, args, load_dataset_info(args.dataset))
+    state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    # The record first: a weights file without its record is made again by toy_pipeline.py.
+    write_json(record_path(args.out), {
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "loss_per_epoch": losses,
+        "seconds": round(seconds, 1), "validation": validation,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}})
     with atomic_output(args.out, "wb") as f:
         torch.save(state, f)
+    scored = "" if validation is None else (
+        f"; {validation['domain']} ({validation['num_images']} images) AP " +
+        " ".join(f"{k} {v:.1f}" for k, v in validation["AP"].items()) + f", mAP {validation['mAP']:.1f}")
     print(f"[i] pretrain_toy: loss per epoch {', '.join(f'{v:.3f}' for v in losses)}; "
-          f"{time.perf_counter() - start:.0f} s; backbone saved to {args.out}")
+          f"{seconds:.0f} s{scored}; backbone saved to {args.out}, its record to {record_path(args.out)}")
 
 
 if __name__ == "__main__":
