@@ -34,10 +34,10 @@ and the per-class IoU that `evaluate.py` measured.
 `python tools/make_demo_notebook.py --execute` re-executes the notebook on that folder and stores
 the new outputs. That run, on the synthetic TOY dataset (`toy_data/TOY`):
 
-* both networks start from a ResNet-18 pretrained by `tools/pretrain_toy.py` on the image-level
-  tags of a separate toy set (generator seed {pretrain_seed}; `{pretrained}`), the stand-in for the
-  ImageNet weights of the paper; no stage sees a pixel label;
-* RS+EPM: {rsepm_epochs} epochs, batch {rsepm_batch}, {rsepm_crop}-pixel crops, RecurSeed from epoch
+* both networks start from a ResNet-18 pretrained by `tools/pretrain_toy.py` for {pretrain_epochs} epochs on
+  the image-level tags of a separate toy set (generator seed {pretrain_seed}; `{pretrained}`), the
+  stand-in for the ImageNet weights of the paper; no stage sees a pixel label;
+* RS+EPM: {rsepm_epochs} epochs, batch {rsepm_batch}, lr {rsepm_lr}, {rsepm_crop}-pixel crops, RecurSeed from epoch
   {rs_start}, EdgePredictMix from epoch {mix_start};
 * the retrained DeepLabV3+ (output stride 16): {seg_epochs} epochs, batch {seg_batch}, {seg_crop}-pixel
   crops, on the random-walk pseudo masks of `train_aug` (`--rw_crf true`: walk, then dense CRF);
@@ -62,6 +62,7 @@ model `SEG_TAG = "ResNet101@VOC@RS+EPM@MS@Official"`, `SEG_BACKBONE = "resnet101
 `SEG_OUTPUT_STRIDE = 8` (and `SEG_WEIGHTS`). At full VOC resolution these networks take several
 seconds per image on a CPU.
 """.format(pretrain_seed=toy.PRETRAIN_DATA_SEED, pretrained=toy.PRETRAINED,
+           pretrain_epochs=flag(toy.PRETRAIN, "--epochs"), rsepm_lr=flag(toy.RSEPM_TRAIN, "--lr"),
            rsepm_epochs=flag(toy.RSEPM_TRAIN, "--max_epoch"), rsepm_batch=flag(toy.RSEPM_TRAIN, "--batch_size"),
            rsepm_crop=flag(toy.RSEPM_TRAIN, "--crop_size"), rs_start=flag(toy.RSEPM_TRAIN, "--rs_start"),
            mix_start=flag(toy.RSEPM_TRAIN, "--mix_start"), seg_epochs=flag(toy.SEG_TRAIN, "--max_epoch"),

@@ -63,8 +63,8 @@ PRETRAINED = "toy_data/pretrained/resnet18_toy.pth"
 # on the same masks: triangle and cross IoU 0 with the hue jitter. Natural images have no such
 # hue-defined classes; the real runs keep the published jitter (the scripts' default).
 TOY_JITTER = ["--color_jitter", "0.3,0.3,0.3,0"]
-# 15 epochs: the classifier then tags the toy validation set at 99.6 mAP (6 epochs: 93.8, and the
-# seed-2 RS+EPM run of the previous release lost two classes from that weaker start).
+# 15 epochs: the classifier then tags 100 held-out images of the pretraining seed at 99.0 mAP
+# (6 epochs: 95.4; tools/pretrain_toy.py prints it and records it beside the weights).
 PRETRAIN = [*TOY_JITTER, "--backbone", "resnet18", "--epochs", "15", "--batch_size", "16", "--lr", "0.05",
             "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144", "--seed", "0"]
 RSEPM_TAG = "toy@ResNet18@RS+EPM"
@@ -72,10 +72,10 @@ SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
 # Small settings for 2 CPU cores; the published VOC settings are the scripts' defaults. The RS+EPM
 # crop is 128 pixels so that the CAM grid is 8x8: at 64 pixels (4x4) SCG has too little to work
 # with and RecurSeed makes the seeds worse (tools/toy_ablation.sh, README). lr 0.005: the published
-# 0.01 belongs to batch 16, and batch 8 takes half of it (linear scaling). At 0.01 the decoder,
-# whose new layers learn at 10x lr, starts RecurSeed with a loss burst (L_seg 4.6 over the 4th
-# epoch) that wrecks the classifier (L_cls 0.34 -> 1.16) and the run loses classes for good
-# (measured on seed 2: train seeds 35.1 mIoU at 0.01, 81.0 at 0.005).
+# 0.01 belongs to batch 16, and batch 8 takes half of it (linear scaling). At 0.01 the new layers
+# (10x lr) can meet RecurSeed's or EdgePredictMix's first targets with a loss burst that wrecks
+# the classifier, and the run loses classes (seed 2: train seeds 56.87 mIoU at 0.01 against 78.95
+# at 0.005; the README gives the commands).
 RSEPM_TRAIN = [*TOY_JITTER, "--domain", "train_aug", "--backbone", "resnet18", "--pretrained", PRETRAINED,
                "--batch_size", "8", "--max_epoch", "10", "--rs_start", "4", "--mix_start", "7",
                "--lr", "0.005", "--crop_size", "128", "--min_image_size", "128", "--max_image_size", "192",
