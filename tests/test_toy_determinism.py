@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import train_rsepm
+from core.io import write_json
 from tools.make_toy_dataset import make_toy_dataset
 from tools.paths import model_path
 from tools.toy_pipeline import stage_environment
@@ -95,6 +96,11 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
 
     pretrained = tmp_path / "pretrained.pth"
     pretrained.write_bytes(b"")
+    # with the record of this release's pretraining settings, as tools/pretrain_toy.py leaves it
+    from tools import pretrain_toy
+    monkeypatch.setattr(tp, "PRETRAINED", str(pretrained))
+    settings = vars(pretrain_toy.parse_args(tp.pretrain_command([])[1:]))
+    write_json(pretrain_toy.record_path(str(pretrained)), {"settings": {k: v for k, v in settings.items() if k != "out"}})
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "old").write_text("x")
     monkeypatch.setattr(tp.Runner, "run", run)
