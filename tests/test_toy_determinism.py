@@ -98,9 +98,8 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     pretrained.write_bytes(b"")
     # with the record of this release's pretraining settings, as tools/pretrain_toy.py leaves it
     from tools import pretrain_toy
-    monkeypatch.setattr(tp, "PRETRAINED", str(pretrained))
-    settings = vars(pretrain_toy.parse_args(tp.pretrain_command([])[1:]))
-    write_json(pretrain_toy.record_path(str(pretrained)), {"settings": {k: v for k, v in settings.items() if k != "out"}})
+    settings = pretrain_toy.record_settings(pretrain_toy.parse_args(tp.pretrain_command([])[1:]))
+    write_json(pretrain_toy.record_path(str(pretrained)), {"settings": settings})
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "old").write_text("x")
     monkeypatch.setattr(tp.Runner, "run", run)

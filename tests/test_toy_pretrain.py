@@ -98,8 +98,7 @@ def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkey
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)  # an older release's file
-    settings = vars(pretrain_toy.parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
-    settings = json.loads(json.dumps({k: v for k, v in settings.items() if k != "out"}))
+    settings = pretrain_toy.record_settings(pretrain_toy.parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
     (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
     assert toy_pipeline.cached_pretraining_problem(workers) is None  # the worker count does not matter
     settings["epochs"] = 6

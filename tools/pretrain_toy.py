@@ -15,6 +15,7 @@ loss per epoch and that score are saved next to the weights (OUT with .json for 
 Deterministic on one machine for a fixed seed and thread count (CPU kernels, per-sample
 augmentation seeds, sample order from (seed, epoch)).
 """
+import json
 import math
 import os
 import platform
@@ -82,6 +83,12 @@ def parse_args(argv=None):
 def record_path(out):
     """The JSON record saved beside the weights: OUT with .json for its extension."""
     return os.path.splitext(out)[0] + ".json"
+
+
+def record_settings(args):
+    """The settings as the record stores them: every argument but --out, in JSON's types (a tuple
+    becomes a list), so that a record read back compares equal to the settings of a new run."""
+    return json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "out"}))
 
 
 def pretrain(args):
@@ -165,7 +172,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     # The record first: a weights file without its record is made again by toy_pipeline.py.
     write_json(record_path(args.out), {
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "loss_per_epoch": losses,
+        "settings": record_settings(args), "loss_per_epoch": losses,
         "seconds": round(seconds, 1), "validation": validation,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}})

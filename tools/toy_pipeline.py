@@ -34,7 +34,6 @@ exists is complete); training resumes from its checkpoint. The table of mIoU per
 and saved as experiments/toy/summary.{json,md} (per seed: experiments/toy/seed{N}/summary.*,
 and experiments/toy/summary_seeds.{json,md}).
 """
-import json
 import os
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from core.errors import ProjectError  # noqa: E402
 from core.io import atomic_output, read_json, write_json  # noqa: E402
 from tools.args import make_parser  # noqa: E402
 from tools.paths import evaluation_path, model_path  # noqa: E402
@@ -159,11 +159,10 @@ def cached_pretraining_problem(workers):
         return "not made yet"
     try:
         record = read_json(pretrain_toy.record_path(PRETRAINED))["settings"]
-    except Exception as e:  # missing, unreadable or without settings: made by an older release
+    except (ProjectError, KeyError, TypeError) as e:  # missing, unreadable or without settings: an older release's
         return f"no usable record beside it ({e})"
-    # through JSON as the record went, so that a tuple compares equal to the list it became
-    wanted = json.loads(json.dumps(vars(pretrain_toy.parse_args(pretrain_command(workers)[1:]))))
-    changed = sorted(k for k in wanted if k not in ("out", "num_workers") and record.get(k) != wanted[k])
+    wanted = pretrain_toy.record_settings(pretrain_toy.parse_args(pretrain_command(workers)[1:]))
+    changed = sorted(k for k in wanted if k != "num_workers" and record.get(k) != wanted[k])
     return f"made with other settings ({', '.join(changed)})" if changed else None
 
 
