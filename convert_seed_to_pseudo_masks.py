@@ -11,7 +11,7 @@ is written atomically: a killed run leaves no half-written PNG behind). A seed f
 missing or unreadable, or that does not fit its image, is skipped and listed at the end, and
 the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
 compatibility and ignored. `--mode rw --affinity_tag TAG` makes random-walk masks instead, into
-pseudo-labels/{tag}@rw/{domain}/ (tools/rw_convert.py; docs/method.md#random-walk).
+pseudo-labels/{tag}@rw/{domain}/ (tools/seeds/rw_convert.py; docs/method.md#random-walk).
 """
 import multiprocessing
 import os
@@ -24,11 +24,11 @@ from core.datasets import load_dataset_info
 from core.errors import DatasetError, FormatError, UsageError
 from core.io import claim_output_folder, load_seed, save_mask, settings_path
 from core.safety import remove_stale_temp_files, safe_output_path
-from tools import rw_convert
+from tools.seeds import rw_convert
 from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, add_seed_limit_arg, cli, make_parser, str2bool)
 from tools.paths import pseudo_labels_dir
-from tools.seed_reading import seed_inputs
+from tools.seeds.seed_reading import seed_inputs
 
 # Set in every worker process (and in-process for --num_workers <= 1) by _init_worker.
 _JOB = None
@@ -150,7 +150,7 @@ def main(argv=None):
 
 def run(argv):
     args = build_parser().parse_args(argv)
-    if args.mode == "rw":  # the random walk: tools/rw_convert.py, same prepare/run_all interface
+    if args.mode == "rw":  # the random walk: tools/seeds/rw_convert.py, same prepare/run_all interface
         job, ids, num_existing = rw_convert.prepare(args)
         results = rw_convert.run_all(job, ids, args.num_workers)
     else:

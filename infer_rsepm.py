@@ -11,7 +11,7 @@ from core.datasets import load_dataset_info
 from core.networks import RSEPM
 from tools.args import str2bool
 from tools.args import cli, conf_threshold
-from tools.inference import inference_parser, run_inference
+from tools.seeds.inference import inference_parser, run_inference
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
 

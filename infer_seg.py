@@ -10,7 +10,7 @@ maximum probability reaches 0.05.
 from core.datasets import load_dataset_info
 from core.networks import build_network
 from tools.args import cli
-from tools.inference import inference_parser, run_inference
+from tools.seeds.inference import inference_parser, run_inference
 
 DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 

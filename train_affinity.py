@@ -26,8 +26,8 @@ from core.errors import DatasetError, MissingFileError
 from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
-from tools import distributed, optim, trainer, training
-from tools.affinity_data import STRIDE, AffinityDataset, AffinityTransform, ir_labels_dir, make_ir_labels
+from tools.engine import distributed, optim, trainer, training
+from tools.seeds.affinity_data import STRIDE, AffinityDataset, AffinityTransform, ir_labels_dir, make_ir_labels
 from tools.args import cli, str2bool
 from tools.paths import predictions_dir
 

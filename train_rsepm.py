@@ -19,7 +19,7 @@ from core.networks import RSEPM, split_parameters
 from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools import distributed, optim, trainer, training
+from tools.engine import distributed, optim, trainer, training
 from tools.args import cli, int_list
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 

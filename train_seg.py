@@ -21,7 +21,7 @@ from core.io import IGNORE_INDEX
 from core.networks import build_network, split_parameters
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
-from tools import distributed, optim, trainer, training
+from tools.engine import distributed, optim, trainer, training
 from tools.args import cli, str2bool
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir

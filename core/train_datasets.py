@@ -4,7 +4,7 @@ Both read a core.datasets.SeedLayout and apply a core.transforms transform. Each
 augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample depends only on
 the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
 what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
-The epoch reaches the persistent workers with each index (tools.distributed.build_loader's
+The epoch reaches the persistent workers with each index (tools.engine.distributed.build_loader's
 sampler yields (epoch, index) and its dataset wrapper calls set_epoch in the worker).
 
 Problems found at construction are either errors (DatasetError naming files) or skips that are
@@ -12,7 +12,7 @@ counted and listed for the log (`summary()`), so a run never trains silently on 
 One bad file never stops a run: an unreadable annotation is listed in `bad_files` at construction;
 an image that is corrupt, not 8-bit, or larger than `max_image_pixels` (checked from the header,
 before decoding) makes __getitem__ return a skip marker {"skip": id, "problem": text}, which
-`collate_skipping` drops from its batch and lists under batch["skipped"]. tools/trainer.py counts
+`collate_skipping` drops from its batch and lists under batch["skipped"]. tools/engine/trainer.py counts
 both and ends the run with the list and a non-zero exit once the weights are saved.
 """
 import os

@@ -4,7 +4,7 @@
         --root DATA --out OUT --max_epoch 2
 
 Also imported by the tests: `write_tiny_layout` builds a seed-layout dataset (TOY classes) and
-`train` is a training loop built from tools/distributed.py, optim.py, resume.py and runlog.py,
+`train` is a training loop built from tools/engine/distributed.py, optim.py, resume.py and runlog.py,
 used single-process for the resume test.
 Each rank writes OUT/rank{r}.pt = {"state": final weights, "indices": sample indices seen}.
 """
@@ -29,7 +29,7 @@ from core.io import save_mask  # noqa: E402
 from core.networks import split_parameters  # noqa: E402
 from core.train_datasets import SegmentationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools import checkpoints, distributed, optim, runlog  # noqa: E402
+from tools.engine import checkpoints, distributed, optim, runlog  # noqa: E402
 
 TAG = "tiny"
 

@@ -1,5 +1,5 @@
 """Small helpers shared by test modules (tests/ is on sys.path under pytest's default import mode)."""
-from tools import optim
+from tools.engine import optim
 
 
 def kill_at(monkeypatch, iteration):

@@ -13,9 +13,9 @@ import train_rsepm
 import train_seg
 from core.networks import RSEPM, build_network
 from core.checkpoint import save_weights
-from tools.inference import AutocastForward, with_amp
+from tools.seeds.inference import AutocastForward, with_amp
 from core.io import load_seed
-from tools.make_toy_dataset import make_toy_dataset
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir
 
 NUM_CLASSES = 6  # TOY: background + 5 shapes

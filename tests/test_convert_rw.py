@@ -15,7 +15,7 @@ from core.checkpoint import save_weights
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.io import load_seed, read_mask, save_seed, write_json
 from core.randomwalk import dense_affinity, transition_matrix
-from tools.make_toy_dataset import make_toy_dataset
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, model_path, predictions_dir, pseudo_labels_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""tools/gpu_check.py: its measuring helpers against hand-worked numbers, and `--smoke` end to end
+"""tools/gpu/gpu_check.py: its measuring helpers against hand-worked numbers, and `--smoke` end to end
 on the CPU (the same code path as on a GPU, at tiny sizes), so the script cannot rot."""
 import json
 import math
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tools import flops
-from tools.gpu_check import SMOKE_CHECKS, MATCH_TOL, inference_speed, seed_difference, training_speed
+from tools.gpu import flops
+from tools.gpu.gpu_check import SMOKE_CHECKS, MATCH_TOL, inference_speed, seed_difference, training_speed
 from core.io import save_seed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def test_counted_flops_of_a_convolution_match_the_formula():
 def test_smoke_runs_every_check_on_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--smoke",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu", "gpu_check.py"), "--smoke",
                            "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())

@@ -9,9 +9,9 @@ from PIL import Image
 import infer_rsepm
 import infer_seg
 from core.datasets import DatasetError, read_image
-from tools.inference import MAX_SCALE, parse_scales
-from tools.builders import PrepareError, _verify_item
-from tools.prepare_voc import build_item
+from tools.seeds.inference import MAX_SCALE, parse_scales
+from tools.datasets.builders import PrepareError, _verify_item
+from tools.datasets.prepare_voc import build_item
 from core.datasets import DatasetInfo
 
 VOC = DatasetInfo("VOC")

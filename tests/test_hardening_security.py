@@ -15,8 +15,8 @@ from PIL import Image
 from core import resnet
 from core.safety import UnsafePathError, check_output_id, safe_output_path
 from core.errors import CheckpointError
-from tools.prepare_coco import main as prepare_coco_main
-from tools.builders import PrepareError, read_id_list
+from tools.datasets.prepare_coco import main as prepare_coco_main
+from tools.datasets.builders import PrepareError, read_id_list
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

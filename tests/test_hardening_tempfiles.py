@@ -11,7 +11,7 @@ from PIL import Image
 
 import convert_seed_to_pseudo_masks as convert
 from core.safety import PROCESS_START, is_temp_name, remove_stale_temp_files, temp_path
-from tools import distributed, trainer
+from tools.engine import distributed, trainer
 from core.io import atomic_output, save_seed
 from tools.paths import model_dir, pseudo_labels_dir
 

@@ -14,10 +14,10 @@ import train_rsepm
 from core.checkpoint import save_weights
 from core.errors import OutputError
 from core.io import write_json
-from tools import checkpoints
+from tools.engine import checkpoints
 from tools.args import cli
-from tools.runlog import RunLogger
-from tools.make_toy_dataset import make_toy_dataset
+from tools.engine.runlog import RunLogger
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir
 from helpers import kill_at
 

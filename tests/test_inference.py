@@ -1,4 +1,4 @@
-"""Seed inference: core/inference.py, tools/inference.py, infer_rsepm.py and infer_seg.py
+"""Seed inference: core/inference.py, tools/seeds/inference.py, infer_rsepm.py and infer_seg.py
 (docs/formats.md#experiment-folder, #seed-files and #inference).
 
 The multi-scale average is checked against a slow reference written here: every one of the 8
@@ -29,7 +29,7 @@ from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
 from tools.args import cli
-from tools.make_toy_dataset import make_toy_dataset
+from tools.datasets.make_toy_dataset import make_toy_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]

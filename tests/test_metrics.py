@@ -274,7 +274,7 @@ def test_sweep_thresholds_inclusive_and_validated():
 
 
 # ---------------------------------------------------------------------------------------------
-# average precision (tools/pretrain_toy.py's score of its classifier)
+# average precision (tools/toy/pretrain_toy.py's score of its classifier)
 # ---------------------------------------------------------------------------------------------
 def test_average_precision_hand_worked():
     # Ranked: +, -, +, -  ->  precision 1 at the first positive, 2/3 at the second: (1 + 2/3) / 2.

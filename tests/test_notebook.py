@@ -29,8 +29,8 @@ from core.checkpoint import save_weights
 from core.crf import seed_to_mask
 from core.io import load_seed, read_json
 from core.networks import RSEPM, DeepLabV3Plus
-from tools import make_demo_notebook
-from tools.make_toy_dataset import make_toy_dataset
+from tools.toy import make_demo_notebook
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import evaluation_path, model_path, predictions_dir, pseudo_labels_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,7 +181,7 @@ def test_notebook_cells_equal_their_generator_output():
 
 def test_notebook_text_states_the_pipeline_settings():
     """The scales, schedules and pretrained stand-in named in the text are the pipeline's."""
-    from tools import toy_pipeline
+    from tools.toy import toy_pipeline
     intro = make_demo_notebook.build_notebook().cells[0].source.replace("\n  ", " ")  # unwrap the bullets
     scales = toy_pipeline.SCALES[toy_pipeline.SCALES.index("--scales") + 1]
     assert f"test-time scales `{scales}`" in intro

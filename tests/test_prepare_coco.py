@@ -1,4 +1,4 @@
-"""tools/prepare_coco.py on a tiny fixture in the official COCO 2014 layout."""
+"""tools/datasets/prepare_coco.py on a tiny fixture in the official COCO 2014 layout."""
 import io
 import json
 import os
@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
-from tools.prepare_coco import main, parse_args, prepare_coco, voc_box
+from tools.datasets.prepare_coco import main, parse_args, prepare_coco, voc_box
 
 INFO = DatasetInfo("COCO")
 # pycocotools' decode trips a numpy 2 DeprecationWarning that says nothing about this code

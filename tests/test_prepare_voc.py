@@ -1,4 +1,4 @@
-"""tools/prepare_voc.py on tiny fixtures in the official VOC 2012 / SBD layouts."""
+"""tools/datasets/prepare_voc.py on tiny fixtures in the official VOC 2012 / SBD layouts."""
 import os
 
 import numpy as np
@@ -7,7 +7,7 @@ import scipy.io
 from PIL import Image
 
 from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
-from tools.prepare_voc import main, parse_args, prepare_voc
+from tools.datasets.prepare_voc import main, parse_args, prepare_voc
 
 INFO = DatasetInfo("VOC")
 # id -> (height, width, classes); the classes drawn in the mask and listed in the xml

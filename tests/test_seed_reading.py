@@ -1,4 +1,4 @@
-"""tools/seed_reading.py: the checks every conversion of seed files shares (size against the image,
+"""tools/seeds/seed_reading.py: the checks every conversion of seed files shares (size against the image,
 class range), and the processing order of seed_inputs."""
 import argparse
 import os
@@ -9,9 +9,9 @@ import pytest
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import FormatError, MissingFileError
 from core.io import save_seed
-from tools.make_toy_dataset import make_toy_dataset
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import predictions_dir
-from tools.seed_reading import read_foreground, seed_inputs
+from tools.seeds.seed_reading import read_foreground, seed_inputs
 
 INFO = load_dataset_info("TOY")
 

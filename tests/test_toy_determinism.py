@@ -2,7 +2,7 @@
 
 train_rsepm.py trains twice for one epoch in which RecurSeed and EdgePredictMix are both on, with
 one DataLoader worker so that worker seeding is exercised, and the two last.pth files must be
-identical bytes. The first run is a subprocess in the environment tools/toy_pipeline.py gives
+identical bytes. The first run is a subprocess in the environment tools/toy/toy_pipeline.py gives
 every stage (fixed threads and PYTHONHASHSEED), the second runs in this process after the global
 random generators were disturbed: the result may depend on neither. A third run with another
 --seed must differ, so the comparison can fail. (A subprocess costs ~10 s of start-up on a
@@ -20,9 +20,9 @@ import torch
 
 import train_rsepm
 from core.io import write_json
-from tools.make_toy_dataset import make_toy_dataset
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_path
-from tools.toy_pipeline import stage_environment
+from tools.toy.toy_pipeline import stage_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "determinism"
@@ -81,7 +81,7 @@ def test_stage_environment_fixes_threads_and_hash_seed():
 
 def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path, monkeypatch, capsys):
     """toy_pipeline.main with the commands replaced by a recorder: the output's order and the record."""
-    from tools import toy_pipeline as tp
+    from tools.toy import toy_pipeline as tp
     commands = []
 
     def run(self, command, what):
@@ -96,8 +96,8 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
 
     pretrained = tmp_path / "pretrained.pth"
     pretrained.write_bytes(b"")
-    # with the record of this release's pretraining settings, as tools/pretrain_toy.py leaves it
-    from tools import pretrain_toy
+    # with the record of this release's pretraining settings, as tools/toy/pretrain_toy.py leaves it
+    from tools.toy import pretrain_toy
     settings = pretrain_toy.record_settings(pretrain_toy.parse_args(tp.pretrain_command([])[1:]))
     write_json(pretrain_toy.record_path(str(pretrained)), {"settings": settings})
     (tmp_path / "data").mkdir()
@@ -114,7 +114,7 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     assert pretrained.exists()                       # and kept the pretrained backbone
     assert all(env["OMP_NUM_THREADS"] == "1" and env["PYTHONHASHSEED"] == "0" for _, env in commands)
     names = [c for c, _ in commands]
-    assert names[:2] == ["tools/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
+    assert names[:2] == ["tools/datasets/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
     numbers = [int(line.split("]")[0][4:]) for line in out.splitlines() if line.startswith("== [")]
     assert numbers == list(range(1, len(commands) + 1))
     # The end: time per stage, then the table (six rows), then the notebook.

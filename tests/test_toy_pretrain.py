@@ -1,5 +1,5 @@
-"""tools/pretrain_toy.py (the toy stand-in for ImageNet weights) and the --seeds summary of
-tools/toy_pipeline.py."""
+"""tools/toy/pretrain_toy.py (the toy stand-in for ImageNet weights) and the --seeds summary of
+tools/toy/toy_pipeline.py."""
 import json
 import math
 
@@ -8,9 +8,9 @@ import torch
 import torchvision
 
 from core.resnet import build_resnet
-from tools import pretrain_toy, toy_pipeline
-from tools.make_toy_dataset import make_toy_dataset
-from tools.toy_pipeline import seeds_summary
+from tools.toy import pretrain_toy, toy_pipeline
+from tools.datasets.make_toy_dataset import make_toy_dataset
+from tools.toy.toy_pipeline import seeds_summary
 
 
 @pytest.fixture(scope="module")

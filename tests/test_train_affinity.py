@@ -19,8 +19,8 @@ from core.affinity import AffinityNet
 from core.datasets import SeedLayout, load_dataset_info
 from core.io import read_mask, save_seed
 from core.relations import ir_label_from_seed
-from tools import affinity_data
-from tools.make_toy_dataset import make_toy_dataset
+from tools.seeds import affinity_data
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
 

@@ -22,8 +22,8 @@ import infer_rsepm
 import train_rsepm
 from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
-from tools import checkpoints, distributed, optim
-from tools.make_toy_dataset import make_toy_dataset
+from tools.engine import checkpoints, distributed, optim
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
 

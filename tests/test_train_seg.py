@@ -24,8 +24,8 @@ from core.datasets import load_dataset_info
 from core.errors import CheckpointError
 from core.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
-from tools import checkpoints
-from tools.make_toy_dataset import make_toy_dataset
+from tools.engine import checkpoints
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
 

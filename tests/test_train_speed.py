@@ -11,8 +11,8 @@ import train_rsepm
 import train_seg
 from core.networks import RSEPM, build_network
 from core.rsepm import RSEPMConfig, RSEPMTraining
-from tools import optim, training
-from tools.make_toy_dataset import make_toy_dataset
+from tools.engine import optim, training
+from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
@@ -190,7 +190,7 @@ class EpochEcho(torch.utils.data.Dataset):
 
 
 def test_loader_workers_persist_and_see_each_epoch():
-    from tools import distributed
+    from tools.engine import distributed
 
     loader = distributed.build_loader(EpochEcho(6), distributed.DistContext(), batch_size=2, num_workers=1, seed=3)
     assert loader.persistent_workers and not loader.pin_memory  # pinning only on CUDA

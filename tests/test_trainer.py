@@ -13,7 +13,7 @@ from torch import nn
 from core.networks import split_parameters
 from ddp_worker import TAG, TinyNet, train, write_tiny_layout
 from core.checkpoint import load_checkpoint
-from tools import checkpoints, distributed, optim, runlog, training
+from tools.engine import checkpoints, distributed, optim, runlog, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,7 +153,7 @@ def test_color_jitter_flag_reaches_the_training_transform(tmp_path):
     from core.datasets import SeedLayout, load_dataset_info
     from core.train_datasets import SegmentationDataset
     from core.transforms import TrainTransform
-    from tools.make_toy_dataset import make_toy_dataset
+    from tools.datasets.make_toy_dataset import make_toy_dataset
     root = str(tmp_path / "TOY")
     make_toy_dataset(root, seed=2, num_train=2, num_train_aug=2, num_validation=1, num_test=1,
                      min_size=48, max_size=60, progress=False)

@@ -338,7 +338,7 @@ class ConfusionMeter:
 
 
 # ---------------------------------------------------------------------------------------------
-# Image-level classification (tools/pretrain_toy.py reports how well its backbone tags images)
+# Image-level classification (tools/toy/pretrain_toy.py reports how well its backbone tags images)
 # ---------------------------------------------------------------------------------------------
 def average_precision(scores, labels):
     """Non-interpolated average precision of one class, in [0, 1]; NaN without positives.

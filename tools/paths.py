@@ -9,6 +9,8 @@ import os
 from core.errors import UsageError
 
 DEFAULT_PRED_DIR = "./experiments/"
+# The one definition of the repository root: tools/paths.py sits one folder below it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def output_domain(domain):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CAM alone vs RecurSeed vs RecurSeed + EdgePredictMix on the toy dataset, on the quick-start's own
-# RS+EPM schedule and pretrained backbone (read from tools/toy_pipeline.py, so the two never drift
+# RS+EPM schedule and pretrained backbone (read from tools/toy/toy_pipeline.py, so the two never drift
 # apart). Run after tools/quickstart.sh: the RS+EPM row is the quick-start's model, so only the
 # CAM-only and RS-only networks are trained here (about 3 minutes each on 2 cores). Prints one line
 # per variant: validation seed mIoU (ground-truth tags, best background threshold) and CRF mask mIoU.
@@ -43,9 +43,9 @@ PRED=${PRED:-./experiments/toy/}
 THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS  # as toy_pipeline.py --threads
 D=(--dataset TOY --root_dir toy_data/TOY --pred_dir "$PRED")
-mapfile -t TRAIN < <("$PY" -c "from tools.toy_pipeline import RSEPM_TRAIN; print('\n'.join(RSEPM_TRAIN))")
-mapfile -t SCALES < <("$PY" -c "from tools.toy_pipeline import SCALES; print('\n'.join(SCALES))")
-RSEPM_TAG=$("$PY" -c "from tools.toy_pipeline import RSEPM_TAG; print(RSEPM_TAG)")
+mapfile -t TRAIN < <("$PY" -c "from tools.toy.toy_pipeline import RSEPM_TRAIN; print('\n'.join(RSEPM_TRAIN))")
+mapfile -t SCALES < <("$PY" -c "from tools.toy.toy_pipeline import SCALES; print('\n'.join(SCALES))")
+RSEPM_TAG=$("$PY" -c "from tools.toy.toy_pipeline import RSEPM_TAG; print(RSEPM_TAG)")
 TRAIN+=(--seed "$SEED" --num_workers 2)
 INFER=(--domain validation --backbone resnet18 "${SCALES[@]}" --num_workers 2)
 declare -A TAGS=([cam]="toy@ResNet18@CAM" [rs]="toy@ResNet18@RS" [rsepm]="$RSEPM_TAG")

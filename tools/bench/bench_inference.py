@@ -16,7 +16,8 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.inference import SCALES, multiscale_inference  # noqa: E402
 from core.networks import RSEPM  # noqa: E402

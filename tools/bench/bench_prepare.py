@@ -1,4 +1,4 @@
-"""Throughput of tools/prepare_voc.py and tools/prepare_coco.py on synthetic official layouts.
+"""Throughput of tools/datasets/prepare_voc.py and tools/datasets/prepare_coco.py on synthetic official layouts.
 
     python tools/bench/bench_prepare.py --images 300 --num_workers 2
 
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as `python tools/bench/bench_prepare.py`
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import DatasetInfo  # noqa: E402
@@ -170,8 +170,8 @@ def main(argv=None):
     parser.add_argument("--num_workers", default=2, type=int, help="builder worker processes")
     parser.add_argument("--verbose", action="store_true", help="show the builders' own output")
     args = parser.parse_args(argv)
-    from tools.prepare_coco import main as coco_main
-    from tools.prepare_voc import main as voc_main
+    from tools.datasets.prepare_coco import main as coco_main
+    from tools.datasets.prepare_voc import main as voc_main
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as root:
         start = time.perf_counter()

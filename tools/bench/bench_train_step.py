@@ -31,13 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.io import IGNORE_INDEX  # noqa: E402
 from core.networks import RSEPM, build_network, split_parameters  # noqa: E402
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools import optim  # noqa: E402
+from tools.engine import optim  # noqa: E402
 from tools.args import make_parser  # noqa: E402
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")

@@ -1,5 +1,5 @@
-"""Helpers shared by the dataset builders (tools/prepare_voc.py, tools/prepare_coco.py,
-tools/make_toy_dataset.py): their output flags, atomic file placement (copy / hard link /
+"""Helpers shared by the dataset builders (tools/datasets/prepare_voc.py, tools/datasets/prepare_coco.py,
+tools/datasets/make_toy_dataset.py): their output flags, atomic file placement (copy / hard link /
 symlink), id lists, mask checks, the worker pool, verification of a built split, the summary
 table and the one VOC-style xml writer (docs/formats.md#dataset-layout).
 """

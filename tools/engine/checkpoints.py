@@ -17,11 +17,10 @@ import torch.distributed as dist
 from core.checkpoint import save_atomically, save_weights, unwrap
 from core.errors import CheckpointError, MissingFileError
 from core.io import write_json
-from tools.optim import NonFiniteError
-from tools.paths import model_dir, model_path
+from tools.engine.optim import NonFiniteError
+from tools.paths import REPO_ROOT, model_dir, model_path
 
 RESUME_FORMAT = "rsepm-resume-1"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Flags that may change when a run is resumed: where files are, how many workers load them, how
 # often the run logs, saves and validates. Every other flag (batch size, epochs, lr, weight decay,

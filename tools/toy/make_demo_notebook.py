@@ -1,10 +1,10 @@
-"""Write demo.ipynb, the walk-through notebook, from tools/demo_cells.py (reviewed as Python).
+"""Write demo.ipynb, the walk-through notebook, from tools/toy/demo_cells.py (reviewed as Python).
 
-    python tools/make_demo_notebook.py --execute  write it and execute it on the toy run
+    python tools/toy/make_demo_notebook.py --execute  write it and execute it on the toy run
                                                   (experiments/toy/), storing the outputs: what is
                                                   committed, so the figures show without running
-    python tools/make_demo_notebook.py            write it without outputs
-    python tools/make_demo_notebook.py --check    exit 1 if its cells differ from the generator's
+    python tools/toy/make_demo_notebook.py            write it without outputs
+    python tools/toy/make_demo_notebook.py --check    exit 1 if its cells differ from the generator's
 
 Cells have fixed ids; --execute runs a kernel on this interpreter (the venv) through nbclient and
 drops what changes from run to run (timings, kernel and interpreter details), so executing again
@@ -20,16 +20,17 @@ import tempfile
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tools.paths import REPO_ROOT  # noqa: E402
 
 from core.io import atomic_output  # noqa: E402
 from tools.args import make_parser  # noqa: E402
 
-from tools.demo_cells import CELLS  # noqa: E402
+from tools.toy.demo_cells import CELLS  # noqa: E402
 
-NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
+NOTEBOOK = os.path.join(REPO_ROOT, "demo.ipynb")
 KERNEL = "rsepm-demo"
 METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"}}
@@ -94,7 +95,7 @@ def execute(nb, timeout=900):
 
     with kernel_environment():
         NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
-                       resources={"metadata": {"path": ROOT}}).execute()
+                       resources={"metadata": {"path": REPO_ROOT}}).execute()
     nb["metadata"] = json.loads(json.dumps(METADATA))  # not the temporary kernel, not the Python version
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
@@ -119,8 +120,8 @@ def main(argv=None):
         except FileNotFoundError:
             same = False
         if not same:
-            sys.exit(f"error: the cells of {args.out} differ from tools/demo_cells.py; run "
-                     "`python tools/make_demo_notebook.py --execute` to regenerate it")
+            sys.exit(f"error: the cells of {args.out} differ from tools/toy/demo_cells.py; run "
+                     "`python tools/toy/make_demo_notebook.py --execute` to regenerate it")
         print(f"{args.out} is up to date")
         return
     nb = build_notebook()

@@ -1,6 +1,6 @@
 """Synthetic TOY dataset in the seed layout (docs/formats.md#dataset-layout), for CPU end-to-end runs.
 
-    python tools/make_toy_dataset.py --out ./toy_data/TOY --seed 0
+    python tools/datasets/make_toy_dataset.py --out ./toy_data/TOY --seed 0
 
 writes
 
@@ -34,15 +34,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.builders import voc_annotation_xml  # noqa: E402
+from tools.datasets.builders import voc_annotation_xml  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
 DEFAULT_COUNTS = {"train": 60, "train_aug": 200, "validation": 40, "test": 20}
@@ -291,7 +290,7 @@ def render_sample(rng, class_names, min_size, max_size, max_objects):
 def annotation_xml(image_id, height, width, objects):
     """Pascal VOC annotation bytes for one image."""
     return voc_annotation_xml("TOY", image_id + ".jpg", width, height, objects,
-                              database="TOY synthetic (tools/make_toy_dataset.py)")
+                              database="TOY synthetic (tools/datasets/make_toy_dataset.py)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from core.relations import BG_THRESHOLD, FG_THRESHOLD, ir_label_from_seed, label
 from core.safety import remove_stale_temp_files, safe_output_path
 from core.transforms import random_crop
 from tools.paths import output_dir
-from tools.seed_reading import read_foreground
+from tools.seeds.seed_reading import read_foreground
 
 IR_FOLDER = "ir-labels"
 STRIDE = 4

@@ -1,9 +1,9 @@
-"""The cells of demo.ipynb, as Python strings (tools/make_demo_notebook.py assembles them).
+"""The cells of demo.ipynb, as Python strings (tools/toy/make_demo_notebook.py assembles them).
 
-The markdown that states the toy run's settings is filled in from tools/toy_pipeline.py's
+The markdown that states the toy run's settings is filled in from tools/toy/toy_pipeline.py's
 constants, so the notebook's text cannot drift from what the pipeline does.
 """
-from tools import toy_pipeline as toy
+from tools.toy import toy_pipeline as toy
 
 
 def flag(arguments, name):
@@ -29,12 +29,12 @@ next to the image and its ground truth, then the stored pseudo masks of a few tr
 and the per-class IoU that `evaluate.py` measured.
 
 **The outputs stored in this file** come from the toy run of `bash tools/quickstart.sh`
-(`python tools/toy_pipeline.py`, training seed 0; the run's own record is printed below), read from
+(`python tools/toy/toy_pipeline.py`, training seed 0; the run's own record is printed below), read from
 `experiments/toy/` (or `experiments/toy/seed0/` after `--seeds 0,1,2`);
-`python tools/make_demo_notebook.py --execute` re-executes the notebook on that folder and stores
+`python tools/toy/make_demo_notebook.py --execute` re-executes the notebook on that folder and stores
 the new outputs. That run, on the synthetic TOY dataset (`toy_data/TOY`):
 
-* both networks start from a ResNet-18 pretrained by `tools/pretrain_toy.py` for {pretrain_epochs} epochs on
+* both networks start from a ResNet-18 pretrained by `tools/toy/pretrain_toy.py` for {pretrain_epochs} epochs on
   the image-level tags of a separate toy set (generator seed {pretrain_seed}; `{pretrained}`), the
   stand-in for the ImageNet weights of the paper; no stage sees a pixel label;
 * RS+EPM: {rsepm_epochs} epochs, batch {rsepm_batch}, lr {rsepm_lr}, {rsepm_crop}-pixel crops, RecurSeed from epoch
@@ -78,9 +78,9 @@ if not os.path.isfile(os.path.join("core", "networks.py")):
     raise RuntimeError(f"start this notebook from the repository root (the folder holding core/ and tools/); "
                        f"the working directory is {os.getcwd()}")
 
-from tools.inference import parse_scales
+from tools.seeds.inference import parse_scales
 from tools.paths import model_path
-from tools.toy_pipeline import PRED_ROOT as TOY_PRED_DIR, RSEPM_TAG as TOY_RSEPM_TAG, SCALES as TOY_SCALES, \
+from tools.toy.toy_pipeline import PRED_ROOT as TOY_PRED_DIR, RSEPM_TAG as TOY_RSEPM_TAG, SCALES as TOY_SCALES, \
     SEG_TAG as TOY_SEG_TAG
 
 
@@ -148,7 +148,7 @@ if missing:
 if CONF_TH == -1 and not layout.has_xml:
     raise ValueError(f"{layout.split_dir} has no xml tags: set CONF_TH (e.g. 0.34) to use the predicted classes")
 print(f"{len(image_ids)} image(s) of {DATASET}/{DOMAIN}: {', '.join(image_ids)}; scales {SCALES}")
-record = os.path.join(PRED_DIR, "summary.json")  # written by tools/toy_pipeline.py
+record = os.path.join(PRED_DIR, "summary.json")  # written by tools/toy/toy_pipeline.py
 if os.path.isfile(record):
     run = read_json(record)
     print(f"run record {record}: training seed {run.get('seed')}, {run.get('threads')} thread(s) per stage, "

@@ -9,7 +9,7 @@ whatever the number of processes; each DDP rank loads batch_size / world_size (l
 DataParallel splits it itself.
 Exact resumption (bitwise, on CPU): data order is a function of (seed, epoch), augmentation of
 (seed, epoch, index), worker seeds of (seed, epoch, rank), and every rank's RNG states travel in
-the resume checkpoint (tools/checkpoints.py). On CUDA, non-deterministic kernels can still make runs
+the resume checkpoint (tools/engine/checkpoints.py). On CUDA, non-deterministic kernels can still make runs
 differ slightly.
 """
 import math

@@ -30,7 +30,7 @@ from core.resnet import ARCHITECTURES
 from core.safety import remove_stale_temp_files, safe_output_path
 from tools.args import resolve_devices, str2bool
 from tools.paths import model_dir, model_path, pseudo_labels_dir
-from tools.seed_reading import read_foreground, seed_inputs
+from tools.seeds.seed_reading import read_foreground, seed_inputs
 
 RW_SUFFIX = "@rw"
 _JOB = None  # set in each worker by _init_worker: the job dict plus the loaded network

@@ -1,9 +1,9 @@
 """The CUDA path in one command: train and infer on synthetic VOC-sized data, measure, compare.
 
-    python tools/gpu_check.py                 # on a CUDA machine, about 5-7 minutes
-    python tools/gpu_check.py --smoke         # the same code path on the CPU at tiny sizes
+    python tools/gpu/gpu_check.py                 # on a CUDA machine, about 5-7 minutes
+    python tools/gpu/gpu_check.py --smoke         # the same code path on the CPU at tiny sizes
 
-Runs, each as its own process (through tools/gpu_probe.py, which records peak GPU memory):
+Runs, each as its own process (through tools/gpu/gpu_probe.py, which records peak GPU memory):
   - train_rsepm.py (ResNet-50, batch 16, crop 512, RS and EPM active from the first iteration),
     train_seg.py (DeepLabV3+ ResNet-101 OS8, DeepLabV2 ResNet-101) with --amp off, bf16, fp16 on
     one GPU; then bf16 under torchrun --nproc_per_node N (DDP, SyncBN) and, with N > 1 GPUs,
@@ -14,9 +14,9 @@ Runs, each as its own process (through tools/gpu_probe.py, which records peak GP
     NVIDIA_TF32_OVERRIDE=0): they must agree within 2e-4; bf16 and TF32 differences are reported.
 For each: images/s after warm-up (training: the scripts' JSONL log, one record per iteration;
 inference: the completion times of the seed files), peak GPU memory, counted FLOPs per image
-(tools/flops.py) and the model-FLOP utilisation against the peak of tools/flops.PEAK_TFLOPS.
+(tools/gpu/flops.py) and the model-FLOP utilisation against the peak of tools/flops.PEAK_TFLOPS.
 Writes OUT/result.json and OUT/result.md (default experiments/gpu_check/), prints the table and
-exits 1 listing the failed checks. Synthetic data (tools/make_toy_dataset.py, 375..500 px) is
+exits 1 listing the failed checks. Synthetic data (tools/datasets/make_toy_dataset.py, 375..500 px) is
 made in a temporary folder and removed afterwards.
 """
 import argparse
@@ -30,8 +30,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tools.paths import REPO_ROOT  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -40,9 +42,9 @@ import train_rsepm  # noqa: E402
 import train_seg  # noqa: E402
 from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
-from tools import flops  # noqa: E402
+from tools.gpu import flops  # noqa: E402
 from core.io import atomic_output, load_seed, write_json  # noqa: E402
-from tools.make_toy_dataset import make_toy_dataset  # noqa: E402
+from tools.datasets.make_toy_dataset import make_toy_dataset  # noqa: E402
 
 # Epoch numbers handed to train_rsepm.py so that RS and the mix are active from the first
 # iteration (train_rsepm.py counts epochs from 1, as the authors' trainers do).
@@ -94,10 +96,10 @@ def parse_args(argv=None):
 
 
 def run_probed(name, script, script_args, work, gpus_env=None, nproc=0, env_extra=None):
-    """Run `script` through tools/gpu_probe.py (under torchrun when nproc > 0); return
+    """Run `script` through tools/gpu/gpu_probe.py (under torchrun when nproc > 0); return
     (exit status, wall s, peak memory bytes or None, tail of the output)."""
     probe_dir = os.path.join(work, "probe", name)
-    probe = os.path.join(REPO_ROOT, "tools", "gpu_probe.py")
+    probe = os.path.join(REPO_ROOT, "tools", "gpu", "gpu_probe.py")
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                probe, probe_dir, script, *script_args]
@@ -335,7 +337,7 @@ def markdown(result):
                      f"{num(r.get('peak_mem_gib'), '.2f')} | {num(r.get('gflop_per_image'), '.1f')} | {mfu} | "
                      f"{diff} | {num(r.get('wall_s'), '.0f')} |")
     lines += ["", "MFU: counted convolution/matmul FLOPs (torch.utils.flop_counter) x images/s over the dense "
-              "tensor-core peak of the device (tools/flops.py; TF32 peak for --amp off). Sizes: "
+              "tensor-core peak of the device (tools/gpu/flops.py; TF32 peak for --amp off). Sizes: "
               + json.dumps(result["sizes"]), ""]
     if result["failed"]:
         lines.append("FAILED: " + ", ".join(result["failed"]))

@@ -1,14 +1,14 @@
 """The whole RS+EPM pipeline on the bundled synthetic toy dataset, through the public scripts.
 
-    python tools/toy_pipeline.py                 (what `bash tools/quickstart.sh` runs; seed 0)
-    python tools/toy_pipeline.py --fresh         (start again; the pretrained backbone is kept)
-    python tools/toy_pipeline.py --seeds 0,1,2   (one run per training seed, then mean and spread)
+    python tools/toy/toy_pipeline.py                 (what `bash tools/quickstart.sh` runs; seed 0)
+    python tools/toy/toy_pipeline.py --fresh         (start again; the pretrained backbone is kept)
+    python tools/toy/toy_pipeline.py --seeds 0,1,2   (one run per training seed, then mean and spread)
 
 Stages, each a command a user could type (printed with what it does before it runs, timed after):
-  0. tools/make_toy_dataset.py --seed 1000 + tools/pretrain_toy.py   the stand-in for ImageNet
+  0. tools/datasets/make_toy_dataset.py --seed 1000 + tools/toy/pretrain_toy.py   the stand-in for ImageNet
      weights: a ResNet-18 classifier trained on image-level tags of a separate toy set, made once
      and cached in toy_data/pretrained/ (like torch's hub cache); both training stages start from it
-  1. tools/make_toy_dataset.py        toy_data/TOY in the seed layout
+  1. tools/datasets/make_toy_dataset.py        toy_data/TOY in the seed layout
   2. train_rsepm.py                   single-stage RS+EPM on train_aug (image-level tags only)
   3. infer_rsepm.py --domain train_aug  seeds with ground-truth tags (the multi-stage input)
      evaluate.py on predictions/train   seed quality (threshold sweep)
@@ -21,7 +21,7 @@ No pixel label reaches a training stage: the pretraining and RS+EPM read xml tag
 affinity network reads the seeds, train_seg reads the random-walk pseudo masks; ground-truth masks are read by evaluate.py alone.
 Determinism: every stage runs in stage_environment(): OMP_NUM_THREADS = MKL_NUM_THREADS =
 --threads and PYTHONHASHSEED=0 (both recorded in the summary with the torch version). Data order,
-augmentation and DataLoader worker seeds are functions of --seed (tools/distributed.py), so the
+augmentation and DataLoader worker seeds are functions of --seed (tools/engine/distributed.py), so the
 same command and seed give the same table on one machine (tests/test_toy_determinism.py trains
 twice and compares the weights byte for byte). torch.use_deterministic_algorithms is not set: on CPU it
 only changes accumulating index_put/put_ and the backward of list indexing (none on a stage's hot
@@ -40,9 +40,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tools.paths import REPO_ROOT  # noqa: E402
 
 from core.errors import ProjectError  # noqa: E402
 from core.io import atomic_output, read_json, write_json  # noqa: E402
@@ -64,7 +65,7 @@ PRETRAINED = "toy_data/pretrained/resnet18_toy.pth"
 # hue-defined classes; the real runs keep the published jitter (the scripts' default).
 TOY_JITTER = ["--color_jitter", "0.3,0.3,0.3,0"]
 # 15 epochs: the classifier then tags 100 held-out images of the pretraining seed at 99.0 mAP
-# (6 epochs: 95.4; tools/pretrain_toy.py prints it and records it beside the weights).
+# (6 epochs: 95.4; tools/toy/pretrain_toy.py prints it and records it beside the weights).
 PRETRAIN = [*TOY_JITTER, "--backbone", "resnet18", "--epochs", "15", "--batch_size", "16", "--lr", "0.05",
             "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144", "--seed", "0"]
 RSEPM_TAG = "toy@ResNet18@RS+EPM"
@@ -131,7 +132,7 @@ class Runner:
         self.log.write(f"$ python3 {text}\n")
         self.log.flush()
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, *command], cwd=ROOT, env=self.env)
+        result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=self.env)
         took = time.perf_counter() - start
         self.log.write(f"  (exit {result.returncode}, {took:.0f} s)\n")
         if result.returncode != 0:
@@ -146,7 +147,7 @@ class Runner:
 
 
 def pretrain_command(workers):
-    return ["tools/pretrain_toy.py", "--root_dir", PRETRAIN_DATA, "--out", PRETRAINED, *PRETRAIN, *workers]
+    return ["tools/toy/pretrain_toy.py", "--root_dir", PRETRAIN_DATA, "--out", PRETRAINED, *PRETRAIN, *workers]
 
 
 def cached_pretraining_problem(workers):
@@ -154,7 +155,7 @@ def cached_pretraining_problem(workers):
 
     A backbone cached by another release (other epochs, for instance) would silently change every
     number of the table; the worker count does not change the weights and is not compared."""
-    from tools import pretrain_toy
+    from tools.toy import pretrain_toy
     if not os.path.isfile(PRETRAINED):
         return "not made yet"
     try:
@@ -175,7 +176,7 @@ def ensure_pretrained(runner, workers):
     if os.path.isfile(PRETRAINED):
         print(f"\n== pretrained backbone {PRETRAINED}: {problem}; making it again")
     shutil.rmtree(PRETRAIN_DATA, ignore_errors=True)  # an input of the backbone only
-    runner.run(["tools/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
+    runner.run(["tools/datasets/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
                 "--num_train", "0", "--num_train_aug", "400", "--num_validation", "100", "--num_test", "0"],
                "generate the separate pretraining set (another generator seed, 400 images + 100 held out)")
     runner.run(pretrain_command(workers),
@@ -318,7 +319,7 @@ def main(argv=None):
                         help="OMP threads of every stage (recorded; the numbers depend on it)")
     parser.add_argument("--num_workers", default=2, type=int, help="worker processes for data and CRF")
     args = parser.parse_args(argv)
-    os.chdir(ROOT)
+    os.chdir(REPO_ROOT)
     if args.fresh or args.fresh_pretrain:
         for path in (DATA, PRED_ROOT):
             shutil.rmtree(path, ignore_errors=True)
@@ -332,7 +333,7 @@ def main(argv=None):
     summaries = []
     with open(os.path.join(PRED_ROOT, "commands.log"), "a", encoding="utf-8") as log:
         runner = Runner(log, args.threads)
-        runner.run(["tools/make_toy_dataset.py", "--out", DATA, "--seed", "0"], "generate the toy dataset")
+        runner.run(["tools/datasets/make_toy_dataset.py", "--out", DATA, "--seed", "0"], "generate the toy dataset")
         ensure_pretrained(runner, workers)
         for seed in seeds:
             pred_dir = PRED_ROOT if args.seeds is None else os.path.join(PRED_ROOT, f"seed{seed}/")
@@ -358,8 +359,8 @@ def main(argv=None):
     else:
         saved = f"{PRED_ROOT}summary.md and summary.json"
     print(f"\nToy results, seed(s) {','.join(map(str, seeds))} (saved to {saved}):\n" + "\n".join(table))
-    print(f"\nNext: open {os.path.join(ROOT, 'demo.ipynb')} (per-image panels and the per-class chart;\n"
-          f"  it is stored with the outputs of a seed-0 run: `python tools/make_demo_notebook.py --execute`\n"
+    print(f"\nNext: open {os.path.join(REPO_ROOT, 'demo.ipynb')} (per-image panels and the per-class chart;\n"
+          f"  it is stored with the outputs of a seed-0 run: `python tools/toy/make_demo_notebook.py --execute`\n"
           f"  re-executes it on {PRED_ROOT}), e.g. .venv/bin/jupyter notebook demo.ipynb")
     return summaries
 

@@ -1,6 +1,6 @@
 """Build the seed layout (docs/formats.md#dataset-layout) of MS COCO 2014 from the official downloads.
 
-    python tools/prepare_coco.py --coco_root COCO --out ../COCO2014/ --link hardlink --num_workers 8
+    python tools/datasets/prepare_coco.py --coco_root COCO --out ../COCO2014/ --link hardlink --num_workers 8
 
 Input: COCO/train2014/*.jpg, COCO/val2014/*.jpg, COCO/annotations/instances_{train,val}2014.json.
 Output: ROOT/train/ (from train2014) and ROOT/validation/ (from val2014), each with
@@ -34,14 +34,15 @@ from functools import partial
 import numpy as np
 from pycocotools import mask as mask_utils
 
-if __package__ in (None, ""):  # run as `python tools/prepare_coco.py`: make `core`, `tools` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 
 from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
 from core.safety import check_output_id, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.builders import (PrepareError, add_output_args, check_official_counts, check_source_image,  # noqa: E402
+from tools.datasets.builders import (PrepareError, add_output_args, check_official_counts, check_source_image,  # noqa: E402
                             place_file, print_summary, run_counting_skips, verify_split, voc_annotation_xml)
 
 SPLITS = {"train": ("train2014", "instances_train2014.json"),
@@ -336,5 +337,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.prepare_coco import main as _main
+    from tools.datasets.prepare_coco import main as _main
     sys.exit(_main())

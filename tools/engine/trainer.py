@@ -1,10 +1,10 @@
 """The run loop shared by train_rsepm.py and train_seg.py: TrainingRun, which ties the schedule,
 mixed precision, resume, logs and final weights together.
 
-The parts it uses live in focused modules: tools/distributed.py (processes, seeds, data order),
-tools/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/checkpoints.py (resume checkpoint,
-config.json, final weights) and tools/runlog.py (logs); the flags both scripts share are in
-tools/training.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
+The parts it uses live in focused modules: tools/engine/distributed.py (processes, seeds, data order),
+tools/engine/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/engine/checkpoints.py (resume checkpoint,
+config.json, final weights) and tools/engine/runlog.py (logs); the flags both scripts share are in
+tools/engine/training.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
 """
 import os
 import time
@@ -13,12 +13,12 @@ from core.checkpoint import save_weights
 from core.errors import DatasetError
 from core.io import write_json
 from core.safety import remove_stale_temp_files
-from tools.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
+from tools.engine.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
                                save_resume)
-from tools.distributed import cleanup_distributed, set_loader_epoch
-from tools.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
+from tools.engine.distributed import cleanup_distributed, set_loader_epoch
+from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
-from tools.runlog import MeanMeter, RunLogger
+from tools.engine.runlog import MeanMeter, RunLogger
 
 _PROGRESS = "_progress_loss"  # record()'s progress_loss among the monitored scalars, not logged
 
@@ -68,7 +68,7 @@ class TrainingRun:
         self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
         self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
         resumed = args.resume and os.path.isfile(self.resume_file)
-        if resumed:  # refused when a run-shaping flag changed (tools/checkpoints.py check_settings)
+        if resumed:  # refused when a run-shaping flag changed (tools/engine/checkpoints.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
                                 loader.sampler, ctx, settings=run_settings(args))
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
@@ -124,7 +124,7 @@ class TrainingRun:
         skipped: the batch's batch["skipped"] (problems of the files dropped from it).
 
         scalars (and progress_loss): name -> 0-d tensor (or number). They are summed on the
-        device and checked for NaN/inf without a host sync (tools/optim.py LossMonitor); the
+        device and checked for NaN/inf without a host sync (tools/engine/optim.py LossMonitor); the
         values come to the host once per log line, and the check runs before every save, so a
         non-finite value stops the run (NonFiniteError naming its iteration) before it is saved.
         """

@@ -13,8 +13,8 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
 from tools.args import add_dataset_args, add_device_args, add_experiment_args, color_jitter, make_parser, str2bool
-from tools import distributed
-from tools.optim import AMP_MODES
+from tools.engine import distributed
+from tools.engine.optim import AMP_MODES
 
 
 def positive_int(text):

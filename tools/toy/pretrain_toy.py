@@ -1,6 +1,6 @@
 """Stand-in for ImageNet pretraining on the toy dataset: a multi-label classifier on a separate set.
 
-    python tools/pretrain_toy.py --root_dir toy_data/PRETRAIN --out toy_data/resnet18_toy.pth
+    python tools/toy/pretrain_toy.py --root_dir toy_data/PRETRAIN --out toy_data/resnet18_toy.pth
 
 The paper starts both training stages from ImageNet weights (docs/method.md#network). The toy
 run cannot download them, so it trains the ResNet-18 backbone here on image-level labels only
@@ -26,19 +26,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import SeedLayout, load_dataset_info, normalize_image  # noqa: E402
 from core.resnet import ARCHITECTURES, build_resnet  # noqa: E402
 from core.train_datasets import ClassificationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools import distributed  # noqa: E402
+from tools.engine import distributed  # noqa: E402
 from core.io import atomic_output, write_json  # noqa: E402
 from tools.args import make_parser  # noqa: E402
 from tools.metrics import average_precision  # noqa: E402
-from tools.training import add_color_jitter_arg  # noqa: E402
+from tools.engine.training import add_color_jitter_arg  # noqa: E402
 
 
 class Classifier(torch.nn.Module):

@@ -1,6 +1,6 @@
 """Build the seed layout (docs/formats.md#dataset-layout) of PASCAL VOC 2012 from the official downloads.
 
-    python tools/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
+    python tools/datasets/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
         --test_devkit VOC2012test/VOCdevkit/VOC2012 --out ../VOC2012/ --link hardlink
 
 Inputs
@@ -30,15 +30,16 @@ from functools import partial
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as `python tools/prepare_voc.py`: make `core`, `tools` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
 from core.safety import safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
+from tools.datasets.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
                             check_source_image, place_file, print_summary, read_id_list, resolve_folder,
                             run_counting_skips, verify_split)
 
@@ -277,5 +278,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.prepare_voc import main as _main
+    from tools.datasets.prepare_voc import main as _main
     sys.exit(_main())

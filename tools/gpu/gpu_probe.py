@@ -1,9 +1,9 @@
 """Run a script of this repository in this process and record what only the process itself can
-see: its peak CUDA memory and its wall time. Used by tools/gpu_check.py, so that the training and
+see: its peak CUDA memory and its wall time. Used by tools/gpu/gpu_check.py, so that the training and
 inference scripts need no measuring code of their own.
 
-    python tools/gpu_probe.py PROBE_DIR SCRIPT.py [script arguments ...]
-    torchrun --nproc_per_node N tools/gpu_probe.py PROBE_DIR SCRIPT.py [...]
+    python tools/gpu/gpu_probe.py PROBE_DIR SCRIPT.py [script arguments ...]
+    torchrun --nproc_per_node N tools/gpu/gpu_probe.py PROBE_DIR SCRIPT.py [...]
 
 Writes PROBE_DIR/probe-rank{RANK}.json = {"script", "rank", "exit", "wall_s",
 "peak_mem_bytes": max over the CUDA devices this process used (null without CUDA)}, also when the
@@ -15,7 +15,10 @@ import runpy
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tools.paths import REPO_ROOT  # noqa: E402
 
 
 def peak_cuda_memory():
