@@ -5,10 +5,11 @@ unchanged. One definition per flag: scripts call the `add_*` helpers instead of 
 """
 import argparse
 import errno
+import sys
 
 import torch
 
-from core.errors import ProjectError
+from core.errors import ProjectError, UsageError
 from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
 from tools.paths import DEFAULT_PRED_DIR
 
@@ -156,12 +157,32 @@ def resolve_devices(gpus):
     return torch.device(f"cuda:{ids[0]}"), ids
 
 
-def cli(main, argv=None):
-    """Run a script's main, turning the project's errors (bad input, bad arguments: core.errors)
-    into one line `error: ...` and exit status 1. Every other exception is a bug and keeps its
-    traceback."""
+def exit_status(result):
+    """0 when everything was done, 1 when the result lists items that were skipped or failed
+    (a non-empty "failed" or "skipped" entry), or main's own int status."""
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    if isinstance(result, dict) and (result.get("failed") or result.get("skipped")):
+        return 1
+    return 0
+
+
+def cli(main, parser, argv=None):
+    """The one entry point of every script and program:
+
+        if __name__ == "__main__":
+            cli(main, get_args_parser())
+
+    Parses argv, runs main(args) and exits with 0 (done), 1 (some items skipped or failed, see
+    exit_status) or 2 (bad usage: a bad flag, or a UsageError raised by main, with argparse's
+    usage line). The project's other errors (bad input: core.errors.ProjectError) and a write
+    that failed for a reason of the machine become one line `error: ...` and status 1; any other
+    exception is a bug and keeps its traceback."""
+    args = parser.parse_args(argv)
     try:
-        return main(argv)
+        result = main(args)
+    except UsageError as e:
+        parser.error(str(e))
     except ProjectError as e:
         raise SystemExit(f"error: {e}") from None
     except OSError as e:
@@ -170,3 +191,4 @@ def cli(main, argv=None):
         if e.errno in OS_ERROR_CAUSES and e.errno != errno.EIO:
             raise SystemExit(f"error: {describe_os_error(e)}") from None
         raise
+    sys.exit(exit_status(result))
