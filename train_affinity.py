@@ -40,8 +40,9 @@ RENAMED = {"--label_tag": "--seed_tag", "--radius": "--rw_radius", "--fg_th": "-
 
 def get_args_parser():
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
-    parser.add_argument("--seed_tag", required=True,
-                        help="seed files from predictions/{seed_tag}/train/ (RS+EPM seeds of train_aug)")
+    # required, checked by prepare_args: argparse would refuse a run that names it by its old name
+    parser.add_argument("--seed_tag", default=None,
+                        help="required: seed files from predictions/{seed_tag}/train/ (RS+EPM seeds of train_aug)")
     parser.add_argument("--allow_missing", default=False, type=str2bool,
                         help="skip (and count) images whose seed file is missing or unreadable")
     # IRN's augmentation (rescale by a factor, --min_scale/--max_scale; no colour jitter) and a
@@ -68,6 +69,8 @@ def get_args_parser():
 
 def prepare_args(args):
     """Refuse settings that cannot run (UsageError) and derive the tag when --tag is empty."""
+    if args.seed_tag is None:
+        raise UsageError("the following arguments are required: --seed_tag")
     training.check_training_args(args)
     if not 0 < args.min_scale <= args.max_scale:
         raise UsageError(f"need 0 < --min_scale <= --max_scale, got {args.min_scale}, {args.max_scale}")

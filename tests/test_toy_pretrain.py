@@ -22,9 +22,9 @@ def tiny_set(tmp_path_factory):
 
 
 def run_pretrain(root, out):
-    pretrain_toy.main(["--root_dir", str(root), "--out", str(out), "--epochs", "1", "--batch_size", "4",
+    pretrain_toy.main(pretrain_toy.get_args_parser().parse_args(["--root_dir", str(root), "--out", str(out), "--max_epoch", "1", "--batch_size", "4",
                        "--crop_size", "48", "--min_image_size", "48", "--max_image_size", "56",
-                       "--num_workers", "0", "--seed", "3"])
+                       "--num_workers", "0", "--seed", "3"]))
     return torch.load(out, map_location="cpu", weights_only=True)
 
 
@@ -98,7 +98,7 @@ def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkey
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)  # an older release's file
-    settings = pretrain_toy.record_settings(pretrain_toy.parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
+    settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
     (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
     assert toy_pipeline.cached_pretraining_problem(workers) is None  # the worker count does not matter
     settings["epochs"] = 6

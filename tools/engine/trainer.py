@@ -162,7 +162,7 @@ class TrainingRun:
             self.images_since_log = 0
         if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
             self._fold_monitor()  # NaN check before the save; the sums travel in resume.pth
-            self.save_resume(epoch, self.step_in_epoch)
+            self.save_resume(self.epoch, self.step_in_epoch)  # self.epoch: finished epochs, as resume.pth counts
 
     def _fold_monitor(self):
         """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
