@@ -20,6 +20,7 @@ import core.rsepm
 import evaluate
 import infer_rsepm
 import train_rsepm
+from tools.args import cli
 from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
 from tools.engine import checkpoints, distributed, optim
@@ -94,20 +95,25 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
 
     # the log: one record per iteration, the terms of each phase, poly lr, label fractions
     records = read_log(pred_dir, tag)
-    assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2)]
+    # epochs count from 1 as --rs_start 2 / --mix_start 3 do: RecurSeed from epoch 2, the mix from 3
+    assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3)]
     for r in records:
         terms = {k for k in r if k in core.rsepm.LOSS_TERMS}
-        expected_terms = {"cls"} | ({"rec", "seg"} if r["epoch"] >= 1 else set()) \
-            | ({"rec_mix", "seg_mix", "cls_mix"} if r["epoch"] >= 2 else set())
+        expected_terms = {"cls"} | ({"rec", "seg"} if r["epoch"] >= 2 else set()) \
+            | ({"rec_mix", "seg_mix", "cls_mix"} if r["epoch"] >= 3 else set())
         assert terms == expected_terms, r
         assert r["total"] == pytest.approx(sum(r[k] for k in terms), rel=1e-6)
         assert r["lr"] == pytest.approx(0.01 * (1 - r["iteration"] / 6) ** 0.9, abs=1e-12)
-        if r["epoch"] >= 1:
+        if r["epoch"] >= 2:
             assert r["certain"] + r["ignored"] == pytest.approx(1.0, abs=1e-6)
         else:
             assert "certain" not in r
         assert all(math.isfinite(v) for v in r.values())
     assert len(glob.glob(str(directory / "logs" / "events.out.tfevents.*"))) == 1
+    lines = [line for line in (directory / "logs" / "log.txt").read_text().splitlines() if line.startswith("[ep")]
+    assert [line.split("]")[0] for line in lines] == [f"[ep {e} it {i}" for i, e in ((1, 1), (2, 1), (3, 2), (4, 2),
+                                                                                       (5, 3), (6, 3))]
+    assert [" rec " in line for line in lines] == [False, False, True, True, True, True]  # RecurSeed on "ep 2"
 
     # seeds from the trained weights (strict load), then CRF masks, then the evaluation
     common = ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
@@ -154,7 +160,7 @@ def test_active_terms_and_weights_follow_the_parsed_flags(flags, max_epoch, rs_e
     args = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(["--dataset", "TOY", "--max_epoch", str(max_epoch), *flags]))
     config = train_rsepm.method_config(args)
     for epoch in range(1, max_epoch + 1):
-        use_rs, use_mix = config.active_terms(epoch - 1)  # the script's loop index is 0-based
+        use_rs, use_mix = config.active_terms(epoch)
         assert (use_rs, use_mix) == (epoch in rs_epochs, epoch in mix_epochs), epoch
     assert config.weights() == {"cls": 1.0, "rec": 1.0, "seg": 1.0, "rec_mix": 1.0, "seg_mix": 1.0,
                                 "cls_mix": 1.0}
@@ -165,7 +171,7 @@ def test_active_terms_and_weights_follow_the_parsed_flags(flags, max_epoch, rs_e
 
 def test_help_lists_each_method_flag_with_its_default_and_source(capsys):
     with pytest.raises(SystemExit):
-        train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(["--help"]))
+        train_rsepm.get_args_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     expected = {"rs_start": ("5", "default tag"), "mix_start": ("15", "default tag"), "mix": ("epm", "paper"),
                 "w_cls_mix": ("1.0", "default tag"), "w_cam": ("1.0", "default tag"),
@@ -279,7 +285,7 @@ def test_bad_arguments_exit_before_any_work(tmp_path, capsys, extra, message):
     argv = ["--root_dir", str(tmp_path / "missing"), "--dataset", "TOY", "--pred_dir", str(tmp_path / "exp"),
             "--max_epoch", "30", "--rs_start", "5", "--mix_start", "15", *extra]
     with pytest.raises(SystemExit) as exit_info:
-        train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv))
+        cli(train_rsepm.main, train_rsepm.get_args_parser(), argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
@@ -348,7 +354,7 @@ def test_torchrun_two_processes_train_in_step_and_only_rank0_writes(toy, tmp_pat
     assert {"rec_mix", "seg_mix"} <= set(records[-1]) and math.isfinite(records[-1]["seg_mix"])
     assert len(glob.glob(os.path.join(directory, "logs", "events.out.tfevents.*"))) == 1
     text = open(os.path.join(directory, "logs", "log.txt")).read()
-    assert text.count("[i] tag ddp") == 1 and text.count("it 4]") == 1
+    assert text.splitlines().count("tag ddp") == 1 and text.count("it 4]") == 1
     assert len(torch.load(os.path.join(directory, "resume.pth"), weights_only=True)["rng"]) == 2
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 import evaluate
 import infer_seg
 import train_seg
+from tools.args import cli
 from core.datasets import load_dataset_info
 from core.errors import CheckpointError
 from core.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
@@ -98,13 +99,13 @@ def flat_state(path):
 
 
 def run_script(monkeypatch, argv):
-    """train_seg.py as `python train_seg.py ...`: returns the SystemExit code (None = success)."""
+    """train_seg.py as `python train_seg.py ...`: returns its exit status (0 = success)."""
     monkeypatch.setattr(sys, "argv", ["train_seg.py", *argv])
     try:
         runpy.run_path(os.path.join(ROOT, "train_seg.py"), run_name="__main__")
     except SystemExit as e:
         return e.code
-    return None
+    return 0
 
 
 def infer_argv(root, pred_dir, tag, decoder, output_stride):
@@ -147,7 +148,7 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
 
     records = read_log(pred_dir, tag)
     train_records, val_records = records[:-1], records[-1:]
-    assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 0), (2, 0), (2, 0)]
+    assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (2, 1)]  # epochs count from 1
     for r in train_records:
         assert r["lr"] == pytest.approx(1e-3 * (1 - r["iteration"] / 2) ** 0.9, abs=1e-12)
         assert 0.0 < r["seg"] < 20.0 and 0.0 <= r["ignored"] < 1.0
@@ -302,7 +303,7 @@ def test_partly_missing_masks_stop_the_run_unless_allowed(toy, tmp_path, monkeyp
 
     # allowed: 5 images left, batch 4 -> 1 iteration an epoch; the skip is counted and listed
     code = run_script(monkeypatch, train_argv(toy, pred_dir, "--tag", "allowed", "--allow_missing", "true"))
-    assert code is None
+    assert code == 0
     config = read_config(pred_dir, "allowed")
     assert config["train_images"] == 5 and config["iterations_per_epoch"] == 1
     expected = f"5 of 8 images of {os.path.join(toy, 'train_aug')}; skipped 3 without a mask ({', '.join(missing)})"
@@ -355,7 +356,7 @@ def test_bad_arguments_exit_before_any_work(tmp_path, capsys, extra, message):
     argv = ["--root_dir", str(tmp_path / "missing"), "--dataset", "TOY", "--pred_dir", str(tmp_path / "exp"),
             "--label_tag", LABEL_TAG, *extra]
     with pytest.raises(SystemExit) as exit_info:
-        train_seg.main(train_seg.get_args_parser().parse_args(argv))
+        cli(train_seg.main, train_seg.get_args_parser(), argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
@@ -363,6 +364,6 @@ def test_bad_arguments_exit_before_any_work(tmp_path, capsys, extra, message):
 
 def test_label_tag_is_required(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train_seg.main(train_seg.get_args_parser().parse_args(["--root_dir", str(tmp_path), "--dataset", "TOY"]))
+        train_seg.get_args_parser().parse_args(["--root_dir", str(tmp_path), "--dataset", "TOY"])
     assert exit_info.value.code == 2
     assert "the following arguments are required: --label_tag" in capsys.readouterr().err
