@@ -126,7 +126,7 @@ def test_output_folder_that_cannot_be_created_is_one_line(toy, tmp_path, capsys)
     simulate): `error: PATH: cannot write (...)` and exit 1, not a NotADirectoryError traceback."""
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as info:
-        cli(train_rsepm.main, argv(toy, tmp_path / "file" / "out"))
+        cli(train_rsepm.main, train_rsepm.get_args_parser(), argv(toy, tmp_path / "file" / "out"))
     message = str(info.value.code)
     assert message.startswith("error: ") and "cannot write" in message and "a parent of the path is a file" in message
     assert str(tmp_path / "file" / "out") in message
