@@ -58,7 +58,7 @@ def train_argv(root, pred, *extra, epochs=1):
 
 def test_train_convert_evaluate_end_to_end(toy):
     root, pred = toy
-    result = train_affinity.main(train_affinity.get_args_parser().parse_args(train_argv(root, pred, "--tag", "aff", "--lr", "0.5")))
+    result = train_affinity.main(prepared(train_argv(root, pred, "--tag", "aff", "--lr", "0.5")))
     assert result["tag"] == "aff" and result["iterations"] == 4  # 8 images / batch 2
 
     # the saved weights: the authors' AffinityNet layout (backbone, named edge modules, the same
@@ -156,7 +156,7 @@ def test_resume_continues_to_the_same_weights(toy, tmp_path, monkeypatch):
     os.makedirs(pred)
     os.symlink(os.path.join(toy[1], "predictions"), os.path.join(pred, "predictions"))
     argv = train_argv(root, pred, "--tag", "whole", epochs=2)
-    whole = torch.load(train_affinity.main(train_affinity.get_args_parser().parse_args(argv))["weights"], weights_only=True)
+    whole = torch.load(train_affinity.main(prepared(argv))["weights"], weights_only=True)
     cut = train_argv(root, pred, "--tag", "cut", "--save_interval", "5", epochs=2)
     kill_at(monkeypatch, 6)  # the 7th step never happens; resume.pth holds step 1 of epoch 2
     with pytest.raises(KeyboardInterrupt):
@@ -262,7 +262,7 @@ def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
         f.write(b"garbage")
     with pytest.raises(SystemExit, match=r"1 of 8 images have no relation-label map \(toy_000000\)"):
         cli(train_affinity.main, train_affinity.get_args_parser(), train_argv(root, other))
-    result = train_affinity.main(train_affinity.get_args_parser().parse_args(train_argv(root, other, "--allow_missing", "true", "--batch_size", "7")))
+    result = train_affinity.main(prepared(train_argv(root, other, "--allow_missing", "true", "--batch_size", "7")))
     assert result["iterations"] == 1  # 7 usable images, one batch of 7
 
 

@@ -4,8 +4,8 @@ weights, mixed precision and the NaN/inf check (docs/method.md#optimisation, doc
 NaN/inf pattern: the training scripts hand the loss terms to TrainingRun.record as device tensors;
 record passes them to check_finite with its LossMonitor, which adds them up and notes the first
 non-finite iteration on the device without a host-device sync, and reads both once per log line
-and before every resume checkpoint (a sync per iteration stalls a GPU's queue). A bad step thus reaches the in-memory weights, but never a file:
-the check raises NonFiniteError naming the iteration before anything is saved, and
+and before every resume checkpoint (a sync per iteration stalls a GPU's queue). A bad step thus
+reaches the in-memory weights, but never a file: the check raises NonFiniteError naming the iteration before anything is saved, and
 tools.engine.checkpoints.save_resume refuses weights that are not finite as well. The script lets the
 error end the run (exit status non-zero) and does NOT save on the way out; resume.pth (written
 atomically) still holds the last good state, ready for --resume once the cause is fixed (e.g. a
