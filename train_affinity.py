@@ -1,20 +1,19 @@
 """Train the affinity (class-boundary) network of the random walk from RS+EPM seeds (docs/method.md#random-walk).
 
     python3 train_affinity.py --root_dir ../VOC2012/ --dataset VOC --domain train_aug \
-        --label_tag "ResNet50@VOC@RS+EPM@ours" --tag "AffinityNet@VOC@ours"
+        --seed_tag "ResNet50@VOC@RS+EPM@ours" --tag "AffinityNet@VOC@ours"
     torchrun --nproc_per_node 4 train_affinity.py ...        (DistributedDataParallel)
 
-Reads the seed files predictions/{label_tag}/train/ (infer_rsepm.py --domain train_aug --conf_th -1:
+Reads the seed files predictions/{seed_tag}/train/ (infer_rsepm.py --domain train_aug --conf_th -1:
 seeds of the ground-truth tags) and first turns each into a map of its confident regions, cached
-as ir-labels/{label_tag}/train/ID.png (made once, with --num_workers processes; delete the folder
-to remake it with other thresholds). Pairs of stride-4 cells within --radius give the relation
+as ir-labels/{seed_tag}/train/ID.png (made once, with --num_workers processes; delete the folder
+to remake it with other thresholds). Pairs of stride-4 cells within --rw_radius give the relation
 labels; the loss is IRN's boundary loss, balanced over background, foreground and negative pairs.
 Only the edge branch learns: the backbone is frozen, BatchNorm included. Writes
 models/{tag}/last.pth in the authors' AffinityNet key layout (what
 `convert_seed_to_pseudo_masks.py --mode rw --affinity_tag TAG` reads), config.json, resume.pth, logs/.
 Defaults are IRN's (ResNet-50 from ImageNet, crop 512, batch 32, 3 epochs, lr 0.1, wd 1e-4).
 """
-import argparse
 import os
 import sys
 
@@ -22,60 +21,74 @@ import torch
 
 from core.affinity import AffinityNet
 from core.checkpoint import read_state_dict
-from core.errors import DatasetError, MissingFileError
+from core.errors import DatasetError, MissingFileError, UsageError
 from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
 from tools.engine import distributed, optim, trainer, training
 from tools.seeds.affinity_data import STRIDE, AffinityDataset, AffinityTransform, ir_labels_dir, make_ir_labels
-from tools.args import cli, str2bool
+from tools.args import cli, deprecated_alias, str2bool
 from tools.paths import predictions_dir
 
-# add_training_args' random long-side resize does not apply: IRN rescales by a factor instead
-UNUSED_FLAGS = ("min_image_size", "max_image_size", "sync_bn")
+# IRN's optimiser: one group (the edge branch) at the base lr, weight decay on all of it, no momentum
+OPTIMISER_HELP = {"lr": "learning rate of the edge branch (the backbone is frozen)",
+                  "wd": "weight decay on every weight of the edge branch, biases and BN included (IRN)",
+                  "nesterov": "Nesterov momentum (needs --momentum above 0)"}
+# our own earlier names of flags renamed so that one name has one meaning across the scripts
+RENAMED = {"--label_tag": "--seed_tag", "--radius": "--rw_radius", "--fg_th": "--ir_fg_th", "--bg_th": "--ir_bg_th"}
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
-    parser.add_argument("--label_tag", required=True,
-                        help="seed files from predictions/{label_tag}/train/ (RS+EPM seeds of train_aug)")
+    # required, checked by prepare_args: argparse would refuse a run that names it by its old name
+    parser.add_argument("--seed_tag", default=None,
+                        help="required: seed files from predictions/{seed_tag}/train/ (RS+EPM seeds of train_aug)")
     parser.add_argument("--allow_missing", default=False, type=str2bool,
                         help="skip (and count) images whose seed file is missing or unreadable")
-    training.add_training_args(parser, lr=0.1, weight_decay=1e-4, max_epoch=3, batch_size=32)
+    # IRN's augmentation (rescale by a factor, --min_scale/--max_scale; no colour jitter) and a
+    # frozen backbone (BatchNorm included: no SyncBN): the image flags of the other scripts do not apply
+    training.add_training_args(parser, lr=0.1, weight_decay=1e-4, max_epoch=3, batch_size=32,
+                               optimiser_help=OPTIMISER_HELP, image_args=False)
     parser.set_defaults(nesterov=False)
     parser.add_argument("--momentum", default=0.0, type=float,
                         help="SGD momentum (IRN's optimiser passes none)")
     parser.add_argument("--min_scale", default=0.5, type=float, help="smallest random rescale factor")
     parser.add_argument("--max_scale", default=1.5, type=float, help="largest random rescale factor")
-    parser.add_argument("--radius", default=TRAIN_RADIUS, type=int,
+    parser.add_argument("--rw_radius", default=TRAIN_RADIUS, type=int,
                         help="pairs of stride-4 cells closer than this are trained")
-    parser.add_argument("--fg_th", default=FG_THRESHOLD, type=float,
+    parser.add_argument("--ir_fg_th", default=FG_THRESHOLD, type=float,
                         help="confident foreground: a class seed above this (then the label CRF)")
-    parser.add_argument("--bg_th", default=BG_THRESHOLD, type=float,
+    parser.add_argument("--ir_bg_th", default=BG_THRESHOLD, type=float,
                         help="confident background: every class seed at most this (then the label CRF)")
     parser.add_argument("--ir_crf", default=True, type=str2bool,
                         help="smooth both confident-region maps with the label CRF (IRN)")
-    for action in parser._actions:  # keep the shared flags accepted but out of --help
-        if action.dest in UNUSED_FLAGS:
-            action.help = argparse.SUPPRESS
-    args = parser.parse_args(argv)
-    training.check_training_args(parser, args)
+    for old, new in RENAMED.items():
+        deprecated_alias(parser, old, new)
+    return parser
+
+
+def prepare_args(args):
+    """Refuse settings that cannot run (UsageError) and derive the tag when --tag is empty."""
+    if args.seed_tag is None:
+        raise UsageError("the following arguments are required: --seed_tag")
+    training.check_training_args(args)
     if not 0 < args.min_scale <= args.max_scale:
-        parser.error(f"need 0 < --min_scale <= --max_scale, got {args.min_scale}, {args.max_scale}")
-    if args.radius < 2 or args.radius > args.crop_size // STRIDE // 2:
-        parser.error(f"--radius {args.radius}: use 2 .. {args.crop_size // STRIDE // 2} for crop {args.crop_size}")
-    if not 0 <= args.bg_th <= args.fg_th <= 1:
-        parser.error(f"need 0 <= --bg_th <= --fg_th <= 1, got {args.bg_th}, {args.fg_th}")
+        raise UsageError(f"need 0 < --min_scale <= --max_scale, got {args.min_scale}, {args.max_scale}")
+    if args.rw_radius < 2 or args.rw_radius > args.crop_size // STRIDE // 2:
+        raise UsageError(f"--rw_radius {args.rw_radius}: use 2 .. {args.crop_size // STRIDE // 2} for crop "
+                         f"{args.crop_size}")
+    if not 0 <= args.ir_bg_th <= args.ir_fg_th <= 1:
+        raise UsageError(f"need 0 <= --ir_bg_th <= --ir_fg_th <= 1, got {args.ir_bg_th}, {args.ir_fg_th}")
     if args.nesterov and args.momentum <= 0:
-        parser.error("--nesterov true needs --momentum above 0")
+        raise UsageError("--nesterov true needs --momentum above 0")
     args.tag = args.tag or derive_tag(args)
     return args
 
 
 def derive_tag(args):
-    """e.g. ResNet50@VOC@AffinityNet@labels=<label_tag>@r10@e3-b32-c512-s0."""
-    return (f"{training.tag_network(args)}@{args.dataset}@AffinityNet@labels={args.label_tag}"
-            f"@r{args.radius}@{training.tag_schedule(args)}")
+    """e.g. ResNet50@VOC@AffinityNet@labels=<seed_tag>@r10@e3-b32-c512-s0."""
+    return (f"{training.tag_network(args)}@{args.dataset}@AffinityNet@labels={args.seed_tag}"
+            f"@r{args.rw_radius}@{training.tag_schedule(args)}")
 
 
 def build_affinity_net(backbone, pretrained):
@@ -103,26 +116,26 @@ def prepare_labels(args, ctx, layout, info):
     """Make the missing relation-label maps, each DDP rank its share of the images (a barrier
     that waited for rank 0 alone could time out on a large set). Returns their folder; images
     whose map could not be made are listed here and refused (or skipped) by AffinityDataset."""
-    seed_dir = predictions_dir(args.pred_dir, args.label_tag, args.domain)
-    label_dir = ir_labels_dir(args.pred_dir, args.label_tag, args.domain)
+    seed_dir = predictions_dir(args.pred_dir, args.seed_tag, args.domain)
+    label_dir = ir_labels_dir(args.pred_dir, args.seed_tag, args.domain)
     if not os.path.isdir(seed_dir):
         raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py --domain "
-                               f"{args.domain} --conf_th -1 --tag {args.label_tag} first)")
-    summary = make_ir_labels(layout, seed_dir, label_dir, args.label_tag, info.palette, args.fg_th, args.bg_th,
-                             args.ir_crf, args.num_workers, progress=ctx.is_main,
+                               f"{args.domain} --conf_th -1 --tag {args.seed_tag} first)")
+    summary = make_ir_labels(layout, seed_dir, label_dir, args.seed_tag, info.palette, args.ir_fg_th,
+                             args.ir_bg_th, args.ir_crf, args.num_workers, progress=ctx.is_main,
                              ids=layout.ids[ctx.rank::ctx.world_size])
     for image_id, problem in sorted(summary["failed"]):
         print(f"skipped {image_id}: {problem}", file=sys.stderr)
     if ctx.distributed:
         torch.distributed.barrier()
     if ctx.is_main:
-        print(f"[i] {label_dir}: {summary['written']} relation-label maps made, {summary['existing']} already "
+        print(f"{label_dir}: {summary['written']} relation-label maps made, {summary['existing']} already "
               f"present, {len(summary['failed'])} failed" + (" (rank 0's share)" if ctx.distributed else ""))
     return label_dir
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
+    prepare_args(args)
     ctx, info, layout = training.start_run(args)
     label_dir = prepare_labels(args, ctx, layout, info)
     dataset = AffinityDataset(layout, label_dir, AffinityTransform(args.crop_size, args.min_scale, args.max_scale),
@@ -137,10 +150,10 @@ def main(argv=None):
     # IRN: one group, the edge branch at the base lr, weight decay on all of it
     optimizer = torch.optim.SGD([{"params": network.trainable_parameters(), "name": "edge"}], lr=args.lr,
                                 momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.wd)
-    grid = PairGrid(args.radius, (args.crop_size // STRIDE,) * 2)
+    grid = PairGrid(args.rw_radius, (args.crop_size // STRIDE,) * 2)
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_affinity", label_dir=label_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
-        run.logger.info(f"[i] {dataset.summary()}")
+        run.logger.info(dataset.summary())
         for epoch in run.epochs():
             model.train()
             for batch in loader:
@@ -148,13 +161,13 @@ def main(argv=None):
                 labels = batch["labels"].to(ctx.device, non_blocking=True)
                 with optim.autocast_context(ctx.device, run.amp_dtype):
                     losses, (bg_pos, fg_pos, neg) = affinity_losses(model, images, labels, grid)
-                values = optim.check_finite(losses, run.iteration, ctx)
                 run.step(losses["total"])
-                pairs = {"pairs_bg": float(bg_pos.mean()), "pairs_fg": float(fg_pos.mean()),
-                         "pairs_neg": float(neg.mean())}  # fractions of all pairs: shows what the seeds give
-                run.record(epoch, {**values, **pairs}, images=images.shape[0], progress_loss=values["total"])
+                # fractions of all pairs, which show what the seeds give; summed on the device with
+                # the losses by record, read back only at log lines
+                pairs = {"pairs_bg": bg_pos.mean(), "pairs_fg": fg_pos.mean(), "pairs_neg": neg.mean()}
+                run.record(epoch, {**losses, **pairs}, images=images.shape[0], progress_loss=losses["total"])
         return run.finish()
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, get_args_parser())

@@ -47,35 +47,36 @@ def add_method_args(parser):
                             help=f"{meta['help']} [source: {meta['source']}]")
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
     training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
     add_method_args(parser)
     training.add_validation_args(parser, "seed mIoU, information only")
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    args.tag = args.tag or derive_tag(args)
-    return args
+    return parser
 
 
-def check_args(parser, args):
-    """Refuse settings that cannot run before any work is done. Starts count from 1 (epochs
-    1..max_epoch); --rs_start above --max_epoch with --mix none is the CAM-only baseline."""
-    training.check_training_args(parser, args)
+def prepare_args(args):
+    """Refuse settings that cannot run (UsageError) before any work is done, and derive the tag
+    when --tag is empty. Starts count from 1 (epochs 1..max_epoch); --rs_start above --max_epoch
+    with --mix none is the CAM-only baseline. Returns args."""
+    training.check_training_args(args)
     epochs = f"epochs are counted 1..{args.max_epoch}"
     if args.rs_start < 1 or args.mix_start < 1:
-        parser.error(f"--rs_start {args.rs_start} / --mix_start {args.mix_start}: {epochs}, so a start "
-                     f"is at least 1")
+        raise UsageError(f"--rs_start {args.rs_start} / --mix_start {args.mix_start}: {epochs}, so a start "
+                         f"is at least 1")
     if args.rs_start > args.max_epoch and args.mix != "none":
-        parser.error(f"--rs_start {args.rs_start} is after --max_epoch {args.max_epoch} ({epochs}): "
-                     f"RecurSeed would never run; for the CAM-only baseline add --mix none")
+        raise UsageError(f"--rs_start {args.rs_start} is after --max_epoch {args.max_epoch} ({epochs}): "
+                         f"RecurSeed would never run; for the CAM-only baseline add --mix none")
     if args.mix != "none" and args.mix_start > args.max_epoch:
-        parser.error(f"--mix_start {args.mix_start} is after --max_epoch {args.max_epoch} ({epochs}): "
-                     f"the mix would never run; use --mix none")
+        raise UsageError(f"--mix_start {args.mix_start} is after --max_epoch {args.max_epoch} ({epochs}): "
+                         f"the mix would never run; use --mix none")
     if args.mix != "none" and args.mix_start < args.rs_start:
-        parser.error(f"--mix_start {args.mix_start} is before --rs_start {args.rs_start}: the mix needs RS targets")
+        raise UsageError(f"--mix_start {args.mix_start} is before --rs_start {args.rs_start}: the mix needs "
+                         f"RS targets")
     if args.mix != "none" and args.batch_size < 2:
-        parser.error(f"--batch_size {args.batch_size}: the mix pairs images, so at least 2 are needed")
+        raise UsageError(f"--batch_size {args.batch_size}: the mix pairs images, so at least 2 are needed")
+    args.tag = args.tag or derive_tag(args)
+    return args
 
 
 def check_mix_share(args, ctx):
@@ -128,8 +129,8 @@ def validate(network, layout, ids, device, num_classes):
     return float(scores["mIoU"][best]), float(thresholds[best])
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
+    prepare_args(args)
     ctx, info, layout = training.start_run(args, require_xml=True, check=check_mix_share)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
     dataset = ClassificationDataset(layout, transform, seed=args.seed)
@@ -151,11 +152,11 @@ def main(argv=None):
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
                              method=dataclasses.asdict(config), loss_weights=weights, train_images=len(dataset),
                              skipped_untagged=dataset.skipped_untagged) as run:
-        run.logger.info(f"[i] {dataset.summary()}")
+        run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
 
         for epoch in run.epochs():
-            use_rs, use_mix = config.active_terms(epoch)  # epoch is 0-based, the starts 1-based
+            use_rs, use_mix = config.active_terms(epoch)
             model.train()
             for batch in loader:
                 images = batch["image"].to(ctx.device, non_blocking=True, memory_format=layout_format)
@@ -166,12 +167,12 @@ def main(argv=None):
                                 seed=distributed.derive_seed(args.seed, run.iteration))
                 out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device
                 losses = {k: out[k] for k in LOSS_TERMS if k in out}
-                values = optim.check_finite(losses, run.iteration, ctx, sync=False)  # checked in record()
-                run.step(sum(weights[k] * v for k, v in losses.items()))
-                total = sum(weights[k] * v for k, v in values.items())
-                stats = {k: v.detach() for k, v in out.items() if k not in LOSS_TERMS}  # no host sync
-                run.record(epoch, {**values, "total": total, **stats}, images=images.shape[0], progress_loss=total,
-                           skipped=batch.get("skipped"))
+                total = sum(weights[k] * v for k, v in losses.items())
+                run.step(total)
+                stats = {k: v for k, v in out.items() if k not in LOSS_TERMS}
+                # tensors: record checks and sums them on the device (no host sync)
+                run.record(epoch, {**losses, "total": total, **stats}, images=images.shape[0],
+                           progress_loss=total, skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
                 miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
                 run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
@@ -179,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, get_args_parser())

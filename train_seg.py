@@ -27,8 +27,7 @@ from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
 
 
-
-def parse_args(argv=None):
+def get_args_parser():
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet101")
     parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"),
                         help="segmentation network")
@@ -40,8 +39,12 @@ def parse_args(argv=None):
     training.add_training_args(parser, lr=1e-3, weight_decay=4e-5, max_epoch=50, batch_size=16)
     parser.add_argument("--head_lr_mult", default=10.0, type=float, help="head learning rate = lr x this")
     training.add_validation_args(parser, "mIoU, information only, never used to pick weights")
-    args = parser.parse_args(argv)
-    training.check_training_args(parser, args)
+    return parser
+
+
+def prepare_args(args):
+    """Refuse settings that cannot run (UsageError) and derive the tag when --tag is empty."""
+    training.check_training_args(args)
     args.tag = args.tag or derive_tag(args)
     return args
 
@@ -70,8 +73,8 @@ def validate(network, layout, ids, device, num_classes):
     return float(meter.scores()["mIoU"][0])
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
+    prepare_args(args)
     ctx, info, layout = training.start_run(args)
     mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain)
     if mask_dir is not None and not os.path.isdir(mask_dir):
@@ -93,7 +96,7 @@ def main(argv=None):
                                         head_lr_mult=args.head_lr_mult)
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
-        run.logger.info(f"[i] {dataset.summary()}")
+        run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True)
 
         for epoch in run.epochs():
@@ -103,11 +106,10 @@ def main(argv=None):
                 masks = batch["mask"].to(ctx.device, non_blocking=True)
                 with optim.autocast_context(ctx.device, run.amp_dtype):
                     logits = model(images)
-                losses = {"seg": segmentation_loss(logits, masks)}
-                values = optim.check_finite(losses, run.iteration, ctx, sync=False)  # checked in record()
-                run.step(losses["seg"])
-                run.record(epoch, {**values, "ignored": (masks == IGNORE_INDEX).float().mean()},
-                           images=images.shape[0], progress_loss=values["seg"], skipped=batch.get("skipped"))
+                loss = segmentation_loss(logits, masks)
+                run.step(loss)
+                run.record(epoch, {"seg": loss, "ignored": (masks == IGNORE_INDEX).float().mean()},
+                           images=images.shape[0], progress_loss=loss, skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
                 run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
                                                                            info.num_classes)})
@@ -115,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, get_args_parser())

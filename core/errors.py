@@ -1,16 +1,19 @@
 """The project's own errors: bad input files, bad datasets, bad checkpoints, bad arguments.
 
 Every script runs under tools.args.cli, which prints these as one line (`error: ...`) and exits
-with status 1. Any other exception is a bug, not bad input, and keeps its traceback.
+with status 1 (a UsageError: argparse's usage line, status 2). Any other exception is a bug, not
+bad input, and keeps its traceback.
 
     ProjectError
     ├── FormatError        a file exists but does not hold what it should
     │   └── CheckpointError    a checkpoint is missing, unreadable or does not fit the model
+    │       └── ResumeError        a resume checkpoint that is unreadable or of another run
     ├── MissingFileError   an input file does not exist (also a FileNotFoundError)
     ├── OutputError        an output file cannot be written: disk full, permissions (also an OSError)
     ├── DatasetError       a dataset file or folder is missing or malformed
     ├── UsageError         arguments that cannot work together (also a ValueError)
-    └── SetupError         the environment lacks something, e.g. offline weights (also a RuntimeError)
+    ├── SetupError         the environment lacks something, e.g. offline weights (also a RuntimeError)
+    └── NonFiniteError     a loss or a weight became NaN/inf during training (also a RuntimeError)
 
 The second bases keep `except ValueError` and the like working for callers that used them.
 """
@@ -46,3 +49,12 @@ class UsageError(ProjectError, ValueError):
 
 class SetupError(ProjectError, RuntimeError):
     """The environment lacks something the run needs; the message says how to provide it."""
+
+
+class NonFiniteError(ProjectError, RuntimeError):
+    """A loss term or a weight is NaN or infinite; the message says which and where (the cause is
+    the settings or the data, e.g. too high a learning rate, not the code)."""
+
+
+class ResumeError(CheckpointError, ValueError):
+    """A resume checkpoint that is unreadable or from another kind of run. Names the file."""

@@ -93,9 +93,9 @@ class RSEPMConfig:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
     def active_terms(self, epoch):
-        """(use_rs, use_mix) in the epoch with 0-based index `epoch`: the starts count from 1."""
-        use_rs = epoch + 1 >= self.rs_start
-        return use_rs, use_rs and self.mix != "none" and epoch + 1 >= self.mix_start
+        """(use_rs, use_mix) in epoch `epoch`, counted from 1 as the starts are."""
+        use_rs = epoch >= self.rs_start
+        return use_rs, use_rs and self.mix != "none" and epoch >= self.mix_start
 
     def feature_names(self):
         """Backbone maps the target generator must return: SCG's maps, plus C3 for its grid."""

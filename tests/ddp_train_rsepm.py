@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--out", required=True, help="folder for rank{r}.pt")
     args, train_argv = parser.parse_known_args()
     torch.set_num_threads(1)  # two processes share the test machine's cores
-    result = train_rsepm.main(train_argv)
+    result = train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv))
     os.makedirs(args.out, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in result["network"].state_dict().items()}
     torch.save(state, os.path.join(args.out, f"rank{result['rank']}.pt"))

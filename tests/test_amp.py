@@ -80,11 +80,11 @@ def test_training_in_bf16_on_cpu_is_finite_and_close_to_float32(toy, tmp_path, s
     for amp in ("off", "bf16"):
         argv = common_train(toy, tmp_path, amp, f"{script}-{amp}")
         if script == "rsepm":
-            result = train_rsepm.main(argv + ["--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
-                                              "--pamr_dilations", "1,2"])
+            result = train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv + ["--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
+                                              "--pamr_dilations", "1,2"]))
             terms = ("cls", "rec", "seg", "rec_mix", "seg_mix")
         else:
-            result = train_seg.main(argv + ["--decoder", script, "--label_tag", "gt", "--output_stride", "16"])
+            result = train_seg.main(train_seg.get_args_parser().parse_args(argv + ["--decoder", script, "--label_tag", "gt", "--output_stride", "16"]))
             terms = ("seg",)
         assert result["iterations"] == 1
         config = json.loads((tmp_path / "models" / result["tag"] / "config.json").read_text())

@@ -161,11 +161,11 @@ def test_problems_are_reported(setup, tmp_path):
 def test_train_seg_takes_the_rw_masks(setup):
     root, pred, layout, _ = setup
     convert.main(argv(root, pred, "--num_workers", "1"))
-    result = train_seg.main(["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
+    result = train_seg.main(train_seg.get_args_parser().parse_args(["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
                              "--backbone", "resnet18", "--pretrained", "none", "--output_stride", "16",
                              "--crop_size", "32", "--min_image_size", "32", "--max_image_size", "48",
                              "--batch_size", "6", "--num_workers", "0", "--max_epoch", "1",
-                             "--label_tag", TAG + "@rw", "--pred_dir", pred])
+                             "--label_tag", TAG + "@rw", "--pred_dir", pred]))
     assert result["iterations"] == 1 and os.path.isfile(result["weights"])
 
 

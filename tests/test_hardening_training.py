@@ -49,27 +49,27 @@ def read_log(pred_dir):
 def test_resume_refuses_changed_flags_and_logs_like_an_uninterrupted_run(toy, tmp_path, monkeypatch):
     """--log_interval 4: the log line of iteration 4 averages iterations 3 and 4, and the run is
     killed between them (resume.pth of iteration 3 holds the half-filled meter)."""
-    whole = train_rsepm.main(argv(toy, tmp_path / "a", "--log_interval", "4"))
+    whole = train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(toy, tmp_path / "a", "--log_interval", "4")))
     assert whole["iterations"] == 4
     with monkeypatch.context() as patch:
         kill_at(patch, 3)
         with pytest.raises(KeyboardInterrupt):
-            train_rsepm.main(argv(toy, tmp_path / "b", "--log_interval", "4"))
+            train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(toy, tmp_path / "b", "--log_interval", "4")))
     resume = os.path.join(model_dir(str(tmp_path / "b"), "t"), "resume.pth")
     before = os.path.getmtime(resume)
 
     # item 3: a changed run-shaping flag is refused, naming the flag, both values and what to do
     for flag, old, new in (("--lr", "0.01", "0.02"), ("--max_epoch", "2", "3"), ("--pamr_dilations", "1", "1,2")):
         with pytest.raises(checkpoints.ResumeError) as info:
-            train_rsepm.main(argv(toy, tmp_path / "b", "--log_interval", "4", "--resume", "true", flag, new))
+            train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(toy, tmp_path / "b", "--log_interval", "4", "--resume", "true", flag, new)))
         message = str(info.value)
         assert f"{flag} was {old}, now {new}" in message and resume in message, message
         assert f"Pass the old value(s) ({flag} {old})" in message and "new --tag" in message
     assert os.path.getmtime(resume) == before  # nothing touched
 
     # flags of the allowlist may change (--save_interval, --num_workers stay out of the record)
-    resumed = train_rsepm.main(argv(toy, tmp_path / "b", "--log_interval", "4", "--resume", "true",
-                                    "--save_interval", "7"))
+    resumed = train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(toy, tmp_path / "b", "--log_interval", "4", "--resume", "true",
+                                    "--save_interval", "7")))
     assert resumed["iterations"] == 4
     # item 9: identical records, iteration 4 included (before: the mean of iteration 4 alone)
     log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
@@ -126,7 +126,7 @@ def test_output_folder_that_cannot_be_created_is_one_line(toy, tmp_path, capsys)
     simulate): `error: PATH: cannot write (...)` and exit 1, not a NotADirectoryError traceback."""
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as info:
-        cli(train_rsepm.main, argv(toy, tmp_path / "file" / "out"))
+        cli(train_rsepm.main, train_rsepm.get_args_parser(), argv(toy, tmp_path / "file" / "out"))
     message = str(info.value.code)
     assert message.startswith("error: ") and "cannot write" in message and "a parent of the path is a file" in message
     assert str(tmp_path / "file" / "out") in message
@@ -166,7 +166,7 @@ def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(to
         f.write(_with_inf(text))
     with pytest.raises(DatasetError) as info:
         # batch 7: the one batch of an epoch holds every tagged image, so each bad one is met
-        train_rsepm.main(argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7"))
+        train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7")))
     message = str(info.value)
     assert "skipped 4 bad file(s)" in message, message
     for i in ids[:4]:

@@ -192,7 +192,7 @@ def test_notebook_text_states_the_pipeline_settings():
         assert f"{epochs} epochs" in line and f"{crop}-pixel crops" in line
     rsepm = next(line for line in intro.split("\n* ") if line.startswith("RS+EPM:"))
     assert f"lr {toy_pipeline.RSEPM_TRAIN[toy_pipeline.RSEPM_TRAIN.index('--lr') + 1]}," in rsepm
-    assert f"pretrain_toy.py` for {toy_pipeline.PRETRAIN[toy_pipeline.PRETRAIN.index('--epochs') + 1]} epochs" in intro
+    assert f"pretrain_toy.py` for {toy_pipeline.PRETRAIN[toy_pipeline.PRETRAIN.index('--max_epoch') + 1]} epochs" in intro
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,9 +65,9 @@ def test_two_runs_with_one_seed_give_identical_weights(toy, tmp_path):
         np.random.seed(12345)
         torch.manual_seed(12345)
         torch.rand(7), np.random.rand(3), random.random()
-        train_rsepm.main(train_argv(toy, tmp_path / "b", 0))
+        train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", 0)))
         assert sha256(model_path(str(tmp_path / "b"), TAG)) == first
-        train_rsepm.main(train_argv(toy, tmp_path / "c", 1))
+        train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "c", 1)))
         assert sha256(model_path(str(tmp_path / "c"), TAG)) != first
     finally:
         torch.set_num_threads(threads)
@@ -98,7 +98,7 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     pretrained.write_bytes(b"")
     # with the record of this release's pretraining settings, as tools/toy/pretrain_toy.py leaves it
     from tools.toy import pretrain_toy
-    settings = pretrain_toy.record_settings(pretrain_toy.parse_args(tp.pretrain_command([])[1:]))
+    settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(tp.pretrain_command([])[1:]))
     write_json(pretrain_toy.record_path(str(pretrained)), {"settings": settings})
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "old").write_text("x")
@@ -108,7 +108,7 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     monkeypatch.setattr(tp, "DATA", str(tmp_path / "data"))
     monkeypatch.setattr(tp, "PRED_ROOT", str(tmp_path / "exp") + os.sep)
     monkeypatch.chdir(ROOT)
-    tp.main(["--fresh", "--threads", "1"])
+    tp.main(tp.get_args_parser().parse_args(["--fresh", "--threads", "1"]))
     out = capsys.readouterr().out
     assert not (tmp_path / "data" / "old").exists()  # --fresh removed the old dataset
     assert pretrained.exists()                       # and kept the pretrained backbone

@@ -22,9 +22,9 @@ def tiny_set(tmp_path_factory):
 
 
 def run_pretrain(root, out):
-    pretrain_toy.main(["--root_dir", str(root), "--out", str(out), "--epochs", "1", "--batch_size", "4",
+    pretrain_toy.main(pretrain_toy.get_args_parser().parse_args(["--root_dir", str(root), "--out", str(out), "--max_epoch", "1", "--batch_size", "4",
                        "--crop_size", "48", "--min_image_size", "48", "--max_image_size", "56",
-                       "--num_workers", "0", "--seed", "3"])
+                       "--num_workers", "0", "--seed", "3"]))
     return torch.load(out, map_location="cpu", weights_only=True)
 
 
@@ -63,7 +63,7 @@ def test_seeds_summary_mean_std_min_max():
 def test_record_beside_the_weights_scores_the_held_out_split(tiny_set, tmp_path):
     run_pretrain(tiny_set, tmp_path / "w.pth")
     record = json.loads((tmp_path / "w.json").read_text())
-    assert record["settings"]["epochs"] == 1 and record["settings"]["seed"] == 3
+    assert record["settings"]["max_epoch"] == 1 and record["settings"]["seed"] == 3
     assert len(record["loss_per_epoch"]) == 1
     validation = record["validation"]
     assert validation["domain"] == "validation" and validation["num_images"] == 4
@@ -98,9 +98,12 @@ def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkey
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)  # an older release's file
-    settings = pretrain_toy.record_settings(pretrain_toy.parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
+    settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
     (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
     assert toy_pipeline.cached_pretraining_problem(workers) is None  # the worker count does not matter
-    settings["epochs"] = 6
+    old = {("epochs" if k == "max_epoch" else k): v for k, v in settings.items()}  # the release before's name
+    (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": old}))
+    assert toy_pipeline.cached_pretraining_problem(workers) is None
+    settings["max_epoch"] = 6
     (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
-    assert toy_pipeline.cached_pretraining_problem(workers) == "made with other settings (epochs)"
+    assert toy_pipeline.cached_pretraining_problem(workers) == "made with other settings (max_epoch)"

@@ -17,12 +17,14 @@ import evaluate
 import train_affinity
 from core.affinity import AffinityNet
 from core.datasets import SeedLayout, load_dataset_info
+from core.errors import UsageError
 from core.io import read_mask, save_seed
 from core.relations import ir_label_from_seed
 from tools.seeds import affinity_data
 from tools.datasets.make_toy_dataset import make_toy_dataset
+from tools.args import cli
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import kill_at
+from helpers import count_syncs, kill_at
 
 SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
 INFO = load_dataset_info("TOY")
@@ -49,14 +51,14 @@ def toy(tmp_path_factory):
 def train_argv(root, pred, *extra, epochs=1):
     """Fast settings: ResNet-18 from scratch, crops of 64 (16x16 grid), radius 5, batch 2."""
     return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "64", "--radius", "5",
-            "--batch_size", "2", "--num_workers", "0", "--max_epoch", str(epochs), "--label_tag", SEED_TAG,
+            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "64", "--rw_radius", "5",
+            "--batch_size", "2", "--num_workers", "0", "--max_epoch", str(epochs), "--seed_tag", SEED_TAG,
             "--pred_dir", pred, "--log_interval", "1", "--ir_crf", "false", *extra]
 
 
 def test_train_convert_evaluate_end_to_end(toy):
     root, pred = toy
-    result = train_affinity.main(train_argv(root, pred, "--tag", "aff", "--lr", "0.5"))
+    result = train_affinity.main(prepared(train_argv(root, pred, "--tag", "aff", "--lr", "0.5")))
     assert result["tag"] == "aff" and result["iterations"] == 4  # 8 images / batch 2
 
     # the saved weights: the authors' AffinityNet layout (backbone, named edge modules, the same
@@ -154,29 +156,97 @@ def test_resume_continues_to_the_same_weights(toy, tmp_path, monkeypatch):
     os.makedirs(pred)
     os.symlink(os.path.join(toy[1], "predictions"), os.path.join(pred, "predictions"))
     argv = train_argv(root, pred, "--tag", "whole", epochs=2)
-    whole = torch.load(train_affinity.main(argv)["weights"], weights_only=True)
+    whole = torch.load(train_affinity.main(prepared(argv))["weights"], weights_only=True)
     cut = train_argv(root, pred, "--tag", "cut", "--save_interval", "5", epochs=2)
     kill_at(monkeypatch, 6)  # the 7th step never happens; resume.pth holds step 1 of epoch 2
     with pytest.raises(KeyboardInterrupt):
-        train_affinity.main(cut)
+        train_affinity.main(train_affinity.get_args_parser().parse_args(cut))
     monkeypatch.undo()
-    resumed = train_affinity.main(cut + ["--resume", "true"])
+    resumed = train_affinity.main(train_affinity.get_args_parser().parse_args(cut + ["--resume", "true"]))
     assert resumed["iterations"] == 8
     final = torch.load(resumed["weights"], weights_only=True)
     assert all(torch.equal(whole[k], final[k]) for k in whole)
 
 
+def prepared(argv):
+    return train_affinity.prepare_args(train_affinity.get_args_parser().parse_args(argv))
+
+
+def run_cli(argv):
+    """The script as the shell runs it: (exit status, stderr is read by the caller)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli(train_affinity.main, train_affinity.get_args_parser(), argv)
+    return exit_info.value.code
+
+
 def test_bad_arguments_are_refused(toy, capsys):
     root, pred = toy
-    with pytest.raises(SystemExit):
-        train_affinity.parse_args(train_argv(root, pred, "--radius", "9"))  # crop 64: at most 8
-    assert "--radius 9" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_affinity.parse_args(train_argv(root, pred, "--bg_th", "0.5", "--fg_th", "0.3"))
-    args = train_affinity.parse_args(train_argv(root, pred))
+    with pytest.raises(UsageError, match="--rw_radius 9"):
+        prepared(train_argv(root, pred, "--rw_radius", "9"))  # crop 64: at most 8
+    with pytest.raises(UsageError, match="--ir_bg_th <= --ir_fg_th"):
+        prepared(train_argv(root, pred, "--ir_bg_th", "0.5", "--ir_fg_th", "0.3"))
+    assert run_cli(train_argv(root, pred, "--rw_radius", "9")) == 2  # usage: argparse's status
+    assert "error: --rw_radius 9: use 2 .. 8 for crop 64" in capsys.readouterr().err
+    args = prepared(train_argv(root, pred))
     assert args.tag == f"ResNet18@TOY@AffinityNet@labels={SEED_TAG}@r5@e1-b2-c64-s0-scratch"
-    with pytest.raises(SystemExit, match="seed folder not found"):
-        train_affinity.cli(train_affinity.main, train_argv(root, pred + "/elsewhere"))
+    assert run_cli(train_argv(root, pred + "/elsewhere")) == "error: " + os.path.join(
+        pred + "/elsewhere", "predictions", SEED_TAG, "train") + ": seed folder not found (run infer_rsepm.py " \
+        f"--domain train_aug --conf_th -1 --tag {SEED_TAG} first)"
+
+
+@pytest.mark.parametrize("flag", ["--min_image_size", "--max_image_size", "--sync_bn", "--color_jitter",
+                                  "--channels_last", "--max_image_pixels", "--head_lr_mult"])
+def test_flags_that_do_not_apply_are_refused(toy, capsys, flag):
+    root, pred = toy
+    with pytest.raises(SystemExit) as exit_info:
+        train_affinity.get_args_parser().parse_args(train_argv(root, pred, flag, "1"))
+    assert exit_info.value.code == 2 and f"unrecognized arguments: {flag} 1" in capsys.readouterr().err
+
+
+def test_help_is_the_affinity_network_s_own(capsys):
+    with pytest.raises(SystemExit):
+        train_affinity.get_args_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shared in ("head: x10", "not on biases/BN", "momentum (0.9)", "--min_image_size", "--sync_bn"):
+        assert shared not in text, shared
+    assert "learning rate of the edge branch (the backbone is frozen) (default: 0.1)" in text
+    assert "--rw_radius RW_RADIUS pairs of stride-4 cells closer than this are trained (default: 10)" in text
+
+
+def test_old_flag_names_still_work_for_one_release(toy, capsys):
+    root, pred = toy
+    new = prepared(train_argv(root, pred, "--rw_radius", "6", "--ir_fg_th", "0.4", "--ir_bg_th", "0.1"))
+    argv = [a for a in train_argv(root, pred) if a not in ("--rw_radius", "5", "--seed_tag", SEED_TAG)]
+    old = prepared(argv + ["--label_tag", SEED_TAG, "--radius", "6", "--fg_th", "0.4", "--bg_th", "0.1"])
+    assert vars(old) == vars(new)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: --{o} is deprecated, use --{n}; it will be removed in the next release"
+                   for o, n in (("label_tag", "seed_tag"), ("radius", "rw_radius"), ("fg_th", "ir_fg_th"),
+                                ("bg_th", "ir_bg_th"))]
+    with pytest.raises(SystemExit):  # the old name goes through the new one's type
+        train_affinity.get_args_parser().parse_args(argv + ["--seed_tag", SEED_TAG, "--radius", "six"])
+
+
+def test_no_host_sync_per_iteration(toy, tmp_path, monkeypatch):
+    """One epoch of 8 images as 4 or 2 iterations, one log line at its end: the same host-sync
+    calls, so none is per iteration (the statistics are summed on the device)."""
+    root, _ = toy
+    pred = str(tmp_path / "exp")
+    os.makedirs(pred)
+    os.symlink(os.path.join(toy[1], "predictions"), os.path.join(pred, "predictions"))
+    # the relation-label cache first, so that both runs find it made
+    affinity_data.make_ir_labels(SeedLayout(root, "train_aug", INFO), predictions_dir(pred, SEED_TAG, "train_aug"),
+                                 affinity_data.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
+                                 crf=False, num_workers=0, progress=False)
+
+    def run(batch_size):
+        argv = train_argv(root, pred, "--tag", f"b{batch_size}", "--batch_size", str(batch_size),
+                          "--log_interval", "100", "--save_interval", "100")
+        return count_syncs(monkeypatch, lambda: train_affinity.main(train_affinity.get_args_parser().parse_args(argv)))
+
+    four, two = run(2), run(4)
+    assert four == two, {k: (four[k], two[k]) for k in set(four) | set(two) if four[k] != two[k]}
+    assert sum(v for (_, where, _), v in four.items() if where in ("train_affinity.py", "relations.py")) == 0, four
 
 
 def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
@@ -191,8 +261,8 @@ def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
     with open(os.path.join(seeds, names[0]), "wb") as f:
         f.write(b"garbage")
     with pytest.raises(SystemExit, match=r"1 of 8 images have no relation-label map \(toy_000000\)"):
-        train_affinity.cli(train_affinity.main, train_argv(root, other))
-    result = train_affinity.main(train_argv(root, other, "--allow_missing", "true", "--batch_size", "7"))
+        cli(train_affinity.main, train_affinity.get_args_parser(), train_argv(root, other))
+    result = train_affinity.main(prepared(train_argv(root, other, "--allow_missing", "true", "--batch_size", "7")))
     assert result["iterations"] == 1  # 7 usable images, one batch of 7
 
 

@@ -20,6 +20,7 @@ import core.rsepm
 import evaluate
 import infer_rsepm
 import train_rsepm
+from tools.args import cli
 from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
 from tools.engine import checkpoints, distributed, optim
@@ -63,7 +64,7 @@ def flat_state(path):
 def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     pred_dir = tmp_path / "exp"
     argv = train_argv(toy, pred_dir)
-    result = train_rsepm.main(argv)
+    result = train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv))
     tag = result["tag"]
     assert result["iterations"] == 6
     # the derived tag states the settings and names the folder
@@ -80,7 +81,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     assert all(torch.equal(weights[k], trained[k]) for k in weights)
 
     config = json.loads((directory / "config.json").read_text())
-    expected_args = json.loads(json.dumps(vars(train_rsepm.parse_args(argv))))
+    expected_args = json.loads(json.dumps(vars(train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(argv)))))
     assert config["args"] == expected_args
     assert config["args"]["rs_start"] == 2 and config["args"]["mix"] == "epm" and config["seed"] == 0
     assert config["weight_decay_in_momentum_slot"] is False
@@ -94,20 +95,25 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
 
     # the log: one record per iteration, the terms of each phase, poly lr, label fractions
     records = read_log(pred_dir, tag)
-    assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2)]
+    # epochs count from 1 as --rs_start 2 / --mix_start 3 do: RecurSeed from epoch 2, the mix from 3
+    assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3)]
     for r in records:
         terms = {k for k in r if k in core.rsepm.LOSS_TERMS}
-        expected_terms = {"cls"} | ({"rec", "seg"} if r["epoch"] >= 1 else set()) \
-            | ({"rec_mix", "seg_mix", "cls_mix"} if r["epoch"] >= 2 else set())
+        expected_terms = {"cls"} | ({"rec", "seg"} if r["epoch"] >= 2 else set()) \
+            | ({"rec_mix", "seg_mix", "cls_mix"} if r["epoch"] >= 3 else set())
         assert terms == expected_terms, r
         assert r["total"] == pytest.approx(sum(r[k] for k in terms), rel=1e-6)
         assert r["lr"] == pytest.approx(0.01 * (1 - r["iteration"] / 6) ** 0.9, abs=1e-12)
-        if r["epoch"] >= 1:
+        if r["epoch"] >= 2:
             assert r["certain"] + r["ignored"] == pytest.approx(1.0, abs=1e-6)
         else:
             assert "certain" not in r
         assert all(math.isfinite(v) for v in r.values())
     assert len(glob.glob(str(directory / "logs" / "events.out.tfevents.*"))) == 1
+    lines = [line for line in (directory / "logs" / "log.txt").read_text().splitlines() if line.startswith("[ep")]
+    assert [line.split("]")[0] for line in lines] == [f"[ep {e} it {i}" for i, e in ((1, 1), (2, 1), (3, 2), (4, 2),
+                                                                                       (5, 3), (6, 3))]
+    assert [" rec " in line for line in lines] == [False, False, True, True, True, True]  # RecurSeed on "ep 2"
 
     # seeds from the trained weights (strict load), then CRF masks, then the evaluation
     common = ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
@@ -124,21 +130,21 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
 
 def test_derived_tag_reads_like_the_authors_tag():
     base = ["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3", "--rs_start", "2"]
-    epm = train_rsepm.parse_args(base + ["--mix_start", "3"]).tag
+    epm = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix_start", "3"])).tag
     assert epm == ("ResNet18@TOY@RS(ep=2, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)"
                    "+EPM(ep=3, cls=1.0, cam=1.0, seg=1.0)@e3-b16-c512-s0")
-    cm = train_rsepm.parse_args(base + ["--mix", "certainmix", "--mix_start", "3", "--w_cls_mix", "0.5"]).tag
+    cm = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix", "certainmix", "--mix_start", "3", "--w_cls_mix", "0.5"])).tag
     assert "+CM(ep=3, cls=0.5, cam=1.0, seg=1.0)@" in cm
-    plain = train_rsepm.parse_args(base + ["--mix", "none", "--teacher", "ema"]).tag
+    plain = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix", "none", "--teacher", "ema"])).tag
     assert "EPM" not in plain and "CM(" not in plain and plain.endswith("+EMA(0.999)@e3-b16-c512-s0")
-    assert train_rsepm.parse_args(base + ["--mix_start", "3", "--w_seg", "0.5"]).tag != epm
-    assert train_rsepm.parse_args(base + ["--mix_start", "3", "--tag", "mine"]).tag == "mine"
+    assert train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix_start", "3", "--w_seg", "0.5"])).tag != epm
+    assert train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix_start", "3", "--tag", "mine"])).tag == "mine"
     # SCG settings appear only when they differ from the defaults
-    scg = train_rsepm.parse_args(base + ["--mix_start", "3", "--scg_features", "c1,C2,C3,C4,C5",
-                                         "--scg_grid", "c3"])
+    scg = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix_start", "3", "--scg_features", "c1,C2,C3,C4,C5",
+                                         "--scg_grid", "c3"]))
     assert scg.scg_features == ("C1", "C2", "C3", "C4", "C5")
     assert scg.tag == epm.replace("seg=1.0)@", "seg=1.0)+SCG(C1-C5, c3)@")
-    assert "+SCG(C5, cam)@" in train_rsepm.parse_args(base + ["--mix_start", "3", "--scg_features", "C5"]).tag
+    assert "+SCG(C5, cam)@" in train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(base + ["--mix_start", "3", "--scg_features", "C5"])).tag
     assert train_rsepm.method_config(scg).feature_names() == ("C1", "C2", "C3", "C4", "C5")
 
 
@@ -151,21 +157,21 @@ def test_derived_tag_reads_like_the_authors_tag():
 def test_active_terms_and_weights_follow_the_parsed_flags(flags, max_epoch, rs_epochs, mix_epochs):
     """Which terms are on in epochs 1..max_epoch (counted from 1, as the authors' trainers do),
     and with which weights: the expected sets are written out by hand above."""
-    args = train_rsepm.parse_args(["--dataset", "TOY", "--max_epoch", str(max_epoch), *flags])
+    args = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(["--dataset", "TOY", "--max_epoch", str(max_epoch), *flags]))
     config = train_rsepm.method_config(args)
     for epoch in range(1, max_epoch + 1):
-        use_rs, use_mix = config.active_terms(epoch - 1)  # the script's loop index is 0-based
+        use_rs, use_mix = config.active_terms(epoch)
         assert (use_rs, use_mix) == (epoch in rs_epochs, epoch in mix_epochs), epoch
     assert config.weights() == {"cls": 1.0, "rec": 1.0, "seg": 1.0, "rec_mix": 1.0, "seg_mix": 1.0,
                                 "cls_mix": 1.0}
-    weighted = train_rsepm.method_config(train_rsepm.parse_args(
-        ["--dataset", "TOY", "--max_epoch", "30", "--w_cls_mix", "0.25", "--w_cam", "2"])).weights()
+    weighted = train_rsepm.method_config(train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(
+        ["--dataset", "TOY", "--max_epoch", "30", "--w_cls_mix", "0.25", "--w_cam", "2"]))).weights()
     assert weighted["cls_mix"] == 0.25 and weighted["rec"] == 2.0 and weighted["seg"] == 1.0
 
 
 def test_help_lists_each_method_flag_with_its_default_and_source(capsys):
     with pytest.raises(SystemExit):
-        train_rsepm.parse_args(["--help"])
+        train_rsepm.get_args_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     expected = {"rs_start": ("5", "default tag"), "mix_start": ("15", "default tag"), "mix": ("epm", "paper"),
                 "w_cls_mix": ("1.0", "default tag"), "w_cam": ("1.0", "default tag"),
@@ -195,18 +201,18 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
     one run vs a run killed in iteration 4 (mid-epoch 1, with mix) and resumed."""
     extra = ["--tag", "resume", "--teacher", "ema", "--save_interval", "1", "--log_interval", "3"]
     kwargs = dict(epochs=2, rs_start=1, mix_start=2)
-    whole = train_rsepm.main(train_argv(toy, tmp_path / "a", *extra, **kwargs))
+    whole = train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "a", *extra, **kwargs)))
     assert whole["iterations"] == 4
 
     with monkeypatch.context() as patch:
         kill_at(patch, 3)
         with pytest.raises(KeyboardInterrupt):
-            train_rsepm.main(train_argv(toy, tmp_path / "b", *extra, **kwargs))
+            train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, **kwargs)))
     directory_b = model_dir(str(tmp_path / "b"), "resume")
     assert not os.path.exists(os.path.join(directory_b, "last.pth"))
     saved = checkpoints.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
     assert (saved["epoch"], saved["step"], saved["iteration"]) == (1, 1, 3)
-    resumed = train_rsepm.main(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", **kwargs))
+    resumed = train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", **kwargs)))
     assert resumed["iterations"] == 4
 
     for name in ("last.pth", "online.pth"):
@@ -279,7 +285,7 @@ def test_bad_arguments_exit_before_any_work(tmp_path, capsys, extra, message):
     argv = ["--root_dir", str(tmp_path / "missing"), "--dataset", "TOY", "--pred_dir", str(tmp_path / "exp"),
             "--max_epoch", "30", "--rs_start", "5", "--mix_start", "15", *extra]
     with pytest.raises(SystemExit) as exit_info:
-        train_rsepm.main(argv)
+        cli(train_rsepm.main, train_rsepm.get_args_parser(), argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
@@ -293,9 +299,9 @@ def test_mix_needs_two_images_per_device(tmp_path, monkeypatch, ctx):
     argv = ["--root_dir", str(tmp_path / "missing"), "--dataset", "TOY", "--pred_dir", str(tmp_path / "exp"),
             "--batch_size", "2"]
     with pytest.raises(ValueError, match="--batch_size 2 over 2 devices leaves fewer than 2 images"):
-        train_rsepm.main(argv)
+        train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv))
     with pytest.raises(Exception) as other:  # with --mix none it goes on (to the missing data)
-        train_rsepm.main(argv + ["--mix", "none"])
+        train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv + ["--mix", "none"]))
     assert "missing" in str(other.value)
     assert not (tmp_path / "exp").exists()
 
@@ -308,8 +314,8 @@ def test_image_without_tags_is_skipped_and_counted(toy, tmp_path):
     for obj in tree.getroot().findall("object"):
         tree.getroot().remove(obj)
     tree.write(path)
-    result = train_rsepm.main(train_argv(root, tmp_path / "exp", "--tag", "untagged", "--mix", "none",
-                                         epochs=1, rs_start=1))
+    result = train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(root, tmp_path / "exp", "--tag", "untagged", "--mix", "none",
+                                         epochs=1, rs_start=1)))
     assert result["iterations"] == 1  # 7 images, batch 4, the last partial batch dropped
     directory = model_dir(str(tmp_path / "exp"), "untagged")
     config = json.load(open(os.path.join(directory, "config.json")))
@@ -348,14 +354,14 @@ def test_torchrun_two_processes_train_in_step_and_only_rank0_writes(toy, tmp_pat
     assert {"rec_mix", "seg_mix"} <= set(records[-1]) and math.isfinite(records[-1]["seg_mix"])
     assert len(glob.glob(os.path.join(directory, "logs", "events.out.tfevents.*"))) == 1
     text = open(os.path.join(directory, "logs", "log.txt")).read()
-    assert text.count("[i] tag ddp") == 1 and text.count("it 4]") == 1
+    assert text.splitlines().count("tag ddp") == 1 and text.count("it 4]") == 1
     assert len(torch.load(os.path.join(directory, "resume.pth"), weights_only=True)["rng"]) == 2
 
 
 def test_rs_start_after_max_epoch_without_mix_is_the_cam_baseline():
-    args = train_rsepm.parse_args(["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3",
-                                   "--rs_start", "4", "--mix", "none"])
+    args = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(["--dataset", "TOY", "--backbone", "resnet18", "--max_epoch", "3",
+                                   "--rs_start", "4", "--mix", "none"]))
     assert "@CAM@" in args.tag and "RS(" not in args.tag
     # at max_epoch, RS runs in the last epoch
-    last = train_rsepm.parse_args(["--dataset", "TOY", "--max_epoch", "3", "--rs_start", "3", "--mix", "none"])
+    last = train_rsepm.prepare_args(train_rsepm.get_args_parser().parse_args(["--dataset", "TOY", "--max_epoch", "3", "--rs_start", "3", "--mix", "none"]))
     assert "RS(ep=3, " in last.tag

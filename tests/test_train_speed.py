@@ -1,7 +1,6 @@
 """The speed-minded parts of the training loop (issue: GPU path, item 4): no host-device sync per
 iteration (LossMonitor), a NaN still stops the run naming its iteration, and channels-last
 gives the same numbers as the default layout."""
-import collections
 import os
 
 import pytest
@@ -14,9 +13,7 @@ from core.rsepm import RSEPMConfig, RSEPMTraining
 from tools.engine import optim, training
 from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir
-
-SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
-
+from helpers import count_syncs
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
@@ -61,34 +58,17 @@ def test_loss_monitor_names_the_first_bad_iteration_and_its_terms():
         monitor.means()  # the log line refuses too
 
 
-def test_check_finite_without_sync_returns_tensors():
-    values = optim.check_finite({"cls": torch.tensor(0.5, dtype=torch.float64), "seg": 1.5}, 3, sync=False)
-    assert all(torch.is_tensor(v) and v.dtype == torch.float32 and v.ndim == 0 for v in values.values())
-    assert [float(v) for v in values.values()] == [0.5, 1.5]
-    nan = optim.check_finite({"seg": torch.tensor(float("nan"))}, 3, sync=False)  # no check here
-    assert torch.isnan(nan["seg"])
+def test_check_finite_with_a_monitor_defers_the_check_to_its_next_read(monkeypatch):
+    monitor = optim.LossMonitor()
+    calls = count_syncs(monkeypatch, lambda: [
+        optim.check_finite({"cls": torch.tensor(0.5, dtype=torch.float64), "seg": 1.5}, 3, monitor=monitor),
+        optim.check_finite({"cls": torch.tensor(1.5), "seg": torch.tensor(float("nan"))}, 4, monitor=monitor)])
+    assert not calls  # neither call reads a value back
+    with pytest.raises(optim.NonFiniteError, match=r"^iteration 4: non-finite loss seg=nan;"):
+        monitor.means()
 
 
 # --- no sync per iteration ---------------------------------------------------------------------
-def count_syncs(monkeypatch, run):
-    """Run `run()` with every tensor-to-host call counted by (method, caller file, line)."""
-    calls = collections.Counter()
-    import traceback
-
-    def counting(name, original):
-        def method(self, *args, **kwargs):
-            caller = traceback.extract_stack(limit=2)[0]
-            calls[(name, os.path.basename(caller.filename), caller.lineno)] += 1
-            return original(self, *args, **kwargs)
-        return method
-
-    for name in SYNC_METHODS:
-        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    run()
-    monkeypatch.undo()
-    return calls
-
-
 def test_training_loop_makes_no_host_sync_per_iteration(toy, tmp_path, monkeypatch):
     """The same epoch of 8 images as 2 or 4 iterations (RS and EPM active, one log line at the
     epoch's end): the host-sync calls are the same, so none of them is per iteration."""
@@ -96,7 +76,7 @@ def test_training_loop_makes_no_host_sync_per_iteration(toy, tmp_path, monkeypat
         argv = common_argv(toy, tmp_path / f"b{batch_size}", batch_size, "--max_epoch", "1", "--rs_start", "1",
                            "--mix_start", "1", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
                            "--log_interval", "100", "--save_interval", "100")
-        return count_syncs(monkeypatch, lambda: train_rsepm.main(argv))
+        return count_syncs(monkeypatch, lambda: train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv)))
 
     four, two = run(2), run(4)
     assert four == two, {k: (four[k], two[k]) for k in set(four) | set(two) if four[k] != two[k]}
@@ -117,7 +97,7 @@ def test_nan_between_log_lines_stops_the_run_naming_its_iteration(toy, tmp_path,
     argv = common_argv(toy, tmp_path, 2, "--max_epoch", "2", "--label_tag", "gt", "--tag", "nan",
                        "--log_interval", "100", "--save_interval", "3")
     with pytest.raises(optim.NonFiniteError) as error:
-        train_seg.main(argv)
+        train_seg.main(train_seg.get_args_parser().parse_args(argv))
     assert str(error.value).startswith("iteration 1: non-finite loss seg=nan"), str(error.value)
     assert len(calls) == 3  # stopped at the first check (before the save of iteration 3), not at the end
     assert not os.path.exists(os.path.join(model_dir(str(tmp_path), "nan"), "resume.pth"))

@@ -159,8 +159,8 @@ def test_color_jitter_flag_reaches_the_training_transform(tmp_path):
                      min_size=48, max_size=60, progress=False)
     layout = SeedLayout(root, "train_aug", load_dataset_info("TOY"))
     import train_seg
-    args = train_seg.parse_args(["--root_dir", root, "--dataset", "TOY", "--label_tag", "gt",
-                                 "--color_jitter", "0.3,0.3,0.3,0"])
+    args = train_seg.prepare_args(train_seg.get_args_parser().parse_args(["--root_dir", root, "--dataset", "TOY", "--label_tag", "gt",
+                                 "--color_jitter", "0.3,0.3,0.3,0"]))
     assert args.color_jitter == (0.3, 0.3, 0.3, 0.0)
     plain = SegmentationDataset(layout, None, TrainTransform(48, 48, 60, jitter=None), seed=1)
     hue0 = SegmentationDataset(layout, None, TrainTransform(48, 48, 60, jitter=args.color_jitter), seed=1)

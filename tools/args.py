@@ -43,6 +43,21 @@ def make_parser(description):
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
+def deprecated_alias(parser, old, new):
+    """Accept the old name `old` of the flag `new` for one release: it sets new's value (parsed by
+    new's type and choices) after a warning on stderr. Shown in --help as deprecated."""
+    target = next(a for a in parser._actions if new in a.option_strings)
+    message = f"warning: {old} is deprecated, use {new}; it will be removed in the next release"
+
+    class Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(message, file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument(old, dest=target.dest, type=target.type, choices=target.choices, metavar=target.metavar,
+                        default=argparse.SUPPRESS, action=Alias, help=f"deprecated: use {new}")
+
+
 def int_list(text):
     """Comma-separated integers, at least one (`,` alone is refused, not read as an empty list)."""
     try:

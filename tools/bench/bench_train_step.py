@@ -9,7 +9,7 @@ iterations after `--warmup` untimed ones, in the variants the training scripts c
   - seg: DeepLabV3+ (or --seg_decoder) forward + cross entropy + backward + SGD step;
   - memory formats: contiguous and channels-last (--channels_last true);
   - loss bookkeeping: `sync` (check_finite with one host sync per iteration and float() of the
-    statistics, the loop before LossMonitor) and `deferred` (check_finite(sync=False) + LossMonitor,
+    statistics, the loop before LossMonitor) and `deferred` (check_finite with a LossMonitor,
     read at the one log line at the end, the current loop).
 Host syncs are counted by wrapping torch.Tensor.item / tolist / cpu / numpy / __float__ / __int__ /
 __bool__ during the timed loop (on CPU nothing waits, but on a GPU each one drains the queue).
@@ -78,8 +78,7 @@ def bookkeeping(losses, stats, iteration, mode, monitor):
     if mode == "sync":
         values = optim.check_finite(losses, iteration)
         return {**values, **{k: float(v) for k, v in stats.items()}}
-    values = optim.check_finite(losses, iteration, sync=False)
-    monitor.add({**values, **{k: v.detach() for k, v in stats.items()}}, iteration)
+    optim.check_finite({**losses, **stats}, iteration, monitor=monitor)
     return None
 
 

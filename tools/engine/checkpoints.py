@@ -15,9 +15,8 @@ import torch
 import torch.distributed as dist
 
 from core.checkpoint import save_atomically, save_weights, unwrap
-from core.errors import CheckpointError, MissingFileError
+from core.errors import MissingFileError, NonFiniteError, ResumeError  # noqa: F401  (re-exported)
 from core.io import write_json
-from tools.engine.optim import NonFiniteError
 from tools.paths import REPO_ROOT, model_dir, model_path
 
 RESUME_FORMAT = "rsepm-resume-1"
@@ -29,10 +28,6 @@ RESUME_FORMAT = "rsepm-resume-1"
 RESUMABLE_FLAGS = frozenset({
     "resume", "num_workers", "log_interval", "save_interval", "val_every", "val_domain", "val_images",
     "gpus", "pred_dir", "root_dir", "tag", "pretrained", "max_image_pixels"})
-
-
-class ResumeError(CheckpointError, ValueError):
-    """A resume checkpoint that is unreadable or from another kind of run. Names the file."""
 
 
 def resume_path(pred_dir, tag):

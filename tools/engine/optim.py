@@ -2,14 +2,14 @@
 weights, mixed precision and the NaN/inf check (docs/method.md#optimisation, docs/method.md#ema).
 
 NaN/inf pattern: the training scripts hand the loss terms to TrainingRun.record as device tensors;
-a LossMonitor adds them up and notes the first non-finite iteration on the device, without a
-host-device sync, and reads both once per log line and before every resume checkpoint (a sync per
-iteration stalls a GPU's queue). A bad step thus reaches the in-memory weights, but never a file:
-the check raises NonFiniteError naming the iteration before anything is saved, and
+record passes them to check_finite with its LossMonitor, which adds them up and notes the first
+non-finite iteration on the device without a host-device sync, and reads both once per log line
+and before every resume checkpoint (a sync per iteration stalls a GPU's queue). A bad step thus
+reaches the in-memory weights, but never a file: the check raises NonFiniteError naming the iteration before anything is saved, and
 tools.engine.checkpoints.save_resume refuses weights that are not finite as well. The script lets the
 error end the run (exit status non-zero) and does NOT save on the way out; resume.pth (written
 atomically) still holds the last good state, ready for --resume once the cause is fixed (e.g. a
-lower --lr). check_finite(sync=True) is the immediate form (one sync per call).
+lower --lr). check_finite without a monitor is the immediate form (one sync per call).
 """
 import contextlib
 import copy
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from core.checkpoint import unwrap
-from core.errors import ProjectError, UsageError
+from core.errors import NonFiniteError, UsageError  # noqa: F401  (NonFiniteError: re-exported)
 
 GROUP_NAMES = ("backbone_weight", "backbone_bias_bn", "head_weight", "head_bias_bn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -154,23 +154,20 @@ def make_grad_scaler(device, dtype):
 # ---------------------------------------------------------------------------------------------
 # Sanity checks
 # ---------------------------------------------------------------------------------------------
-class NonFiniteError(ProjectError, RuntimeError):
-    """A loss term or a weight is NaN or infinite; the message says which and where (and the
-    scripts print it as one line: the cause is the settings or the data, not the code)."""
+def check_finite(scalars, iteration, ctx=None, monitor=None):
+    """The NaN/inf check of one step's scalars (name -> 0-d tensor or number).
 
-
-def check_finite(losses, iteration, ctx=None, sync=True):
-    """Return {name: float} for the loss terms, or raise NonFiniteError.
-
-    losses: dict name -> scalar tensor (or number). One host sync for all terms. Under DDP the
+    With a LossMonitor (TrainingRun.record): the scalars join its device-side sums and NaN watch,
+    no host sync; the monitor raises NonFiniteError naming `iteration` at its next read (every log
+    line and before every save). Returns None.
+    Without: checked now, one host sync for all terms, and returned as {name: float}. Under DDP the
     verdict is shared (all-reduce), so every rank stops together instead of hanging.
-    sync=False: no check and no sync here; return {name: detached float32 0-d tensor} for
-    TrainingRun.record, whose LossMonitor checks them (see the module docstring).
     """
-    names = list(losses)
-    if not sync:
-        return {k: torch.as_tensor(losses[k]).detach().float().reshape(()) for k in names}
-    values = torch.stack([torch.as_tensor(losses[k]).detach().float().reshape(()) for k in names])
+    if monitor is not None:
+        monitor.add(scalars, iteration)
+        return None
+    names = list(scalars)
+    values = torch.stack([torch.as_tensor(scalars[k]).detach().float().reshape(()) for k in names])
     numbers = values.cpu().tolist()
     offending = [f"{n}={v}" for n, v in zip(names, numbers) if not math.isfinite(v)]
     stop = bool(offending)

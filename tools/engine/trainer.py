@@ -1,9 +1,10 @@
-"""The run loop shared by train_rsepm.py and train_seg.py: TrainingRun, which ties the schedule,
-mixed precision, resume, logs and final weights together.
+"""The run loop of the training programs (train_rsepm.py, train_seg.py, train_affinity.py and the
+tests' miniature tests/ddp_worker.py): TrainingRun, which ties the schedule, mixed precision,
+resume, logs and final weights together.
 
 The parts it uses live in focused modules: tools/engine/distributed.py (processes, seeds, data order),
 tools/engine/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/engine/checkpoints.py (resume checkpoint,
-config.json, final weights) and tools/engine/runlog.py (logs); the flags both scripts share are in
+config.json, final weights) and tools/engine/runlog.py (logs); the flags the scripts share are in
 tools/engine/training.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
 """
 import os
@@ -16,6 +17,7 @@ from core.safety import remove_stale_temp_files
 from tools.engine.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
                                save_resume)
 from tools.engine.distributed import cleanup_distributed, set_loader_epoch
+from tools.engine import optim
 from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
 from tools.engine.runlog import MeanMeter, RunLogger
@@ -24,24 +26,24 @@ _PROGRESS = "_progress_loss"  # record()'s progress_loss among the monitored sca
 
 
 # ---------------------------------------------------------------------------------------------
-# The bookkeeping of a run, shared by train_rsepm.py and train_seg.py
+# The bookkeeping of a run, shared by the training scripts
 # ---------------------------------------------------------------------------------------------
 class TrainingRun:
-    """Everything around the optimisation step that both training scripts do the same way.
+    """Everything around the optimisation step that the training scripts do the same way.
 
     Builds the poly schedule and the grad scaler, resumes from models/{tag}/resume.pth
     (--resume), writes config.json, opens the logs and the progress bar; then `epochs()` drives
-    the data order, `step(loss)` applies one optimiser step, `record(...)` logs and writes the
-    periodic resume checkpoints, and `finish()` saves the final weights. Usage:
+    the data order, `step(loss)` applies one optimiser step, `record(...)` checks and logs the
+    step's scalars and writes the periodic resume checkpoints, and `finish()` saves the final
+    weights. Epochs count from 1 (`epochs()` yields 1..max_epoch). Usage:
 
         with TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_x", **extra) as run:
             for epoch in run.epochs():
                 model.train()
                 for batch in loader:
                     with autocast_context(ctx.device, run.amp_dtype): losses = ...
-                    values = check_finite(losses, run.iteration, ctx, sync=False)  # tensors
                     run.step(total_loss)
-                    run.record(epoch, values, images=batch_size)  # NaN check here, no sync
+                    run.record(epoch, losses, images=batch_size)  # NaN check, no sync
             return run.finish()
     """
 
@@ -84,28 +86,34 @@ class TrainingRun:
         # purge_after: a fresh run drops an earlier run's records of the same tag
         self.logger = RunLogger(os.path.join(model_dir(args.pred_dir, args.tag), "logs"), enabled=ctx.is_main,
                                 purge_after=self.iteration)
-        self.logger.info(f"[i] tag {args.tag}")
-        self.logger.info(f"[i] {self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
+        self.logger.info(f"tag {args.tag}")
+        self.logger.info(f"{self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
-                         f"{self.amp_dtype}" + (f", resumed at epoch {self.epoch} iteration {self.iteration}"
-                                                if resumed else ""))
+                         f"{self.amp_dtype}" + (f", {self._resumed_where()}" if resumed else ""))
         self.monitor = LossMonitor()  # device-side sums and NaN watch between log lines
         for line in warnings:
-            self.logger.info(f"[!] {line}")
+            self.logger.info(f"warning: {line}")
         from tqdm import tqdm
         self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
                              disable=not ctx.is_main, dynamic_ncols=True)
         self.last_time = time.perf_counter()
 
+    def _resumed_where(self):
+        done = f"resumed after epoch {self.epoch}"
+        if self.step_in_epoch:
+            done += f" and {self.step_in_epoch} iterations of epoch {self.epoch + 1}"
+        return f"{done} (iteration {self.iteration})"
+
     def epochs(self):
-        """Yield the remaining epochs, each with its data order set (skipping the batches a
-        resumed epoch already did); a resume checkpoint is written after each."""
-        for epoch in range(self.epoch, self.args.max_epoch):
-            self.epoch = epoch
-            set_loader_epoch(self.loader, epoch, skip_batches=self.step_in_epoch)
-            yield epoch
+        """Yield the remaining epochs as people count them (1..max_epoch), each with its data order
+        set (skipping the batches a resumed epoch already did); a resume checkpoint is written
+        after each. self.epoch stays the number of finished epochs, as resume.pth records it."""
+        for index in range(self.epoch, self.args.max_epoch):
+            self.epoch = index
+            set_loader_epoch(self.loader, index, skip_batches=self.step_in_epoch)
+            yield index + 1
             self.step_in_epoch = 0
-            self.save_resume(epoch + 1, 0)
+            self.save_resume(index + 1, 0)
 
     def step(self, loss):
         """Backward and one optimiser step (with the grad scaler, the schedule and the EMA)."""
@@ -119,24 +127,26 @@ class TrainingRun:
         self.step_in_epoch, self.iteration = self.step_in_epoch + 1, self.iteration + 1
 
     def record(self, epoch, scalars, images, progress_loss=None, skipped=None):
-        """After step(): progress bar, averaged log line every --log_interval iterations and at
-        the end of each epoch, resume checkpoint every --save_interval iterations.
+        """After step(): the NaN/inf check of the step's scalars, the progress bar, an averaged log
+        line every --log_interval iterations and at the end of each epoch, a resume checkpoint
+        every --save_interval iterations. epoch: as epochs() yields it (from 1).
         skipped: the batch's batch["skipped"] (problems of the files dropped from it).
 
-        scalars (and progress_loss): name -> 0-d tensor (or number). They are summed on the
-        device and checked for NaN/inf without a host sync (tools/engine/optim.py LossMonitor); the
-        values come to the host once per log line, and the check runs before every save, so a
+        scalars (and progress_loss): name -> 0-d tensor (or number), loss terms and statistics.
+        optim.check_finite sums them on the device and watches for NaN/inf without a host sync;
+        the values come to the host once per log line, and the check runs before every save, so a
         non-finite value stops the run (NonFiniteError naming its iteration) before it is saved.
         """
         for problem in skipped or ():
             if problem not in self.skipped:
-                self.logger.info(f"[!] skipped {problem}")
+                self.logger.info(f"warning: skipped {problem}")
             self.skipped[problem] = self.skipped.get(problem, 0) + 1
         images = images * self.ctx.world_size
         self.images_since_log += images
         if progress_loss is not None:
             scalars = {**scalars, _PROGRESS: progress_loss}
-        self.monitor.add(scalars, self.iteration - 1)  # step() has already counted this iteration
+        # iteration - 1: step() has already counted this one
+        optim.check_finite(scalars, self.iteration - 1, self.ctx, monitor=self.monitor)
         self.progress.update(1)
         end_of_epoch = self.step_in_epoch == self.iterations_per_epoch
         if self.iteration % self.args.log_interval == 0 or end_of_epoch:
@@ -152,7 +162,7 @@ class TrainingRun:
             self.images_since_log = 0
         if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
             self._fold_monitor()  # NaN check before the save; the sums travel in resume.pth
-            self.save_resume(epoch, self.step_in_epoch)
+            self.save_resume(self.epoch, self.step_in_epoch)  # self.epoch: finished epochs, as resume.pth counts
 
     def _fold_monitor(self):
         """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
@@ -198,7 +208,7 @@ class TrainingRun:
                 save_weights(self.network, model_path(self.args.pred_dir, self.args.tag, "online"))
             final = self.network if self.ema is None else self.ema.module
             save_final(self.args.pred_dir, self.args.tag, final, self.config)
-            self.logger.info(f"[i] saved {model_path(self.args.pred_dir, self.args.tag)}")
+            self.logger.info(f"saved {model_path(self.args.pred_dir, self.args.tag)}")
         self.logger.close()
         cleanup_distributed()
         self.raise_if_skipped()

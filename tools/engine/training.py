@@ -1,9 +1,10 @@
-"""The command line and the validation that train_rsepm.py and train_seg.py share.
+"""The command line and the validation that the training scripts (train_rsepm.py, train_seg.py,
+train_affinity.py) share.
 
 Owns the common flags (devices, dataset, experiment, --backbone, --pretrained, the optimisation
-flags of add_training_args, the --val_* group), the argument checks both scripts make, the parts
-of the derived tag both use (network name, schedule suffix) and the validation set-up and loop.
-Each script keeps only its own flags, its own checks and how it scores a validation image.
+flags of add_training_args, the --val_* group), the argument checks they all make, the parts of
+the derived tag (network name, schedule suffix) and the validation set-up and loop. Each script
+keeps only its own flags, its own checks and how it scores a validation image.
 """
 import argparse
 
@@ -12,7 +13,9 @@ import torch
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
-from tools.args import add_dataset_args, add_device_args, add_experiment_args, color_jitter, make_parser, str2bool
+from core.errors import UsageError
+from tools.args import (add_dataset_args, add_device_args, add_experiment_args, color_jitter, deprecated_alias,
+                        make_parser, str2bool)
 from tools.engine import distributed
 from tools.engine.optim import AMP_MODES
 
@@ -39,33 +42,45 @@ def training_parser(description, backbone):
     return parser
 
 
-def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16):
-    """Flags of docs/method.md#optimisation with the script's defaults (they differ per stage)."""
+# --help of the optimiser flags of train_rsepm.py and train_seg.py (build_optimizer's groups)
+OPTIMISER_HELP = {"lr": "backbone learning rate (head: x10)", "wd": "weight decay (not on biases/BN)",
+                  "nesterov": "Nesterov momentum (0.9)"}
+
+
+def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimiser_help=None, image_args=True):
+    """Flags of docs/method.md#optimisation with the script's defaults (they differ per stage).
+    optimiser_help: the --help of --lr, --wd and --nesterov (default OPTIMISER_HELP).
+    image_args False leaves out the flags of the classification/segmentation data and networks
+    (random long-side resize, colour jitter, image size check, SyncBN, channels-last), for a script
+    that has none of them (train_affinity.py): a flag that does not apply is not accepted."""
+    helps = {**OPTIMISER_HELP, **(optimiser_help or {})}
     parser.add_argument("--batch_size", default=batch_size, type=int,
                         help="global batch size (split over DDP processes)")
-    parser.add_argument("--max_epoch", "--max_epochs", dest="max_epoch", default=max_epoch, type=int,
-                        help="number of epochs")
-    parser.add_argument("--lr", default=lr, type=float, help="backbone learning rate (head: x10)")
-    parser.add_argument("--wd", default=weight_decay, type=float, help="weight decay (not on biases/BN)")
-    parser.add_argument("--nesterov", default=True, type=str2bool, help="Nesterov momentum (0.9)")
+    parser.add_argument("--max_epoch", default=max_epoch, type=int, help="number of epochs")
+    deprecated_alias(parser, "--max_epochs", "--max_epoch")
+    parser.add_argument("--lr", default=lr, type=float, help=helps["lr"])
+    parser.add_argument("--wd", default=weight_decay, type=float, help=helps["wd"])
+    parser.add_argument("--nesterov", default=True, type=str2bool, help=helps["nesterov"])
     parser.add_argument("--crop_size", "--image_size", dest="crop_size", default=512, type=int,
                         help="side of the square training crop")
-    parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
-    parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
-    add_color_jitter_arg(parser)
     parser.add_argument("--seed", default=0, type=int, help="seed of data order, augmentation and init")
     parser.add_argument("--amp", default="auto", choices=AMP_MODES,
                         help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
-    parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
-    parser.add_argument("--channels_last", default="auto", choices=("auto", "true", "false"),
-                        help="channels-last memory format for the network and its inputs; auto = on CUDA")
     parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
     parser.add_argument("--save_interval", default=500, type=positive_int,
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
-    parser.add_argument("--max_image_pixels", default=50_000_000, type=float,
-                        help="training images above this many pixels (from the header) are skipped")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
+    if not image_args:
+        return
+    parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
+    parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
+    add_color_jitter_arg(parser)
+    parser.add_argument("--max_image_pixels", default=50_000_000, type=float,
+                        help="training images above this many pixels (from the header) are skipped")
+    parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
+    parser.add_argument("--channels_last", default="auto", choices=("auto", "true", "false"),
+                        help="channels-last memory format for the network and its inputs; auto = on CUDA")
 
 
 def start_run(args, require_xml=False, check=None):
@@ -95,17 +110,17 @@ def add_validation_args(parser, what):
     val.add_argument("--val_images", default=50, type=int, help="first N images of --val_domain")
 
 
-def check_training_args(parser, args):
-    """Refuse settings both scripts cannot run, before any work is done (parser.error exits 2)."""
+def check_training_args(args):
+    """Refuse settings no training script can run, before any work is done (UsageError: exit 2)."""
     if args.max_epoch < 1:
-        parser.error(f"--max_epoch must be at least 1, got {args.max_epoch}")
+        raise UsageError(f"--max_epoch must be at least 1, got {args.max_epoch}")
     if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
-        parser.error(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
-    if not 0 < args.min_image_size <= args.max_image_size <= 4096:
-        parser.error(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
-                     f"{args.min_image_size}, {args.max_image_size}")
+        raise UsageError(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
+    if hasattr(args, "min_image_size") and not 0 < args.min_image_size <= args.max_image_size <= 4096:
+        raise UsageError(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
+                         f"{args.min_image_size}, {args.max_image_size}")
 
 
 def memory_format(args, device):
@@ -152,8 +167,8 @@ def validation_set(args, ctx, info, **require):
 
 
 def validation_due(args, epoch, ids):
-    """Validate after every --val_every epochs and after the last one."""
-    return bool(ids) and ((epoch + 1) % args.val_every == 0 or epoch + 1 == args.max_epoch)
+    """Validate after every --val_every epochs and after the last one (epoch: from 1)."""
+    return bool(ids) and (epoch % args.val_every == 0 or epoch == args.max_epoch)
 
 
 @torch.no_grad()

@@ -41,6 +41,8 @@ import torch  # noqa: E402
 import train_rsepm  # noqa: E402
 import train_seg  # noqa: E402
 from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
+from core.errors import SetupError  # noqa: E402
+from tools.args import cli, str2bool  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
 from tools.gpu import flops  # noqa: E402
 from core.io import atomic_output, load_seed, write_json  # noqa: E402
@@ -81,18 +83,21 @@ FULL = Sizes("resnet50", "resnet101", 16, 512, 320, 640, 375, 500, 3, 7, 48, 2, 
 SMOKE = Sizes("resnet18", "resnet18", 2, 32, 32, 48, 48, 64, 1, 1, 4, 2, "1.0,0.5", "1.0,0.5", 0)
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (what the tests run)")
+    # --smoke / --keep alone mean "true"
+    parser.add_argument("--smoke", default=False, type=str2bool, nargs="?", const=True,
+                        help="tiny sizes on the CPU (what the tests run)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "experiments", "gpu_check"))
     parser.add_argument("--gpus", default=None, help="CUDA ids to use (default: every visible GPU)")
     parser.add_argument("--iterations", type=int, default=None, help="measured training iterations")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
     parser.add_argument("--torchrun", default=None, choices=("yes", "no"),
                         help="include the torchrun checks (default: yes with CUDA, and in --smoke)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data and runs")
-    return parser.parse_args(argv)
+    parser.add_argument("--keep", default=False, type=str2bool, nargs="?", const=True,
+                        help="keep the temporary data and runs")
+    return parser
 
 
 def run_probed(name, script, script_args, work, gpus_env=None, nproc=0, env_extra=None):
@@ -201,7 +206,7 @@ class Check:
         if model not in self.flops:
             s, n = self.sizes, self.info.num_classes
             if model == "rsepm":
-                config = train_rsepm.method_config(train_rsepm.parse_args(argv))
+                config = train_rsepm.method_config(train_rsepm.get_args_parser().parse_args(argv))
                 self.flops[model] = flops.rsepm_train_flops(config, s.rsepm_backbone, n, s.crop, self.device)
             else:
                 self.flops[model] = flops.seg_train_flops(model, s.seg_backbone, n, 8, s.crop, self.device,
@@ -344,11 +349,12 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
+    """Runs the checks; returns the result (written to --out/result.json): exit status 1 when a
+    check failed (its "failed" list)."""
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
-        raise SystemExit("error: no CUDA device visible; run with --smoke for the CPU code path")
+        raise SetupError("no CUDA device visible; run with --smoke for the CPU code path")
     sizes = SMOKE if args.smoke else FULL
     if args.iterations:
         sizes.iterations = args.iterations
@@ -359,7 +365,7 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         data = os.path.join(work, "TOY")
-        print(f"[gpu_check] synthetic data in {data}", flush=True)
+        print(f"gpu_check: synthetic data in {data}", flush=True)
         make_toy_dataset(data, seed=0, num_train=sizes.match_images,
                          num_train_aug=sizes.batch * (sizes.warmup + sizes.iterations),
                          num_validation=sizes.infer_images, num_test=0, min_size=sizes.image_min,
@@ -387,7 +393,7 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print(f"[gpu_check] kept {work}")
+            print(f"gpu_check: kept {work}")
     failed = [r["name"] for r in check.rows if r["status"] == "fail"]
     result = {"mode": "smoke" if args.smoke else "cuda", "device": check.device_name, "gpus": n if cuda else 0,
               "torch": torch.__version__, "cuda": torch.version.cuda, "sizes": asdict(sizes),
@@ -401,9 +407,8 @@ def main(argv=None):
     print(table)
     if failed:
         print("gpu_check FAILED: " + "; ".join(failed), file=sys.stderr)
-        return 1
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main, get_args_parser())

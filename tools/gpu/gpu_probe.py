@@ -9,6 +9,7 @@ Writes PROBE_DIR/probe-rank{RANK}.json = {"script", "rank", "exit", "wall_s",
 "peak_mem_bytes": max over the CUDA devices this process used (null without CUDA)}, also when the
 script fails; the script's own exit status is passed on.
 """
+import argparse
 import json
 import os
 import runpy
@@ -18,6 +19,7 @@ import time
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from tools.args import cli  # noqa: E402
 from tools.paths import REPO_ROOT  # noqa: E402
 
 
@@ -30,10 +32,17 @@ def peak_cuda_memory():
     return max(int(torch.cuda.max_memory_allocated(d)) for d in range(torch.cuda.device_count()))
 
 
-def main(argv):
-    if len(argv) < 2:
-        raise SystemExit("usage: gpu_probe.py PROBE_DIR SCRIPT.py [ARGS ...]")
-    probe_dir, script, script_args = argv[0], argv[1], argv[2:]
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probe_dir", help="folder of the probe-rank{RANK}.json records")
+    parser.add_argument("script", help="script of this repository to run, e.g. train_rsepm.py")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="the script's own arguments")
+    return parser
+
+
+def main(args):
+    """Runs the script; returns its exit status."""
+    probe_dir, script, script_args = args.probe_dir, args.script, args.script_args
     sys.path.insert(0, REPO_ROOT)  # the scripts import core/ and tools/ from the repository root
     sys.argv = [script, *script_args]
     start, status = time.perf_counter(), 0
@@ -58,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli(main, get_args_parser())

@@ -62,7 +62,7 @@ model `SEG_TAG = "ResNet101@VOC@RS+EPM@MS@Official"`, `SEG_BACKBONE = "resnet101
 `SEG_OUTPUT_STRIDE = 8` (and `SEG_WEIGHTS`). At full VOC resolution these networks take several
 seconds per image on a CPU.
 """.format(pretrain_seed=toy.PRETRAIN_DATA_SEED, pretrained=toy.PRETRAINED,
-           pretrain_epochs=flag(toy.PRETRAIN, "--epochs"), rsepm_lr=flag(toy.RSEPM_TRAIN, "--lr"),
+           pretrain_epochs=flag(toy.PRETRAIN, "--max_epoch"), rsepm_lr=flag(toy.RSEPM_TRAIN, "--lr"),
            rsepm_epochs=flag(toy.RSEPM_TRAIN, "--max_epoch"), rsepm_batch=flag(toy.RSEPM_TRAIN, "--batch_size"),
            rsepm_crop=flag(toy.RSEPM_TRAIN, "--crop_size"), rs_start=flag(toy.RSEPM_TRAIN, "--rs_start"),
            mix_start=flag(toy.RSEPM_TRAIN, "--mix_start"), seg_epochs=flag(toy.SEG_TRAIN, "--max_epoch"),

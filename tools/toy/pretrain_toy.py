@@ -35,7 +35,8 @@ from core.train_datasets import ClassificationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
 from tools.engine import distributed  # noqa: E402
 from core.io import atomic_output, write_json  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from core.errors import DatasetError, NonFiniteError  # noqa: E402
+from tools.args import cli, deprecated_alias, make_parser  # noqa: E402
 from tools.metrics import average_precision  # noqa: E402
 from tools.engine.training import add_color_jitter_arg  # noqa: E402
 
@@ -54,14 +55,15 @@ class Classifier(torch.nn.Module):
         return self.fc(features.mean(dim=(2, 3)))
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--root_dir", required=True, help="toy dataset root (its train_aug split is used)")
     parser.add_argument("--dataset", default="TOY", help="class list name (data/NAME.json)")
     parser.add_argument("--out", required=True, help="backbone state_dict file to write")
     parser.add_argument("--backbone", default="resnet18", choices=sorted(ARCHITECTURES),
                         help="backbone to pretrain (the training stages must use the same)")
-    parser.add_argument("--epochs", default=6, type=int, help="passes over the pretraining set")
+    parser.add_argument("--max_epoch", default=6, type=int, help="passes over the pretraining set")
+    deprecated_alias(parser, "--epochs", "--max_epoch")  # the training scripts' name of the same setting
     parser.add_argument("--batch_size", default=16, type=int, help="images per iteration")
     parser.add_argument("--lr", default=0.05, type=float, help="initial SGD learning rate (poly decay to 0)")
     parser.add_argument("--wd", default=1e-4, type=float, help="SGD weight decay")
@@ -76,7 +78,7 @@ def parse_args(argv=None):
     parser.add_argument("--val_domain", default="validation",
                         help="held-out split of --root_dir whose tags score the classifier (average precision); "
                              "skipped when the split is absent; none = never")
-    return parser.parse_args(argv)
+    return parser
 
 
 def record_path(out):
@@ -103,16 +105,17 @@ def pretrain(args):
                                          num_workers=args.num_workers, drop_last=True,
                                          worker_init_fn=distributed.seed_worker, generator=torch.Generator())
     if len(loader) == 0:
-        raise SystemExit(f"error: {layout.split_dir}: {len(dataset)} images give no batch of {args.batch_size}")
+        raise DatasetError(f"{layout.split_dir}: {len(dataset)} images give no batch of {args.batch_size}; "
+                           f"lower --batch_size")
     model = Classifier(args.backbone, info.num_foreground).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=args.wd)
-    total = args.epochs * len(loader)
+    total = args.max_epoch * len(loader)
     # Poly decay as in the training scripts (docs/method.md#optimisation).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - i / total) ** 0.9)
     losses = []
     bar = tqdm(total=total, desc="pretrain_toy", disable=None)
-    for epoch in range(args.epochs):
+    for epoch in range(args.max_epoch):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         loader.generator.manual_seed(distributed.derive_seed(args.seed, epoch))
@@ -123,7 +126,7 @@ def pretrain(args):
             # tags (B, C) multi-hot over the foreground classes; background is not a class here.
             loss = F.multilabel_soft_margin_loss(model(images), tags)
             if not math.isfinite(loss.item()):
-                raise SystemExit(f"error: non-finite loss at epoch {epoch}; lower --lr")
+                raise NonFiniteError(f"non-finite loss in epoch {epoch + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -161,8 +164,7 @@ def validation_scores(model, args, info):
             "mAP": sum(defined) / len(defined) if defined else float("nan")}
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
     start = time.perf_counter()
     model, losses = pretrain(args)
     seconds = time.perf_counter() - start
@@ -180,9 +182,10 @@ def main(argv=None):
     scored = "" if validation is None else (
         f"; {validation['domain']} ({validation['num_images']} images) AP " +
         " ".join(f"{k} {v:.1f}" for k, v in validation["AP"].items()) + f", mAP {validation['mAP']:.1f}")
-    print(f"[i] pretrain_toy: loss per epoch {', '.join(f'{v:.3f}' for v in losses)}; "
+    print(f"pretrain_toy: loss per epoch {', '.join(f'{v:.3f}' for v in losses)}; "
           f"{seconds:.0f} s{scored}; backbone saved to {args.out}, its record to {record_path(args.out)}")
+    return {"weights": args.out, "record": record_path(args.out), "loss_per_epoch": losses, "validation": validation}
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

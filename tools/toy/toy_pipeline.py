@@ -47,7 +47,7 @@ from tools.paths import REPO_ROOT  # noqa: E402
 
 from core.errors import ProjectError  # noqa: E402
 from core.io import atomic_output, read_json, write_json  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser, str2bool  # noqa: E402
 from tools.paths import evaluation_path, model_path  # noqa: E402
 
 DATA = "toy_data/TOY"
@@ -66,7 +66,7 @@ PRETRAINED = "toy_data/pretrained/resnet18_toy.pth"
 TOY_JITTER = ["--color_jitter", "0.3,0.3,0.3,0"]
 # 15 epochs: the classifier then tags 100 held-out images of the pretraining seed at 99.0 mAP
 # (6 epochs: 95.4; tools/toy/pretrain_toy.py prints it and records it beside the weights).
-PRETRAIN = [*TOY_JITTER, "--backbone", "resnet18", "--epochs", "15", "--batch_size", "16", "--lr", "0.05",
+PRETRAIN = [*TOY_JITTER, "--backbone", "resnet18", "--max_epoch", "15", "--batch_size", "16", "--lr", "0.05",
             "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144", "--seed", "0"]
 RSEPM_TAG = "toy@ResNet18@RS+EPM"
 SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
@@ -136,7 +136,7 @@ class Runner:
         took = time.perf_counter() - start
         self.log.write(f"  (exit {result.returncode}, {took:.0f} s)\n")
         if result.returncode != 0:
-            raise SystemExit(f"error: stage failed (exit {result.returncode}): python3 {text}")
+            raise ProjectError(f"stage failed (exit {result.returncode}): python3 {text}")
         self.times.append({"stage": what, "seconds": round(took, 1)})
         print(f"== done in {took:.0f} s: {what}", flush=True)
 
@@ -162,7 +162,9 @@ def cached_pretraining_problem(workers):
         record = read_json(pretrain_toy.record_path(PRETRAINED))["settings"]
     except (ProjectError, KeyError, TypeError) as e:  # missing, unreadable or without settings: an older release's
         return f"no usable record beside it ({e})"
-    wanted = pretrain_toy.record_settings(pretrain_toy.parse_args(pretrain_command(workers)[1:]))
+    wanted = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(pretrain_command(workers)[1:]))
+    if "epochs" in record:  # the name of --max_epoch in records of the release before
+        record.setdefault("max_epoch", record.pop("epochs"))
     changed = sorted(k for k in wanted if k != "num_workers" and record.get(k) != wanted[k])
     return f"made with other settings ({', '.join(changed)})" if changed else None
 
@@ -217,7 +219,7 @@ def rsepm_stage(r):
 def random_walk_stage(r):
     """Stage 3b: the paper's refinement: affinity network on the seeds, random-walk pseudo masks of train."""
     if not os.path.isfile(model_path(r.pred_dir, AFF_TAG)):
-        r.run(["train_affinity.py", *r.common, *AFF_TRAIN, *r.seed_arg, "--label_tag", RSEPM_TAG, "--tag", AFF_TAG,
+        r.run(["train_affinity.py", *r.common, *AFF_TRAIN, *r.seed_arg, "--seed_tag", RSEPM_TAG, "--tag", AFF_TAG,
                *r.workers], "train the affinity (boundary) network on the seeds' confident regions")
     r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "train_aug", "--folder", "predictions",
            "--tag", RSEPM_TAG, *RW_CONVERT, *r.workers], "random-walk pseudo masks from the seeds")
@@ -306,11 +308,13 @@ def seeds_summary(summaries):
             "environment": summaries[0].get("environment")}, table
 
 
-def main(argv=None):
+def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--fresh", action="store_true",
+    # --fresh alone means --fresh true
+    parser.add_argument("--fresh", default=False, type=str2bool, nargs="?", const=True,
                         help=f"delete {DATA} and {PRED_ROOT} first (the pretrained backbone is kept)")
-    parser.add_argument("--fresh_pretrain", action="store_true", help="also make the pretrained backbone again")
+    parser.add_argument("--fresh_pretrain", default=False, type=str2bool, nargs="?", const=True,
+                        help="also make the pretrained backbone again")
     parser.add_argument("--seed", default=0, type=int, help="training seed (the toy data stays the same)")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated training seeds: one run each into experiments/toy/seed{N}/, "
@@ -318,7 +322,10 @@ def main(argv=None):
     parser.add_argument("--threads", default=2, type=int,
                         help="OMP threads of every stage (recorded; the numbers depend on it)")
     parser.add_argument("--num_workers", default=2, type=int, help="worker processes for data and CRF")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(args):
     os.chdir(REPO_ROOT)
     if args.fresh or args.fresh_pretrain:
         for path in (DATA, PRED_ROOT):
@@ -366,4 +373,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())
