@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from core.datasets import dataset_name
 from core.affinity import AffinityNet
 from core.checkpoint import read_state_dict
 from core.errors import DatasetError, MissingFileError
@@ -74,7 +75,7 @@ def parse_args(argv=None):
 
 def derive_tag(args):
     """e.g. ResNet50@VOC@AffinityNet@labels=<label_tag>@r10@e3-b32-c512-s0."""
-    return (f"{training.tag_network(args)}@{args.dataset}@AffinityNet@labels={args.label_tag}"
+    return (f"{training.tag_network(args)}@{dataset_name(args.dataset)}@AffinityNet@labels={args.label_tag}"
             f"@r{args.radius}@{training.tag_schedule(args)}")
 
 
