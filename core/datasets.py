@@ -134,6 +134,9 @@ def parse_xml_tags(path, class_dict):
         raise DatasetError(f"{path}: malformed XML ({e})") from None
     width = _xml_number(root, "size/width", path)
     height = _xml_number(root, "size/height", path)
+    for key, side in (("width", width), ("height", height)):
+        if side is not None and side <= 0:
+            raise DatasetError(f"{path}: <size/{key}> is {side}: an image side must be a positive number of pixels")
     tags = []
     for obj in root.findall("object"):
         name = (obj.findtext("name") or "").strip()

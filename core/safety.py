@@ -4,12 +4,15 @@
   every output path built from one must stay inside its output folder;
 - images must decode to 8 bits per channel (a 16-bit PNG under a .jpg name would be clipped to
   white by the RGB conversion);
-- the temporary files of this project's atomic writes carry one recognisable name pattern, so
-  those left behind by killed runs can be found and removed at the start of the next run.
+- the temporary files of this project's atomic writes carry one recognisable name pattern and
+  their writer's identity, so those left behind by killed runs can be found and removed at the
+  start of the next run, however soon it starts.
 """
+import hashlib
 import os
 import re
 import secrets
+import socket
 import stat
 import time
 
@@ -24,12 +27,16 @@ class UnsafePathError(ProjectError, ValueError):
     """An id or relative path from an input file would leave its output folder."""
 
 
+MAX_NAME_BYTES = 255
+
+
 def check_output_id(value, source, error=UnsafePathError):
-    """Return `value` if it is a bare file name that can safely become an output name.
+    """Return `value` if it is a bare file name that can safely become an output name. The one
+    name check of the project: ids from annotation files, and tags and folder names from flags.
 
     Refused: non-strings, empty names, `.` / `..`, names with a path separator (either slash),
     absolute paths, names starting with a dot (hidden files: this project's temporary files
-    start with one) and control characters. `source` (the annotation or list file, with the
+    start with one), control characters and names over 255 bytes. `source` (the annotation or list file, with the
     entry) goes into the message; `error` is the exception class raised.
     """
     problem = None
@@ -45,6 +52,8 @@ def check_output_id(value, source, error=UnsafePathError):
         problem = "starts with a dot (hidden file)"
     elif any(ord(c) < 32 or ord(c) == 127 for c in value):
         problem = "contains a control character"
+    elif len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes (the file systems' limit for one name)"
     if problem:
         raise error(f"{source}: refusing the name {value!r}: it {problem}; output names must be "
                               "plain file names (no folders, no '..'), so nothing is written for it")
@@ -103,15 +112,41 @@ def check_image_file(path, error=ValueError):
 # ---------------------------------------------------------------------------------------------
 # Temporary files of atomic writes
 # ---------------------------------------------------------------------------------------------
-# `.{target name}.{8 random characters}.rsepm.tmp`, beside the target. mkstemp's random part
-# uses [a-z0-9_]; temp_path's uses hex digits.
+# `.{target name}.{writer}.{8 random characters}.rsepm.tmp`, beside the target. The writer is
+# `{host}-{pid}-{start}`: a hash of the host name, the writing process's id and its start time in
+# clock ticks since boot (a pid alone is reused, and every fresh container starts at the same
+# pids). mkstemp's random part uses [a-z0-9_]; temp_path's uses hex digits. Names without a writer
+# (written by earlier releases) are still recognised.
 TEMP_SUFFIX = ".rsepm.tmp"
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+_TEMP_NAME = re.compile(r"\..+?(?:\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-(?P<start>[0-9]+))?\.[a-z0-9_]{8}"
+                        + re.escape(TEMP_SUFFIX))
+HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def process_start_ticks(pid):
+    """Start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22); None when
+    the process does not exist or /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_WRITER = {}
+
+
+def writer_token():
+    """`{host}-{pid}-{start}` of the calling process (computed per pid: forked workers differ)."""
+    pid = os.getpid()
+    if pid not in _WRITER:
+        _WRITER[pid] = f"{HOST}-{pid}-{process_start_ticks(pid) or 0}"
+    return _WRITER[pid]
 
 
 def temp_prefix(path):
     """Prefix for tempfile.mkstemp(prefix=..., suffix=TEMP_SUFFIX) of a temporary beside `path`."""
-    return "." + os.path.basename(path) + "."
+    return f".{os.path.basename(path)}.{writer_token()}."
 
 
 def temp_path(path):
@@ -125,6 +160,24 @@ def is_temp_name(name):
     return _TEMP_NAME.fullmatch(name) is not None
 
 
+def writer_alive(pid, start):
+    """Whether the process that wrote a temporary is still running: same pid and same start time
+    (a recycled pid has another). Where /proc says nothing, a process with that pid counts as
+    alive (keeping a file is the safe error)."""
+    ticks = process_start_ticks(pid)
+    if ticks is not None:
+        return ticks == start or start == 0
+    if os.path.isdir("/proc/self"):
+        return False  # /proc works and has no such process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _process_start():
     """Start time of this process (epoch seconds), from /proc where available.
 
@@ -133,12 +186,10 @@ def _process_start():
     """
     imported = time.time()
     try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
         with open("/proc/stat") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return min(imported, boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        return min(imported, boot + process_start_ticks(os.getpid()) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, TypeError, StopIteration):
         return imported
 
 
@@ -146,12 +197,15 @@ PROCESS_START = _process_start()
 
 
 def remove_stale_temp_files(folder, before=None):
-    """Remove this project's temporary files in `folder` (not its subfolders) that were last
-    modified before `before` (default: the start of this process); returns their paths.
+    """Remove this project's temporary files in `folder` (not its subfolders) whose writer is
+    gone; returns their paths.
 
-    Such files are what a killed atomic write leaves behind. Files written after this process
-    started may belong to a write in progress (of this or another run) and are kept; names that
-    do not match the pattern exactly are never touched. A missing folder is not an error.
+    Such files are what a killed atomic write leaves behind. A name that carries its writer (this
+    host, pid, start time) is removed as soon as that process no longer runs, however recent the
+    file. A name without one (an earlier release), or written on another host sharing the folder,
+    falls back to time: removed when last modified before `before` (default: the start of this
+    process). Names that do not match the pattern exactly are never touched; a missing folder is
+    not an error.
     """
     before = PROCESS_START if before is None else before
     removed = []
@@ -160,11 +214,17 @@ def remove_stale_temp_files(folder, before=None):
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for entry in entries:
-        if not is_temp_name(entry.name):
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None:
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode) or info.st_mtime >= before:
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if match["host"] == HOST:
+                if writer_alive(int(match["pid"]), int(match["start"])):
+                    continue
+            elif info.st_mtime >= before:
                 continue
             os.remove(entry.path)
         except FileNotFoundError:  # removed meanwhile (another run cleaning the same folder)

@@ -345,3 +345,12 @@ def test_unknown_dataset_name_lists_the_known_ones():
     message = str(err.value)
     assert "unknown dataset 'PASCAL'" in message and "PASCAL.json" in message
     assert "COCO" in message and "TOY" in message and "VOC" in message
+
+
+@pytest.mark.parametrize("width, height", [(-5, 12), (16, 0)])
+def test_non_positive_image_size_is_refused(width, height):
+    import io
+    from core.datasets import parse_xml_tags
+    text = xml_text([("disc", (2, 2, 9, 9), 0)], width=width, height=height).encode()
+    with pytest.raises(DatasetError, match="must be a positive number of pixels"):
+        parse_xml_tags(io.BytesIO(text), TOY.class_dict)

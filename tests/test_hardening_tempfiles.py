@@ -99,3 +99,57 @@ def test_conversion_cleans_its_output_folder(tmp_path):
                             "--pred_dir", pred_dir, "--num_workers", "1"])
     assert summary["written"] == 1 and not summary["failed"]
     assert sorted(os.listdir(out)) == ["a.png", "keep.png.tmp"]
+
+
+def writer_name(target, pid, start):
+    from core.safety import HOST
+    return f".{target}.{HOST}-{pid}-{start}.k3j_9x0a.rsepm.tmp"
+
+
+def test_temporaries_carry_their_writer(tmp_path):
+    """The name holds this host, this pid and this process's start ticks (read independently)."""
+    from core.safety import HOST
+    name = os.path.basename(temp_path(str(tmp_path / "resume.pth")))
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        start = f.read().rsplit(")", 1)[1].split()[19]
+    assert name.startswith(f".resume.pth.{HOST}-{os.getpid()}-{start}.") and is_temp_name(name)
+
+
+def test_a_killed_writers_file_goes_at_once_a_live_writers_stays(tmp_path):
+    """Cleanup asks whether the writer still runs, not how old the file is: the temporary of a
+    process killed a moment ago goes even though it is newer than this process; a live writer's
+    (this process, or a running child) stays even when it is an hour old; a recycled pid (same
+    pid, other start time) counts as gone."""
+    import subprocess
+    import sys
+    from core.safety import process_start_ticks
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child_start = process_start_ticks(child.pid)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead_start = process_start_ticks(dead.pid) or 1
+        dead.wait()
+        me = os.getpid()
+        mine_start = process_start_ticks(me)
+        names = {"dead": writer_name("resume.pth", dead.pid, dead_start),
+                 "recycled": writer_name("last.pth", me, mine_start + 1),
+                 "live_child": writer_name("a.png", child.pid, child_start),
+                 "mine": writer_name("b.png", me, mine_start)}
+        make_files(str(tmp_path), [names["dead"], names["recycled"]], age_s=-5)  # newer than this process
+        make_files(str(tmp_path), [names["live_child"], names["mine"]], age_s=3600)
+        removed = sorted(os.path.basename(p) for p in remove_stale_temp_files(str(tmp_path)))
+        assert removed == sorted([names["dead"], names["recycled"]])
+        assert sorted(os.listdir(tmp_path)) == sorted([names["live_child"], names["mine"]])
+    finally:
+        child.kill()
+        child.wait()
+    assert [os.path.basename(p) for p in remove_stale_temp_files(str(tmp_path))] == [names["live_child"]]
+
+
+def test_another_hosts_temporaries_fall_back_to_time(tmp_path):
+    from core.safety import HOST
+    other = "000000" if HOST != "000000" else "ffffff"
+    old, new = f".x.png.{other}-1-1.k3j_9x0a.rsepm.tmp", f".y.png.{other}-1-1.k3j_9x0a.rsepm.tmp"
+    make_files(str(tmp_path), [old], age_s=3600)
+    make_files(str(tmp_path), [new], age_s=-5)
+    assert [os.path.basename(p) for p in remove_stale_temp_files(str(tmp_path))] == [old]

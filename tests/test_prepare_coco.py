@@ -257,3 +257,30 @@ def test_rle_of_wrong_size_is_an_error(coco):
 def test_expect_official(coco, capsys):
     expect_error(argv(coco, "--splits", "validation", "--expect_official"), "40,504")
     expect_error(argv(coco, "--splits", "validation", "--expect_official", "--empty_images", "skip"), "40,137")
+
+
+def test_an_image_id_listed_twice_is_refused_before_writing(coco):
+    rewrite_val_json(coco, lambda d: d["images"].append(dict(d["images"][0], file_name="other.jpg")))
+    expect_error(argv(coco, "--splits", "validation"), "image id 42 is listed twice")
+    assert not os.path.exists(coco["out"])
+
+
+def test_two_ids_sharing_one_output_name_are_refused_before_writing(coco):
+    rewrite_val_json(coco, lambda d: d["images"][2].update(file_name="COCO_val2014_000000000073.png"))
+    expect_error(argv(coco, "--splits", "validation"), "image ids 73 and 74", "COCO_val2014_000000000073")
+    assert not os.path.exists(coco["out"])
+
+
+@pytest.mark.parametrize("value", ["10" + "0" * 400, "1e400"])
+def test_numbers_too_large_name_the_file_and_field(coco, value):
+    path = coco["root"] / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["bbox"] = [1, 2, 3, "BIG"]
+    path.write_text(json.dumps(data).replace('"BIG"', value))
+    expect_error(argv(coco, "--splits", "validation"), "instances_val2014.json", "bbox", "finite")
+
+
+def test_json_nested_too_deep_is_one_line(coco):
+    path = coco["root"] / "annotations" / "instances_val2014.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    expect_error(argv(coco, "--splits", "validation"), "instances_val2014.json", "nested too deeply")

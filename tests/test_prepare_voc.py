@@ -312,3 +312,9 @@ def test_stray_output_file_fails_verification(voc):
 def test_expect_official_turns_count_warning_into_error(voc):
     expect_error(argv(voc, "--expect_official"), "official", "1,464")
     assert not os.path.exists(voc["out"])
+
+
+def test_non_positive_size_in_an_annotation_is_an_error(voc):
+    path = voc["devkit"] / "Annotations" / "2007_000068.xml"
+    path.write_text(path.read_text().replace("<width>", "<width>-", 1))
+    expect_error(argv(voc), "2007_000068.xml", "positive number of pixels")

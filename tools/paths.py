@@ -7,6 +7,7 @@
 import os
 
 from core.errors import UsageError
+from core.safety import check_output_id
 
 DEFAULT_PRED_DIR = "./experiments/"
 # The one definition of the repository root: tools/paths.py sits one folder below it.
@@ -18,19 +19,26 @@ def output_domain(domain):
     return "train" if domain == "train_aug" else domain
 
 
+def check_tag(tag, flag="--tag"):
+    """A tag becomes a folder name: the project's one name check (no separators, not empty, not
+    `.` or `..`, at most 255 bytes); a bad one is a usage error naming the flag."""
+    return check_output_id(tag, flag, error=UsageError)
+
+
 def model_dir(pred_dir, tag):
-    return os.path.join(pred_dir, "models", tag)
+    return os.path.join(pred_dir, "models", check_tag(tag))
 
 
 def model_path(pred_dir, tag, strategy="last"):
-    return os.path.join(model_dir(pred_dir, tag), f"{strategy}.pth")
+    return os.path.join(model_dir(pred_dir, tag), check_output_id(f"{strategy}.pth", "--strategy", error=UsageError))
 
 
 def output_dir(pred_dir, folder, tag, domain):
     """`{pred_dir}/{folder}/{tag}/{domain}` with the train_aug -> train rule."""
     if not folder or os.sep in folder or folder in (".", "..", "models"):
         raise UsageError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
-    return os.path.join(pred_dir, folder, tag, output_domain(domain))
+    return os.path.join(pred_dir, folder, check_tag(tag), check_output_id(output_domain(domain), "--domain",
+                                                                          error=UsageError))
 
 
 def predictions_dir(pred_dir, tag, domain):

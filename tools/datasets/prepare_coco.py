@@ -165,6 +165,8 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
         images, annotations = data["images"], data["annotations"]
     except json.JSONDecodeError as e:
         raise PrepareError(f"{json_path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise PrepareError(f"{json_path}: JSON nested too deeply to be a COCO instances file") from None
     except (KeyError, TypeError):
         raise PrepareError(f"{json_path}: not a COCO instances file (needs 'images' and 'annotations')") from None
     try:
@@ -174,6 +176,7 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
         if orphans:
             raise PrepareError(f"{json_path}: annotations refer to image id(s) not in 'images', "
                                f"e.g. {sorted(orphans)[0]}")
+        check_unique_images(images, json_path)
         tasks, empty = [], 0
         for image in images:
             anns = by_image.get(image["id"], [])
@@ -201,20 +204,31 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
 MAX_SIDE = 1 << 20  # a side beyond a million pixels is a broken annotation, not a photograph
 
 
+def finite_number(value):
+    """`value` as a float when it is a JSON number (not a bool) that is finite as a float, else
+    None: 1e400 reads as inf, and an integer such as 10**400 does not fit a float at all."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def image_side(image, key, where):
     """The integer `width` or `height` of a COCO image entry; PrepareError naming the file,
     the image and the value when it is not a positive whole number (e.g. "abc", NaN, 1e400)."""
     value = image[key]
-    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    if number is None or not math.isfinite(number) or number != int(number) or not 0 < number <= MAX_SIDE:
+    number = finite_number(value)
+    if number is None or number != int(number) or not 0 < number <= MAX_SIDE:
         raise PrepareError(f"{where}: {key} {value!r} is not a positive whole number of pixels")
     return int(number)
 
 
 def check_box(bbox, where):
     """A COCO [x, y, w, h] of four finite numbers (w, h >= 0); PrepareError naming the file otherwise."""
-    ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(finite_number(v) is not None for v in bbox)
     if not ok or bbox[2] < 0 or bbox[3] < 0:
         raise PrepareError(f"{where}: bbox {bbox!r} is not [x, y, width, height] of finite numbers "
                            "with width, height >= 0")
@@ -228,6 +242,25 @@ def output_name(file_name, json_path, image_id):
     check_output_id(os.path.splitext(file_name)[0], f"{json_path}: image id {image_id}: file_name stem",
                     PrepareError)
     return file_name
+
+
+def check_unique_images(images, json_path):
+    """Refuse, before anything is written, an image id listed twice and two images whose
+    file_name gives the same output id (the stem): either would make one image overwrite or lose
+    another while the counts still add up."""
+    ids, stems = {}, {}
+    for image in images:
+        image_id, name = image["id"], image["file_name"]
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+            raise PrepareError(f"{json_path}: image id {image_id!r} is not a number or a string")
+        if image_id in ids:
+            raise PrepareError(f"{json_path}: image id {image_id} is listed twice ({ids[image_id]!r} and {name!r})")
+        ids[image_id] = name
+        stem = os.path.splitext(name)[0] if isinstance(name, str) else name
+        if stem in stems:
+            raise PrepareError(f"{json_path}: image ids {stems[stem]} and {image_id} share the output id {stem!r} "
+                               f"(file_name {ids[stems[stem]]!r} and {name!r})")
+        stems[stem] = image_id
 
 
 def group_annotations(annotations, category_to_class, json_path):

@@ -1,0 +1,89 @@
+"""The parser-wide numeric test: every number flag of every script and program refuses nan, inf
+and a value outside its range with argparse's usage error (exit status 2) naming the flag."""
+import importlib
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tools.numbers import RANGES, Range, bounded, check_numbers, number_flags
+from tools.paths import REPO_ROOT
+
+
+def program_modules():
+    """Every module of the project that defines get_args_parser(): the scripts and the programs."""
+    names = [n[:-3] for n in os.listdir(REPO_ROOT) if n.endswith(".py")]
+    for folder, _, files in os.walk(os.path.join(REPO_ROOT, "tools")):
+        package = os.path.relpath(folder, REPO_ROOT).replace(os.sep, ".")
+        names += [f"{package}.{n[:-3]}" for n in files if n.endswith(".py") and n != "__init__.py"]
+    found = []
+    for name in sorted(names):
+        with open(os.path.join(REPO_ROOT, *name.split(".")) + ".py", encoding="utf-8") as f:
+            if "def get_args_parser(" in f.read():
+                found.append(name)
+    return found
+
+
+PROGRAMS = program_modules()
+
+
+def parser_of(name):
+    parser = importlib.import_module(name).get_args_parser()
+    parser.prog = name
+    return parser
+
+
+def test_every_script_has_the_entry_point():
+    scripts = {"train_rsepm", "train_seg", "train_affinity", "infer_rsepm", "infer_seg", "evaluate",
+               "convert_seed_to_pseudo_masks"}
+    assert scripts <= set(PROGRAMS)
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_number_flags_refuse_nan_inf_and_out_of_range(name, capsys):
+    parser = parser_of(name)  # parse_args installs the ranges itself (tools.args.make_parser)
+    for flag, allowed in number_flags(check_numbers(parser)):
+        for bad in ("nan", "inf", "-inf", repr(allowed.outside())):
+            with pytest.raises(SystemExit) as raised:
+                parser.parse_args([flag, bad])
+            err = capsys.readouterr().err
+            assert raised.value.code == 2, (flag, bad)
+            assert f"argument {flag}" in err, (flag, bad, err)
+
+
+def test_no_number_flag_is_left_unchecked():
+    """Every int/float flag of every parser went through the table (a missing one is a KeyError
+    when the parser first parses)."""
+    missing = []
+    for name in PROGRAMS:
+        parser = parser_of(name)
+        try:
+            check_numbers(parser)
+        except KeyError as e:
+            missing.append(f"{name}: {e}")
+        for action in parser._actions:
+            assert action.type not in (int, float), f"{name} {action.option_strings}: unchecked number flag"
+    assert missing == []
+
+
+def test_range_arithmetic_by_hand():
+    r = Range(0.0, 1.0, low_open=True)
+    assert [r.contains(v) for v in (0.0, 1e-9, 1.0, 1.0000001)] == [False, True, True, False]
+    assert r.describe() == "(0, 1]" and not r.contains(r.outside())
+    parse = bounded(int, "--x", Range(1, 32))
+    assert parse("32") == 32
+    for bad in ("33", "0", "nan", "1.5"):
+        with pytest.raises(Exception):
+            parse(bad)
+    assert all(not math.isnan(v.low) for v in RANGES.values())
+
+
+def test_a_script_exits_2_naming_the_flag():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": REPO_ROOT}
+    for argv, flag in ((["convert_seed_to_pseudo_masks.py", "--tag", "t", "--bg_th", "nan"], "--bg_th"),
+                       (["train_rsepm.py", "--ema_decay", "1.5"], "--ema_decay")):
+        result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2 and f"argument {flag}" in result.stderr, result.stderr

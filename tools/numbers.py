@@ -1,0 +1,115 @@
+"""One numeric validator for every number flag of every script (docs/formats.md#command-line).
+
+A number flag's range is stated once here, by its name, and holds in every script that takes
+it: one name, one meaning. Every value must be finite and inside its range; a flag whose cost
+grows with its value (walk steps, radii, scales, sizes) has an upper bound. `check_numbers`
+wraps the `type` of each int/float flag of a parser, so a bad value is argparse's own usage
+error naming the flag (exit status 2), and a number flag missing from the table fails when the
+parser is built, not when a user meets it.
+"""
+import argparse
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False   # True: low itself is refused
+    high_open: bool = False
+
+    def contains(self, value):
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self):
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+    def outside(self):
+        """A value just outside the range (for the tests)."""
+        return self.high * 2 + 1 if math.isfinite(self.high) else self.low - 1
+
+
+BIG = 2 ** 31 - 1
+PROBABILITY = Range(0.0, 1.0)
+COUNT = Range(1, BIG)                # at least one
+COUNT0 = Range(0, BIG)               # zero allowed (0 = off / none)
+PIXELS = Range(1, 16384)             # one side of an image or crop
+SCALE = Range(0.0, 8.0, low_open=True)
+
+# Every number flag of the project, by destination name.
+RANGES = {
+    # training
+    "batch_size": Range(1, 65536), "max_epoch": Range(1, 100000), "lr": Range(0.0, 10.0, low_open=True),
+    "wd": Range(0.0, 1.0), "momentum": Range(0.0, 1.0, high_open=True), "head_lr_mult": Range(0.0, 1000.0, low_open=True),
+    "crop_size": PIXELS, "min_image_size": PIXELS, "max_image_size": PIXELS, "min_scale": SCALE, "max_scale": SCALE,
+    "seed": Range(0, 2 ** 32 - 1), "log_interval": COUNT, "save_interval": COUNT, "val_every": COUNT0,
+    "val_images": COUNT, "vis_images": Range(0, 64), "warmup": COUNT0,
+    # RS+EPM (core/rsepm.py, core/targets.py, core/scg.py, core/pamr.py)
+    "rs_start": COUNT, "mix_start": COUNT, "w_cls": Range(0.0, 1000.0), "w_cam": Range(0.0, 1000.0),
+    "w_seg": Range(0.0, 1000.0), "w_mix_cls": Range(0.0, 1000.0), "w_mix_cam": Range(0.0, 1000.0),
+    "w_mix_seg": Range(0.0, 1000.0), "cf_fg_th": PROBABILITY, "cf_bg_th": PROBABILITY, "ep_delta": PROBABILITY,
+    "ep_conf": PROBABILITY, "ema_decay": PROBABILITY, "scg_fg_th": PROBABILITY, "scg_bg_th": PROBABILITY,
+    "scg_first_th": PROBABILITY, "scg_second_th": PROBABILITY, "scg_fg_point": PROBABILITY,
+    "scg_bg_point": PROBABILITY, "pamr_iterations": Range(0, 100), "scg_grid": Range(1, 64),
+    # affinity network and random walk
+    "ir_fg_th": PROBABILITY, "ir_bg_th": PROBABILITY, "fg_th": PROBABILITY, "radius": Range(1, 32),
+    "rw_radius": Range(1, 32), "beta": Range(0.0, 1000.0, low_open=True), "exp_times": Range(0, 12),
+    "sem_seg_bg_thres": PROBABILITY,
+    # seeds, CRF, evaluation
+    "bg_th": PROBABILITY, "bg_gamma": Range(0.0, 100.0, low_open=True), "st_th": PROBABILITY,
+    "end_th": PROBABILITY, "th_interval": Range(0.0, 1.0, low_open=True), "quality": Range(1, 100),
+    # guards and resources
+    "max_image_pixels": Range(1, 10 ** 10), "max_seed_bytes": Range(1, 2 ** 40),
+    "max_memory_gib": Range(0.0, 2 ** 20, low_open=True), "num_workers": Range(0, 1024),
+    "threads": Range(1, 1024), "timeout": Range(1, 7 * 24 * 3600),
+    # dataset builders and programs
+    "num_train": COUNT0, "num_train_aug": COUNT0, "num_validation": COUNT0, "num_test": COUNT0,
+    "max_objects": Range(1, 64), "min_size": PIXELS, "max_size": PIXELS, "epochs": Range(1, 100000),
+    "val_fraction": Range(0.0, 1.0, high_open=True),
+    # benchmarks
+    "num_images": COUNT, "images": COUNT, "iterations": COUNT, "repeat": COUNT, "batch": Range(1, 65536),
+    "crop": PIXELS, "num_masks": COUNT, "num_seeds": COUNT,
+}
+
+
+def bounded(kind, flag, allowed):
+    """An argparse type: `kind` (int or float) of the text, finite and inside `allowed`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or not allowed.contains(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {flag}'s range {allowed.describe()}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    parse.number_range = allowed
+    return parse
+
+
+NUMBER_TYPES = {int: int, float: float}
+
+
+def check_numbers(parser):
+    """Wrap every int/float flag of `parser` (argument groups included) in its range from RANGES.
+    A number flag with no range is a bug of the script: KeyError naming it."""
+    for action in parser._actions:
+        kind = NUMBER_TYPES.get(action.type) or getattr(action.type, "number_kind", None)
+        if kind is None or not action.option_strings:
+            continue
+        if action.dest not in RANGES:
+            raise KeyError(f"{action.option_strings[0]}: a number flag without a range in tools/numbers.py RANGES")
+        action.type = bounded(kind, action.option_strings[0], RANGES[action.dest])
+    return parser
+
+
+def number_flags(parser):
+    """The (flag, Range) of every checked number flag of a parser (for the tests)."""
+    return [(a.option_strings[0], a.type.number_range) for a in parser._actions
+            if getattr(a.type, "number_range", None) is not None]
