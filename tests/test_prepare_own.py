@@ -195,6 +195,14 @@ def test_mask_size_differs_from_its_image(tmp_path, inputs):
     assert "no mask for image 'im6'" in refused(tmp_path, "--masks", str(tmp_path / "masks"))
 
 
+def test_mask_classes_outside_the_tags_are_warned_about(tmp_path, inputs, capsys):
+    build(tmp_path, "--masks", str(tmp_path / "masks"), "--classes", "dog,cat")  # masks say 1 = cat
+    warning = capsys.readouterr().err
+    # the images with one square: cat only im3, im5, im9 (index 1 reads dog), dog only im4 (2 reads cat)
+    assert "warning: 4 mask(s) hold a class their image is not tagged with, e.g." in warning
+    assert "mask index i is the i-th class of: dog, cat" in warning
+
+
 def test_empty_class(tmp_path, inputs):
     message = refused(tmp_path, "--classes", "cat,dog,bird")
     assert "class 'bird' has no tagged image in train" in message and "tags.csv" in message

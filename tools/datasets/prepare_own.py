@@ -260,13 +260,15 @@ def choose_classes(items, first, train_ids, args):
 
 
 def check_item(task, num_classes, max_pixels):
-    """(id, width, height) after decoding the image and its mask; PrepareError names the file."""
-    image_id, image_path, mask_path = task
+    """(id, width, height, mask classes missing from the tags) after decoding the image and its
+    mask; PrepareError names the file."""
+    image_id, image_path, mask_path, tags = task
     check_source_image(image_path, max_pixels)  # header first: 16-bit and huge images never decode
     try:
         height, width = read_image(image_path).shape[:2]
     except DatasetError as e:  # truncated or undecodable
         raise PrepareError(str(e)) from None
+    untagged = []
     if mask_path:
         try:
             mask = check_mask_values(read_mask(mask_path), num_classes, mask_path)
@@ -275,7 +277,9 @@ def check_item(task, num_classes, max_pixels):
         if mask.shape != (height, width):
             raise PrepareError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
                                f"image {image_path} {width}x{height}")
-    return image_id, width, height
+        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[1:num_classes]) + 1
+        untagged = sorted(set(present.tolist()) - set(tags))
+    return image_id, width, height, untagged
 
 
 def write_item(task, split_dir, split, link, palette):
@@ -361,9 +365,17 @@ def main(args):
     if args.masks and not any(masks.values()):
         raise PrepareError(f"--masks {args.masks}: no ID.png for any image")
     mask_of = {i: os.path.join(args.masks, i + ".png") for split, ids in splits.items() if masks[split] for i in ids}
-    tasks = [(i, items[i][0], mask_of.get(i)) for ids in splits.values() for i in ids]
+    index = {c: k for k, c in enumerate(classes, 1)}
+    tasks = [(i, items[i][0], mask_of.get(i), [index[t] for t in items[i][1]]) for ids in splits.values() for i in ids]
     check = partial(check_item, num_classes=len(classes) + 1, max_pixels=args.max_image_pixels)
-    sizes = {i: (w, h) for i, w, h in run_parallel(check, tasks, args.num_workers, "check")}
+    checked = run_parallel(check, tasks, args.num_workers, "check")
+    sizes = {i: (w, h) for i, w, h, _ in checked}
+    odd = [(i, extra) for i, _, _, extra in checked if extra]
+    if odd:  # most often masks indexed in another class order than the description's
+        image_id, extra = odd[0]
+        print(f"warning: {len(odd)} mask(s) hold a class their image is not tagged with, e.g. "
+              f"{os.path.join(args.masks, image_id + '.png')}: index {extra[0]} ({classes[extra[0] - 1]}); "
+              f"mask index i is the i-th class of: {', '.join(classes)}", file=sys.stderr)
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
