@@ -155,6 +155,9 @@ def refused(tmp_path, *extra, error=PrepareError):
 def test_tag_outside_the_class_list(tmp_path, inputs):
     message = refused(tmp_path, "--classes", "cat")
     assert message.startswith(f"{tmp_path / 'tags.csv'} row 2: tag 'dog' is not in the class list")
+    assert refused(tmp_path, "--classes", "classes.txt") == "--classes classes.txt: class list file not found"
+    assert "listed twice" in refused(tmp_path, "--classes", "cat,dog,cat")
+    assert "'background' is class 0" in refused(tmp_path, "--classes", "background,cat,dog")
 
 
 def test_duplicate_id(tmp_path, inputs):

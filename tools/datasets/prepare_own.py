@@ -84,6 +84,8 @@ def read_class_list(value):
     if os.path.isfile(value):
         with open(value, encoding="utf-8-sig") as f:
             names = [(f"--classes {value} line {n}", line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    elif value.lower().endswith((".txt", ".csv")) or os.sep in value:
+        raise PrepareError(f"--classes {value}: class list file not found")
     else:
         names = [(f"--classes {value!r}", name.strip()) for name in value.split(",")]
     seen = {}
