@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from core.datasets import dataset_name
 from core.affinity import AffinityNet
 from core.checkpoint import read_state_dict
 from core.errors import DatasetError, MissingFileError, UsageError
@@ -87,7 +88,7 @@ def prepare_args(args):
 
 def derive_tag(args):
     """e.g. ResNet50@VOC@AffinityNet@labels=<seed_tag>@r10@e3-b32-c512-s0."""
-    return (f"{training.tag_network(args)}@{args.dataset}@AffinityNet@labels={args.seed_tag}"
+    return (f"{training.tag_network(args)}@{dataset_name(args.dataset)}@AffinityNet@labels={args.seed_tag}"
             f"@r{args.rw_radius}@{training.tag_schedule(args)}")
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from core.datasets import dataset_name
 from core.errors import DatasetError, UsageError
 from core.inference import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
@@ -96,7 +97,7 @@ def derive_tag(args):
     the EMA teacher) are appended only when they differ from the defaults."""
     name, schedule = training.tag_network(args), training.tag_schedule(args)
     if args.rs_start > args.max_epoch:
-        return f"{name}@{args.dataset}@CAM@{schedule}"
+        return f"{name}@{dataset_name(args.dataset)}@CAM@{schedule}"
     parts = (f"RS(ep={args.rs_start}, cam={args.w_cam}, seg={args.w_seg})"
              f"+CF(c={args.cf_fg_th:.2f}, u={args.cf_bg_th:.2f})")
     if args.mix != "none":
@@ -105,7 +106,7 @@ def derive_tag(args):
     parts += training.tag_scg(args, RSEPMConfig())
     if args.teacher == "ema":
         parts += f"+EMA({args.ema_decay})"
-    return f"{name}@{args.dataset}@{parts}@{schedule}"
+    return f"{name}@{dataset_name(args.dataset)}@{parts}@{schedule}"
 
 
 def method_config(args):

@@ -15,6 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from core.datasets import dataset_name
 from core.errors import DatasetError
 from core.inference import multiscale_inference
 from core.io import IGNORE_INDEX
@@ -53,7 +54,7 @@ def derive_tag(args):
     """e.g. ResNet101@VOC@DeepLabV3+(os8)@MS@labels=<label_tag>@e50-b16-c512-s0 ("MS" marks the
     multi-stage model, the substring the original used to recognise seg seed files)."""
     decoder = {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}[args.decoder]
-    return (f"{training.tag_network(args)}@{args.dataset}@{decoder}(os{args.output_stride})@MS"
+    return (f"{training.tag_network(args)}@{dataset_name(args.dataset)}@{decoder}(os{args.output_stride})@MS"
             f"@labels={args.label_tag}@{training.tag_schedule(args)}")
 
 

@@ -2,7 +2,8 @@
 
     ROOT/{domain}/image/ID.jpg   ROOT/{domain}/mask/ID.png   ROOT/{domain}/xml/ID.xml
 
-Class names, colours and counts come from data/{dataset}.json. Every reading error raises
+Class names, colours and counts come from data/{dataset}.json, or from a description file
+given by its path (tools/datasets/prepare_own.py writes one for a user's own images). Every reading error raises
 DatasetError with the offending file in the message.
 """
 import math
@@ -23,29 +24,60 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetInfo:
-    """Class names and colours of one dataset, from data/{name}.json.
+def is_dataset_path(value):
+    """True when `--dataset` names a description file (ends in .json or holds a path separator),
+    False for a built-in name of data/."""
+    text = str(value)
+    return text.lower().endswith(".json") or "/" in text or os.sep in text
 
-    Attributes: name, class_names (background first), class_dict (name -> index),
+
+def dataset_name(value):
+    """The name a `--dataset` value stands for in tags: the built-in name, or the file's stem."""
+    return os.path.splitext(os.path.basename(str(value)))[0] if is_dataset_path(value) else str(value)
+
+
+class DatasetInfo:
+    """Class names and colours of one dataset: data/{name}.json, or a description file when `name`
+    is a path (is_dataset_path), e.g. one written by tools/datasets/prepare_own.py.
+
+    Attributes: name, path, class_names (background first), class_dict (name -> index),
     colors (list of [R, G, B] by index), num_classes (background included), ignore_index, palette.
     """
 
     def __init__(self, name):
-        path = os.path.join(DATA_DIR, f"{name}.json")
-        if not os.path.isfile(path):
-            known = sorted(f[:-5] for f in os.listdir(DATA_DIR) if f.endswith(".json"))
-            raise DatasetError(f"unknown dataset {name!r}: {path} does not exist (known: {', '.join(known)})")
+        if is_dataset_path(name):
+            path = os.path.normpath(os.path.expanduser(str(name)))
+            if not os.path.isfile(path):
+                raise DatasetError(f"--dataset {path}: dataset description not found")
+        else:
+            path = os.path.join(DATA_DIR, f"{name}.json")
+            if not os.path.isfile(path):
+                known = sorted(f[:-5] for f in os.listdir(DATA_DIR) if f.endswith(".json"))
+                raise DatasetError(f"unknown dataset {name!r}: {path} does not exist (known: {', '.join(known)}; "
+                                   f"or the path of a description .json)")
         data = read_json(path)
-        self.name = name
-        self.class_names = list(data["class_names"])
-        self.class_dict = dict(data["class_dict"])
-        self.colors = [list(data["color_dict"][n]) for n in self.class_names]
-        self.num_classes = int(data["num_classes"])
-        self.ignore_index = int(data.get("ignore_index", 255))
+        self.name = dataset_name(name)
+        self.path = path
+        try:
+            self.class_names = [str(n) for n in data["class_names"]]
+            self.class_dict = {str(k): int(v) for k, v in data["class_dict"].items()}
+            self.colors = [[int(c) for c in data["color_dict"][n]] for n in self.class_names]
+            self.num_classes = int(data["num_classes"])
+            self.ignore_index = int(data.get("ignore_index", 255))
+        except KeyError as e:
+            raise DatasetError(f"{path}: missing {e} (a description holds class_names, class_dict, "
+                               f"color_dict and num_classes, as data/VOC.json)") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DatasetError(f"{path}: malformed dataset description ({e})") from None
         self.extra = {k: v for k, v in data.items()
                       if k not in ("class_names", "class_dict", "color_dict", "num_classes", "ignore_index")}
         if self.num_classes != len(self.class_names):
             raise DatasetError(f"{path}: num_classes {self.num_classes} != {len(self.class_names)} class names")
+        if self.class_dict != {n: i for i, n in enumerate(self.class_names)}:
+            raise DatasetError(f"{path}: class_dict does not map each of class_names to its position")
+        if not 2 <= self.num_classes <= 255 or any(len(c) != 3 or not all(0 <= v <= 255 for v in c)
+                                                   for c in self.colors):
+            raise DatasetError(f"{path}: need 2..255 classes (background included) and [R, G, B] colours in 0..255")
         self.palette = make_palette(self.colors)
 
     @property
@@ -54,6 +86,7 @@ class DatasetInfo:
 
 
 def load_dataset_info(name):
+    """DatasetInfo of a `--dataset` value: a built-in name (VOC, COCO, TOY) or a description's path."""
     return DatasetInfo(name)
 
 

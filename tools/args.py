@@ -133,7 +133,8 @@ def add_dataset_args(parser, domain="validation"):
     parser.add_argument("--root_dir", default="../VOC2012/", type=str,
                         help="dataset root in the seed layout (trailing slash optional)")
     parser.add_argument("--dataset", default="VOC", type=str,
-                        help="dataset description data/{dataset}.json: VOC, COCO or TOY")
+                        help="dataset description: VOC, COCO or TOY (data/{dataset}.json), or the path of a "
+                             "description .json, e.g. one written by tools/datasets/prepare_own.py")
     parser.add_argument("--domain", default=domain, type=str,
                         help="split: train, train_aug, validation or test")
 
