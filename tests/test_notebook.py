@@ -30,7 +30,6 @@ from core.crf import seed_to_mask
 from core.io import load_seed, read_json
 from core.networks import RSEPM, DeepLabV3Plus
 from tools.toy import make_demo_notebook
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import evaluation_path, model_path, predictions_dir, pseudo_labels_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,12 +55,10 @@ with open(os.environ["RSEPM_DEMO_TEST_DUMP"], "wb") as f:
 # The tiny run and the kernel
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, toy_dataset):
     """TOY images, random weights, the scripts' seeds and their evaluate.py results."""
-    tmp = tmp_path_factory.mktemp("demo")
-    root, pred_dir = str(tmp / "TOY"), str(tmp / "experiments") + os.sep
-    make_toy_dataset(root, seed=0, num_train=1, num_train_aug=1, num_validation=NUM_VALIDATION, num_test=0,
-                     min_size=48, max_size=64, progress=False)
+    root = toy_dataset(num_train=1, num_train_aug=1, num_validation=NUM_VALIDATION, num_test=0)
+    pred_dir = str(tmp_path_factory.mktemp("demo") / "experiments") + os.sep
     threads = torch.get_num_threads()
     # Tiny images: one thread is faster, and far faster on a busy machine (no OpenMP spinning).
     torch.set_num_threads(1)
