@@ -5,10 +5,11 @@ unchanged. One definition per flag: scripts call the `add_*` helpers instead of 
 """
 import argparse
 import errno
+import sys
 
 import torch
 
-from core.errors import ProjectError
+from core.errors import ProjectError, UsageError
 from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
 from tools.paths import DEFAULT_PRED_DIR
 
@@ -156,7 +157,29 @@ def resolve_devices(gpus):
     return torch.device(f"cuda:{ids[0]}"), ids
 
 
-def cli(main, argv=None):
+def exit_status(result):
+    """0 when done; 1 when the result (a dict) has a non-empty "failed" or "skipped" entry."""
+    return 1 if isinstance(result, dict) and (result.get("failed") or result.get("skipped")) else 0
+
+
+def cli(main, parser, argv=None):
+    """The entry point of a program: parse `argv` with `parser`, run main(args) and exit 0 (done),
+    1 (exit_status of the result, or a ProjectError: one line `error: ...`) or 2 (bad usage:
+    argparse, or a UsageError raised by main). The old form cli(main, argv) of the scripts not yet
+    moved to get_args_parser() still runs them unchanged."""
+    if not isinstance(parser, argparse.ArgumentParser):
+        return _legacy_cli(main, parser)
+    args = parser.parse_args(argv)
+    try:
+        result = main(args)
+    except UsageError as e:
+        parser.error(str(e))
+    except ProjectError as e:
+        raise SystemExit(f"error: {e}") from None
+    sys.exit(exit_status(result))
+
+
+def _legacy_cli(main, argv=None):
     """Run a script's main, turning the project's errors (bad input, bad arguments: core.errors)
     into one line `error: ...` and exit status 1. Every other exception is a bug and keeps its
     traceback."""
