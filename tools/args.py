@@ -162,7 +162,7 @@ def exit_status(result):
     return 1 if isinstance(result, dict) and (result.get("failed") or result.get("skipped")) else 0
 
 
-def cli(main, parser, argv=None):
+def cli(main, parser=None, argv=None):
     """The entry point of a program: parse `argv` with `parser`, run main(args) and exit 0 (done),
     1 (exit_status of the result, or a ProjectError: one line `error: ...`) or 2 (bad usage:
     argparse, or a UsageError raised by main). The old form cli(main, argv) of the scripts not yet

@@ -113,7 +113,7 @@ def kernel_environment(settings):
 
 def execute(nb, timeout=900, settings=None):
     """Execute the notebook node in place from the repository root; returns it without the
-    run-to-run noise. A cell error raises ProjectError naming the cell."""
+    run-to-run noise. A cell error raises ProjectError naming the cell and the exception."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -122,7 +122,8 @@ def execute(nb, timeout=900, settings=None):
             NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
                            resources={"metadata": {"path": REPO_ROOT}}).execute()
         except CellExecutionError as e:
-            raise ProjectError(f"demo.py: a cell failed while executing the notebook:\n{e}") from None
+            failed = next((c["id"] for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"), "?")
+            raise ProjectError(f"cell {failed} of the notebook failed: {e.ename}: {e.evalue}") from None
     nb["metadata"] = json.loads(json.dumps(METADATA))  # not the temporary kernel, not the Python version
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
