@@ -19,3 +19,27 @@ def _one_thread_and_grad():
     with torch.enable_grad():
         yield
     torch.set_num_threads(threads)
+
+
+# The shape most tests train on: 8 train_aug images (the first 4 also in train), one validation
+# and one test image, 48 to 64 pixels a side.
+TOY_DEFAULTS = dict(seed=0, num_train=4, num_train_aug=8, num_validation=1, num_test=1, min_size=48, max_size=64)
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory):
+    """make(**settings) -> the root (str) of a TOY dataset of make_toy_dataset with TOY_DEFAULTS
+    updated by `settings`; built once per distinct settings in a session, so tests must only read
+    it (a test that changes files copies it first)."""
+    from tools.datasets.make_toy_dataset import make_toy_dataset
+    built = {}
+
+    def make(**settings):
+        settings = {**TOY_DEFAULTS, **settings}
+        key = tuple(sorted(settings.items()))
+        if key not in built:
+            root = str(tmp_path_factory.mktemp("toy") / "TOY")
+            make_toy_dataset(root, progress=False, **settings)
+            built[key] = root
+        return built[key]
+    return make

@@ -15,7 +15,6 @@ from core.networks import RSEPM, build_network
 from core.checkpoint import save_weights
 from tools.seeds.inference import AutocastForward, with_amp
 from core.io import load_seed
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir
 
 NUM_CLASSES = 6  # TOY: background + 5 shapes
@@ -30,11 +29,8 @@ SEED_ATOL = 0.05
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy_amp") / "TOY")
-    make_toy_dataset(root, seed=0, num_train=2, num_train_aug=4, num_validation=2, num_test=0,
-                     min_size=48, max_size=64, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset(num_train=2, num_train_aug=4, num_validation=2, num_test=0)
 
 
 def test_with_amp_wraps_only_when_asked_and_refuses_fp16_on_cpu():

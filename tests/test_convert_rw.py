@@ -15,7 +15,6 @@ from core.checkpoint import save_weights
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.io import load_seed, read_mask, save_seed, write_json
 from core.randomwalk import dense_affinity, transition_matrix
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, model_path, predictions_dir, pseudo_labels_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +23,10 @@ INFO = load_dataset_info("TOY")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, toy_dataset):
     """6 train_aug images, noisy seeds of their classes, a random affinity net (resnet18)."""
-    base = tmp_path_factory.mktemp("rw")
-    root, pred = str(base / "TOY"), str(base / "exp")
-    make_toy_dataset(root, seed=1, num_train=3, num_train_aug=6, num_validation=1, num_test=1,
-                     min_size=48, max_size=60, progress=False)
+    root = toy_dataset(seed=1, num_train=3, num_train_aug=6, max_size=60)
+    pred = str(tmp_path_factory.mktemp("rw") / "exp")
     layout = SeedLayout(root, "train_aug", INFO)
     rng = np.random.default_rng(0)
     for image_id in layout.ids:

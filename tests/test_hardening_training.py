@@ -17,7 +17,6 @@ from core.io import write_json
 from tools.engine import checkpoints
 from tools.args import cli
 from tools.engine.runlog import RunLogger
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir
 from helpers import kill_at
 
@@ -25,11 +24,8 @@ TIME_FIELDS = {"images_per_s"}
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "TOY")
-    make_toy_dataset(root, seed=0, num_train=4, num_train_aug=8, num_validation=1, num_test=1,
-                     min_size=48, max_size=48, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset(max_size=48)
 
 
 def argv(root, pred_dir, *extra):

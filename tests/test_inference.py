@@ -29,7 +29,6 @@ from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
 from tools.args import cli
-from tools.datasets.make_toy_dataset import make_toy_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
@@ -235,11 +234,8 @@ def test_seg_seed_keeps_channels_reaching_005_with_raw_probabilities():
 # End to end on the TOY dataset
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "TOY"
-    make_toy_dataset(root, num_train=2, num_train_aug=4, num_validation=4, num_test=2, min_size=48,
-                     max_size=72, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset(num_train=2, num_train_aug=4, num_validation=4, num_test=2, max_size=72)
 
 
 def make_rsepm(num_classes=6, backbone="resnet18"):

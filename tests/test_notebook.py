@@ -1,7 +1,8 @@
-"""demo.ipynb: stored with its figures, its cells equal to its generator's, and it runs top to bottom.
+"""demo.ipynb: stored with its figures, its cells those of its source demo.py (jupytext percent
+format), and it runs top to bottom.
 
 The stored file is checked as committed (outputs of the toy run, small, no run-to-run noise).
-A copy without outputs is executed headlessly (nbclient, a kernel on this interpreter) against a tiny run
+The notebook of demo.py is executed headlessly (nbclient, a kernel on this interpreter) against a tiny run
 built here: a few TOY images, randomly initialised RS+EPM and DeepLabV3+ ResNet-18 weights,
 seeds written by infer_rsepm.py / infer_seg.py and scored by evaluate.py, and random-walk and
 CRF pseudo-mask files written here as the pipeline's stages would. A cell appended to
@@ -13,6 +14,8 @@ import os
 import pickle
 import sys
 import xml.etree.ElementTree as ET
+
+import shutil
 
 import nbformat
 import numpy as np
@@ -26,15 +29,16 @@ import evaluate
 import infer_rsepm
 import infer_seg
 from core.checkpoint import save_weights
+from core.errors import MissingFileError, UsageError
 from core.crf import seed_to_mask
 from core.io import load_seed, read_json
 from core.networks import RSEPM, DeepLabV3Plus
 from tools.toy import make_demo_notebook
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import evaluation_path, model_path, predictions_dir, pseudo_labels_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
+SOURCE = os.path.join(ROOT, "demo.py")
 KERNEL = "rsepm-demo-test"
 TAG, SEG_TAG = "R18@TOY@demo-test", "R18@TOY@DeepLabV3+@MS@demo-test"
 CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
@@ -56,12 +60,10 @@ with open(os.environ["RSEPM_DEMO_TEST_DUMP"], "wb") as f:
 # The tiny run and the kernel
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, toy_dataset):
     """TOY images, random weights, the scripts' seeds and their evaluate.py results."""
-    tmp = tmp_path_factory.mktemp("demo")
-    root, pred_dir = str(tmp / "TOY"), str(tmp / "experiments") + os.sep
-    make_toy_dataset(root, seed=0, num_train=1, num_train_aug=1, num_validation=NUM_VALIDATION, num_test=0,
-                     min_size=48, max_size=64, progress=False)
+    root = toy_dataset(num_train=1, num_train_aug=1, num_validation=NUM_VALIDATION, num_test=0)
+    pred_dir = str(tmp_path_factory.mktemp("demo") / "experiments") + os.sep
     threads = torch.get_num_threads()
     # Tiny images: one thread is faster, and far faster on a busy machine (no OpenMP spinning).
     torch.set_num_threads(1)
@@ -109,7 +111,7 @@ def execute_notebook(tmp, settings):
            # The inline backend renders with Agg (no display needed) and returns PNG outputs.
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "RSEPM_DEMO_TEST_DUMP": str(dump)}
     env.update({"RSEPM_DEMO_" + name: value for name, value in settings.items()})
-    nb = make_demo_notebook.without_outputs(nbformat.read(NOTEBOOK, as_version=4))
+    nb = make_demo_notebook.build_notebook(SOURCE)
     nb.cells.append(nbformat.v4.new_code_cell(DUMP_CELL.strip()))
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
@@ -158,7 +160,8 @@ def test_notebook_is_stored_with_its_figures_small_and_without_run_noise():
     assert size < 2 * 1024 * 1024
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata == {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    assert nb.metadata == {"jupytext": {"cell_metadata_filter": "id,tags,-all", "formats": "ipynb,py:percent"},
+                           "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                            "language_info": {"name": "python"}}
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
@@ -169,30 +172,93 @@ def test_notebook_is_stored_with_its_figures_small_and_without_run_noise():
     for cell_id in ("figure", "train-masks", "evaluation-chart"):
         assert any("image/png" in o.get("data", {}) for o in outputs(nb, cell_id)), cell_id
     assert "mIoU" in text_of(nb, "evaluation-table", "text/markdown")
+    assert "lr " in text_of(nb, "toy-settings", "text/markdown")
     # The stored outputs are the toy pipeline's run, not a test's.
     assert "./experiments/toy/" in text_of(nb, "threshold")
 
 
-def test_notebook_cells_equal_their_generator_output():
-    stored = make_demo_notebook.without_outputs(nbformat.read(NOTEBOOK, as_version=4))
-    assert make_demo_notebook.notebook_text(stored) == make_demo_notebook.notebook_text()
-    assert make_demo_notebook.main(["--check"]) is None
+def percent_cells(path):
+    """(id, kind, source) of each `# %%` cell of a percent-format script, read here by hand: a
+    markdown cell's lines lose their `# ` (or a bare `#`), blank lines around a cell are dropped."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    cells, current = [], None
+    for line in lines:
+        if line.startswith("# %%"):
+            kind = "markdown" if "[markdown]" in line else "code"
+            current = (line.split('id="')[1].split('"')[0], kind, [])
+            cells.append(current)
+        elif current is not None:
+            current[2].append(line[2:] if current[1] == "markdown" and line.startswith("# ") else
+                              "" if current[1] == "markdown" and line == "#" else line)
+    return [(i, k, "\n".join(body).strip("\n")) for i, k, body in cells]
+
+
+def test_notebook_cells_are_those_of_the_percent_script():
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    assert [(c.id, c.cell_type, c.source) for c in stored.cells] == percent_cells(SOURCE)
+    parameters = next(c for c in stored.cells if c.id == "parameters")
+    assert parameters.metadata == {"tags": ["parameters"]}
+    assert all(c.metadata == {} for c in stored.cells if c.id != "parameters")
+    args = make_demo_notebook.get_args_parser().parse_args(["--check"])
+    assert make_demo_notebook.main(args) == {"failed": []}
+
+
+def convert(source, out, *extra):
+    return make_demo_notebook.main(make_demo_notebook.get_args_parser().parse_args(
+        ["--source", str(source), "--out", str(out), *extra]))
+
+
+def test_editing_the_script_and_converting_updates_only_that_cell(tmp_path):
+    source, out = tmp_path / "demo.py", tmp_path / "demo.ipynb"
+    shutil.copy(SOURCE, source)
+    shutil.copy(NOTEBOOK, out)
+    text = source.read_text(encoding="utf-8")
+    heading = "# # RS+EPM demo: from class activation maps to pseudo masks\n"
+    code = "DEFAULT_BG_TH = 0.35\n"
+    assert text.count(heading) == 1 and text.count(code) == 1
+    source.write_text(text.replace(heading, "# # An edited heading\n").replace(code, "DEFAULT_BG_TH = 0.25\n"),
+                      encoding="utf-8")
+    args = make_demo_notebook.get_args_parser().parse_args(["--source", str(source), "--out", str(out), "--check"])
+    assert make_demo_notebook.main(args) == {"failed": [str(out)]}
+    assert convert(source, out)["failed"] == []
+    before, after = nbformat.read(NOTEBOOK, as_version=4), nbformat.read(str(out), as_version=4)
+    assert [c.id for c in after.cells] == [c.id for c in before.cells]
+    for old, new in zip(before.cells, after.cells):
+        if old.id == "intro":
+            assert new.source == old.source.replace("# RS+EPM demo: from class activation maps to pseudo masks",
+                                                    "# An edited heading")
+        elif old.id == "threshold":  # its code changed: its stored outputs no longer hold
+            assert new.source != old.source and new.outputs == [] and new.execution_count is None
+        else:
+            assert new == old, old.id
+    assert convert(source, out, "--check") == {"failed": []}
+
+
+def test_conversion_refuses_a_missing_source_and_parameters_without_execute(tmp_path):
+    out = tmp_path / "demo.ipynb"
+    with pytest.raises(MissingFileError, match="nothing.py"):
+        convert(tmp_path / "nothing.py", out)
+    with pytest.raises(UsageError, match="--execute"):
+        convert(SOURCE, out, "--pred_dir", str(tmp_path))
+    assert not out.exists()
 
 
 def test_notebook_text_states_the_pipeline_settings():
-    """The scales, schedules and pretrained stand-in named in the text are the pipeline's."""
+    """The scales, schedules and pretrained stand-in the stored notebook names are the pipeline's."""
     from tools.toy import toy_pipeline
-    intro = make_demo_notebook.build_notebook().cells[0].source.replace("\n  ", " ")  # unwrap the bullets
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    text = text_of(stored, "toy-settings", "text/markdown").replace("\n  ", " ")  # unwrap the bullets
     scales = toy_pipeline.SCALES[toy_pipeline.SCALES.index("--scales") + 1]
-    assert f"test-time scales `{scales}`" in intro
-    assert toy_pipeline.PRETRAINED in intro
+    assert f"test-time scales `{scales}`" in text
+    assert toy_pipeline.PRETRAINED in text
     for flags, start in ((toy_pipeline.RSEPM_TRAIN, "RS+EPM:"), (toy_pipeline.SEG_TRAIN, "the retrained DeepLabV3+")):
         epochs, crop = flags[flags.index("--max_epoch") + 1], flags[flags.index("--crop_size") + 1]
-        line = next(line for line in intro.split("\n* ") if line.startswith(start))
+        line = next(line for line in text.split("\n* ") if line.startswith(start))
         assert f"{epochs} epochs" in line and f"{crop}-pixel crops" in line
-    rsepm = next(line for line in intro.split("\n* ") if line.startswith("RS+EPM:"))
+    rsepm = next(line for line in text.split("\n* ") if line.startswith("RS+EPM:"))
     assert f"lr {toy_pipeline.RSEPM_TRAIN[toy_pipeline.RSEPM_TRAIN.index('--lr') + 1]}," in rsepm
-    assert f"pretrain_toy.py` for {toy_pipeline.PRETRAIN[toy_pipeline.PRETRAIN.index('--max_epoch') + 1]} epochs" in intro
+    assert f"pretrain_toy.py` for {toy_pipeline.PRETRAIN[toy_pipeline.PRETRAIN.index('--max_epoch') + 1]} epochs" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +270,9 @@ def test_notebook_runs_and_draws_the_panels_and_the_chart(executed):
     assert errors == []
     for cell_id in ("figure", "evaluation-chart"):
         assert any("image/png" in o.get("data", {}) for o in outputs(nb, cell_id)), cell_id
+    # the stored settings are what the source computes now
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    assert text_of(nb, "toy-settings", "text/markdown") == text_of(stored, "toy-settings", "text/markdown")
     assert len(dump["results"]) == NUM_VALIDATION  # NUM_IMAGES (4) capped by the split's size
     assert "skipped" not in text_of(nb, "retrained-model")
     assert dump["train_ids"] and "no CRF pseudo masks" not in text_of(nb, "train-masks")

@@ -9,7 +9,6 @@ import pytest
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import FormatError, MissingFileError
 from core.io import save_seed
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import predictions_dir
 from tools.seeds.seed_reading import read_foreground, seed_inputs
 
@@ -17,10 +16,8 @@ INFO = load_dataset_info("TOY")
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("seeds") / "TOY")
-    make_toy_dataset(root, seed=4, num_train=3, num_train_aug=3, num_validation=1, num_test=1,
-                     min_size=48, max_size=56, progress=False)
+def toy(toy_dataset):
+    root = toy_dataset(seed=4, num_train=3, num_train_aug=3, max_size=56)
     return root, SeedLayout(root, "train", INFO)
 
 

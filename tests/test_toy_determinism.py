@@ -20,7 +20,6 @@ import torch
 
 import train_rsepm
 from core.io import write_json
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_path
 from tools.toy.toy_pipeline import stage_environment
 
@@ -29,11 +28,8 @@ TAG = "determinism"
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "TOY")
-    make_toy_dataset(root, seed=0, num_train=0, num_train_aug=8, num_validation=0, num_test=0,
-                     min_size=48, max_size=64, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset(num_train=0, num_validation=0, num_test=0)
 
 
 def train_argv(root, pred_dir, seed):

@@ -9,16 +9,12 @@ import torchvision
 
 from core.resnet import build_resnet
 from tools.toy import pretrain_toy, toy_pipeline
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.toy.toy_pipeline import seeds_summary
 
 
 @pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain") / "TOY"
-    make_toy_dataset(str(root), seed=7, num_train=0, num_train_aug=8, num_validation=4, num_test=0,
-                     min_size=48, max_size=56)
-    return root
+def tiny_set(toy_dataset):
+    return toy_dataset(seed=7, num_train=0, num_validation=4, num_test=0, max_size=56)
 
 
 def run_pretrain(root, out):

@@ -21,7 +21,6 @@ from core.errors import UsageError
 from core.io import read_mask, save_seed
 from core.relations import ir_label_from_seed
 from tools.seeds import affinity_data
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.args import cli
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import count_syncs, kill_at
@@ -31,12 +30,9 @@ INFO = load_dataset_info("TOY")
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, toy_dataset):
     """8 train_aug images (4 of them also in train) and their seeds of the ground-truth tags."""
-    base = tmp_path_factory.mktemp("affinity")
-    root, pred = str(base / "TOY"), str(base / "exp")
-    make_toy_dataset(root, seed=0, num_train=4, num_train_aug=8, num_validation=1, num_test=1,
-                     min_size=48, max_size=64, progress=False)
+    root, pred = toy_dataset(), str(tmp_path_factory.mktemp("affinity") / "exp")
     layout = SeedLayout(root, "train_aug", INFO)
     for image_id in layout.ids:
         gt = layout.read_mask(image_id)

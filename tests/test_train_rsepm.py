@@ -24,7 +24,6 @@ from tools.args import cli
 from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
 from tools.engine import checkpoints, distributed, optim
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
 
@@ -34,11 +33,8 @@ UNTAGGED_ID = "toy_000005"  # in train_aug only (train is the first 4 ids)
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "TOY")
-    make_toy_dataset(root, seed=0, num_train=4, num_train_aug=8, num_validation=3, num_test=1,
-                     min_size=48, max_size=64, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset(num_validation=3)
 
 
 def train_argv(root, pred_dir, *extra, epochs=3, rs_start=2, mix_start=3):

@@ -26,7 +26,6 @@ from core.errors import CheckpointError
 from core.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
 from tools.engine import checkpoints
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at
 
@@ -37,11 +36,8 @@ INFO = load_dataset_info("TOY")
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "TOY")
-    make_toy_dataset(root, seed=0, num_train=4, num_train_aug=8, num_validation=3, num_test=1,
-                     min_size=48, max_size=64, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset(num_validation=3)
 
 
 def gt_mask_dir(root):

@@ -11,16 +11,12 @@ import train_seg
 from core.networks import RSEPM, build_network
 from core.rsepm import RSEPMConfig, RSEPMTraining
 from tools.engine import optim, training
-from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir
 from helpers import count_syncs
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "TOY")
-    make_toy_dataset(root, seed=0, num_train=4, num_train_aug=8, num_validation=1, num_test=1,
-                     min_size=48, max_size=64, progress=False)
-    return root
+def toy(toy_dataset):
+    return toy_dataset()
 
 
 def common_argv(root, pred_dir, batch_size, *extra):

@@ -147,16 +147,13 @@ def test_training_args_defaults_and_parsing():
             parser.parse_args(["--color_jitter", bad])
 
 
-def test_color_jitter_flag_reaches_the_training_transform(tmp_path):
+def test_color_jitter_flag_reaches_the_training_transform(toy_dataset):
     """train_seg with hue jitter 0 and without jitter: the crops it trains on are those of
     TrainTransform(jitter=...) computed here independently (same per-sample rng)."""
     from core.datasets import SeedLayout, load_dataset_info
     from core.train_datasets import SegmentationDataset
     from core.transforms import TrainTransform
-    from tools.datasets.make_toy_dataset import make_toy_dataset
-    root = str(tmp_path / "TOY")
-    make_toy_dataset(root, seed=2, num_train=2, num_train_aug=2, num_validation=1, num_test=1,
-                     min_size=48, max_size=60, progress=False)
+    root = toy_dataset(seed=2, num_train=2, num_train_aug=2, max_size=60)
     layout = SeedLayout(root, "train_aug", load_dataset_info("TOY"))
     import train_seg
     args = train_seg.prepare_args(train_seg.get_args_parser().parse_args(["--root_dir", root, "--dataset", "TOY", "--label_tag", "gt",

@@ -1,14 +1,16 @@
-"""Write demo.ipynb, the walk-through notebook, from tools/toy/demo_cells.py (reviewed as Python).
+"""Write demo.ipynb, the walk-through notebook, from its source demo.py (jupytext percent format).
 
-    python tools/toy/make_demo_notebook.py --execute  write it and execute it on the toy run
+    python tools/toy/make_demo_notebook.py --execute  convert and execute it on the toy run
                                                   (experiments/toy/), storing the outputs: what is
                                                   committed, so the figures show without running
-    python tools/toy/make_demo_notebook.py            write it without outputs
-    python tools/toy/make_demo_notebook.py --check    exit 1 if its cells differ from the generator's
+    python tools/toy/make_demo_notebook.py            convert only, keeping the stored outputs of
+                                                  the code cells whose source did not change
+    python tools/toy/make_demo_notebook.py --check    exit 1 if demo.ipynb's cells differ from demo.py
 
-Cells have fixed ids; --execute runs a kernel on this interpreter (the venv) through nbclient and
-drops what changes from run to run (timings, kernel and interpreter details), so executing again
-on the same run changes nothing but what the run changed. Figures are PNG at FIGURE_DPI.
+A cell's id is its `id="..."` in demo.py (fixed, so the file changes only where the cells do).
+--execute runs a kernel on this interpreter (the venv) through nbclient and drops what changes from
+run to run (timings, kernel and interpreter details), so executing again on the same run changes
+nothing but what the run changed; --root_dir / --pred_dir point it at another dataset or run.
 tests/test_notebook.py checks the stored file and executes a copy on a tiny run.
 """
 import contextlib
@@ -17,42 +19,52 @@ import os
 import sys
 import tempfile
 
+import jupytext
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from tools.paths import REPO_ROOT  # noqa: E402
 
+from core.errors import FormatError, MissingFileError, ProjectError, UsageError  # noqa: E402
 from core.io import atomic_output  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
 
-from tools.toy.demo_cells import CELLS  # noqa: E402
-
+SOURCE = os.path.join(REPO_ROOT, "demo.py")
 NOTEBOOK = os.path.join(REPO_ROOT, "demo.ipynb")
 KERNEL = "rsepm-demo"
-METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+# jupytext's pairing, so that Jupyter with jupytext saves edits of demo.ipynb back into demo.py
+METADATA = {"jupytext": {"cell_metadata_filter": "id,tags,-all", "formats": "ipynb,py:percent"},
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"}}
 MAX_BYTES = 2 * 1024 * 1024  # the stored notebook must stay small enough to browse
-def build_notebook():
-    """The demo notebook as an nbformat node: no outputs, fixed cell ids, Python 3 kernel."""
-    cells = []
-    for cell_id, kind, source in CELLS:
-        make = new_code_cell if kind == "code" else new_markdown_cell
-        cell = make(source.strip("\n"))
-        cell["id"] = cell_id  # fixed ids: nbformat would draw random ones and the file would change
-        if cell_id == "parameters":
-            cell["metadata"]["tags"] = ["parameters"]  # papermill's convention for the cell to override
-        cells.append(cell)
-    nb = new_notebook(cells=cells)
+
+
+def build_notebook(source=SOURCE):
+    """The notebook of the percent-format script `source`: no outputs, each cell's id its `id=`."""
+    try:
+        nb = jupytext.read(source, fmt="py:percent")
+    except FileNotFoundError:
+        raise MissingFileError(f"{source}: notebook source not found") from None
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for k, cell in enumerate(nb.cells):
+        # fixed ids: nbformat would draw random ones and the file would change on every conversion
+        cell["id"] = str(cell.metadata.pop("id", f"cell-{k + 1}"))
     nb["metadata"] = json.loads(json.dumps(METADATA))
-    nbformat.validate(nb)
+    nb["nbformat"], nb["nbformat_minor"] = 4, 5
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as e:
+        raise FormatError(f"{source}: not a valid notebook: {e.message}") from None
+    ids = [c["id"] for c in nb.cells]
+    if len(set(ids)) != len(ids):
+        raise FormatError(f"{source}: cell ids repeat: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}")
     return nb
 
 
-def notebook_text(nb=None):
-    return nbformat.writes(build_notebook() if nb is None else nb) + "\n"
+def notebook_text(nb):
+    return nbformat.writes(nb) + "\n"
 
 
 def without_outputs(nb):
@@ -64,11 +76,21 @@ def without_outputs(nb):
     return nb
 
 
+def keep_outputs(nb, stored):
+    """Copy onto `nb` the outputs of the code cells of `stored` with the same id and source."""
+    old = {c["id"]: c for c in stored.cells if c.cell_type == "code"}
+    for cell in nb.cells:
+        match = old.get(cell["id"])
+        if cell.cell_type == "code" and match is not None and match.source == cell.source:
+            cell.outputs, cell.execution_count = match.outputs, match.execution_count
+    return nb
+
+
 @contextlib.contextmanager
-def kernel_environment():
+def kernel_environment(settings):
     """A kernelspec running ipykernel on this interpreter, and the environment the kernel inherits:
-    no RSEPM_DEMO_* overrides (the stored outputs show the defaults), PNG figures via the inline
-    backend, one thread per process unless OMP_NUM_THREADS is set."""
+    RSEPM_DEMO_{name} = settings[name] and no other RSEPM_DEMO_* (the stored outputs show the
+    defaults), PNG figures via the inline backend, one thread per process unless OMP_NUM_THREADS is set."""
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "kernels", KERNEL)
@@ -81,6 +103,7 @@ def kernel_environment():
         os.environ.update({"JUPYTER_PATH": tmp, "JUPYTER_RUNTIME_DIR": os.path.join(tmp, "runtime"),
                            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        os.environ.update({"RSEPM_DEMO_" + name: value for name, value in settings.items()})
         try:
             yield
         finally:
@@ -88,14 +111,19 @@ def kernel_environment():
             os.environ.update(saved)
 
 
-def execute(nb, timeout=900):
+def execute(nb, timeout=900, settings=None):
     """Execute the notebook node in place from the repository root; returns it without the
-    run-to-run noise. A cell error raises nbclient's CellExecutionError naming the cell."""
+    run-to-run noise. A cell error raises ProjectError naming the cell and the exception."""
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
-    with kernel_environment():
-        NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
-                       resources={"metadata": {"path": REPO_ROOT}}).execute()
+    with kernel_environment(settings or {}):
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
+                           resources={"metadata": {"path": REPO_ROOT}}).execute()
+        except CellExecutionError as e:
+            failed = next((c["id"] for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"), "?")
+            raise ProjectError(f"cell {failed} of the notebook failed: {e.ename}: {e.evalue}") from None
     nb["metadata"] = json.loads(json.dumps(METADATA))  # not the temporary kernel, not the Python version
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
@@ -105,38 +133,61 @@ def execute(nb, timeout=900):
     return nb
 
 
-def main(argv=None):
+def read_stored(path):
+    """The notebook at `path`, or None when there is none yet."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return nbformat.read(path, as_version=4)
+    except (ValueError, nbformat.ValidationError) as e:  # NotJSONError is a ValueError
+        raise FormatError(f"{path}: not a readable notebook ({e}); delete it or run with --execute") from None
+
+
+def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--source", default=SOURCE, help="percent-format script the notebook is made from")
     parser.add_argument("--out", default=NOTEBOOK, help="notebook file to write")
     parser.add_argument("--execute", action="store_true",
                         help="execute it on the toy run (experiments/toy/) and store the outputs")
+    parser.add_argument("--root_dir", default=None,
+                        help="with --execute: the dataset root the notebook reads (its ROOT_DIR parameter)")
+    parser.add_argument("--pred_dir", default=None,
+                        help="with --execute: the experiment folder the notebook reads (its PRED_DIR parameter)")
     parser.add_argument("--check", action="store_true",
-                        help="only compare the cells of --out with the generated ones (outputs are ignored)")
+                        help="only compare the cells of --out with --source (outputs are ignored)")
     parser.add_argument("--timeout", default=900, type=int, help="seconds one cell may run with --execute")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(args):
+    settings = {name: value for name, value in (("ROOT", args.root_dir), ("PRED_DIR", args.pred_dir)) if value}
+    if settings and not args.execute:
+        raise UsageError("--root_dir and --pred_dir need --execute (they set the notebook's parameters for the run)")
+    nb = build_notebook(args.source)
+    stored = read_stored(args.out)
     if args.check:
-        try:
-            same = notebook_text(without_outputs(nbformat.read(args.out, as_version=4))) == notebook_text()
-        except FileNotFoundError:
-            same = False
-        if not same:
-            sys.exit(f"error: the cells of {args.out} differ from tools/toy/demo_cells.py; run "
-                     "`python tools/toy/make_demo_notebook.py --execute` to regenerate it")
+        if stored is None or notebook_text(without_outputs(stored)) != notebook_text(nb):
+            print(f"{args.out}: its cells differ from {args.source}; run "
+                  "`python tools/toy/make_demo_notebook.py --execute` to regenerate it")
+            return {"failed": [args.out]}
         print(f"{args.out} is up to date")
-        return
-    nb = build_notebook()
+        return {"failed": []}
     if args.execute:
         print("executing the notebook on the toy run (about a minute) ...", flush=True)
-        execute(nb, args.timeout)
-    text = notebook_text(nb)
-    if len(text.encode("utf-8")) > MAX_BYTES:
-        sys.exit(f"error: the notebook would be {len(text) / 2**20:.1f} MB, over {MAX_BYTES / 2**20:.0f} MB; "
-                 "show fewer or smaller images (NUM_IMAGES, FIGURE_DPI)")
+        execute(nb, args.timeout, settings)
+    elif stored is not None:
+        keep_outputs(nb, stored)
+    data = notebook_text(nb).encode("utf-8")
+    if len(data) > MAX_BYTES:
+        raise ProjectError(f"{args.out}: the notebook would be {len(data) / 2**20:.1f} MB, over "
+                           f"{MAX_BYTES / 2**20:.0f} MB; show fewer or smaller images (NUM_IMAGES, FIGURE_DPI)")
     with atomic_output(args.out, "wb") as f:
-        f.write(text.encode("utf-8"))
-    print(f"wrote {args.out} ({len(text.encode('utf-8')) / 1024:.0f} KiB"
-          f"{', with outputs' if args.execute else ', no outputs'})")
+        f.write(data)
+    kept = sum(1 for c in nb.cells if c.cell_type == "code" and c.outputs)
+    print(f"wrote {args.out} ({len(data) / 1024:.0f} KiB, {kept} code cell(s) with outputs"
+          f"{', executed' if args.execute else ''})")
+    return {"out": args.out, "bytes": len(data), "executed": args.execute, "failed": []}
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

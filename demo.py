@@ -1,77 +1,62 @@
-"""The cells of demo.ipynb, as Python strings (tools/toy/make_demo_notebook.py assembles them).
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: id,tags,-all
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-The markdown that states the toy run's settings is filled in from tools/toy/toy_pipeline.py's
-constants, so the notebook's text cannot drift from what the pipeline does.
-"""
-from tools.toy import toy_pipeline as toy
+# %% [markdown] id="intro"
+# # RS+EPM demo: from class activation maps to pseudo masks
+#
+# Weakly-supervised semantic segmentation (WSSS) trains a network to label every pixel although
+# the training images only come with image-level tags ("this picture contains a disc and a ring").
+# This notebook takes a few images through every stage of RS+EPM and shows what each stage
+# produces:
+#
+# 1. the **CAM** of the classifier head (where the network finds evidence for a class),
+# 2. the **RS+EPM seed** of the segmentation head (a soft map per class, thresholded),
+# 3. the **CRF pseudo mask** made from the seed,
+# 4. the **retrained model**'s prediction (a DeepLabV3+ trained on the random-walk pseudo masks of
+#    the training images, as in the paper),
+#
+# next to the image and its ground truth, then the stored pseudo masks of a few training images,
+# and the per-class IoU that `evaluate.py` measured.
+#
+# **The outputs stored in this file** come from the toy run of `bash tools/quickstart.sh`
+# (`python tools/toy/toy_pipeline.py`, training seed 0; the run's own record is printed below), read from
+# `experiments/toy/` (or `experiments/toy/seed0/` after `--seeds 0,1,2`);
+# `python tools/toy/make_demo_notebook.py --execute` re-executes the notebook on that folder and stores
+# the new outputs. The settings of that run are shown below the parameters cell, read from
+# `tools/toy/toy_pipeline.py`.
+#
+# **This notebook's source is `demo.py`** (a [jupytext](https://jupytext.readthedocs.io) percent-format
+# script beside it): edit that file, then `python tools/toy/make_demo_notebook.py` rewrites
+# `demo.ipynb`, keeping the stored outputs, and `--execute` re-executes it.
+#
+# This notebook recomputes the CAM, seed, CRF and retrained panels with the same scales (the
+# `SCALES` parameter), so they match the run's seed files up to CRF rounding.
+#
+# **Running it yourself.** Start Jupyter from the repository root (`jupyter notebook demo.ipynb`)
+# so that `core` and `tools` can be imported. Besides the runtime requirements it needs matplotlib
+# and a Jupyter kernel (`pip install -r requirements-dev.txt`) and a front end such as
+# `pip install notebook` or `jupyterlab`. Everything runs on the CPU in a minute or less.
+#
+# **The released VOC weights.** Set `DATASET = "VOC"`, `ROOT_DIR = "../VOC2012/"`,
+# `BACKBONE = "resnet50"`, `RSEPM_TAG = "ResNet50@VOC@RS+EPM@Official"`, `PRED_DIR = "./experiments/"`,
+# `SCALES = (1.0, 0.5, 1.5, 2.0)` and `WEIGHTS` to the downloaded `.pth` file (or leave it `None` when
+# the file sits at `experiments/models/ResNet50@VOC@RS+EPM@Official/last.pth`); for the multi-stage
+# model `SEG_TAG = "ResNet101@VOC@RS+EPM@MS@Official"`, `SEG_BACKBONE = "resnet101"`,
+# `SEG_OUTPUT_STRIDE = 8` (and `SEG_WEIGHTS`). At full VOC resolution these networks take several
+# seconds per image on a CPU.
 
-
-def flag(arguments, name):
-    """The value following `name` in a command-line list such as toy_pipeline.RSEPM_TRAIN."""
-    return arguments[arguments.index(name) + 1]
-
-
-INTRO = r"""
-# RS+EPM demo: from class activation maps to pseudo masks
-
-Weakly-supervised semantic segmentation (WSSS) trains a network to label every pixel although
-the training images only come with image-level tags ("this picture contains a disc and a ring").
-This notebook takes a few images through every stage of RS+EPM and shows what each stage
-produces:
-
-1. the **CAM** of the classifier head (where the network finds evidence for a class),
-2. the **RS+EPM seed** of the segmentation head (a soft map per class, thresholded),
-3. the **CRF pseudo mask** made from the seed,
-4. the **retrained model**'s prediction (a DeepLabV3+ trained on the random-walk pseudo masks of
-   the training images, as in the paper),
-
-next to the image and its ground truth, then the stored pseudo masks of a few training images,
-and the per-class IoU that `evaluate.py` measured.
-
-**The outputs stored in this file** come from the toy run of `bash tools/quickstart.sh`
-(`python tools/toy/toy_pipeline.py`, training seed 0; the run's own record is printed below), read from
-`experiments/toy/` (or `experiments/toy/seed0/` after `--seeds 0,1,2`);
-`python tools/toy/make_demo_notebook.py --execute` re-executes the notebook on that folder and stores
-the new outputs. That run, on the synthetic TOY dataset (`toy_data/TOY`):
-
-* both networks start from a ResNet-18 pretrained by `tools/toy/pretrain_toy.py` for {pretrain_epochs} epochs on
-  the image-level tags of a separate toy set (generator seed {pretrain_seed}; `{pretrained}`), the
-  stand-in for the ImageNet weights of the paper; no stage sees a pixel label;
-* RS+EPM: {rsepm_epochs} epochs, batch {rsepm_batch}, lr {rsepm_lr}, {rsepm_crop}-pixel crops, RecurSeed from epoch
-  {rs_start}, EdgePredictMix from epoch {mix_start};
-* the retrained DeepLabV3+ (output stride 16): {seg_epochs} epochs, batch {seg_batch}, {seg_crop}-pixel
-  crops, on the random-walk pseudo masks of `train_aug` (`--rw_crf true`: walk, then dense CRF);
-* training crops get colour jitter without its hue part (`--color_jitter {jitter}`): the toy
-  classes differ by hue, among other cues, and the published hue jitter would blur that line;
-* test-time scales `{scales}` with flips (the published `1.0,0.5,1.5,2.0` cost several times
-  more), single-stage classes from scores >= {conf_th}.
-
-This notebook recomputes the CAM, seed, CRF and retrained panels with the same scales (the
-`SCALES` parameter), so they match the run's seed files up to CRF rounding.
-
-**Running it yourself.** Start Jupyter from the repository root (`jupyter notebook demo.ipynb`)
-so that `core` and `tools` can be imported. Besides the runtime requirements it needs matplotlib
-and a Jupyter kernel (`pip install -r requirements-dev.txt`) and a front end such as
-`pip install notebook` or `jupyterlab`. Everything runs on the CPU in a minute or less.
-
-**The released VOC weights.** Set `DATASET = "VOC"`, `ROOT_DIR = "../VOC2012/"`,
-`BACKBONE = "resnet50"`, `RSEPM_TAG = "ResNet50@VOC@RS+EPM@Official"`, `PRED_DIR = "./experiments/"`,
-`SCALES = (1.0, 0.5, 1.5, 2.0)` and `WEIGHTS` to the downloaded `.pth` file (or leave it `None` when
-the file sits at `experiments/models/ResNet50@VOC@RS+EPM@Official/last.pth`); for the multi-stage
-model `SEG_TAG = "ResNet101@VOC@RS+EPM@MS@Official"`, `SEG_BACKBONE = "resnet101"`,
-`SEG_OUTPUT_STRIDE = 8` (and `SEG_WEIGHTS`). At full VOC resolution these networks take several
-seconds per image on a CPU.
-""".format(pretrain_seed=toy.PRETRAIN_DATA_SEED, pretrained=toy.PRETRAINED,
-           pretrain_epochs=flag(toy.PRETRAIN, "--max_epoch"), rsepm_lr=flag(toy.RSEPM_TRAIN, "--lr"),
-           rsepm_epochs=flag(toy.RSEPM_TRAIN, "--max_epoch"), rsepm_batch=flag(toy.RSEPM_TRAIN, "--batch_size"),
-           rsepm_crop=flag(toy.RSEPM_TRAIN, "--crop_size"), rs_start=flag(toy.RSEPM_TRAIN, "--rs_start"),
-           mix_start=flag(toy.RSEPM_TRAIN, "--mix_start"), seg_epochs=flag(toy.SEG_TRAIN, "--max_epoch"),
-           seg_batch=flag(toy.SEG_TRAIN, "--batch_size"), seg_crop=flag(toy.SEG_TRAIN, "--crop_size"),
-           scales=flag(toy.SCALES, "--scales"), conf_th=toy.CONF_TH, jitter=flag(toy.TOY_JITTER, "--color_jitter"))
-
-PARAMETERS = r'''
-# Parameters. Edit the defaults here, or set the environment variable RSEPM_DEMO_<NAME> shown
-# on each line (the test runs the notebook that way on a tiny run).
+# %% tags=["parameters"] id="parameters"
+# Parameters (the cell tagged `parameters`, which `papermill -p NAME VALUE` overrides). Edit the
+# defaults here, or set the environment variable RSEPM_DEMO_<NAME> shown on each line
+# (`make_demo_notebook.py --root_dir/--pred_dir` and the test run the notebook that way).
 import os
 
 if not os.path.isfile(os.path.join("core", "networks.py")):
@@ -114,9 +99,40 @@ NUM_IMAGES = setting("NUM_IMAGES", 4, int)
 SCALES = setting("SCALES", parse_scales(TOY_SCALES[1]), parse_scales)  # test-time scales (+ flips), as the toy run
 CONF_TH = setting("CONF_TH", -1.0, float)                # -1: ground-truth tags; else classes scoring >= CONF_TH
 BG_TH = setting("BG_TH", None, float)                    # None: evaluate.py's best threshold, else 0.35
-'''
 
-SETUP = r'''
+# %% id="toy-settings"
+# The settings of the toy run the stored outputs come from, read from the pipeline so that this
+# text cannot drift from what it does.
+from IPython.display import Markdown, display
+
+from tools.toy import toy_pipeline as toy
+
+
+def flag(arguments, name):
+    """The value following `name` in a command-line list such as toy.RSEPM_TRAIN."""
+    return arguments[arguments.index(name) + 1]
+
+
+display(Markdown(f"""**The toy run** (`tools/toy/toy_pipeline.py`, on the synthetic TOY dataset `toy_data/TOY`):
+
+* both networks start from a ResNet-18 pretrained by `tools/toy/pretrain_toy.py` for
+  {flag(toy.PRETRAIN, '--max_epoch')} epochs on the image-level tags of a separate toy set (generator seed
+  {toy.PRETRAIN_DATA_SEED}; `{toy.PRETRAINED}`), the stand-in for the ImageNet weights of the paper;
+  no stage sees a pixel label;
+* RS+EPM: {flag(toy.RSEPM_TRAIN, '--max_epoch')} epochs, batch {flag(toy.RSEPM_TRAIN, '--batch_size')},
+  lr {flag(toy.RSEPM_TRAIN, '--lr')}, {flag(toy.RSEPM_TRAIN, '--crop_size')}-pixel crops, RecurSeed from
+  epoch {flag(toy.RSEPM_TRAIN, '--rs_start')}, EdgePredictMix from epoch {flag(toy.RSEPM_TRAIN, '--mix_start')};
+* the retrained DeepLabV3+ (output stride 16): {flag(toy.SEG_TRAIN, '--max_epoch')} epochs,
+  batch {flag(toy.SEG_TRAIN, '--batch_size')}, {flag(toy.SEG_TRAIN, '--crop_size')}-pixel crops, on the
+  random-walk pseudo masks of `train_aug` (`--rw_crf true`: walk, then dense CRF);
+* training crops get colour jitter without its hue part
+  (`--color_jitter {flag(toy.TOY_JITTER, '--color_jitter')}`): the toy classes differ by hue, among
+  other cues, and the published hue jitter would blur that line;
+* test-time scales `{flag(toy.SCALES, '--scales')}` with flips (the published `1.0,0.5,1.5,2.0` cost
+  several times more), single-stage classes from scores >= {toy.CONF_TH}.
+"""))
+
+# %% id="setup"
 import glob
 
 import matplotlib.pyplot as plt
@@ -161,39 +177,38 @@ def stored_mask(tag, domain, image_id):
     """The (H, W) uint8 mask pseudo-labels/{tag}/{domain}/{image_id}.png of PRED_DIR, or None."""
     path = os.path.join(pseudo_labels_dir(PRED_DIR, tag, domain), image_id + ".png")
     return read_mask(path) if os.path.isfile(path) else None
-'''
 
-PANELS = r"""
-## What the panels show
 
-* **Image** and **ground truth**: the ground-truth mask is used here only for comparison; the
-  method never sees it. The light band around objects is "ignore" (not scored), as in VOC.
-* **CAM** (class activation map): the classifier's 1x1 convolution evaluated at every position of
-  the last backbone feature map, before it is averaged into an image-level score. It marks where
-  the network found evidence for a class, usually only the most telling part of an object. Each
-  class map is divided by its own maximum (`core.targets.normalize_cam`); the panel shows the
-  largest value over the image's classes, coarse (stride 16) and upsampled.
-* **RS+EPM seed**: the segmentation head's probability of each present class, each scaled so
-  its peak is 1, averaged over the test-time scales and flips: what `infer_rsepm.py` stores.
-  A pixel takes the class with the highest score, or background when no score reaches the
-  background threshold (the best one of `evaluate.py`'s sweep when that result exists).
-* **CRF pseudo mask**: `convert_seed_to_pseudo_masks.py` adds a background score
-  (1 - highest seed)^2 and runs a dense CRF, which pulls the boundaries onto colour edges
-  (`core.crf.seed_to_mask`).
-* **Random-walk mask** (only when `pseudo-labels/{RSEPM_TAG}@rw/` holds masks of these images):
-  the seeds propagated over learned pixel affinities (an affinity network trained on the seeds'
-  confident regions), then, in the toy run (`--rw_crf true`), the same dense CRF; read from its
-  files. These are the labels the retrained model learns from, as in the paper.
-* **Retrained model** (multi-stage): an ordinary, fully supervised DeepLabV3+ trained on the
-  pseudo masks; it needs no tags at test time. Its argmax is often cleaner than its own labels,
-  because mistakes that differ from image to image average out during training.
+# %% [markdown] id="panels"
+# ## What the panels show
+#
+# * **Image** and **ground truth**: the ground-truth mask is used here only for comparison; the
+#   method never sees it. The light band around objects is "ignore" (not scored), as in VOC.
+# * **CAM** (class activation map): the classifier's 1x1 convolution evaluated at every position of
+#   the last backbone feature map, before it is averaged into an image-level score. It marks where
+#   the network found evidence for a class, usually only the most telling part of an object. Each
+#   class map is divided by its own maximum (`core.targets.normalize_cam`); the panel shows the
+#   largest value over the image's classes, coarse (stride 16) and upsampled.
+# * **RS+EPM seed**: the segmentation head's probability of each present class, each scaled so
+#   its peak is 1, averaged over the test-time scales and flips: what `infer_rsepm.py` stores.
+#   A pixel takes the class with the highest score, or background when no score reaches the
+#   background threshold (the best one of `evaluate.py`'s sweep when that result exists).
+# * **CRF pseudo mask**: `convert_seed_to_pseudo_masks.py` adds a background score
+#   (1 - highest seed)^2 and runs a dense CRF, which pulls the boundaries onto colour edges
+#   (`core.crf.seed_to_mask`).
+# * **Random-walk mask** (only when `pseudo-labels/{RSEPM_TAG}@rw/` holds masks of these images):
+#   the seeds propagated over learned pixel affinities (an affinity network trained on the seeds'
+#   confident regions), then, in the toy run (`--rw_crf true`), the same dense CRF; read from its
+#   files. These are the labels the retrained model learns from, as in the paper.
+# * **Retrained model** (multi-stage): an ordinary, fully supervised DeepLabV3+ trained on the
+#   pseudo masks; it needs no tags at test time. Its argmax is often cleaner than its own labels,
+#   because mistakes that differ from image to image average out during training.
+#
+# "Present classes" are the image's ground-truth tags when `CONF_TH = -1` (like
+# `infer_rsepm.py --conf_th -1`); with `CONF_TH = 0.34` they are the classes the classifier
+# predicts, which is how a single-stage validation result is made.
 
-"Present classes" are the image's ground-truth tags when `CONF_TH = -1` (like
-`infer_rsepm.py --conf_th -1`); with `CONF_TH = 0.34` they are the classes the classifier
-predicts, which is how a single-stage validation result is made.
-"""
-
-THRESHOLD = r'''
+# %% id="threshold"
 DEFAULT_BG_TH = 0.35
 
 
@@ -222,9 +237,9 @@ else:
         print(f"background threshold {bg_th:.2f} (default: no evaluate.py seed result for {RSEPM_TAG})")
     else:
         print(f"background threshold {bg_th:.2f} (best of the sweep in {source})")
-'''
 
-RSEPM_CELL = r'''
+
+# %% id="rsepm"
 def load_model(network, weights):
     """The network with the checkpoint's weights, in eval mode; a clear error when the file is absent."""
     if not os.path.isfile(weights):
@@ -276,9 +291,8 @@ for image_id in image_ids:
         "rw_mask": stored_mask(RW_TAG, DOMAIN, image_id),  # None until the random-walk stage ran
     })
     print(f"{image_id}: classes {[info.class_names[c] for c in classes]}")
-'''
 
-SEG_CELL = r'''
+# %% id="retrained-model"
 seg_weights = SEG_WEIGHTS or model_path(PRED_DIR, SEG_TAG)
 if not os.path.isfile(seg_weights):
     print(f"skipped the retrained model: no weights at {seg_weights} (train_seg.py writes them; "
@@ -292,9 +306,8 @@ else:
         probs, _ = multiscale_inference(seg_model, normalize_image(result["image"]), "seg", scales=SCALES,
                                         interpolation="bilinear", same=True)
         result["seg_mask"] = probs.argmax(dim=0).numpy().astype(np.uint8)
-'''
 
-FIGURE = r'''
+# %% id="figure"
 IGNORE_COLOR = (224, 224, 192)  # VOC's colour of the unscored border band
 
 lookup = np.zeros((256, 3), dtype=np.uint8)
@@ -347,18 +360,16 @@ for ax, title in zip(axes[0], columns):
     ax.set_title(title, fontsize=9)
 fig.tight_layout()
 plt.show()
-'''
 
-TRAIN_INTRO = r"""
-## The pseudo masks the second stage trains on
+# %% [markdown] id="train-intro"
+# ## The pseudo masks the second stage trains on
+#
+# The panels above recompute everything from the weights. The files below are the run's own: the
+# CRF pseudo masks `convert_seed_to_pseudo_masks.py` wrote for `train_aug`, and, when the
+# random-walk stage has run, its masks (`pseudo-labels/{RSEPM_TAG}@rw/`, the labels of `train_seg.py`
+# in the toy run), next to the ground truth the method never saw.
 
-The panels above recompute everything from the weights. The files below are the run's own: the
-CRF pseudo masks `convert_seed_to_pseudo_masks.py` wrote for `train_aug`, and, when the
-random-walk stage has run, its masks (`pseudo-labels/{RSEPM_TAG}@rw/`, the labels of `train_seg.py`
-in the toy run), next to the ground truth the method never saw.
-"""
-
-TRAIN_MASKS = r'''
+# %% id="train-masks"
 train_ids = []
 if os.path.isdir(pseudo_labels_dir(PRED_DIR, RSEPM_TAG, "train_aug")):  # else train_aug may not even exist
     train_layout = SeedLayout(ROOT_DIR, "train_aug", info)
@@ -392,21 +403,20 @@ else:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     plt.show()
-'''
 
-EVALUATION_INTRO = r"""
-## Scores measured by `evaluate.py`
 
-`evaluate.py` writes its result as JSON beside the folder it scored:
-`{PRED_DIR}/{folder}/{tag}/{domain}.eval.json`. The table lists every one found for the two
-tags above and their variants (`{tag}@...`, e.g. the toy run's `@conf0.34` seeds of
-validation made with predicted classes). `predictions` rows score seeds (RS+EPM seeds at the
-best background threshold of the sweep, the retrained model's argmax), `pseudo-labels` rows
-score the CRF masks. IoU is in percent; a blank cell is a class absent from both the prediction
-and the ground truth.
-"""
+# %% [markdown] id="evaluation-intro"
+# ## Scores measured by `evaluate.py`
+#
+# `evaluate.py` writes its result as JSON beside the folder it scored:
+# `{PRED_DIR}/{folder}/{tag}/{domain}.eval.json`. The table lists every one found for the two
+# tags above and their variants (`{tag}@...`, e.g. the toy run's `@conf0.34` seeds of
+# validation made with predicted classes). `predictions` rows score seeds (RS+EPM seeds at the
+# best background threshold of the sweep, the retrained model's argmax), `pseudo-labels` rows
+# score the CRF masks. IoU is in percent; a blank cell is a class absent from both the prediction
+# and the ground truth.
 
-EVALUATION = r'''
+# %% id="evaluation-table"
 def evaluation_files(pred_dir, tags):
     """Paths of evaluate.py's JSON results of each tag and its `{tag}@...` variants, tag by tag."""
     found = []
@@ -438,9 +448,8 @@ else:
         lines.append(f"* ({k}) `{e['folder']}` of `{e['tag']}` on {e['domain']}, "
                      f"{e['num_images']} images{threshold}")
     display(Markdown("\n".join(lines)))
-'''
 
-CHART = r'''
+# %% id="evaluation-chart"
 if evaluations:
     names = info.class_names + ["mIoU"]
     x = np.arange(len(names))
@@ -458,20 +467,3 @@ if evaluations:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1)
     fig.tight_layout()
     plt.show()
-'''
-
-CELLS = [
-    ("intro", "markdown", INTRO),
-    ("parameters", "code", PARAMETERS),
-    ("setup", "code", SETUP),
-    ("panels", "markdown", PANELS),
-    ("threshold", "code", THRESHOLD),
-    ("rsepm", "code", RSEPM_CELL),
-    ("retrained-model", "code", SEG_CELL),
-    ("figure", "code", FIGURE),
-    ("train-intro", "markdown", TRAIN_INTRO),
-    ("train-masks", "code", TRAIN_MASKS),
-    ("evaluation-intro", "markdown", EVALUATION_INTRO),
-    ("evaluation-table", "code", EVALUATION),
-    ("evaluation-chart", "code", CHART),
-]
