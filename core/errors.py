@@ -1,7 +1,8 @@
 """The project's own errors: bad input files, bad datasets, bad checkpoints, bad arguments.
 
 Every script runs under tools.args.cli, which prints these as one line (`error: ...`) and exits
-with status 1. Any other exception is a bug, not bad input, and keeps its traceback.
+with status 1 (2 for a UsageError, with the usage line). Any other exception is a bug, not bad
+input, and keeps its traceback. Every error class of the project is defined here.
 
     ProjectError
     ├── FormatError        a file exists but does not hold what it should
@@ -9,6 +10,8 @@ with status 1. Any other exception is a bug, not bad input, and keeps its traceb
     ├── MissingFileError   an input file does not exist (also a FileNotFoundError)
     ├── OutputError        an output file cannot be written: disk full, permissions (also an OSError)
     ├── DatasetError       a dataset file or folder is missing or malformed
+    ├── EvaluationError    a prediction is missing or does not match its ground truth (evaluate.py)
+    ├── PrepareError       a dataset builder's input is bad or its output fails verification
     ├── UsageError         arguments that cannot work together (also a ValueError)
     └── SetupError         the environment lacks something, e.g. offline weights (also a RuntimeError)
 
@@ -46,3 +49,11 @@ class UsageError(ProjectError, ValueError):
 
 class SetupError(ProjectError, RuntimeError):
     """The environment lacks something the run needs; the message says how to provide it."""
+
+
+class EvaluationError(ProjectError):
+    """A prediction is missing or does not match its ground truth. The message names the file."""
+
+
+class PrepareError(ProjectError):
+    """A dataset builder's input is missing or inconsistent, or its output fails verification."""

@@ -17,11 +17,10 @@ from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.inference import scaled_size
 from core.io import claim_output_folder, file_fingerprint, save_seed
 from core.safety import remove_stale_temp_files, safe_output_path
-from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
+from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, make_parser, resolve_devices, str2bool)
 from tools.paths import model_path, predictions_dir
 
-AMP_MODES = ("off", "bf16", "fp16")
 MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
 # Rough peak memory of one pass per pixel of its (scaled) input, the image and its flip together:
 # a ResNet-101 DeepLab at output stride 8 keeps a few 1024-2048-channel maps at 1/8 of the input
@@ -46,7 +45,8 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--amp", default="off", choices=AMP_MODES,
                         help="mixed precision of the network forward: off = the published float32 path; "
                              "bf16 (CPU or CUDA) or fp16 (CUDA only) run the forward under autocast, "
-                             "softmax and averaging stay float32")
+                             "softmax and averaging stay float32; auto = bf16 on CUDA if supported, else "
+                             "fp16; off on the CPU")
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
@@ -105,6 +105,8 @@ class AutocastForward(torch.nn.Module):
 def with_amp(model, device, mode):
     """`model` unchanged for --amp off, else wrapped in AutocastForward. fp16 is refused on the
     CPU (ValueError): CPU autocast is meant for bf16, and fp16 there is slow and untested."""
+    if mode == "auto":
+        mode = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if mode == "off":
         return model
     if mode not in AMP_MODES:
