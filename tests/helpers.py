@@ -12,3 +12,8 @@ def kill_at(monkeypatch, iteration):
         return original(losses, it, ctx, **options)
 
     monkeypatch.setattr(optim, "check_finite", check)
+
+
+def run_main(module, argv):
+    """A script's main on parsed argv, as tests call it (cli adds only the exit status)."""
+    return module.main(module.get_args_parser().parse_args(argv))

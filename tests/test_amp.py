@@ -17,6 +17,7 @@ from tools.seeds.inference import AutocastForward, with_amp
 from core.io import load_seed
 from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir
+from helpers import run_main
 
 NUM_CLASSES = 6  # TOY: background + 5 shapes
 # bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4%): a first-iteration loss may move by a
@@ -139,7 +140,7 @@ def test_inference_refuses_fp16_on_cpu_before_writing(toy, tmp_path):
     weights = str(tmp_path / "w.pth")
     save_weights(network, weights)
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        infer_rsepm.main(["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
+        run_main(infer_rsepm, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
                           "--num_workers", "0", "--weights", weights, "--tag", "t", "--pred_dir",
                           str(tmp_path), "--backbone", "resnet18", "--amp", "fp16"])
     assert not os.path.exists(predictions_dir(str(tmp_path), "t", "validation"))

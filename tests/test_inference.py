@@ -30,6 +30,7 @@ import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
 from tools.args import cli
 from tools.datasets.make_toy_dataset import make_toy_dataset
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
@@ -344,7 +345,7 @@ def snapshot(folder):
 def test_infer_rsepm_with_ground_truth_tags_matches_the_reference(toy, weights, tmp_path):
     """Default scales and --conf_th -1: keys = [0] + xml tags, seed = normalised reference probs."""
     place_weights(tmp_path, weights["rsepm"])
-    summary = infer_rsepm.main(rsepm_args(toy, tmp_path))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path))
     ids = image_ids(toy, "validation")
     assert summary["written"] == len(ids) == 4 and not summary["failed"]
     assert sorted(os.listdir(out_dir(tmp_path))) == [i + ".pkl" for i in ids]
@@ -366,7 +367,7 @@ def test_infer_rsepm_with_ground_truth_tags_matches_the_reference(toy, weights, 
 
 def test_conf_th_picks_classes_by_score(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
-    infer_rsepm.main(rsepm_args(toy, tmp_path, "--conf_th", "0.5", *FAST))
+    run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--conf_th", "0.5", *FAST))
     model = make_rsepm()
     for image_id in image_ids(toy, "validation"):
         stored = read_pickle(os.path.join(out_dir(tmp_path), image_id + ".pkl"))
@@ -379,7 +380,7 @@ def test_conf_th_picks_classes_by_score(toy, weights, tmp_path):
 
 def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
-    infer_rsepm.main(rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))
+    run_main(infer_rsepm, rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))
     assert sorted(n for n in os.listdir(os.path.join(tmp_path, "predictions", TAG)) if not n.endswith(".settings.json")) == ["train"]
     assert sorted(os.listdir(out_dir(tmp_path, "train"))) == [i + ".pkl" for i in image_ids(toy, "train_aug")]
 
@@ -445,7 +446,7 @@ def test_inference_leaves_autograd_on_for_the_caller(toy, weights, tmp_path):
     """Called in-process (tests, notebooks, pipelines), the scripts must not switch autograd off
     globally."""
     assert torch.is_grad_enabled()
-    infer_seg.main(seg_args(toy, tmp_path, "deeplabv2", "--weights", str(weights["deeplabv2"]), "--scales", "1.0"))
+    run_main(infer_seg, seg_args(toy, tmp_path, "deeplabv2", "--weights", str(weights["deeplabv2"]), "--scales", "1.0"))
     assert torch.is_grad_enabled()
 
 
@@ -470,12 +471,12 @@ def test_corrupt_image_is_counted_listed_and_fails_the_run(toy, weights, tmp_pat
 def test_resume_rewrites_only_missing_files_identically(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     argv = rsepm_args(toy, tmp_path, *FAST)
-    infer_rsepm.main(argv)
+    run_main(infer_rsepm, argv)
     first = snapshot(out_dir(tmp_path))
     stats = {n: os.stat(os.path.join(out_dir(tmp_path), n)) for n in first}
     removed = sorted(first)[2]
     os.remove(os.path.join(out_dir(tmp_path), removed))
-    summary = infer_rsepm.main(argv)
+    summary = run_main(infer_rsepm, argv)
     assert summary["written"] == 1 and summary["skipped_existing"] == 3
     assert snapshot(out_dir(tmp_path)) == first  # byte-identical, the rewritten one included
     for name, before in stats.items():
@@ -502,12 +503,12 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
 
     monkeypatch.setattr(core.io, "atomic_output", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
-        infer_rsepm.main(rsepm_args(toy, tmp_path / "a", *FAST))
+        run_main(infer_rsepm, rsepm_args(toy, tmp_path / "a", *FAST))
     monkeypatch.undo()
     ids = image_ids(toy, "validation")
     assert sorted(os.listdir(out_dir(tmp_path / "a"))) == [i + ".pkl" for i in ids[:2]]  # no temp file
-    assert infer_rsepm.main(rsepm_args(toy, tmp_path / "a", *FAST))["written"] == 2
-    infer_rsepm.main(rsepm_args(toy, tmp_path / "b", *FAST))  # never interrupted
+    assert run_main(infer_rsepm, rsepm_args(toy, tmp_path / "a", *FAST))["written"] == 2
+    run_main(infer_rsepm, rsepm_args(toy, tmp_path / "b", *FAST))  # never interrupted
     for image_id in ids:
         a = read_pickle(os.path.join(out_dir(tmp_path / "a"), image_id + ".pkl"))
         b = read_pickle(os.path.join(out_dir(tmp_path / "b"), image_id + ".pkl"))
@@ -517,25 +518,25 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
 @pytest.mark.parametrize("text, value", [("true", True), ("TRUE", True), ("Yes", True), ("1", True),
                                          ("false", False), ("False", False), ("NO", False), ("0", False)])
 def test_boolean_flags_accept_the_usual_spellings(text, value):
-    args = infer_rsepm.parse_args(["--same", text, "--reverse", text, "--single", text, "--shuffle", text,
+    args = infer_rsepm.get_args_parser().parse_args(["--same", text, "--reverse", text, "--single", text, "--shuffle", text,
                                    "--use_cam", text, "--debug", text])
     assert (args.same, args.reverse, args.single, args.shuffle, args.use_cam, args.debug) == (value,) * 6
-    assert infer_seg.parse_args(["--reverse", text]).reverse is value
+    assert infer_seg.get_args_parser().parse_args(["--reverse", text]).reverse is value
 
 
 def test_boolean_flags_reject_other_words():
     with pytest.raises(SystemExit) as error:
-        infer_rsepm.parse_args(["--same", "maybe"])
+        infer_rsepm.get_args_parser().parse_args(["--same", "maybe"])
     assert error.value.code == 2
 
 
 def test_original_defaults():
-    args = infer_rsepm.parse_args([])
+    args = infer_rsepm.get_args_parser().parse_args([])
     assert (args.gpus, args.root_dir, args.dataset, args.domain, args.backbone, args.conf_th, args.strategy,
             args.pred_dir, args.same, args.interpolation, args.class_fn, args.scales) == \
         ("0", "../VOC2012/", "VOC", "train", "resnet50", -1, "last", "./experiments/", True, "nearest",
          "sigmoid", (1.0, 0.5, 1.5, 2.0))
-    args = infer_seg.parse_args([])
+    args = infer_seg.get_args_parser().parse_args([])
     assert (args.backbone, args.decoder, args.output_stride, args.tag) == \
         ("resnet101", "deeplabv3+", 8, "ResNet101@VOC@DeepLabv3+@MS@RSCM")
 
@@ -543,7 +544,7 @@ def test_original_defaults():
 @pytest.mark.parametrize("decoder", ["deeplabv3+", "deeplabv2"])
 def test_infer_seg_writes_seg_dialect_seeds(toy, weights, tmp_path, decoder):
     place_weights(tmp_path, weights[decoder])
-    summary = infer_seg.main(seg_args(toy, tmp_path, decoder, *FAST))
+    summary = run_main(infer_seg, seg_args(toy, tmp_path, decoder, *FAST))
     assert summary["written"] == 4
     model, kept = segmenters()[decoder], []
     for image_id in image_ids(toy, "validation"):

@@ -22,7 +22,7 @@ from core.relations import ir_label_from_seed
 from tools.seeds import affinity_data
 from tools.datasets.make_toy_dataset import make_toy_dataset
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import kill_at
+from helpers import kill_at, run_main
 
 SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
 INFO = load_dataset_info("TOY")
@@ -85,7 +85,7 @@ def test_train_convert_evaluate_end_to_end(toy):
     # random-walk masks of train_aug beside the CRF ones, then scored on train
     base = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--folder", "predictions",
             "--tag", SEED_TAG, "--pred_dir", pred, "--gpus", "cpu"]
-    summary = convert.main(base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
+    summary = run_main(convert, base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
     mask_dir = pseudo_labels_dir(pred, SEED_TAG + "@rw", "train_aug")
     assert summary["written"] == 8 and not summary["failed"] and summary["output_dir"] == mask_dir
     layout = SeedLayout(root, "train_aug", INFO)
@@ -94,9 +94,9 @@ def test_train_convert_evaluate_end_to_end(toy):
         gt = layout.read_mask(image_id)
         assert mask.shape == gt.shape
         assert set(np.unique(mask).tolist()) <= set(np.unique(gt).tolist()) - {255}  # only the seeds' classes
-    again = convert.main(base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
+    again = run_main(convert, base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
     assert again["written"] == 0 and again["skipped_existing"] == 8
-    scores = evaluate.main(["--root_dir", root, "--dataset", "TOY", "--domain", "train", "--folder",
+    scores = run_main(evaluate, ["--root_dir", root, "--dataset", "TOY", "--domain", "train", "--folder",
                             "pseudo-labels", "--tag", SEED_TAG + "@rw", "--pred_dir", pred, "--num_workers", "0"])
     assert scores["mode"] == "mask" and 0 <= scores["mIoU"] <= 100
 
