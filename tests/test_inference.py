@@ -388,10 +388,10 @@ def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
 def test_test_split_needs_a_confidence_threshold(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, *FAST, domain="test"))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, *FAST, domain="test"))
     assert error.value.code not in (0, None) and "--conf_th" in str(error.value.code)
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
-    summary = cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--conf_th", "0.3", *FAST, domain="test"))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--conf_th", "0.3", *FAST, domain="test"))
     assert summary["written"] == 2
     for image_id in image_ids(toy, "test"):
         assert read_pickle(os.path.join(out_dir(tmp_path, "test"), image_id + ".pkl"))["keys"].tolist() \
@@ -410,11 +410,11 @@ def test_script_exit_status_and_message_from_the_command_line(toy, weights, tmp_
 
 def test_missing_checkpoint_names_the_path(toy, tmp_path):
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path))
     expected = os.path.join(str(tmp_path), "models", TAG, "last.pth")
     assert expected in str(error.value.code) and "not found" in str(error.value.code)
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
     assert str(tmp_path / "nope.pth") in str(error.value.code)
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
 
@@ -422,7 +422,7 @@ def test_missing_checkpoint_names_the_path(toy, tmp_path):
 def test_checkpoint_of_another_network_names_the_keys(toy, weights, tmp_path):
     # ResNet-18 weights for a ResNet-34 network: blocks layer1.2 etc. are missing from the file
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]),
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]),
                                          "--backbone", "resnet34"))
     message = str(error.value.code)
     assert str(weights["rsepm"]) in message and "missing" in message and "model.layer1.2.conv1.weight" in message
@@ -430,14 +430,14 @@ def test_checkpoint_of_another_network_names_the_keys(toy, weights, tmp_path):
     voc = tmp_path / "voc.pth"
     save_weights(RSEPM("resnet18", num_classes=21), voc)
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(voc)))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(voc)))
     message = str(error.value.code)
     assert "mis-shaped" in message and "classifier.weight (file (20, 512, 1, 1), model (5, 512, 1, 1))" in message
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
 
 
 def test_weights_flag_overrides_the_model_folder(toy, weights, tmp_path):
-    summary = cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]), *FAST))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]), *FAST))
     assert summary["written"] == 4
     assert not os.path.exists(os.path.join(tmp_path, "models"))
 
@@ -461,10 +461,10 @@ def test_corrupt_image_is_counted_listed_and_fails_the_run(toy, weights, tmp_pat
     argv = rsepm_args(root, tmp_path, *FAST)
     argv[argv.index("--num_workers") + 1] = "2"  # errors come back from DataLoader workers
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, argv)
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), argv)
     assert error.value.code not in (0, None)
     err = capsys.readouterr().err
-    assert "1 image(s) could not be processed" in err and str(bad) in err
+    assert error.value.code == 1 and "1 image(s) skipped:" in err and str(bad) in err
     assert sorted(os.listdir(out_dir(tmp_path))) == [i + ".pkl" for i in ids if i != ids[1]]
 
 
