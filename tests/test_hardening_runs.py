@@ -51,11 +51,13 @@ def data(tmp_path):
     return tmp_path
 
 
-def infer(data, weights, *extra):
+def infer(data, weights, *extra, through_cli=False):
     argv = ["--root_dir", str(data / "data"), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
             "--pred_dir", str(data / "exp"), "--backbone", "resnet18", "--num_workers", "0",
             "--weights", str(weights), "--conf_th", "0.5", "--scales", "1.0,0.5", *extra]
-    return cli(infer_rsepm.main, argv)
+    if through_cli:  # what a user sees: cli turns a failed write into one line
+        return cli(infer_rsepm.main, infer_rsepm.get_args_parser(), argv)
+    return run_main(infer_rsepm, argv)
 
 
 def seeds(data):
@@ -70,6 +72,9 @@ def failure(capsys, call):
         result = call()
     except ProjectError as e:
         return capsys.readouterr().err + str(e)
+    except SystemExit as e:
+        assert e.code not in (0, None)
+        return capsys.readouterr().err + str(e.code)
     assert result["failed"], result
     return capsys.readouterr().err
 
@@ -82,14 +87,14 @@ def test_image_too_small_for_a_scale_is_skipped_and_listed(data, weights, capsys
     small = data / "data" / "validation" / "image" / "b.jpg"
     Image.fromarray(np.zeros((1, 48, 3), np.uint8)).save(small)
     err = failure(capsys, lambda: infer(data, weights))
-    assert "1 image(s) could not be processed" in err and str(small) in err and "too small for scale 0.5" in err
+    assert "1 image(s) skipped:" in err and str(small) in err and "too small for scale 0.5" in err
     assert seeds(data) == ["a.pkl", "c.pkl"]
 
 
 def test_header_pixel_limit_and_memory_estimate_skip_images(data, weights, capsys):
     """Before: neither --max_image_pixels nor --max_memory_gib existed (argparse exit 2, no seed)."""
     err = failure(capsys, lambda: infer(data, weights, "--max_image_pixels", "1000"))
-    assert "3 image(s) could not be processed" in err and "48x40 = 1,920 pixels" in err and seeds(data) == []
+    assert "3 image(s) skipped:" in err and "48x40 = 1,920 pixels" in err and seeds(data) == []
     # 40x48 at scale 1.0: 1920 * 1024 bytes + 3 * 4 * 6 * 1920 = 2,104,320 bytes ~ 0.002 GiB
     err = failure(capsys, lambda: infer(data, weights, "--max_memory_gib", "0.001"))
     assert "about 0.0 GiB at scale 1" in err and "--max_memory_gib 0.001" in err
@@ -100,7 +105,7 @@ def test_decompression_bomb_is_a_counted_skip(data, weights, capsys, monkeypatch
     """Before: PIL's DecompressionBombError (not an OSError) stopped inference with a traceback."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x48 > 2 * 100: PIL raises at open
     err = failure(capsys, lambda: infer(data, weights))
-    assert "3 image(s) could not be processed" in err and "too large to decode safely" in err
+    assert "3 image(s) skipped:" in err and "too large to decode safely" in err
 
 
 def test_xml_with_inf_or_overflowing_number_names_the_file(tmp_path):
@@ -241,7 +246,7 @@ def test_unwritable_output_folder_is_one_line(data, weights, capsys, monkeypatch
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "makedirs", failing)
-    err = failure(capsys, lambda: infer(data, weights))
+    err = failure(capsys, lambda: infer(data, weights, through_cli=True))
     assert "error: " in err and "predictions" in err and "permission denied" in err
 
 
