@@ -414,7 +414,8 @@ def test_missing_checkpoint_names_the_path(toy, tmp_path):
     expected = os.path.join(str(tmp_path), "models", TAG, "last.pth")
     assert expected in str(error.value.code) and "not found" in str(error.value.code)
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(),
+            rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
     assert str(tmp_path / "nope.pth") in str(error.value.code)
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
 

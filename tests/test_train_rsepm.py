@@ -115,7 +115,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     summary = run_main(infer_rsepm, common + ["--backbone", "resnet18", "--scales", "1.0", "--gpus", "cpu"])
     assert summary["written"] == 3 and not summary["failed"]
     assert len(os.listdir(predictions_dir(str(pred_dir), tag, "validation"))) == 3
-    converted = convert_seed_to_pseudo_masks.main(common + ["--folder", "predictions"])
+    converted = run_main(convert_seed_to_pseudo_masks, common + ["--folder", "predictions"])
     assert converted["written"] == 3 and not converted["failed"]
     assert len(os.listdir(pseudo_labels_dir(str(pred_dir), tag, "validation"))) == 3
     scores = run_main(evaluate, common + ["--folder", "pseudo-labels"])
