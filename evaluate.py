@@ -11,32 +11,30 @@ The folder name picks the mode, as in the original:
 
 Prints a per-class IoU table and a summary line, and writes the result as JSON beside the
 evaluated folder (tools.paths.evaluation_path). Images are spread over --num_workers processes
-whose integer confusion matrices are summed, so the result does not depend on the worker count.
+(tools.pool) whose integer confusion matrices are summed, so the result does not depend on the
+worker count. An image whose prediction is bad is skipped and listed, the result (over the other
+images, with the skipped ones under "failed") is written and the exit status is 1.
 """
 import math
-import multiprocessing
 import os
 import shlex
-import sys
 
 import tqdm
 
 from core.datasets import SeedLayout, load_dataset_info
-from core.errors import ProjectError
+from core.errors import EvaluationError
 from core.io import load_seed, read_mask, write_json
 from tools import metrics
-from tools.args import add_dataset_args, add_experiment_args, add_seed_limit_arg, cli, make_parser, str2bool
+from tools.args import (add_dataset_args, add_experiment_args, add_seed_limit_arg, add_threads_arg, cli, make_parser,
+                        str2bool)
 from tools.paths import evaluation_path, output_dir
+from tools.pool import SKIPPED_ERRORS, list_skipped, main_threads, pool_size, run_pool
 
 MASK_MODE, SEED_MODE = "mask", "seed"
 MAX_CHUNK = 64  # images per worker task: bounds the size of the matrices sent back
 
 
-class EvaluationError(ProjectError):
-    """A prediction is missing or does not match its ground truth. The message names the file."""
-
-
-def get_parser():
+def get_args_parser():
     parser = make_parser(description=__doc__.split("\n\n")[0])
     add_dataset_args(parser, domain="validation")
     add_experiment_args(parser)
@@ -50,6 +48,7 @@ def get_parser():
                         help="evaluate only the images with exactly one image-level tag")
     parser.add_argument("--num_workers", default=16, type=int,
                         help="worker processes (capped at the CPU count); 0 or 1 = in this process")
+    add_threads_arg(parser)
     add_seed_limit_arg(parser)
     # Accepted so the original commands run unchanged; they change nothing here.
     parser.add_argument("--gpus", default="0", type=str, help="ignored: evaluation runs on the CPU")
@@ -113,8 +112,8 @@ class Job:
         for image_id in image_ids:
             try:
                 confusion, dialect = self.score_image(image_id)
-            except ProjectError as e:
-                failed.append(str(e))
+            except SKIPPED_ERRORS as e:
+                failed.append({"id": image_id, "problem": str(e)})
                 continue
             meter.add(confusion)
             if dialect:
@@ -125,7 +124,7 @@ class Job:
 _JOB = None
 
 
-def _init_worker(job):
+def _install(job):
     global _JOB
     _JOB = job
 
@@ -134,43 +133,25 @@ def _score_chunk(image_ids):
     return _JOB.score_chunk(image_ids)
 
 
-def available_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def chunked(items, size):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def accumulate(job, image_ids, num_workers):
-    """Score every image; returns (ConfusionMeter, dialect counts, problems of skipped images).
-    Workers get chunks of ids and send back one summed matrix per chunk."""
-    workers = max(1, min(num_workers, available_cpus(), len(image_ids)))
-    size = max(1, min(MAX_CHUNK, math.ceil(len(image_ids) / (workers * 8))))
-    chunks = chunked(image_ids, size)
+def accumulate(job, image_ids, workers):
+    """Score every image over `workers` processes (0: here); returns (ConfusionMeter, dialect
+    counts, [{"id", "problem"}] of skipped images). Workers get chunks of ids and send back one
+    summed matrix per chunk."""
+    size = max(1, min(MAX_CHUNK, math.ceil(len(image_ids) / (max(1, workers) * 8))))
     meter = metrics.ConfusionMeter(job.num_classes, job.rows())
     dialects, failed = {}, []
     with tqdm.tqdm(total=len(image_ids), desc="evaluate", unit="image", dynamic_ncols=True) as bar:
-        if workers == 1:
-            results = (job.score_chunk(chunk) for chunk in chunks)
-            pool = None
-        else:
-            pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job,))
-            results = pool.imap_unordered(_score_chunk, chunks)
-        try:
-            for matrix, count, seen, problems in results:
-                meter.add(matrix)
-                failed.extend(problems)
-                for name, n in seen.items():
-                    dialects[name] = dialects.get(name, 0) + n
-                bar.update(count)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        for matrix, count, seen, problems in run_pool(_score_chunk, chunked(image_ids, size), workers,
+                                                      setup=_install, setup_args=(job,)):
+            meter.add(matrix)
+            failed.extend(problems)
+            for name, n in seen.items():
+                dialects[name] = dialects.get(name, 0) + n
+            bar.update(count)
     return meter, dialects, failed
 
 
@@ -261,33 +242,34 @@ def build_job(args):
     return Job(layout, pred_dir, mode, args.tag, thresholds, tag_rule, args.max_seed_bytes)
 
 
-def main(argv=None):
-    """Run the evaluation; returns the result dict. Bad input exits with status 1 and a message."""
-    return cli(run, list(sys.argv[1:] if argv is None else argv))
+def command_line(args):
+    """The command as flags (recorded in the result)."""
+    return shlex.join(["evaluate.py"] + [part for k, v in vars(args).items() for part in (f"--{k}", str(v))])
 
 
-def run(argv):
-    args = get_parser().parse_args(argv)
-    command = shlex.join(["evaluate.py"] + argv)
+def main(args):
+    """Run the evaluation; returns the result dict (with "failed": the images skipped)."""
     job = build_job(args)
     image_ids = select_ids(job.layout, args.single)
     if not image_ids:
         raise EvaluationError(f"{job.layout.split_dir}: no images to evaluate")
     check_predictions_exist(job, image_ids)
-    meter, dialects, failed = accumulate(job, image_ids, args.num_workers)
-    if failed:
-        # a score over the other images would look like a result of the whole split: none is written
-        raise SystemExit(f"error: {len(failed)} of {len(image_ids)} image(s) could not be evaluated (no result "
-                         "written):\n  " + "\n  ".join(sorted(failed)))
-    result = summarise(meter, dialects, job, args, len(image_ids), command)
+    workers = pool_size(args.num_workers, len(image_ids))
+    main_threads(args.threads, workers)
+    meter, dialects, failed = accumulate(job, image_ids, workers)
+    result = summarise(meter, dialects, job, args, len(image_ids) - len(failed), command_line(args))
+    result["failed"] = sorted(failed, key=lambda f: f["id"])
     print(format_report(result))
     if len(dialects) > 1:
-        print(f"note: the folder mixes seed dialects {dialects}; seg seeds do not depend on the threshold")
+        print(f"warning: the folder mixes seed dialects {dialects}; seg seeds do not depend on the threshold")
     path = evaluation_path(args.pred_dir, args.folder, args.tag, args.domain)
     write_json(path, result)
     print(f"result written to {path}")
+    if failed:
+        print(f"warning: the scores above leave out {len(failed)} of {len(image_ids)} images")
+    list_skipped(failed)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

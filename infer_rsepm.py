@@ -9,14 +9,13 @@ classes are the ground-truth tags (--conf_th -1) or the classes scoring >= --con
 """
 from core.datasets import load_dataset_info
 from core.networks import RSEPM
-from tools.args import str2bool
-from tools.args import cli, conf_threshold
+from tools.args import cli, conf_threshold, str2bool
 from tools.seeds.inference import inference_parser, run_inference
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = inference_parser(__doc__.splitlines()[0], backbone="resnet50", tag=DEFAULT_TAG)
     parser.add_argument("--conf_th", default=-1, type=conf_threshold,
                         help="-1: use the ground-truth tags; else keep classes with score >= conf_th")
@@ -36,11 +35,10 @@ def parse_args(argv=None):
                                 ("second_th", 0.10, float), ("foreground_th", 0.30, float),
                                 ("background_th", 0.05, float), ("end_th", 0.70, float)):
         parser.add_argument(f"--{name}", default=default, type=kind, help="accepted for compatibility; unused")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
     info = load_dataset_info(args.dataset)
     network = RSEPM(backbone=args.backbone, num_classes=info.num_classes, output_stride=16)
     kind = "rsepm" if args.seed_source == "decoder" else "cam"
@@ -49,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, get_args_parser())

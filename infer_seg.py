@@ -15,20 +15,19 @@ from tools.seeds.inference import inference_parser, run_inference
 DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = inference_parser(__doc__.splitlines()[0], backbone="resnet101", tag=DEFAULT_TAG)
     parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"),
                         help="segmentation network")
     parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16), help="backbone output stride")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
     info = load_dataset_info(args.dataset)
     network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride)
     return run_inference(args, network, "seg", same=True, interpolation="bilinear")
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, get_args_parser())

@@ -15,7 +15,6 @@ models/{tag}/last.pth in the authors' AffinityNet key layout (what
 Defaults are IRN's (ResNet-50 from ImageNet, crop 512, batch 32, 3 epochs, lr 0.1, wd 1e-4).
 """
 import os
-import sys
 
 import torch
 
@@ -27,8 +26,10 @@ from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
 from tools.engine import distributed, optim, trainer, training
-from tools.seeds.affinity_data import STRIDE, AffinityDataset, AffinityTransform, ir_labels_dir, make_ir_labels
-from tools.args import cli, deprecated_alias, str2bool
+from tools.seeds.affinity_data import (STRIDE, AffinityDataset, AffinityTransform, claim_ir_labels, ir_labels_dir,
+                                      make_ir_labels)
+from tools.args import add_overwrite_arg, cli, deprecated_alias, str2bool
+from tools.pool import list_skipped
 from tools.paths import predictions_dir
 
 # IRN's optimiser: one group (the edge branch) at the base lr, weight decay on all of it, no momentum
@@ -63,6 +64,7 @@ def get_args_parser():
                         help="confident background: every class seed at most this (then the label CRF)")
     parser.add_argument("--ir_crf", default=True, type=str2bool,
                         help="smooth both confident-region maps with the label CRF (IRN)")
+    add_overwrite_arg(parser, "relation-label maps (ir-labels/{seed_tag}/)")
     for old, new in RENAMED.items():
         deprecated_alias(parser, old, new)
     return parser
@@ -122,11 +124,14 @@ def prepare_labels(args, ctx, layout, info):
     if not os.path.isdir(seed_dir):
         raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py --domain "
                                f"{args.domain} --conf_th -1 --tag {args.seed_tag} first)")
-    summary = make_ir_labels(layout, seed_dir, label_dir, args.seed_tag, info.palette, args.ir_fg_th,
-                             args.ir_bg_th, args.ir_crf, args.num_workers, progress=ctx.is_main,
-                             ids=layout.ids[ctx.rank::ctx.world_size])
-    for image_id, problem in sorted(summary["failed"]):
-        print(f"skipped {image_id}: {problem}", file=sys.stderr)
+    # every rank checks the record (a mismatch stops all of them), then all fill the folder
+    claim_ir_labels(layout, seed_dir, label_dir, args.ir_fg_th, args.ir_bg_th, args.ir_crf, args.overwrite)
+    if ctx.distributed:
+        torch.distributed.barrier()
+    summary = make_ir_labels(layout, seed_dir, label_dir, args.seed_tag, info.palette, args.ir_fg_th, args.ir_bg_th,
+                             args.ir_crf, args.num_workers, progress=ctx.is_main,
+                             ids=layout.ids[ctx.rank::ctx.world_size], claim=False)
+    list_skipped(summary["failed"])
     if ctx.distributed:
         torch.distributed.barrier()
     if ctx.is_main:

@@ -1,8 +1,8 @@
 """The project's own errors: bad input files, bad datasets, bad checkpoints, bad arguments.
 
 Every script runs under tools.args.cli, which prints these as one line (`error: ...`) and exits
-with status 1 (a UsageError: argparse's usage line, status 2). Any other exception is a bug, not
-bad input, and keeps its traceback.
+with status 1 (2 for a UsageError, with the usage line). Any other exception is a bug, not bad
+input, and keeps its traceback. Every error class of the project is defined here.
 
     ProjectError
     ├── FormatError        a file exists but does not hold what it should
@@ -11,6 +11,8 @@ bad input, and keeps its traceback.
     ├── MissingFileError   an input file does not exist (also a FileNotFoundError)
     ├── OutputError        an output file cannot be written: disk full, permissions (also an OSError)
     ├── DatasetError       a dataset file or folder is missing or malformed
+    ├── EvaluationError    a prediction is missing or does not match its ground truth (evaluate.py)
+    ├── PrepareError       a dataset builder's input is bad or its output fails verification
     ├── UsageError         arguments that cannot work together (also a ValueError)
     ├── SetupError         the environment lacks something, e.g. offline weights (also a RuntimeError)
     └── NonFiniteError     a loss or a weight became NaN/inf during training (also a RuntimeError)
@@ -58,3 +60,11 @@ class NonFiniteError(ProjectError, RuntimeError):
 
 class ResumeError(CheckpointError, ValueError):
     """A resume checkpoint that is unreadable or from another kind of run. Names the file."""
+
+
+class EvaluationError(ProjectError):
+    """A prediction is missing or does not match its ground truth. The message names the file."""
+
+
+class PrepareError(ProjectError):
+    """A dataset builder's input is missing or inconsistent, or its output fails verification."""

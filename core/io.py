@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import FormatError, MissingFileError, OutputError, ProjectError
-from core.safety import TEMP_SUFFIX, temp_prefix
+from core.safety import TEMP_SUFFIX, remove_stale_temp_files, temp_prefix
 
 SEED_DIALECTS = ("rsepm", "seg")
 # Largest decoded seed accepted by load_seed (--max_seed_bytes): a VOC seed is ~20 MB, a COCO one
@@ -305,7 +305,8 @@ def file_fingerprint(path):
 
 
 def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",)):
-    """Make sure the outputs in `folder` all come from `settings`, then record them there.
+    """The one preparation of every stage's output folder: create it, remove the temporaries of
+    killed runs, make sure the outputs in it all come from `settings`, then record them.
 
     `settings` (JSON-able) is written to settings_path(folder) atomically. When the folder
     already holds a record with other values, or files ending in `extension` but no record,
@@ -317,6 +318,8 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
     from core.errors import UsageError
 
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they are read back
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temp_files(folder)
     record = settings_path(folder)
     outputs = sorted(f for f in os.listdir(folder) if f.endswith(extension)) if os.path.isdir(folder) else []
     old = read_json(record) if os.path.isfile(record) else None
@@ -336,6 +339,8 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
                 os.remove(os.path.join(folder, name))
             deleted += 1
     write_json(record, settings)
+    if deleted:
+        print(f"--overwrite: deleted {deleted} {extension} file(s) of {folder}")
     return deleted
 
 

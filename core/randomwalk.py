@@ -31,6 +31,7 @@ Public API:
     random_walk_labels(seed, keys, edge, ...)      (K, H, W) seed -> (H, W) class indices
     walk_keys(keys, k)                             class index of each of those planes
 """
+import contextlib
 import math
 import warnings
 
@@ -231,9 +232,24 @@ def _propagate_sparse(x, edge, radius, beta, steps):
         warnings.simplefilter("ignore", UserWarning)
         matrix = matrix.coalesce().to_sparse_csr()
     v = x.t().contiguous()
-    for _ in range(steps):
-        v = matrix @ v
+    with one_thread(x.device):
+        for _ in range(steps):
+            v = matrix @ v
     return v.t()
+
+
+@contextlib.contextmanager
+def one_thread(device):
+    """torch on one thread inside the block (CPU only), restored after: the walk's products over a
+    few thousand rows are too small to split across threads, and the main process's threads are
+    meant for the network."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def random_walk(scores, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_times=DEFAULT_EXP_TIMES,

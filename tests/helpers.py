@@ -39,3 +39,8 @@ def count_syncs(monkeypatch, run):
     run()
     monkeypatch.undo()
     return calls
+
+
+def run_main(module, argv):
+    """A script's main on parsed argv, as tests call it (cli adds only the exit status)."""
+    return module.main(module.get_args_parser().parse_args(argv))

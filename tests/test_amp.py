@@ -16,6 +16,7 @@ from core.checkpoint import save_weights
 from tools.seeds.inference import AutocastForward, with_amp
 from core.io import load_seed
 from tools.paths import model_dir, predictions_dir
+from helpers import run_main
 
 NUM_CLASSES = 6  # TOY: background + 5 shapes
 # bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4%): a first-iteration loss may move by a
@@ -102,10 +103,10 @@ def test_training_in_bf16_on_cpu_is_finite_and_close_to_float32(toy, tmp_path, s
 def test_inference_in_bf16_on_cpu_stays_near_float32(toy, tmp_path, kind):
     torch.manual_seed(0)
     if kind == "rsepm":
-        network, main = RSEPM("resnet18", NUM_CLASSES), infer_rsepm.main
+        network, module = RSEPM("resnet18", NUM_CLASSES), infer_rsepm
         extra = ["--backbone", "resnet18", "--conf_th", "-1"]
     else:
-        network, main = build_network("deeplabv3+", "resnet18", NUM_CLASSES, output_stride=16), infer_seg.main
+        network, module = build_network("deeplabv3+", "resnet18", NUM_CLASSES, output_stride=16), infer_seg
         extra = ["--backbone", "resnet18", "--decoder", "deeplabv3+", "--output_stride", "16"]
     network.eval()
     weights = str(tmp_path / "weights.pth")
@@ -113,9 +114,9 @@ def test_inference_in_bf16_on_cpu_stays_near_float32(toy, tmp_path, kind):
     seeds = {}
     for amp in ("off", "bf16"):
         pred_dir = tmp_path / amp
-        main(["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
-              "--num_workers", "0", "--weights", weights, "--tag", "t", "--pred_dir", str(pred_dir),
-              "--scales", "1.0,0.5", "--amp", amp, *extra])
+        run_main(module, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
+                          "--num_workers", "0", "--weights", weights, "--tag", "t", "--pred_dir", str(pred_dir),
+                          "--scales", "1.0,0.5", "--amp", amp, *extra])
         folder = predictions_dir(str(pred_dir), "t", "validation")
         seeds[amp] = {name: load_seed(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
     assert list(seeds["off"]) == list(seeds["bf16"]) and len(seeds["off"]) == 2
@@ -135,7 +136,7 @@ def test_inference_refuses_fp16_on_cpu_before_writing(toy, tmp_path):
     weights = str(tmp_path / "w.pth")
     save_weights(network, weights)
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        infer_rsepm.main(["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
+        run_main(infer_rsepm, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
                           "--num_workers", "0", "--weights", weights, "--tag", "t", "--pred_dir",
                           str(tmp_path), "--backbone", "resnet18", "--amp", "fp16"])
     assert not os.path.exists(predictions_dir(str(tmp_path), "t", "validation"))

@@ -1,5 +1,6 @@
-"""tools.args.cli: the project's own errors become one line and exit status 1; every other
-exception (a bug, or a failure inside torch) keeps its traceback."""
+"""tools.args.cli: exit status 0 (done), 1 (items skipped, or a project error as one line), 2 (bad
+usage, with the usage line); every other exception (a bug, or a failure inside torch) keeps its
+traceback."""
 import os
 import subprocess
 import sys
@@ -7,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from core.errors import CheckpointError, DatasetError, FormatError, ProjectError, UsageError
-from tools.args import cli
+from core.errors import (CheckpointError, DatasetError, EvaluationError, FormatError, PrepareError, ProjectError,
+                         UsageError)
+from tools.args import cli, make_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,25 +20,51 @@ def run_python(*args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
 
 
-@pytest.mark.parametrize("error", [DatasetError, FormatError, CheckpointError, UsageError])
-def test_project_errors_become_one_line(error):
-    def main(argv):
-        raise error(f"bad input {argv}")
+def parser():
+    p = make_parser("test")
+    p.add_argument("path")
+    return p
+
+
+@pytest.mark.parametrize("error", [DatasetError, FormatError, CheckpointError, EvaluationError, PrepareError])
+def test_project_errors_become_one_line_and_status_1(error):
+    def main(args):
+        raise error(f"bad input {args.path}")
 
     with pytest.raises(SystemExit) as raised:
-        cli(main, ["x.png"])
-    assert raised.value.code == "error: bad input ['x.png']"
+        cli(main, parser(), ["x.png"])
+    assert raised.value.code == "error: bad input x.png"  # SystemExit with a text: status 1
     assert issubclass(error, ProjectError)
 
 
+def test_usage_errors_and_bad_flags_exit_2_with_the_usage_line(capsys):
+    def main(args):
+        raise UsageError("--a and --b cannot go together")
+
+    for argv in (["x.png"], ["x.png", "--no_such_flag"]):
+        with pytest.raises(SystemExit) as raised:
+            cli(main, parser(), argv)
+        assert raised.value.code == 2
+        assert capsys.readouterr().err.startswith("usage: ")
+
+
+@pytest.mark.parametrize("result, status", [({"written": 3, "failed": []}, 0), (None, 0),
+                                            ({"written": 2, "failed": [{"id": "a", "problem": "p"}]}, 1),
+                                            ({"skipped": ["b"]}, 1)])
+def test_exit_status_says_whether_items_were_skipped(result, status):
+    with pytest.raises(SystemExit) as raised:
+        cli(lambda args: result, parser(), ["x.png"])
+    assert raised.value.code == status
+
+
 def test_other_exceptions_pass_through_unchanged():
-    def matmul(argv):
+    def matmul(args):
         return torch.zeros(2) @ torch.zeros(3)  # a shape mismatch inside torch: a bug, not bad input
 
     with pytest.raises(RuntimeError, match="size"):
-        cli(matmul)
+        cli(matmul, parser(), ["x"])
     with pytest.raises(KeyError):
-        cli(lambda argv: {}["missing"])
+        cli(lambda args: {}["missing"], parser(), ["x"])
 
 
 def test_script_with_bad_dataset_prints_one_line_and_exits_1():
@@ -46,8 +74,14 @@ def test_script_with_bad_dataset_prints_one_line_and_exits_1():
     assert len(lines) == 1 and lines[0].startswith("error: unknown dataset 'NoSuchSet'"), result.stderr
 
 
+def test_script_with_a_bad_flag_exits_2():
+    result = run_python("convert_seed_to_pseudo_masks.py", "--tag", "t", "--threads", "0")
+    assert result.returncode == 2 and "--threads" in result.stderr
+
+
 def test_torch_runtime_error_keeps_its_traceback():
-    code = "import torch; from tools.args import cli; cli(lambda argv: torch.zeros(2) @ torch.zeros(3))"
+    code = ("import argparse, torch; from tools.args import cli; "
+            "cli(lambda args: torch.zeros(2) @ torch.zeros(3), argparse.ArgumentParser(), [])")
     result = run_python("-c", code)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr

@@ -12,7 +12,9 @@ from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
 import convert_seed_to_pseudo_masks as convert
+from core.errors import DatasetError, MissingFileError, OutputError, UsageError
 from core.io import save_seed
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet50@TOY@RS+EPM@test"
@@ -89,7 +91,7 @@ def output_bytes(data):
 
 
 def test_end_to_end_palette_and_indices(dataset):
-    summary = convert.main(argv(dataset))
+    summary = run_main(convert, argv(dataset))
     assert summary["written"] == len(IMAGES) and summary["skipped_existing"] == 0 and not summary["failed"]
     assert sorted(os.listdir(dataset["out"])) == sorted(f"{i}.png" for i in IMAGES)
     colors = toy_colors()
@@ -110,21 +112,21 @@ def test_end_to_end_palette_and_indices(dataset):
 
 
 def test_two_workers_give_identical_outputs(dataset):
-    convert.main(argv(dataset))
+    run_main(convert, argv(dataset))
     single = output_bytes(dataset)
     for name in single:
         os.remove(dataset["out"] / name)
-    summary = convert.main(argv(dataset, "--num_workers", "2"))
+    summary = run_main(convert, argv(dataset, "--num_workers", "2"))
     assert summary["written"] == len(IMAGES)
     assert output_bytes(dataset) == single
 
 
 def test_resume_writes_only_missing_masks(dataset):
-    convert.main(argv(dataset))
+    run_main(convert, argv(dataset))
     before = output_bytes(dataset)
     stamps = {n: os.stat(dataset["out"] / n).st_mtime_ns for n in before}
     os.remove(dataset["out"] / "img_c.png")
-    summary = convert.main(argv(dataset, "--num_workers", "2"))
+    summary = run_main(convert, argv(dataset, "--num_workers", "2"))
     assert summary["written"] == 1 and summary["skipped_existing"] == len(IMAGES) - 1
     assert output_bytes(dataset) == before
     for name, stamp in stamps.items():
@@ -133,7 +135,7 @@ def test_resume_writes_only_missing_masks(dataset):
 
 
 def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(dataset, monkeypatch):
-    convert.main(argv(dataset))
+    run_main(convert, argv(dataset))
     uninterrupted = output_bytes(dataset)
     for name in uninterrupted:
         os.remove(dataset["out"] / name)
@@ -149,14 +151,14 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(dataset, mon
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", dying_save)
-    with pytest.raises(SystemExit) as exit_info:
-        convert.main(argv(dataset))
-    assert "simulated crash" in str(exit_info.value.code)
+    with pytest.raises(OutputError) as exit_info:
+        run_main(convert, argv(dataset))
+    assert "simulated crash" in str(exit_info.value)
     assert len(os.listdir(dataset["out"])) == 2  # the two finished masks, no temporary or partial file
     assert all(name.endswith(".png") and not name.startswith(".") for name in os.listdir(dataset["out"]))
 
     monkeypatch.setattr(Image.Image, "save", real_save)
-    summary = convert.main(argv(dataset))
+    summary = run_main(convert, argv(dataset))
     assert summary["written"] == len(IMAGES) - 2 and summary["skipped_existing"] == 2
     assert output_bytes(dataset) == uninterrupted
 
@@ -181,7 +183,7 @@ def test_bad_inputs_are_counted_listed_and_fail_the_run(dataset, tmp_path):
     os.remove(seeds / "img_e.pkl")                                                  # missing
     (dataset["root"] / DOMAIN / "image" / "img_f.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # corrupt
 
-    summary = convert.main(argv(dataset, "--num_workers", "2"))
+    summary = run_main(convert, argv(dataset, "--num_workers", "2"))
     assert not marker.exists()
     problems = {f["id"]: f["problem"] for f in summary["failed"]}
     assert sorted(problems) == ["img_a", "img_b", "img_c", "img_e", "img_f"]
@@ -194,30 +196,29 @@ def test_bad_inputs_are_counted_listed_and_fail_the_run(dataset, tmp_path):
 
     result = subprocess.run([sys.executable, "convert_seed_to_pseudo_masks.py", *argv(dataset)],
                             cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "5 image(s) could not be converted" in result.stderr
+    assert result.returncode == 1
+    assert "5 image(s) skipped:" in result.stderr
     for image_id in problems:
         assert f"  {image_id}: " in result.stderr
     assert not marker.exists()
 
 
 def test_missing_predictions_folder_is_an_error(dataset):
-    with pytest.raises(SystemExit) as exit_info:
-        convert.main(argv(dataset, "--tag", "NoSuchTag"))
-    message = str(exit_info.value.code)
-    assert message.startswith("error:") and os.path.join("predictions", "NoSuchTag") in message
+    with pytest.raises(MissingFileError) as exit_info:
+        run_main(convert, argv(dataset, "--tag", "NoSuchTag"))
+    assert os.path.join("predictions", "NoSuchTag") in str(exit_info.value)
 
 
 def test_missing_split_is_an_error(dataset):
-    with pytest.raises(SystemExit) as exit_info:
-        convert.main(argv(dataset, "--domain", "train"))
-    assert "train" in str(exit_info.value.code) and str(exit_info.value.code).startswith("error:")
+    with pytest.raises(DatasetError) as exit_info:
+        run_main(convert, argv(dataset, "--domain", "train"))
+    assert "train" in str(exit_info.value)
 
 
 def test_argmax_mode_needs_bg_th_and_matches_brute_force(dataset):
-    with pytest.raises(SystemExit, match="--bg_th"):
-        convert.main(argv(dataset, "--mode", "argmax"))
-    convert.main(argv(dataset, "--mode", "argmax", "--bg_th", "0.4"))
+    with pytest.raises(UsageError, match="--bg_th"):
+        run_main(convert, argv(dataset, "--mode", "argmax"))
+    run_main(convert, argv(dataset, "--mode", "argmax", "--bg_th", "0.4"))
     for image_id, (h, w, dialect, keys) in IMAGES.items():
         with open(dataset["pred"] / "predictions" / TAG / DOMAIN / f"{image_id}.pkl", "rb") as f:
             seed = pickle.load(f)["seed"]
@@ -238,7 +239,7 @@ def test_single_converts_only_images_with_one_tag(dataset):
                           f"<xmax>9</xmax><ymax>9</ymax></bndbox></object>" for n in names)
         (xml_dir / f"{image_id}.xml").write_text(
             f"<annotation><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>")
-    summary = convert.main(argv(dataset, "--single", "True"))
+    summary = run_main(convert, argv(dataset, "--single", "True"))
     assert summary["written"] == 2 and sorted(os.listdir(dataset["out"])) == ["img_b.png", "img_e.png"]
 
 
@@ -251,7 +252,7 @@ def test_files_without_dialect_follow_the_ms_tag_rule(dataset):
         _, seed = make_image_and_seed(index, h, w, "seg", [0, 3])
         with open(folder / f"{image_id}.pkl", "wb") as f:
             pickle.dump({"keys": np.array([0, 3]), "seed": seed}, f)
-    convert.main(argv(dataset, "--tag", tag, "--mode", "argmax", "--bg_th", "0.99"))
+    run_main(convert, argv(dataset, "--tag", tag, "--mode", "argmax", "--bg_th", "0.99"))
     out = dataset["pred"] / "pseudo-labels" / tag / DOMAIN
     for index, (image_id, (h, w, _, _)) in enumerate(IMAGES.items()):
         _, seed = make_image_and_seed(index, h, w, "seg", [0, 3])

@@ -16,6 +16,8 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.io import load_seed, read_mask, save_seed, write_json
 from core.randomwalk import dense_affinity, transition_matrix
 from tools.paths import model_dir, model_path, predictions_dir, pseudo_labels_dir
+from core.errors import ProjectError
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet18@TOY@RS+EPM@seeds"
@@ -80,7 +82,7 @@ def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, b
 
 def test_masks_match_a_brute_force_random_walk_with_one_or_two_workers(setup, tmp_path):
     root, pred, layout, net = setup
-    summary = convert.main(argv(root, pred, "--num_workers", "1"))
+    summary = run_main(convert, argv(root, pred, "--num_workers", "1"))
     mask_dir = pseudo_labels_dir(pred, TAG + "@rw", "train_aug")
     assert summary["written"] == 6 and not summary["failed"] and summary["output_dir"] == mask_dir
     agreement = []
@@ -97,7 +99,7 @@ def test_masks_match_a_brute_force_random_walk_with_one_or_two_workers(setup, tm
     os.makedirs(other)
     for name in ("predictions", "models"):
         os.symlink(os.path.join(pred, name), os.path.join(other, name))
-    assert convert.main(argv(root, other, "--num_workers", "2"))["written"] == 6
+    assert run_main(convert, argv(root, other, "--num_workers", "2"))["written"] == 6
     for image_id in layout.ids:
         np.testing.assert_array_equal(
             read_mask(os.path.join(pseudo_labels_dir(other, TAG + "@rw", "train_aug"), image_id + ".png")),
@@ -110,7 +112,7 @@ def test_rw_crf_refines_the_walked_scores_with_the_dense_crf(setup, tmp_path):
     os.makedirs(other)
     for name in ("predictions", "models"):
         os.symlink(os.path.join(pred, name), os.path.join(other, name))
-    summary = convert.main(argv(root, other, "--num_workers", "1", "--exp_times", "3", "--rw_crf", "true"))
+    summary = run_main(convert, argv(root, other, "--num_workers", "1", "--exp_times", "3", "--rw_crf", "true"))
     assert summary["written"] == 6 and not summary["failed"]
     mask_dir = pseudo_labels_dir(other, TAG + "@rw", "train_aug")
     agreement, changed = [], []
@@ -125,8 +127,8 @@ def test_rw_crf_refines_the_walked_scores_with_the_dense_crf(setup, tmp_path):
     assert min(agreement) > 0.995
     assert max(changed) > 0.01  # the CRF did move pixels: the test can tell the two modes apart
     # the record says the CRF was on: the plain walk is refused in this folder without --overwrite
-    with pytest.raises(SystemExit, match="crf"):
-        convert.main(argv(root, other, "--num_workers", "1", "--exp_times", "3"))
+    with pytest.raises(ProjectError, match="crf"):
+        run_main(convert, argv(root, other, "--num_workers", "1", "--exp_times", "3"))
 
 
 def test_problems_are_reported(setup, tmp_path):
@@ -147,17 +149,17 @@ def test_problems_are_reported(setup, tmp_path):
     assert f"{layout.ids[0]}: {os.path.join(seeds, layout.ids[0] + '.pkl')}" in run.stderr
     assert "wrote 5 masks" in run.stdout
     # no affinity weights, or weights of another backbone: one clear line, nothing written
-    with pytest.raises(SystemExit, match="aff-missing/last.pth: affinity weights not found"):
-        convert.main(argv(root, other)[:-1] + ["aff-missing"])
-    with pytest.raises(SystemExit, match=r"last.pth: does not fit AffinityNet"):
-        convert.main(argv(root, other, "--affinity_backbone", "resnet34"))
-    with pytest.raises(SystemExit, match="--mode rw needs --affinity_tag"):
-        convert.main(argv(root, other)[:-2])
+    with pytest.raises(ProjectError, match="aff-missing/last.pth: affinity weights not found"):
+        run_main(convert, argv(root, other)[:-1] + ["aff-missing"])
+    with pytest.raises(ProjectError, match=r"last.pth: does not fit AffinityNet"):
+        run_main(convert, argv(root, other, "--affinity_backbone", "resnet34"))
+    with pytest.raises(ProjectError, match="--mode rw needs --affinity_tag"):
+        run_main(convert, argv(root, other)[:-2])
 
 
 def test_train_seg_takes_the_rw_masks(setup):
     root, pred, layout, _ = setup
-    convert.main(argv(root, pred, "--num_workers", "1"))
+    run_main(convert, argv(root, pred, "--num_workers", "1"))
     result = train_seg.main(train_seg.get_args_parser().parse_args(["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
                              "--backbone", "resnet18", "--pretrained", "none", "--output_stride", "16",
                              "--crop_size", "32", "--min_image_size", "32", "--max_image_size", "48",
@@ -172,10 +174,10 @@ def test_rw_masks_of_other_walk_settings_are_refused_unless_overwrite(setup, tmp
     os.makedirs(os.path.dirname(predictions_dir(other, TAG, "train_aug")))
     os.symlink(predictions_dir(pred, TAG, "train_aug"), predictions_dir(other, TAG, "train_aug"))
     os.symlink(os.path.join(pred, "models"), os.path.join(other, "models"))
-    assert convert.main(argv(root, other, "--exp_times", "2", "--num_workers", "1"))["written"] == 6
+    assert run_main(convert, argv(root, other, "--exp_times", "2", "--num_workers", "1"))["written"] == 6
     # the same settings resume (nothing to do); other settings would mix two walks in one folder
-    assert convert.main(argv(root, other, "--exp_times", "2", "--num_workers", "1"))["written"] == 0
-    with pytest.raises(SystemExit, match="exp_times"):
-        convert.main(argv(root, other, "--exp_times", "3", "--num_workers", "1"))
-    summary = convert.main(argv(root, other, "--exp_times", "3", "--num_workers", "1", "--overwrite", "true"))
+    assert run_main(convert, argv(root, other, "--exp_times", "2", "--num_workers", "1"))["written"] == 0
+    with pytest.raises(ProjectError, match="exp_times"):
+        run_main(convert, argv(root, other, "--exp_times", "3", "--num_workers", "1"))
+    summary = run_main(convert, argv(root, other, "--exp_times", "3", "--num_workers", "1", "--overwrite", "true"))
     assert summary["written"] == 6

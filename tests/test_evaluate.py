@@ -11,8 +11,10 @@ from PIL import Image
 
 import evaluate
 from core.datasets import load_dataset_info
-from core.io import save_mask, save_seed
+from core.errors import EvaluationError, ProjectError
+from core.io import read_json, save_mask, save_seed
 from tools.paths import evaluation_path, output_dir
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO = load_dataset_info("TOY")  # background, disc, square, triangle, ring, cross
@@ -132,7 +134,7 @@ def dataset(tmp_path):
 
 
 def run(dataset, *extra, folder="pseudo-labels", domain="validation", workers=1):
-    return evaluate.main(["--root_dir", dataset["root"], "--dataset", "TOY", "--domain", domain,
+    return run_main(evaluate, ["--root_dir", dataset["root"], "--dataset", "TOY", "--domain", domain,
                           "--tag", TAG, "--pred_dir", dataset["pred_dir"], "--folder", folder,
                           "--num_workers", str(workers), *extra])
 
@@ -225,10 +227,10 @@ def test_missing_predictions_error_names_count_and_files(dataset):
     folder = output_dir(dataset["pred_dir"], "pseudo-labels", TAG, "validation")
     for image_id in IDS[1:3]:
         os.remove(os.path.join(folder, image_id + ".png"))
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(EvaluationError) as error:
         run(dataset)
-    message = str(error.value.code)
-    assert "2 of 4" in message and "img_b.png" in message and message.startswith("error:")
+    message = str(error.value)
+    assert "2 of 4" in message and "img_b.png" in message
     assert not os.path.exists(evaluation_path(dataset["pred_dir"], "pseudo-labels", TAG, "validation"))
 
 
@@ -238,35 +240,35 @@ def test_missing_predictions_exit_status_from_the_command_line(dataset):
     proc = subprocess.run([sys.executable, "evaluate.py", "--root_dir", dataset["root"], "--dataset", "TOY",
                            "--tag", TAG, "--pred_dir", dataset["pred_dir"], "--num_workers", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "1 of 4 prediction files are missing" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: 1 of 4 prediction files are missing")
 
 
 def test_test_split_without_masks_is_an_error(tmp_path):
     data = {"root": str(tmp_path / "TOY"), "pred_dir": str(tmp_path / "exp")}
     split = make_split(data["root"], "test", np.random.default_rng(3), masks=False, xml=False)
     write_masks(data["pred_dir"], "test", split, np.random.default_rng(3))
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(ProjectError, match="no ground-truth masks"):
         run(data, domain="test")
-    assert "no ground-truth masks" in str(error.value.code)
 
 
 def test_prediction_size_mismatch_names_the_file(dataset):
     write_masks(dataset["pred_dir"], "validation", dataset["split"], dataset["rng"])
     bad = os.path.join(output_dir(dataset["pred_dir"], "pseudo-labels", TAG, "validation"), "img_c.png")
     save_mask(bad, np.zeros((SHAPE[0], SHAPE[1] + 1), dtype=np.uint8), INFO.palette)
-    with pytest.raises(SystemExit) as error:
-        run(dataset, workers=2)
-    assert "img_c.png" in str(error.value.code) and "17x12" in str(error.value.code)
+    result = run(dataset, workers=2)  # skipped and listed; the other three are scored
+    assert [f["id"] for f in result["failed"]] == ["img_c"] and result["num_images"] == 3
+    assert "img_c.png" in result["failed"][0]["problem"] and "17x12" in result["failed"][0]["problem"]
+    written = read_json(evaluation_path(dataset["pred_dir"], "pseudo-labels", TAG, "validation"))
+    assert written["failed"] == result["failed"]
 
 
 def test_seed_size_mismatch_names_the_file(dataset):
     write_seeds(dataset["pred_dir"], "validation", dataset["split"], dataset["rng"])
     bad = os.path.join(output_dir(dataset["pred_dir"], "predictions", TAG, "validation"), "img_b.pkl")
     save_seed(bad, [0, 1], np.zeros((1, SHAPE[0] - 2, SHAPE[1]), np.float32), "rsepm")
-    with pytest.raises(SystemExit) as error:
-        run(dataset, folder="predictions")
-    assert "img_b.pkl" in str(error.value.code)
+    result = run(dataset, folder="predictions")
+    assert [f["id"] for f in result["failed"]] == ["img_b"] and "img_b.pkl" in result["failed"][0]["problem"]
 
 
 def test_folder_name_picks_the_mode_and_must_exist(dataset):
@@ -275,9 +277,8 @@ def test_folder_name_picks_the_mode_and_must_exist(dataset):
     os.rename(os.path.join(dataset["pred_dir"], "predictions"), os.path.join(dataset["pred_dir"], "old-predictions"))
     result = run(dataset, folder="old-predictions")
     assert result["mode"] == "seed" and len(result["sweep"]) == 15 and len(seeds) == 4
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(EvaluationError, match="prediction folder not found"):
         run(dataset, folder="masks")
-    assert "prediction folder not found" in str(error.value.code)
 
 
 def test_no_nan_in_json_for_absent_classes(dataset):

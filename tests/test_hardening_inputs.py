@@ -78,7 +78,7 @@ def test_builder_verification_names_a_16_bit_output_image(tmp_path):
 @pytest.mark.parametrize("value", ["1.5", "-0.5", "nan", "inf", "-2", "abc"])
 def test_conf_th_outside_0_1_is_refused_at_parsing(value, capsys):
     with pytest.raises(SystemExit) as info:
-        infer_rsepm.parse_args(["--conf_th", value])
+        infer_rsepm.get_args_parser().parse_args(["--conf_th", value])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--conf_th" in err and repr(value) in err
@@ -86,14 +86,14 @@ def test_conf_th_outside_0_1_is_refused_at_parsing(value, capsys):
 
 @pytest.mark.parametrize("value, expected", [("-1", -1.0), ("0", 0.0), ("0.34", 0.34), ("1", 1.0)])
 def test_conf_th_in_range_or_minus_one_is_accepted(value, expected):
-    assert infer_rsepm.parse_args(["--conf_th", value]).conf_th == expected
+    assert infer_rsepm.get_args_parser().parse_args(["--conf_th", value]).conf_th == expected
 
 
 # --- 5c. --scales --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["1.0,nan", "inf", "1.0,1e400", "1.0,8", "0", "1.0,-0.5", "-inf"])
 def test_scales_not_finite_or_too_large_are_refused(text, capsys):
     with pytest.raises(SystemExit) as info:
-        infer_seg.parse_args([f"--scales={text}"])
+        infer_seg.get_args_parser().parse_args([f"--scales={text}"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--scales" in err and repr(text) in err and f"(0, {MAX_SCALE:g}]" in err

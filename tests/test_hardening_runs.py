@@ -19,13 +19,14 @@ import convert_seed_to_pseudo_masks as convert
 import infer_rsepm
 from core.checkpoint import describe_mismatch, save_weights
 from core.datasets import DatasetInfo, parse_xml_tags
-from core.errors import DatasetError, FormatError
+from core.errors import DatasetError, FormatError, ProjectError
 from core.io import load_seed, settings_path
 from core.networks import RSEPM
 from tools import metrics
 from tools.args import cli, int_list
 from tools.datasets.builders import PrepareError, read_id_list
 from tools.datasets.prepare_voc import build_split
+from helpers import run_main
 
 TAG = "R18@TOY@runs"
 IDS = ["a", "b", "c"]
@@ -50,11 +51,13 @@ def data(tmp_path):
     return tmp_path
 
 
-def infer(data, weights, *extra):
+def infer(data, weights, *extra, through_cli=False):
     argv = ["--root_dir", str(data / "data"), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
             "--pred_dir", str(data / "exp"), "--backbone", "resnet18", "--num_workers", "0",
             "--weights", str(weights), "--conf_th", "0.5", "--scales", "1.0,0.5", *extra]
-    return cli(infer_rsepm.main, argv)
+    if through_cli:  # what a user sees: cli turns a failed write into one line
+        return cli(infer_rsepm.main, infer_rsepm.get_args_parser(), argv)
+    return run_main(infer_rsepm, argv)
 
 
 def seeds(data):
@@ -63,11 +66,17 @@ def seeds(data):
 
 
 def failure(capsys, call):
-    """Run `call`, expect a non-zero exit; return stderr + the exit message."""
-    with pytest.raises(SystemExit) as error:
-        call()
-    assert error.value.code not in (0, None)
-    return capsys.readouterr().err + str(error.value.code)
+    """Run `call`, expect a ProjectError or a result listing skipped items (cli: exit 1); return
+    stderr + the error's message."""
+    try:
+        result = call()
+    except ProjectError as e:
+        return capsys.readouterr().err + str(e)
+    except SystemExit as e:
+        assert e.code not in (0, None)
+        return capsys.readouterr().err + str(e.code)
+    assert result["failed"], result
+    return capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,14 +87,14 @@ def test_image_too_small_for_a_scale_is_skipped_and_listed(data, weights, capsys
     small = data / "data" / "validation" / "image" / "b.jpg"
     Image.fromarray(np.zeros((1, 48, 3), np.uint8)).save(small)
     err = failure(capsys, lambda: infer(data, weights))
-    assert "1 image(s) could not be processed" in err and str(small) in err and "too small for scale 0.5" in err
+    assert "1 image(s) skipped:" in err and str(small) in err and "too small for scale 0.5" in err
     assert seeds(data) == ["a.pkl", "c.pkl"]
 
 
 def test_header_pixel_limit_and_memory_estimate_skip_images(data, weights, capsys):
     """Before: neither --max_image_pixels nor --max_memory_gib existed (argparse exit 2, no seed)."""
     err = failure(capsys, lambda: infer(data, weights, "--max_image_pixels", "1000"))
-    assert "3 image(s) could not be processed" in err and "48x40 = 1,920 pixels" in err and seeds(data) == []
+    assert "3 image(s) skipped:" in err and "48x40 = 1,920 pixels" in err and seeds(data) == []
     # 40x48 at scale 1.0: 1920 * 1024 bytes + 3 * 4 * 6 * 1920 = 2,104,320 bytes ~ 0.002 GiB
     err = failure(capsys, lambda: infer(data, weights, "--max_memory_gib", "0.001"))
     assert "about 0.0 GiB at scale 1" in err and "--max_memory_gib 0.001" in err
@@ -96,7 +105,7 @@ def test_decompression_bomb_is_a_counted_skip(data, weights, capsys, monkeypatch
     """Before: PIL's DecompressionBombError (not an OSError) stopped inference with a traceback."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x48 > 2 * 100: PIL raises at open
     err = failure(capsys, lambda: infer(data, weights))
-    assert "3 image(s) could not be processed" in err and "too large to decode safely" in err
+    assert "3 image(s) skipped:" in err and "too large to decode safely" in err
 
 
 def test_xml_with_inf_or_overflowing_number_names_the_file(tmp_path):
@@ -237,7 +246,7 @@ def test_unwritable_output_folder_is_one_line(data, weights, capsys, monkeypatch
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "makedirs", failing)
-    err = failure(capsys, lambda: infer(data, weights))
+    err = failure(capsys, lambda: infer(data, weights, through_cli=True))
     assert "error: " in err and "predictions" in err and "permission denied" in err
 
 
@@ -277,24 +286,24 @@ def test_conversion_refuses_other_settings_unless_overwrite(data, weights, capsy
     infer(data, weights)
     argv = ["--root_dir", str(data / "data"), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
             "--pred_dir", str(data / "exp"), "--num_workers", "0"]
-    assert convert.main(argv)["written"] == 3
-    assert convert.main(argv)["skipped_existing"] == 3
-    err = failure(capsys, lambda: convert.main(argv + ["--bg_gamma", "3"]))
+    assert run_main(convert, argv)["written"] == 3
+    assert run_main(convert, argv)["skipped_existing"] == 3
+    err = failure(capsys, lambda: run_main(convert, argv + ["--bg_gamma", "3"]))
     assert "bg_gamma: 2.0 -> 3.0" in err
-    assert convert.main(argv + ["--bg_gamma", "3", "--overwrite", "true"])["written"] == 3
+    assert run_main(convert, argv + ["--bg_gamma", "3", "--overwrite", "true"])["written"] == 3
     # new seeds (other inference settings) make the masks stale as well
     infer(data, weights, "--scales", "1.0", "--overwrite", "true")
-    err = failure(capsys, lambda: convert.main(argv + ["--bg_gamma", "3"]))
+    err = failure(capsys, lambda: run_main(convert, argv + ["--bg_gamma", "3"]))
     assert "seed_settings.scales" in err
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation: every bad prediction is listed, no partial result is written
+# Evaluation: every bad prediction is skipped and listed, and recorded in the result
 # ---------------------------------------------------------------------------------------------
-def test_evaluation_lists_every_bad_prediction_and_writes_no_result(tmp_path):
+def test_evaluation_lists_every_bad_prediction_and_records_it(tmp_path, capsys):
     """Before: the first bad file stopped the evaluation; the others stayed unknown."""
     from test_evaluate import INFO, SHAPE, TAG as EVAL_TAG, make_split, run, write_masks
-    from core.io import save_mask
+    from core.io import read_json, save_mask
     from tools.paths import evaluation_path, output_dir
 
     rng = np.random.default_rng(0)
@@ -306,12 +315,13 @@ def test_evaluation_lists_every_bad_prediction_and_writes_no_result(tmp_path):
     bad = sorted(os.listdir(folder))[:2]
     for name in bad:
         save_mask(os.path.join(folder, name), np.zeros((SHAPE[0], SHAPE[1] + 1), np.uint8), INFO.palette)
-    with pytest.raises(SystemExit) as error:
-        run(data)
-    message = str(error.value.code)
-    assert f"2 of {len(os.listdir(folder))} image(s) could not be evaluated" in message
-    assert all(name in message for name in bad)
-    assert not os.path.exists(evaluation_path(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation"))
+    result = run(data)
+    assert sorted(f["id"] + ".png" for f in result["failed"]) == bad
+    assert result["num_images"] == len(os.listdir(folder)) - 2
+    err = capsys.readouterr().err
+    assert "2 image(s) skipped:" in err and all(name[:-4] in err for name in bad)
+    # the result is written with the skipped images in it, so a reader cannot take it for the whole split
+    assert read_json(evaluation_path(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation"))["failed"]
 
 
 def test_mask_decompression_bomb_names_the_file(tmp_path, monkeypatch):

@@ -15,8 +15,10 @@ from PIL import Image
 from core import resnet
 from core.safety import UnsafePathError, check_output_id, safe_output_path
 from core.errors import CheckpointError
-from tools.datasets.prepare_coco import main as prepare_coco_main
-from tools.datasets.builders import PrepareError, read_id_list
+from core.errors import PrepareError
+from tools.args import cli
+from tools.datasets.builders import read_id_list
+from tools.datasets.prepare_coco import get_args_parser as prepare_coco_parser, main as prepare_coco_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -189,8 +191,8 @@ def test_coco_file_name_outside_the_output_is_refused(tmp_path, capsys, file_nam
     json_path.write_text(json.dumps({"images": images, "annotations": annotations}))
     before = files_under(str(tmp_path))
     with pytest.raises(SystemExit) as info:
-        prepare_coco_main(["--coco_root", str(coco), "--splits", "validation", "--out", str(tmp_path / "out"),
-                           "--num_workers", "0"])
+        cli(prepare_coco_main, prepare_coco_parser(), ["--coco_root", str(coco), "--splits", "validation",
+                                                       "--out", str(tmp_path / "out"), "--num_workers", "0"])
     message = str(info.value.code)
     assert info.value.code not in (0, None)
     assert str(json_path) in message and repr(file_name) in message

@@ -14,6 +14,7 @@ from core.safety import PROCESS_START, is_temp_name, remove_stale_temp_files, te
 from tools.engine import distributed, trainer
 from core.io import atomic_output, save_seed
 from tools.paths import model_dir, pseudo_labels_dir
+from helpers import run_main
 
 STALE = [".resume.pth.k3j_9x0a.rsepm.tmp", ".last.pth.0123abcd.rsepm.tmp", ".a b.png.zzzzzzzz.rsepm.tmp"]
 # near misses: other programs' files, or ours with the pattern broken; never removed
@@ -95,7 +96,7 @@ def test_conversion_cleans_its_output_folder(tmp_path):
     save_seed(os.path.join(pred_dir, "predictions", "t", "train", "a.pkl"), [0, 1], seed, "rsepm")
     out = pseudo_labels_dir(pred_dir, "t", "train")
     make_files(out, STALE + ["keep.png.tmp"], age_s=3600)
-    summary = convert.main(["--root_dir", str(root), "--dataset", "TOY", "--domain", "train", "--tag", "t",
+    summary = run_main(convert, ["--root_dir", str(root), "--dataset", "TOY", "--domain", "train", "--tag", "t",
                             "--pred_dir", pred_dir, "--num_workers", "1"])
     assert summary["written"] == 1 and not summary["failed"]
     assert sorted(os.listdir(out)) == ["a.png", "keep.png.tmp"]

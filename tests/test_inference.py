@@ -29,6 +29,7 @@ from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
 from tools.args import cli
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
@@ -340,7 +341,7 @@ def snapshot(folder):
 def test_infer_rsepm_with_ground_truth_tags_matches_the_reference(toy, weights, tmp_path):
     """Default scales and --conf_th -1: keys = [0] + xml tags, seed = normalised reference probs."""
     place_weights(tmp_path, weights["rsepm"])
-    summary = infer_rsepm.main(rsepm_args(toy, tmp_path))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path))
     ids = image_ids(toy, "validation")
     assert summary["written"] == len(ids) == 4 and not summary["failed"]
     assert sorted(os.listdir(out_dir(tmp_path))) == [i + ".pkl" for i in ids]
@@ -362,7 +363,7 @@ def test_infer_rsepm_with_ground_truth_tags_matches_the_reference(toy, weights, 
 
 def test_conf_th_picks_classes_by_score(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
-    infer_rsepm.main(rsepm_args(toy, tmp_path, "--conf_th", "0.5", *FAST))
+    run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--conf_th", "0.5", *FAST))
     model = make_rsepm()
     for image_id in image_ids(toy, "validation"):
         stored = read_pickle(os.path.join(out_dir(tmp_path), image_id + ".pkl"))
@@ -375,7 +376,7 @@ def test_conf_th_picks_classes_by_score(toy, weights, tmp_path):
 
 def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
-    infer_rsepm.main(rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))
+    run_main(infer_rsepm, rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))
     assert sorted(n for n in os.listdir(os.path.join(tmp_path, "predictions", TAG)) if not n.endswith(".settings.json")) == ["train"]
     assert sorted(os.listdir(out_dir(tmp_path, "train"))) == [i + ".pkl" for i in image_ids(toy, "train_aug")]
 
@@ -383,10 +384,10 @@ def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
 def test_test_split_needs_a_confidence_threshold(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, *FAST, domain="test"))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, *FAST, domain="test"))
     assert error.value.code not in (0, None) and "--conf_th" in str(error.value.code)
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
-    summary = cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--conf_th", "0.3", *FAST, domain="test"))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--conf_th", "0.3", *FAST, domain="test"))
     assert summary["written"] == 2
     for image_id in image_ids(toy, "test"):
         assert read_pickle(os.path.join(out_dir(tmp_path, "test"), image_id + ".pkl"))["keys"].tolist() \
@@ -405,11 +406,12 @@ def test_script_exit_status_and_message_from_the_command_line(toy, weights, tmp_
 
 def test_missing_checkpoint_names_the_path(toy, tmp_path):
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path))
     expected = os.path.join(str(tmp_path), "models", TAG, "last.pth")
     assert expected in str(error.value.code) and "not found" in str(error.value.code)
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(),
+            rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
     assert str(tmp_path / "nope.pth") in str(error.value.code)
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
 
@@ -417,7 +419,7 @@ def test_missing_checkpoint_names_the_path(toy, tmp_path):
 def test_checkpoint_of_another_network_names_the_keys(toy, weights, tmp_path):
     # ResNet-18 weights for a ResNet-34 network: blocks layer1.2 etc. are missing from the file
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]),
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]),
                                          "--backbone", "resnet34"))
     message = str(error.value.code)
     assert str(weights["rsepm"]) in message and "missing" in message and "model.layer1.2.conv1.weight" in message
@@ -425,14 +427,14 @@ def test_checkpoint_of_another_network_names_the_keys(toy, weights, tmp_path):
     voc = tmp_path / "voc.pth"
     save_weights(RSEPM("resnet18", num_classes=21), voc)
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(voc)))
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(voc)))
     message = str(error.value.code)
     assert "mis-shaped" in message and "classifier.weight (file (20, 512, 1, 1), model (5, 512, 1, 1))" in message
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
 
 
 def test_weights_flag_overrides_the_model_folder(toy, weights, tmp_path):
-    summary = cli(infer_rsepm.main, rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]), *FAST))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]), *FAST))
     assert summary["written"] == 4
     assert not os.path.exists(os.path.join(tmp_path, "models"))
 
@@ -441,7 +443,7 @@ def test_inference_leaves_autograd_on_for_the_caller(toy, weights, tmp_path):
     """Called in-process (tests, notebooks, pipelines), the scripts must not switch autograd off
     globally."""
     assert torch.is_grad_enabled()
-    infer_seg.main(seg_args(toy, tmp_path, "deeplabv2", "--weights", str(weights["deeplabv2"]), "--scales", "1.0"))
+    run_main(infer_seg, seg_args(toy, tmp_path, "deeplabv2", "--weights", str(weights["deeplabv2"]), "--scales", "1.0"))
     assert torch.is_grad_enabled()
 
 
@@ -456,22 +458,22 @@ def test_corrupt_image_is_counted_listed_and_fails_the_run(toy, weights, tmp_pat
     argv = rsepm_args(root, tmp_path, *FAST)
     argv[argv.index("--num_workers") + 1] = "2"  # errors come back from DataLoader workers
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, argv)
+        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), argv)
     assert error.value.code not in (0, None)
     err = capsys.readouterr().err
-    assert "1 image(s) could not be processed" in err and str(bad) in err
+    assert error.value.code == 1 and "1 image(s) skipped:" in err and str(bad) in err
     assert sorted(os.listdir(out_dir(tmp_path))) == [i + ".pkl" for i in ids if i != ids[1]]
 
 
 def test_resume_rewrites_only_missing_files_identically(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     argv = rsepm_args(toy, tmp_path, *FAST)
-    infer_rsepm.main(argv)
+    run_main(infer_rsepm, argv)
     first = snapshot(out_dir(tmp_path))
     stats = {n: os.stat(os.path.join(out_dir(tmp_path), n)) for n in first}
     removed = sorted(first)[2]
     os.remove(os.path.join(out_dir(tmp_path), removed))
-    summary = infer_rsepm.main(argv)
+    summary = run_main(infer_rsepm, argv)
     assert summary["written"] == 1 and summary["skipped_existing"] == 3
     assert snapshot(out_dir(tmp_path)) == first  # byte-identical, the rewritten one included
     for name, before in stats.items():
@@ -498,12 +500,12 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
 
     monkeypatch.setattr(core.io, "atomic_output", interrupted_third)
     with pytest.raises(KeyboardInterrupt):
-        infer_rsepm.main(rsepm_args(toy, tmp_path / "a", *FAST))
+        run_main(infer_rsepm, rsepm_args(toy, tmp_path / "a", *FAST))
     monkeypatch.undo()
     ids = image_ids(toy, "validation")
     assert sorted(os.listdir(out_dir(tmp_path / "a"))) == [i + ".pkl" for i in ids[:2]]  # no temp file
-    assert infer_rsepm.main(rsepm_args(toy, tmp_path / "a", *FAST))["written"] == 2
-    infer_rsepm.main(rsepm_args(toy, tmp_path / "b", *FAST))  # never interrupted
+    assert run_main(infer_rsepm, rsepm_args(toy, tmp_path / "a", *FAST))["written"] == 2
+    run_main(infer_rsepm, rsepm_args(toy, tmp_path / "b", *FAST))  # never interrupted
     for image_id in ids:
         a = read_pickle(os.path.join(out_dir(tmp_path / "a"), image_id + ".pkl"))
         b = read_pickle(os.path.join(out_dir(tmp_path / "b"), image_id + ".pkl"))
@@ -513,25 +515,25 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
 @pytest.mark.parametrize("text, value", [("true", True), ("TRUE", True), ("Yes", True), ("1", True),
                                          ("false", False), ("False", False), ("NO", False), ("0", False)])
 def test_boolean_flags_accept_the_usual_spellings(text, value):
-    args = infer_rsepm.parse_args(["--same", text, "--reverse", text, "--single", text, "--shuffle", text,
+    args = infer_rsepm.get_args_parser().parse_args(["--same", text, "--reverse", text, "--single", text, "--shuffle", text,
                                    "--use_cam", text, "--debug", text])
     assert (args.same, args.reverse, args.single, args.shuffle, args.use_cam, args.debug) == (value,) * 6
-    assert infer_seg.parse_args(["--reverse", text]).reverse is value
+    assert infer_seg.get_args_parser().parse_args(["--reverse", text]).reverse is value
 
 
 def test_boolean_flags_reject_other_words():
     with pytest.raises(SystemExit) as error:
-        infer_rsepm.parse_args(["--same", "maybe"])
+        infer_rsepm.get_args_parser().parse_args(["--same", "maybe"])
     assert error.value.code == 2
 
 
 def test_original_defaults():
-    args = infer_rsepm.parse_args([])
+    args = infer_rsepm.get_args_parser().parse_args([])
     assert (args.gpus, args.root_dir, args.dataset, args.domain, args.backbone, args.conf_th, args.strategy,
             args.pred_dir, args.same, args.interpolation, args.class_fn, args.scales) == \
         ("0", "../VOC2012/", "VOC", "train", "resnet50", -1, "last", "./experiments/", True, "nearest",
          "sigmoid", (1.0, 0.5, 1.5, 2.0))
-    args = infer_seg.parse_args([])
+    args = infer_seg.get_args_parser().parse_args([])
     assert (args.backbone, args.decoder, args.output_stride, args.tag) == \
         ("resnet101", "deeplabv3+", 8, "ResNet101@VOC@DeepLabv3+@MS@RSCM")
 
@@ -539,7 +541,7 @@ def test_original_defaults():
 @pytest.mark.parametrize("decoder", ["deeplabv3+", "deeplabv2"])
 def test_infer_seg_writes_seg_dialect_seeds(toy, weights, tmp_path, decoder):
     place_weights(tmp_path, weights[decoder])
-    summary = infer_seg.main(seg_args(toy, tmp_path, decoder, *FAST))
+    summary = run_main(infer_seg, seg_args(toy, tmp_path, decoder, *FAST))
     assert summary["written"] == 4
     model, kept = segmenters()[decoder], []
     for image_id in image_ids(toy, "validation"):

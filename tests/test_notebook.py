@@ -35,6 +35,7 @@ from core.io import load_seed, read_json
 from core.networks import RSEPM, DeepLabV3Plus
 from tools.toy import make_demo_notebook
 from tools.paths import evaluation_path, model_path, predictions_dir, pseudo_labels_dir
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
@@ -73,10 +74,10 @@ def run(tmp_path_factory, toy_dataset):
         save_weights(DeepLabV3Plus("resnet18", 6, output_stride=16), model_path(pred_dir, SEG_TAG))
         common = ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--pred_dir", pred_dir]
         infer = [*common, "--backbone", "resnet18", "--scales", SCALES, "--num_workers", "0", "--gpus", "cpu"]
-        infer_rsepm.main([*infer, "--tag", TAG])
-        infer_seg.main([*infer, "--tag", SEG_TAG, "--decoder", "deeplabv3+", "--output_stride", "16"])
+        run_main(infer_rsepm, [*infer, "--tag", TAG])
+        run_main(infer_seg, [*infer, "--tag", SEG_TAG, "--decoder", "deeplabv3+", "--output_stride", "16"])
         for tag in (TAG, SEG_TAG):
-            evaluate.main([*common, "--folder", "predictions", "--tag", tag, "--num_workers", "1"])
+            run_main(evaluate, [*common, "--folder", "predictions", "--tag", tag, "--num_workers", "1"])
     finally:
         torch.set_num_threads(threads)
     ids = sorted(f[:-4] for f in os.listdir(os.path.join(root, "validation", "image")))

@@ -9,7 +9,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
-from tools.datasets.prepare_coco import main, parse_args, prepare_coco, voc_box
+from tools.args import cli
+from tools.datasets.prepare_coco import get_args_parser, main, voc_box
 
 INFO = DatasetInfo("COCO")
 # pycocotools' decode trips a numpy 2 DeprecationWarning that says nothing about this code
@@ -119,7 +120,7 @@ def files(folder):
 
 
 def test_builds_seed_layout_masks_and_tags(coco, capsys):
-    rows = prepare_coco(parse_args(argv(coco)))
+    rows = main(get_args_parser().parse_args(argv(coco)))
     out = coco["out"]
     val_ids = ["COCO_val2014_000000000042", "COCO_val2014_000000000073", "COCO_val2014_000000000074"]
     assert files(out) == ["train", "validation"]
@@ -155,13 +156,13 @@ def test_builds_seed_layout_masks_and_tags(coco, capsys):
 def test_crowd_modes(coco):
     for crowd in ("class", "background"):
         out = coco["tmp"] / crowd
-        assert main(argv(coco, "--splits", "validation", "--crowd", crowd, "--out", str(out))) == 0
+        assert main(get_args_parser().parse_args(argv(coco, "--splits", "validation", "--crowd", crowd, "--out", str(out))))
         np.testing.assert_array_equal(read_png(out / "validation" / "mask" / "COCO_val2014_000000000042.png"),
                                       expected_val_mask(crowd))
 
 
 def test_skip_empty_images(coco):
-    rows = prepare_coco(parse_args(argv(coco, "--empty_images", "skip", "--splits", "validation")))
+    rows = main(get_args_parser().parse_args(argv(coco, "--empty_images", "skip", "--splits", "validation")))
     assert files(coco["out"] / "validation" / "image") == ["COCO_val2014_000000000042.jpg",
                                                            "COCO_val2014_000000000074.jpg"]
     assert rows["validation"]["empty"] == 1 and not os.path.exists(coco["out"] / "train")
@@ -173,21 +174,21 @@ def snapshot(folder):
 
 
 def test_second_run_writes_nothing_and_changes_nothing(coco):
-    first = prepare_coco(parse_args(argv(coco, "--num_workers", "2")))
+    first = main(get_args_parser().parse_args(argv(coco, "--num_workers", "2")))
     assert first["validation"]["written"] == 9 and first["train"]["written"] == 3
     before = snapshot(coco["out"])
-    second = prepare_coco(parse_args(argv(coco)))
+    second = main(get_args_parser().parse_args(argv(coco)))
     assert second["validation"]["written"] == 0 and second["train"]["written"] == 0
     assert snapshot(coco["out"]) == before
 
 
 def test_link_modes(coco):
-    assert main(argv(coco, "--link", "symlink", "--splits", "validation")) == 0
+    assert main(get_args_parser().parse_args(argv(coco, "--link", "symlink", "--splits", "validation")))
     dst = coco["out"] / "validation" / "image" / "COCO_val2014_000000000042.jpg"
     assert os.path.islink(dst)
     assert os.path.realpath(dst) == os.path.realpath(coco["root"] / "val2014" / "COCO_val2014_000000000042.jpg")
     out = coco["tmp"] / "hard"
-    assert main(argv(coco, "--link", "hardlink", "--splits", "train", "--out", str(out))) == 0
+    assert main(get_args_parser().parse_args(argv(coco, "--link", "hardlink", "--splits", "train", "--out", str(out))))
     dst = out / "train" / "image" / "COCO_train2014_000000000009.jpg"
     assert os.stat(dst).st_ino == os.stat(coco["root"] / "train2014" / "COCO_train2014_000000000009.jpg").st_ino
 
@@ -218,7 +219,7 @@ def test_voc_box_never_loses_a_tag_to_the_zero_size_rule():
 
 def expect_error(args, *words):
     with pytest.raises(SystemExit) as raised:
-        main(args)
+        cli(main, get_args_parser(), args)
     message = str(raised.value.code)
     assert message.startswith("error:"), message
     for word in words:

@@ -7,7 +7,8 @@ import scipy.io
 from PIL import Image
 
 from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
-from tools.datasets.prepare_voc import main, parse_args, prepare_voc
+from tools.args import cli
+from tools.datasets.prepare_voc import get_args_parser, main
 
 INFO = DatasetInfo("VOC")
 # id -> (height, width, classes); the classes drawn in the mask and listed in the xml
@@ -171,7 +172,7 @@ def check_split(out, split, ids, expected_masks, tags):
 
 
 def test_builds_seed_layout_from_segmentation_class_aug(voc, capsys):
-    assert main(argv(voc)) == 0
+    assert main(get_args_parser().parse_args(argv(voc)))
     out, exp = voc["out"], voc["expected"]
     tags = {i: c for i, (_, _, c) in {**TRAIN, **VAL, **SBD_ONLY}.items()}
     check_split(out, "train", list(TRAIN), exp["voc"], tags)
@@ -197,7 +198,7 @@ def test_train_aug_list_file_is_used_when_present(voc):
     with open(voc["aug"] / "train_aug.txt", "w") as f:
         f.write("/JPEGImages/2008_000003.jpg /SegmentationClassAug/2008_000003.png\n"
                 "/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n")
-    assert main(argv(voc, test=False)) == 0
+    assert main(get_args_parser().parse_args(argv(voc, test=False)))
     exp = voc["expected"]
     check_split(voc["out"], "train_aug", ["2008_000003", "2007_000039"],
                 {"2008_000003": exp["aug"]["2008_000003"], "2007_000039": exp["voc"]["2007_000039"]},
@@ -206,7 +207,7 @@ def test_train_aug_list_file_is_used_when_present(voc):
 
 
 def test_builds_train_aug_from_original_sbd_mat_files(voc):
-    assert main(argv(voc, sbd="sbd", test=False)) == 0
+    assert main(get_args_parser().parse_args(argv(voc, sbd="sbd", test=False)))
     exp = voc["expected"]
     # SBD train + val = 2008_000002, 2007_000063 (VOC val: dropped), 2007_000032, 2008_000003, 2007_000039
     train_aug = {**{i: exp["voc"][i] for i in TRAIN}, **{i: exp["mat"][i] for i in SBD_ONLY}}
@@ -220,7 +221,7 @@ def test_sbd_image_missing_from_voc_falls_back_to_sbd_img(voc):
     src = voc["devkit"] / "JPEGImages" / "2008_000003.jpg"
     os.makedirs(voc["sbd"] / "dataset" / "img")
     os.replace(src, voc["sbd"] / "dataset" / "img" / "2008_000003.jpg")
-    assert main(argv(voc, sbd="sbd", test=False)) == 0
+    assert main(get_args_parser().parse_args(argv(voc, sbd="sbd", test=False)))
     assert (voc["out"] / "train_aug" / "image" / "2008_000003.jpg").read_bytes() == \
         (voc["sbd"] / "dataset" / "img" / "2008_000003.jpg").read_bytes()
 
@@ -231,22 +232,22 @@ def snapshot(folder):
 
 
 def test_second_run_writes_nothing_and_changes_nothing(voc):
-    first = prepare_voc(parse_args(argv(voc)))
+    first = main(get_args_parser().parse_args(argv(voc)))
     # train: 2 images x (jpg, png, xml); test: images only
     assert first["train"]["written"] == 6 and first["test"]["written"] == 2
     before = snapshot(voc["out"])
-    second = prepare_voc(parse_args(argv(voc)))
+    second = main(get_args_parser().parse_args(argv(voc)))
     assert all(row["written"] == 0 for row in second.values())
     assert snapshot(voc["out"]) == before
     # a deleted output file is rebuilt, and only that one
     os.remove(voc["out"] / "validation" / "mask" / "2007_000068.png")
-    third = prepare_voc(parse_args(argv(voc)))
+    third = main(get_args_parser().parse_args(argv(voc)))
     assert third["validation"]["written"] == 1 and snapshot(voc["out"]) == before | {
         k: v for k, v in snapshot(voc["out"]).items() if k.endswith("2007_000068.png")}
 
 
 def test_link_modes(voc):
-    assert main(argv(voc, "--link", "hardlink", test=False)) == 0
+    assert main(get_args_parser().parse_args(argv(voc, "--link", "hardlink", test=False)))
     src = voc["devkit"] / "JPEGImages" / "2007_000032.jpg"
     dst = voc["out"] / "train" / "image" / "2007_000032.jpg"
     assert os.stat(dst).st_ino == os.stat(src).st_ino and not os.path.islink(dst)
@@ -254,7 +255,7 @@ def test_link_modes(voc):
     assert os.stat(xml).st_ino == os.stat(voc["devkit"] / "Annotations" / "2008_000002.xml").st_ino
 
     out = voc["root"] / "linked"
-    assert main(argv(voc, "--link", "symlink", "--out", str(out), "--num_workers", "2", test=False)) == 0
+    assert main(get_args_parser().parse_args(argv(voc, "--link", "symlink", "--out", str(out), "--num_workers", "2", test=False)))
     dst = out / "validation" / "image" / "2007_000063.jpg"
     assert os.path.islink(dst)
     assert os.path.realpath(dst) == os.path.realpath(voc["devkit"] / "JPEGImages" / "2007_000063.jpg")
@@ -267,7 +268,7 @@ def test_link_modes(voc):
 
 def expect_error(args, *words):
     with pytest.raises(SystemExit) as raised:
-        main(args)
+        cli(main, get_args_parser(), args)
     message = str(raised.value.code)
     assert message.startswith("error:"), message
     for word in words:

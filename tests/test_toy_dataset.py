@@ -11,7 +11,8 @@ import pytest
 from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags, read_image
 from core.errors import DatasetError
 from core.io import read_mask
-from tools.datasets.make_toy_dataset import main, make_toy_dataset, visible_layout
+from tools.args import cli
+from tools.datasets.make_toy_dataset import get_args_parser, main, make_toy_dataset, visible_layout
 
 SMALL = dict(num_train=5, num_train_aug=9, num_validation=5, num_test=3, min_size=64, max_size=112)
 SPLITS = ("train", "train_aug", "validation", "test")
@@ -253,11 +254,12 @@ def test_fully_hidden_object_is_removed_before_tagging():
 
 
 def test_cli_prints_summary_and_rejects_bad_settings(tmp_path, capsys):
-    main(["--out", str(tmp_path / "cli"), "--num_train", "1", "--num_train_aug", "2", "--num_validation", "1",
-          "--num_test", "1", "--min_size", "64", "--max_size", "64"])
+    main(get_args_parser().parse_args(["--out", str(tmp_path / "cli"), "--num_train", "1", "--num_train_aug", "2",
+                                       "--num_validation", "1", "--num_test", "1", "--min_size", "64", "--max_size", "64"]))
     out = capsys.readouterr().out
     assert "train_aug" in out and "disc" in out
     assert SeedLayout(str(tmp_path / "cli"), "train_aug", INFO).ids == ["toy_000000", "toy_000001"]
-    with pytest.raises(SystemExit, match=r"error: train \(3\) must not exceed train_aug \(2\)"):
-        main(["--out", str(tmp_path / "bad"), "--num_train", "3", "--num_train_aug", "2"])
+    with pytest.raises(SystemExit) as raised:  # a UsageError: status 2 and the usage line
+        cli(main, get_args_parser(), ["--out", str(tmp_path / "bad"), "--num_train", "3", "--num_train_aug", "2"])
+    assert raised.value.code == 2 and "train (3) must not exceed train_aug (2)" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "bad")

@@ -18,12 +18,12 @@ import train_affinity
 from core.affinity import AffinityNet
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import UsageError
-from core.io import read_mask, save_seed
+from core.io import read_json, read_mask, save_seed, settings_path, write_json
 from core.relations import ir_label_from_seed
-from tools.seeds import affinity_data
+from tools.seeds import affinity_data, seed_reading
 from tools.args import cli
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import count_syncs, kill_at
+from helpers import count_syncs, kill_at, run_main
 
 SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
 INFO = load_dataset_info("TOY")
@@ -83,7 +83,7 @@ def test_train_convert_evaluate_end_to_end(toy):
     # random-walk masks of train_aug beside the CRF ones, then scored on train
     base = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--folder", "predictions",
             "--tag", SEED_TAG, "--pred_dir", pred, "--gpus", "cpu"]
-    summary = convert.main(base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
+    summary = run_main(convert, base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
     mask_dir = pseudo_labels_dir(pred, SEED_TAG + "@rw", "train_aug")
     assert summary["written"] == 8 and not summary["failed"] and summary["output_dir"] == mask_dir
     layout = SeedLayout(root, "train_aug", INFO)
@@ -92,9 +92,9 @@ def test_train_convert_evaluate_end_to_end(toy):
         gt = layout.read_mask(image_id)
         assert mask.shape == gt.shape
         assert set(np.unique(mask).tolist()) <= set(np.unique(gt).tolist()) - {255}  # only the seeds' classes
-    again = convert.main(base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
+    again = run_main(convert, base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
     assert again["written"] == 0 and again["skipped_existing"] == 8
-    scores = evaluate.main(["--root_dir", root, "--dataset", "TOY", "--domain", "train", "--folder",
+    scores = run_main(evaluate, ["--root_dir", root, "--dataset", "TOY", "--domain", "train", "--folder",
                             "pseudo-labels", "--tag", SEED_TAG + "@rw", "--pred_dir", pred, "--num_workers", "0"])
     assert scores["mode"] == "mask" and 0 <= scores["mIoU"] <= 100
 
@@ -106,7 +106,7 @@ def test_ir_label_cache_is_atomic_and_skips_finished_maps(toy, tmp_path, monkeyp
     out = str(tmp_path / "ir")
     # a write that fails half way leaves no file behind, and the run reports it by raising
     calls = []
-    original = affinity_data.save_mask
+    original = seed_reading.save_mask
 
     def failing_save(path, mask, palette):
         calls.append(path)
@@ -114,11 +114,11 @@ def test_ir_label_cache_is_atomic_and_skips_finished_maps(toy, tmp_path, monkeyp
             raise OSError("disk full")
         return original(path, mask, palette)
 
-    monkeypatch.setattr(affinity_data, "save_mask", failing_save)
+    monkeypatch.setattr(seed_reading, "save_mask", failing_save)
     with pytest.raises(OSError):
         affinity_data.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False, progress=False)
     assert sorted(os.listdir(out)) == [layout.ids[0] + ".png", layout.ids[1] + ".png"]
-    monkeypatch.setattr(affinity_data, "save_mask", original)
+    monkeypatch.setattr(seed_reading, "save_mask", original)
 
     # a second run makes only the missing maps; the finished ones are not touched
     stamp = os.stat(os.path.join(out, layout.ids[0] + ".png")).st_mtime_ns
@@ -143,7 +143,32 @@ def test_ir_label_cache_is_atomic_and_skips_finished_maps(toy, tmp_path, monkeyp
     (bad / (layout.ids[4] + ".pkl")).write_bytes(b"not a pickle")
     summary = affinity_data.make_ir_labels(layout, str(bad), out, SEED_TAG, INFO.palette, crf=False, progress=False)
     assert summary["written"] == 0 and summary["existing"] == 7
-    assert len(summary["failed"]) == 1 and layout.ids[4] + ".pkl" in summary["failed"][0][1]
+    assert len(summary["failed"]) == 1 and layout.ids[4] + ".pkl" in summary["failed"][0]["problem"]
+
+
+def test_relation_labels_refuse_other_settings_unless_overwrite(toy, tmp_path):
+    """Before: ir-labels/{label_tag}/ had no record, and other thresholds reused the old maps."""
+    root, pred = toy
+    layout = SeedLayout(root, "train_aug", INFO)
+    seed_dir = predictions_dir(pred, SEED_TAG, "train_aug")
+    out = str(tmp_path / "ir")
+    make = lambda **kw: affinity_data.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False,
+                                                      progress=False, **kw)
+    assert make()["written"] == 8
+    with pytest.raises(UsageError, match=r"fg_th: 0.3 -> 0.5.*--overwrite true"):
+        make(fg_th=0.5)
+    assert sorted(os.listdir(out)) == sorted(i + ".png" for i in layout.ids)  # nothing deleted
+    assert make(fg_th=0.5, overwrite=True) == {"written": 8, "existing": 0, "failed": []}
+    assert read_json(settings_path(out))["fg_th"] == 0.5
+    # new seeds in the same folder (their record changed) count as other settings too
+    record = settings_path(seed_dir)
+    old = read_json(record) if os.path.isfile(record) else None
+    try:
+        write_json(record, {"kind": "other seeds"})
+        with pytest.raises(UsageError, match="seed_settings"):
+            make(fg_th=0.5)
+    finally:
+        write_json(record, old) if old is not None else os.remove(record)
 
 
 def test_resume_continues_to_the_same_weights(toy, tmp_path, monkeypatch):

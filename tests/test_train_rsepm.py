@@ -25,7 +25,7 @@ from core.checkpoint import load_checkpoint
 from core.networks import RSEPM
 from tools.engine import checkpoints, distributed, optim
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import kill_at
+from helpers import kill_at, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
@@ -114,13 +114,13 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     # seeds from the trained weights (strict load), then CRF masks, then the evaluation
     common = ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
               "--pred_dir", str(pred_dir), "--num_workers", "0"]
-    summary = infer_rsepm.main(common + ["--backbone", "resnet18", "--scales", "1.0", "--gpus", "cpu"])
+    summary = run_main(infer_rsepm, common + ["--backbone", "resnet18", "--scales", "1.0", "--gpus", "cpu"])
     assert summary["written"] == 3 and not summary["failed"]
     assert len(os.listdir(predictions_dir(str(pred_dir), tag, "validation"))) == 3
-    converted = convert_seed_to_pseudo_masks.main(common + ["--folder", "predictions"])
+    converted = run_main(convert_seed_to_pseudo_masks, common + ["--folder", "predictions"])
     assert converted["written"] == 3 and not converted["failed"]
     assert len(os.listdir(pseudo_labels_dir(str(pred_dir), tag, "validation"))) == 3
-    scores = evaluate.main(common + ["--folder", "pseudo-labels"])
+    scores = run_main(evaluate, common + ["--folder", "pseudo-labels"])
     assert 0.0 <= scores["mIoU"] <= 100.0
 
 

@@ -27,7 +27,7 @@ from core.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
 from tools.engine import checkpoints
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import kill_at
+from helpers import kill_at, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
@@ -152,7 +152,7 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
     assert set(val_records[0]) == {"iteration", "epoch", "val_mIoU"}
 
     # seeds from the weights (strict load), seg dialect, then scored by their argmax
-    summary = infer_seg.main(infer_argv(toy, pred_dir, tag, decoder, output_stride))
+    summary = run_main(infer_seg, infer_argv(toy, pred_dir, tag, decoder, output_stride))
     assert summary["written"] == 3 and not summary["failed"]
     seed_dir = predictions_dir(str(pred_dir), tag, "validation")
     for name in sorted(os.listdir(seed_dir)):
@@ -164,7 +164,7 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
         keys = seed["keys"].tolist()
         assert keys == sorted(keys) and set(keys) <= set(range(NUM_CLASSES))
         assert seed["seed"].max(axis=(1, 2)).min() >= 0.05 and seed["seed"].sum(0).max() <= 1 + 1e-4
-    scores = evaluate.main(["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
+    scores = run_main(evaluate, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
                             "--pred_dir", str(pred_dir), "--folder", "predictions", "--num_workers", "0"])
     assert scores["mode"] == "seed" and scores["dialects"] == {"seg": 3} and scores["threshold"] is None
     # the validation during training scored the same network on the same 3 images, single scale
@@ -178,7 +178,7 @@ def test_weights_of_one_decoder_are_refused_by_the_other(toy, tmp_path):
     write_pseudo_masks(toy, pred_dir)
     tag = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, "--tag", "v3")))["tag"]
     with pytest.raises(CheckpointError, match="last.pth: does not fit DeepLabV2"):
-        infer_seg.main(infer_argv(toy, pred_dir, tag, "deeplabv2", 16))
+        run_main(infer_seg, infer_argv(toy, pred_dir, tag, "deeplabv2", 16))
     assert not os.path.exists(predictions_dir(str(pred_dir), tag, "validation"))
 
 
@@ -214,7 +214,7 @@ def test_loss_learns_the_masks(toy, tmp_path):
     assert len(losses) == 6
     assert losses[0] > 1.0 and max(losses[-2:]) < 0.2 * losses[0], losses
 
-    infer_seg.main(infer_argv(toy, pred_dir, tag, "deeplabv3+", 16))
+    run_main(infer_seg, infer_argv(toy, pred_dir, tag, "deeplabv3+", 16))
     seed_dir = predictions_dir(str(pred_dir), tag, "validation")
     for name in os.listdir(seed_dir):
         seed = load_seed(os.path.join(seed_dir, name))

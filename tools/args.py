@@ -85,6 +85,7 @@ def color_jitter(text):
 
 
 def positive_int(text):
+    """Flag parser of an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -93,6 +94,10 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
+
+# --amp of the training and inference scripts. auto: bf16 on a CUDA device that supports it, else
+# fp16; off on the CPU.
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 # A 7000 x 7000 photograph (VOC and COCO images are below 0.5 M pixels); the same default as the
 # training scripts'. PIL's own decompression-bomb error (above 179 M pixels) is caught as well.
@@ -151,6 +156,14 @@ def add_device_args(parser):
     parser.add_argument("--gpus", default="0", type=str,
                         help="comma-separated CUDA device ids; ignored (CPU) when CUDA is unavailable")
     parser.add_argument("--num_workers", default=4, type=int, help="data loading / worker processes")
+    add_threads_arg(parser)
+
+
+def add_threads_arg(parser):
+    parser.add_argument("--threads", default=None, type=positive_int,
+                        help="torch and OpenCV threads of the main process (each worker process runs one); "
+                             "default: OMP_NUM_THREADS when set, else the CPUs this process may use less "
+                             "its worker processes")
 
 
 def resolve_devices(gpus):
@@ -165,11 +178,11 @@ def resolve_devices(gpus):
     try:
         ids = [int(x) for x in text.split(",") if x.strip() != ""]
     except ValueError:
-        raise SystemExit(f"error: --gpus expects comma-separated integers, got {gpus!r}") from None
+        raise UsageError(f"--gpus expects comma-separated integers, got {gpus!r}") from None
     count = torch.cuda.device_count()
     bad = [i for i in ids if i < 0 or i >= count]
     if bad:
-        raise SystemExit(f"error: --gpus {gpus}: device(s) {bad} do not exist ({count} CUDA devices visible)")
+        raise UsageError(f"--gpus {gpus}: device(s) {bad} do not exist ({count} CUDA devices visible)")
     return torch.device(f"cuda:{ids[0]}"), ids
 
 

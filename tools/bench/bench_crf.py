@@ -76,8 +76,8 @@ def main():
             os.makedirs(run_dir)
             os.symlink(os.path.join(pred, "predictions"), os.path.join(run_dir, "predictions"))
             start, cpu_start = time.perf_counter(), _cpu_seconds()
-            summary = convert.main(["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag", TAG,
-                                    "--pred_dir", run_dir, "--num_workers", str(workers)])
+            summary = convert.main(convert.get_args_parser().parse_args(["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag", TAG,
+                                    "--pred_dir", run_dir, "--num_workers", str(workers)]))
             elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
             assert summary["written"] == args.num_images and not summary["failed"], summary
             print(f"num_workers={workers}: {elapsed:.2f} s, {args.num_images / elapsed:.2f} images/s, "

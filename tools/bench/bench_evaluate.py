@@ -30,6 +30,7 @@ from core.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
 from tools import metrics  # noqa: E402
 from tools.args import make_parser  # noqa: E402
 from tools.paths import output_dir  # noqa: E402
+from tools.pool import available_cpus  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500
 TAG = "Bench@VOC"
@@ -97,7 +98,7 @@ def timed(function, *args):
 
 def quiet_main(argv):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return evaluate.main(argv)
+        return evaluate.main(evaluate.get_args_parser().parse_args(argv))
 
 
 def bench(args):
@@ -159,7 +160,7 @@ def bench(args):
     for name, count, total, per_100 in rows:
         print(f"{name:<36} {count:>6} {total:>8.2f} {per_100:>8.3f}")
     print(f"\n(sanity: mask mIoU {mask_miou:.2f}%, seed mIoU {seed_result[0]:.2f}% at threshold "
-          f"{seed_result[1]:.2f}; {evaluate.available_cpus()} CPUs available)")
+          f"{seed_result[1]:.2f}; {available_cpus()} CPUs available)")
 
 
 def main(argv=None):

@@ -74,10 +74,10 @@ def main():
             for name in ("predictions", "models"):
                 os.symlink(os.path.join(pred, name), os.path.join(run_dir, name))
             start = time.perf_counter()
-            summary = convert.main(["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag", TAG,
+            summary = convert.main(convert.get_args_parser().parse_args(["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag", TAG,
                                     "--pred_dir", run_dir, "--gpus", "cpu", "--mode", "rw", "--affinity_tag",
                                     "bench-affinity", "--affinity_backbone", args.backbone,
-                                    "--num_workers", str(workers)])
+                                    "--num_workers", str(workers)]))
             elapsed = time.perf_counter() - start
             assert summary["written"] == args.num_images and not summary["failed"], summary
             print(f"num_workers={workers}: {elapsed:.2f} s, {args.num_images / elapsed:.2f} images/s "

@@ -9,24 +9,20 @@ import sys
 import unicodedata
 import xml.etree.ElementTree as ET
 from functools import partial
-from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from core.datasets import parse_xml_tags
-from core.errors import DatasetError, FormatError, OutputError, ProjectError
+from core.errors import DatasetError, FormatError, PrepareError
 from core.io import atomic_output, read_mask
 from core.datasets import image_size_problem
 from core.safety import check_output_id, image_mode_problem, temp_path
-from tools.args import add_image_limit_arg
+from tools.args import add_image_limit_arg, add_threads_arg
+from tools.pool import SKIPPED_ERRORS, pool_size, run_pool
 
 LINK_MODES = ("copy", "hardlink", "symlink")
-
-
-class PrepareError(ProjectError):
-    """An input is missing or inconsistent, or the output fails verification. Names the file."""
 
 
 def add_output_args(parser, default_out):
@@ -37,6 +33,7 @@ def add_output_args(parser, default_out):
                              "system, no extra disk) or symlink (absolute links to the inputs)")
     parser.add_argument("--num_workers", default=4, type=int,
                         help="worker processes (0: everything in this process)")
+    add_threads_arg(parser)
     parser.add_argument("--expect_official", action="store_true",
                         help="a split count that differs from the official one is an error, not a warning")
     add_image_limit_arg(parser)
@@ -151,8 +148,8 @@ def check_mask_values(mask, num_classes, path):
 
 
 class _Skipping:
-    """func(task) -> (result, None), or (0, message) when it raises a ProjectError (a bad input
-    file): the builder goes on with the other items and lists the skipped ones at the end."""
+    """func(task) -> (result, None), or (0, message) when its input is bad (tools.pool.SKIPPED_ERRORS
+    and PrepareError): the builder goes on with the other items and lists the skipped ones at the end."""
 
     def __init__(self, func):
         self.func = func
@@ -160,9 +157,7 @@ class _Skipping:
     def __call__(self, task):
         try:
             return self.func(task), None
-        except OutputError:  # the disk is full or read-only: no other item will do better
-            raise
-        except ProjectError as e:
+        except (PrepareError, *SKIPPED_ERRORS) as e:
             return 0, str(e)
 
 
@@ -185,11 +180,8 @@ def run_parallel(func, tasks, num_workers, desc):
 
     A worker's exception is re-raised here, so the first bad input stops the run.
     """
-    if num_workers <= 0 or len(tasks) < 2:
-        return [func(t) for t in tqdm(tasks, desc=desc, unit="img")]
-    chunksize = max(1, min(32, len(tasks) // (num_workers * 8)))
-    with Pool(num_workers) as pool:
-        return list(tqdm(pool.imap(func, tasks, chunksize), total=len(tasks), desc=desc, unit="img"))
+    results = run_pool(func, tasks, pool_size(num_workers, len(tasks)), ordered=True)
+    return list(tqdm(results, total=len(tasks), desc=desc, unit="img"))
 
 
 def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_dict):

@@ -436,7 +436,7 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
     return summarize(out_dir, info)
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = make_parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="./toy_data/TOY", type=str, help="dataset root to write")
     parser.add_argument("--seed", default=0, type=int, help="random seed (same seed = identical files)")
@@ -450,18 +450,17 @@ def parse_args(argv=None):
     parser.add_argument("--max_size", default=160, type=int, help="largest image side in px")
     parser.add_argument("--max_objects", default=4, type=int, help="objects per image: 1..max_objects")
     parser.add_argument("--quality", default=90, type=int, help="JPEG quality")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    summary = cli(lambda a: make_toy_dataset(a.out, seed=a.seed, num_train=a.num_train, num_train_aug=a.num_train_aug,
-                                             num_validation=a.num_validation, num_test=a.num_test,
-                                             min_size=a.min_size, max_size=a.max_size,
-                                             max_objects=a.max_objects, quality=a.quality), args)
+def main(args):
+    summary = make_toy_dataset(args.out, seed=args.seed, num_train=args.num_train, num_train_aug=args.num_train_aug,
+                               num_validation=args.num_validation, num_test=args.num_test, min_size=args.min_size,
+                               max_size=args.max_size, max_objects=args.max_objects, quality=args.quality)
     print(f"TOY dataset in {os.path.normpath(args.out)}")
     print(format_summary(summary, DatasetInfo("TOY")))
+    return summary
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

@@ -42,7 +42,9 @@ from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
 from core.safety import check_output_id, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.datasets.builders import (PrepareError, add_output_args, check_official_counts, check_source_image,  # noqa: E402
+from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
+from core.errors import PrepareError  # noqa: E402
+from tools.datasets.builders import (add_output_args, check_official_counts, check_source_image,  # noqa: E402
                             place_file, print_summary, run_counting_skips, verify_split, voc_annotation_xml)
 
 SPLITS = {"train": ("train2014", "instances_train2014.json"),
@@ -311,7 +313,7 @@ def category_map(info):
     return {int(c): i + 1 for i, c in enumerate(ids)}
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = make_parser("Build the seed layout of MS COCO 2014 (train, validation).")
     parser.add_argument("--coco_root", required=True, type=str,
                         help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
@@ -323,12 +325,13 @@ def parse_args(argv=None):
     parser.add_argument("--empty_images", default="keep", choices=("keep", "skip"),
                         help="images without annotations: keep (no tags, all-background mask) or skip")
     add_output_args(parser, "../COCO2014/")
-    return parser.parse_args(argv)
+    return parser
 
 
-def prepare_coco(args):
+def main(args):
     """Build, verify and summarise. Returns {split: counts incl. "written", "empty"}."""
     start = time.time()
+    main_threads(args.threads, pool_size(args.num_workers, available_cpus()))
     info = DatasetInfo("COCO")
     category_to_class = category_map(info)
     root = os.path.normpath(os.path.expanduser(args.coco_root))
@@ -363,12 +366,8 @@ def prepare_coco(args):
     return rows
 
 
-def main(argv=None):
-    cli(prepare_coco, parse_args(argv))
-    return 0
-
 
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.datasets.prepare_coco import main as _main
-    sys.exit(_main())
+    from tools.datasets.prepare_coco import get_args_parser as _parser, main as _main
+    cli(_main, _parser())

@@ -39,7 +39,9 @@ from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
 from core.safety import safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.datasets.builders import (PrepareError, add_output_args, check_mask_values, check_official_counts,  # noqa: E402
+from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
+from core.errors import PrepareError  # noqa: E402
+from tools.datasets.builders import (add_output_args, check_mask_values, check_official_counts,  # noqa: E402
                             check_source_image, place_file, print_summary, read_id_list, resolve_folder,
                             run_counting_skips, verify_split)
 
@@ -233,7 +235,7 @@ def collect_splits(args):
     return splits, notes
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = make_parser("Build the seed layout of PASCAL VOC 2012 "
                          "(train, train_aug, validation, test).")
     parser.add_argument("--devkit", required=True, type=str,
@@ -247,12 +249,13 @@ def parse_args(argv=None):
     parser.add_argument("--test_devkit", default=None, type=str,
                         help="VOC2012 test folder (VOCdevkit/VOC2012 of VOC2012test); builds test")
     add_output_args(parser, "../VOC2012/")
-    return parser.parse_args(argv)
+    return parser
 
 
-def prepare_voc(args):
+def main(args):
     """Build, verify and summarise. Returns {split: counts incl. "written"}."""
     start = time.time()
+    main_threads(args.threads, pool_size(args.num_workers, available_cpus()))
     info = DatasetInfo("VOC")
     out_root = os.path.normpath(os.path.expanduser(args.out))
     splits, notes = collect_splits(args)
@@ -271,12 +274,8 @@ def prepare_voc(args):
     return rows
 
 
-def main(argv=None):
-    cli(prepare_voc, parse_args(argv))
-    return 0
-
 
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.datasets.prepare_voc import main as _main
-    sys.exit(_main())
+    from tools.datasets.prepare_voc import get_args_parser as _parser, main as _main
+    cli(_main, _parser())

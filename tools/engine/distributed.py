@@ -25,6 +25,7 @@ from torch import nn
 
 from core.errors import UsageError
 from tools.args import resolve_devices
+from tools.pool import worker_threads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,12 +169,14 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def seed_worker(worker_id):
-    """DataLoader worker_init_fn: seed python/numpy from the worker's torch seed.
+    """DataLoader worker_init_fn: one thread per worker (tools.pool.worker_threads), and python/numpy
+    seeded from the worker's torch seed.
 
     The transforms use their own per-sample generators; this only covers code that uses the
     global generators. The torch seed itself comes from the loader's generator, reseeded from
     (seed, epoch, rank) by set_loader_epoch.
     """
+    worker_threads(worker_id)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -20,9 +20,9 @@ import torch.distributed as dist
 
 from core.checkpoint import unwrap
 from core.errors import NonFiniteError, UsageError  # noqa: F401  (NonFiniteError: re-exported)
+from tools.args import AMP_MODES
 
 GROUP_NAMES = ("backbone_weight", "backbone_bias_bn", "head_weight", "head_bias_bn")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ flags of add_training_args, the --val_* group), the argument checks they all mak
 the derived tag (network name, schedule suffix) and the validation set-up and loop. Each script
 keeps only its own flags, its own checks and how it scores a validation image.
 """
-import argparse
 
 import torch
 
@@ -14,20 +13,9 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
 from core.errors import UsageError
-from tools.args import (add_dataset_args, add_device_args, add_experiment_args, color_jitter, deprecated_alias,
-                        make_parser, str2bool)
+from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, color_jitter, deprecated_alias,
+                        make_parser, positive_int, str2bool)
 from tools.engine import distributed
-from tools.engine.optim import AMP_MODES
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def training_parser(description, backbone):

@@ -5,7 +5,9 @@ and the (image, stride-4 label map) crops that train_affinity.py learns from.
    confident regions (core.relations.ir_label_from_seed: 0 background, class ids, 255 ignored)
    saved as a palette PNG under {pred_dir}/ir-labels/{label_tag}/train/ID.png. The label CRF
    costs about a second per image, so the maps are computed once, written atomically, skipped
-   when present (an interrupted run just starts again) and spread over worker processes.
+   when present (an interrupted run just starts again) and spread over worker processes. The
+   folder's settings record (ir-labels/{label_tag}/train.settings.json: the thresholds, the label
+   CRF and the seed folder's own record) refuses maps made otherwise unless overwrite is given.
 2. AffinityDataset: the image and its cached label map with IRN's augmentation: a random
    rescale by a factor in [min_scale, max_scale] (image bicubic, labels nearest), a horizontal
    flip, a random crop (padding: image 0 after normalisation, labels 255), then the labels
@@ -13,28 +15,24 @@ and the (image, stride-4 label map) crops that train_affinity.py learns from.
    jitter (IRN uses none). A sample depends only on (run seed, epoch, index), as in
    core.train_datasets, so a resumed run sees the crops of an uninterrupted one.
 """
-import multiprocessing
 import os
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from core.datasets import normalize_image
-from core.errors import DatasetError, FormatError
-from core.io import IGNORE_INDEX, read_mask, save_mask
+from core.errors import DatasetError
+from core.io import DEFAULT_MAX_SEED_BYTES, IGNORE_INDEX, read_mask
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, ir_label_from_seed, labels_to_stride
-from core.safety import remove_stale_temp_files, safe_output_path
 from core.transforms import random_crop
 from tools.paths import output_dir
-from tools.seeds.seed_reading import read_foreground
+from tools.seeds.seed_reading import SeedJob, claim_from_seeds, foreground, run_seed_job
 
 IR_FOLDER = "ir-labels"
 STRIDE = 4
 MAX_LISTED = 5
 
-_JOB = None  # set in each worker process by _init_worker
 
 
 def ir_labels_dir(pred_dir, label_tag, domain):
@@ -42,59 +40,43 @@ def ir_labels_dir(pred_dir, label_tag, domain):
     return output_dir(pred_dir, IR_FOLDER, label_tag, domain)
 
 
-def _init_worker(job):
-    global _JOB
-    _JOB = job
+class IRLabelJob(SeedJob):
+    """The confident-region label map of one seed file (core.relations.ir_label_from_seed)."""
+
+    def __init__(self, *common, fg_th, bg_th, crf):
+        super().__init__(*common)
+        self.fg_th, self.bg_th, self.crf = fg_th, bg_th, crf
+
+    def make(self, seed, image, seed_path):
+        planes, keys = foreground(seed, image, seed_path, self.num_classes)
+        return ir_label_from_seed(planes, keys, image, self.fg_th, self.bg_th, crf=self.crf)
 
 
-def ir_label_one(image_id):
-    """Make one cached label map. Returns (image_id, None) or (image_id, problem text)."""
-    job = _JOB
-    seed_path = os.path.join(job["seed_dir"], image_id + ".pkl")
-    if not os.path.isfile(seed_path):
-        return image_id, f"{seed_path}: seed file not found"
-    try:
-        planes, keys, image = read_foreground(seed_path, job["tag"], job["layout"], image_id, job["num_classes"])
-        labels = ir_label_from_seed(planes, keys, image, job["fg_th"], job["bg_th"], crf=job["crf"])
-    except (FormatError, DatasetError, ValueError) as e:
-        return image_id, str(e)
-    save_mask(safe_output_path(job["out_dir"], image_id + ".png"), labels, job["palette"])
-    return image_id, None
+def claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite=False):
+    """Record what shapes the label maps (the seeds, the thresholds, the label CRF) beside their
+    folder; UsageError naming the differences when it holds maps made otherwise, unless `overwrite`."""
+    claim_from_seeds(out_dir, seed_dir, {"dataset": layout.info.name, "fg_th": fg_th, "bg_th": bg_th, "crf": crf},
+                     overwrite)
 
 
 def make_ir_labels(layout, seed_dir, out_dir, tag, palette, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD,
-                   crf=True, num_workers=1, progress=True, ids=None):
+                   crf=True, num_workers=1, progress=True, ids=None, overwrite=False,
+                   max_seed_bytes=DEFAULT_MAX_SEED_BYTES, claim=True):
     """Write the missing label maps of `ids` (default: layout.ids) into `out_dir`.
 
-    Returns dict(written, existing, failed=[(id, problem)]); nothing is raised for one image's
-    bad or missing seed file, the caller decides. Several processes may fill one folder with
-    disjoint `ids` (DDP ranks): every file is written atomically under its own name.
+    Returns dict(written, existing, failed=[{"id", "problem"}]); nothing is raised for one
+    image's bad or missing seed file, the caller decides. The folder is claimed first
+    (claim_ir_labels) unless `claim` is false: several processes may fill one folder with
+    disjoint `ids` (DDP ranks), each after all have claimed it; every file is written atomically.
     """
     ids = layout.ids if ids is None else list(ids)
-    remove_stale_temp_files(out_dir)  # only temporaries older than this process: not a live write
-    pending = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".png"))]
-    job = dict(layout=layout, seed_dir=seed_dir, out_dir=out_dir, tag=tag, palette=palette, fg_th=fg_th,
-               bg_th=bg_th, crf=crf, num_classes=layout.info.num_classes)
-    summary = {"written": 0, "existing": len(ids) - len(pending), "failed": []}
-    workers = min(max(1, num_workers), len(pending), os.cpu_count() or 1)
-    if workers <= 1:
-        _init_worker(job)
-        results, pool = map(ir_label_one, pending), None
-    else:  # one label CRF per process; small chunks keep the workers balanced
-        pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job,))
-        results = pool.imap_unordered(ir_label_one, pending, chunksize=max(1, min(4, len(pending) // (workers * 8))))
-    try:
-        for image_id, problem in tqdm(results, total=len(pending), desc="relation labels", unit="img",
-                                      disable=not progress, dynamic_ncols=True):
-            if problem is None:
-                summary["written"] += 1
-            else:
-                summary["failed"].append((image_id, problem))
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    return summary
+    if claim:
+        claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite)
+    job = IRLabelJob(layout, seed_dir, out_dir, tag, palette, max_seed_bytes, fg_th=fg_th, bg_th=bg_th, crf=crf)
+    pending = job.pending(ids)
+    written, failed = run_seed_job(job, pending, job.workers(num_workers, len(pending)), "relation labels",
+                                   progress)
+    return {"written": written, "existing": len(ids) - len(pending), "failed": failed}
 
 
 class AffinityTransform:

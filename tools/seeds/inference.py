@@ -5,7 +5,6 @@ import argparse
 import os
 from functools import partial
 import random
-import sys
 
 import torch
 from tqdm import tqdm
@@ -16,12 +15,12 @@ from core.errors import CheckpointError, DatasetError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.inference import scaled_size
 from core.io import claim_output_folder, file_fingerprint, save_seed
-from core.safety import remove_stale_temp_files, safe_output_path
-from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
+from core.safety import safe_output_path
+from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, make_parser, resolve_devices, str2bool)
 from tools.paths import model_path, predictions_dir
+from tools.pool import list_skipped, main_threads, worker_threads
 
-AMP_MODES = ("off", "bf16", "fp16")
 MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
 # Rough peak memory of one pass per pixel of its (scaled) input, the image and its flip together:
 # a ResNet-101 DeepLab at output stride 8 keeps a few 1024-2048-channel maps at 1/8 of the input
@@ -46,7 +45,8 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--amp", default="off", choices=AMP_MODES,
                         help="mixed precision of the network forward: off = the published float32 path; "
                              "bf16 (CPU or CUDA) or fp16 (CUDA only) run the forward under autocast, "
-                             "softmax and averaging stay float32")
+                             "softmax and averaging stay float32; auto = bf16 on CUDA if supported, else "
+                             "fp16; off on the CPU")
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
@@ -105,6 +105,8 @@ class AutocastForward(torch.nn.Module):
 def with_amp(model, device, mode):
     """`model` unchanged for --amp off, else wrapped in AutocastForward. fp16 is refused on the
     CPU (ValueError): CPU autocast is meant for bf16, and fp16 there is slow and untested."""
+    if mode == "auto":
+        mode = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if mode == "off":
         return model
     if mode not in AMP_MODES:
@@ -188,7 +190,8 @@ def inference_settings(args, kind, weights, same, interpolation, class_fn):
 def run_inference(args, network, kind, same=True, interpolation="bilinear", class_fn="sigmoid"):
     """The loop of both inference scripts: one seed file per image, skipping finished ones.
 
-    Returns a summary dict; exits non-zero (SystemExit) if any image failed.
+    Returns a summary dict; images that could not be processed are skipped, listed at the end
+    and returned under "failed" (cli then exits 1).
     """
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info, max_pixels=getattr(args, "max_image_pixels", None))
@@ -200,26 +203,24 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     model, weights = build_model(args, network, device, device_ids)
     model = with_amp(model, device, getattr(args, "amp", "off"))
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
-    os.makedirs(out_dir, exist_ok=True)
-    remove_stale_temp_files(out_dir)  # what killed runs left half-written
-    deleted = claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
-                                  ".pkl", overwrite=getattr(args, "overwrite", False))
-    if deleted:
-        print(f"[i] --overwrite: deleted {deleted} seed files of {out_dir}")
+    claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
+                        ".pkl", overwrite=getattr(args, "overwrite", False))
     ids = image_order(layout, args)
     todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
-    print(f"[i] {kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
+    print(f"{kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
           f"weights {weights}, device {device}{' x' + str(len(device_ids)) if len(device_ids) > 1 else ''}"
           f"{', amp ' + args.amp if getattr(args, 'amp', 'off') != 'off' else ''}")
     limit = getattr(args, "max_memory_gib", None)
     check = None if limit is None else partial(scale_problem, scales=args.scales, num_classes=info.num_classes,
                                                max_gib=limit)
+    workers = max(0, min(args.num_workers, len(todo)))
+    main_threads(getattr(args, "threads", None), workers)
     loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags, check), batch_size=None, shuffle=False,
-                                         num_workers=min(args.num_workers, len(todo)))
+                                         num_workers=workers, worker_init_fn=worker_threads)
     failed = []
     for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True):
         if error is not None:
-            failed.append(error)
+            failed.append({"id": image_id, "problem": error})
             continue
         probs, scores = multiscale_inference(model, image.to(device), kind, scales=args.scales,
                                              interpolation=interpolation,
@@ -233,12 +234,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
         save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
     summary = {"images": len(ids), "written": len(todo) - len(failed), "skipped_existing": len(ids) - len(todo),
                "failed": failed, "output_dir": out_dir}
-    print(f"[i] wrote {summary['written']} seed files to {out_dir} "
-          f"({summary['skipped_existing']} already present, {len(failed)} failed)")
-    if failed:
-        print(f"error: {len(failed)} image(s) could not be processed (skipped, no seed written):", file=sys.stderr)
-        for message in failed:
-            print(f"  {message}", file=sys.stderr)
-        raise SystemExit(1)
+    print(f"wrote {summary['written']} seed files to {out_dir} "
+          f"({summary['skipped_existing']} already present, {len(failed)} skipped)")
+    list_skipped(failed)
     return summary
-

@@ -9,11 +9,10 @@ the CRF mode on the walked scores, and a palette PNG in
 pseudo-labels/{tag}@rw/{domain}/ID.png, beside the CRF masks of the same seeds.
 
 Devices: with CUDA (--gpus) the images run one after another in this process on the first
-listed GPU; on the CPU, --num_workers processes each load the network once and share the
-cores (threads per worker: cores / workers, at most this process's torch threads). Writes, skip-if-done and the per-image problem
-list are those of the CRF mode: convert_one returns (id, None) or (id, problem).
+listed GPU; on the CPU, --num_workers processes (tools.pool, one thread each) each load the
+network once. Writes, skip-if-done, skipped images and the output claim are those of the CRF
+mode: both are a tools.seeds.seed_reading.SeedJob.
 """
-import multiprocessing
 import os
 
 import torch
@@ -21,19 +20,17 @@ import torch
 from core.affinity import AffinityNet
 from core.checkpoint import load_checkpoint
 from core.datasets import load_dataset_info, normalize_image
-from core.errors import DatasetError, FormatError, MissingFileError, UsageError
-from core.io import claim_output_folder, read_json, save_mask, settings_path
+from core.errors import MissingFileError, UsageError
+from core.io import read_json
 from core.crf import CRF_DEFAULTS, dense_crf
 from core.randomwalk import (DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, DEFAULT_RADIUS, random_walk_planes,
                              walk_keys)
 from core.resnet import ARCHITECTURES
-from core.safety import remove_stale_temp_files, safe_output_path
 from tools.args import resolve_devices, str2bool
 from tools.paths import model_dir, model_path, pseudo_labels_dir
-from tools.seeds.seed_reading import read_foreground, seed_inputs
+from tools.seeds.seed_reading import SeedJob, claim_from_seeds, foreground, seed_inputs
 
 RW_SUFFIX = "@rw"
-_JOB = None  # set in each worker by _init_worker: the job dict plus the loaded network
 
 
 def add_rw_args(parser):
@@ -66,8 +63,38 @@ def affinity_backbone(args):
     return "resnet50"
 
 
+class RWJob(SeedJob):
+    """Boundary map of the affinity network, random walk of the seed, optional CRF, argmax."""
+
+    def __init__(self, *common, weights, backbone, device, radius, beta, exp_times, bg_score, crf):
+        super().__init__(*common)
+        self.weights, self.backbone, self.device = weights, backbone, device
+        self.radius, self.beta, self.exp_times, self.bg_score, self.crf = radius, beta, exp_times, bg_score, crf
+        self.network = None
+
+    def setup(self):
+        self.network = load_network(self.weights, self.backbone, self.device)
+
+    def __getstate__(self):  # workers load their own network in setup()
+        return dict(self.__dict__, network=None)
+
+    def workers(self, num_workers, count):
+        return super().workers(num_workers, count) if self.device == "cpu" else 0
+
+    @torch.no_grad()
+    def make(self, seed, image, seed_path):
+        planes, keys = foreground(seed, image, seed_path, self.num_classes)
+        edge = self.network.predict_boundary(normalize_image(image)[None].to(self.device))[0]
+        labels = walk_keys(keys, len(keys))
+        planes = random_walk_planes(torch.from_numpy(planes).to(self.device), edge.float(), self.radius, self.beta,
+                                    self.exp_times, self.bg_score).cpu()
+        if self.crf and len(labels) > 1:  # one label needs no inference
+            planes = torch.from_numpy(dense_crf(image, planes.numpy(), **CRF_DEFAULTS))
+        return labels[planes.argmax(dim=0)].cpu().numpy()
+
+
 def prepare(args):
-    """Check the inputs and list the work: (job, pending ids, number already present)."""
+    """Check the inputs, claim the output folder and list the work: (job, ids)."""
     if not args.affinity_tag and not args.affinity_weights:
         raise UsageError("--mode rw needs --affinity_tag (or --affinity_weights): the network of train_affinity.py")
     for name in ("rw_radius", "exp_times"):
@@ -81,84 +108,23 @@ def prepare(args):
                                f"{args.affinity_tag} first, or pass --affinity_weights)")
     info = load_dataset_info(args.dataset)
     layout, seed_dir, ids = seed_inputs(args, info)
-    mask_dir = pseudo_labels_dir(args.pred_dir, args.tag + RW_SUFFIX, args.domain)
-    remove_stale_temp_files(mask_dir)
-    claim_rw_masks(args, seed_dir, mask_dir, weights)
-    pending = [i for i in ids if not os.path.isfile(os.path.join(mask_dir, i + ".png"))]
     device, _ = resolve_devices(args.gpus)
-    job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, palette=info.palette,
-               num_classes=info.num_classes, weights=weights, backbone=affinity_backbone(args),
-               device=str(device), radius=args.rw_radius, beta=args.beta, exp_times=args.exp_times,
-               bg_score=args.sem_seg_bg_thres, crf=args.rw_crf, max_seed_bytes=args.max_seed_bytes)
-    load_network(job)  # a wrong weights file stops the run here, before any worker starts
-    return job, pending, len(ids) - len(pending)
+    backbone = affinity_backbone(args)
+    load_network(weights, backbone, device)  # a wrong weights file stops the run here, before any worker starts
+    mask_dir = pseudo_labels_dir(args.pred_dir, args.tag + RW_SUFFIX, args.domain)
+    claim_from_seeds(mask_dir, seed_dir, {
+        "dataset": args.dataset, "mode": "rw",
+        "affinity_weights": {"path": os.path.abspath(weights), "size": os.path.getsize(weights)},
+        "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
+        "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}, args.overwrite)
+    job = RWJob(layout, seed_dir, mask_dir, args.tag, info.palette, args.max_seed_bytes, weights=weights,
+                backbone=backbone, device=str(device), radius=args.rw_radius, beta=args.beta,
+                exp_times=args.exp_times, bg_score=args.sem_seg_bg_thres, crf=args.rw_crf)
+    return job, ids
 
 
-def claim_rw_masks(args, seed_dir, mask_dir, weights):
-    """Record the walk's settings beside its masks and refuse to add to masks made otherwise (as the
-    CRF mode does: core.io.claim_output_folder; --overwrite true starts the folder afresh)."""
-    seed_record = settings_path(seed_dir)
-    stat = os.stat(weights)
-    settings = {"seed_dir": os.path.abspath(seed_dir),
-                "seed_settings": read_json(seed_record) if os.path.isfile(seed_record) else None,
-                "dataset": args.dataset, "mode": "rw", "affinity_weights": {"path": os.path.abspath(weights),
-                                                                            "size": stat.st_size},
-                "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
-                "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}
-    os.makedirs(mask_dir, exist_ok=True)
-    deleted = claim_output_folder(mask_dir, settings, ".png", overwrite=args.overwrite, ignore=("path", "seed_dir"))
-    if deleted:
-        print(f"--overwrite: deleted {deleted} masks of {mask_dir}")
-
-
-def load_network(job):
-    """The affinity network of `job`, strictly loaded, in eval mode on job['device']."""
-    network = AffinityNet(job["backbone"], pretrained=None)
-    load_checkpoint(network, job["weights"])
-    return network.to(job["device"]).eval()
-
-
-def _init_worker(job, threads=None):
-    global _JOB
-    if threads:
-        torch.set_num_threads(threads)
-    _JOB = dict(job, network=load_network(job))
-
-
-@torch.no_grad()
-def convert_one(image_id):
-    """Random-walk mask of one image. Returns (image_id, None) when written, (image_id, problem)."""
-    job = _JOB
-    seed_path = os.path.join(job["seed_dir"], image_id + ".pkl")
-    if not os.path.isfile(seed_path):
-        return image_id, f"{seed_path}: seed file not found"
-    try:
-        planes, keys, image = read_foreground(seed_path, job["tag"], job["layout"], image_id, job["num_classes"],
-                                              job["max_seed_bytes"])
-    except (FormatError, DatasetError, ValueError) as e:
-        return image_id, str(e)
-    device = job["device"]
-    edge = job["network"].predict_boundary(normalize_image(image)[None].to(device))[0]
-    labels = walk_keys(keys, len(keys))
-    planes = random_walk_planes(torch.from_numpy(planes).to(device), edge.float(), job["radius"], job["beta"],
-                                job["exp_times"], job["bg_score"]).cpu()
-    if job["crf"] and len(labels) > 1:  # one label needs no inference
-        planes = torch.from_numpy(dense_crf(image, planes.numpy(), **CRF_DEFAULTS))
-    mask = labels[planes.argmax(dim=0)]
-    save_mask(safe_output_path(job["mask_dir"], image_id + ".png"), mask.cpu().numpy(), job["palette"])
-    return image_id, None
-
-
-def run_all(job, ids, num_workers):
-    """Yield convert_one results for `ids`: in this process on a GPU (or with one worker), else
-    over min(num_workers, cores) CPU processes."""
-    cores = os.cpu_count() or 1
-    workers = min(max(1, num_workers), len(ids), cores)
-    if job["device"] != "cpu" or workers <= 1:
-        _init_worker(job)
-        yield from map(convert_one, ids)
-        return
-    # each worker takes its share of the cores (never more threads than this process may use)
-    threads = max(1, min(torch.get_num_threads(), cores // workers))
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(job, threads)) as pool:
-        yield from pool.imap_unordered(convert_one, ids, chunksize=1)
+def load_network(weights, backbone, device):
+    """The affinity network, strictly loaded, in eval mode on `device`."""
+    network = AffinityNet(backbone, pretrained=None)
+    load_checkpoint(network, weights)
+    return network.to(device).eval()
