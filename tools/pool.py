@@ -51,7 +51,7 @@ def worker_threads(worker_id=None):
     set_threads(1)
 
 
-def main_threads(threads, workers):
+def main_threads(threads, workers, verbose=True):
     """Apply the thread rule to this process and print it once; returns its thread count.
 
     threads: --threads (None: OMP_NUM_THREADS when set, else available_cpus() - workers, at least 1).
@@ -60,8 +60,9 @@ def main_threads(threads, workers):
         text = os.environ.get("OMP_NUM_THREADS", "")
         threads = int(text) if text.isdigit() and int(text) > 0 else max(1, available_cpus() - workers)
     set_threads(threads)
-    print(f"threads: 1 per worker x {workers} workers, {threads} in the main process" if workers
-          else f"threads: {threads} in this process (no worker processes)")
+    if verbose:
+        print(f"threads: 1 per worker x {workers} workers, {threads} in the main process" if workers
+              else f"threads: {threads} in this process (no worker processes)")
     return threads
 
 

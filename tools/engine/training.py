@@ -16,6 +16,7 @@ from core.errors import UsageError
 from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, color_jitter, deprecated_alias,
                         make_parser, positive_int, str2bool)
 from tools.engine import distributed
+from tools.pool import main_threads
 
 
 def training_parser(description, backbone):
@@ -77,6 +78,7 @@ def start_run(args, require_xml=False, check=None):
     before any data is read), this rank's seeds, the dataset's classes and the training split.
     Returns (ctx, info, layout)."""
     ctx = distributed.setup_distributed(args.gpus)
+    main_threads(args.threads, args.num_workers, verbose=ctx.is_main)
     if check is not None:
         check(args, ctx)
     distributed.seed_everything(args.seed, ctx.rank)
