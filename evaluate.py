@@ -12,9 +12,11 @@ The folder name picks the mode, as in the original:
 Prints a per-class IoU table and a summary line, and writes the result as JSON beside the
 evaluated folder (tools.paths.evaluation_path). Images are spread over --num_workers processes
 (tools.pool) whose integer confusion matrices are summed, so the result does not depend on the
-worker count. An image whose prediction is bad is skipped and listed, the result (over the other
-images, with the skipped ones under "failed") is written and the exit status is 1.
+worker count. An image whose prediction is bad is skipped and listed with the exit status 1; the
+scores over the other images are printed but no result file is written (it would read as the
+whole split's), and an earlier one beside the folder is removed.
 """
+import contextlib
 import math
 import os
 import shlex
@@ -263,10 +265,16 @@ def main(args):
     if len(dialects) > 1:
         print(f"warning: the folder mixes seed dialects {dialects}; seg seeds do not depend on the threshold")
     path = evaluation_path(args.pred_dir, args.folder, args.tag, args.domain)
-    write_json(path, result)
-    print(f"result written to {path}")
     if failed:
-        print(f"warning: the scores above leave out {len(failed)} of {len(image_ids)} images")
+        # a score over the other images would read as one of the whole split: none is written,
+        # and an earlier result beside the folder no longer describes it
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        print(f"warning: {len(failed)} of {len(image_ids)} images could not be evaluated: the scores above "
+              f"leave them out, and no result file is written")
+    else:
+        write_json(path, result)
+        print(f"result written to {path}")
     list_skipped(failed)
     return result
 

@@ -11,6 +11,7 @@ import torch
 
 from core.errors import ProjectError, UsageError
 from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
+from tools.numbers import check_numbers
 from tools.paths import DEFAULT_PRED_DIR
 
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
@@ -38,9 +39,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ProjectParser(argparse.ArgumentParser):
+    """argparse with the project's number ranges: before parsing, every int/float flag gets its
+    range from tools/numbers.py (nan, inf or a value outside it: usage error naming the flag)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        check_numbers(self)
+        return super().parse_known_args(args, namespace)
+
+
 def make_parser(description):
-    """An ArgumentParser whose --help shows every flag's default."""
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    """The parser of every script and program: --help shows every flag's default, and number
+    flags are range-checked (ProjectParser)."""
+    return ProjectParser(description=description, formatter_class=HelpFormatter)
 
 
 def deprecated_alias(parser, old, new):
@@ -78,8 +89,9 @@ def color_jitter(text):
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4 or min(values) < 0 or values[3] > 0.5:
-        raise argparse.ArgumentTypeError(f"expected 4 comma-separated strengths B,C,S,H (>= 0, hue <= 0.5) "
+    # `not 0 <= v <= 10` also refuses nan; inf fails the upper bound
+    if len(values) != 4 or not all(0 <= v <= 10 for v in values) or values[3] > 0.5:
+        raise argparse.ArgumentTypeError(f"expected 4 comma-separated finite strengths B,C,S,H (0..10, hue <= 0.5) "
                                          f"or 'none', got {text!r}")
     return values if any(values) else None
 
@@ -93,6 +105,9 @@ def positive_int(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+positive_int.number_kind = int  # make_parser also gives it the flag's range (tools/numbers.py)
 
 
 # --amp of the training and inference scripts. auto: bf16 on a CUDA device that supports it, else

@@ -40,26 +40,26 @@ COUNT = Range(1, BIG)                # at least one
 COUNT0 = Range(0, BIG)               # zero allowed (0 = off / none)
 PIXELS = Range(1, 16384)             # one side of an image or crop
 SCALE = Range(0.0, 8.0, low_open=True)
+WEIGHT = Range(0.0, 1000.0)         # a loss weight
 
 # Every number flag of the project, by destination name.
 RANGES = {
     # training
     "batch_size": Range(1, 65536), "max_epoch": Range(1, 100000), "lr": Range(0.0, 10.0, low_open=True),
-    "wd": Range(0.0, 1.0), "momentum": Range(0.0, 1.0, high_open=True), "head_lr_mult": Range(0.0, 1000.0, low_open=True),
-    "crop_size": PIXELS, "min_image_size": PIXELS, "max_image_size": PIXELS, "min_scale": SCALE, "max_scale": SCALE,
-    "seed": Range(0, 2 ** 32 - 1), "log_interval": COUNT, "save_interval": COUNT, "val_every": COUNT0,
-    "val_images": COUNT, "vis_images": Range(0, 64), "warmup": COUNT0,
-    # RS+EPM (core/rsepm.py, core/targets.py, core/scg.py, core/pamr.py)
-    "rs_start": COUNT, "mix_start": COUNT, "w_cls": Range(0.0, 1000.0), "w_cam": Range(0.0, 1000.0),
-    "w_seg": Range(0.0, 1000.0), "w_mix_cls": Range(0.0, 1000.0), "w_mix_cam": Range(0.0, 1000.0),
-    "w_mix_seg": Range(0.0, 1000.0), "cf_fg_th": PROBABILITY, "cf_bg_th": PROBABILITY, "ep_delta": PROBABILITY,
-    "ep_conf": PROBABILITY, "ema_decay": PROBABILITY, "scg_fg_th": PROBABILITY, "scg_bg_th": PROBABILITY,
-    "scg_first_th": PROBABILITY, "scg_second_th": PROBABILITY, "scg_fg_point": PROBABILITY,
-    "scg_bg_point": PROBABILITY, "pamr_iterations": Range(0, 100), "scg_grid": Range(1, 64),
-    # affinity network and random walk
-    "ir_fg_th": PROBABILITY, "ir_bg_th": PROBABILITY, "fg_th": PROBABILITY, "radius": Range(1, 32),
-    "rw_radius": Range(1, 32), "beta": Range(0.0, 1000.0, low_open=True), "exp_times": Range(0, 12),
-    "sem_seg_bg_thres": PROBABILITY,
+    "wd": Range(0.0, 1.0), "momentum": Range(0.0, 1.0, high_open=True),
+    "head_lr_mult": Range(0.0, 1000.0, low_open=True), "crop_size": PIXELS, "min_image_size": PIXELS,
+    "max_image_size": PIXELS, "min_scale": SCALE, "max_scale": SCALE, "seed": Range(0, 2 ** 32 - 1),
+    "log_interval": COUNT, "save_interval": COUNT, "val_every": COUNT0, "val_images": COUNT,
+    # RS+EPM (core/rsepm.py, core/targets.py, core/scg.py, core/pamr.py) and its seeds
+    "rs_start": COUNT, "mix_start": COUNT, "w_cam": WEIGHT, "w_seg": WEIGHT, "w_cls_mix": WEIGHT,
+    "w_cam_mix": WEIGHT, "w_seg_mix": WEIGHT, "cf_fg_th": PROBABILITY, "cf_bg_th": PROBABILITY,
+    "ep_delta": PROBABILITY, "ep_conf": PROBABILITY, "ema_decay": PROBABILITY, "scg_fg_th": PROBABILITY,
+    "scg_so_th": PROBABILITY, "scg_fg_point": PROBABILITY, "scg_bg_point": PROBABILITY,
+    "pamr_iterations": Range(0, 100), "first_th": PROBABILITY, "second_th": PROBABILITY,
+    "foreground_th": PROBABILITY, "background_th": PROBABILITY,
+    # affinity network and random walk (the walk's cost grows with 2^exp_times and radius^2)
+    "ir_fg_th": PROBABILITY, "ir_bg_th": PROBABILITY, "rw_radius": Range(1, 32),
+    "beta": Range(0.0, 1000.0, low_open=True), "exp_times": Range(0, 12), "sem_seg_bg_thres": PROBABILITY,
     # seeds, CRF, evaluation
     "bg_th": PROBABILITY, "bg_gamma": Range(0.0, 100.0, low_open=True), "st_th": PROBABILITY,
     "end_th": PROBABILITY, "th_interval": Range(0.0, 1.0, low_open=True), "quality": Range(1, 100),
@@ -69,7 +69,7 @@ RANGES = {
     "threads": Range(1, 1024), "timeout": Range(1, 7 * 24 * 3600),
     # dataset builders and programs
     "num_train": COUNT0, "num_train_aug": COUNT0, "num_validation": COUNT0, "num_test": COUNT0,
-    "max_objects": Range(1, 64), "min_size": PIXELS, "max_size": PIXELS, "epochs": Range(1, 100000),
+    "max_objects": Range(1, 64), "min_size": PIXELS, "max_size": PIXELS,
     "val_fraction": Range(0.0, 1.0, high_open=True),
     # benchmarks
     "num_images": COUNT, "images": COUNT, "iterations": COUNT, "repeat": COUNT, "batch": Range(1, 65536),
@@ -101,8 +101,8 @@ def check_numbers(parser):
     A number flag with no range is a bug of the script: KeyError naming it."""
     for action in parser._actions:
         kind = NUMBER_TYPES.get(action.type) or getattr(action.type, "number_kind", None)
-        if kind is None or not action.option_strings:
-            continue
+        if kind is None or not action.option_strings or action.choices is not None:
+            continue  # a flag with choices is checked by argparse itself
         if action.dest not in RANGES:
             raise KeyError(f"{action.option_strings[0]}: a number flag without a range in tools/numbers.py RANGES")
         action.type = bounded(kind, action.option_strings[0], RANGES[action.dest])

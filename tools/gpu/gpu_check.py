@@ -19,7 +19,6 @@ Writes OUT/result.json and OUT/result.md (default experiments/gpu_check/), print
 exits 1 listing the failed checks. Synthetic data (tools/datasets/make_toy_dataset.py, 375..500 px) is
 made in a temporary folder and removed afterwards.
 """
-import argparse
 import glob
 import json
 import os
@@ -42,7 +41,7 @@ import train_rsepm  # noqa: E402
 import train_seg  # noqa: E402
 from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
 from core.errors import SetupError  # noqa: E402
-from tools.args import cli, str2bool  # noqa: E402
+from tools.args import cli, make_parser, str2bool  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
 from tools.gpu import flops  # noqa: E402
 from core.io import atomic_output, load_seed, write_json  # noqa: E402
@@ -84,8 +83,7 @@ SMOKE = Sizes("resnet18", "resnet18", 2, 32, 32, 48, 48, 64, 1, 1, 4, 2, "1.0,0.
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__.splitlines()[0])
     # --smoke / --keep alone mean "true"
     parser.add_argument("--smoke", default=False, type=str2bool, nargs="?", const=True,
                         help="tiny sizes on the CPU (what the tests run)")

@@ -19,7 +19,7 @@ import time
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tools.args import cli  # noqa: E402
+from tools.args import cli, make_parser  # noqa: E402
 from tools.paths import REPO_ROOT  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def peak_cuda_memory():
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("probe_dir", help="folder of the probe-rank{RANK}.json records")
     parser.add_argument("script", help="script of this repository to run, e.g. train_rsepm.py")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="the script's own arguments")
