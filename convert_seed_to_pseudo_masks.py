@@ -78,7 +78,7 @@ def prepare(args):
     claim_from_seeds(mask_dir, seed_dir, {
         "dataset": args.dataset, "mode": args.mode, "bg_th": args.bg_th,
         "bg_gamma": None if args.bg_th is not None else args.bg_gamma,
-        "crf": CRF_DEFAULTS if args.mode == "crf" else None}, args.overwrite)
+        "crf": CRF_DEFAULTS if args.mode == "crf" else None}, args.overwrite, root=args.pred_dir)
     job = CRFJob(layout, seed_dir, mask_dir, args.tag, info.palette, args.max_seed_bytes,
                  mode=args.mode, bg_th=args.bg_th, bg_gamma=args.bg_gamma)
     return job, ids

@@ -125,7 +125,8 @@ def prepare_labels(args, ctx, layout, info):
         raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py --domain "
                                f"{args.domain} --conf_th -1 --tag {args.seed_tag} first)")
     # every rank checks the record (a mismatch stops all of them), then all fill the folder
-    claim_ir_labels(layout, seed_dir, label_dir, args.ir_fg_th, args.ir_bg_th, args.ir_crf, args.overwrite)
+    claim_ir_labels(layout, seed_dir, label_dir, args.ir_fg_th, args.ir_bg_th, args.ir_crf, args.overwrite,
+                    root=args.pred_dir)
     if ctx.distributed:
         torch.distributed.barrier()
     summary = make_ir_labels(layout, seed_dir, label_dir, args.seed_tag, info.palette, args.ir_fg_th, args.ir_bg_th,

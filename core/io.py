@@ -92,6 +92,11 @@ def read_json(path):
         raise MissingFileError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); a JSON "
+                          "file of this project is written in UTF-8") from None
+    except RecursionError:
+        raise FormatError(f"{path}: JSON nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,44 +309,59 @@ def file_fingerprint(path):
     return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",)):
+def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",), root=None):
     """The one preparation of every stage's output folder: create it, remove the temporaries of
     killed runs, make sure the outputs in it all come from `settings`, then record them.
 
-    `settings` (JSON-able) is written to settings_path(folder) atomically. When the folder
-    already holds a record with other values, or files ending in `extension` but no record,
-    the run is refused with UsageError naming the differences, unless `overwrite`: then those
-    files are deleted first. `overwrite` always starts the folder afresh. Values under a key in
-    `ignore` (at any depth, e.g. the weights' path) are recorded but not compared.
-    Returns the number of outputs deleted.
+    `settings` (JSON-able) is written to settings_path(folder) atomically; it names what shapes
+    the outputs: the flags, weights by sha256 (file_fingerprint), an input folder's own record by
+    content. When the folder already holds outputs (files ending in `extension`) made with other
+    values, or outputs but no record, the run is refused with UsageError naming the differences,
+    unless `overwrite`: then those outputs and the results derived from them (the evaluation
+    `{folder}.eval.json` beside it) are deleted first. A record beside no outputs guards nothing
+    and never blocks (a run that failed before writing leaves nothing in the way). Values under a
+    key in `ignore` (at any depth, e.g. the weights' path) are recorded but not compared.
+    `root` (the experiment root, --pred_dir): `overwrite` refuses a folder whose real path lies
+    outside it (a link to a folder elsewhere), since it deletes files. Returns the number of
+    outputs deleted.
     """
     from core.errors import UsageError
 
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they are read back
+    if overwrite and root is not None:
+        real, real_root = os.path.realpath(folder), os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise UsageError(f"--overwrite refuses {folder}: it resolves to {real}, outside the experiment root "
+                             f"{root} ({real_root}), and overwriting deletes files there")
     os.makedirs(folder, exist_ok=True)
     remove_stale_temp_files(folder)
     record = settings_path(folder)
-    outputs = sorted(f for f in os.listdir(folder) if f.endswith(extension)) if os.path.isdir(folder) else []
-    old = read_json(record) if os.path.isfile(record) else None
+    outputs = sorted(f for f in os.listdir(folder) if f.endswith(extension))
+    old = read_json(record) if os.path.isfile(record) and outputs else None
     if old is None and outputs:
         problem = f"holds {len(outputs)} {extension} file(s) but no settings record {record}"
     else:
         changed = [] if old is None else _differences(old, settings, ignore)
         problem = ("was written with other settings: " + "; ".join(changed[:8])) if changed else None
-    deleted = 0
     if problem and not overwrite:
         raise UsageError(f"{folder}: {problem}. Adding to it would mix results of two settings: pass "
                          f"--overwrite true to delete its {len(outputs)} {extension} file(s) and start "
                          "again, or use a new --tag")
+    deleted = 0
     if overwrite:
-        for name in outputs:
+        for path in [os.path.join(folder, name) for name in outputs] + derived_results(folder):
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, name))
-            deleted += 1
+                os.remove(path)
+                deleted += path.endswith(extension)
     write_json(record, settings)
     if deleted:
-        print(f"--overwrite: deleted {deleted} {extension} file(s) of {folder}")
+        print(f"--overwrite: deleted {deleted} {extension} file(s) of {folder} and what was derived from them")
     return deleted
+
+
+def derived_results(folder):
+    """Files beside `folder` computed from its contents: evaluate.py's `{folder}.eval.json`."""
+    return [os.path.normpath(folder) + ".eval.json"]
 
 
 def _differences(old, new, ignore, prefix=""):

@@ -52,11 +52,11 @@ class IRLabelJob(SeedJob):
         return ir_label_from_seed(planes, keys, image, self.fg_th, self.bg_th, crf=self.crf)
 
 
-def claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite=False):
+def claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite=False, root=None):
     """Record what shapes the label maps (the seeds, the thresholds, the label CRF) beside their
     folder; UsageError naming the differences when it holds maps made otherwise, unless `overwrite`."""
     claim_from_seeds(out_dir, seed_dir, {"dataset": layout.info.name, "fg_th": fg_th, "bg_th": bg_th, "crf": crf},
-                     overwrite)
+                     overwrite, root)
 
 
 def make_ir_labels(layout, seed_dir, out_dir, tag, palette, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD,

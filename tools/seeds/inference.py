@@ -204,7 +204,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     model = with_amp(model, device, getattr(args, "amp", "off"))
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
     claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
-                        ".pkl", overwrite=getattr(args, "overwrite", False))
+                        ".pkl", overwrite=getattr(args, "overwrite", False), root=args.pred_dir)
     ids = image_order(layout, args)
     todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
     print(f"{kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "

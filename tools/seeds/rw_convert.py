@@ -21,7 +21,7 @@ from core.affinity import AffinityNet
 from core.checkpoint import load_checkpoint
 from core.datasets import load_dataset_info, normalize_image
 from core.errors import MissingFileError, UsageError
-from core.io import read_json
+from core.io import file_fingerprint, read_json
 from core.crf import CRF_DEFAULTS, dense_crf
 from core.randomwalk import (DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, DEFAULT_RADIUS, random_walk_planes,
                              walk_keys)
@@ -114,9 +114,10 @@ def prepare(args):
     mask_dir = pseudo_labels_dir(args.pred_dir, args.tag + RW_SUFFIX, args.domain)
     claim_from_seeds(mask_dir, seed_dir, {
         "dataset": args.dataset, "mode": "rw",
-        "affinity_weights": {"path": os.path.abspath(weights), "size": os.path.getsize(weights)},
+        "affinity_weights": file_fingerprint(weights),
         "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
-        "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}, args.overwrite)
+        "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}, args.overwrite,
+        root=args.pred_dir)
     job = RWJob(layout, seed_dir, mask_dir, args.tag, info.palette, args.max_seed_bytes, weights=weights,
                 backbone=backbone, device=str(device), radius=args.rw_radius, beta=args.beta,
                 exp_times=args.exp_times, bg_score=args.sem_seg_bg_thres, crf=args.rw_crf)

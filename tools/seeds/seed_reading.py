@@ -28,13 +28,13 @@ def seed_inputs(args, info):
     return layout, seed_dir, ids
 
 
-def claim_from_seeds(out_dir, seed_dir, settings, overwrite):
+def claim_from_seeds(out_dir, seed_dir, settings, overwrite, root=None):
     """claim_output_folder for PNGs made from `seed_dir`: the settings record the seed folder and
     its own record by content, so new seeds in the same folder count as other settings."""
     record = settings_path(seed_dir)
     settings = {"seed_dir": os.path.abspath(seed_dir),
                 "seed_settings": read_json(record) if os.path.isfile(record) else None, **settings}
-    claim_output_folder(out_dir, settings, ".png", overwrite=overwrite, ignore=("path", "seed_dir"))
+    claim_output_folder(out_dir, settings, ".png", overwrite=overwrite, ignore=("path", "seed_dir"), root=root)
 
 
 def foreground(seed, image, seed_path, num_classes):
