@@ -2,7 +2,8 @@
 (docs/method.md#random-walk).
 
 For each seed file: the boundary map of its image from the affinity network of --affinity_tag
-(AffinityNet.predict_boundary: the image and its mirror in one forward, stride 4), then
+(AffinityNet.predict_boundary: the image and its mirror zero-padded to the network's training crop,
+at least that square as IRN pads them, in one forward, stride 4, cut back to the image's cells), then
 core.randomwalk.random_walk_planes (pairs within --rw_radius, affinities ** --beta,
 2 ** --exp_times steps, background score --sem_seg_bg_thres), with --rw_crf true the dense CRF of
 the CRF mode on the walked scores, and a palette PNG in
@@ -18,7 +19,7 @@ import os
 
 import torch
 
-from core.affinity import AffinityNet
+from core.affinity import PAD_SIZE, AffinityNet
 from core.checkpoint import load_checkpoint
 from core.datasets import load_dataset_info, normalize_image
 from core.errors import DatasetError, FormatError, MissingFileError, UsageError
@@ -55,15 +56,26 @@ def add_rw_args(parser):
                             "before the argmax; not part of IRN (false = its masks as they are)")
 
 
+def _training_args(args):
+    """The `args` that train_affinity.py recorded for --affinity_tag; {} when there are none."""
+    config = os.path.join(model_dir(args.pred_dir, args.affinity_tag or ""), "config.json")
+    if args.affinity_tag and os.path.isfile(config):
+        return read_json(config).get("args", {}) or {}
+    return {}
+
+
 def affinity_backbone(args):
     if args.affinity_backbone:
         return args.affinity_backbone
-    config = os.path.join(model_dir(args.pred_dir, args.affinity_tag or ""), "config.json")
-    if args.affinity_tag and os.path.isfile(config):
-        backbone = read_json(config).get("args", {}).get("backbone")
-        if backbone in ARCHITECTURES:
-            return backbone
-    return "resnet50"
+    backbone = _training_args(args).get("backbone")
+    return backbone if backbone in ARCHITECTURES else "resnet50"
+
+
+def affinity_canvas(args):
+    """Side of the square the image is padded to before the boundary network: the crop it was
+    trained on (config.json), else IRN's 512."""
+    crop = _training_args(args).get("crop_size")
+    return crop if isinstance(crop, int) and crop > 0 else PAD_SIZE
 
 
 def prepare(args):
@@ -88,6 +100,7 @@ def prepare(args):
     device, _ = resolve_devices(args.gpus)
     job = dict(layout=layout, seed_dir=seed_dir, mask_dir=mask_dir, tag=args.tag, palette=info.palette,
                num_classes=info.num_classes, weights=weights, backbone=affinity_backbone(args),
+               pad_to=affinity_canvas(args),
                device=str(device), radius=args.rw_radius, beta=args.beta, exp_times=args.exp_times,
                bg_score=args.sem_seg_bg_thres, crf=args.rw_crf, max_seed_bytes=args.max_seed_bytes)
     load_network(job)  # a wrong weights file stops the run here, before any worker starts
@@ -103,8 +116,8 @@ def claim_rw_masks(args, seed_dir, mask_dir, weights):
                 "seed_settings": read_json(seed_record) if os.path.isfile(seed_record) else None,
                 "dataset": args.dataset, "mode": "rw", "affinity_weights": {"path": os.path.abspath(weights),
                                                                             "size": stat.st_size},
-                "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
-                "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}
+                "pad_to": affinity_canvas(args), "radius": args.rw_radius, "beta": args.beta,
+                "exp_times": args.exp_times, "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}
     os.makedirs(mask_dir, exist_ok=True)
     deleted = claim_output_folder(mask_dir, settings, ".png", overwrite=args.overwrite, ignore=("path", "seed_dir"))
     if deleted:
@@ -138,7 +151,7 @@ def convert_one(image_id):
     except (FormatError, DatasetError, ValueError) as e:
         return image_id, str(e)
     device = job["device"]
-    edge = job["network"].predict_boundary(normalize_image(image)[None].to(device))[0]
+    edge = job["network"].predict_boundary(normalize_image(image)[None].to(device), job["pad_to"])[0]
     labels = walk_keys(keys, len(keys))
     planes = random_walk_planes(torch.from_numpy(planes).to(device), edge.float(), job["radius"], job["beta"],
                                 job["exp_times"], job["bg_score"]).cpu()
