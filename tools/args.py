@@ -5,10 +5,11 @@ unchanged. One definition per flag: scripts call the `add_*` helpers instead of 
 """
 import argparse
 import errno
+import sys
 
 import torch
 
-from core.errors import ProjectError
+from core.errors import ProjectError, UsageError
 from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
 from tools.paths import DEFAULT_PRED_DIR
 
@@ -156,7 +157,32 @@ def resolve_devices(gpus):
     return torch.device(f"cuda:{ids[0]}"), ids
 
 
-def cli(main, argv=None):
+def exit_status(result):
+    """0 when the run is done; 1 when its result lists work that "failed" or was "skipped"."""
+    if isinstance(result, dict) and (result.get("failed") or result.get("skipped")):
+        return 1
+    return 0
+
+
+def cli(main, parser=None, argv=None):
+    """Entry point: `cli(main, get_args_parser())` parses, runs main(args) and exits 0 (done),
+    1 (failed/skipped work, or a ProjectError as one line `error: ...`) or 2 (bad usage).
+
+    The older form `cli(main, argv)`, main taking the argument list, is kept until every script
+    has moved to the parser form."""
+    if not isinstance(parser, argparse.ArgumentParser):
+        return _cli_argv(main, parser)
+    args = parser.parse_args(argv)
+    try:
+        result = main(args)
+    except UsageError as e:
+        parser.error(str(e))
+    except ProjectError as e:
+        raise SystemExit(f"error: {e}") from None
+    sys.exit(exit_status(result))
+
+
+def _cli_argv(main, argv=None):
     """Run a script's main, turning the project's errors (bad input, bad arguments: core.errors)
     into one line `error: ...` and exit status 1. Every other exception is a bug and keeps its
     traceback."""

@@ -1,0 +1,85 @@
+"""What every benchmark shares: the machine line, threads per process, repeated timings and
+side-by-side ratios.
+
+On a shared machine one timing says little: every figure is the minimum and the median of
+`repeat` runs, and a figure a user would compare is timed against the plain way of doing the same
+thing, alternating the two run by run in the same process and threads, so that a load that comes
+and goes slows both and their ratio holds.
+"""
+import os
+import statistics
+import time
+
+import torch
+
+
+def set_threads(threads):
+    """`threads` per process: torch, OpenCV, and (through the environment) any worker process."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        import cv2
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
+
+
+def cpus():
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Machine:
+    """Prints, and keeps, the CPUs, threads per process and the 1-minute load average before and
+    after the block it wraps: `with Machine() as machine: ...; machine.record`."""
+
+    def __enter__(self):
+        self.record = {"cpus": cpus(), "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0]}
+        print(f"machine: {self.record['cpus']} CPUs in affinity, {self.record['threads']} thread(s) per process, "
+              f"load average {self.record['load_before']:.2f} before", flush=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.record["load_after"] = os.getloadavg()[0]
+        print(f"machine: load average {self.record['load_after']:.2f} after", flush=True)
+        return False
+
+
+def stats(times):
+    return {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+
+
+def timed(function, repeat, number=1, sync=None):
+    """min / median seconds per call of `function` over `repeat` runs of `number` calls, after one
+    untimed call (caches, lazy initialisation)."""
+    return side_by_side({"x": function}, repeat, number, sync)["x"]
+
+
+def side_by_side(functions, repeat, number=1, sync=None):
+    """{name: stats} for each of `functions` ({name: callable}), timed in turn within each run."""
+    times = {name: [] for name in functions}
+    for function in functions.values():
+        function()
+    for _ in range(repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                function()
+            if sync:
+                sync()
+            times[name].append((time.perf_counter() - start) / number)
+    return {name: stats(values) for name, values in times.items()}
+
+
+def ratio(slow, fast):
+    """How many times faster `fast` is than `slow`, from the minima (and from the medians)."""
+    return {"min": slow["min"] / fast["min"], "median": slow["median"] / fast["median"]}
+
+
+def show(name, figure, unit="ms", scale=1e3):
+    print(f"{name:<48} min {figure['min'] * scale:9.2f} {unit}  median {figure['median'] * scale:9.2f} {unit}",
+          flush=True)
+
+
+def show_ratio(name, value):
+    print(f"{name:<48} x{value['min']:.2f} (medians x{value['median']:.2f})", flush=True)
