@@ -45,8 +45,13 @@ class Machine:
         return False
 
 
-def stats(times):
-    return {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+def stats(times, cpu_times=None):
+    """min / median wall seconds; `cpu`: the least CPU seconds of this process (all its threads) in a
+    run, the figure a busy machine disturbs least."""
+    figure = {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+    if cpu_times:
+        figure["cpu"] = min(cpu_times)
+    return figure
 
 
 def timed(function, repeat, number=1, sync=None):
@@ -58,28 +63,36 @@ def timed(function, repeat, number=1, sync=None):
 def side_by_side(functions, repeat, number=1, sync=None):
     """{name: stats} for each of `functions` ({name: callable}), timed in turn within each run."""
     times = {name: [] for name in functions}
+    cpu_times = {name: [] for name in functions}
     for function in functions.values():
         function()
     for _ in range(repeat):
         for name, function in functions.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(number):
                 function()
             if sync:
                 sync()
             times[name].append((time.perf_counter() - start) / number)
-    return {name: stats(values) for name, values in times.items()}
+            cpu_times[name].append((time.process_time() - cpu_start) / number)
+    return {name: stats(times[name], cpu_times[name]) for name in functions}
 
 
 def ratio(slow, fast):
-    """How many times faster `fast` is than `slow`, from the minima (and from the medians)."""
-    return {"min": slow["min"] / fast["min"], "median": slow["median"] / fast["median"]}
+    """How many times faster `fast` is than `slow`: from the minima, the medians and (where both
+    have it) the CPU seconds."""
+    value = {"min": slow["min"] / fast["min"], "median": slow["median"] / fast["median"]}
+    if "cpu" in slow and "cpu" in fast and fast["cpu"] > 0:
+        value["cpu"] = slow["cpu"] / fast["cpu"]
+    return value
 
 
 def show(name, figure, unit="ms", scale=1e3):
-    print(f"{name:<48} min {figure['min'] * scale:9.2f} {unit}  median {figure['median'] * scale:9.2f} {unit}",
+    cpu = f"  CPU {figure['cpu'] * scale:9.2f} {unit}" if "cpu" in figure else ""
+    print(f"{name:<48} min {figure['min'] * scale:9.2f} {unit}  median {figure['median'] * scale:9.2f} {unit}{cpu}",
           flush=True)
 
 
 def show_ratio(name, value):
-    print(f"{name:<48} x{value['min']:.2f} (medians x{value['median']:.2f})", flush=True)
+    cpu = f", CPU seconds x{value['cpu']:.2f}" if "cpu" in value else ""
+    print(f"{name:<48} x{value['min']:.2f} (medians x{value['median']:.2f}{cpu})", flush=True)
