@@ -17,6 +17,7 @@ displacement branch and without path-index buffers (docs/formats.md#networks-and
                                ModuleList, so their state_dict names every tensor twice)
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.resnet import build_resnet
@@ -26,6 +27,10 @@ GROUPS = 4
 GN_EPS = 1e-3
 # upsampling of C3, C4, C5 to the stride-4 grid (backbone at output stride 16)
 EDGE_UPSAMPLING = (1, 1, 2, 4, 4)
+# Inference canvas: IRN's EdgeDisplacement (crop_size 512) and the authors' inference network pad to
+# it, the size of the training crops, so the boundary map sees borders as it learnt them.
+PAD_SIZE = 512
+STRIDE = 4
 
 
 def _edge_block(in_channels, scale):
@@ -82,15 +87,22 @@ class AffinityNet(nn.Module):
         return self.fc_edge6(torch.cat(edges, dim=1))
 
     @torch.no_grad()
-    def predict_boundary(self, images):
-        """Boundary probabilities with flip averaging (IRN's inference).
+    def predict_boundary(self, images, pad_to=PAD_SIZE):
+        """Boundary probabilities as IRN's inference computes them (docs/method.md#random-walk).
 
-        The logits of each image and of its mirror image are averaged before the sigmoid.
+        The image and its mirror are zero-padded on the right and bottom to at least
+        pad_to x pad_to (a larger side keeps its size: nothing is cropped), run in one forward,
+        cut back to the image's stride-4 cells, and their logits (the mirror's flipped back)
+        averaged before the sigmoid. pad_to=0: no padding.
         Args:
-            images: (B, 3, H, W) normalised images.
+            images: (B, 3, H, W) normalised images (zero = the mean colour).
         Returns:
             (B, ceil(H/4), ceil(W/4)) probabilities in [0, 1].
         """
-        logits = self.forward(torch.cat([images, images.flip(-1)]))[:, 0]
+        height, width = images.shape[-2:]
+        pair = torch.cat([images, images.flip(-1)])  # flip before padding: both padded right/bottom
+        pair = F.pad(pair, (0, max(0, pad_to - width), 0, max(0, pad_to - height)))
+        cells = (-(-height // STRIDE), -(-width // STRIDE))
+        logits = self.forward(pair)[:, 0, :cells[0], :cells[1]]
         count = images.shape[0]
         return torch.sigmoid(logits[:count] / 2 + logits[count:].flip(-1) / 2)

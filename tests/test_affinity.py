@@ -59,12 +59,50 @@ def test_forward_gives_stride4_boundary(net50):
 
 
 def test_predict_boundary_averages_the_mirror(net50):
-    x = torch.randn(1, 3, 32, 48)
+    # IRN's procedure written out: flip, zero-pad both right/bottom to 64, one forward, crop to the
+    # image's ceil(H/4) x ceil(W/4) cells, flip the mirror's map back, average the logits
+    x = torch.randn(1, 3, 30, 45)
+    pair = torch.zeros(2, 3, 64, 64)
+    pair[0, :, :30, :45] = x[0]
+    pair[1, :, :30, :45] = x[0].flip(-1)
     with torch.no_grad():
-        plain = net50(x)[0, 0]
-        mirrored = net50(x.flip(-1))[0, 0].flip(-1)
-    expected = torch.sigmoid((plain + mirrored) / 2)
-    torch.testing.assert_close(net50.predict_boundary(x)[0], expected, rtol=1e-5, atol=1e-6)
+        logits = net50(pair)[:, 0, :8, :12]
+    expected = torch.sigmoid((logits[0] + logits[1].flip(-1)) / 2)
+    torch.testing.assert_close(net50.predict_boundary(x, pad_to=64)[0], expected, rtol=1e-5, atol=1e-6)
+    # without padding the network sees another canvas, and the map differs
+    assert not torch.allclose(net50.predict_boundary(x, pad_to=0)[0], expected, atol=1e-4)
+
+
+def cell_means(x):
+    """Each stride-4 cell's own mean (no context), ceil(H/4) x ceil(W/4) cells as the network gives."""
+    h, w = x.shape[-2:]
+    x = torch.nn.functional.pad(x, (0, -w % 4, 0, -h % 4))
+    return torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 4)
+
+
+class CellMeanNet(AffinityNet):
+    """A padding-independent stand-in for the boundary network, with AffinityNet's inference."""
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+
+    def forward(self, x):
+        return cell_means(x)
+
+
+@pytest.mark.parametrize("size", [(37, 50), (512, 300), (600, 130)])
+def test_padding_changes_nothing_on_the_image_cells(size):
+    # with a network that ignores context, the padded map on the image's cells must be the
+    # unpadded one: the pad sits right/bottom only, the mirror is padded after the flip, and the
+    # crop keeps exactly the cells of the image; a side above 512 is never cut
+    h, w = size
+    x = torch.randn(2, 3, h, w)
+    got = CellMeanNet().predict_boundary(x)
+    assert got.shape == (2, -(-h // 4), -(-w // 4))
+    # independent reference: the cell means of the image and of its mirror, averaged as logits
+    ref_plain = cell_means(x)[:, 0]
+    ref_mirror = cell_means(x.flip(-1))[:, 0].flip(-1)
+    torch.testing.assert_close(got, torch.sigmoid((ref_plain + ref_mirror) / 2), rtol=1e-5, atol=1e-6)
 
 
 def test_weights_load_strictly_into_a_new_network():

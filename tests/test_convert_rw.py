@@ -22,6 +22,7 @@ from helpers import run_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet18@TOY@RS+EPM@seeds"
 INFO = load_dataset_info("TOY")
+CANVAS = 64  # the affinity net's training crop in its config.json: the canvas of the boundary map
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def setup(tmp_path_factory, toy_dataset):
     with torch.no_grad():
         net.fc_edge6.bias.fill_(0.5)  # strong boundaries: masks with background and several classes
     save_weights(net, model_path(pred, "aff"))
-    write_json(os.path.join(model_dir(pred, "aff"), "config.json"), {"args": {"backbone": "resnet18"}})
+    write_json(os.path.join(model_dir(pred, "aff"), "config.json"),
+               {"args": {"backbone": "resnet18", "crop_size": CANVAS}})
     return root, pred, layout, net.eval()
 
 
@@ -54,13 +56,16 @@ def argv(root, pred, *extra):
 def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, bg=0.25, crf=False):
     """IRN's make_sem_seg_labels written out with the dense N x N matrix and an explicit
     stride-4 average of the seed (padding by repetition), independent of random_walk_labels;
-    crf=True: the walked planes through pydensecrf's calls written out here (DeepLab's settings)."""
-    with torch.no_grad():
-        x = normalize_image(image)[None]
-        logits = net(torch.cat([x, x.flip(-1)]))[:, 0]
-        edge = torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2).double()
-    h, w = edge.shape
+    crf=True: the walked planes through pydensecrf's calls written out here (DeepLab's settings).
+    The boundary map as IRN's EdgeDisplacement: image and mirror on a zero CANVAS x CANVAS canvas."""
     H, W = image.shape[:2]
+    h, w = (H + 3) // 4, (W + 3) // 4
+    with torch.no_grad():
+        x = normalize_image(image)
+        pair = torch.zeros(2, 3, CANVAS, CANVAS)
+        pair[0, :, :H, :W], pair[1, :, :H, :W] = x, x.flip(-1)
+        logits = net(pair)[:, 0, :h, :w]
+        edge = torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2).double()
     padded = np.pad(planes, ((0, 0), (0, 4 * h - H), (0, 4 * w - W)), mode="edge")
     small = padded.reshape(len(keys), h, 4, w, 4).mean(axis=(2, 4))
     scores = torch.from_numpy(small).double().reshape(len(keys), -1) * (1 - edge).reshape(1, -1)

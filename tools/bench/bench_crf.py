@@ -1,10 +1,14 @@
 """Throughput of convert_seed_to_pseudo_masks.py on synthetic VOC-sized images.
 
 Builds a throw-away seed-layout dataset (images about 500x375 with 2-3 rsepm seed classes) in a
-temporary folder, converts it once per --num_workers value and prints images per second.
+temporary folder, converts it --repeat times per --num_workers value, runs alternating, and
+prints images per second (min and median over the runs), CPU time per image, and the speed-up of
+the largest worker count over the first. 1 thread per process.
 
     python tools/bench/bench_crf.py --num_images 16 --workers 1,2
 """
+import contextlib
+import io
 import os
 import resource
 import sys
@@ -19,7 +23,8 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 
 import convert_seed_to_pseudo_masks as convert  # noqa: E402
 from core.io import save_seed  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, int_list, make_parser, positive_int  # noqa: E402
+from tools.bench.common import Machine, ratio, run_main, set_threads, show, show_ratio, stats  # noqa: E402
 
 TAG = "bench"
 DOMAIN = "validation"
@@ -61,29 +66,45 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def main():
+def get_args_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--num_images", default=16, type=int, help="synthetic 500x375 seed files")
-    parser.add_argument("--workers", default="1,2", type=str, help="comma-separated --num_workers values")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as base:
+    parser.add_argument("--num_images", default=16, type=positive_int, help="synthetic 500x375 seed files")
+    parser.add_argument("--workers", default=(1, 2), type=int_list, help="comma-separated --num_workers values")
+    parser.add_argument("--repeat", default=3, type=positive_int, help="runs per worker count (min and median)")
+    return parser
+
+
+def main(args):
+    set_threads(1)  # one CRF per worker process, each on one core
+    times = {w: [] for w in args.workers}
+    cpu_times = {w: [] for w in args.workers}
+    with Machine() as machine, tempfile.TemporaryDirectory() as base:
         root, pred = build_dataset(base, args.num_images)
-        print(f"{args.num_images} synthetic images (500x375 / 375x500, 2-3 classes), CPU cores: {os.cpu_count()}, "
-              f"load average {os.getloadavg()[0]:.1f}")
-        for run, workers in enumerate(int(w) for w in args.workers.split(",")):
-            # A fresh experiment folder per run (sharing the seeds) so nothing is skipped as done.
-            run_dir = os.path.join(base, f"run{run}")
-            os.makedirs(run_dir)
-            os.symlink(os.path.join(pred, "predictions"), os.path.join(run_dir, "predictions"))
-            start, cpu_start = time.perf_counter(), _cpu_seconds()
-            summary = convert.main(convert.get_args_parser().parse_args(["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag", TAG,
-                                    "--pred_dir", run_dir, "--num_workers", str(workers)]))
-            elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-            assert summary["written"] == args.num_images and not summary["failed"], summary
-            print(f"num_workers={workers}: {elapsed:.2f} s, {args.num_images / elapsed:.2f} images/s, "
-                  f"{elapsed / args.num_images * 1000:.0f} ms/image wall, "
-                  f"{cpu / args.num_images * 1000:.0f} ms/image CPU")
+        print(f"{args.num_images} synthetic images (500x375 / 375x500, 2-3 classes), {args.repeat} runs per "
+              f"worker count", flush=True)
+        for run in range(args.repeat):
+            for workers in args.workers:
+                # a fresh experiment folder per run (sharing the seeds), so nothing is skipped as done
+                run_dir = os.path.join(base, f"run{run}-{workers}")
+                os.makedirs(run_dir)
+                os.symlink(os.path.join(pred, "predictions"), os.path.join(run_dir, "predictions"))
+                start, cpu_start = time.perf_counter(), _cpu_seconds()
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    summary = run_main(convert, ["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag",
+                                            TAG, "--pred_dir", run_dir, "--num_workers", str(workers)])
+                if summary["written"] != args.num_images or summary["failed"]:
+                    raise RuntimeError(f"bench_crf: the conversion did not write every mask: {summary}")
+                times[workers].append((time.perf_counter() - start) / args.num_images)
+                cpu_times[workers].append((_cpu_seconds() - cpu_start) / args.num_images)
+    result = {f"CRF, {w} worker(s), per image": stats(times[w], cpu_times[w]) for w in args.workers}
+    for name, figure in result.items():
+        show(name, figure)
+    first, last = (f"CRF, {w} worker(s), per image" for w in (args.workers[0], args.workers[-1]))
+    result["worker speed-up"] = {k: v for k, v in ratio(result[first], result[last]).items() if k != "cpu"}
+    show_ratio(f"{args.workers[-1]} workers against {args.workers[0]}", result["worker speed-up"])
+    result["machine"] = machine.record
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

@@ -1,6 +1,6 @@
 """Benchmark of evaluate.py on synthetic VOC-sized data (not run by the tests).
 
-    python tools/bench/bench_evaluate.py [--num_masks 1449] [--num_seeds 300] [--workers 1,2]
+    python tools/bench/bench_evaluate.py [--num_masks 1449] [--num_seeds 300] [--workers 1,2] [--repeat 3]
 
 Builds, in a temporary folder, a VOC-like validation split (500x375 blocky ground-truth masks
 with 255 borders; the image files are 1-pixel placeholders since evaluate.py never decodes them),
@@ -8,7 +8,9 @@ pseudo masks (the ground truth with shifted, relabelled blocks) and rsepm seed f
 classes. Then reports seconds per 100 images for
 - reading the PNG pairs (prediction + ground truth) / loading the seed files,
 - computing the metric on arrays already in memory (confusion matrix, or the 15-threshold sweep),
+  the confusion matrix side by side with the plain per-class mask loop, as a ratio,
 - evaluate.main end to end with each --num_workers value.
+Every in-memory figure is the minimum and median of --repeat runs, 1 thread per process.
 """
 import contextlib
 import io
@@ -28,9 +30,9 @@ import evaluate  # noqa: E402
 from core.datasets import load_dataset_info  # noqa: E402
 from core.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
 from tools import metrics  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, int_list, make_parser, positive_int, str2bool  # noqa: E402
+from tools.bench.common import Machine, cpus, ratio, run_main, set_threads, show, show_ratio, side_by_side  # noqa: E402
 from tools.paths import output_dir  # noqa: E402
-from tools.pool import available_cpus  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500
 TAG = "Bench@VOC"
@@ -90,6 +92,28 @@ def build(root, pred_dir, num_masks, num_seeds, info, rng):
     return ids
 
 
+def per_class_iou(pairs, num_classes):
+    """The plain way: a boolean mask per class and image, intersections and unions summed."""
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    for pred, gt in pairs:
+        valid = gt != 255
+        for c in range(num_classes):
+            p, g = (pred == c) & valid, gt == c
+            inter[c] += np.count_nonzero(p & g)
+            union[c] += np.count_nonzero(p | g)
+    return inter / np.maximum(union, 1)
+
+
+def confusion_iou(pairs, num_classes):
+    meter = metrics.ConfusionMeter(num_classes)
+    for pred, gt in pairs:
+        meter.add_prediction(pred, gt)
+    confusion = meter.matrix[0]  # (C+1, C+1), last row/column "no class" (tools/metrics.py)
+    inter = np.diag(confusion)[:num_classes]
+    union = confusion[:num_classes].sum(1) + confusion[:, :num_classes].sum(0) - inter
+    return inter / np.maximum(union, 1)
+
+
 def timed(function, *args):
     start = time.perf_counter()
     value = function(*args)
@@ -98,7 +122,7 @@ def timed(function, *args):
 
 def quiet_main(argv):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return evaluate.main(evaluate.get_args_parser().parse_args(argv))
+        return run_main(evaluate, argv)
 
 
 def bench(args):
@@ -117,11 +141,17 @@ def bench(args):
         # masks: reading vs computing
         read_s, pairs = timed(lambda: [(read_mask(os.path.join(labels_dir, i + ".png")),
                                         read_mask(os.path.join(mask_dir, i + ".png"))) for i in ids])
-        meter = metrics.ConfusionMeter(info.num_classes)
-        compute_s, _ = timed(lambda: [meter.add_prediction(p, g) for p, g in pairs])
+        if not np.allclose(confusion_iou(pairs, info.num_classes), per_class_iou(pairs, info.num_classes)):
+            raise RuntimeError("bench_evaluate: the confusion matrix and the per-class loop disagree")
+        compared = side_by_side({"confusion matrix": lambda: confusion_iou(pairs, info.num_classes),
+                                 "per-class mask loop": lambda: per_class_iou(pairs, info.num_classes)}, args.repeat)
         per = 100.0 / len(ids)
+        figures = {f"{name} per 100 masks": {k: v * per if k != "runs" else v for k, v in figure.items()}
+                   for name, figure in compared.items()}
+        figures["confusion matrix speed-up"] = ratio(compared["per-class mask loop"], compared["confusion matrix"])
         rows.append(("masks: read PNG pairs", len(ids), read_s, read_s * per))
-        rows.append(("masks: confusion matrix", len(ids), compute_s, compute_s * per))
+        rows.append(("masks: confusion matrix", len(ids), compared["confusion matrix"]["min"],
+                     compared["confusion matrix"]["min"] * per))
         common = ["--root_dir", root, "--dataset", "VOC", "--domain", "validation", "--pred_dir", pred_dir]
         for workers in args.workers:
             seconds, result = timed(quiet_main, common + ["--tag", TAG, "--folder", "pseudo-labels",
@@ -160,22 +190,33 @@ def bench(args):
     for name, count, total, per_100 in rows:
         print(f"{name:<36} {count:>6} {total:>8.2f} {per_100:>8.3f}")
     print(f"\n(sanity: mask mIoU {mask_miou:.2f}%, seed mIoU {seed_result[0]:.2f}% at threshold "
-          f"{seed_result[1]:.2f}; {available_cpus()} CPUs available)")
+          f"{seed_result[1]:.2f}; {cpus()} CPUs available)")
+    for name, figure in figures.items():
+        (show_ratio if "speed-up" in name else show)(name, figure)
+    return figures
 
 
-def main(argv=None):
+def get_args_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--num_masks", default=1449, type=int, help="mask pairs (VOC validation: 1,449)")
-    parser.add_argument("--num_seeds", default=300, type=int, help="seed files (1-3 classes each)")
-    parser.add_argument("--workers", default="1,2", type=str, help="comma-separated --num_workers values")
+    parser.add_argument("--num_masks", default=1449, type=positive_int, help="mask pairs (VOC validation: 1,449)")
+    parser.add_argument("--num_seeds", default=300, type=positive_int, help="seed files (1-3 classes each)")
+    parser.add_argument("--workers", default=(1, 2), type=int_list, help="comma-separated --num_workers values")
+    parser.add_argument("--repeat", default=3, type=positive_int, help="runs per in-memory figure (min and median)")
+    parser.add_argument("--threads", default=1, type=positive_int, help="threads per process")
     parser.add_argument("--tmp_dir", default=None, type=str,
                         help="where to build the data; None: the system temp folder")
-    parser.add_argument("--keep", action="store_true", help="keep the generated data")
-    args = parser.parse_args(argv)
-    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    parser.add_argument("--keep", default=False, type=str2bool, help="keep the generated data")
+    return parser
+
+
+def main(args):
+    set_threads(args.threads)
     args.num_seeds = min(args.num_seeds, args.num_masks)
-    bench(args)
+    with Machine() as machine:
+        result = bench(args)
+    result["machine"] = machine.record
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

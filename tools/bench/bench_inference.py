@@ -5,13 +5,11 @@ and RSEPM ResNet-18 at the TOY size 128x128, with the published 4 scales (each w
 with `--scales 1.0` (one scale + flip). Also reports the forward calls per image, and with
 --unbatched the time of running the image and its flip as two separate forwards.
 
-    python tools/bench/bench_inference.py                # CPU, both cases
-    python tools/bench/bench_inference.py --repeat 3 --threads 2 --unbatched
+    python tools/bench/bench_inference.py                # CPU, both cases, 1 thread
+    python tools/bench/bench_inference.py --repeat 3 --threads 2 --unbatched true
 """
 import os
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
@@ -21,7 +19,8 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 
 from core.inference import SCALES, multiscale_inference  # noqa: E402
 from core.networks import RSEPM  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser, positive_int, str2bool  # noqa: E402
+from tools.bench.common import Machine, set_threads, timed  # noqa: E402
 
 # (backbone, classes incl. background, height, width)
 CASES = {"r50-voc": ("resnet50", 21, 375, 500), "r18-toy": ("resnet18", 6, 128, 128)}
@@ -48,56 +47,55 @@ class CountingModel(nn.Module):
 
 
 def time_case(model, image, scales, repeat, unbatched=False):
-    """(min, median) seconds per image over `repeat` timed runs after one warm-up, and forward
-    calls per image. On a shared machine the minimum is the steadier figure."""
+    """Seconds per image (min, median, CPU) over `repeat` timed runs after one warm-up, and forward
+    calls per image."""
     counter = CountingModel(model, unbatched)
-    multiscale_inference(counter, image, "rsepm", scales=scales, interpolation="nearest", with_scores=True)
-    calls = counter.calls
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+
+    def run():
         multiscale_inference(counter, image, "rsepm", scales=scales, interpolation="nearest", with_scores=True)
-        if image.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times), calls
+
+    run()
+    calls = counter.calls
+    sync = torch.cuda.synchronize if image.is_cuda else None
+    return timed(run, repeat, sync=sync), calls
 
 
-def parse_args(argv=None):
+def get_args_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
-    parser.add_argument("--repeat", default=3, type=int, help="timed runs per setting (min and median reported)")
-    parser.add_argument("--threads", default=None, type=int, help="torch intra-op threads; None: torch's choice")
+    parser.add_argument("--repeat", default=3, type=positive_int, help="timed runs per setting (min and median)")
+    parser.add_argument("--threads", default=1, type=positive_int, help="torch intra-op threads per process")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--unbatched", action="store_true",
+    parser.add_argument("--unbatched", default=False, type=str2bool,
                         help="also time two forwards per scale (image and flip apart) for comparison")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def main(args):
+    set_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.repeat} timed runs after a warm-up")
-    header = (f"{'case':<9} {'image':>8} {'scales':<9} {'mode':<9} {'forwards':>8} "
-              f"{'min s/img':>9} {'median':>8}")
-    print(header)
-    print("-" * len(header))
-    for name in args.cases.split(","):
-        backbone, classes, height, width = CASES[name]
-        torch.manual_seed(0)
-        model = RSEPM(backbone, num_classes=classes).to(device).eval()
-        image = torch.randn(3, height, width, device=device)
-        modes = (False, True) if args.unbatched else (False,)
-        for label, scales in SCALE_SETS.items():
-            for unbatched in modes:
-                fastest, median, calls = time_case(model, image, scales, args.repeat, unbatched)
-                mode = "unbatched" if unbatched else "batched"
-                print(f"{name:<9} {f'{width}x{height}':>8} {label:<9} {mode:<9} {calls:>8} "
-                      f"{fastest:>9.3f} {median:>8.3f}", flush=True)
+    result = {}
+    with Machine() as machine:
+        print(f"device {device}, torch {torch.__version__}, {args.repeat} timed runs after a warm-up")
+        header = (f"{'case':<9} {'image':>8} {'scales':<9} {'mode':<9} {'forwards':>8} "
+                  f"{'min s/img':>9} {'median':>8} {'CPU s':>8}")
+        print(header)
+        print("-" * len(header))
+        for name in args.cases.split(","):
+            backbone, classes, height, width = CASES[name]
+            torch.manual_seed(0)
+            model = RSEPM(backbone, num_classes=classes).to(device).eval()
+            image = torch.randn(3, height, width, device=device)
+            for label, scales in SCALE_SETS.items():
+                for unbatched in (False, True) if args.unbatched else (False,):
+                    figure, calls = time_case(model, image, scales, args.repeat, unbatched)
+                    mode = "unbatched" if unbatched else "batched"
+                    result[f"{name} {label} {mode}"] = dict(figure, forwards=calls)
+                    print(f"{name:<9} {f'{width}x{height}':>8} {label:<9} {mode:<9} {calls:>8} "
+                          f"{figure['min']:>9.3f} {figure['median']:>8.3f} {figure['cpu']:>8.3f}", flush=True)
+    result["machine"] = machine.record
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

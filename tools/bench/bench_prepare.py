@@ -1,17 +1,19 @@
 """Throughput of tools/datasets/prepare_voc.py and tools/datasets/prepare_coco.py on synthetic official layouts.
 
-    python tools/bench/bench_prepare.py --images 300 --num_workers 2
+    python tools/bench/bench_prepare.py --images 300 --num_workers 2 --repeat 3
 
 Builds, in a temporary folder, a VOC 2012 devkit + SegmentationClassAug + VOC2012test and a
 COCO 2014 root (train2014, val2014, instances json with polygons, RLE and crowd regions) at the
 real image sizes (500x375, 640x480), then times each builder: a cold build with --link copy, a
 cold build with --link hardlink, and a re-run on the finished output (everything skipped,
-verification only). Prints files written per second and images per second (build + verify).
+verification only), --repeat times each into fresh folders. Prints files written per second and
+images per second (build + verify) from the fastest run, and the median run's time.
 """
 import contextlib
 import io
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +26,8 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import DatasetInfo  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser, positive_int, str2bool  # noqa: E402
+from tools.bench.common import Machine, run_main, set_threads  # noqa: E402
 
 
 def smooth_image(rng, height, width):
@@ -137,50 +140,65 @@ def count_files(folder):
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
-def time_builder(builder, argv, quiet):
-    """Seconds for the builder module's main on `argv`, with its progress bars and summary silenced
-    when `quiet` (a failure raises)."""
+def time_builder(main, argv, quiet):
+    """Seconds for `main(argv)`, with its progress bars and summary silenced when `quiet`."""
     sink = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(), \
             contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
-        builder.main(builder.get_args_parser().parse_args(argv))
-    return time.perf_counter() - start
+        result = run_main(main, argv)
+    seconds = time.perf_counter() - start
+    if result.get("failed") if isinstance(result, dict) else result:
+        raise RuntimeError(f"bench_prepare: builder failed: {sink.getvalue()[-2000:]}")
+    return seconds
 
 
-def bench(name, main, inputs, root, num_workers, quiet):
-    """Cold build (copy), cold build (hardlink), re-run: one line each."""
+def bench(name, main, inputs, root, num_workers, repeat, quiet):
+    """Cold build (copy), cold build (hardlink), re-run of the copy: one line each."""
+    figures = {}
     for label, link, out in (("copy", "copy", "out_copy"), ("hardlink", "hardlink", "out_link"),
                              ("re-run", "copy", "out_copy")):
-        out_dir = os.path.join(root, name + "_" + out)
-        argv = inputs + ["--out", out_dir, "--link", link, "--num_workers", str(num_workers)]
-        before = count_files(out_dir) if os.path.isdir(out_dir) else 0
-        seconds = time_builder(main, argv, quiet)
-        written = count_files(out_dir) - before
+        times = []
+        for run in range(repeat):
+            out_dir = os.path.join(root, f"{name}_{out}{run}")
+            argv = inputs + ["--out", out_dir, "--link", link, "--num_workers", str(num_workers)]
+            before = count_files(out_dir) if os.path.isdir(out_dir) else 0
+            times.append(time_builder(main, argv, quiet))
+            written = count_files(out_dir) - before
         images = sum(len(os.listdir(os.path.join(out_dir, s, "image"))) for s in os.listdir(out_dir))
-        print(f"{name:<5} {label:<9} {written:>6} files written {seconds:7.2f} s {written / seconds:8.1f} files/s "
-              f"{images:>6} images {images / seconds:7.1f} images/s (build + verify)", flush=True)
+        fastest, median = min(times), statistics.median(times)
+        figures[f"{name} {label}"] = {"min": fastest, "median": median, "runs": repeat, "images": images}
+        print(f"{name:<5} {label:<9} {written:>6} files written {fastest:7.2f} s (median {median:.2f}) "
+              f"{written / fastest:8.1f} files/s {images:>6} images {images / fastest:7.1f} images/s "
+              f"(build + verify)", flush=True)
+    return figures
 
 
-def main(argv=None):
+def get_args_parser():
     parser = make_parser("Time the VOC and COCO seed-layout builders.")
-    parser.add_argument("--images", default=300, type=int, help="synthetic images per dataset")
-    parser.add_argument("--num_workers", default=2, type=int, help="builder worker processes")
-    parser.add_argument("--verbose", action="store_true", help="show the builders' own output")
-    args = parser.parse_args(argv)
+    parser.add_argument("--images", default=300, type=positive_int, help="synthetic images per dataset")
+    parser.add_argument("--num_workers", default=2, type=positive_int, help="builder worker processes")
+    parser.add_argument("--repeat", default=1, type=positive_int, help="builds per mode (min and median)")
+    parser.add_argument("--verbose", default=False, type=str2bool, help="show the builders' own output")
+    return parser
+
+
+def main(args):
     from tools.datasets import prepare_coco as coco_main, prepare_voc as voc_main
+    set_threads(1)
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as root:
+    result = {}
+    with Machine() as machine, tempfile.TemporaryDirectory(prefix="bench_prepare_") as root:
         start = time.perf_counter()
         voc_inputs = make_voc(os.path.join(root, "voc_in"), args.images, rng)
         coco_inputs = make_coco(os.path.join(root, "coco_in"), args.images, rng)
         print(f"fixtures: {args.images} VOC (+{args.images // 6} test) and {args.images} COCO images "
-              f"in {time.perf_counter() - start:.1f} s; num_workers={args.num_workers}, {os.cpu_count()} CPUs")
-        bench("VOC", voc_main, voc_inputs, root, args.num_workers, not args.verbose)
-        bench("COCO", coco_main, coco_inputs, root, args.num_workers, not args.verbose)
-    return 0
+              f"in {time.perf_counter() - start:.1f} s; num_workers={args.num_workers}")
+        result.update(bench("VOC", voc_main, voc_inputs, root, args.num_workers, args.repeat, not args.verbose))
+        result.update(bench("COCO", coco_main, coco_inputs, root, args.num_workers, args.repeat, not args.verbose))
+    result["machine"] = machine.record
+    return result
 
 
 if __name__ == "__main__":
-    from tools.bench.bench_prepare import main as _main
-    sys.exit(_main())
+    cli(main, get_args_parser())

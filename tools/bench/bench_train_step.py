@@ -14,13 +14,14 @@ iterations after `--warmup` untimed ones, in the variants the training scripts c
 Host syncs are counted by wrapping torch.Tensor.item / tolist / cpu / numpy / __float__ / __int__ /
 __bool__ during the timed loop (on CPU nothing waits, but on a GPU each one drains the queue).
 Then the data side: JPEG decode at the VOC size (500x375) with PIL and with OpenCV, and the
-training augmentation (core.transforms.TrainTransform, crop 512) per image.
+training augmentation (core.transforms.TrainTransform, crop 512) per image, side by side with the
+plain torchvision pipeline of the same steps (PIL resize, RandomHorizontalFlip, ColorJitter,
+ToTensor, Normalize, RandomCrop with padding), as a ratio.
 
-    OMP_NUM_THREADS=1 python tools/bench/bench_train_step.py                 # CPU, small sizes
-    OMP_NUM_THREADS=1 python tools/bench/bench_train_step.py --only data
-    python tools/bench/bench_train_step.py --device cuda --backbone resnet50 --crop 512 --batch 16
+    python tools/bench/bench_train_step.py                 # CPU, small sizes, 1 thread
+    python tools/bench/bench_train_step.py --only data
+    python tools/bench/bench_train_step.py --device cuda --backbone resnet50 --crop 512 --batch 16 --threads 16
 """
-import collections
 import io
 import os
 import statistics
@@ -37,9 +38,11 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 from core.io import IGNORE_INDEX  # noqa: E402
 from core.networks import RSEPM, build_network, split_parameters  # noqa: E402
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining  # noqa: E402
-from core.transforms import TrainTransform  # noqa: E402
+from core.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from core.transforms import JITTER, TrainTransform  # noqa: E402
 from tools.engine import optim  # noqa: E402
-from tools.args import make_parser  # noqa: E402
+from tools.args import cli, make_parser, positive_int  # noqa: E402
+from tools.bench.common import Machine, ratio, set_threads, show, show_ratio, side_by_side  # noqa: E402
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
@@ -181,8 +184,28 @@ def synthetic_photo(height=375, width=500, seed=0):
     return np.clip(big, 0, 255).astype(np.uint8)
 
 
+def plain_augmentation(crop=512, min_size=320, max_size=640):
+    """The same steps as TrainTransform written the usual way: torchvision's ColorJitter and
+    tensor transforms on a PIL image (randomness from torch's generator)."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    tail = T.Compose([T.RandomHorizontalFlip(), T.ColorJitter(*JITTER), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD), T.RandomCrop(crop, pad_if_needed=True)])
+
+    def apply(photo):
+        image = Image.fromarray(photo)
+        long_side = int(torch.randint(min_size, max_size + 1, ()))
+        scale = long_side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        return tail(image)
+
+    return apply
+
+
 def bench_data(args):
-    """Milliseconds per image for JPEG decode (PIL, OpenCV) and the training augmentation."""
+    """Seconds per image: JPEG decode (PIL, OpenCV) and the training augmentation against the plain
+    torchvision pipeline, alternated run by run."""
     from PIL import Image
 
     photo = synthetic_photo()
@@ -194,57 +217,60 @@ def bench_data(args):
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))
 
-    results = collections.OrderedDict()
-    results["decode PIL"] = pil_decode
+    decoders = {"decode PIL": pil_decode}
     try:
         import cv2
 
-        cv2.setNumThreads(1)
         encoded = np.frombuffer(data, np.uint8)
-        results["decode OpenCV"] = lambda: cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        decoders["decode OpenCV"] = lambda: cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     except ImportError:
-        print("OpenCV not installed: its decode is skipped")
-    transform = TrainTransform(crop_size=512, min_size=320, max_size=640)
+        print("warning: OpenCV not installed: its decode is skipped")
+    transform, plain = TrainTransform(crop_size=512, min_size=320, max_size=640), plain_augmentation()
     rng = np.random.default_rng(0)
-    results["augmentation (TrainTransform, crop 512)"] = lambda: transform(photo, None, rng)
-    results["decode PIL + augmentation"] = lambda: transform(pil_decode(), None, rng)
-    rows = []
-    for name, function in results.items():
-        function()
-        times = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            for _ in range(args.images):
-                function()
-            times.append((time.perf_counter() - start) / args.images)
-        rows.append((name, min(times)))
-        print(f"{name:42s} {min(times) * 1e3:7.2f} ms/image  ({1 / min(times):6.1f} images/s per worker)  "
-              f"JPEG {len(data) / 1024:.0f} KiB, 500x375", flush=True)
-    return rows
+    torch.manual_seed(0)
+    figures = side_by_side(decoders, args.repeat, args.images)
+    figures.update(side_by_side({"augmentation": lambda: transform(photo, None, rng),
+                                 "augmentation, plain torchvision": lambda: plain(photo)}, args.repeat, args.images))
+    print(f"one 500x375 JPEG of {len(data) / 1024:.0f} KiB, {args.images} images per run, {args.repeat} runs")
+    for name, figure in figures.items():
+        show(f"{name} (per image)", figure)
+    result = {name: figure for name, figure in figures.items()}
+    result["augmentation speed-up"] = ratio(figures["augmentation, plain torchvision"], figures["augmentation"])
+    show_ratio("augmentation against plain torchvision", result["augmentation speed-up"])
+    return result
 
 
-def main(argv=None):
+def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--backbone", default="resnet18", help="backbone of both networks")
     parser.add_argument("--seg_decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"))
-    parser.add_argument("--batch", default=4, type=int, help="images per iteration")
-    parser.add_argument("--crop", default=128, type=int, help="crop side")
-    parser.add_argument("--iterations", default=5, type=int, help="timed iterations per run")
+    parser.add_argument("--batch", default=4, type=positive_int, help="images per iteration")
+    parser.add_argument("--crop", default=128, type=positive_int, help="crop side")
+    parser.add_argument("--iterations", default=5, type=positive_int, help="timed iterations per run")
     parser.add_argument("--warmup", default=1, type=int, help="untimed iterations before each run")
-    parser.add_argument("--repeat", default=2, type=int, help="runs per case (the minimum is reported)")
+    parser.add_argument("--repeat", default=3, type=positive_int, help="runs per case (min and median reported)")
     parser.add_argument("--formats", default="contiguous,channels-last", help="comma-separated memory formats")
-    parser.add_argument("--images", default=20, type=int, help="images per data-loading run")
+    parser.add_argument("--images", default=10, type=positive_int, help="images per data-loading run")
     parser.add_argument("--only", default="all", choices=("all", "steps", "data"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--threads", default=1, type=positive_int, help="threads per process")
+    return parser
+
+
+def main(args):
+    set_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, backbone "
-          f"{args.backbone}, batch {args.batch}, crop {args.crop}", flush=True)
-    if args.only in ("all", "steps"):
-        bench_steps(args, device)
-    if args.only in ("all", "data"):
-        bench_data(args)
+    result = {}
+    with Machine() as machine:
+        print(f"torch {torch.__version__}, device {device}, backbone {args.backbone}, batch {args.batch}, "
+              f"crop {args.crop}", flush=True)
+        if args.only in ("all", "steps"):
+            result["steps"] = bench_steps(args, device)
+        if args.only in ("all", "data"):
+            result["data"] = bench_data(args)
+    result["machine"] = machine.record
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, get_args_parser())

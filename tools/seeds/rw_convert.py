@@ -2,7 +2,8 @@
 (docs/method.md#random-walk).
 
 For each seed file: the boundary map of its image from the affinity network of --affinity_tag
-(AffinityNet.predict_boundary: the image and its mirror in one forward, stride 4), then
+(AffinityNet.predict_boundary: the image and its mirror zero-padded to the network's training crop,
+at least that square as IRN pads them, in one forward, stride 4, cut back to the image's cells), then
 core.randomwalk.random_walk_planes (pairs within --rw_radius, affinities ** --beta,
 2 ** --exp_times steps, background score --sem_seg_bg_thres), with --rw_crf true the dense CRF of
 the CRF mode on the walked scores, and a palette PNG in
@@ -17,7 +18,7 @@ import os
 
 import torch
 
-from core.affinity import AffinityNet
+from core.affinity import PAD_SIZE, AffinityNet
 from core.checkpoint import load_checkpoint
 from core.datasets import load_dataset_info, normalize_image
 from core.errors import MissingFileError, UsageError
@@ -52,24 +53,36 @@ def add_rw_args(parser):
                             "before the argmax; not part of IRN (false = its masks as they are)")
 
 
+def _training_args(args):
+    """The `args` that train_affinity.py recorded for --affinity_tag; {} when there are none."""
+    config = os.path.join(model_dir(args.pred_dir, args.affinity_tag or ""), "config.json")
+    if args.affinity_tag and os.path.isfile(config):
+        return read_json(config).get("args", {}) or {}
+    return {}
+
+
 def affinity_backbone(args):
     if args.affinity_backbone:
         return args.affinity_backbone
-    config = os.path.join(model_dir(args.pred_dir, args.affinity_tag or ""), "config.json")
-    if args.affinity_tag and os.path.isfile(config):
-        backbone = read_json(config).get("args", {}).get("backbone")
-        if backbone in ARCHITECTURES:
-            return backbone
-    return "resnet50"
+    backbone = _training_args(args).get("backbone")
+    return backbone if backbone in ARCHITECTURES else "resnet50"
+
+
+def affinity_canvas(args):
+    """Side of the square the image is padded to before the boundary network: the crop it was
+    trained on (config.json), else IRN's 512."""
+    crop = _training_args(args).get("crop_size")
+    return crop if isinstance(crop, int) and crop > 0 else PAD_SIZE
 
 
 class RWJob(SeedJob):
     """Boundary map of the affinity network, random walk of the seed, optional CRF, argmax."""
 
-    def __init__(self, *common, weights, backbone, device, radius, beta, exp_times, bg_score, crf):
+    def __init__(self, *common, weights, backbone, device, pad_to, radius, beta, exp_times, bg_score, crf):
         super().__init__(*common)
         self.weights, self.backbone, self.device = weights, backbone, device
         self.radius, self.beta, self.exp_times, self.bg_score, self.crf = radius, beta, exp_times, bg_score, crf
+        self.pad_to = pad_to
         self.network = None
 
     def setup(self):
@@ -84,7 +97,7 @@ class RWJob(SeedJob):
     @torch.no_grad()
     def make(self, seed, image, seed_path):
         planes, keys = foreground(seed, image, seed_path, self.num_classes)
-        edge = self.network.predict_boundary(normalize_image(image)[None].to(self.device))[0]
+        edge = self.network.predict_boundary(normalize_image(image)[None].to(self.device), self.pad_to)[0]
         labels = walk_keys(keys, len(keys))
         planes = random_walk_planes(torch.from_numpy(planes).to(self.device), edge.float(), self.radius, self.beta,
                                     self.exp_times, self.bg_score).cpu()
@@ -115,11 +128,11 @@ def prepare(args):
     claim_from_seeds(mask_dir, seed_dir, {
         "dataset": args.dataset, "mode": "rw",
         "affinity_weights": file_fingerprint(weights),
-        "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
+        "pad_to": affinity_canvas(args), "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
         "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}, args.overwrite,
         root=args.pred_dir)
     job = RWJob(layout, seed_dir, mask_dir, args.tag, info.palette, args.max_seed_bytes, weights=weights,
-                backbone=backbone, device=str(device), radius=args.rw_radius, beta=args.beta,
+                backbone=backbone, device=str(device), pad_to=affinity_canvas(args), radius=args.rw_radius, beta=args.beta,
                 exp_times=args.exp_times, bg_score=args.sem_seg_bg_thres, crf=args.rw_crf)
     return job, ids
 

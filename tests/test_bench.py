@@ -1,0 +1,45 @@
+"""tools/bench: the table run_all writes between the markers, the ratios, and the two ways of
+computing IoU that bench_evaluate times against each other (hand-worked values)."""
+import numpy as np
+import pytest
+
+from core.errors import FormatError
+from tools.bench import common, run_all
+from tools.bench.bench_evaluate import confusion_iou, per_class_iou
+
+
+def test_table_replaces_only_what_lies_between_the_markers(tmp_path):
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# title\nbefore\n{run_all.BEGIN}\nold table\n{run_all.END}\nafter\n")
+    run_all.write_table(str(doc), "| new |")
+    assert doc.read_text() == f"# title\nbefore\n{run_all.BEGIN}\n| new |\n{run_all.END}\nafter\n"
+    run_all.write_table(str(doc), "| newer |")  # again: still one table
+    assert doc.read_text().count("| new") == 1 and "| newer |" in doc.read_text()
+
+
+@pytest.mark.parametrize("text", ["no markers\n", f"{run_all.END}\n{run_all.BEGIN}\n",
+                                  f"{run_all.BEGIN}\n{run_all.BEGIN}\n{run_all.END}\n"])
+def test_a_page_without_one_pair_of_markers_is_refused_untouched(tmp_path, text):
+    doc = tmp_path / "performance.md"
+    doc.write_text(text)
+    with pytest.raises(FormatError, match="performance.md: needs one"):
+        run_all.write_table(str(doc), "| new |")
+    assert doc.read_text() == text
+    assert list(tmp_path.iterdir()) == [doc]  # no temporary file left behind
+
+
+def test_ratio_of_minima_medians_and_cpu_seconds():
+    slow = {"min": 3.0, "median": 4.0, "cpu": 1.5}
+    fast = {"min": 1.5, "median": 1.0, "cpu": 0.5}
+    assert common.ratio(slow, fast) == {"min": 2.0, "median": 4.0, "cpu": 3.0}
+    assert common.stats([0.3, 0.1, 0.2], [0.05, 0.04, 0.06]) == {"min": 0.1, "median": 0.2, "runs": 3, "cpu": 0.04}
+
+
+def test_both_iou_ways_give_the_hand_worked_values():
+    gt = np.array([[0, 0, 1, 1], [0, 255, 1, 1]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [1, 1, 1, 0]], np.uint8)
+    # class 0: TP 1 (pixel (0,0)); gt 3 (excl. 255), predicted 2 on valid pixels -> union 4, IoU 1/4
+    # class 1: TP 3; gt 4, predicted 5 on valid pixels -> union 6, IoU 1/2; class 2 absent: 0
+    expected = [0.25, 0.5, 0.0]
+    np.testing.assert_allclose(per_class_iou([(pred, gt)], 3), expected)
+    np.testing.assert_allclose(confusion_iou([(pred, gt)], 3), expected)
