@@ -242,7 +242,9 @@ def miniature(tmp_path, monkeypatch):
     for seed, (name, (dataset, domains)) in enumerate(splits.items()):
         info = load_dataset_info(dataset)
         for k, domain in enumerate(domains):
-            make_split(tmp_path / name / domain, info, 4, 10 * seed + k, masks=domain != "test")
+            # VOC's train is a subset of train_aug (both write into the train folders): same ids
+            make_split(tmp_path / name / domain, info, 4, 10 * seed + (k if domain != "train_aug" else 0),
+                       masks=domain != "test")
     torch.manual_seed(0)
     save_weights(RSEPM("resnet50", num_classes=21), tmp_path / "experiments" / "models" / SINGLE_TAG / "last.pth")
     save_weights(DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
