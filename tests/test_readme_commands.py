@@ -9,6 +9,7 @@ JSON against a direct computation from the written masks.
 import json
 import os
 import pickle
+import runpy
 import shlex
 import subprocess
 import sys
@@ -153,3 +154,144 @@ def test_readme_commands_run_unchanged(voc):
         assert planes.shape == (len(keys), HEIGHT, WIDTH) and list(keys) == sorted(set(keys.tolist()))
         assert (planes.reshape(len(keys), -1).max(axis=1) >= 0.05).all()
         assert (planes.sum(axis=0) <= 1 + 1e-4).all()
+
+
+# --- every command block of README.md, on miniature VOC- and COCO-named data -------------------
+# Small settings appended after the README's flags (argparse keeps the last value), so the real
+# command lines run with their own flags on CPU in seconds.
+SMALL = {
+    "train_rsepm.py": ["--max_epoch", "1", "--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
+                       "--pamr_dilations", "1,2", "--min_image_size", "32", "--max_image_size", "64"],
+    "train_seg.py": ["--max_epoch", "1", "--min_image_size", "32", "--max_image_size", "64"],
+    "train_affinity.py": ["--max_epoch", "1", "--radius", "3"],
+}
+TRAINING_SMALL = ["--pretrained", "none", "--batch_size", "2", "--crop_size", "32", "--num_workers", "0"]
+BUILDERS = {"tools/datasets/prepare_voc.py", "tools/datasets/prepare_coco.py"}
+SHELL = {"bash tools/quickstart.sh", "bash tools/run_tests.sh"}  # the toy pipeline and this suite
+
+
+def readme_blocks(text):
+    """(heading, [command]) of each ```bash block: continuation lines joined, comments dropped."""
+    blocks, heading, lines, fenced = [], "", [], False
+    for line in text.splitlines():
+        if line.startswith("#") and not fenced:
+            heading = line.lstrip("#").strip()
+        elif line.startswith("```"):
+            if fenced:
+                joined = "\n".join(lines).replace("\\\n", " ")
+                commands = [c.split(" #")[0].strip() for c in joined.splitlines()]
+                blocks.append((heading, [c for c in commands if c and not c.startswith("#")]))
+            fenced, lines = line.strip() == "```bash", []
+        elif fenced:
+            lines.append(line)
+    return blocks
+
+
+def script_argv(command, roots):
+    """The script path and its arguments: torchrun and python dropped, --root_dir pointed at the
+    miniature dataset of the same name."""
+    tokens = shlex.split(command)
+    if tokens[0] == "torchrun":
+        tokens = tokens[tokens.index("--nproc_per_node") + 2:]
+    elif tokens[0] in ("python", "python3"):
+        tokens = tokens[1:]
+    if "--root_dir" in tokens:
+        i = tokens.index("--root_dir") + 1
+        tokens[i] = str(roots[tokens[i].rstrip("/").split("/")[-1]]) + os.sep
+    return tokens[0], tokens[1:]
+
+
+def run_script(script, argv):
+    """Run a script as `python script argv` would, in this process (the imports are paid once):
+    its own `__main__` block, so the test does not depend on how main and cli are called."""
+    saved = sys.argv
+    sys.argv = [script] + argv
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (None, 0), f"{script} {' '.join(argv)}: exit status {e.code}"
+    finally:
+        sys.argv = saved
+
+
+def make_split(folder, info, count, seed, masks=True):
+    rng = np.random.default_rng(seed)
+    names = info.class_names[1:]
+    for folder_name in ("image",) + (("mask", "xml") if masks else ()):
+        (folder / folder_name).mkdir(parents=True)
+    for k in range(count):
+        image_id = f"{seed:04d}_{k:06d}"
+        image = rng.integers(90, 140, (HEIGHT, WIDTH, 3)).astype(np.uint8)
+        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        objects = [(names[(k + j) % len(names)], 4 + 30 * j, 6, 25 + 30 * j, 40) for j in range(1 + k % 2)]
+        for name, x0, y0, x1, y1 in objects:
+            image[y0:y1 + 1, x0:x1 + 1] = rng.integers(0, 256, 3)
+            mask[y0:y1 + 1, x0:x1 + 1] = info.class_dict[name]
+        Image.fromarray(image).save(folder / "image" / f"{image_id}.jpg", quality=95)
+        if masks:
+            save_mask(folder / "mask" / f"{image_id}.png", mask, info.palette)
+            write_xml(folder / "xml" / f"{image_id}.xml", objects)
+
+
+@pytest.fixture
+def miniature(tmp_path, monkeypatch):
+    """VOC2012 (train, train_aug, validation, test) and COCO2014 (train, validation) in the seed
+    layout, random weights under the official tags, the working directory tmp_path."""
+    splits = {"VOC2012": ("VOC", ["train", "train_aug", "validation", "test"]),
+              "COCO2014": ("COCO", ["train", "validation"])}
+    for seed, (name, (dataset, domains)) in enumerate(splits.items()):
+        info = load_dataset_info(dataset)
+        for k, domain in enumerate(domains):
+            # VOC's train is a subset of train_aug (both write into the train folders): same ids
+            make_split(tmp_path / name / domain, info, 4, 10 * seed + (k if domain != "train_aug" else 0),
+                       masks=domain != "test")
+    torch.manual_seed(0)
+    save_weights(RSEPM("resnet50", num_classes=21), tmp_path / "experiments" / "models" / SINGLE_TAG / "last.pth")
+    save_weights(DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
+                 tmp_path / "experiments" / "models" / MULTI_TAG / "last.pth")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    return {name: tmp_path / name for name in splits}
+
+
+def test_readme_blocks_are_all_known():
+    """A new block in README.md must be run below (or be one of the two shell entry points)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = readme_blocks(f.read())
+    assert len(blocks) >= 8
+    for heading, commands in blocks:
+        for command in commands:
+            script = script_argv(command, {"VOC2012": "", "COCO2014": ""})[0] if command not in SHELL else None
+            assert command in SHELL or script in BUILDERS or os.path.isfile(os.path.join(ROOT, script)), command
+
+
+def test_readme_command_blocks_run_on_miniature_data(miniature):
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = readme_blocks(f.read())
+    ran = []
+    for heading, commands in blocks:
+        for command in commands:
+            if command in SHELL:
+                continue
+            script, argv = script_argv(command, miniature)
+            if script in BUILDERS:
+                # the builders need the official downloads; test_prepare_voc/coco run them on
+                # fakes, here the README's flags must parse
+                module = runpy.run_path(os.path.join(ROOT, script))
+                module["parse_args"](argv) if "parse_args" in module else module["get_args_parser"]().parse_args(argv)
+                continue
+            argv = argv + (SMALL[script] + TRAINING_SMALL if script in SMALL else ["--num_workers", "1"])
+            run_script(script, argv)
+            ran.append((heading, script))
+    headings = {h for h, _ in ran}
+    assert {"Released weights, VOC val", "Released weights, VOC test", "VOC single stage", "VOC multi stage",
+            "COCO single stage", "COCO multi stage"} <= headings
+    experiments = miniature["VOC2012"].parent / "experiments"
+    for folder, tag, domain in [("pseudo-labels", "ResNet101@VOC@RS+EPM@MS@rw@ours", "validation.eval.json"),
+                                ("pseudo-labels", "ResNet50@VOC@RS+EPM@ours@rw", "train.eval.json"),
+                                ("pseudo-labels", "ResNet101@COCO@RS+EPM@MS@rw@ours", "validation.eval.json"),
+                                ("pseudo-labels", "ResNet50@COCO@RS+EPM@ours", "validation.eval.json")]:
+        result = json.loads((experiments / folder / tag / domain).read_text())
+        assert result["tag"] == tag and result["num_images"] == 4
+    for tag in ("ResNet50@VOC@RS+EPM@Official", "ResNet101@VOC@RS+EPM@MS@rw@ours"):
+        assert len(os.listdir(experiments / "pseudo-labels" / tag / "test")) == 4

@@ -1,0 +1,60 @@
+"""Every repository path that README.md and docs/*.md name exists.
+
+Checked: `tools/...` and `core/...` paths, and top-level script names (`evaluate.py`), written in
+backticks or in a command block. A path of another code base is exempt only when the words
+right before it say whose it is: "the authors' `core/inferences.py`", "IRN `run_sample.py`"
+(FOREIGN below). Anything else that does not exist here fails, so a stale path cannot hide.
+"""
+import glob
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+# owners whose file names the docs cite; the owner must be written just before the path
+FOREIGN = r"(?:the authors'|authors'|IRN's|IRN|PuzzleCAM|DHR|torchvision's|pydensecrf's)"
+# added by another branch of this release (the benchmark runner); drop this entry once merged
+PENDING = {"tools/bench/run_all.py"}
+PATH = re.compile(r"(?<![\w./-])((?:tools|core)/[\w./*-]*\w|[A-Za-z_]\w*\.(?:py|sh))(?![\w/])")
+# the owner, then optionally more of its names in backticks ("the authors' `a.py` `f`, `b.py`")
+ATTRIBUTED = re.compile(FOREIGN + r"\s+(?:`[^`]*`[\s,]*(?:and\s+)?)*`?$")
+
+
+def named_paths(text):
+    """(line number, path) of every repository path named in backticks or in a fenced block;
+    a path preceded by its owner's name (FOREIGN) is left out."""
+    found, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        spans = [(0, len(line))] if fenced else [m.span(1) for m in re.finditer(r"`([^`]+)`", line)]
+        for start, end in spans:
+            for m in PATH.finditer(line, start, end):
+                if not ATTRIBUTED.search(line[:m.start()]):
+                    found.append((number, m.group(1).rstrip(".")))
+    return found
+
+
+def missing(text):
+    return [(n, p) for n, p in named_paths(text)
+            if p not in PENDING and not glob.glob(os.path.join(ROOT, p.split("{")[0].rstrip("/") or p))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_named_path_exists(doc):
+    with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+        assert missing(f.read()) == []
+
+
+def test_the_rule_catches_a_stale_path_and_spares_an_attributed_one():
+    text = ("Seeds are saved by `tools/io.py` `save_seed` (`core/io.py` today).\n"
+            "Source: the authors' `core/inferences.py` `SCG`, `tools/ai/trainers.py`; IRN `run_sample.py`.\n"
+            "Run `core/inferences.py` here, then `train_rsepm.py` and `train_rspem.py`.\n"
+            "```bash\npython3 tools/datasets/prepare_vco.py --out x\n```\n")
+    assert missing(text) == [(1, "tools/io.py"), (3, "core/inferences.py"), (3, "train_rspem.py"),
+                             (5, "tools/datasets/prepare_vco.py")]
+    assert (2, "core/inferences.py") not in named_paths(text) and (2, "tools/ai/trainers.py") not in named_paths(text)
+    assert (1, "core/io.py") in named_paths(text) and (3, "train_rsepm.py") in named_paths(text)
