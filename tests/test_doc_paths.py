@@ -15,8 +15,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 # owners whose file names the docs cite; the owner must be written just before the path
 FOREIGN = r"(?:the authors'|authors'|IRN's|IRN|PuzzleCAM|DHR|torchvision's|pydensecrf's)"
-# added by another branch of this release (the benchmark runner); drop this entry once merged
-PENDING = {"tools/bench/run_all.py"}
 PATH = re.compile(r"(?<![\w./-])((?:tools|core)/[\w./*-]*\w|[A-Za-z_]\w*\.(?:py|sh))(?![\w/])")
 # the owner, then optionally more of its names in backticks ("the authors' `a.py` `f`, `b.py`")
 ATTRIBUTED = re.compile(FOREIGN + r"\s+(?:`[^`]*`[\s,]*(?:and\s+)?)*`?$")
@@ -40,7 +38,7 @@ def named_paths(text):
 
 def missing(text):
     return [(n, p) for n, p in named_paths(text)
-            if p not in PENDING and not glob.glob(os.path.join(ROOT, p.split("{")[0].rstrip("/") or p))]
+            if not glob.glob(os.path.join(ROOT, p.split("{")[0].rstrip("/") or p))]
 
 
 @pytest.mark.parametrize("doc", DOCS)

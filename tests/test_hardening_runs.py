@@ -300,10 +300,10 @@ def test_conversion_refuses_other_settings_unless_overwrite(data, weights, capsy
 # ---------------------------------------------------------------------------------------------
 # Evaluation: every bad prediction is skipped and listed, and recorded in the result
 # ---------------------------------------------------------------------------------------------
-def test_evaluation_lists_every_bad_prediction_and_records_it(tmp_path, capsys):
+def test_evaluation_lists_every_bad_prediction_and_writes_no_partial_result(tmp_path, capsys):
     """Before: the first bad file stopped the evaluation; the others stayed unknown."""
     from test_evaluate import INFO, SHAPE, TAG as EVAL_TAG, make_split, run, write_masks
-    from core.io import read_json, save_mask
+    from core.io import save_mask
     from tools.paths import evaluation_path, output_dir
 
     rng = np.random.default_rng(0)
@@ -318,10 +318,11 @@ def test_evaluation_lists_every_bad_prediction_and_records_it(tmp_path, capsys):
     result = run(data)
     assert sorted(f["id"] + ".png" for f in result["failed"]) == bad
     assert result["num_images"] == len(os.listdir(folder)) - 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "2 image(s) skipped:" in err and all(name[:-4] in err for name in bad)
-    # the result is written with the skipped images in it, so a reader cannot take it for the whole split
-    assert read_json(evaluation_path(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation"))["failed"]
+    # no result file: a score over the other images would pass for the whole split's
+    assert not os.path.exists(evaluation_path(data["pred_dir"], "pseudo-labels", EVAL_TAG, "validation"))
+    assert "no result file is written" in out + err
 
 
 def test_mask_decompression_bomb_names_the_file(tmp_path, monkeypatch):

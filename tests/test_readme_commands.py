@@ -163,10 +163,12 @@ SMALL = {
     "train_rsepm.py": ["--max_epoch", "1", "--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
                        "--pamr_dilations", "1,2", "--min_image_size", "32", "--max_image_size", "64"],
     "train_seg.py": ["--max_epoch", "1", "--min_image_size", "32", "--max_image_size", "64"],
-    "train_affinity.py": ["--max_epoch", "1", "--radius", "3"],
+    "train_affinity.py": ["--max_epoch", "1", "--rw_radius", "3"],
 }
+INFERENCE_SMALL = {"infer_rsepm.py": ["--scales", "1.0,0.5"], "infer_seg.py": ["--scales", "1.0,0.5"]}
 TRAINING_SMALL = ["--pretrained", "none", "--batch_size", "2", "--crop_size", "32", "--num_workers", "0"]
 BUILDERS = {"tools/datasets/prepare_voc.py", "tools/datasets/prepare_coco.py"}
+OWN = "tools/datasets/prepare_own.py"  # runs for real, on the folder of images the fixture writes
 SHELL = {"bash tools/quickstart.sh", "bash tools/run_tests.sh"}  # the toy pipeline and this suite
 
 
@@ -174,7 +176,7 @@ def readme_blocks(text):
     """(heading, [command]) of each ```bash block: continuation lines joined, comments dropped."""
     blocks, heading, lines, fenced = [], "", [], False
     for line in text.splitlines():
-        if line.startswith("#") and not fenced:
+        if line.startswith("#") and not fenced:  # a heading
             heading = line.lstrip("#").strip()
         elif line.startswith("```"):
             if fenced:
@@ -187,9 +189,11 @@ def readme_blocks(text):
     return blocks
 
 
-def script_argv(command, roots):
-    """The script path and its arguments: torchrun and python dropped, --root_dir pointed at the
-    miniature dataset of the same name."""
+def script_argv(command, roots, variables=None):
+    """The script path and its arguments: shell variables ($D) expanded, torchrun and python
+    dropped, --root_dir pointed at the miniature dataset of the same name."""
+    for name, value in (variables or {}).items():
+        command = command.replace("$" + name, value)
     tokens = shlex.split(command)
     if tokens[0] == "torchrun":
         tokens = tokens[tokens.index("--nproc_per_node") + 2:]
@@ -199,6 +203,14 @@ def script_argv(command, roots):
         i = tokens.index("--root_dir") + 1
         tokens[i] = str(roots[tokens[i].rstrip("/").split("/")[-1]]) + os.sep
     return tokens[0], tokens[1:]
+
+
+def assignment(command):
+    """(name, value) of a shell variable assignment such as D="--root_dir ...", else None."""
+    name, sep, value = command.partition("=")
+    if sep and name.isidentifier() and " " not in name:
+        return name, shlex.split(value)[0] if value.strip() else ""
+    return None
 
 
 def run_script(script, argv):
@@ -245,13 +257,19 @@ def miniature(tmp_path, monkeypatch):
             # VOC's train is a subset of train_aug (both write into the train folders): same ids
             make_split(tmp_path / name / domain, info, 4, 10 * seed + (k if domain != "train_aug" else 0),
                        masks=domain != "test")
+    # the working directory tmp_path/work holds the own-data block's folder of images, tag CSV
+    # and masks (its ../MyData/ is tmp_path/MyData) and ./experiments/
+    from test_prepare_own import make_inputs
+    work = tmp_path / "work"
+    make_inputs(work, count=10)
+    os.rename(work / "images", work / "photos")
     torch.manual_seed(0)
-    save_weights(RSEPM("resnet50", num_classes=21), tmp_path / "experiments" / "models" / SINGLE_TAG / "last.pth")
+    save_weights(RSEPM("resnet50", num_classes=21), work / "experiments" / "models" / SINGLE_TAG / "last.pth")
     save_weights(DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
-                 tmp_path / "experiments" / "models" / MULTI_TAG / "last.pth")
-    monkeypatch.chdir(tmp_path)
+                 work / "experiments" / "models" / MULTI_TAG / "last.pth")
+    monkeypatch.chdir(work)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    return {name: tmp_path / name for name in splits}
+    return {**{name: tmp_path / name for name in splits}, "MyData": tmp_path / "MyData"}
 
 
 def test_readme_blocks_are_all_known():
@@ -261,37 +279,47 @@ def test_readme_blocks_are_all_known():
     assert len(blocks) >= 8
     for heading, commands in blocks:
         for command in commands:
-            script = script_argv(command, {"VOC2012": "", "COCO2014": ""})[0] if command not in SHELL else None
-            assert command in SHELL or script in BUILDERS or os.path.isfile(os.path.join(ROOT, script)), command
+            if command in SHELL or assignment(command):
+                continue
+            script = script_argv(command, {"VOC2012": "", "COCO2014": "", "MyData": ""})[0]
+            assert script in BUILDERS or os.path.isfile(os.path.join(ROOT, script)), command
 
 
 def test_readme_command_blocks_run_on_miniature_data(miniature):
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         blocks = readme_blocks(f.read())
-    ran = []
+    ran, variables = [], {}
     for heading, commands in blocks:
         for command in commands:
             if command in SHELL:
                 continue
-            script, argv = script_argv(command, miniature)
+            if assignment(command):
+                name, value = assignment(command)
+                variables[name] = value
+                continue
+            script, argv = script_argv(command, miniature, variables)
+            if script == OWN:
+                run_script(script, argv + ["--num_workers", "0"])
+                continue
             if script in BUILDERS:
                 # the builders need the official downloads; test_prepare_voc/coco run them on
                 # fakes, here the README's flags must parse
                 module = runpy.run_path(os.path.join(ROOT, script))
                 module["parse_args"](argv) if "parse_args" in module else module["get_args_parser"]().parse_args(argv)
                 continue
-            argv = argv + (SMALL[script] + TRAINING_SMALL if script in SMALL else ["--num_workers", "1"])
+            argv = argv + (SMALL[script] + TRAINING_SMALL if script in SMALL else
+                           ["--num_workers", "1"] + INFERENCE_SMALL.get(script, []))
             run_script(script, argv)
             ran.append((heading, script))
     headings = {h for h, _ in ran}
-    assert {"Released weights, VOC val", "Released weights, VOC test", "VOC single stage", "VOC multi stage",
-            "COCO single stage", "COCO multi stage"} <= headings
-    experiments = miniature["VOC2012"].parent / "experiments"
+    assert {"Released weights, VOC val", "VOC single stage", "VOC multi stage", "COCO single stage",
+            "COCO multi stage", "Your own data"} <= headings
+    experiments = miniature["VOC2012"].parent / "work" / "experiments"
     for folder, tag, domain in [("pseudo-labels", "ResNet101@VOC@RS+EPM@MS@rw@ours", "validation.eval.json"),
                                 ("pseudo-labels", "ResNet50@VOC@RS+EPM@ours@rw", "train.eval.json"),
                                 ("pseudo-labels", "ResNet101@COCO@RS+EPM@MS@rw@ours", "validation.eval.json"),
                                 ("pseudo-labels", "ResNet50@COCO@RS+EPM@ours", "validation.eval.json")]:
         result = json.loads((experiments / folder / tag / domain).read_text())
         assert result["tag"] == tag and result["num_images"] == 4
-    for tag in ("ResNet50@VOC@RS+EPM@Official", "ResNet101@VOC@RS+EPM@MS@rw@ours"):
-        assert len(os.listdir(experiments / "pseudo-labels" / tag / "test")) == 4
+    own = json.loads((experiments / "predictions" / "MySeg" / "validation.eval.json").read_text())
+    assert own["tag"] == "MySeg" and own["num_images"] == 2 and sorted(own["iou"]) == ["background", "cat", "dog"]

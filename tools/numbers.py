@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass
 
 
+def _number(value):
+    return str(int(value)) if math.isfinite(value) and float(value).is_integer() else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class Range:
     low: float = -math.inf
@@ -27,7 +31,7 @@ class Range:
     def describe(self):
         left = "(" if self.low_open else "["
         right = ")" if self.high_open else "]"
-        return f"{left}{self.low:g}, {self.high:g}{right}"
+        return f"{left}{_number(self.low)}, {_number(self.high)}{right}"
 
     def outside(self):
         """A value just outside the range (for the tests)."""
@@ -73,7 +77,11 @@ RANGES = {
     "val_fraction": Range(0.0, 1.0, high_open=True),
     # benchmarks
     "num_images": COUNT, "images": COUNT, "iterations": COUNT, "repeat": COUNT, "batch": Range(1, 65536),
-    "crop": PIXELS, "num_masks": COUNT, "num_seeds": COUNT,
+    "crop": PIXELS, "num_masks": COUNT, "num_seeds": COUNT, "warmup": COUNT0, "workers": Range(1, 1024),
+    # the time budget (tools/gpu/time_budget.py)
+    "rsepm_crop": PIXELS, "train_utilisation": Range(0.0, 1.0, low_open=True),
+    "infer_utilisation": Range(0.0, 1.0, low_open=True), "scaling": Range(0.0, 1.0, low_open=True),
+    "cores": Range(1, 1024),
 }
 
 

@@ -54,12 +54,12 @@ def table(figures, args):
     data, rw, ev, crf = (figures[k] for k in ("data", "rw", "evaluate", "crf"))
     workers = args.workers
     rows = [
-        ("training augmentation, one 500x375 image (`bench_train_step.py --only data`)",
+        ("training augmentation, one 500x375 image (`tools/bench/bench_train_step.py --only data`)",
          cell(data["augmentation"]), "torchvision `ColorJitter` + PIL pipeline: " +
          cell(data["augmentation, plain torchvision"]), times(data["augmentation speed-up"])),
         ("JPEG decode, one 500x375 image (same)", "OpenCV: " + cell(data["decode OpenCV"]),
          "PIL: " + cell(data["decode PIL"]), times(ratio(data["decode PIL"], data["decode OpenCV"]))),
-        ("random walk, 160x120 image, 2^8 steps (`bench_rw.py`)", "sparse: " + cell(rw["walk, sparse, small"]),
+        ("random walk, 160x120 image, 2^8 steps (`tools/bench/bench_rw.py`)", "sparse: " + cell(rw["walk, sparse, small"]),
          "dense transition-matrix power (IRN): " + cell(rw["walk, dense, small"]),
          times(rw["sparse against dense, small"])),
         ("random walk, 500x375 image (same)", "sparse: " + cell(rw["walk, sparse"]),
@@ -71,11 +71,11 @@ def table(figures, args):
         ("`--mode rw` per 500x375 image: boundary map + walk (same)", cell(rw["per image (boundary map + walk)"]),
          "end to end, 1 worker: " + duration(rw["convert --mode rw, end to end"]["min"]) if
          "convert --mode rw, end to end" in rw else "-", "-"),
-        ("evaluation, 100 masks of 500x375, 21 classes (`bench_evaluate.py`)",
+        ("evaluation, 100 masks of 500x375, 21 classes (`tools/bench/bench_evaluate.py`)",
          "confusion matrix: " + cell(ev["confusion matrix per 100 masks"]),
          "per-class mask loop: " + cell(ev["per-class mask loop per 100 masks"]),
          times(ev["confusion matrix speed-up"])),
-        (f"dense CRF, per 500x375 image (`bench_crf.py --workers 1,{workers}`)",
+        (f"dense CRF, per 500x375 image (`tools/bench/bench_crf.py --workers 1,{workers}`)",
          f"{workers} workers: " + cell(crf[f"CRF, {workers} worker(s), per image"]),
          "1 worker: " + cell(crf["CRF, 1 worker(s), per image"]), times(crf["worker speed-up"])),
     ]
