@@ -25,7 +25,7 @@ from core.errors import DatasetError, MissingFileError, UsageError
 from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
-from tools.engine import distributed, optim, trainer, training
+from tools.engine import distributed, optim, panels, trainer, training
 from tools.seeds.affinity_data import (STRIDE, AffinityDataset, AffinityTransform, claim_ir_labels, ir_labels_dir,
                                       make_ir_labels)
 from tools.args import add_overwrite_arg, cli, deprecated_alias, str2bool
@@ -161,6 +161,8 @@ def main(args):
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_affinity", label_dir=label_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
         run.logger.info(dataset.summary())
+        drawing = panels.AffinityPanels(network, panels.pick_images(layout, dataset.ids if ctx.is_main else [],
+                                                                    args.vis_images), info, ctx.device)
         for epoch in run.epochs():
             model.train()
             for batch in loader:
@@ -173,6 +175,7 @@ def main(args):
                 # the losses by record, read back only at log lines
                 pairs = {"pairs_bg": bg_pos.mean(), "pairs_fg": fg_pos.mean(), "pairs_neg": neg.mean()}
                 run.record(epoch, {**losses, **pairs}, images=images.shape[0], progress_loss=losses["total"])
+            run.draw_panels(drawing.draw)  # no validation here: after every epoch
         return run.finish()
 
 

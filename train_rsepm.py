@@ -20,7 +20,7 @@ from core.networks import RSEPM, split_parameters
 from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools.engine import distributed, optim, trainer, training
+from tools.engine import distributed, optim, panels, trainer, training
 from tools.args import cli, int_list
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
@@ -116,8 +116,9 @@ def method_config(args):
 
 @torch.no_grad()
 def validate(network, layout, ids, device, num_classes):
-    """Seed mIoU (%) and best threshold on `ids`: single-scale + flip decoder seeds from the
-    ground-truth tags, scored with the project's evaluator (threshold sweep 0.10..0.80)."""
+    """Seed mIoU (%), best threshold and the per-class IoU (fractions, background first) at it on
+    `ids`: single-scale + flip decoder seeds from the ground-truth tags, scored with the
+    project's evaluator (threshold sweep 0.10..0.80)."""
     thresholds = sweep_thresholds(0.10, 0.80, 0.05)
     meter = ConfusionMeter(num_classes, num_rows=len(thresholds))
     for image_id, image, gt in training.validation_images(network, layout, ids, device):
@@ -127,7 +128,7 @@ def validate(network, layout, ids, device, num_classes):
                                         thresholds, num_classes))
     scores = meter.scores()
     best = int(np.nanargmax(scores["mIoU"]))
-    return float(scores["mIoU"][best]), float(thresholds[best])
+    return float(scores["mIoU"][best]), float(thresholds[best]), scores["iou"][best]
 
 
 def main(args):
@@ -155,6 +156,10 @@ def main(args):
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
+        drawing = panels.RSEPMPanels(step_module, panels.pick_images(
+            *training.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids), args.vis_images),
+            info, ctx.device)
+        threshold = None  # the seed panel's background threshold: the last validation's best
 
         for epoch in run.epochs():
             use_rs, use_mix = config.active_terms(epoch)
@@ -175,8 +180,12 @@ def main(args):
                 run.record(epoch, {**losses, "total": total, **stats}, images=images.shape[0],
                            progress_loss=total, skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
-                miou, threshold = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
+                miou, threshold, iou = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
                 run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
+                run.logger.markdown(run.iteration, "val/seed_IoU", f"threshold {threshold:.2f}\n\n"
+                                + panels.iou_table(iou, info.class_names))
+            if training.panels_due(args, epoch, val_ids):
+                run.draw_panels(lambda: drawing.draw(epoch, threshold))
         return run.finish()
 
 

@@ -22,7 +22,7 @@ from core.io import IGNORE_INDEX
 from core.networks import build_network, split_parameters
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
-from tools.engine import distributed, optim, trainer, training
+from tools.engine import distributed, optim, panels, trainer, training
 from tools.args import cli, str2bool
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
@@ -66,12 +66,14 @@ def segmentation_loss(logits, masks):
 
 @torch.no_grad()
 def validate(network, layout, ids, device, num_classes):
-    """Single-scale + flip mIoU (%) of the argmax on `ids` (information only)."""
+    """Single-scale + flip mIoU (%) of the argmax on `ids` (information only) and the per-class
+    IoU (fractions, background first)."""
     meter = ConfusionMeter(num_classes)
     for _, image, gt in training.validation_images(network, layout, ids, device):
         probs, _ = multiscale_inference(network, image, "seg", scales=(1.0,))
         meter.add_prediction(probs.argmax(0).cpu().numpy(), gt)
-    return float(meter.scores()["mIoU"][0])
+    scores = meter.scores()
+    return float(scores["mIoU"][0]), scores["iou"][0]
 
 
 def main(args):
@@ -99,6 +101,9 @@ def main(args):
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True)
+        # from the training split whether or not the run validates: the pseudo masks exist only there
+        picks = panels.pick_images(layout, dataset.ids if ctx.is_main else [], args.vis_images)
+        drawing = panels.SegPanels(network, picks, info, ctx.device, dataset.mask_path, gt_layout=layout)
 
         for epoch in run.epochs():
             model.train()
@@ -112,8 +117,11 @@ def main(args):
                 run.record(epoch, {"seg": loss, "ignored": (masks == IGNORE_INDEX).float().mean()},
                            images=images.shape[0], progress_loss=loss, skipped=batch.get("skipped"))
             if training.validation_due(args, epoch, val_ids):
-                run.logger.log(run.iteration, epoch, {"val_mIoU": validate(network, val_layout, val_ids, ctx.device,
-                                                                           info.num_classes)})
+                miou, iou = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
+                run.logger.log(run.iteration, epoch, {"val_mIoU": miou})
+                run.logger.markdown(run.iteration, "val/IoU", panels.iou_table(iou, info.class_names))
+            if training.panels_due(args, epoch, val_ids):
+                run.draw_panels(drawing.draw)
         return run.finish()
 
 

@@ -54,6 +54,7 @@ RANGES = {
     "head_lr_mult": Range(0.0, 1000.0, low_open=True), "crop_size": PIXELS, "min_image_size": PIXELS,
     "max_image_size": PIXELS, "min_scale": SCALE, "max_scale": SCALE, "seed": Range(0, 2 ** 32 - 1),
     "log_interval": COUNT, "save_interval": COUNT, "val_every": COUNT0, "val_images": COUNT,
+    "vis_images": Range(0, 64),
     # RS+EPM (core/rsepm.py, core/targets.py, core/scg.py, core/pamr.py) and its seeds
     "rs_start": COUNT, "mix_start": COUNT, "w_cam": WEIGHT, "w_seg": WEIGHT, "w_cls_mix": WEIGHT,
     "w_cam_mix": WEIGHT, "w_seg_mix": WEIGHT, "cf_fg_th": PROBABILITY, "cf_bg_th": PROBABILITY,

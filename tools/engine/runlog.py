@@ -1,5 +1,6 @@
 """The logs of a training run: running means between log lines (MeanMeter) and RunLogger, which
-writes TensorBoard events, log.jsonl and log.txt under models/{tag}/logs on rank 0.
+writes TensorBoard events (scalars, image panels, IoU tables, the flags as hparams;
+docs/formats.md#tensorboard), log.jsonl and log.txt under models/{tag}/logs on rank 0.
 """
 import json
 import os
@@ -50,6 +51,7 @@ class RunLogger:
     def __init__(self, log_dir, enabled=True, purge_after=None):
         self.enabled = enabled
         self.log_dir = log_dir
+        self.last_scalars = {}  # TensorBoard tag -> last value: the metrics of hparams()
         self.last_time = time.perf_counter()
         if not enabled:
             return
@@ -102,9 +104,36 @@ class RunLogger:
         self.jsonl.flush()
         for name, value in scalars.items():
             self.writer.add_scalar(f"train/{name}", value, iteration)
+            self.last_scalars[f"train/{name}"] = value
         self.writer.flush()
         terms = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())
         self.info(f"[ep {epoch} it {iteration}] {terms}")
+
+    def images(self, iteration, panels):
+        """TensorBoard images: panels {tag: uint8 RGB (H, W, 3)} (tools/engine/panels.py)."""
+        if not self.enabled:
+            return
+        for tag, image in panels.items():
+            self.writer.add_image(tag, image, iteration, dataformats="HWC")
+        self.writer.flush()
+
+    def markdown(self, iteration, tag, text):
+        """TensorBoard text (Markdown), e.g. the per-class IoU table of a validation."""
+        if self.enabled:
+            self.writer.add_text(tag, text, iteration)
+            self.writer.flush()
+
+    def hparams(self, flags):
+        """The run's flags as TensorBoard hparams, in this run's own event file (add_hparams would
+        open a second run folder). Its metrics are the scalar tags logged so far: the plugin shows
+        the last value of each. Flags that are not numbers, strings or booleans are shown as text."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+        values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in flags.items()}
+        for summary in hparams(values, dict(self.last_scalars)):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
 
     def close(self):
         if self.enabled:

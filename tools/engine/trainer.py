@@ -178,6 +178,12 @@ class TrainingRun:
                            "skipped": self.skipped},
                     settings=run_settings(self.args))
 
+    def draw_panels(self, draw):
+        """TensorBoard image panels at a validation or an epoch's end (--vis_images): draw() runs a
+        forward pass of its own (tools/engine/panels.py) on rank 0, so no training iteration syncs."""
+        if self.ctx.is_main and getattr(self.args, "vis_images", 0) > 0:
+            self.logger.images(self.iteration, draw())
+
     def raise_if_skipped(self):
         """After the weights are saved: a run that skipped files ends with DatasetError listing
         them (non-zero exit), so that training on less data is never silent."""
@@ -208,6 +214,7 @@ class TrainingRun:
                 save_weights(self.network, model_path(self.args.pred_dir, self.args.tag, "online"))
             final = self.network if self.ema is None else self.ema.module
             save_final(self.args.pred_dir, self.args.tag, final, self.config)
+            self.logger.hparams(self.config["args"])  # the flags beside the final metrics
             self.logger.info(f"saved {model_path(self.args.pred_dir, self.args.tag)}")
         self.logger.close()
         cleanup_distributed()

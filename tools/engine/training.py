@@ -60,6 +60,9 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimi
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
+    parser.add_argument("--vis_images", default=4, type=int,
+                        help="images drawn as TensorBoard panels at each validation (each epoch without one): "
+                             "the first of the validation images, else of the training split; 0 = none")
     if not image_args:
         return
     parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
@@ -159,6 +162,19 @@ def validation_set(args, ctx, info, **require):
 def validation_due(args, epoch, ids):
     """Validate after every --val_every epochs and after the last one (epoch: from 1)."""
     return bool(ids) and (epoch % args.val_every == 0 or epoch == args.max_epoch)
+
+
+def panels_due(args, epoch, val_ids):
+    """Draw the panels with each validation, or after every epoch when the run does not validate."""
+    return args.vis_images > 0 and (validation_due(args, epoch, val_ids) if getattr(args, "val_every", 0) > 0 else True)
+
+
+def panel_source(args, ctx, train_layout, train_ids, val_layout, val_ids):
+    """(layout, ids) the panels are drawn from (rank 0 only; ids empty elsewhere or with
+    --vis_images 0): the validation images when the run validates, else the training split's."""
+    if not ctx.is_main or args.vis_images <= 0:
+        return train_layout, []
+    return (val_layout, val_ids) if val_ids else (train_layout, train_ids)
 
 
 @torch.no_grad()
