@@ -225,7 +225,8 @@ class RSEPMPanels(Panels):
 
 class SegPanels(Panels):
     """train_seg.py: image, the pseudo mask it learns from, ground truth (where the split has
-    it) and the prediction (single-scale + flip argmax, as its validation)."""
+    it), the prediction (single-scale + flip argmax, as its validation) and its foreground
+    probability (1 - background) over the image."""
 
     def __init__(self, network, picks, info, device, mask_path, gt_layout=None):
         super().__init__(picks, info, device)
@@ -249,7 +250,9 @@ class SegPanels(Panels):
 
     def dynamic(self, pick):
         probs, _ = multiscale_inference(self.network, pick.tensor.to(self.device), "seg", scales=(1.0,))
-        return {"prediction": colorize(probs.argmax(0).cpu().numpy(), self.info.palette)}
+        # the foreground probability shows learning that the argmax hides (all background early on)
+        return {"prediction": colorize(probs.argmax(0).cpu().numpy(), self.info.palette),
+                "foreground": overlay(pick.image, 1.0 - probs[0].cpu().numpy())}
 
 
 class AffinityPanels(Panels):

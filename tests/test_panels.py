@@ -1,0 +1,206 @@
+"""TensorBoard panels, IoU tables and hparams (issue 22 item 1): the colour helpers against hand
+values, then 2-epoch toy runs of each training script read back with tensorboard's
+EventAccumulator: the tags, sizes and steps of the images, that the learned maps change between
+epochs, that --vis_images 0 writes none, the IoU text and the flags as hparams."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import uniform_filter
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+import train_affinity
+import train_rsepm
+import train_seg
+from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.io import IGNORE_COLOR, read_mask, save_mask, save_seed
+from tools.engine import panels
+from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
+from helpers import run_main
+
+INFO = load_dataset_info("TOY")
+COMMON = ["--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu", "--backbone", "resnet18",
+          "--pretrained", "none", "--num_workers", "0", "--log_interval", "1", "--max_epoch", "2"]
+IMAGE_FLAGS = ["--crop_size", "32", "--min_image_size", "32", "--max_image_size", "64", "--batch_size", "4"]
+
+
+@pytest.fixture(scope="module")
+def toy(toy_dataset):
+    return toy_dataset(num_validation=3)
+
+
+def events(pred_dir, tag):
+    acc = EventAccumulator(os.path.join(model_dir(str(pred_dir), tag), "logs"),
+                           size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    return acc.Reload()
+
+
+def images(acc):
+    """tag -> [(step, RGB uint8 array)]."""
+    return {tag: [(e.step, np.array(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")))
+                  for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
+def jpeg(root, split, image_id):
+    return np.array(Image.open(os.path.join(root, split, "image", image_id + ".jpg")).convert("RGB"))
+
+
+def palette_colours(labels):
+    return {tuple(INFO.colors[c]) if c != 255 else tuple(IGNORE_COLOR) for c in labels}
+
+
+def colours(image):
+    return {tuple(int(v) for v in c) for c in np.unique(image.reshape(-1, 3), axis=0)}
+
+
+# --- colours, hand-worked -----------------------------------------------------------------------
+def test_colour_helpers_against_hand_values():
+    labels = np.array([[0, 1], [255, 2]], np.uint8)
+    out = panels.colorize(labels, INFO.palette)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert [tuple(out[0, 0]), tuple(out[0, 1]), tuple(out[1, 0]), tuple(out[1, 1])] == \
+        [tuple(INFO.colors[0]), tuple(INFO.colors[1]), (224, 224, 192), tuple(INFO.colors[2])]
+    # OpenCV's jet runs from dark blue (0) to dark red (1); NaN counts as 0
+    hot = panels.heat(np.array([[0.0, 1.0, np.nan]]))
+    assert [tuple(hot[0, i]) for i in range(3)] == [(0, 0, 128), (128, 0, 0), (0, 0, 128)]
+    grey = np.full((1, 2, 3), 100, np.uint8)
+    assert panels.overlay(grey, np.array([[0.0, 1.0]])).tolist() == [[[50, 50, 114], [114, 50, 50]]]
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(panels.denormalize(normalize_image(image)), image)
+    table = panels.iou_table(np.array([0.5, np.nan, 0.123]), ["background", "a", "b"])
+    assert table.splitlines() == ["| class | IoU (%) |", "|---|---|", "| background | 50.0 |", "| a | n/a |",
+                                  "| b | 12.3 |"]
+
+
+def test_large_images_are_shrunk_to_the_panel_side():
+    big = np.zeros((600, 1024, 3), np.uint8)
+    assert panels.shrink(big, 0).shape == (300, 512, 3)
+    assert panels.shrink(np.zeros((40, 50), np.uint8), 0).shape == (40, 50)
+
+
+# --- train_rsepm.py -------------------------------------------------------------------------------
+def test_rsepm_panels_text_and_hparams(toy, tmp_path):
+    pred = tmp_path / "exp"
+    run_main(train_rsepm, ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--rs_start", "2", "--mix_start", "2",
+                           "--pamr_iterations", "2", "--pamr_dilations", "1,2", "--pred_dir", str(pred),
+                           "--val_every", "1", "--val_images", "3", "--vis_images", "2", "--tag", "r"])
+    acc = events(pred, "r")
+    got = images(acc)
+    layout = SeedLayout(toy, "validation", INFO)
+    ids = layout.ids[:2]  # the first --vis_images validation images
+    expected = {}
+    for image_id in ids:
+        names = [INFO.class_names[c] for c in layout.read_tags(image_id)]
+        assert names
+        expected[f"{image_id}/image"] = [2]  # drawn once
+        expected[f"{image_id}/seed"] = [2, 4]  # each validation (2 iterations per epoch)
+        for name in names:
+            expected[f"{image_id}/cam_{name}"] = [2, 4]
+            expected[f"{image_id}/scg_{name}"] = [4]  # RecurSeed from epoch 2
+        expected[f"{image_id}/rs_target"] = [4]
+    expected.update({f"{ids[0]}/mix_image": [4], f"{ids[0]}/mix_target": [4]})
+    assert {tag: [s for s, _ in got[tag]] for tag in got} == expected
+
+    for image_id in ids:
+        image = jpeg(toy, "validation", image_id)
+        assert np.array_equal(got[f"{image_id}/image"][0][1], image)  # lossless, the file's pixels
+        for tag, drawn in got.items():
+            if tag.startswith(image_id + "/"):
+                assert all(a.shape == image.shape for _, a in drawn), tag
+        tags = layout.read_tags(image_id)
+        assert colours(got[f"{image_id}/seed"][-1][1]) <= palette_colours([0, *tags])
+        assert colours(got[f"{image_id}/rs_target"][0][1]) <= palette_colours([0, 255, *tags])
+        name = INFO.class_names[tags[0]]
+        (_, first), (_, second) = got[f"{image_id}/cam_{name}"]
+        assert not np.array_equal(first, second)  # the CAM moved with one epoch of training
+    assert colours(got[f"{ids[0]}/mix_target"][0][1]) <= palette_colours(range(INFO.num_classes)) | {tuple(IGNORE_COLOR)}
+
+    texts = acc.Tensors("val/seed_IoU/text_summary")
+    assert [t.step for t in texts] == [2, 4]
+    table = texts[-1].tensor_proto.string_val[0].decode()
+    rows = [line.split(" | ")[0][2:] for line in table.splitlines()[4:]]
+    assert table.startswith("threshold 0.") and rows == INFO.class_names
+
+    content = acc.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["vis_images"].number_value == 2 and start.hparams["mix"].string_value == "epm"
+    assert start.hparams["pamr_dilations"].string_value == "[1, 2]"
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"train/val_seed_mIoU", "train/total"} <= metrics
+    assert all(tag in acc.Tags()["scalars"] for tag in metrics)  # the plugin reads their last values
+
+
+def test_rsepm_without_validation_draws_training_images_each_epoch_and_zero_draws_none(toy, tmp_path):
+    pred = tmp_path / "exp"
+    argv = ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--max_epoch", "1", "--mix", "none",
+            "--pred_dir", str(pred)]
+    run_main(train_rsepm, argv + ["--vis_images", "1", "--tag", "one"])
+    first = SeedLayout(toy, "train_aug", INFO).ids[0]
+    got = images(events(pred, "one"))
+    assert {tag.split("/")[0] for tag in got} == {first} and [s for s, _ in got[f"{first}/seed"]] == [2]
+    run_main(train_rsepm, argv + ["--vis_images", "0", "--tag", "none"])
+    acc = events(pred, "none")
+    assert acc.Tags()["images"] == [] and "train/total" in acc.Tags()["scalars"]
+
+
+# --- train_seg.py ---------------------------------------------------------------------------------
+def test_seg_panels(toy, tmp_path):
+    pred = tmp_path / "exp"
+    out = pseudo_labels_dir(str(pred), "labels", "train_aug")
+    os.makedirs(out)
+    ids = SeedLayout(toy, "train_aug", INFO).ids
+    for image_id in ids:  # the ground truth without its ignore band: a pseudo mask that differs from it
+        gt = read_mask(os.path.join(toy, "train_aug", "mask", image_id + ".png"))
+        save_mask(os.path.join(out, image_id + ".png"), np.where(gt == 255, 0, gt).astype(np.uint8), INFO.palette)
+    run_main(train_seg, ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--label_tag", "labels", "--output_stride", "16",
+                         "--pred_dir", str(pred), "--val_every", "1", "--val_images", "2",
+                         "--vis_images", "1", "--tag", "s"])
+    acc = events(pred, "s")
+    got = images(acc)
+    first = ids[0]  # the pseudo masks exist for the training split only: panels come from it
+    assert {tag: [s for s, _ in got[tag]] for tag in got} == {
+        f"{first}/image": [2], f"{first}/pseudo_mask": [2], f"{first}/ground_truth": [2],
+        f"{first}/prediction": [2, 4], f"{first}/foreground": [2, 4]}
+    image = jpeg(toy, "train_aug", first)
+    assert all(a.shape == image.shape for drawn in got.values() for _, a in drawn)
+    for name, path in (("pseudo_mask", os.path.join(out, first + ".png")),
+                       ("ground_truth", os.path.join(toy, "train_aug", "mask", first + ".png"))):
+        in_file = np.array(Image.open(path).convert("RGB"))  # each file's own palette
+        assert np.array_equal(got[f"{first}/{name}"][0][1], in_file), name
+    assert not np.array_equal(got[f"{first}/pseudo_mask"][0][1], got[f"{first}/ground_truth"][0][1])
+    assert all(colours(a) <= palette_colours(range(INFO.num_classes)) for _, a in got[f"{first}/prediction"])
+    (_, before), (_, after) = got[f"{first}/foreground"]  # the argmax of 2 toy epochs may not move yet
+    assert not np.array_equal(before, after)
+    assert [t.step for t in acc.Tensors("val/IoU/text_summary")] == [2, 4]
+
+
+# --- train_affinity.py ----------------------------------------------------------------------------
+def test_affinity_panels(toy_dataset, tmp_path):
+    root, pred, seed_tag = toy_dataset(), str(tmp_path / "exp"), "seeds"
+    layout = SeedLayout(root, "train_aug", INFO)
+    for image_id in layout.ids:  # seeds of the ground-truth classes: blurred class planes
+        gt = layout.read_mask(image_id)
+        classes = sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
+        planes = np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes])
+        save_seed(os.path.join(predictions_dir(pred, seed_tag, "train_aug"), image_id + ".pkl"),
+                  [0] + classes, planes, "rsepm")
+    run_main(train_affinity, ["--root_dir", root, *COMMON, "--crop_size", "64", "--rw_radius", "5",
+                              "--batch_size", "4", "--seed_tag", seed_tag, "--ir_crf", "false", "--lr", "0.5",
+                              "--pred_dir", pred, "--vis_images", "2", "--tag", "a"])
+    got = images(events(pred, "a"))
+    expected = {}
+    for image_id in layout.ids[:2]:
+        expected.update({f"{image_id}/image": [2], f"{image_id}/boundary": [2, 4]})
+        (_, before), (_, after) = got[f"{image_id}/boundary"]
+        assert before.shape == jpeg(root, "train_aug", image_id).shape and not np.array_equal(before, after)
+    assert {tag: [s for s, _ in got[tag]] for tag in got} == expected
+
+
+def test_vis_images_is_range_checked(capsys):
+    with pytest.raises(SystemExit):
+        train_seg.get_args_parser().parse_args(["--label_tag", "x", "--vis_images", "65"])
+    assert "--vis_images" in capsys.readouterr().err
