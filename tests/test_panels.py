@@ -116,7 +116,7 @@ def test_rsepm_panels_text_and_hparams(toy, tmp_path):
         name = INFO.class_names[tags[0]]
         (_, first), (_, second) = got[f"{image_id}/cam_{name}"]
         assert not np.array_equal(first, second)  # the CAM moved with one epoch of training
-    assert colours(got[f"{ids[0]}/mix_target"][0][1]) <= palette_colours(range(INFO.num_classes)) | {tuple(IGNORE_COLOR)}
+    assert colours(got[f"{ids[0]}/mix_target"][0][1]) <= palette_colours([*range(INFO.num_classes), 255])
 
     texts = acc.Tensors("val/seed_IoU/text_summary")
     assert [t.step for t in texts] == [2, 4]
@@ -204,3 +204,10 @@ def test_vis_images_is_range_checked(capsys):
     with pytest.raises(SystemExit):
         train_seg.get_args_parser().parse_args(["--label_tag", "x", "--vis_images", "65"])
     assert "--vis_images" in capsys.readouterr().err
+
+
+def test_vis_images_may_change_on_resume():
+    """How a run reports, not what it learns: resume.pth does not record it."""
+    from tools.engine.checkpoints import run_settings
+    args = train_seg.get_args_parser().parse_args(["--label_tag", "x", "--vis_images", "7"])
+    assert "vis_images" not in run_settings(args) and "lr" in run_settings(args)

@@ -27,7 +27,7 @@ RESUME_FORMAT = "rsepm-resume-1"
 # recorded in resume.pth (docs/formats.md#experiment-folder).
 RESUMABLE_FLAGS = frozenset({
     "resume", "num_workers", "log_interval", "save_interval", "val_every", "val_domain", "val_images",
-    "gpus", "pred_dir", "root_dir", "tag", "pretrained", "max_image_pixels"})
+    "vis_images", "gpus", "pred_dir", "root_dir", "tag", "pretrained", "max_image_pixels"})
 
 
 def resume_path(pred_dir, tag):
