@@ -18,6 +18,7 @@ import train_seg
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.io import IGNORE_COLOR, read_mask, save_mask, save_seed
 from tools.engine import panels
+from tools.pool import set_threads
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import run_main
 
@@ -63,9 +64,10 @@ def test_colour_helpers_against_hand_values():
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8
     assert [tuple(out[0, 0]), tuple(out[0, 1]), tuple(out[1, 0]), tuple(out[1, 1])] == \
         [tuple(INFO.colors[0]), tuple(INFO.colors[1]), (224, 224, 192), tuple(INFO.colors[2])]
-    # OpenCV's jet runs from dark blue (0) to dark red (1); NaN counts as 0
-    hot = panels.heat(np.array([[0.0, 1.0, np.nan]]))
-    assert [tuple(hot[0, i]) for i in range(3)] == [(0, 0, 128), (128, 0, 0), (0, 0, 128)]
+    # jet: dark blue (0), blue (1/8), cyan (3/8), yellow (5/8), red (7/8), dark red (1); NaN counts as 0
+    hot = panels.heat(np.array([[0.0, 0.125, 0.375, 0.625, 0.875, 1.0, np.nan]]))
+    assert [tuple(int(v) for v in hot[0, i]) for i in range(7)] == [
+        (0, 0, 128), (0, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (128, 0, 0), (0, 0, 128)]
     grey = np.full((1, 2, 3), 100, np.uint8)
     assert panels.overlay(grey, np.array([[0.0, 1.0]])).tolist() == [[[50, 50, 114], [114, 50, 50]]]
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -77,8 +79,8 @@ def test_colour_helpers_against_hand_values():
 
 def test_large_images_are_shrunk_to_the_panel_side():
     big = np.zeros((600, 1024, 3), np.uint8)
-    assert panels.shrink(big, 0).shape == (300, 512, 3)
-    assert panels.shrink(np.zeros((40, 50), np.uint8), 0).shape == (40, 50)
+    assert panels.shrink(big, Image.BOX).shape == (300, 512, 3)
+    assert panels.shrink(np.zeros((40, 50), np.uint8), Image.BOX).shape == (40, 50)
 
 
 # --- train_rsepm.py -------------------------------------------------------------------------------
@@ -204,6 +206,19 @@ def test_vis_images_is_range_checked(capsys):
     with pytest.raises(SystemExit):
         train_seg.get_args_parser().parse_args(["--label_tag", "x", "--vis_images", "65"])
     assert "--vis_images" in capsys.readouterr().err
+
+
+def test_panels_leave_forked_workers_able_to_start(toy):
+    """Drawing in the main process must not leave a thread pool that a forked worker then waits
+    on forever (OpenCV's resize did, in tools/pool.py's set_threads): a worker pool started after
+    the panel helpers have run (large image, mask, heat map) runs and returns."""
+    import multiprocessing
+    panels.shrink(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8), Image.BOX)
+    image_id = SeedLayout(toy, "train_aug", INFO).ids[0]
+    assert panels.read_label_map(os.path.join(toy, "train_aug", "mask", image_id + ".png"), (20, 30)).shape == (20, 30)
+    panels.heat(np.random.default_rng(1).random((300, 400)))
+    with multiprocessing.get_context("fork").Pool(1, initializer=set_threads, initargs=(1,)) as pool:
+        assert pool.apply_async(abs, (-3,)).get(timeout=60) == 3
 
 
 def test_vis_images_may_change_on_resume():

@@ -3,8 +3,9 @@
 A fixed handful of images (--vis_images), chosen once per run, is drawn at each validation (or at
 each epoch's end when the run does not validate) from a forward pass of its own, in eval mode
 without grad, on rank 0: the training iterations gain no host sync. Every map comes from the
-method's own functions (core/rsepm.py, core/inference.py), never a copy of them. Colours with
-numpy/cv2: no matplotlib at train time.
+method's own functions (core/rsepm.py, core/inference.py), never a copy of them. Colours and
+resizes with numpy and Pillow: no matplotlib at train time, and no OpenCV in the main process
+(its thread pool, once started, deadlocks the data-loader and pool workers forked after it).
 
 Tags: "{image_id}/{panel}", so that TensorBoard groups the panels of one image. A panel is an
 RGB uint8 (H, W, 3) array at the image's size (shrunk to PANEL_SIDE when larger), except the
@@ -13,12 +14,13 @@ mix panels, at the size of the first image.
 import contextlib
 import dataclasses
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.datasets import normalize_image
+from PIL import Image
+
 from core.errors import ProjectError
 from core.inference import multiscale_inference, rsepm_seed
 from core.io import read_mask
@@ -44,20 +46,21 @@ def pick_images(layout, ids, count):
     """The first `count` of `ids` (sorted ids of a split: the same picks every epoch and run)."""
     picks = []
     for image_id in list(ids)[:count]:
-        image = shrink(layout.read_image(image_id), cv2.INTER_AREA)
+        image = shrink(layout.read_image(image_id), Image.BOX)
         tags = layout.read_tags(image_id, required=False)
         picks.append(Pick(image_id, image, normalize_image(image), tags))
     return picks
 
 
 def shrink(array, interpolation):
-    """Scale a (H, W[, 3]) array down to PANEL_SIDE on its longest side; smaller ones unchanged."""
+    """Scale a uint8 (H, W[, 3]) array down to PANEL_SIDE on its longest side (a PIL resample
+    filter); smaller ones unchanged."""
     height, width = array.shape[:2]
     scale = PANEL_SIDE / max(height, width)
     if scale >= 1:
         return np.ascontiguousarray(array)
-    return cv2.resize(array, (max(1, round(width * scale)), max(1, round(height * scale))),
-                      interpolation=interpolation)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(array).resize(size, interpolation))
 
 
 def read_label_map(path, size):
@@ -66,14 +69,17 @@ def read_label_map(path, size):
         mask = read_mask(path)
     except (OSError, ProjectError):  # a panel is not worth stopping the run for
         return None
-    return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    if mask.shape != tuple(size):
+        mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+    return mask
 
 
 # --- colours ---------------------------------------------------------------------------------
 def heat(values):
-    """(H, W) in [0, 1] -> RGB jet colours."""
-    scaled = np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0.0, 1.0) * 255.0
-    return cv2.applyColorMap(scaled.round().astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    """(H, W) in [0, 1] -> RGB jet colours: dark blue (0), cyan, yellow, dark red (1); NaN as 0."""
+    x = np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)
+    return (rgb * 255.0).round().astype(np.uint8)
 
 
 def overlay(image, values):
