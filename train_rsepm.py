@@ -157,8 +157,8 @@ def main(args):
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
         drawing = panels.RSEPMPanels(step_module, panels.pick_images(
-            *training.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids), args.vis_images),
-            info, ctx.device)
+            *training.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids), args.vis_images,
+            args.max_image_pixels), info, ctx.device)
         threshold = None  # the seed panel's background threshold: the last validation's best
 
         for epoch in run.epochs():

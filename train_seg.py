@@ -102,7 +102,7 @@ def main(args):
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True)
         # from the training split whether or not the run validates: the pseudo masks exist only there
-        picks = panels.pick_images(layout, dataset.ids if ctx.is_main else [], args.vis_images)
+        picks = panels.pick_images(layout, dataset.ids if ctx.is_main else [], args.vis_images, args.max_image_pixels)
         drawing = panels.SegPanels(network, picks, info, ctx.device, dataset.mask_path, gt_layout=layout)
 
         for epoch in run.epochs():

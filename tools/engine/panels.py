@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.datasets import normalize_image
+from core.datasets import normalize_image, read_image
 from PIL import Image
 
 from core.errors import ProjectError
@@ -42,12 +42,20 @@ class Pick:
     tags: list
 
 
-def pick_images(layout, ids, count):
-    """The first `count` of `ids` (sorted ids of a split: the same picks every epoch and run)."""
+def pick_images(layout, ids, count, max_pixels=None):
+    """The first `count` usable images of `ids` (sorted ids of a split: the same picks every epoch
+    and run). An image the training would skip (unreadable, above max_pixels, a bad annotation)
+    is passed over: the run reports those itself."""
     picks = []
-    for image_id in list(ids)[:count]:
-        image = shrink(layout.read_image(image_id), Image.BOX)
-        tags = layout.read_tags(image_id, required=False)
+    for image_id in ids:
+        if len(picks) == count:
+            break
+        try:
+            image = read_image(layout.image_path(image_id), max_pixels or layout.max_pixels)
+            tags = layout.read_tags(image_id, required=False)
+        except (OSError, ProjectError):
+            continue
+        image = shrink(image, Image.BOX)
         picks.append(Pick(image_id, image, normalize_image(image), tags))
     return picks
 
