@@ -186,3 +186,40 @@ def test_check_dataset_messages():
         checkpoints.check_dataset("r.pth", saved, identity([["a", 10, 5], ["c", 30, 7], ["d", 20, 6]]))
     assert "records no dataset identity" in checkpoints.check_dataset("r.pth", None, saved)[0]
     assert checkpoints.check_dataset("r.pth", saved, None) == []  # a dataset without files: nothing to check
+
+
+# Under torchrun only rank 1 is signalled, in iteration 1; the ranks agree at the log line of
+# iteration 3 (--log_interval 3) and both save and stop there. 16 images, global batch 4 (two per
+# rank: batch norm needs more than one): 4 iterations an epoch.
+DDP_RUN = """import os, signal, sys
+import tools.engine.trainer as t
+step = t.TrainingRun.step
+def signalled_step(self, loss):
+    step(self, loss)
+    if os.environ["RANK"] == "1" and self.iteration == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+t.TrainingRun.step = signalled_step
+import train_rsepm
+from tools.args import cli
+cli(train_rsepm.main, train_rsepm.get_args_parser(), sys.argv[1:])
+"""
+
+
+def test_ddp_ranks_stop_at_the_same_log_line(toy_dataset, tmp_path):
+    toy = toy_dataset(max_size=48, num_train_aug=16)
+    script = tmp_path / "run.py"
+    script.write_text(DDP_RUN)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *argv(toy, tmp_path, "--log_interval", "3", "--batch_size", "4")]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    resume = os.path.join(folder(tmp_path), "resume.pth")
+    for who in ("SIGTERM", "a signal to another rank"):
+        assert f"error: stopped by {who} after iteration 3: resume state saved to {resume}" in result.stderr, \
+            result.stderr[-3000:]
+    state = torch.load(resume, weights_only=True)
+    assert (state["epoch"], state["step"], state["iteration"], len(state["rng"])) == (0, 3, 3, 2)
+    assert [r["iteration"] for r in read_log(tmp_path)] == [3]
