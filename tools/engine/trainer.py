@@ -138,7 +138,8 @@ class TrainingRun:
     def record(self, epoch, scalars, images, progress_loss=None, skipped=None):
         """After step(): the NaN/inf check of the step's scalars, the progress bar, an averaged log
         line every --log_interval iterations and at the end of each epoch, a resume checkpoint
-        every --save_interval iterations. epoch: as epochs() yields it (from 1).
+        every --save_interval iterations, and after a SIGTERM/SIGUSR1 a resume checkpoint and
+        Preempted (at an epoch's end, epochs() stops after its save). epoch: as epochs() yields it (from 1).
         skipped: the batch's batch["skipped"] (problems of the files dropped from it).
 
         scalars (and progress_loss): name -> 0-d tensor (or number), loss terms and statistics.
