@@ -15,7 +15,8 @@ input, and keeps its traceback. Every error class of the project is defined here
     ├── PrepareError       a dataset builder's input is bad or its output fails verification
     ├── UsageError         arguments that cannot work together (also a ValueError)
     ├── SetupError         the environment lacks something, e.g. offline weights (also a RuntimeError)
-    └── NonFiniteError     a loss or a weight became NaN/inf during training (also a RuntimeError)
+    ├── NonFiniteError     a loss or a weight became NaN/inf during training (also a RuntimeError)
+    └── Preempted          training stopped on SIGTERM/SIGUSR1 after saving its resume state
 
 The second bases keep `except ValueError` and the like working for callers that used them.
 """
@@ -56,6 +57,12 @@ class SetupError(ProjectError, RuntimeError):
 class NonFiniteError(ProjectError, RuntimeError):
     """A loss term or a weight is NaN or infinite; the message says which and where (the cause is
     the settings or the data, e.g. too high a learning rate, not the code)."""
+
+
+class Preempted(ProjectError):
+    """A training run asked to stop (SIGTERM, SIGUSR1: a scheduler's notice before it kills the
+    job) saved its resume state and stopped; the message names the file and how to continue.
+    Not bad input, but a non-zero exit: the run is not finished."""
 
 
 class ResumeError(CheckpointError, ValueError):

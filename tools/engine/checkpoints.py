@@ -1,7 +1,9 @@
 """What a training run leaves on disk besides its logs: the resume checkpoint (models/{tag}/resume.pth
-with weights, optimiser, schedule, scaler, EMA, sampler position and every rank's RNG states),
-the run configuration (config.json) and the final weights (docs/formats.md#experiment-folder).
+with weights, optimiser, schedule, scaler, EMA, sampler position, every rank's RNG states and the
+identity of the dataset), the run configuration (config.json) and the final weights
+(docs/formats.md#experiment-folder).
 """
+import hashlib
 import json
 import os
 import platform
@@ -102,6 +104,63 @@ def check_settings(path, saved, current):
             f"checkpoint and this version; not compared"] if unknown else []
 
 
+def dataset_identity(dataset):
+    """What a run trains on, cheap enough to recompute for 10,582 images (os.stat only, no reads):
+    the kept ids in order with the byte sizes of each id's image and of the label file the
+    dataset reads (xml tags, mask or pseudo mask, relation-label map; -1: missing).
+
+    Returns {"count", "sha256", "files": [[id, image bytes, label bytes], ...]}, or None for a
+    dataset that does not say where its files are (a test's TensorDataset).
+    """
+    dataset = getattr(dataset, "dataset", dataset)  # build_loader's wrapper for persistent workers
+    layout = getattr(dataset, "layout", None)
+    if layout is None or not hasattr(dataset, "ids"):
+        return None
+    # AffinityDataset: label_path; SegmentationDataset: mask_path; ClassificationDataset: the xml
+    label = getattr(dataset, "label_path", None) or getattr(dataset, "mask_path", None) or layout.xml_path
+    files = [[i, _file_size(layout.image_path(i)), _file_size(label(i))] for i in dataset.ids]
+    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return {"count": len(files), "sha256": digest, "files": files}
+
+
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def check_dataset(path, saved, current):
+    """Refuse (ResumeError) a resume on a dataset other than the one `path` was trained on,
+    naming the counts and the first id that differs. saved/current: dataset_identity() values
+    (saved None: a file written before the record existed, a warning line is returned)."""
+    if current is None:
+        return []
+    if saved is None:
+        return [f"{path} records no dataset identity (written by an older version): the images of "
+                f"this run cannot be checked against those it started with"]
+    if saved["sha256"] == current["sha256"]:
+        return []
+    old, new = {f[0]: f[1:] for f in saved["files"]}, {f[0]: f[1:] for f in current["files"]}
+    gone, added = [i for i in old if i not in new], [i for i in new if i not in old]
+    if gone or added:
+        first = ([f"{gone[0]} is gone ({len(gone)} in all)"] if gone else []) + \
+                ([f"{added[0]} is new ({len(added)} in all)"] if added else [])
+        detail = "; ".join(first)
+    else:
+        changed = next((i for i in new if old[i] != new[i]), None)
+        if changed is None:
+            detail = "the same files in another order"
+        else:
+            (image_a, label_a), (image_b, label_b) = old[changed], new[changed]
+            kind, a, b = ("image", image_a, image_b) if image_a != image_b else ("label file", label_a, label_b)
+            detail = f"the {kind} of {changed} was {a} bytes, now {b}"
+    raise ResumeError(f"{path}: cannot resume on another dataset: the run started on {saved['count']} images "
+                      f"(sha256 {saved['sha256'][:12]}), this one has {current['count']} (sha256 "
+                      f"{current['sha256'][:12]}); first difference: {detail}. Resume with the images and "
+                      f"labels the run started with, or start a new --tag (or leave out --resume)")
+
+
 def _flag_text(value):
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
@@ -109,13 +168,14 @@ def _flag_text(value):
 
 
 def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, epoch=0, step=0,
-                iteration=0, sampler=None, extra=None, ctx=None, settings=None):
+                iteration=0, sampler=None, extra=None, ctx=None, settings=None, dataset=None):
     """Write everything needed to continue the run bit for bit, atomically.
 
     Call on EVERY rank under DDP (it gathers each rank's RNG states); only rank 0 writes.
     epoch: current epoch; step: batches already done in it; iteration: optimiser steps so far.
     extra: a dict of plain values (numbers, strings, lists) for the script.
     settings: run_settings(args), checked by load_resume against the resuming run's flags.
+    dataset: dataset_identity() of the training set, checked by load_resume likewise.
     Raises NonFiniteError, writing nothing, when a weight is NaN/inf (the previous file stays).
     """
     names, params = zip(*unwrap(model).named_parameters())
@@ -136,16 +196,19 @@ def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, e
         "ema": ema.state_dict() if ema is not None else None,
         "sampler": sampler.state_dict() if sampler is not None else None,
         "rng": rng_states, "extra": extra or {}, "settings": settings,
+        "dataset": dataset,
     }
     save_atomically(state, path)
 
 
 def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=None, sampler=None,
-                ctx=None, settings=None):
+                ctx=None, settings=None, dataset=None):
     """Restore a save_resume checkpoint into the given objects (each optional but the model).
 
     settings: run_settings(args) of the resuming run; a run-shaping flag that differs from the
     checkpoint's record raises ResumeError naming the flag and both values (check_settings).
+    dataset: dataset_identity() of the resuming run; another dataset raises ResumeError naming
+    the counts and the first id that differs (check_dataset).
     Returns dict(epoch, step, iteration, extra, warnings). Raises ValueError naming the file when it is
     not a resume checkpoint or the run's seed / dataset size / process count changed.
     """
@@ -160,6 +223,7 @@ def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=No
         raise ResumeError(f"{path}: not a resume checkpoint of this project (format "
                          f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
     warnings = check_settings(path, state.get("settings"), settings) if settings is not None else []
+    warnings += check_dataset(path, state.get("dataset"), dataset)
     if sampler is not None and state["sampler"] is not None:
         sampler.check_compatible(state["sampler"], path)
     rank = ctx.rank if ctx else 0

@@ -2,7 +2,8 @@
 
 Owns DistContext and the torchrun/DDP set-up (setup_distributed, cleanup_distributed,
 wrap_model), the per-rank batch size, the seeds (seed_everything, derive_seed, seed_worker), the
-resumable EpochSampler and the training DataLoader (build_loader, set_loader_epoch).
+resumable EpochSampler and the training DataLoader (build_loader, set_loader_epoch), and the
+stop request a scheduler's SIGTERM/SIGUSR1 raises (StopRequest).
 
 Batch size: --batch_size is the global batch (16 in the published recipe, docs/method.md#optimisation)
 whatever the number of processes; each DDP rank loads batch_size / world_size (local_batch_size),
@@ -15,7 +16,9 @@ differ slightly.
 import math
 import os
 import random
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +71,44 @@ def setup_distributed(gpus="0"):
         device = torch.device("cpu")
         dist.init_process_group("gloo")
     return DistContext(rank, world_size, local_rank, device, [], True)
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # what SLURM and torchrun send before they kill a job
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 as a flag that the run loop reads between iterations: the handler only
+    notes the signal's name, so the step or the save in progress completes (TrainingRun.record
+    then saves the resume state and stops). install() works in the main thread only (Python's
+    rule; elsewhere the signals keep their handlers); restore() puts the previous handlers back."""
+
+    def __init__(self):
+        self.name, self.previous = None, {}
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                number = getattr(signal, name, None)  # Windows has no SIGUSR1
+                if number is not None:
+                    self.previous[number] = signal.signal(number, self._note)
+        return self
+
+    def _note(self, number, frame):
+        self.name = self.name or signal.Signals(number).name
+
+    def restore(self):
+        for number, handler in self.previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self.previous = {}
+
+    def agreed(self, ctx):
+        """The signal's name if any rank got one (None otherwise), the same on every rank. Under
+        DDP one all-reduce and host sync: call it where the ranks already synchronise (log lines)."""
+        if ctx is None or not ctx.distributed:
+            return self.name
+        flag = torch.tensor([1.0 if self.name else 0.0], device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return (self.name or "a signal to another rank") if flag.item() else None
 
 
 def cleanup_distributed():
@@ -177,6 +218,11 @@ def seed_worker(worker_id):
     (seed, epoch, rank) by set_loader_epoch.
     """
     worker_threads(worker_id)
+    # a scheduler may signal every process of the job: a worker that died of it would end the
+    # run before the main process saves; workers end when the main process shuts them down
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

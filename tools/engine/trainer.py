@@ -11,12 +11,12 @@ import os
 import time
 
 from core.checkpoint import save_weights
-from core.errors import DatasetError
+from core.errors import DatasetError, Preempted
 from core.io import write_json
 from core.safety import remove_stale_temp_files
-from tools.engine.checkpoints import (config_path, load_resume, resume_path, run_config, run_settings, save_final,
-                               save_resume)
-from tools.engine.distributed import cleanup_distributed, set_loader_epoch
+from tools.engine.checkpoints import (config_path, dataset_identity, load_resume, resume_path, run_config,
+                                      run_settings, save_final, save_resume)
+from tools.engine.distributed import StopRequest, cleanup_distributed, set_loader_epoch
 from tools.engine import optim
 from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
@@ -35,7 +35,9 @@ class TrainingRun:
     (--resume), writes config.json, opens the logs and the progress bar; then `epochs()` drives
     the data order, `step(loss)` applies one optimiser step, `record(...)` checks and logs the
     step's scalars and writes the periodic resume checkpoints, and `finish()` saves the final
-    weights. Epochs count from 1 (`epochs()` yields 1..max_epoch). Usage:
+    weights. Epochs count from 1 (`epochs()` yields 1..max_epoch). SIGTERM or SIGUSR1 (a
+    scheduler's notice) makes the run save its resume state after the current iteration and raise
+    Preempted (docs/reliability.md#running-under-a-scheduler-that-preempts). Usage:
 
         with TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_x", **extra) as run:
             for epoch in run.epochs():
@@ -59,6 +61,7 @@ class TrainingRun:
         # one bad file is a counted skip, not the end of the run (core/train_datasets.py)
         self.skipped = {}  # "path: problem" -> times met
         dataset = loader.dataset
+        self.dataset_identity = dataset_identity(dataset)  # recorded in resume.pth, checked on resume
         if hasattr(dataset, "collate"):
             loader.collate_fn = dataset.collate
             dataset.max_image_pixels = getattr(args, "max_image_pixels", dataset.max_image_pixels)
@@ -72,7 +75,7 @@ class TrainingRun:
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:  # refused when a run-shaping flag changed (tools/engine/checkpoints.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
-                                loader.sampler, ctx, settings=run_settings(args))
+                                loader.sampler, ctx, settings=run_settings(args), dataset=self.dataset_identity)
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
             # the log means in progress, so that a resumed run logs what an uninterrupted one does
             self.meter.load_state_dict(state["extra"].get("log_meter"))
@@ -81,6 +84,8 @@ class TrainingRun:
             warnings = state["warnings"]
         self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
                                  max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
+        if self.dataset_identity is not None:  # the per-file list stays in resume.pth
+            self.config["dataset_identity"] = {k: self.dataset_identity[k] for k in ("count", "sha256")}
         if ctx.is_main:
             write_json(config_path(args.pred_dir, args.tag), self.config)
         # purge_after: a fresh run drops an earlier run's records of the same tag
@@ -97,6 +102,8 @@ class TrainingRun:
         self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
                              disable=not ctx.is_main, dynamic_ncols=True)
         self.last_time = time.perf_counter()
+        # installed last: a constructor that raised would leave them installed (no __exit__)
+        self.stop, self.stop_agreed = StopRequest().install(), None
 
     def _resumed_where(self):
         done = f"resumed after epoch {self.epoch}"
@@ -114,6 +121,8 @@ class TrainingRun:
             yield index + 1
             self.step_in_epoch = 0
             self.save_resume(index + 1, 0)
+            if self._stop_requested() and index + 1 < self.args.max_epoch:
+                raise self._preempted()
 
     def step(self, loss):
         """Backward and one optimiser step (with the grad scaler, the schedule and the EMA)."""
@@ -129,7 +138,8 @@ class TrainingRun:
     def record(self, epoch, scalars, images, progress_loss=None, skipped=None):
         """After step(): the NaN/inf check of the step's scalars, the progress bar, an averaged log
         line every --log_interval iterations and at the end of each epoch, a resume checkpoint
-        every --save_interval iterations. epoch: as epochs() yields it (from 1).
+        every --save_interval iterations, and after a SIGTERM/SIGUSR1 a resume checkpoint and
+        Preempted (at an epoch's end, epochs() stops after its save). epoch: as epochs() yields it (from 1).
         skipped: the batch's batch["skipped"] (problems of the files dropped from it).
 
         scalars (and progress_loss): name -> 0-d tensor (or number), loss terms and statistics.
@@ -160,9 +170,26 @@ class TrainingRun:
             self.logger.log(self.iteration, epoch, {**means, "lr": self.scheduler.get_last_lr()[0]},
                             images=self.images_since_log)
             self.images_since_log = 0
+            if self.ctx.distributed:  # every rank must stop at the same iteration (save_resume gathers)
+                self.stop_agreed = self.stop.agreed(self.ctx)
+        if self._stop_requested() and not end_of_epoch:  # at an epoch's end: epochs(), after its save
+            self._fold_monitor()
+            self.save_resume(self.epoch, self.step_in_epoch)
+            raise self._preempted()
         if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
             self._fold_monitor()  # NaN check before the save; the sums travel in resume.pth
             self.save_resume(self.epoch, self.step_in_epoch)  # self.epoch: finished epochs, as resume.pth counts
+
+    def _stop_requested(self):
+        """The signal's name or None, no sync: under DDP the value agreed at the last log line, so a signal
+        waits up to --log_interval iterations (trained and saved, not lost)."""
+        return self.stop_agreed if self.ctx.distributed else self.stop.name
+
+    def _preempted(self):
+        line = (f"stopped by {self._stop_requested()} after iteration {self.iteration}: resume state saved "
+                f"to {self.resume_file}; run again with --resume true")
+        self.logger.info(line)
+        return Preempted(line)
 
     def _fold_monitor(self):
         """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
@@ -176,7 +203,7 @@ class TrainingRun:
                     epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
                     extra={"log_meter": self.meter.state_dict(), "images_since_log": self.images_since_log,
                            "skipped": self.skipped},
-                    settings=run_settings(self.args))
+                    settings=run_settings(self.args), dataset=self.dataset_identity)
 
     def draw_panels(self, draw):
         """TensorBoard image panels at a validation or an epoch's end (--vis_images): draw() runs a
@@ -201,6 +228,7 @@ class TrainingRun:
         """Close the progress bar and logs also when the run stops on an error (NaN, Ctrl-C)."""
         self.progress.close()
         self.logger.close()
+        self.stop.restore()
         return False
 
     def finish(self):
@@ -217,6 +245,7 @@ class TrainingRun:
             self.logger.hparams(self.config["args"])  # the flags beside the final metrics
             self.logger.info(f"saved {model_path(self.args.pred_dir, self.args.tag)}")
         self.logger.close()
+        self.stop.restore()
         cleanup_distributed()
         self.raise_if_skipped()
         return {"tag": self.args.tag, "iterations": self.iteration,
