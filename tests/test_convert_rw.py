@@ -22,7 +22,8 @@ from helpers import run_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet18@TOY@RS+EPM@seeds"
 INFO = load_dataset_info("TOY")
-CANVAS = 64  # the affinity net's training crop in its config.json: the canvas of the boundary map
+TRAIN_CROP = 64  # the affinity net's training crop in its config.json
+CANVAS = 512  # the canvas of the boundary map: IRN's 512, at least the training crop
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def setup(tmp_path_factory, toy_dataset):
         net.fc_edge6.bias.fill_(0.5)  # strong boundaries: masks with background and several classes
     save_weights(net, model_path(pred, "aff"))
     write_json(os.path.join(model_dir(pred, "aff"), "config.json"),
-               {"args": {"backbone": "resnet18", "crop_size": CANVAS}})
+               {"args": {"backbone": "resnet18", "crop_size": TRAIN_CROP}})
     return root, pred, layout, net.eval()
 
 
@@ -186,3 +187,13 @@ def test_rw_masks_of_other_walk_settings_are_refused_unless_overwrite(setup, tmp
         run_main(convert, argv(root, other, "--exp_times", "3", "--num_workers", "1"))
     summary = run_main(convert, argv(root, other, "--exp_times", "3", "--num_workers", "1", "--overwrite", "true"))
     assert summary["written"] == 6
+
+
+@pytest.mark.parametrize("crop, canvas", [(64, 512), (512, 512), (640, 640), (None, 512)])
+def test_the_canvas_is_at_least_512_and_at_least_the_training_crop(tmp_path, crop, canvas):
+    from types import SimpleNamespace
+    from tools.seeds.rw_convert import affinity_canvas
+    if crop is not None:
+        write_json(os.path.join(model_dir(str(tmp_path), "aff"), "config.json"), {"args": {"crop_size": crop}})
+    args = SimpleNamespace(pred_dir=str(tmp_path), affinity_tag="aff", affinity_weights="", affinity_backbone="")
+    assert affinity_canvas(args) == canvas

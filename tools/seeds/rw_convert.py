@@ -2,8 +2,8 @@
 (docs/method.md#random-walk).
 
 For each seed file: the boundary map of its image from the affinity network of --affinity_tag
-(AffinityNet.predict_boundary: the image and its mirror zero-padded to the network's training crop,
-at least that square as IRN pads them, in one forward, stride 4, cut back to the image's cells), then
+(AffinityNet.predict_boundary: the image and its mirror zero-padded to a 512 square as IRN pads them,
+or to the network's larger training crop, in one forward, stride 4, cut back to the image's cells), then
 core.randomwalk.random_walk_planes (pairs within --rw_radius, affinities ** --beta,
 2 ** --exp_times steps, background score --sem_seg_bg_thres), with --rw_crf true the dense CRF of
 the CRF mode on the walked scores, and a palette PNG in
@@ -69,10 +69,10 @@ def affinity_backbone(args):
 
 
 def affinity_canvas(args):
-    """Side of the square the image is padded to before the boundary network: the crop it was
-    trained on (config.json), else IRN's 512."""
+    """Side of the square the image is padded to before the boundary network: IRN's 512, or the
+    crop the network was trained on (config.json) when that is larger (docs/method.md#random-walk)."""
     crop = _training_args(args).get("crop_size")
-    return crop if isinstance(crop, int) and crop > 0 else PAD_SIZE
+    return max(PAD_SIZE, crop) if isinstance(crop, int) and crop > 0 else PAD_SIZE
 
 
 class RWJob(SeedJob):
