@@ -141,7 +141,8 @@ def png_header(width, height):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
-def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(toy, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the dataset sits under build_loader's worker wrapper
+def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(toy, tmp_path, workers):
     import shutil
     from core.errors import DatasetError
     root = str(tmp_path / "TOY")
@@ -162,7 +163,8 @@ def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(to
         f.write(_with_inf(text))
     with pytest.raises(DatasetError) as info:
         # batch 7: the one batch of an epoch holds every tagged image, so each bad one is met
-        train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7")))
+        train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7",
+                                                                  "--num_workers", str(workers))))
     message = str(info.value)
     assert "skipped 4 bad file(s)" in message, message
     for i in ids[:4]:

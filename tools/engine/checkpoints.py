@@ -112,7 +112,6 @@ def dataset_identity(dataset):
     Returns {"count", "sha256", "files": [[id, image bytes, label bytes], ...]}, or None for a
     dataset that does not say where its files are (a test's TensorDataset).
     """
-    dataset = getattr(dataset, "dataset", dataset)  # build_loader's wrapper for persistent workers
     layout = getattr(dataset, "layout", None)
     if layout is None or not hasattr(dataset, "ids"):
         return None

@@ -262,8 +262,9 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     With workers, they are persistent (not forked again for every epoch, which on a GPU leaves it
     idle while the new workers fill the queue): the sampler then yields (epoch, index) and the
     dataset is wrapped to set that epoch in the worker (the augmentation seeds depend on it), so
-    `loader.dataset` may be that wrapper. Memory is pinned on CUDA (asynchronous copies with
-    non_blocking=True). The loader's own generator keeps the main process's global RNG untouched
+    `loader.dataset` may be that wrapper (`loader_dataset` unwraps it). A dataset's own `collate`
+    (core.train_datasets.collate_skipping) is the loader's collate_fn, run in the workers. Memory
+    is pinned on CUDA (asynchronous copies with non_blocking=True). The loader's own generator keeps the main process's global RNG untouched
     by worker seeding; the augmentation draws from per-sample generators, not from worker seeds.
     """
     persistent = num_workers > 0
@@ -273,7 +274,14 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     return torch.utils.data.DataLoader(
         _EpochDataset(dataset) if persistent else dataset, batch_size=per_process, sampler=sampler,
         num_workers=num_workers, pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
-        worker_init_fn=seed_worker, generator=torch.Generator(), persistent_workers=persistent)
+        collate_fn=getattr(dataset, "collate", None), worker_init_fn=seed_worker,
+        generator=torch.Generator(), persistent_workers=persistent)
+
+
+def loader_dataset(loader):
+    """The dataset a build_loader loader reads, under the wrapper that persistent workers use."""
+    dataset = loader.dataset
+    return dataset.dataset if isinstance(dataset, _EpochDataset) else dataset
 
 
 def set_loader_epoch(loader, epoch, skip_batches=0):

@@ -16,7 +16,7 @@ from core.io import write_json
 from core.safety import remove_stale_temp_files
 from tools.engine.checkpoints import (config_path, dataset_identity, load_resume, resume_path, run_config,
                                       run_settings, save_final, save_resume)
-from tools.engine.distributed import StopRequest, cleanup_distributed, set_loader_epoch
+from tools.engine.distributed import StopRequest, cleanup_distributed, loader_dataset, set_loader_epoch
 from tools.engine import optim
 from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
@@ -60,9 +60,9 @@ class TrainingRun:
         self.resume_file = resume_path(args.pred_dir, args.tag)
         # one bad file is a counted skip, not the end of the run (core/train_datasets.py)
         self.skipped = {}  # "path: problem" -> times met
-        dataset = loader.dataset
+        dataset = loader_dataset(loader)  # under the persistent-worker wrapper, if any
         self.dataset_identity = dataset_identity(dataset)  # recorded in resume.pth, checked on resume
-        if hasattr(dataset, "collate"):
+        if hasattr(dataset, "collate"):  # set before the first iteration starts the workers
             loader.collate_fn = dataset.collate
             dataset.max_image_pixels = getattr(args, "max_image_pixels", dataset.max_image_pixels)
             self.skipped.update(dict.fromkeys(dataset.bad_files, 1))
