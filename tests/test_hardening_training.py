@@ -143,6 +143,7 @@ def png_header(width, height):
 
 @pytest.mark.parametrize("workers", [0, 1])  # 1: the dataset sits under build_loader's worker wrapper
 def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(toy, tmp_path, workers):
+    import multiprocessing
     import shutil
     from core.errors import DatasetError
     root = str(tmp_path / "TOY")
@@ -166,6 +167,8 @@ def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(to
         train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7",
                                                                   "--num_workers", str(workers))))
     message = str(info.value)
+    # the error's traceback still holds the loader: its worker must have been ended all the same
+    assert not multiprocessing.active_children()
     assert "skipped 4 bad file(s)" in message, message
     for i in ids[:4]:
         assert i in message

@@ -223,3 +223,32 @@ def test_ddp_ranks_stop_at_the_same_log_line(toy_dataset, tmp_path):
     state = torch.load(resume, weights_only=True)
     assert (state["epoch"], state["step"], state["iteration"], len(state["rng"])) == (0, 3, 3, 2)
     assert [r["iteration"] for r in read_log(tmp_path)] == [3]
+
+
+# --- loader workers ignore the scheduler's signals, so they must be ended by us ----------------
+WORKER_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from tools.engine import distributed
+loader = distributed.build_loader(torch.utils.data.TensorDataset(torch.arange(8.0)), distributed.DistContext(),
+                                  batch_size=2, num_workers=1, seed=0)
+batches = iter(loader)
+next(batches)  # the persistent worker runs (and ignores SIGTERM, seed_worker)
+{ending}
+"""
+
+
+@pytest.mark.parametrize("ending", ["raise RuntimeError('an error that keeps the loader in its traceback')",
+                                    "import os, signal; os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C"])
+def test_a_process_ended_by_an_error_or_ctrl_c_does_not_wait_forever_for_its_loader_worker(ending):
+    # multiprocessing's exit hook SIGTERMs a daemon worker and then waits for it: with a worker that
+    # ignores SIGTERM, that wait never ended (pytest itself hung after a test whose traceback held
+    # a loader); close_loader's exit hook ends the workers first
+    script = WORKER_SCRIPT.format(root=ROOT, ending=ending)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: its DataLoader worker was never ended")
+    assert done.returncode != 0 and ("RuntimeError" in done.stderr or "KeyboardInterrupt" in done.stderr), done.stderr
+

@@ -13,12 +13,14 @@ Exact resumption (bitwise, on CPU): data order is a function of (seed, epoch), a
 the resume checkpoint (tools/engine/checkpoints.py). On CUDA, non-deterministic kernels can still make runs
 differ slightly.
 """
+import atexit
 import math
 import os
 import random
 import signal
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,18 +266,51 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     dataset is wrapped to set that epoch in the worker (the augmentation seeds depend on it), so
     `loader.dataset` may be that wrapper (`loader_dataset` unwraps it). A dataset's own `collate`
     (core.train_datasets.collate_skipping) is the loader's collate_fn, run in the workers. Memory
-    is pinned on CUDA (asynchronous copies with non_blocking=True). The loader's own generator keeps the main process's global RNG untouched
-    by worker seeding; the augmentation draws from per-sample generators, not from worker seeds.
+    is pinned on CUDA (asynchronous copies with non_blocking=True). The loader's own generator
+    keeps the main process's global RNG untouched by worker seeding; the augmentation draws from
+    per-sample generators, not from worker seeds. The workers ignore SIGTERM/SIGUSR1 (seed_worker),
+    so they end by close_loader: TrainingRun calls it, and at exit it runs for every loader still
+    open (an error or Ctrl-C that leaves the loader referenced by its traceback).
     """
     persistent = num_workers > 0
     sampler_class = _EpochTaggedSampler if persistent else EpochSampler
     sampler = sampler_class(len(dataset), seed, shuffle, ctx.rank, ctx.world_size)
     per_process = local_batch_size(batch_size, ctx) if ctx.distributed else batch_size
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         _EpochDataset(dataset) if persistent else dataset, batch_size=per_process, sampler=sampler,
         num_workers=num_workers, pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
         collate_fn=getattr(dataset, "collate", None), worker_init_fn=seed_worker,
         generator=torch.Generator(), persistent_workers=persistent)
+    if persistent:
+        _OPEN_LOADERS.add(loader)
+    return loader
+
+
+_OPEN_LOADERS = weakref.WeakSet()  # build_loader loaders with persistent workers
+
+
+def close_loader(loader, grace=5.0):
+    """End a loader's persistent workers now (torch ends them only when its iterator is
+    collected). A worker still alive after `grace` seconds is killed: it ignores SIGTERM, which is
+    what multiprocessing's exit hook would send before waiting for it forever."""
+    if not isinstance(loader, torch.utils.data.DataLoader):
+        return  # a test's plain iterable
+    _OPEN_LOADERS.discard(loader)
+    iterator, loader._iterator = loader._iterator, None  # the next `for batch in loader` starts new workers
+    workers = list(getattr(iterator, "_workers", []))
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()  # asks each worker to end, joins it
+    for worker in workers:
+        worker.join(timeout=grace)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+@atexit.register  # registered after multiprocessing's own hook, so it runs before it
+def _close_open_loaders():
+    for loader in list(_OPEN_LOADERS):
+        close_loader(loader, grace=1.0)
 
 
 def loader_dataset(loader):

@@ -16,7 +16,8 @@ from core.io import write_json
 from core.safety import remove_stale_temp_files
 from tools.engine.checkpoints import (config_path, dataset_identity, load_resume, resume_path, run_config,
                                       run_settings, save_final, save_resume)
-from tools.engine.distributed import StopRequest, cleanup_distributed, loader_dataset, set_loader_epoch
+from tools.engine.distributed import (StopRequest, cleanup_distributed, close_loader, loader_dataset,
+                                      set_loader_epoch)
 from tools.engine import optim
 from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
@@ -225,7 +226,9 @@ class TrainingRun:
         return self
 
     def __exit__(self, *exc):
-        """Close the progress bar and logs also when the run stops on an error (NaN, Ctrl-C)."""
+        """Close the progress bar, logs and loader workers also when the run stops on an error (NaN,
+        Ctrl-C)."""
+        close_loader(self.loader)
         self.progress.close()
         self.logger.close()
         self.stop.restore()
