@@ -230,8 +230,11 @@ WORKER_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from tools.engine import distributed
-loader = distributed.build_loader(torch.utils.data.TensorDataset(torch.arange(8.0)), distributed.DistContext(),
-                                  batch_size=2, num_workers=1, seed=0)
+dataset = torch.utils.data.TensorDataset(torch.arange(8.0))
+if {persistent}:
+    loader = distributed.build_loader(dataset, distributed.DistContext(), batch_size=2, num_workers=1, seed=0)
+else:  # as tools/toy/pretrain_toy.py: workers of a plain DataLoader, seeded and SIGTERM-deaf by seed_worker
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, worker_init_fn=distributed.seed_worker)
 batches = iter(loader)
 next(batches)  # the persistent worker runs (and ignores SIGTERM, seed_worker)
 {ending}
@@ -240,11 +243,12 @@ next(batches)  # the persistent worker runs (and ignores SIGTERM, seed_worker)
 
 @pytest.mark.parametrize("ending", ["raise RuntimeError('an error that keeps the loader in its traceback')",
                                     "import os, signal; os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C"])
-def test_a_process_ended_by_an_error_or_ctrl_c_does_not_wait_forever_for_its_loader_worker(ending):
+@pytest.mark.parametrize("persistent", [True, False])
+def test_a_process_ended_by_an_error_or_ctrl_c_does_not_wait_forever_for_its_loader_worker(ending, persistent):
     # multiprocessing's exit hook SIGTERMs a daemon worker and then waits for it: with a worker that
     # ignores SIGTERM, that wait never ended (pytest itself hung after a test whose traceback held
     # a loader); close_loader's exit hook ends the workers first
-    script = WORKER_SCRIPT.format(root=ROOT, ending=ending)
+    script = WORKER_SCRIPT.format(root=ROOT, ending=ending, persistent=persistent)
     try:
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                               start_new_session=True)

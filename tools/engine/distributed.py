@@ -15,6 +15,7 @@ differ slightly.
 """
 import atexit
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -270,7 +271,8 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     keeps the main process's global RNG untouched by worker seeding; the augmentation draws from
     per-sample generators, not from worker seeds. The workers ignore SIGTERM/SIGUSR1 (seed_worker),
     so they end by close_loader: TrainingRun calls it, and at exit it runs for every loader still
-    open (an error or Ctrl-C that leaves the loader referenced by its traceback).
+    open (an error or Ctrl-C that leaves the loader referenced by its traceback); other loaders'
+    workers are killed at exit if SIGTERM does not end them.
     """
     persistent = num_workers > 0
     sampler_class = _EpochTaggedSampler if persistent else EpochSampler
@@ -308,9 +310,18 @@ def close_loader(loader, grace=5.0):
 
 
 @atexit.register  # registered after multiprocessing's own hook, so it runs before it
-def _close_open_loaders():
+def _end_workers_at_exit():
     for loader in list(_OPEN_LOADERS):
         close_loader(loader, grace=1.0)
+    # then what multiprocessing's hook does (SIGTERM to daemon children, then an unbounded wait),
+    # with a bound: any other loader's seed_worker workers ignore SIGTERM
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.terminate()
+            child.join(timeout=1.0)
+            if child.is_alive():
+                child.kill()
+                child.join()
 
 
 def loader_dataset(loader):
