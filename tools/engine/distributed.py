@@ -21,7 +21,6 @@ import random
 import signal
 import sys
 import threading
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -270,58 +269,40 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     is pinned on CUDA (asynchronous copies with non_blocking=True). The loader's own generator
     keeps the main process's global RNG untouched by worker seeding; the augmentation draws from
     per-sample generators, not from worker seeds. The workers ignore SIGTERM/SIGUSR1 (seed_worker),
-    so they end by close_loader: TrainingRun calls it, and at exit it runs for every loader still
-    open (an error or Ctrl-C that leaves the loader referenced by its traceback); other loaders'
-    workers are killed at exit if SIGTERM does not end them.
+    so TrainingRun ends them with close_loader, and an exit hook ends any left over.
     """
     persistent = num_workers > 0
     sampler_class = _EpochTaggedSampler if persistent else EpochSampler
     sampler = sampler_class(len(dataset), seed, shuffle, ctx.rank, ctx.world_size)
     per_process = local_batch_size(batch_size, ctx) if ctx.distributed else batch_size
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         _EpochDataset(dataset) if persistent else dataset, batch_size=per_process, sampler=sampler,
         num_workers=num_workers, pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
         collate_fn=getattr(dataset, "collate", None), worker_init_fn=seed_worker,
         generator=torch.Generator(), persistent_workers=persistent)
-    if persistent:
-        _OPEN_LOADERS.add(loader)
-    return loader
 
 
-_OPEN_LOADERS = weakref.WeakSet()  # build_loader loaders with persistent workers
+def close_loader(loader):
+    """End a loader's persistent workers now; torch ends them only when its iterator is collected,
+    which an error's traceback can put off until exit."""
+    iterator = getattr(loader, "_iterator", None)  # None: no workers started (or a plain iterable)
+    if iterator is not None:
+        loader._iterator = None  # a later `for batch in loader` starts new workers
+        iterator._shutdown_workers()  # asks each worker to end and joins it
 
 
-def close_loader(loader, grace=5.0):
-    """End a loader's persistent workers now (torch ends them only when its iterator is
-    collected). A worker still alive after `grace` seconds is killed: it ignores SIGTERM, which is
-    what multiprocessing's exit hook would send before waiting for it forever."""
-    if not isinstance(loader, torch.utils.data.DataLoader):
-        return  # a test's plain iterable
-    _OPEN_LOADERS.discard(loader)
-    iterator, loader._iterator = loader._iterator, None  # the next `for batch in loader` starts new workers
-    workers = list(getattr(iterator, "_workers", []))
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()  # asks each worker to end, joins it
-    for worker in workers:
-        worker.join(timeout=grace)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-
-
-@atexit.register  # registered after multiprocessing's own hook, so it runs before it
-def _end_workers_at_exit():
-    for loader in list(_OPEN_LOADERS):
-        close_loader(loader, grace=1.0)
-    # then what multiprocessing's hook does (SIGTERM to daemon children, then an unbounded wait),
-    # with a bound: any other loader's seed_worker workers ignore SIGTERM
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.terminate()
-            child.join(timeout=1.0)
-            if child.is_alive():
-                child.kill()
-                child.join()
+@atexit.register  # registered after multiprocessing's own hook, so it runs first
+def _end_workers_at_exit(grace=1.0):
+    """What multiprocessing's exit hook does, SIGTERM to the daemon children and then a wait, with
+    a bound: seed_worker's workers ignore SIGTERM, so that hook alone would wait for them forever."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=grace)
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 def loader_dataset(loader):

@@ -63,8 +63,7 @@ class TrainingRun:
         self.skipped = {}  # "path: problem" -> times met
         dataset = loader_dataset(loader)  # under the persistent-worker wrapper, if any
         self.dataset_identity = dataset_identity(dataset)  # recorded in resume.pth, checked on resume
-        if hasattr(dataset, "collate"):  # set before the first iteration starts the workers
-            loader.collate_fn = dataset.collate
+        if hasattr(dataset, "collate"):  # a skipping dataset: build_loader made its collate the loader's
             dataset.max_image_pixels = getattr(args, "max_image_pixels", dataset.max_image_pixels)
             self.skipped.update(dict.fromkeys(dataset.bad_files, 1))
         if ctx.is_main:  # temporaries of writes killed in earlier runs (a resume.pth one is hundreds of MB)
