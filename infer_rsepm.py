@@ -10,7 +10,7 @@ classes are the ground-truth tags (--conf_th -1) or the classes scoring >= --con
 from core.datasets import load_dataset_info
 from core.networks import RSEPM
 from tools.args import cli, conf_threshold, str2bool
-from tools.seeds.inference import inference_parser, run_inference
+from tools.seeds.inference import inference_parser, resolve_network_args, run_inference, weights_path
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
 
@@ -39,6 +39,7 @@ def get_args_parser():
 
 
 def main(args):
+    resolve_network_args(args, weights_path(args), {"backbone": "resnet50"})
     info = load_dataset_info(args.dataset)
     network = RSEPM(backbone=args.backbone, num_classes=info.num_classes, output_stride=16)
     kind = "rsepm" if args.seed_source == "decoder" else "cam"

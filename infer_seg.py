@@ -10,20 +10,28 @@ maximum probability reaches 0.05.
 from core.datasets import load_dataset_info
 from core.networks import build_network
 from tools.args import cli
-from tools.seeds.inference import inference_parser, run_inference
+from tools.seeds.inference import inference_parser, resolve_network_args, run_inference, weights_path
 
 DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 
 
 def get_args_parser():
     parser = inference_parser(__doc__.splitlines()[0], backbone="resnet101", tag=DEFAULT_TAG)
-    parser.add_argument("--decoder", default="deeplabv3+", choices=("deeplabv3+", "deeplabv2"),
-                        help="segmentation network")
-    parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16), help="backbone output stride")
+    parser.add_argument("--decoder", default=None, choices=("deeplabv3+", "deeplabv2"),
+                        help="segmentation network; default: the one config.json beside the weights records, "
+                             "else deeplabv3+")
+    parser.add_argument("--output_stride", default=None, type=int, choices=(8, 16),
+                        help="backbone output stride; default: the one config.json beside the weights records, "
+                             "else 8")
     return parser
 
 
+# The flags that shape the network, with the values used when no training record says otherwise.
+NETWORK_DEFAULTS = {"backbone": "resnet101", "decoder": "deeplabv3+", "output_stride": 8}
+
+
 def main(args):
+    resolve_network_args(args, weights_path(args), NETWORK_DEFAULTS)
     info = load_dataset_info(args.dataset)
     network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride)
     return run_inference(args, network, "seg", same=True, interpolation="bilinear")

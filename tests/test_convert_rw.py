@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet18@TOY@RS+EPM@seeds"
 INFO = load_dataset_info("TOY")
 TRAIN_CROP = 64  # the affinity net's training crop in its config.json
-CANVAS = 512  # the canvas of the boundary map: IRN's 512, at least the training crop
+CANVAS = TRAIN_CROP  # the canvas of the boundary map: the network's own training crop, as IRN pads
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,13 @@ def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, b
     """IRN's make_sem_seg_labels written out with the dense N x N matrix and an explicit
     stride-4 average of the seed (padding by repetition), independent of random_walk_labels;
     crf=True: the walked planes through pydensecrf's calls written out here (DeepLab's settings).
-    The boundary map as IRN's EdgeDisplacement: image and mirror on a zero CANVAS x CANVAS canvas."""
+    The boundary map as IRN's EdgeDisplacement: image and mirror on a zero CANVAS x CANVAS canvas
+    (a larger side keeps its length)."""
     H, W = image.shape[:2]
     h, w = (H + 3) // 4, (W + 3) // 4
     with torch.no_grad():
         x = normalize_image(image)
-        pair = torch.zeros(2, 3, CANVAS, CANVAS)
+        pair = torch.zeros(2, 3, max(CANVAS, H), max(CANVAS, W))
         pair[0, :, :H, :W], pair[1, :, :H, :W] = x, x.flip(-1)
         logits = net(pair)[:, 0, :h, :w]
         edge = torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2).double()
@@ -189,11 +190,25 @@ def test_rw_masks_of_other_walk_settings_are_refused_unless_overwrite(setup, tmp
     assert summary["written"] == 6
 
 
-@pytest.mark.parametrize("crop, canvas", [(64, 512), (512, 512), (640, 640), (None, 512)])
-def test_the_canvas_is_at_least_512_and_at_least_the_training_crop(tmp_path, crop, canvas):
+@pytest.mark.parametrize("crop, canvas", [(64, 64), (96, 96), (512, 512), (640, 640), (None, 512), ("96", 512)])
+def test_the_canvas_is_the_networks_own_training_crop(tmp_path, crop, canvas):
+    """IRN pads to the crop it trained on; no (or no usable) record: 512, the published crop."""
     from types import SimpleNamespace
     from tools.seeds.rw_convert import affinity_canvas
     if crop is not None:
         write_json(os.path.join(model_dir(str(tmp_path), "aff"), "config.json"), {"args": {"crop_size": crop}})
     args = SimpleNamespace(pred_dir=str(tmp_path), affinity_tag="aff", affinity_weights="", affinity_backbone="")
     assert affinity_canvas(args) == canvas
+
+
+def test_the_canvas_of_weights_given_by_path_is_read_beside_them(tmp_path):
+    from types import SimpleNamespace
+    from tools.seeds.rw_convert import affinity_canvas
+    weights = tmp_path / "elsewhere" / "last.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"x")
+    args = SimpleNamespace(pred_dir=str(tmp_path), affinity_tag="aff", affinity_weights=str(weights),
+                           affinity_backbone="")
+    assert affinity_canvas(args) == 512  # foreign weights: nothing recorded beside them
+    write_json(str(tmp_path / "elsewhere" / "config.json"), {"args": {"crop_size": 96}})
+    assert affinity_canvas(args) == 96

@@ -527,13 +527,17 @@ def test_boolean_flags_reject_other_words():
     assert error.value.code == 2
 
 
-def test_original_defaults():
+def test_original_defaults(tmp_path):
+    """The published defaults; the network flags take them when no config.json is beside the weights."""
+    from tools.seeds.inference import resolve_network_args
     args = infer_rsepm.get_args_parser().parse_args([])
+    resolve_network_args(args, str(tmp_path / "last.pth"), {"backbone": "resnet50"})
     assert (args.gpus, args.root_dir, args.dataset, args.domain, args.backbone, args.conf_th, args.strategy,
             args.pred_dir, args.same, args.interpolation, args.class_fn, args.scales) == \
         ("0", "../VOC2012/", "VOC", "train", "resnet50", -1, "last", "./experiments/", True, "nearest",
          "sigmoid", (1.0, 0.5, 1.5, 2.0))
     args = infer_seg.get_args_parser().parse_args([])
+    resolve_network_args(args, str(tmp_path / "last.pth"), infer_seg.NETWORK_DEFAULTS)
     assert (args.backbone, args.decoder, args.output_stride, args.tag) == \
         ("resnet101", "deeplabv3+", 8, "ResNet101@VOC@DeepLabv3+@MS@RSCM")
 

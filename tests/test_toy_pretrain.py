@@ -95,11 +95,21 @@ def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkey
     weights.write_bytes(b"weights")
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)  # an older release's file
     settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
-    (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
+    code = pretrain_toy.source_digests()
+    assert {"tools/toy/pretrain_toy.py", "core/resnet.py", "core/transforms.py",
+            "tools/datasets/make_toy_dataset.py"} <= set(code)
+    record = tmp_path / "pretrained" / "resnet18_toy.json"
+    record.write_text(json.dumps({"settings": settings}))  # the release before: no code record
+    assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)
+    record.write_text(json.dumps({"settings": settings, "code": code}))
     assert toy_pipeline.cached_pretraining_problem(workers) is None  # the worker count does not matter
     old = {("epochs" if k == "max_epoch" else k): v for k, v in settings.items()}  # the release before's name
-    (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": old}))
+    record.write_text(json.dumps({"settings": old, "code": code}))
     assert toy_pipeline.cached_pretraining_problem(workers) is None
+    # the same settings run by other code (an augmentation that changed): made again
+    changed = dict(code, **{"core/transforms.py": "0" * 64})
+    record.write_text(json.dumps({"settings": settings, "code": changed}))
+    assert toy_pipeline.cached_pretraining_problem(workers) == "made by other code (core/transforms.py)"
     settings["max_epoch"] = 6
-    (tmp_path / "pretrained" / "resnet18_toy.json").write_text(json.dumps({"settings": settings}))
+    record.write_text(json.dumps({"settings": settings, "code": code}))
     assert toy_pipeline.cached_pretraining_problem(workers) == "made with other settings (max_epoch)"

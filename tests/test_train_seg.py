@@ -22,8 +22,8 @@ import infer_seg
 import train_seg
 from tools.args import cli
 from core.datasets import load_dataset_info
-from core.errors import CheckpointError
-from core.io import load_seed, read_mask, save_mask, seed_dialect_from_tag
+from core.errors import CheckpointError, UsageError
+from core.io import load_seed, read_json, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
 from tools.engine import checkpoints
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
@@ -177,9 +177,41 @@ def test_weights_of_one_decoder_are_refused_by_the_other(toy, tmp_path):
     pred_dir = tmp_path / "exp"
     write_pseudo_masks(toy, pred_dir)
     tag = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, "--tag", "v3")))["tag"]
+    # the training record names the decoder: the contradicting flag is refused before any load
+    with pytest.raises(UsageError, match="--decoder deeplabv2 contradicts the training record .*deeplabv3"):
+        run_main(infer_seg, infer_argv(toy, pred_dir, tag, "deeplabv2", 16))
+    # without the record (foreign weights) the flags are used, and the load itself refuses them
+    os.remove(os.path.join(model_dir(str(pred_dir), tag), "config.json"))
     with pytest.raises(CheckpointError, match="last.pth: does not fit DeepLabV2"):
         run_main(infer_seg, infer_argv(toy, pred_dir, tag, "deeplabv2", 16))
     assert not os.path.exists(predictions_dir(str(pred_dir), tag, "validation"))
+
+
+def test_inference_reads_the_network_from_the_training_record(toy, tmp_path):
+    """train_seg --output_stride 16, then infer_seg with no network flag: stride 16, backbone and
+    decoder from config.json (the seeds equal those of the explicit flags); a contradicting flag
+    is refused with exit 2 naming both values."""
+    from tools.args import cli
+    pred_dir = tmp_path / "exp"
+    write_pseudo_masks(toy, pred_dir)
+    tag = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, "--tag", "os16")))["tag"]
+    bare = ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag, "--pred_dir", str(pred_dir),
+            "--scales", "1.0", "--num_workers", "0", "--gpus", "cpu"]
+    assert run_main(infer_seg, bare)["written"] == 3
+    recorded = read_json(predictions_dir(str(pred_dir), tag, "validation") + ".settings.json")
+    assert (recorded["output_stride"], recorded["backbone"], recorded["decoder"]) == (16, "resnet18", "deeplabv3+")
+    explicit = tmp_path / "explicit"
+    shutil.copytree(pred_dir / "models", explicit / "models")
+    os.remove(explicit / "models" / tag / "config.json")  # no record: the flags alone
+    argv = infer_argv(toy, explicit, tag, "deeplabv3+", 16)
+    assert run_main(infer_seg, argv)["written"] == 3
+    for name in os.listdir(predictions_dir(str(pred_dir), tag, "validation")):
+        with open(os.path.join(predictions_dir(str(pred_dir), tag, "validation"), name), "rb") as a, \
+                open(os.path.join(predictions_dir(str(explicit), tag, "validation"), name), "rb") as b:
+            assert a.read() == b.read()
+    with pytest.raises(SystemExit) as error:
+        cli(infer_seg.main, infer_seg.get_args_parser(), [*bare, "--output_stride", "8", "--overwrite", "true"])
+    assert error.value.code == 2
 
 
 # --- where the masks come from, and that they are what is learnt ------------------------------

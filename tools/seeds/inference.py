@@ -14,7 +14,7 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.inference import scaled_size
-from core.io import claim_output_folder, file_fingerprint, save_seed
+from core.io import claim_output_folder, file_fingerprint, read_json, save_seed
 from core.safety import safe_output_path
 from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, make_parser, resolve_devices, str2bool)
@@ -35,7 +35,8 @@ def inference_parser(description, backbone, tag):
     add_dataset_args(parser, domain="train")
     add_experiment_args(parser, tag=tag)
     parser.add_argument("--single", default=False, type=str2bool, help="only images with exactly one tag")
-    parser.add_argument("--backbone", default=backbone, type=str, help="ResNet backbone of the checkpoint")
+    parser.add_argument("--backbone", default=None, type=str,
+                        help=f"ResNet backbone of the checkpoint; default: the one its config.json records, else {backbone}")
     parser.add_argument("--strategy", default="last", type=str, help="checkpoint name models/{tag}/{strategy}.pth")
     parser.add_argument("--weights", default=None, type=str,
                         help="checkpoint file to load instead of models/{tag}/{strategy}.pth")
@@ -72,9 +73,48 @@ def parse_scales(text):
     return scales
 
 
+def weights_path(args):
+    """The checkpoint an inference run loads: --weights, else models/{tag}/{strategy}.pth."""
+    return args.weights or model_path(args.pred_dir, args.tag, args.strategy)
+
+
+def recorded_args(weights):
+    """(path, args) of the config.json that the training run wrote beside `weights`; (None, {})
+    when there is none (released or foreign weights)."""
+    config = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+    if not os.path.isfile(config):
+        return None, {}
+    recorded = read_json(config).get("args")
+    return config, recorded if isinstance(recorded, dict) else {}
+
+
+def resolve_network_args(args, weights, defaults, flags=None):
+    """Fill the flags that shape the network (`defaults`: {name: value when nothing says}) from the
+    training run's record beside `weights`: a flag left out takes the recorded value, else its
+    default; a flag given with another value than the record is refused (UsageError, exit 2,
+    naming both), since the weights would load (a stride changes dilations, not shapes) and give
+    other seeds without a word. `flags`: {name: the flag as the user writes it}. Returns the
+    config path read, or None."""
+    config, recorded = recorded_args(weights)
+    flags = flags or {}
+    used = []
+    for name, default in defaults.items():
+        given, saved = getattr(args, name), recorded.get(name)
+        if given is not None and saved is not None and given != saved:
+            flag = flags.get(name, "--" + name)
+            raise UsageError(f"{flag} {given} contradicts the training record {config} ({name}: {saved}); "
+                             f"leave {flag} out to use the recorded value, or pass the weights of another run")
+        if given is None:
+            setattr(args, name, saved if saved is not None else default)
+            used.append(f"{name} {getattr(args, name)}" + (" (recorded)" if saved is not None else " (default)"))
+    if used:
+        print(f"network: {', '.join(used)}" + (f" from {config}" if config else " (no config.json beside the weights)"))
+    return config
+
+
 def build_model(args, network, device, device_ids):
     """Load `network` from the run's checkpoint; wrap in DataParallel over several GPUs."""
-    weights = args.weights or model_path(args.pred_dir, args.tag, args.strategy)
+    weights = weights_path(args)
     if not os.path.isfile(weights):
         raise CheckpointError(f"{weights}: checkpoint not found (train a model with this --tag, or put "
                               "the released weights there, or pass --weights PATH)")

@@ -2,8 +2,8 @@
 (docs/method.md#random-walk).
 
 For each seed file: the boundary map of its image from the affinity network of --affinity_tag
-(AffinityNet.predict_boundary: the image and its mirror zero-padded to a 512 square as IRN pads them,
-or to the network's larger training crop, in one forward, stride 4, cut back to the image's cells), then
+(AffinityNet.predict_boundary: the image and its mirror zero-padded to a square of the network's own
+training crop, read from its config.json, as IRN pads to its training crop (512 for foreign weights), in one forward, stride 4, cut back to the image's cells), then
 core.randomwalk.random_walk_planes (pairs within --rw_radius, affinities ** --beta,
 2 ** --exp_times steps, background score --sem_seg_bg_thres), with --rw_crf true the dense CRF of
 the CRF mode on the walked scores, and a palette PNG in
@@ -54,10 +54,17 @@ def add_rw_args(parser):
 
 
 def _training_args(args):
-    """The `args` that train_affinity.py recorded for --affinity_tag; {} when there are none."""
-    config = os.path.join(model_dir(args.pred_dir, args.affinity_tag or ""), "config.json")
-    if args.affinity_tag and os.path.isfile(config):
-        return read_json(config).get("args", {}) or {}
+    """The `args` that train_affinity.py recorded beside the affinity weights (config.json of
+    --affinity_tag, or the one beside --affinity_weights); {} when there is none (foreign weights)."""
+    if args.affinity_weights:
+        config = os.path.join(os.path.dirname(os.path.abspath(args.affinity_weights)), "config.json")
+    elif args.affinity_tag:
+        config = os.path.join(model_dir(args.pred_dir, args.affinity_tag), "config.json")
+    else:
+        return {}
+    if os.path.isfile(config):
+        recorded = read_json(config).get("args", {})
+        return recorded if isinstance(recorded, dict) else {}
     return {}
 
 
@@ -69,10 +76,12 @@ def affinity_backbone(args):
 
 
 def affinity_canvas(args):
-    """Side of the square the image is padded to before the boundary network: IRN's 512, or the
-    crop the network was trained on (config.json) when that is larger (docs/method.md#random-walk)."""
+    """Side of the square the image is padded to before the boundary network: the crop the network
+    was trained on, read from its config.json, as IRN pads to its own training crop
+    (EdgeDisplacement(crop_size=512) after training on 512 crops); 512 when no record says
+    (foreign weights). An image larger than the canvas keeps its size (docs/method.md#random-walk)."""
     crop = _training_args(args).get("crop_size")
-    return max(PAD_SIZE, crop) if isinstance(crop, int) and crop > 0 else PAD_SIZE
+    return crop if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0 else PAD_SIZE
 
 
 class RWJob(SeedJob):

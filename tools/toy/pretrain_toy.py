@@ -92,6 +92,34 @@ def record_settings(args):
     return json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "out"}))
 
 
+# Files whose content makes the pretrained backbone besides the modules pretrain_toy.py loads: the
+# generator of the pretraining set (run by toy_pipeline.py before this) and the class list.
+RECIPE_FILES = ("tools/datasets/make_toy_dataset.py", "data/TOY.json")
+
+
+def source_digests(extra=RECIPE_FILES):
+    """{repository-relative path: sha256} of every project source file this process has loaded
+    (sys.modules, files under the repository) plus `extra`: the code that made the weights, so a
+    backbone cached by other code is recognised (toy_pipeline.py compares them before reusing it)."""
+    import hashlib
+    from tools.paths import REPO_ROOT
+
+    root = os.path.realpath(REPO_ROOT)
+    paths = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path.endswith(".py") and os.path.isabs(path):
+            real = os.path.realpath(path)
+            if os.path.isfile(real) and os.path.commonpath([real, root]) == root and os.sep + ".venv" + os.sep not in real[len(root):]:
+                paths.add(os.path.relpath(real, root))
+    paths.update(extra)
+    digests = {}
+    for relative in sorted(paths):
+        with open(os.path.join(root, relative), "rb") as f:
+            digests[relative.replace(os.sep, "/")] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
 def pretrain(args):
     """Train the classifier; returns (the trained Classifier, per-epoch mean losses)."""
     distributed.seed_everything(args.seed)
@@ -173,7 +201,7 @@ def main(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     # The record first: a weights file without its record is made again by toy_pipeline.py.
     write_json(record_path(args.out), {
-        "settings": record_settings(args), "loss_per_epoch": losses,
+        "settings": record_settings(args), "code": source_digests(), "loss_per_epoch": losses,
         "seconds": round(seconds, 1), "validation": validation,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}})

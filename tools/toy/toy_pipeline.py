@@ -99,6 +99,64 @@ SCALES = ["--scales", "1.0,0.5"]  # the published 1.0,0.5,1.5,2.0 cost 6x more
 CONF_TH = "0.34"
 
 
+TOY_DATA_COMMAND = ["tools/datasets/make_toy_dataset.py", "--out", DATA, "--seed", "0"]
+PRETRAIN_DATA_COMMAND = ["tools/datasets/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
+                         "--num_train", "0", "--num_train_aug", "400", "--num_validation", "100", "--num_test", "0"]
+# What the README's toy table was measured with: the digest of the settings above, the sha256 of the
+# pretrained backbone of that run and its seed-0 rows (written by hand from a --fresh_pretrain run;
+# tests/test_toy_reference.py fails when the settings change and this file does not).
+REFERENCE = "tools/toy/reference.json"
+
+
+def settings_digest():
+    """sha256 of every setting of the pipeline that shapes a number of its table (the commands'
+    flags and the data generators' arguments; not --threads or --num_workers, which the summary records)."""
+    import hashlib
+    import json
+    settings = {"toy_data": TOY_DATA_COMMAND, "pretrain_data": PRETRAIN_DATA_COMMAND, "pretrain": PRETRAIN,
+                "rsepm": RSEPM_TRAIN, "seg": SEG_TRAIN, "affinity": AFF_TRAIN, "rw": RW_CONVERT,
+                "scales": SCALES, "conf_th": CONF_TH, "tags": [RSEPM_TAG, SEG_TAG, AFF_TAG]}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reference_check(rows, seed):
+    """Lines comparing this run with REFERENCE: the settings digest, the pretrained backbone's
+    sha256 and (seed 0) each row's mIoU, so a number that differs from the README is explained at once."""
+    try:
+        reference = read_json(REFERENCE)
+    except ProjectError as e:
+        return [f"no reference to compare with ({e})"]
+    lines = []
+    same_settings = reference.get("settings_digest") == settings_digest()
+    lines.append("settings: " + ("the README table's (digest matches)" if same_settings else
+                                 f"differ from the README table's (digest {settings_digest()[:12]} against "
+                                 f"{str(reference.get('settings_digest'))[:12]}): its numbers do not apply"))
+    backbone = file_sha256(PRETRAINED) if os.path.isfile(PRETRAINED) else None
+    wanted = reference.get("pretrained_sha256")
+    if backbone == wanted:
+        lines.append(f"pretrained backbone: sha256 {backbone[:12]}, the one the README table was made with")
+    else:
+        lines.append(f"pretrained backbone: sha256 {str(backbone)[:12]}, NOT the README table's {str(wanted)[:12]}: "
+                     "another CPU, thread count or library version made other weights, and every number "
+                     "below may differ in its last digits (docs/reproduction.md#toy)")
+    expected = reference.get("seed0", {})
+    if seed == 0 and expected:
+        differ = [f"{name}: {r['mIoU']:.2f} (README {expected[name]:.2f})" for name, r in rows
+                  if name in expected and f"{r['mIoU']:.2f}" != f"{expected[name]:.2f}"]
+        lines.append("seed-0 rows: " + ("all equal to the README's, to the digit" if not differ
+                                        else "differ from the README's: " + "; ".join(differ)))
+    return lines
+
+
 def printable(command):
     return " ".join(f'"{c}"' if (" " in c or "@" in c or "+" in c) else c for c in command)
 
@@ -151,17 +209,25 @@ def pretrain_command(workers):
 
 
 def cached_pretraining_problem(workers):
-    """None when PRETRAINED exists and its record shows this release's pretraining settings, else why not.
+    """None when PRETRAINED exists and its record shows this release's pretraining settings and code,
+    else why not.
 
-    A backbone cached by another release (other epochs, for instance) would silently change every
-    number of the table; the worker count does not change the weights and is not compared."""
+    A backbone cached by another release (other epochs, or the same settings run by other code: an
+    augmentation that changed) would silently change every number of the table; the record names
+    the sha256 of every source file that made it, and each is compared with the file of today. The
+    worker count does not change the weights and is not compared."""
     from tools.toy import pretrain_toy
     if not os.path.isfile(PRETRAINED):
         return "not made yet"
     try:
-        record = read_json(pretrain_toy.record_path(PRETRAINED))["settings"]
+        full = read_json(pretrain_toy.record_path(PRETRAINED))
+        record, code = full["settings"], full["code"]
     except (ProjectError, KeyError, TypeError) as e:  # missing, unreadable or without settings: an older release's
         return f"no usable record beside it ({e})"
+    changed_code = sorted(path for path, digest in (code.items() if isinstance(code, dict) else [])
+                          if not os.path.isfile(path) or file_sha256(path) != digest)
+    if not isinstance(code, dict) or not code or changed_code:
+        return "made by other code (" + (", ".join(changed_code[:5]) or "no code record") + ")"
     wanted = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(pretrain_command(workers)[1:]))
     if "epochs" in record:  # the name of --max_epoch in records of the release before
         record.setdefault("max_epoch", record.pop("epochs"))
@@ -178,8 +244,7 @@ def ensure_pretrained(runner, workers):
     if os.path.isfile(PRETRAINED):
         print(f"\n== pretrained backbone {PRETRAINED}: {problem}; making it again")
     shutil.rmtree(PRETRAIN_DATA, ignore_errors=True)  # an input of the backbone only
-    runner.run(["tools/datasets/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
-                "--num_train", "0", "--num_train_aug", "400", "--num_validation", "100", "--num_test", "0"],
+    runner.run(PRETRAIN_DATA_COMMAND,
                "generate the separate pretraining set (another generator seed, 400 images + 100 held out)")
     runner.run(pretrain_command(workers),
                "pretrain the ResNet-18 backbone on image-level tags (stand-in for ImageNet)")
@@ -205,7 +270,7 @@ def rsepm_stage(r):
     if not os.path.isfile(model_path(r.pred_dir, RSEPM_TAG)):
         r.run(["train_rsepm.py", *r.common, *RSEPM_TRAIN, *r.seed_arg, "--tag", RSEPM_TAG, *r.workers],
               "train single-stage RS+EPM on train_aug (image-level tags only)")
-    r.run(["infer_rsepm.py", *r.common, "--domain", "train_aug", "--backbone", "resnet18", "--tag", RSEPM_TAG,
+    r.run(["infer_rsepm.py", *r.common, "--domain", "train_aug", "--tag", RSEPM_TAG,
            *SCALES, *r.workers], "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
     rows = [("RS+EPM seeds, train, GT tags (best threshold)",
              r.evaluate("predictions", RSEPM_TAG, "train", "evaluate the seeds"))]
@@ -232,7 +297,8 @@ def single_stage(r):
     val_tag = RSEPM_TAG + "@conf" + CONF_TH
     # Seeds of validation with predicted classes go to their own tag so they never mix
     # with the ground-truth-tag seeds; the weights are read through --weights.
-    r.run(["infer_rsepm.py", *r.common, "--domain", "validation", "--conf_th", CONF_TH, "--backbone", "resnet18",
+    # the backbone comes from config.json beside the weights, as in every later stage
+    r.run(["infer_rsepm.py", *r.common, "--domain", "validation", "--conf_th", CONF_TH,
            "--tag", val_tag, "--weights", model_path(r.pred_dir, RSEPM_TAG), *SCALES, *r.workers],
           "single stage: RS+EPM on validation with predicted classes")
     r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "validation", "--folder", "predictions",
@@ -247,8 +313,8 @@ def multi_stage(r):
     if not os.path.isfile(model_path(r.pred_dir, SEG_TAG)):
         r.run(["train_seg.py", *r.common, *SEG_TRAIN, *r.seed_arg, "--label_tag", RW_TAG, "--tag", SEG_TAG,
                *r.workers], "multi stage: train DeepLabV3+ on the random-walk pseudo masks")
-    r.run(["infer_seg.py", *r.common, "--domain", "validation", "--backbone", "resnet18", "--decoder",
-           "deeplabv3+", "--output_stride", "16", "--tag", SEG_TAG, *SCALES, *r.workers],
+    # backbone, decoder and output stride (16) come from the training run's config.json
+    r.run(["infer_seg.py", *r.common, "--domain", "validation", "--tag", SEG_TAG, *SCALES, *r.workers],
           "multi stage: DeepLabV3+ on validation")
     rows = [("multi stage: DeepLabV3+ (argmax), validation",
              r.evaluate("predictions", SEG_TAG, "validation", "evaluate the multi stage"))]
@@ -340,14 +406,18 @@ def main(args):
     summaries = []
     with open(os.path.join(PRED_ROOT, "commands.log"), "a", encoding="utf-8") as log:
         runner = Runner(log, args.threads)
-        runner.run(["tools/datasets/make_toy_dataset.py", "--out", DATA, "--seed", "0"], "generate the toy dataset")
+        runner.run(TOY_DATA_COMMAND, "generate the toy dataset")
         ensure_pretrained(runner, workers)
         for seed in seeds:
             pred_dir = PRED_ROOT if args.seeds is None else os.path.join(PRED_ROOT, f"seed{seed}/")
             seed_start, first = time.perf_counter(), len(runner.times)
             rows = run_seed(runner, seed, pred_dir, workers)
+            checks = reference_check(rows, seed)
             summary, table = seed_summary(rows, time.perf_counter() - seed_start, seed, args.threads,
                                           runner.times[first:])
+            summary["pretrained_sha256"] = file_sha256(PRETRAINED)
+            summary["settings_digest"] = settings_digest()
+            summary["reference_check"] = checks
             write_table(os.path.join(pred_dir, "summary"), summary, table)
             summaries.append(summary)
             if len(seeds) > 1:
@@ -366,6 +436,9 @@ def main(args):
     else:
         saved = f"{PRED_ROOT}summary.md and summary.json"
     print(f"\nToy results, seed(s) {','.join(map(str, seeds))} (saved to {saved}):\n" + "\n".join(table))
+    print(f"\nAgainst the README's table ({REFERENCE}):")
+    for line in summaries[0]["reference_check"]:
+        print("  " + line)
     print(f"\nNext: open {os.path.join(REPO_ROOT, 'demo.ipynb')} (per-image panels and the per-class chart;\n"
           f"  it is stored with the outputs of a seed-0 run: `python tools/toy/make_demo_notebook.py --execute`\n"
           f"  re-executes it on {PRED_ROOT}), e.g. .venv/bin/jupyter notebook demo.ipynb")
