@@ -24,7 +24,8 @@ import shlex
 import tqdm
 
 from core.datasets import SeedLayout, load_dataset_info
-from core.errors import EvaluationError
+from core.errors import EvaluationError, UsageError
+from core.safety import OutputBusyError, hold_output, output_writer
 from core.io import load_seed, read_mask, write_json
 from tools import metrics
 from tools.args import (add_dataset_args, add_experiment_args, add_seed_limit_arg, add_threads_arg, cli, make_parser,
@@ -231,16 +232,23 @@ def build_job(args):
     mode = SEED_MODE if "predictions" in args.folder else MASK_MODE
     try:
         pred_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
+    try:  # contradictory sweep flags (--st_th above --end_th, ...) are a usage error: exit 2
         thresholds = metrics.sweep_thresholds(args.st_th, args.end_th, args.th_interval) \
             if mode == SEED_MODE else []
     except ValueError as e:
-        raise EvaluationError(str(e)) from None
+        raise UsageError(str(e)) from None
     # The original applied the tag rule when --domain is literally "train" (seed mode only).
     tag_rule = mode == SEED_MODE and args.domain == "train"
     layout = SeedLayout(args.root_dir, args.domain, info, require_masks=True,
                         require_xml=tag_rule or args.single)
     if not os.path.isdir(pred_dir):
         raise EvaluationError(f"{pred_dir}: prediction folder not found")
+    writer = output_writer(pred_dir)
+    if writer:  # a score of a folder still being written would describe part of it
+        raise OutputBusyError(f"{pred_dir}: another run is still writing it ({writer}); evaluate it once "
+                              "that run has ended")
     return Job(layout, pred_dir, mode, args.tag, thresholds, tag_rule, args.max_seed_bytes)
 
 
@@ -252,6 +260,7 @@ def command_line(args):
 def main(args):
     """Run the evaluation; returns the result dict (with "failed": the images skipped)."""
     job = build_job(args)
+    hold_output(evaluation_path(args.pred_dir, args.folder, args.tag, args.domain))  # one evaluator per result
     image_ids = select_ids(job.layout, args.single)
     if not image_ids:
         raise EvaluationError(f"{job.layout.split_dir}: no images to evaluate")

@@ -115,17 +115,29 @@ def method_config(args):
 
 
 @torch.no_grad()
-def validate(network, layout, ids, device, num_classes):
+def validate(network, layout, ids, device, num_classes, skip=None):
     """Seed mIoU (%), best threshold and the per-class IoU (fractions, background first) at it on
     `ids`: single-scale + flip decoder seeds from the ground-truth tags, scored with the
-    project's evaluator (threshold sweep 0.10..0.80)."""
+    project's evaluator (threshold sweep 0.10..0.80). Unreadable images go to `skip` (TrainingRun.skip);
+    None when no image could be read."""
     thresholds = sweep_thresholds(0.10, 0.80, 0.05)
     meter = ConfusionMeter(num_classes, num_rows=len(thresholds))
-    for image_id, image, gt in training.validation_images(network, layout, ids, device):
+    scored = 0
+    for image_id, image, gt in training.validation_images(network, layout, ids, device, skip):
+        try:
+            tags = layout.read_tags(image_id)
+        except DatasetError as e:
+            if skip is None:
+                raise
+            skip(str(e))
+            continue
         probs, _ = multiscale_inference(network, image, "rsepm", scales=(1.0,), interpolation="nearest")
-        keys, seed = rsepm_seed(probs, layout.read_tags(image_id))
+        keys, seed = rsepm_seed(probs, tags)
         meter.add(seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "rsepm"}, gt,
                                         thresholds, num_classes))
+        scored += 1
+    if not scored:
+        return None
     scores = meter.scores()
     best = int(np.nanargmax(scores["mIoU"]))
     return float(scores["mIoU"][best]), float(thresholds[best]), scores["iou"][best]
@@ -179,8 +191,9 @@ def main(args):
                 # tensors: record checks and sums them on the device (no host sync)
                 run.record(epoch, {**losses, "total": total, **stats}, images=images.shape[0],
                            progress_loss=total, skipped=batch.get("skipped"))
-            if training.validation_due(args, epoch, val_ids):
-                miou, threshold, iou = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
+            if training.validation_due(args, epoch, val_ids) and \
+                    (result := validate(network, val_layout, val_ids, ctx.device, info.num_classes, run.skip)):
+                miou, threshold, iou = result
                 run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
                 run.logger.markdown(run.iteration, "val/seed_IoU", f"threshold {threshold:.2f}\n\n"
                                 + panels.iou_table(iou, info.class_names))

@@ -65,13 +65,18 @@ def segmentation_loss(logits, masks):
 
 
 @torch.no_grad()
-def validate(network, layout, ids, device, num_classes):
+def validate(network, layout, ids, device, num_classes, skip=None):
     """Single-scale + flip mIoU (%) of the argmax on `ids` (information only) and the per-class
-    IoU (fractions, background first)."""
+    IoU (fractions, background first). Unreadable images go to `skip` (TrainingRun.skip); None when
+    no image could be read."""
     meter = ConfusionMeter(num_classes)
-    for _, image, gt in training.validation_images(network, layout, ids, device):
+    scored = 0
+    for _, image, gt in training.validation_images(network, layout, ids, device, skip):
         probs, _ = multiscale_inference(network, image, "seg", scales=(1.0,))
         meter.add_prediction(probs.argmax(0).cpu().numpy(), gt)
+        scored += 1
+    if not scored:
+        return None
     scores = meter.scores()
     return float(scores["mIoU"][0]), scores["iou"][0]
 
@@ -116,8 +121,9 @@ def main(args):
                 run.step(loss)
                 run.record(epoch, {"seg": loss, "ignored": (masks == IGNORE_INDEX).float().mean()},
                            images=images.shape[0], progress_loss=loss, skipped=batch.get("skipped"))
-            if training.validation_due(args, epoch, val_ids):
-                miou, iou = validate(network, val_layout, val_ids, ctx.device, info.num_classes)
+            if training.validation_due(args, epoch, val_ids) and \
+                    (result := validate(network, val_layout, val_ids, ctx.device, info.num_classes, run.skip)):
+                miou, iou = result
                 run.logger.log(run.iteration, epoch, {"val_mIoU": miou})
                 run.logger.markdown(run.iteration, "val/IoU", panels.iou_table(iou, info.class_names))
             if training.panels_due(args, epoch, val_ids):

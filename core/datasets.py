@@ -16,7 +16,7 @@ from PIL import Image
 
 from core.errors import DatasetError, FormatError
 from core.io import make_palette, read_json, read_mask
-from core.safety import image_mode_problem
+from core.safety import check_regular_file, image_mode_problem
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 DOMAINS = ("train", "train_aug", "validation", "test")
@@ -101,7 +101,9 @@ def image_size_problem(size, max_pixels):
 
 def read_image(path, max_pixels=None):
     """RGB uint8 array (H, W, 3). Missing, truncated, undecodable or not 8-bit files, and files
-    whose header claims more than `max_pixels` pixels (checked before decoding), raise DatasetError."""
+    whose header claims more than `max_pixels` pixels (checked before decoding), and anything that
+    is not a regular file (a FIFO would block the reader), raise DatasetError."""
+    check_regular_file(path, DatasetError, "image file")
     try:
         with Image.open(path) as image:
             if image_mode_problem(image.mode):  # e.g. a 16-bit PNG under a .jpg name: RGB would clip it to white
@@ -126,6 +128,7 @@ def parse_xml_tags(path, class_dict):
     to the image's pixel range [0, size - 1] is dropped, as in the original. Objects without a box
     count. An unknown class name raises DatasetError naming the file and the class.
     """
+    check_regular_file(path, DatasetError, "annotation file")
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import FormatError, MissingFileError, OutputError, ProjectError
-from core.safety import TEMP_SUFFIX, remove_stale_temp_files, temp_prefix
+from core.safety import TEMP_SUFFIX, hold_output, regular_file_problem, remove_stale_temp_files, temp_prefix
 
 SEED_DIALECTS = ("rsepm", "seg")
 # Largest decoded seed accepted by load_seed (--max_seed_bytes): a VOC seed is ~20 MB, a COCO one
@@ -85,6 +85,8 @@ def write_json(path, obj):
 
 
 def read_json(path):
+    if regular_file_problem(path) not in (None, "not found"):
+        raise FormatError(f"{path}: {regular_file_problem(path)}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -135,6 +137,11 @@ def safe_pickle_load(path, max_bytes=None):
 
     With `max_bytes`, a file larger than that is refused before it is read.
     """
+    problem = regular_file_problem(path)
+    if problem == "not found":
+        raise MissingFileError(f"{path}: file not found")
+    if problem:
+        raise FormatError(f"{path}: {problem}; skipped")
     try:
         if max_bytes is not None and os.path.getsize(path) > max_bytes:
             raise FormatError(f"{path}: file of {os.path.getsize(path):,} bytes exceeds the limit of "
@@ -271,6 +278,11 @@ def save_mask(path, mask, palette):
 
 def read_mask(path):
     """Read a class-index PNG as uint8 (H, W) without any palette conversion."""
+    problem = regular_file_problem(path)
+    if problem == "not found":
+        raise MissingFileError(f"{path}: mask file not found")
+    if problem:
+        raise FormatError(f"{path}: {problem}; skipped")
     try:
         with Image.open(path) as image:
             image.load()
@@ -309,9 +321,11 @@ def file_fingerprint(path):
     return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",), root=None):
-    """The one preparation of every stage's output folder: create it, remove the temporaries of
-    killed runs, make sure the outputs in it all come from `settings`, then record them.
+def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",), root=None,
+                        instead="use a new --tag"):
+    """The one preparation of every stage's output folder: take its writer lock (one live writer
+    per folder, core.safety.hold_output, held until this process ends), create it, remove the
+    temporaries of killed runs, make sure the outputs in it all come from `settings`, then record them.
 
     `settings` (JSON-able) is written to settings_path(folder) atomically; it names what shapes
     the outputs: the flags, weights by sha256 (file_fingerprint), an input folder's own record by
@@ -319,10 +333,12 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
     values, or outputs but no record, the run is refused with UsageError naming the differences,
     unless `overwrite`: then those outputs and the results derived from them (the evaluation
     `{folder}.eval.json` beside it) are deleted first. A record beside no outputs guards nothing
-    and never blocks (a run that failed before writing leaves nothing in the way). Values under a
+    and never blocks (a run that failed before writing leaves nothing in the way: its writer is gone,
+    since a live one holds the lock and refuses this run first). Values under a
     key in `ignore` (at any depth, e.g. the weights' path) are recorded but not compared.
     `root` (the experiment root, --pred_dir): `overwrite` refuses a folder whose real path lies
-    outside it (a link to a folder elsewhere), since it deletes files. Returns the number of
+    outside it (a link to a folder elsewhere), since it deletes files. `instead`: the other way out
+    named in the refusal, in the words of the flag that names the folder. Returns the number of
     outputs deleted.
     """
     from core.errors import UsageError
@@ -333,6 +349,7 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
         if os.path.commonpath([real, real_root]) != real_root:
             raise UsageError(f"--overwrite refuses {folder}: it resolves to {real}, outside the experiment root "
                              f"{root} ({real_root}), and overwriting deletes files there")
+    hold_output(folder)
     os.makedirs(folder, exist_ok=True)
     remove_stale_temp_files(folder)
     record = settings_path(folder)
@@ -346,7 +363,7 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
     if problem and not overwrite:
         raise UsageError(f"{folder}: {problem}. Adding to it would mix results of two settings: pass "
                          f"--overwrite true to delete its {len(outputs)} {extension} file(s) and start "
-                         "again, or use a new --tag")
+                         f"again, or {instead}")
     deleted = 0
     if overwrite:
         for path in [os.path.join(folder, name) for name in outputs] + derived_results(folder):

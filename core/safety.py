@@ -4,11 +4,16 @@
   every output path built from one must stay inside its output folder;
 - images must decode to 8 bits per channel (a 16-bit PNG under a .jpg name would be clipped to
   white by the RGB conversion);
+- every input file is checked to be a regular file before it is opened: a FIFO (named pipe) or a
+  device named like an image would block the reader for ever;
 - the temporary files of this project's atomic writes carry one recognisable name pattern and
   their writer's identity, so those left behind by killed runs can be found and removed at the
-  start of the next run, however soon it starts.
+  start of the next run, however soon it starts;
+- every output (a folder of seeds, masks or labels, an evaluation, a training tag, a built dataset)
+  has one live writer: an exclusive lock beside it, held for as long as its writer runs.
 """
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -76,6 +81,41 @@ def safe_output_path(root, relative):
 
 
 # ---------------------------------------------------------------------------------------------
+# Input files
+# ---------------------------------------------------------------------------------------------
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def regular_file_problem(path):
+    """None when `path` (links followed) is a regular file; else a phrase saying what it is
+    ("not found", "a FIFO (named pipe)", ...). Opening a FIFO for reading blocks until a writer
+    appears, and no signal handler of Python runs meanwhile: every reader asks this first. An open
+    file object (not a path) is the caller's own and passes."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file"
+
+
+def check_regular_file(path, error, what="file"):
+    """Raise `error` naming `path` unless it is a regular file (links followed)."""
+    problem = regular_file_problem(path)
+    if problem == "not found":
+        raise error(f"{path}: {what} not found")
+    if problem:
+        raise error(f"{path}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------
 # PIL modes with 8 bits per channel (or 1 bit): converting them to RGB keeps the pixel values.
@@ -98,6 +138,7 @@ def check_image_file(path, error=ValueError):
     """Raise `error` naming `path` unless its header is an 8-bit image (reads the header only)."""
     from PIL import Image
 
+    check_regular_file(path, error, "image file")
     try:
         with Image.open(path) as image:
             problem = image_mode_problem(image.mode)
@@ -144,9 +185,18 @@ def writer_token():
     return _WRITER[pid]
 
 
+# writer token (at most 6 + 1 + 7 + 1 + 20 characters), separators, 8 random characters, suffix
+_TEMP_OVERHEAD = 2 + 35 + 1 + 8 + len(TEMP_SUFFIX)
+
+
 def temp_prefix(path):
-    """Prefix for tempfile.mkstemp(prefix=..., suffix=TEMP_SUFFIX) of a temporary beside `path`."""
-    return f".{os.path.basename(path)}.{writer_token()}."
+    """Prefix for tempfile.mkstemp(prefix=..., suffix=TEMP_SUFFIX) of a temporary beside `path`.
+    The target's name is kept when the whole temporary name fits the file systems' 255 bytes, else
+    replaced by a hash of it, so every name that check_output_id accepts can be written."""
+    name = os.path.basename(path)
+    if len(name.encode("utf-8", "surrogateescape")) + _TEMP_OVERHEAD > MAX_NAME_BYTES:
+        name = "h" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f".{name}.{writer_token()}."
 
 
 def temp_path(path):
@@ -198,7 +248,8 @@ PROCESS_START = _process_start()
 
 def remove_stale_temp_files(folder, before=None):
     """Remove this project's temporary files in `folder` (not its subfolders) whose writer is
-    gone; returns their paths.
+    gone, and its temporary build folders (a dataset builder's, named the same way) by the same
+    rule; returns their paths.
 
     Such files are what a killed atomic write leaves behind. A name that carries its writer (this
     host, pid, start time) is removed as soon as that process no longer runs, however recent the
@@ -219,15 +270,116 @@ def remove_stale_temp_files(folder, before=None):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                continue
             if match["host"] == HOST:
                 if writer_alive(int(match["pid"]), int(match["start"])):
                     continue
             elif info.st_mtime >= before:
                 continue
-            os.remove(entry.path)
+            if stat.S_ISDIR(info.st_mode):
+                import shutil
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
         except FileNotFoundError:  # removed meanwhile (another run cleaning the same folder)
             continue
         removed.append(entry.path)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# One live writer per output
+# ---------------------------------------------------------------------------------------------
+LOCK_SUFFIX = ".lock"
+_HELD = {}  # absolute lock path -> (pid, file descriptor) of the locks this process holds
+
+
+class OutputBusyError(ProjectError):
+    """Another live process is writing the same output."""
+
+
+def lock_path(output):
+    """The lock of an output: the hidden file `.{name}.lock` beside it (a folder keeps only its
+    outputs, and a listing of the folder above shows none)."""
+    path = os.path.normpath(os.path.abspath(output))
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + LOCK_SUFFIX)
+
+
+def _holder_text(fd):
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        holder = json.loads(text)
+        return (f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}, "
+                f"command: {holder['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is still starting"
+
+
+def hold_output(output, flag=None):
+    """Take the exclusive writer lock of `output` (a folder or a file) for the rest of this process.
+
+    The lock is an flock on `.{name}.lock` beside the output, which records who holds it (host, pid, start time,
+    command). The kernel releases it when the holder ends however it ends (SIGKILL included), so the
+    lock of a writer that is gone is simply taken over; worker processes forked by the holder share
+    it. Taking a lock this process already holds is a no-op. A second live writer is refused with
+    OutputBusyError naming the one that runs (`flag`: the option that named the output, for the
+    message). Returns the lock path."""
+    import fcntl
+    import json as _json
+    import sys
+
+    path = lock_path(output)
+    held = _HELD.get(path)
+    if held and held[0] == os.getpid():
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder_text(fd)
+        os.close(fd)
+        named = f" ({flag})" if flag else ""
+        raise OutputBusyError(f"{output}{named}: another run is writing it: {holder}. Two writers would mix "
+                              "their outputs; wait for it to end (or stop it), or write elsewhere") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    record = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(PROCESS_START)),
+              "command": " ".join(sys.argv)}
+    data = _json.dumps(record).encode("utf-8")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    _HELD[path] = (os.getpid(), fd)
+    return path
+
+
+def output_writer(output):
+    """None when no other live process holds the lock of `output`, else who does (a sentence)."""
+    import fcntl
+
+    path = lock_path(output)
+    held = _HELD.get(path)
+    if (held and held[0] == os.getpid()) or not os.path.isfile(path):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder_text(fd)
+    finally:
+        os.close(fd)  # closing releases the shared lock taken for the test
+
+
+def release_output(output=None):
+    """Release the lock of `output` (None: every lock this process holds); for long-lived
+    processes and tests, since a lock otherwise lasts as long as its process."""
+    paths = list(_HELD) if output is None else [lock_path(output)]
+    for path in paths:
+        held = _HELD.pop(path, None)
+        if held and held[0] == os.getpid():
+            os.close(held[1])

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from core.datasets import read_image
 from core.errors import DatasetError, FormatError
 from core.io import read_mask
+from core.safety import check_regular_file
 
 MAX_LISTED = 5
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # a 7000 x 7000 photo; VOC/COCO images are below 0.5 M
@@ -47,6 +48,7 @@ def read_checked_image(path, max_pixels):
     """read_image after a size check from the header: DatasetError naming the file when the
     image claims more than `max_pixels` pixels (or PIL's decompression-bomb limit), before any
     memory is spent on decoding."""
+    check_regular_file(path, DatasetError, "image file")
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -264,6 +266,7 @@ class SegmentationDataset(_AugmentedDataset):
 
 def _header_size(path):
     """(W, H) from the file header; PIL decodes no pixels until load()."""
+    check_regular_file(path, DatasetError)
     try:
         with Image.open(path) as image:
             return image.size

@@ -21,6 +21,15 @@ def _one_thread_and_grad():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _release_output_locks():
+    """Each test starts holding no writer lock: a script's main() run in the test process keeps the
+    locks of its outputs for the life of the process (core.safety.hold_output), as a script does."""
+    yield
+    from core.safety import release_output
+    release_output()
+
+
 # The shape most tests train on: 8 train_aug images (the first 4 also in train), one validation
 # and one test image, 48 to 64 pixels a side.
 TOY_DEFAULTS = dict(seed=0, num_train=4, num_train_aug=8, num_validation=1, num_test=1, min_size=48, max_size=64)

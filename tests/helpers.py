@@ -42,5 +42,10 @@ def count_syncs(monkeypatch, run):
 
 
 def run_main(module, argv):
-    """A script's main on parsed argv, as tests call it (cli adds only the exit status)."""
-    return module.main(module.get_args_parser().parse_args(argv))
+    """A script's main on parsed argv, as tests call it (cli adds only the exit status). The writer
+    locks it took are released at the end, as the end of the script's process releases them."""
+    from core.safety import release_output
+    try:
+        return module.main(module.get_args_parser().parse_args(argv))
+    finally:
+        release_output()

@@ -168,7 +168,9 @@ def test_safe_output_path(tmp_path):
 
 
 def files_under(folder):
-    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names)
+    """Every file under `folder` but the writer locks (hidden `.NAME.lock` files, not outputs)."""
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names
+                  if not (n.startswith(".") and n.endswith(".lock")))
 
 
 def write_jpeg(path, seed=0):

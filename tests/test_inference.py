@@ -377,7 +377,8 @@ def test_conf_th_picks_classes_by_score(toy, weights, tmp_path):
 def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     run_main(infer_rsepm, rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))
-    assert sorted(n for n in os.listdir(os.path.join(tmp_path, "predictions", TAG)) if not n.endswith(".settings.json")) == ["train"]
+    assert sorted(n for n in os.listdir(os.path.join(tmp_path, "predictions", TAG))
+                  if not n.endswith(".settings.json") and not n.endswith(".lock")) == ["train"]
     assert sorted(os.listdir(out_dir(tmp_path, "train"))) == [i + ".pkl" for i in image_ids(toy, "train_aug")]
 
 

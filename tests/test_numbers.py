@@ -98,3 +98,54 @@ def test_every_range_belongs_to_a_flag():
         check_numbers(parser)
         used |= {a.dest for a in parser._actions if getattr(a.type, "number_range", None) is not None}
     assert sorted(set(RANGES) - used) == []
+
+
+def list_flags():
+    """(program, flag, element Range, (fewest, most)) of every number-list flag of every parser."""
+    found = []
+    for name in PROGRAMS:
+        parser = check_numbers(parser_of(name))
+        found += [(name, a.option_strings[0], a.type.number_range, a.type.list_length) for a in parser._actions
+                  if getattr(a.type, "list_length", None) is not None]
+    return found
+
+
+def test_list_flags_go_through_the_validator():
+    """The list flags that escaped it in the last release are among those checked."""
+    flags = {(name, flag) for name, flag, _, _ in list_flags()}
+    assert {("train_rsepm", "--pamr_dilations"), ("infer_rsepm", "--scales"), ("infer_seg", "--scales"),
+            ("tools.bench.bench_crf", "--workers"), ("tools.bench.bench_evaluate", "--workers"),
+            ("tools.bench.bench_rw", "--small")} <= flags
+
+
+@pytest.mark.parametrize("name, flag, allowed, lengths", list_flags())
+def test_list_flags_refuse_a_bad_value_and_too_many_values(name, flag, allowed, lengths, capsys):
+    parser = parser_of(name)
+    good = allowed.low + 1 if allowed.low_open or not math.isfinite(allowed.high) else allowed.high
+    good = int(good) if float(good).is_integer() else good
+    fewest, most = lengths
+    ok = ",".join([str(good)] * fewest)
+    assert len(getattr(parser.parse_args([flag, ok]), parser_dest(parser, flag))) == fewest
+    for bad in ([str(good)] * (most + 1), [str(good)] * (fewest - 1) + ["nan"],
+                [str(good)] * (fewest - 1) + [repr(allowed.outside())], ["-1"] * fewest):
+        if bad == ["-1"] * fewest and allowed.contains(-1):
+            continue
+        with pytest.raises(SystemExit) as raised:
+            parser.parse_args([flag, ",".join(bad)])
+        assert raised.value.code == 2 and f"argument {flag}" in capsys.readouterr().err, (flag, bad)
+
+
+def parser_dest(parser, flag):
+    return next(a.dest for a in parser._actions if flag in a.option_strings)
+
+
+def test_pamr_dilations_of_the_last_release_are_refused(capsys):
+    """-1 was a traceback, 100000 tried to allocate 1.9 TB, 0 trained."""
+    parser = parser_of("train_rsepm")
+    for bad in ("-1", "100000", "0", "1,2,0"):
+        with pytest.raises(SystemExit) as raised:
+            parser.parse_args(["--pamr_dilations", bad])
+        assert raised.value.code == 2
+    assert parser.parse_args(["--pamr_dilations", "1,2,4,8,12,24"]).pamr_dilations == (1, 2, 4, 8, 12, 24)
+    with pytest.raises(SystemExit):  # 2,000 test-time scales ran for minutes
+        parser_of("infer_rsepm").parse_args(["--scales", ",".join(["1.0"] * 2000)])

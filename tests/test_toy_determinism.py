@@ -95,7 +95,7 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     # with the record of this release's pretraining settings, as tools/toy/pretrain_toy.py leaves it
     from tools.toy import pretrain_toy
     settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(tp.pretrain_command([])[1:]))
-    write_json(pretrain_toy.record_path(str(pretrained)), {"settings": settings})
+    write_json(pretrain_toy.record_path(str(pretrained)), {"settings": settings, "code": pretrain_toy.source_digests()})
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "old").write_text("x")
     monkeypatch.setattr(tp.Runner, "run", run)
@@ -120,3 +120,7 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     record = tp.read_json(str(tmp_path / "exp" / "summary.json"))
     assert record["environment"]["threads"] == 1 and record["environment"]["PYTHONHASHSEED"] == "0"
     assert [s["mIoU"] for s in record["stages"]] == sorted(s["mIoU"] for s in record["stages"])
+    # the comparison with the README's table: these settings, another backbone, other numbers
+    assert record["settings_digest"] == tp.settings_digest()
+    assert "settings: the README table's (digest matches)" in out
+    assert "NOT the README table's" in out and "seed-0 rows: differ from the README's" in out

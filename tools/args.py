@@ -80,6 +80,9 @@ def int_list(text):
     return values
 
 
+int_list.list_of = int  # a number list: tools/numbers.py checks each value and the count
+
+
 def color_jitter(text):
     """'B,C,S,H' (brightness, contrast, saturation, hue strengths of core.transforms.color_jitter)
     -> a 4-tuple of floats; 'none' (or all zeros) -> None, no jitter."""

@@ -83,7 +83,12 @@ RANGES = {
     "rsepm_crop": PIXELS, "train_utilisation": Range(0.0, 1.0, low_open=True),
     "infer_utilisation": Range(0.0, 1.0, low_open=True), "scaling": Range(0.0, 1.0, low_open=True),
     "cores": Range(1, 1024),
+    # list flags (comma-separated numbers): the range of each element; the count is LIST_LENGTHS's
+    "pamr_dilations": Range(1, 64), "scales": Range(0.0, 4.0, low_open=True), "small": PIXELS,
 }
+# (fewest, most) entries of a list flag: each entry is work (a test-time scale is a forward pass of
+# the image and its flip, a dilation a PAMR pass), so the count is bounded too.
+LIST_LENGTHS = {"pamr_dilations": (1, 16), "scales": (1, 16), "workers": (1, 16), "small": (2, 2)}
 
 
 def bounded(kind, flag, allowed):
@@ -102,6 +107,25 @@ def bounded(kind, flag, allowed):
     return parse
 
 
+def bounded_list(parse_list, flag, allowed, lengths):
+    """An argparse type: `parse_list(text)` (a tuple of numbers), each finite and inside
+    `allowed`, their count inside `lengths` (fewest, most)."""
+    def parse(text):
+        values = parse_list(text)
+        fewest, most = lengths
+        if not fewest <= len(values) <= most:
+            count = f"exactly {most}" if fewest == most else f"{fewest} to {most}"
+            raise argparse.ArgumentTypeError(f"{flag} takes {count} comma-separated values, got {len(values)}")
+        for value in values:
+            if not math.isfinite(value) or not allowed.contains(value):
+                raise argparse.ArgumentTypeError(f"{value!r} in {text!r} is outside {flag}'s range "
+                                                 f"{allowed.describe()} (each value)")
+        return values
+    parse.__name__ = getattr(parse_list, "__name__", "list")
+    parse.number_range, parse.list_length = allowed, lengths
+    return parse
+
+
 NUMBER_TYPES = {int: int, float: float}
 
 
@@ -109,6 +133,13 @@ def check_numbers(parser):
     """Wrap every int/float flag of `parser` (argument groups included) in its range from RANGES.
     A number flag with no range is a bug of the script: KeyError naming it."""
     for action in parser._actions:
+        if getattr(action.type, "list_of", None) is not None and action.option_strings:
+            if action.dest not in RANGES:
+                raise KeyError(f"{action.option_strings[0]}: a number-list flag without a range in "
+                               "tools/numbers.py RANGES")
+            action.type = bounded_list(action.type, action.option_strings[0], RANGES[action.dest],
+                                       LIST_LENGTHS.get(action.dest, (1, 64)))
+            continue
         kind = NUMBER_TYPES.get(action.type) or getattr(action.type, "number_kind", None)
         if kind is None or not action.option_strings or action.choices is not None:
             continue  # a flag with choices is checked by argparse itself
@@ -119,6 +150,6 @@ def check_numbers(parser):
 
 
 def number_flags(parser):
-    """The (flag, Range) of every checked number flag of a parser (for the tests)."""
+    """The (flag, Range) of every checked number flag of a parser, list flags included (for the tests)."""
     return [(a.option_strings[0], a.type.number_range) for a in parser._actions
             if getattr(a.type, "number_range", None) is not None]

@@ -6,6 +6,7 @@ with N threads each on N cores spin against each other and run several times slo
 process takes the CPUs it may run on less the workers it starts, unless --threads or
 OMP_NUM_THREADS says otherwise (the toy pipeline fixes its numbers through OMP_NUM_THREADS).
 """
+import errno
 import multiprocessing
 import os
 import sys
@@ -22,6 +23,19 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 # stopping the run: a bad input file of that item. core's shape checks raise ValueError for a
 # seed that does not fit its image. A full disk (OutputError) or a bug stops the run.
 SKIPPED_ERRORS = (FormatError, DatasetError, MissingFileError, EvaluationError, ValueError)
+# errno of a failed write that concerns the whole output (every later write would fail the same
+# way): the run stops. Any other failed write (a name the file system refuses, one unwritable file)
+# is one item's problem: skipped and listed.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def item_write_problem(error):
+    """The one-line problem of a failed per-item write when it is the item's own (skip it), or
+    None when the run must stop (disk full, read-only, device error)."""
+    cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+    if getattr(cause, "errno", None) in MACHINE_ERRNOS:
+        return None
+    return str(error)
 
 
 def available_cpus():

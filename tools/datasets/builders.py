@@ -18,7 +18,7 @@ from core.datasets import parse_xml_tags
 from core.errors import DatasetError, FormatError, PrepareError
 from core.io import atomic_output, read_mask
 from core.datasets import image_size_problem
-from core.safety import check_output_id, image_mode_problem, temp_path
+from core.safety import check_output_id, check_regular_file, image_mode_problem, temp_path
 from tools.args import add_image_limit_arg, add_threads_arg
 from tools.pool import SKIPPED_ERRORS, pool_size, run_pool
 
@@ -42,6 +42,7 @@ def add_output_args(parser, default_out):
 def check_source_image(path, max_pixels=None):
     """Raise PrepareError naming `path` unless its header is an 8-bit image of at most
     `max_pixels` pixels (header only: nothing is decoded)."""
+    check_regular_file(path, PrepareError, "image file")
     try:
         with Image.open(path) as image:
             problem = image_mode_problem(image.mode) or image_size_problem(image.size, max_pixels)
@@ -94,8 +95,7 @@ def read_id_list(path, what):
     (`/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`): the stem of the first
     token is the id.
     """
-    if not os.path.isfile(path):
-        raise PrepareError(f"{path}: {what} list file not found")
+    check_regular_file(path, PrepareError, f"{what} list file")
     with open(path, "rb") as f:
         data = f.read()
     try:

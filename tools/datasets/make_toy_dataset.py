@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
+from core.safety import hold_output  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.datasets.builders import voc_annotation_xml  # noqa: E402
 
@@ -418,6 +419,7 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
     counts = {"train": num_train, "train_aug": num_train_aug, "validation": num_validation, "test": num_test}
     _check_settings(counts, min_size, max_size, max_objects, quality, seed)
     out_dir = os.path.normpath(os.path.expanduser(os.fspath(out_dir)))
+    hold_output(out_dir, "--out")  # one generator per dataset root
     info = DatasetInfo("TOY")
     config = {"format_version": FORMAT_VERSION, "seed": seed, "counts": counts, "min_size": min_size,
               "max_size": max_size, "max_objects": max_objects, "quality": quality}

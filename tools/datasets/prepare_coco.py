@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 
 from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
-from core.safety import check_output_id, safe_output_path  # noqa: E402
+from core.safety import check_output_id, hold_output, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
 from core.errors import PrepareError  # noqa: E402
@@ -336,6 +336,7 @@ def main(args):
     category_to_class = category_map(info)
     root = os.path.normpath(os.path.expanduser(args.coco_root))
     out_root = os.path.normpath(os.path.expanduser(args.out))
+    hold_output(out_root, "--out")  # one builder per dataset root
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:

@@ -47,7 +47,8 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 from core.datasets import DatasetInfo, read_image  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_mask, save_mask, write_json  # noqa: E402
-from core.safety import TEMP_SUFFIX, check_output_id, temp_path, temp_prefix  # noqa: E402
+from core.safety import (TEMP_SUFFIX, check_output_id, check_regular_file, hold_output, regular_file_problem,  # noqa: E402
+                         remove_stale_temp_files, temp_path, temp_prefix)  # noqa: E402
 from tools.args import add_image_limit_arg, cli, make_parser, str2bool  # noqa: E402
 from tools.datasets.builders import (LINK_MODES, PrepareError, check_mask_values, check_source_image,  # noqa: E402
                                      place_file, print_summary, read_id_list, run_parallel, verify_split,
@@ -69,6 +70,8 @@ def voc_colors(count):
 
 
 def check_class_name(name, where):
+    """`name` in Unicode NFC after checking it (the same name typed on two systems may arrive
+    composed or decomposed; both are one class)."""
     if not name or name != name.strip():
         raise PrepareError(f"{where}: class name {name!r} is empty or has surrounding spaces")
     if ";" in name or any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
@@ -76,12 +79,24 @@ def check_class_name(name, where):
     if name == "background":
         raise PrepareError(f"{where}: 'background' is class 0 of every dataset and implicit; "
                            "list only the foreground classes")
-    return name
+    return unicodedata.normalize("NFC", name)
+
+
+def check_case_twins(names, where):
+    """Refuse two class names that differ only by case ('Dog' and 'dog'): almost always one class
+    typed twice, which would split its images over two classes."""
+    seen = {}
+    for name in names:
+        twin = seen.setdefault(name.casefold(), name)
+        if twin != name:
+            raise PrepareError(f"{where}: classes {twin!r} and {name!r} differ only by case; write one "
+                               "name for one class (or rename one of them if they are really two)")
 
 
 def read_class_list(value):
     """Foreground class names, in index order, from `a,b,c` or a file of one name per line."""
-    if os.path.isfile(value):
+    if os.path.exists(value) and not os.path.isdir(value):
+        check_regular_file(value, PrepareError, "class list file")
         with open(value, encoding="utf-8-sig") as f:
             names = [(f"--classes {value} line {n}", line.strip()) for n, line in enumerate(f, 1) if line.strip()]
     elif value.lower().endswith((".txt", ".csv")) or os.sep in value:
@@ -90,12 +105,13 @@ def read_class_list(value):
         names = [(f"--classes {value!r}", name.strip()) for name in value.split(",")]
     seen = {}
     for where, name in names:
-        check_class_name(name, where)
+        name = check_class_name(name, where)
         if name in seen:
             raise PrepareError(f"{where}: class {name!r} listed twice")
         seen[name] = where
     if not seen:
         raise PrepareError(f"--classes {value!r}: no class names")
+    check_case_twins(seen, f"--classes {value}")
     return list(seen)
 
 
@@ -106,14 +122,13 @@ def _split_tags(value, where):
         parts = value
     else:
         raise PrepareError(f"{where}: tags must be a ';'-separated string or a list of strings, found {value!r}")
-    return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    return list(dict.fromkeys(unicodedata.normalize("NFC", p.strip()) for p in parts if p.strip()))
 
 
 def read_tag_table(path):
     """[(where, image, [tag, ...])] of a CSV (`image,tags`) or JSON tag file, in file order;
     `where` names the file and the row (CSV) or the entry (JSON)."""
-    if not os.path.isfile(path):
-        raise PrepareError(f"--tags {path}: file not found")
+    check_regular_file(path, PrepareError, "--tags file")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             text = f.read()
@@ -121,15 +136,20 @@ def read_tag_table(path):
         raise PrepareError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.lower().endswith(".json"):
         def pairs(items):  # json.loads keeps the last of two equal keys silently: a duplicate id would vanish
-            keys = [k for k, _ in items]
-            for key in keys:
-                if keys.count(key) > 1:
-                    raise PrepareError(f"{path}: entry {key!r}: duplicate id (listed {keys.count(key)} times)")
-            return dict(items)
+            result = dict(items)
+            if len(result) < len(items):  # a set's count, not keys.count per key (quadratic)
+                seen = set()
+                key = next(k for k, _ in items if k in seen or seen.add(k))
+                raise PrepareError(f"{path}: entry {key!r}: duplicate id (listed "
+                                   f"{sum(k == key for k, _ in items)} times)")
+            return result
         try:
             data = json.loads(text, object_pairs_hook=pairs)
         except json.JSONDecodeError as e:
             raise PrepareError(f"{path}: malformed JSON ({e})") from None
+        except RecursionError:
+            raise PrepareError(f"{path}: JSON nested too deeply to be a tag file (expected "
+                               "{\"image\": [\"tag\", ...]})") from None
         if not isinstance(data, dict):
             raise PrepareError(f"{path}: expected an object {{\"image\": [\"tag\", ...], ...}}")
         return [(f"{path} entry {key!r}", key, _split_tags(value, f"{path} entry {key!r}"))
@@ -167,6 +187,13 @@ def resolve_rows(rows, folder):
     """{id: (image file, tags)} in row order. Refuses a row naming no image of `folder`, an
     ambiguous stem (a.jpg and a.png) and a duplicate id, naming the row."""
     files = index_images(folder)
+    special = {name: regular_file_problem(os.path.join(folder, name)) for name in files}
+    special = {name: problem for name, problem in special.items() if problem}
+    if special:  # a FIFO named like an image would block the reader for ever
+        name, problem = next(iter(special.items()))
+        print(f"warning: {folder}: {len(special)} entr(y/ies) named like images are not regular files and are "
+              f"left out, e.g. {name} ({problem})", file=sys.stderr)
+        files = {name: stem for name, stem in files.items() if name not in special}
     by_stem = {}
     for name, stem in files.items():
         by_stem.setdefault(stem, []).append(name)
@@ -245,6 +272,7 @@ def choose_classes(items, first, train_ids, args):
             for tag in tags:
                 check_class_name(tag, first[image_id])
         classes = sorted({t for _, tags in items.values() for t in tags})
+        check_case_twins(classes, f"--tags {args.tags}")
         print(f"classes ({len(classes)}, sorted; --classes sets them and their order): {', '.join(classes)}")
     if not classes:
         raise PrepareError(f"--tags {args.tags}: no image has a tag")
@@ -310,6 +338,21 @@ def description(classes):
             "color_dict": dict(zip(names, colors)), "num_classes": len(names), "ignore_index": 255}
 
 
+def check_inputs_outside(out, args):
+    """Refuse an OUT that is, or contains, one of the inputs: --overwrite would delete the user's
+    own photos and tag file (and leave links to nothing with --link symlink)."""
+    real_out = os.path.realpath(out)
+    for flag in ("images", "tags", "masks", "classes", "train_list", "val_list"):
+        value = getattr(args, flag, None)
+        if not value or (flag == "classes" and not os.path.exists(value)):
+            continue
+        real = os.path.realpath(os.path.expanduser(value))
+        if os.path.commonpath([real, real_out]) == real_out:
+            raise UsageError(f"--out {args.out} {'is' if real == real_out else 'contains'} --{flag} {value}: "
+                             "the dataset is built beside its inputs, never over them (replacing OUT would "
+                             "delete them); choose another --out")
+
+
 def get_args_parser():
     parser = make_parser("Build the seed layout and the --dataset description of your own images and "
                          "tags (train, train_aug = train, validation).")
@@ -347,6 +390,7 @@ def main(args):
         raise UsageError(f"--val_fraction must lie in [0, 1), got {args.val_fraction}")
     out = os.path.normpath(os.path.abspath(os.path.expanduser(args.out)))
     name = check_output_id(args.name or os.path.basename(out), "--name", UsageError)
+    check_inputs_outside(out, args)
     if os.path.lexists(out) and not args.overwrite:
         raise UsageError(f"--out {out} exists; choose a new folder or pass --overwrite true")
     if args.masks and not os.path.isdir(args.masks):
@@ -374,13 +418,21 @@ def main(args):
     sizes = {i: (w, h) for i, w, h, _ in checked}
     odd = [(i, extra) for i, _, _, extra in checked if extra]
     if odd:  # most often masks indexed in another class order than the description's
-        image_id, extra = odd[0]
-        print(f"warning: {len(odd)} mask(s) hold a class their image is not tagged with, e.g. "
-              f"{os.path.join(args.masks, image_id + '.png')}: index {extra[0]} ({classes[extra[0] - 1]}); "
-              f"mask index i is the i-th class of: {', '.join(classes)}", file=sys.stderr)
+        shown = "; ".join(f"{os.path.join(args.masks, i + '.png')}: index "
+                          + ", ".join(f"{k} ({classes[k - 1]})" for k in extra[:3]) for i, extra in odd[:3])
+        text = (f"{len(odd)} mask(s) hold a class their image is not tagged with: {shown}"
+                f"{'; ...' if len(odd) > 3 else ''}. Mask index i is the i-th class of: "
+                + ", ".join(f"{k} {c}" for k, c in enumerate(classes, 1)))
+        if not args.classes:  # the masks were not drawn against a given list: an order mix-up, refused
+            raise PrepareError(text + " (the tags' classes, sorted). Masks drawn in another order: pass that "
+                               "order as --classes a,b,c (nothing was written)")
+        print(f"warning: {text} (--classes)", file=sys.stderr)
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
+    # one builder per OUT from here to its final rename (the checks above wrote nothing)
+    hold_output(out, "--out")
+    remove_stale_temp_files(parent)  # build folders of killed runs whose writer is gone
     work = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(out), suffix=TEMP_SUFFIX)
     try:
         umask = os.umask(0)
@@ -402,6 +454,9 @@ def main(args):
         except OSError:
             shutil.copytree(os.path.join(work, "train"), os.path.join(work, "train_aug"))
         old = None
+        if os.path.lexists(out) and not args.overwrite:  # made meanwhile by something that took no lock
+            raise PrepareError(f"--out {out} appeared while this dataset was built; nothing replaced it "
+                               "(pass --overwrite true to replace it)")
         if os.path.lexists(out):
             old = temp_path(out)
             os.replace(out, old)

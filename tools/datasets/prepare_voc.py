@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 from core.datasets import DatasetInfo  # noqa: E402
 from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
-from core.safety import safe_output_path  # noqa: E402
+from core.safety import hold_output, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
 from core.errors import PrepareError  # noqa: E402
@@ -258,6 +258,7 @@ def main(args):
     main_threads(args.threads, pool_size(args.num_workers, available_cpus()))
     info = DatasetInfo("VOC")
     out_root = os.path.normpath(os.path.expanduser(args.out))
+    hold_output(out_root, "--out")  # one builder per dataset root
     splits, notes = collect_splits(args)
     check_official_counts({s: len(items) for s, items in splits.items()}, OFFICIAL_COUNTS,
                           args.expect_official, "VOC2012")

@@ -106,27 +106,33 @@ def check_settings(path, saved, current):
 
 def dataset_identity(dataset):
     """What a run trains on, cheap enough to recompute for 10,582 images (os.stat only, no reads):
-    the kept ids in order with the byte sizes of each id's image and of the label file the
-    dataset reads (xml tags, mask or pseudo mask, relation-label map; -1: missing).
+    the kept ids in order with the byte size and modification time (ns) of each id's image and of
+    the label file the dataset reads (xml tags, mask or pseudo mask, relation-label map; -1:
+    missing). The time makes a file replaced by another of the same size count as a change.
 
-    Returns {"count", "sha256", "files": [[id, image bytes, label bytes], ...]}, or None for a
-    dataset that does not say where its files are (a test's TensorDataset).
+    Returns {"count", "sha256", "files": [[id, image bytes, label bytes, image mtime, label mtime],
+    ...]}, or None for a dataset that does not say where its files are (a test's TensorDataset).
     """
     layout = getattr(dataset, "layout", None)
     if layout is None or not hasattr(dataset, "ids"):
         return None
     # AffinityDataset: label_path; SegmentationDataset: mask_path; ClassificationDataset: the xml
     label = getattr(dataset, "label_path", None) or getattr(dataset, "mask_path", None) or layout.xml_path
-    files = [[i, _file_size(layout.image_path(i)), _file_size(label(i))] for i in dataset.ids]
+    files = []
+    for i in dataset.ids:
+        (image_size, image_time), (label_size, label_time) = _file_stat(layout.image_path(i)), _file_stat(label(i))
+        files.append([i, image_size, label_size, image_time, label_time])
     digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return {"count": len(files), "sha256": digest, "files": files}
 
 
-def _file_size(path):
+def _file_stat(path):
+    """(bytes, modification time in ns) of a file; (-1, -1) when it is missing."""
     try:
-        return os.stat(path).st_size
+        info = os.stat(path)
+        return info.st_size, info.st_mtime_ns
     except OSError:
-        return -1
+        return -1, -1
 
 
 def check_dataset(path, saved, current):
@@ -140,6 +146,12 @@ def check_dataset(path, saved, current):
                 f"this run cannot be checked against those it started with"]
     if saved["sha256"] == current["sha256"]:
         return []
+    if saved["files"] and len(saved["files"][0]) == 3:  # an older record: sizes only, compared as such
+        sized = [f[:3] for f in current["files"]]
+        if json.dumps(saved["files"]) == json.dumps(sized):
+            return [f"{path} records the files' sizes but not their modification times (an older version): a "
+                    "file replaced by one of the same size cannot be told apart"]
+        current = dict(current, files=sized)
     old, new = {f[0]: f[1:] for f in saved["files"]}, {f[0]: f[1:] for f in current["files"]}
     gone, added = [i for i in old if i not in new], [i for i in new if i not in old]
     if gone or added:
@@ -151,9 +163,14 @@ def check_dataset(path, saved, current):
         if changed is None:
             detail = "the same files in another order"
         else:
-            (image_a, label_a), (image_b, label_b) = old[changed], new[changed]
-            kind, a, b = ("image", image_a, image_b) if image_a != image_b else ("label file", label_a, label_b)
-            detail = f"the {kind} of {changed} was {a} bytes, now {b}"
+            (image_a, label_a, *times_a), (image_b, label_b, *times_b) = old[changed], new[changed]
+            if image_a != image_b or label_a != label_b:
+                kind, a, b = ("image", image_a, image_b) if image_a != image_b else ("label file", label_a, label_b)
+                detail = f"the {kind} of {changed} was {a} bytes, now {b}"
+            else:
+                kind = "image" if times_a[:1] != times_b[:1] else "label file"
+                detail = (f"the {kind} of {changed} was replaced (same size, modified "
+                          f"{'after' if times_b > times_a else 'before'} the run started)")
     raise ResumeError(f"{path}: cannot resume on another dataset: the run started on {saved['count']} images "
                       f"(sha256 {saved['sha256'][:12]}), this one has {current['count']} (sha256 "
                       f"{current['sha256'][:12]}); first difference: {detail}. Resume with the images and "

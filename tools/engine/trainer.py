@@ -13,7 +13,7 @@ import time
 from core.checkpoint import save_weights
 from core.errors import DatasetError, Preempted
 from core.io import write_json
-from core.safety import remove_stale_temp_files
+from core.safety import hold_output, remove_stale_temp_files
 from tools.engine.checkpoints import (config_path, dataset_identity, load_resume, resume_path, run_config,
                                       run_settings, save_final, save_resume)
 from tools.engine.distributed import (StopRequest, cleanup_distributed, close_loader, loader_dataset,
@@ -53,6 +53,8 @@ class TrainingRun:
     def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", **config_extra):
         self.args, self.ctx, self.network, self.optimizer, self.loader, self.ema = (
             args, ctx, network, optimizer, loader, ema)
+        if ctx.is_main:  # one live run per tag: a second (a requeued job, a repeated sweep entry) is refused
+            hold_output(model_dir(args.pred_dir, args.tag), "--tag")
         self.iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
         self.max_iterations = args.max_epoch * self.iterations_per_epoch
         self.scheduler = PolyLR(optimizer, self.max_iterations)
@@ -70,7 +72,7 @@ class TrainingRun:
             folder = model_dir(args.pred_dir, args.tag)
             remove_stale_temp_files(folder)
             remove_stale_temp_files(os.path.join(folder, "logs"))
-        self.epoch, self.step_in_epoch, self.iteration = 0, 0, 0
+        self.epoch, self.step_in_epoch, self.iteration, self.saved_epoch = 0, 0, 0, None
         self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:  # refused when a run-shaping flag changed (tools/engine/checkpoints.py check_settings)
@@ -120,7 +122,8 @@ class TrainingRun:
             set_loader_epoch(self.loader, index, skip_batches=self.step_in_epoch)
             yield index + 1
             self.step_in_epoch = 0
-            self.save_resume(index + 1, 0)
+            if self.saved_epoch != index + 1:  # record() saved it at the last iteration, before validation
+                self.save_resume(index + 1, 0)
             if self._stop_requested() and index + 1 < self.args.max_epoch:
                 raise self._preempted()
 
@@ -172,6 +175,10 @@ class TrainingRun:
             self.images_since_log = 0
             if self.ctx.distributed:  # every rank must stop at the same iteration (save_resume gathers)
                 self.stop_agreed = self.stop.agreed(self.ctx)
+        if end_of_epoch:  # the epoch's resume state before validation and panels, which may stop the run
+            self._fold_monitor()
+            self.save_resume(self.epoch + 1, 0)
+            self.saved_epoch = self.epoch + 1
         if self._stop_requested() and not end_of_epoch:  # at an epoch's end: epochs(), after its save
             self._fold_monitor()
             self.save_resume(self.epoch, self.step_in_epoch)
@@ -210,6 +217,13 @@ class TrainingRun:
         forward pass of its own (tools/engine/panels.py) on rank 0, so no training iteration syncs."""
         if self.ctx.is_main and getattr(self.args, "vis_images", 0) > 0:
             self.logger.images(self.iteration, draw())
+
+    def skip(self, problem):
+        """Count and log a file that validation or the panels could not use (listed at the end, as
+        the training split's)."""
+        if problem not in self.skipped:
+            self.logger.info(f"warning: skipped {problem}")
+        self.skipped[problem] = self.skipped.get(problem, 0) + 1
 
     def raise_if_skipped(self):
         """After the weights are saved: a run that skipped files ends with DatasetError listing

@@ -12,7 +12,7 @@ import torch
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
-from core.errors import UsageError
+from core.errors import DatasetError, UsageError
 from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, color_jitter, deprecated_alias,
                         make_parser, positive_int, str2bool)
 from tools.engine import distributed
@@ -178,15 +178,23 @@ def panel_source(args, ctx, train_layout, train_ids, val_layout, val_ids):
 
 
 @torch.no_grad()
-def validation_images(network, layout, ids, device):
+def validation_images(network, layout, ids, device, skip=None):
     """Yield (image_id, normalised (3, H, W) image on `device`, ground truth (H, W) uint8) with
-    the network in eval mode; its previous mode is restored afterwards."""
+    the network in eval mode; its previous mode is restored afterwards. An image or mask that
+    cannot be read (corrupt, not a regular file, wrong size) is passed over and its problem given
+    to `skip` (TrainingRun.skip: counted and listed at the end; None: raised)."""
     was_training = network.training
     network.eval()
     try:
         for image_id in ids:
-            image = layout.read_image(image_id)
-            gt = layout.read_mask(image_id, image.shape[:2])
+            try:
+                image = layout.read_image(image_id)
+                gt = layout.read_mask(image_id, image.shape[:2])
+            except DatasetError as e:
+                if skip is None:
+                    raise
+                skip(str(e))
+                continue
             yield image_id, normalize_image(image).to(device), gt
     finally:
         network.train(was_training)

@@ -55,8 +55,10 @@ class IRLabelJob(SeedJob):
 def claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite=False, root=None):
     """Record what shapes the label maps (the seeds, the thresholds, the label CRF) beside their
     folder; UsageError naming the differences when it holds maps made otherwise, unless `overwrite`."""
+    # the cache is kept per --seed_tag: a new --tag of the affinity network does not give a new one
     claim_from_seeds(out_dir, seed_dir, {"dataset": layout.info.name, "fg_th": fg_th, "bg_th": bg_th, "crf": crf},
-                     overwrite, root)
+                     overwrite, root, instead="keep the --ir_fg_th, --ir_bg_th and --ir_crf it was made with "
+                                              "(the maps are kept per --seed_tag, whatever the --tag)")
 
 
 def make_ir_labels(layout, seed_dir, out_dir, tag, palette, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD,

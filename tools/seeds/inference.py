@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
-from core.errors import CheckpointError, DatasetError, UsageError
+from core.errors import CheckpointError, DatasetError, OutputError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.inference import scaled_size
 from core.io import claim_output_folder, file_fingerprint, read_json, save_seed
@@ -19,7 +19,7 @@ from core.safety import safe_output_path
 from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, make_parser, resolve_devices, str2bool)
 from tools.paths import model_path, predictions_dir
-from tools.pool import list_skipped, main_threads, worker_threads
+from tools.pool import item_write_problem, list_skipped, main_threads, worker_threads
 
 MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
 # Rough peak memory of one pass per pixel of its (scaled) input, the image and its flip together:
@@ -71,6 +71,9 @@ def parse_scales(text):
             f"scales must be finite numbers in (0, {MAX_SCALE:g}], got {text!r} (a scale multiplies both "
             f"image sides: {MAX_SCALE:g} already means {MAX_SCALE ** 2:g}x the pixels and memory)")
     return scales
+
+
+parse_scales.list_of = float  # tools/numbers.py bounds the count (RANGES and LIST_LENGTHS "scales")
 
 
 def weights_path(args):
@@ -271,7 +274,12 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
             keys, seed = rsepm_seed(probs, classes)
         else:
             keys, seed = seg_seed(probs)
-        save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
+        try:
+            save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
+        except OutputError as e:  # one file the system refuses is skipped; a full disk stops the run
+            if item_write_problem(e) is None:
+                raise
+            failed.append({"id": image_id, "problem": item_write_problem(e)})
     summary = {"images": len(ids), "written": len(todo) - len(failed), "skipped_existing": len(ids) - len(todo),
                "failed": failed, "output_dir": out_dir}
     print(f"wrote {summary['written']} seed files to {out_dir} "

@@ -5,12 +5,12 @@ image -> palette PNG, with one set of skipped errors, one size guard and one poo
 import os
 
 from core.datasets import SeedLayout
-from core.errors import FormatError, MissingFileError
+from core.errors import FormatError, MissingFileError, OutputError
 from core.io import claim_output_folder, load_seed, read_json, save_mask, settings_path
 from core.relations import foreground_planes
-from core.safety import safe_output_path
+from core.safety import regular_file_problem, safe_output_path
 from tools.paths import output_dir
-from tools.pool import SKIPPED_ERRORS, collect, pool_size, run_pool
+from tools.pool import SKIPPED_ERRORS, collect, item_write_problem, pool_size, run_pool
 
 def seed_inputs(args, info):
     """The dataset split and seed folder a conversion reads, and the image ids in processing order
@@ -28,13 +28,14 @@ def seed_inputs(args, info):
     return layout, seed_dir, ids
 
 
-def claim_from_seeds(out_dir, seed_dir, settings, overwrite, root=None):
+def claim_from_seeds(out_dir, seed_dir, settings, overwrite, root=None, instead="use a new --tag"):
     """claim_output_folder for PNGs made from `seed_dir`: the settings record the seed folder and
     its own record by content, so new seeds in the same folder count as other settings."""
     record = settings_path(seed_dir)
     settings = {"seed_dir": os.path.abspath(seed_dir),
                 "seed_settings": read_json(record) if os.path.isfile(record) else None, **settings}
-    claim_output_folder(out_dir, settings, ".png", overwrite=overwrite, ignore=("path", "seed_dir"), root=root)
+    claim_output_folder(out_dir, settings, ".png", overwrite=overwrite, ignore=("path", "seed_dir"), root=root,
+                        instead=instead)
 
 
 def foreground(seed, image, seed_path, num_classes):
@@ -75,14 +76,20 @@ class SeedJob:
     def __call__(self, image_id):
         """(image_id, None) when written, (image_id, problem) when skipped."""
         seed_path = os.path.join(self.seed_dir, image_id + ".pkl")
-        if not os.path.isfile(seed_path):
-            return image_id, f"{seed_path}: seed file not found"
+        problem = regular_file_problem(seed_path)
+        if problem:  # a FIFO would block the reader for ever
+            return image_id, f"{seed_path}: seed file {problem}" if problem == "not found" else f"{seed_path}: {problem}"
         try:
             seed = load_seed(seed_path, tag=self.tag, max_bytes=self.max_seed_bytes)
             mask = self.make(seed, self.layout.read_image(image_id), seed_path)
         except SKIPPED_ERRORS as e:
             return image_id, str(e)
-        save_mask(safe_output_path(self.out_dir, image_id + ".png"), mask, self.palette)
+        try:
+            save_mask(safe_output_path(self.out_dir, image_id + ".png"), mask, self.palette)
+        except OutputError as e:  # one file the system refuses is skipped; a full disk stops the run
+            if item_write_problem(e) is None:
+                raise
+            return image_id, item_write_problem(e)
         return image_id, None
 
     def pending(self, ids):
