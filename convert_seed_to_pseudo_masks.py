@@ -23,6 +23,7 @@ from tools.paths import pseudo_labels_dir
 from tools.pool import list_skipped, main_threads
 from tools.seeds import rw_convert
 from tools.seeds.seed_reading import SeedJob, claim_from_seeds, run_seed_job, seed_inputs
+from tools.shards import Shard, run_spawned
 
 
 def get_args_parser():
@@ -64,9 +65,10 @@ class CRFJob(SeedJob):
                             num_classes=self.num_classes, source=seed_path)
 
 
-def prepare(args):
-    """Check the inputs, claim the output folder and list the work: (job, ids). Raises
-    DatasetError / MissingFileError / UsageError for problems that concern the whole run."""
+def prepare(args, claim=True):
+    """Check the inputs, claim the output folder (unless `claim` is false: another rank of this run
+    did) and list the work: (job, ids). Raises DatasetError / MissingFileError / UsageError for
+    problems that concern the whole run."""
     info = load_dataset_info(args.dataset)
     layout, seed_dir, ids = seed_inputs(args, info)
     if args.mode != "crf" and args.bg_th is None:
@@ -75,28 +77,58 @@ def prepare(args):
                          "background score of rsepm seeds")
     mask_dir = pseudo_labels_dir(args.pred_dir, args.tag, args.domain)
     # what shapes the masks: the seeds (claim_from_seeds), the background and CRF settings
-    claim_from_seeds(mask_dir, seed_dir, {
-        "dataset": args.dataset, "mode": args.mode, "bg_th": args.bg_th,
-        "bg_gamma": None if args.bg_th is not None else args.bg_gamma,
-        "crf": CRF_DEFAULTS if args.mode == "crf" else None}, args.overwrite, root=args.pred_dir)
+    if claim:
+        claim_from_seeds(mask_dir, seed_dir, {
+            "dataset": args.dataset, "mode": args.mode, "bg_th": args.bg_th,
+            "bg_gamma": None if args.bg_th is not None else args.bg_gamma,
+            "crf": CRF_DEFAULTS if args.mode == "crf" else None}, args.overwrite, root=args.pred_dir)
     job = CRFJob(layout, seed_dir, mask_dir, args.tag, info.palette, args.max_seed_bytes,
                  mode=args.mode, bg_th=args.bg_th, bg_gamma=args.bg_gamma)
     return job, ids
 
 
+def convert_share(shard, job, ids, num_workers, threads):
+    """The masks of `shard`'s share of `ids` (those not written yet) on its device (--mode rw):
+    {"rank", "images", "written", "skipped_existing", "failed"}."""
+    if shard.device is not None and hasattr(job, "device"):
+        job.device = str(shard.device)
+    mine = shard.share(ids)
+    pending = job.pending(mine)
+    if shard.world > 1:
+        print(f"rank {shard.rank} of {shard.world}: {len(mine)} images ({len(mine) - len(pending)} done)"
+              + (f" on {job.device}" if hasattr(job, "device") else ""), flush=True)
+    workers = job.workers(num_workers, len(pending))
+    main_threads(threads, workers, verbose=shard.is_main)
+    written, failed = run_seed_job(job, pending, workers, "seed -> mask", progress=shard.is_main)
+    return {"rank": shard.rank, "images": len(mine), "written": written,
+            "skipped_existing": len(mine) - len(pending), "failed": failed}
+
+
 def main(args):
-    """Run the conversion. Returns {"written", "skipped_existing", "failed": [{"id", "problem"}],
-    "output_dir"}; problems that concern the whole run raise a ProjectError."""
-    job, ids = (rw_convert.prepare if args.mode == "rw" else prepare)(args)
-    pending = job.pending(ids)
-    workers = job.workers(args.num_workers, len(pending))
-    main_threads(args.threads, workers)
-    written, failed = run_seed_job(job, pending, workers, "seed -> mask")
-    summary = {"written": written, "skipped_existing": len(ids) - len(pending), "failed": failed,
-               "output_dir": job.out_dir}
-    print(f"{job.out_dir}: wrote {written} masks, {summary['skipped_existing']} already present, "
-          f"{len(failed)} skipped")
-    list_skipped(failed)
+    """Run the conversion, spread over processes as tools/shards.py says (torchrun ranks; with
+    --mode rw, one process per GPU of --gpus). Returns {"written", "skipped_existing", "failed":
+    [{"id", "problem"}], "output_dir"}; problems that concern the whole run raise a ProjectError."""
+    shard = Shard.from_environment()
+    prepare_job = rw_convert.prepare if args.mode == "rw" else prepare
+    if shard.is_main:  # the folder is claimed once, before any share is written
+        job, ids = prepare_job(args)
+    shard.barrier()
+    if not shard.is_main:
+        job, ids = prepare_job(args, claim=False)
+    devices = getattr(job, "shard_devices", list)() if shard.world == 1 else []
+    if len(devices) > 1:
+        shares = run_spawned(convert_share, devices, job, ids, args.num_workers, args.threads)
+    else:
+        shares = shard.gather(convert_share(shard, job, ids, args.num_workers, args.threads))
+        shard.close()
+    failed = [f for share in shares for f in share["failed"]]
+    summary = {"written": sum(s["written"] for s in shares), "skipped_existing": sum(s["skipped_existing"] for s in shares),
+               "failed": failed, "output_dir": job.out_dir,
+               "shares": [{k: s[k] for k in ("rank", "images", "written")} for s in shares]}
+    if shard.is_main:
+        print(f"{job.out_dir}: wrote {summary['written']} masks, {summary['skipped_existing']} already present, "
+              f"{len(failed)} skipped")
+        list_skipped(failed)
     return summary
 
 

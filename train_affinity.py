@@ -15,6 +15,7 @@ models/{tag}/last.pth in the authors' AffinityNet key layout (what
 Defaults are IRN's (ResNet-50 from ImageNet, crop 512, batch 32, 3 epochs, lr 0.1, wd 1e-4).
 """
 import os
+from functools import partial
 
 import torch
 
@@ -31,6 +32,7 @@ from tools.seeds.affinity_data import (STRIDE, AffinityDataset, AffinityTransfor
 from tools.args import add_overwrite_arg, cli, deprecated_alias, str2bool
 from tools.pool import list_skipped
 from tools.paths import predictions_dir
+from tools.shards import Shard
 
 # IRN's optimiser: one group (the edge branch) at the base lr, weight decay on all of it, no momentum
 OPTIMISER_HELP = {"lr": "learning rate of the edge branch (the backbone is frozen)",
@@ -119,19 +121,25 @@ def prepare_labels(args, ctx, layout, info):
     """Make the missing relation-label maps, each DDP rank its share of the images (a barrier
     that waited for rank 0 alone could time out on a large set). Returns their folder; images
     whose map could not be made are listed here and refused (or skipped) by AffinityDataset."""
-    seed_dir = predictions_dir(args.pred_dir, args.seed_tag, args.domain)
+    seed_dir = predictions_dir(args.pred_dir, args.seed_tag, args.domain, "--seed_tag")
     label_dir = ir_labels_dir(args.pred_dir, args.seed_tag, args.domain)
     if not os.path.isdir(seed_dir):
         raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py --domain "
                                f"{args.domain} --conf_th -1 --tag {args.seed_tag} first)")
-    # every rank checks the record (a mismatch stops all of them), then all fill the folder
-    claim_ir_labels(layout, seed_dir, label_dir, args.ir_fg_th, args.ir_bg_th, args.ir_crf, args.overwrite,
-                    root=args.pred_dir)
+    # rank 0 takes the folder's writer lock and checks its record first; then every other rank
+    # checks it too (a mismatch stops all of them), and all fill the folder
+    claim = partial(claim_ir_labels, layout, seed_dir, label_dir, args.ir_fg_th, args.ir_bg_th, args.ir_crf,
+                    args.overwrite, root=args.pred_dir)
+    if ctx.is_main:
+        claim()
     if ctx.distributed:
+        torch.distributed.barrier()
+        if not ctx.is_main:
+            claim()
         torch.distributed.barrier()
     summary = make_ir_labels(layout, seed_dir, label_dir, args.seed_tag, info.palette, args.ir_fg_th, args.ir_bg_th,
                              args.ir_crf, args.num_workers, progress=ctx.is_main,
-                             ids=layout.ids[ctx.rank::ctx.world_size], claim=False)
+                             ids=Shard(ctx.rank, ctx.world_size).share(layout.ids), claim=False)
     list_skipped(summary["failed"])
     if ctx.distributed:
         torch.distributed.barrier()

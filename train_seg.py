@@ -84,7 +84,7 @@ def validate(network, layout, ids, device, num_classes, skip=None):
 def main(args):
     prepare_args(args)
     ctx, info, layout = training.start_run(args)
-    mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain)
+    mask_dir = None if args.label_tag == "gt" else pseudo_labels_dir(args.pred_dir, args.label_tag, args.domain, "--label_tag")
     if mask_dir is not None and not os.path.isdir(mask_dir):
         raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run infer_rsepm.py and "
                            f"convert_seed_to_pseudo_masks.py with --domain {args.domain} --tag {args.label_tag})")

@@ -322,14 +322,15 @@ def hold_output(output, flag=None):
     lock of a writer that is gone is simply taken over; worker processes forked by the holder share
     it. Taking a lock this process already holds is a no-op. A second live writer is refused with
     OutputBusyError naming the one that runs (`flag`: the option that named the output, for the
-    message). Returns the lock path."""
+    message). Under torchrun the ranks of one run share rank 0's lock: another rank takes none (the
+    scripts let it write only after rank 0 has taken it, behind a barrier). Returns the lock path."""
     import fcntl
     import json as _json
     import sys
 
     path = lock_path(output)
     held = _HELD.get(path)
-    if held and held[0] == os.getpid():
+    if (held and held[0] == os.getpid()) or (os.environ.get("WORLD_SIZE") and os.environ.get("RANK", "0") != "0"):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)

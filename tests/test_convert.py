@@ -1,5 +1,6 @@
 """convert_seed_to_pseudo_masks.py end to end on a tiny seed-layout dataset built in tmp_path."""
 import json
+import errno
 import os
 import pickle
 import subprocess
@@ -145,15 +146,15 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(dataset, mon
 
     def dying_save(self, fp, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # half a PNG reaches the file, then the "disk" fails
+        if len(calls) == 3:  # half a PNG reaches the file, then the disk is full: the run stops
             fp.write(b"\x89PNG\r\n\x1a\n partial")
-            raise OSError("simulated crash while writing")
+            raise OSError(errno.ENOSPC, "simulated crash while writing")
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", dying_save)
     with pytest.raises(OutputError) as exit_info:
         run_main(convert, argv(dataset))
-    assert "simulated crash" in str(exit_info.value)
+    assert "disk full" in str(exit_info.value)
     assert len(os.listdir(dataset["out"])) == 2  # the two finished masks, no temporary or partial file
     assert all(name.endswith(".png") and not name.startswith(".") for name in os.listdir(dataset["out"]))
 

@@ -490,3 +490,16 @@ def test_contradictory_evaluation_flags_exit_2(stage_inputs):
             ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--folder", "predictions",
              "--tag", TAG, "--pred_dir", pred, "--st_th", "0.6", "--end_th", "0.2"])
     assert error.value.code == 2
+
+
+@pytest.mark.parametrize("script, flag", [("train_seg", "--label_tag"), ("train_affinity", "--seed_tag")])
+def test_a_bad_tag_is_named_by_the_flag_that_gave_it(stage_inputs, script, flag, capsys):
+    import importlib
+    root, pred = stage_inputs
+    module = importlib.import_module(script)
+    argv = common(root, pred, "train_aug") + ["--backbone", "resnet18", "--pretrained", "none", "--tag", "ok",
+                                              flag, "../escape"]
+    with pytest.raises(SystemExit) as error:
+        cli(module.main, module.get_args_parser(), argv)
+    assert error.value.code == 2
+    assert f"{flag}: refusing the name '../escape'" in capsys.readouterr().err

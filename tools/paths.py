@@ -25,28 +25,31 @@ def check_tag(tag, flag="--tag"):
     return check_output_id(tag, flag, error=UsageError)
 
 
-def model_dir(pred_dir, tag):
-    return os.path.join(pred_dir, "models", check_tag(tag))
+def model_dir(pred_dir, tag, flag="--tag"):
+    """`{pred_dir}/models/{tag}`; `flag`: the option that gave the tag, named if it is refused."""
+    return os.path.join(pred_dir, "models", check_tag(tag, flag))
 
 
-def model_path(pred_dir, tag, strategy="last"):
-    return os.path.join(model_dir(pred_dir, tag), check_output_id(f"{strategy}.pth", "--strategy", error=UsageError))
-
-
-def output_dir(pred_dir, folder, tag, domain):
-    """`{pred_dir}/{folder}/{tag}/{domain}` with the train_aug -> train rule."""
-    if not folder or os.sep in folder or folder in (".", "..", "models"):
-        raise UsageError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
-    return os.path.join(pred_dir, folder, check_tag(tag), check_output_id(output_domain(domain), "--domain",
+def model_path(pred_dir, tag, strategy="last", flag="--tag"):
+    return os.path.join(model_dir(pred_dir, tag, flag), check_output_id(f"{strategy}.pth", "--strategy",
                                                                           error=UsageError))
 
 
-def predictions_dir(pred_dir, tag, domain):
-    return output_dir(pred_dir, "predictions", tag, domain)
+def output_dir(pred_dir, folder, tag, domain, flag="--tag"):
+    """`{pred_dir}/{folder}/{tag}/{domain}` with the train_aug -> train rule; `flag`: the option
+    that gave the tag (--seed_tag, --label_tag, ...), named if it is refused."""
+    if not folder or os.sep in folder or folder in (".", "..", "models"):
+        raise UsageError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
+    return os.path.join(pred_dir, folder, check_tag(tag, flag), check_output_id(output_domain(domain), "--domain",
+                                                                          error=UsageError))
 
 
-def pseudo_labels_dir(pred_dir, tag, domain):
-    return output_dir(pred_dir, "pseudo-labels", tag, domain)
+def predictions_dir(pred_dir, tag, domain, flag="--tag"):
+    return output_dir(pred_dir, "predictions", tag, domain, flag)
+
+
+def pseudo_labels_dir(pred_dir, tag, domain, flag="--tag"):
+    return output_dir(pred_dir, "pseudo-labels", tag, domain, flag)
 
 
 def evaluation_path(pred_dir, folder, tag, domain):

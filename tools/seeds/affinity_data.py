@@ -37,7 +37,7 @@ MAX_LISTED = 5
 
 def ir_labels_dir(pred_dir, label_tag, domain):
     """{pred_dir}/ir-labels/{label_tag}/{domain} (train_aug -> train, as every output folder)."""
-    return output_dir(pred_dir, IR_FOLDER, label_tag, domain)
+    return output_dir(pred_dir, IR_FOLDER, label_tag, domain, "--seed_tag")
 
 
 class IRLabelJob(SeedJob):

@@ -1,5 +1,6 @@
 """The loop of infer_rsepm.py and infer_seg.py: flags, checkpoint, image order, one seed file per
-image (docs/formats.md#inference). The tensor-level multi-scale inference lives in core/inference.py.
+image, spread over one process per device (tools/shards.py; docs/formats.md#inference). The
+tensor-level multi-scale inference lives in core/inference.py.
 """
 import argparse
 import os
@@ -20,6 +21,7 @@ from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experi
                         add_overwrite_arg, make_parser, resolve_devices, str2bool)
 from tools.paths import model_path, predictions_dir
 from tools.pool import item_write_problem, list_skipped, main_threads, worker_threads
+from tools.shards import Shard, run_spawned
 
 MAX_SCALE = 4.0  # upper bound of --scales: larger ones end in an out-of-memory kill without a message
 # Rough peak memory of one pass per pixel of its (scaled) input, the image and its flip together:
@@ -113,19 +115,6 @@ def resolve_network_args(args, weights, defaults, flags=None):
     if used:
         print(f"network: {', '.join(used)}" + (f" from {config}" if config else " (no config.json beside the weights)"))
     return config
-
-
-def build_model(args, network, device, device_ids):
-    """Load `network` from the run's checkpoint; wrap in DataParallel over several GPUs."""
-    weights = weights_path(args)
-    if not os.path.isfile(weights):
-        raise CheckpointError(f"{weights}: checkpoint not found (train a model with this --tag, or put "
-                              "the released weights there, or pass --weights PATH)")
-    load_checkpoint(network, weights)
-    network = network.to(device).eval()
-    if len(device_ids) > 1:
-        network = torch.nn.DataParallel(network, device_ids=device_ids)
-    return network, weights
 
 
 class AutocastForward(torch.nn.Module):
@@ -233,8 +222,11 @@ def inference_settings(args, kind, weights, same, interpolation, class_fn):
 def run_inference(args, network, kind, same=True, interpolation="bilinear", class_fn="sigmoid"):
     """The loop of both inference scripts: one seed file per image, skipping finished ones.
 
-    Returns a summary dict; images that could not be processed are skipped, listed at the end
-    and returned under "failed" (cli then exits 1).
+    Spread over processes, one per device (tools/shards.py): under torchrun each rank infers its
+    share of the images on its own device; without torchrun, several CUDA ids in --gpus start one
+    process per GPU. The folder is claimed once (rank 0 or this process) before any share is
+    written. Returns a summary dict (every share added up); images that could not be processed are
+    skipped, listed at the end and returned under "failed" (cli then exits 1).
     """
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, args.domain, info, max_pixels=getattr(args, "max_image_pixels", None))
@@ -242,26 +234,69 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     if use_tags and not layout.has_xml:
         raise DatasetError(f"{layout.split_dir}: split {args.domain!r} has no xml tags; --conf_th -1 uses "
                            "ground-truth tags, so give a confidence threshold instead (e.g. --conf_th 0.34)")
-    device, device_ids = resolve_devices(args.gpus)
-    model, weights = build_model(args, network, device, device_ids)
-    model = with_amp(model, device, getattr(args, "amp", "off"))
+    shard = Shard.from_environment()
+    device, device_ids = (shard.device, []) if shard.world > 1 else resolve_devices(args.gpus)
+    weights = weights_path(args)
+    if not os.path.isfile(weights):
+        raise CheckpointError(f"{weights}: checkpoint not found (train a model with this --tag, or put "
+                              "the released weights there, or pass --weights PATH)")
+    # loaded once, here (a wrong file stops the run before its folder is claimed); spawned shard
+    # processes receive it loaded. Several devices take one process each, not DataParallel: a batch
+    # of one image and its flip would keep at most two GPUs busy.
+    load_checkpoint(network, weights)
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
-    claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
-                        ".pkl", overwrite=getattr(args, "overwrite", False), root=args.pred_dir)
+    if shard.is_main:  # once, before any share is written; torchrun's other ranks share its lock
+        claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
+                            ".pkl", overwrite=getattr(args, "overwrite", False), root=args.pred_dir)
+    shard.barrier()
     ids = image_order(layout, args)
-    todo = [i for i in ids if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
-    print(f"{kind} inference: {len(ids)} images of {args.domain} ({len(ids) - len(todo)} done), "
-          f"weights {weights}, device {device}{' x' + str(len(device_ids)) if len(device_ids) > 1 else ''}"
-          f"{', amp ' + args.amp if getattr(args, 'amp', 'off') != 'off' else ''}")
+    job = (args, network, kind, same, interpolation, class_fn, use_tags, ids, out_dir)
+    amp = f", amp {args.amp}" if getattr(args, "amp", "off") != "off" else ""
+    if shard.world == 1 and len(device_ids) > 1:  # one process per listed GPU
+        print(f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, "
+              f"{len(device_ids)} processes on cuda:{','.join(map(str, device_ids))}{amp}")
+        shares = run_spawned(_infer_share, [torch.device("cuda", i) for i in device_ids], *job)
+    else:
+        where = f"rank {shard.rank} of {shard.world}, " if shard.world > 1 else ""
+        if shard.is_main:
+            print(f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, {where}device "
+                  f"{device}{amp}")
+        shares = shard.gather(_infer_share(Shard(shard.rank, shard.world, device), *job))
+        shard.close()
+    failed = [f for share in shares for f in share["failed"]]
+    summary = {"images": len(ids), "written": sum(s["written"] for s in shares),
+               "skipped_existing": sum(s["skipped_existing"] for s in shares), "failed": failed,
+               "output_dir": out_dir, "shares": [{k: s[k] for k in ("rank", "images", "written")} for s in shares]}
+    if shard.is_main:
+        print(f"wrote {summary['written']} seed files to {out_dir} "
+              f"({summary['skipped_existing']} already present, {len(failed)} skipped)")
+        list_skipped(failed)
+    return summary
+
+
+@torch.no_grad()
+def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_tags, ids, out_dir):
+    """The images of `shard` (its share of `ids`, those without a seed file yet) on its device:
+    {"rank", "images", "written", "skipped_existing", "failed"}."""
+    info = load_dataset_info(args.dataset)
+    layout = SeedLayout(args.root_dir, args.domain, info, max_pixels=getattr(args, "max_image_pixels", None))
+    device = shard.device
+    mine = shard.share(ids)
+    todo = [i for i in mine if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
+    if shard.world > 1:
+        print(f"rank {shard.rank} of {shard.world}: {len(mine)} images ({len(mine) - len(todo)} done) on {device}",
+              flush=True)
+    model = with_amp(network.to(device).eval(), device, getattr(args, "amp", "off"))
     limit = getattr(args, "max_memory_gib", None)
     check = None if limit is None else partial(scale_problem, scales=args.scales, num_classes=info.num_classes,
                                                max_gib=limit)
     workers = max(0, min(args.num_workers, len(todo)))
-    main_threads(getattr(args, "threads", None), workers)
+    main_threads(getattr(args, "threads", None), workers, verbose=shard.is_main)
     loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags, check), batch_size=None, shuffle=False,
                                          num_workers=workers, worker_init_fn=worker_threads)
     failed = []
-    for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True):
+    for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True,
+                                             disable=not shard.is_main or None):
         if error is not None:
             failed.append({"id": image_id, "problem": error})
             continue
@@ -280,9 +315,5 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
             if item_write_problem(e) is None:
                 raise
             failed.append({"id": image_id, "problem": item_write_problem(e)})
-    summary = {"images": len(ids), "written": len(todo) - len(failed), "skipped_existing": len(ids) - len(todo),
-               "failed": failed, "output_dir": out_dir}
-    print(f"wrote {summary['written']} seed files to {out_dir} "
-          f"({summary['skipped_existing']} already present, {len(failed)} skipped)")
-    list_skipped(failed)
-    return summary
+    return {"rank": shard.rank, "images": len(mine), "written": len(todo) - len(failed),
+            "skipped_existing": len(mine) - len(todo), "failed": failed}

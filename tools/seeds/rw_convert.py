@@ -9,9 +9,9 @@ core.randomwalk.random_walk_planes (pairs within --rw_radius, affinities ** --be
 the CRF mode on the walked scores, and a palette PNG in
 pseudo-labels/{tag}@rw/{domain}/ID.png, beside the CRF masks of the same seeds.
 
-Devices: with CUDA (--gpus) the images run one after another in this process on the first
-listed GPU; on the CPU, --num_workers processes (tools.pool, one thread each) each load the
-network once. Writes, skip-if-done, skipped images and the output claim are those of the CRF
+Devices: with CUDA, one process per GPU of --gpus (or per torchrun rank) takes its share of the
+images (tools/shards.py), one after another; on the CPU, --num_workers processes (tools.pool, one
+thread each) each load the network once. Writes, skip-if-done, skipped images and the output claim are those of the CRF
 mode: both are a tools.seeds.seed_reading.SeedJob.
 """
 import os
@@ -59,7 +59,7 @@ def _training_args(args):
     if args.affinity_weights:
         config = os.path.join(os.path.dirname(os.path.abspath(args.affinity_weights)), "config.json")
     elif args.affinity_tag:
-        config = os.path.join(model_dir(args.pred_dir, args.affinity_tag), "config.json")
+        config = os.path.join(model_dir(args.pred_dir, args.affinity_tag, "--affinity_tag"), "config.json")
     else:
         return {}
     if os.path.isfile(config):
@@ -103,6 +103,11 @@ class RWJob(SeedJob):
     def workers(self, num_workers, count):
         return super().workers(num_workers, count) if self.device == "cpu" else 0
 
+    def shard_devices(self):
+        """One process per GPU of --gpus (tools.shards.run_spawned); none on the CPU, where
+        --num_workers processes share the images."""
+        return [torch.device("cuda", i) for i in getattr(self, "device_ids", [])]
+
     @torch.no_grad()
     def make(self, seed, image, seed_path):
         planes, keys = foreground(seed, image, seed_path, self.num_classes)
@@ -115,8 +120,9 @@ class RWJob(SeedJob):
         return labels[planes.argmax(dim=0)].cpu().numpy()
 
 
-def prepare(args):
-    """Check the inputs, claim the output folder and list the work: (job, ids)."""
+def prepare(args, claim=True):
+    """Check the inputs, claim the output folder (unless another rank of this run did) and list the
+    work: (job, ids)."""
     if not args.affinity_tag and not args.affinity_weights:
         raise UsageError("--mode rw needs --affinity_tag (or --affinity_weights): the network of train_affinity.py")
     for name in ("rw_radius", "exp_times"):
@@ -124,25 +130,26 @@ def prepare(args):
             raise UsageError(f"--{name} {getattr(args, name)} is too small")
     if args.beta <= 0 or not 0 <= args.sem_seg_bg_thres <= 1:
         raise UsageError(f"need --beta > 0 and --sem_seg_bg_thres in [0, 1], got {args.beta}, {args.sem_seg_bg_thres}")
-    weights = args.affinity_weights or model_path(args.pred_dir, args.affinity_tag)
+    weights = args.affinity_weights or model_path(args.pred_dir, args.affinity_tag, flag="--affinity_tag")
     if not os.path.isfile(weights):
         raise MissingFileError(f"{weights}: affinity weights not found (run train_affinity.py --tag "
                                f"{args.affinity_tag} first, or pass --affinity_weights)")
     info = load_dataset_info(args.dataset)
     layout, seed_dir, ids = seed_inputs(args, info)
-    device, _ = resolve_devices(args.gpus)
+    device, device_ids = resolve_devices(args.gpus)
     backbone = affinity_backbone(args)
-    load_network(weights, backbone, device)  # a wrong weights file stops the run here, before any worker starts
+    load_network(weights, backbone, "cpu")  # a wrong weights file stops the run here, before any worker starts
     mask_dir = pseudo_labels_dir(args.pred_dir, args.tag + RW_SUFFIX, args.domain)
-    claim_from_seeds(mask_dir, seed_dir, {
-        "dataset": args.dataset, "mode": "rw",
-        "affinity_weights": file_fingerprint(weights),
-        "pad_to": affinity_canvas(args), "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
-        "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}, args.overwrite,
-        root=args.pred_dir)
+    if claim:
+        claim_from_seeds(mask_dir, seed_dir, {
+            "dataset": args.dataset, "mode": "rw", "affinity_weights": file_fingerprint(weights),
+            "pad_to": affinity_canvas(args), "radius": args.rw_radius, "beta": args.beta, "exp_times": args.exp_times,
+            "bg_score": args.sem_seg_bg_thres, "crf": CRF_DEFAULTS if args.rw_crf else None}, args.overwrite,
+            root=args.pred_dir)
     job = RWJob(layout, seed_dir, mask_dir, args.tag, info.palette, args.max_seed_bytes, weights=weights,
                 backbone=backbone, device=str(device), pad_to=affinity_canvas(args), radius=args.rw_radius, beta=args.beta,
                 exp_times=args.exp_times, bg_score=args.sem_seg_bg_thres, crf=args.rw_crf)
+    job.device_ids = device_ids if device.type == "cuda" else []
     return job, ids
 
 
