@@ -162,11 +162,13 @@ def test_sigusr1_at_an_epochs_end_stops_after_the_epoch_save(toy, whole, tmp_pat
 
 
 def test_dataset_identity_by_hand(toy, whole):
-    """resume.pth and config.json record the ids with their image and xml sizes (os.stat)."""
+    """resume.pth and config.json record the ids with their image and xml sizes and modification
+    times (os.stat)."""
     split = os.path.join(toy, "train_aug")
     ids = sorted(f[:-4] for f in os.listdir(os.path.join(split, "image")))
-    expected = [[i, os.path.getsize(os.path.join(split, "image", i + ".jpg")),
-                 os.path.getsize(os.path.join(split, "xml", i + ".xml"))] for i in ids]
+    image, xml = (lambda i: os.path.join(split, "image", i + ".jpg")), (lambda i: os.path.join(split, "xml", i + ".xml"))
+    expected = [[i, os.path.getsize(image(i)), os.path.getsize(xml(i)), os.stat(image(i)).st_mtime_ns,
+                 os.stat(xml(i)).st_mtime_ns] for i in ids]
     state = torch.load(os.path.join(folder(whole), "resume.pth"), weights_only=True)
     assert state["dataset"]["files"] == expected and state["dataset"]["count"] == 8
     import hashlib

@@ -176,7 +176,7 @@ class TrainingRun:
             if self.ctx.distributed:  # every rank must stop at the same iteration (save_resume gathers)
                 self.stop_agreed = self.stop.agreed(self.ctx)
         if end_of_epoch:  # the epoch's resume state before validation and panels, which may stop the run
-            self._fold_monitor()
+            # (the log line above has just folded the monitor: its NaN check ran before this save)
             self.save_resume(self.epoch + 1, 0)
             self.saved_epoch = self.epoch + 1
         if self._stop_requested() and not end_of_epoch:  # at an epoch's end: epochs(), after its save

@@ -134,17 +134,23 @@ class AutocastForward(torch.nn.Module):
         return out.float()
 
 
-def with_amp(model, device, mode):
-    """`model` unchanged for --amp off, else wrapped in AutocastForward. fp16 is refused on the
-    CPU (ValueError): CPU autocast is meant for bf16, and fp16 there is slow and untested."""
+def amp_mode(device, mode):
+    """--amp resolved for `device` ("off", "bf16" or "fp16"); fp16 is refused on the CPU
+    (UsageError): CPU autocast is meant for bf16, and fp16 there is slow and untested."""
     if mode == "auto":
         mode = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if mode == "off":
-        return model
-    if mode not in AMP_MODES:
+    if mode not in ("off", *AMP_MODES):
         raise UsageError(f"unknown --amp mode {mode!r}; choose one of {AMP_MODES}")
     if mode == "fp16" and device.type != "cuda":
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
+    return mode
+
+
+def with_amp(model, device, mode):
+    """`model` unchanged for --amp off, else wrapped in AutocastForward (amp_mode's checks)."""
+    mode = amp_mode(device, mode)
+    if mode == "off":
+        return model
     return AutocastForward(model, device.type, torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
@@ -240,6 +246,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     if not os.path.isfile(weights):
         raise CheckpointError(f"{weights}: checkpoint not found (train a model with this --tag, or put "
                               "the released weights there, or pass --weights PATH)")
+    amp_mode(device if len(device_ids) <= 1 else torch.device("cuda", device_ids[0]), getattr(args, "amp", "off"))
     # loaded once, here (a wrong file stops the run before its folder is claimed); spawned shard
     # processes receive it loaded. Several devices take one process each, not DataParallel: a batch
     # of one image and its flip would keep at most two GPUs busy.
