@@ -43,3 +43,19 @@ def test_both_iou_ways_give_the_hand_worked_values():
     expected = [0.25, 0.5, 0.0]
     np.testing.assert_allclose(per_class_iou([(pred, gt)], 3), expected)
     np.testing.assert_allclose(confusion_iou([(pred, gt)], 3), expected)
+
+
+def test_the_machine_line_names_the_cpu_model_and_its_vector_extensions(tmp_path):
+    from tools.bench.common import cpu_model
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                     "flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_bf16 amx_tile\n\nprocessor\t: 1\n"
+                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n")
+    assert cpu_model(str(intel)) == ("Intel(R) Xeon(R) Platinum 8480+",
+                                     ["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_tile"])
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n")
+    name, flags = cpu_model(str(arm))
+    assert flags == ["sve", "asimd"] and name  # no model name line: the platform's string
+    name, flags = cpu_model(str(tmp_path / "missing"))
+    assert flags == [] and name

@@ -29,14 +29,43 @@ def run_main(module, argv):
     return module.main(module.get_args_parser().parse_args(argv))
 
 
+# Vector extensions that move BLAS-bound against index-bound code (a ratio of the two moved 2x
+# between two CPU models of one machine kind), in the order they are reported.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "sve", "neon", "asimd")
+
+
+def cpu_model(path="/proc/cpuinfo"):
+    """(model name, [vector extensions]) of this CPU from /proc/cpuinfo; the platform's processor
+    string and no extensions where there is none."""
+    import platform
+    name, flags = None, []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model", "hardware") and name is None:
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    present = set(value.split())
+                    flags = [flag for flag in VECTOR_FLAGS if flag in present]
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine(), flags
+
+
 class Machine:
-    """Prints, and keeps, the CPUs, threads per process and the 1-minute load average before and
-    after the block it wraps: `with Machine() as machine: ...; machine.record`."""
+    """Prints, and keeps, the CPU model and its vector extensions, the CPUs, threads per process and
+    the 1-minute load average before and after the block it wraps:
+    `with Machine() as machine: ...; machine.record`."""
 
     def __enter__(self):
-        self.record = {"cpus": cpus(), "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0]}
-        print(f"machine: {self.record['cpus']} CPUs in affinity, {self.record['threads']} thread(s) per process, "
-              f"load average {self.record['load_before']:.2f} before", flush=True)
+        model, flags = cpu_model()
+        self.record = {"cpu_model": model, "vector_extensions": flags, "cpus": cpus(),
+                       "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0]}
+        print(f"machine: {model} ({', '.join(flags) or 'no listed vector extension'}), {self.record['cpus']} CPUs "
+              f"in affinity, {self.record['threads']} thread(s) per process, load average "
+              f"{self.record['load_before']:.2f} before", flush=True)
         return self
 
     def __exit__(self, *exc):
