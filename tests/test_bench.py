@@ -59,3 +59,16 @@ def test_the_machine_line_names_the_cpu_model_and_its_vector_extensions(tmp_path
     assert flags == ["sve", "asimd"] and name  # no model name line: the platform's string
     name, flags = cpu_model(str(tmp_path / "missing"))
     assert flags == [] and name
+
+
+def test_bench_inference_processes_counts_every_image_in_each_setting(capsys):
+    """--processes runs the real inference loop over 1 and 2 processes; no timing is asserted,
+    only that each setting did the whole set and the ratio is against 1 process."""
+    from tools.bench import bench_inference
+    result = bench_inference.main(bench_inference.get_args_parser().parse_args(
+        ["--processes", "1,2", "--repeat", "1", "--num_images", "4"]))
+    rows = result["processes"]
+    assert sorted(rows) == [1, 2] and rows[1]["ratio"] == 1.0 and rows[2]["ratio"] > 0
+    assert all(row["seed_bytes"] > 0 and row["loop"]["max"] > 0 for row in rows.values())
+    out = capsys.readouterr().out
+    assert "processes" in out and "x 1.00" in out and "machine:" in out

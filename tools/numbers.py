@@ -85,10 +85,12 @@ RANGES = {
     "cores": Range(1, 1024),
     # list flags (comma-separated numbers): the range of each element; the count is LIST_LENGTHS's
     "pamr_dilations": Range(1, 64), "scales": Range(0.0, 4.0, low_open=True), "small": PIXELS,
+    "processes": Range(1, 64),
 }
 # (fewest, most) entries of a list flag: each entry is work (a test-time scale is a forward pass of
 # the image and its flip, a dilation a PAMR pass), so the count is bounded too.
-LIST_LENGTHS = {"pamr_dilations": (1, 16), "scales": (1, 16), "workers": (1, 16), "small": (2, 2)}
+LIST_LENGTHS = {"pamr_dilations": (1, 16), "scales": (1, 16), "workers": (1, 16), "small": (2, 2),
+                "processes": (1, 16)}
 
 
 def bounded(kind, flag, allowed):

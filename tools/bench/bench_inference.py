@@ -7,9 +7,16 @@ with `--scales 1.0` (one scale + flip). Also reports the forward calls per image
 
     python tools/bench/bench_inference.py                # CPU, both cases, 1 thread
     python tools/bench/bench_inference.py --repeat 3 --threads 2 --unbatched true
+    python tools/bench/bench_inference.py --processes 1,2 --repeat 3   # the scaling of infer_rsepm
+
+With --processes, the per-image loop of infer_rsepm.py (tools/seeds/inference.py) runs over a
+generated TOY set with 1, 2, ... processes of one thread each (tools.shards.run_spawned, as
+`--gpus 0,1` or torchrun spread it): images/s from the slowest share's loop (the process start-up
+apart, also shown), its ratio to 1 process, and the bytes of a seed file.
 """
 import os
 import sys
+import time
 
 import torch
 from torch import nn
@@ -19,7 +26,7 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 
 from core.inference import SCALES, multiscale_inference  # noqa: E402
 from core.networks import RSEPM  # noqa: E402
-from tools.args import cli, make_parser, positive_int, str2bool  # noqa: E402
+from tools.args import cli, int_list, make_parser, positive_int, str2bool  # noqa: E402
 from tools.bench.common import Machine, set_threads, timed  # noqa: E402
 
 # (backbone, classes incl. background, height, width)
@@ -68,13 +75,80 @@ def get_args_parser():
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--unbatched", default=False, type=str2bool,
                         help="also time two forwards per scale (image and flip apart) for comparison")
+    parser.add_argument("--processes", default=None, type=int_list,
+                        help="instead of the cases: the inference loop over 1 thread per process, for each "
+                             "count (e.g. 1,2), on --num_images generated TOY images")
+    parser.add_argument("--num_images", default=32, type=positive_int, help="images of the --processes run")
     return parser
+
+
+def process_scaling(counts, repeat, num_images, size=160):
+    """{count: {"loop": stats of images/s, "wall": stats, "ratio", "seed_bytes"}} of the inference
+    loop spread over `count` CPU processes of one thread each (tools.shards.run_spawned)."""
+    import shutil
+    import statistics
+    import tempfile
+
+    import infer_rsepm
+    from core.checkpoint import save_weights
+    from core.datasets import SeedLayout, load_dataset_info
+    from tools.datasets.make_toy_dataset import make_toy_dataset
+    from tools.seeds import inference
+    from tools.shards import run_spawned
+
+    work = tempfile.mkdtemp(prefix="bench_inference_")
+    try:
+        root = os.path.join(work, "TOY")
+        make_toy_dataset(root, num_train=0, num_train_aug=0, num_validation=num_images, num_test=0,
+                         min_size=size, max_size=size, progress=False)
+        torch.manual_seed(0)
+        network = RSEPM("resnet18", num_classes=6).eval()
+        weights = os.path.join(work, "last.pth")
+        save_weights(network, weights)
+        args = infer_rsepm.get_args_parser().parse_args(
+            ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--weights", weights,
+             "--backbone", "resnet18", "--scales", "1.0,0.5", "--conf_th", "0.3", "--num_workers", "0",
+             "--gpus", "cpu", "--threads", "1", "--pred_dir", work])
+        ids = inference.image_order(SeedLayout(root, "validation", load_dataset_info("TOY")), args)
+        result = {}
+        for count in counts:
+            loop, wall, sizes = [], [], []
+            for run in range(repeat):
+                out = os.path.join(work, f"seeds{count}-{run}")
+                os.makedirs(out)
+                start = time.perf_counter()
+                shares = run_spawned(inference._infer_share, [torch.device("cpu")] * count, args, network, "rsepm",
+                                     True, "nearest", "sigmoid", False, ids, out)
+                wall.append(num_images / (time.perf_counter() - start))
+                loop.append(num_images / max(share["seconds"] for share in shares))
+                sizes = [os.path.getsize(os.path.join(out, name)) for name in os.listdir(out)]
+            result[count] = {"loop": {"max": max(loop), "median": statistics.median(loop)},
+                             "wall": {"max": max(wall), "median": statistics.median(wall)},
+                             "seed_bytes": statistics.fmean(sizes)}
+        base = result[counts[0]]["loop"]["max"]
+        for count in counts:
+            result[count]["ratio"] = result[count]["loop"]["max"] / base
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(args):
     set_threads(args.threads)
     device = torch.device(args.device)
     result = {}
+    if args.processes:
+        with Machine() as machine:
+            print(f"inference loop of infer_rsepm.py (ResNet-18 RS+EPM, scales 1.0,0.5 + flips) on {args.num_images} "
+                  f"160x160 TOY images, 1 thread per process, best (max) and median of {args.repeat} runs")
+            header = f"{'processes':>9} {'images/s':>9} {'median':>8} {'ratio':>6} {'with start-up':>14} {'seed bytes':>11}"
+            print(header)
+            print("-" * len(header))
+            scaling = process_scaling(list(args.processes), args.repeat, args.num_images)
+            for count, row in scaling.items():
+                print(f"{count:>9} {row['loop']['max']:>9.2f} {row['loop']['median']:>8.2f} x{row['ratio']:>5.2f} "
+                      f"{row['wall']['max']:>14.2f} {row['seed_bytes']:>11.0f}", flush=True)
+        return {"processes": scaling, "machine": machine.record}
     with Machine() as machine:
         print(f"device {device}, torch {torch.__version__}, {args.repeat} timed runs after a warm-up")
         header = (f"{'case':<9} {'image':>8} {'scales':<9} {'mode':<9} {'forwards':>8} "

@@ -4,6 +4,7 @@ tensor-level multi-scale inference lives in core/inference.py.
 """
 import argparse
 import os
+import time
 from functools import partial
 import random
 
@@ -301,7 +302,7 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
     main_threads(getattr(args, "threads", None), workers, verbose=shard.is_main)
     loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags, check), batch_size=None, shuffle=False,
                                          num_workers=workers, worker_init_fn=worker_threads)
-    failed = []
+    failed, start = [], time.perf_counter()
     for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True,
                                              disable=not shard.is_main or None):
         if error is not None:
@@ -323,4 +324,5 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
                 raise
             failed.append({"id": image_id, "problem": item_write_problem(e)})
     return {"rank": shard.rank, "images": len(mine), "written": len(todo) - len(failed),
-            "skipped_existing": len(mine) - len(todo), "failed": failed}
+            "skipped_existing": len(mine) - len(todo), "failed": failed,
+            "seconds": time.perf_counter() - start}  # its loop, without the process's start-up
