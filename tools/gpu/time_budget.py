@@ -4,7 +4,11 @@ with 16 CPU cores and on 8 such GPUs under torchrun (docs/performance.md#time-bu
 GPU stages: FLOPs counted by tools/gpu/flops.py (on the meta device where the code allows, RS+EPM
 on the CPU at --rsepm_crop, scaled to 512 by area) at a stated share of the bf16 peak. CPU stages:
 CPU seconds per image from `run_all.py --json` (or the defaults below) over the worker count.
-Every figure it prints is an estimate.
+Each stage is spread the way the code spreads it (SPREAD): training over DDP ranks at --scaling,
+the per-image GPU stages over one process per GPU with nothing to exchange (tools/shards.py),
+the CPU stages over every core. A disk table adds the bytes each stage leaves: seeds (float32
+planes, the authors' format), masks, the relation-label cache and checkpoints (from the networks'
+parameter counts). Every figure it prints is an estimate.
 
     python tools/gpu/time_budget.py --figures /tmp/figures.json
 """
@@ -32,6 +36,18 @@ CPU = {"crf": 0.53, "rw": 2.18, "augment": 0.0134, "label cache": 1.0, "evaluate
 DATASETS = {"VOC": {"train": 10582, "val": 1449, "rsepm_epochs": 30, "seg_epochs": 50, "size": (375, 500)},
             "COCO": {"train": 82081, "val": 40137, "rsepm_epochs": 10, "seg_epochs": 50, "size": (480, 640)}}
 RW_GPU_SECONDS = 0.05  # per image: 2^8 small sparse products and one process's file work, not FLOPs
+# How each stage spreads in the code: "ddp" (training: torchrun ranks, at --scaling), "shards" (one
+# process per GPU over every n-th image, no exchange: tools/shards.py), "cores" (worker pools).
+SPREAD = {"RS+EPM training (GPU)": "ddp", "seeds of train_aug / train, 4 scales + flips (GPU)": "shards",
+          "CRF of the seeds (CPU)": "cores", "affinity network: label cache (CPU) + 3 epochs (GPU)": "ddp",
+          "random walk (one process per GPU)": "shards", "random walk on the CPU instead": "cores",
+          "DeepLabV3+ training (GPU)": "ddp", "validation inference (GPU) + CRF (CPU)": "shards",
+          "evaluation (CPU)": "cores"}
+# Disk: foreground classes per image with the ground-truth tags (VOC train_aug about 1.5, COCO
+# train about 2.9), DeepLabV3+ seeds keep the background and the classes reaching 0.05 (about one
+# more); a palette PNG mask or relation-label map about 5 KB. Our estimates, not measurements.
+CLASSES_PER_IMAGE = {"VOC": 1.5, "COCO": 2.9}
+PNG_BYTES = 5e3
 
 
 def count_flops(rsepm_crop):
@@ -52,22 +68,56 @@ def count_flops(rsepm_crop):
 
 
 def stages(name, gpus, f, cpu, args):
+    """[(stage, seconds)] on `gpus` GPUs with --cores cores each, each stage spread as SPREAD says."""
     d = DATASETS[name]
     n, v = d["train"], d["val"]
-    speed = PEAK * gpus * args.scaling ** (gpus > 1)
+    ddp = PEAK * gpus * args.scaling ** (gpus > 1)  # torchrun training: gradients exchanged every step
+    shards = PEAK * gpus  # one process per GPU over its share of the images: nothing exchanged
     cores = args.cores * gpus
-    train, infer = speed * args.train_utilisation, speed * args.infer_utilisation
+    train, infer = ddp * args.train_utilisation, shards * args.infer_utilisation
     return [
         ("RS+EPM training (GPU)", f["rsepm train"] * n * d["rsepm_epochs"] / train),
         ("seeds of train_aug / train, 4 scales + flips (GPU)", f[f"rsepm infer {name}"] * n / infer),
         ("CRF of the seeds (CPU)", cpu["crf"] * n / cores),
         ("affinity network: label cache (CPU) + 3 epochs (GPU)",
          cpu["label cache"] * n / cores + 3 * n * f["affinity forward"] * 1.2 / train),
-        ("random walk (one GPU process)", RW_GPU_SECONDS * n),
+        ("random walk (one process per GPU)", RW_GPU_SECONDS * n / gpus),
         ("random walk on the CPU instead", cpu["rw"] * n / cores),
         ("DeepLabV3+ training (GPU)", f["seg train"] * n * d["seg_epochs"] / train),
         ("validation inference (GPU) + CRF (CPU)", f[f"seg infer {name}"] * v / infer + cpu["crf"] * v / cores),
         ("evaluation (CPU)", cpu["evaluate"] * v / cores),
+    ]
+
+
+def checkpoint_bytes():
+    """{name: bytes} of the checkpoints a run writes, from the parameter and buffer counts: last.pth
+    (the weights in float32), resume.pth (weights, SGD momentum, and RS+EPM's EMA copy)."""
+    meta = torch.device("meta")
+    sizes = {}
+    for name, network, ema in (("RS+EPM ResNet-50", RSEPM("resnet50", 21, output_stride=16).to(meta), True),
+                               ("affinity network", AffinityNet("resnet50").to(meta), False),
+                               ("DeepLabV3+ ResNet-101", build_network("deeplabv3+", "resnet101", 21,
+                                                                        output_stride=8).to(meta), False)):
+        weights = sum(t.numel() * 4 for t in network.state_dict().values())
+        trained = sum(p.numel() * 4 for p in network.parameters() if p.requires_grad)
+        sizes[name] = {"last": weights, "resume": weights * (2 if ema else 1) + trained}
+    return sizes
+
+
+def disk(name):
+    """[(what, bytes)] a run on dataset `name` leaves on disk (estimates: CLASSES_PER_IMAGE, PNG_BYTES)."""
+    d = DATASETS[name]
+    pixels = d["size"][0] * d["size"][1]
+    planes = CLASSES_PER_IMAGE[name]
+    checkpoints = checkpoint_bytes()
+    return [
+        ("seeds of train (float32 planes)", d["train"] * planes * pixels * 4),
+        ("CRF and random-walk masks of train", 2 * d["train"] * PNG_BYTES),
+        ("relation-label cache", d["train"] * PNG_BYTES),
+        ("seeds of validation (RS+EPM and DeepLabV3+, float32)", d["val"] * (2 * planes + 1) * pixels * 4),
+        ("masks of validation", 2 * d["val"] * PNG_BYTES),
+        ("checkpoints (last.pth and resume.pth of the three networks)",
+         sum(c["last"] + c["resume"] for c in checkpoints.values())),
     ]
 
 
@@ -96,12 +146,19 @@ def main(args):
     result = {"flops": f, "cpu": cpu}
     for name in DATASETS:
         one, eight = stages(name, 1, f, cpu, args), stages(name, 8, f, cpu, args)
-        print(f"\n| {name} stage (*estimated*) | 1 GPU, 16 cores | 8 GPUs, 128 cores |\n|---|---|---|")
+        print(f"\n| {name} stage (*estimated*) | spreads over | 1 GPU, 16 cores | 8 GPUs, 128 cores |\n"
+              "|---|---|---|---|")
         for (stage, a), (_, b) in zip(one, eight):
-            if stage.startswith("random walk (one"):
-                b = a  # the GPU path of --mode rw runs in one process on the first GPU
-            print(f"| {stage} | {a / 60:.1f} min | {b / 60:.1f} min |")
-        result[name] = {"1": one, "8": eight}
+            spread = {"ddp": "GPUs (DDP)", "shards": "GPUs (a share each)", "cores": "cores"}[SPREAD[stage]]
+            print(f"| {stage} | {spread} | {a / 60:.1f} min | {b / 60:.1f} min |")
+        fast = [(a, b) for (stage, a), (_, b) in zip(one, eight) if stage != "random walk on the CPU instead"]
+        print(f"| total | | {sum(a for a, _ in fast) / 3600:.1f} h | {sum(b for _, b in fast) / 3600:.1f} h |")
+        rows = disk(name)
+        print(f"\n| {name} disk (*estimated*) | GB |\n|---|---|")
+        for what, size in rows:
+            print(f"| {what} | {size / 1e9:.1f} |")
+        print(f"| total | {sum(size for _, size in rows) / 1e9:.0f} |")
+        result[name] = {"1": one, "8": eight, "disk": rows}
     per_core = 1 / cpu["augment"]
     need = PEAK * args.train_utilisation / f["rsepm train"]
     print(f"\ndata loading: {per_core:.0f} images/s per core; RS+EPM at {args.train_utilisation:.0%} needs "
