@@ -20,7 +20,7 @@ from core.networks import RSEPM, split_parameters
 from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools.engine import distributed, optim, panels, trainer, training
+from tools.engine import distributed, flops, optim, panels, trainer, training
 from tools.args import cli, int_list
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
@@ -163,7 +163,10 @@ def main(args):
     network = step_module.network  # the same module, moved to the device
     optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov)
     weights = config.weights()
-    with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm",
+    # FLOPs per image of one step, counted once where the device's peak is known (CUDA): the MFU
+    step_flops = trainer.count_flops(lambda: flops.rsepm_train_flops(
+        config, args.backbone, info.num_classes, args.crop_size, ctx.device), ctx.device, args.amp)
+    with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm", flops_per_image=step_flops,
                              method=dataclasses.asdict(config), loss_weights=weights, train_images=len(dataset),
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(dataset.summary())

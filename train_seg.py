@@ -22,7 +22,7 @@ from core.io import IGNORE_INDEX
 from core.networks import build_network, split_parameters
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
-from tools.engine import distributed, optim, panels, trainer, training
+from tools.engine import distributed, flops, optim, panels, trainer, training
 from tools.args import cli, str2bool
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
@@ -102,7 +102,12 @@ def main(args):
     model = distributed.wrap_model(network, ctx, sync_bn=args.sync_bn)
     optimizer = optim.build_optimizer(split_parameters(network), args.lr, args.wd, nesterov=args.nesterov,
                                         head_lr_mult=args.head_lr_mult)
-    with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", mask_dir=mask_dir,
+    # FLOPs per image of one step, counted once where the device's peak is known (CUDA): the MFU
+    step_flops = trainer.count_flops(lambda: flops.seg_train_flops(
+        args.decoder, args.backbone, info.num_classes, args.output_stride, args.crop_size, ctx.device,
+        segmentation_loss), ctx.device, args.amp)
+    with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_seg", flops_per_image=step_flops,
+                             mask_dir=mask_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.gpu import flops
+from tools.engine import flops
 from tools.gpu.gpu_check import SMOKE_CHECKS, MATCH_TOL, inference_speed, seed_difference, training_speed
 from core.io import save_seed
 

@@ -395,3 +395,39 @@ def test_torchrun_two_processes_stay_in_step(tmp_path):
     assert len(resume["rng"]) == 2  # both ranks' generators travel in the checkpoint
     assert not torch.equal(resume["rng"][0]["torch"], resume["rng"][1]["torch"])
     assert math.isfinite(records[-1]["seg"])
+
+
+def test_mfu_is_logged_where_the_peak_is_known_and_changes_no_weight(tmp_path, monkeypatch, toy_dataset):
+    """On CUDA the log line carries mfu = images_per_s x FLOPs per image / peak; here a peak is
+    given to the CPU. The FLOP count runs a forward and backward of its own: the weights of the
+    run are those of a run without it, bit for bit (the random state is kept)."""
+    import train_seg
+    from core.io import save_mask
+    from core.datasets import DatasetInfo, SeedLayout
+    from tools.engine import trainer
+    from tools.paths import pseudo_labels_dir
+    root = toy_dataset()
+    layout = SeedLayout(root, "train_aug", DatasetInfo("TOY"))
+    runs = {}
+    for name, peak in (("plain", None), ("mfu", 1e12)):
+        pred = tmp_path / name
+        for image_id in layout.ids:
+            save_mask(os.path.join(pseudo_labels_dir(str(pred), "masks", "train_aug"), image_id + ".png"),
+                      layout.read_mask(image_id), layout.info.palette)
+        monkeypatch.setattr(trainer, "device_peak_flops", lambda device, amp, peak=peak: peak)
+        argv = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu", "--backbone",
+                "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
+                "--max_image_size", "48", "--batch_size", "4", "--num_workers", "0", "--max_epoch", "1",
+                "--label_tag", "masks", "--pred_dir", str(pred), "--tag", "t", "--log_interval", "1"]
+        runs[name] = train_seg.main(train_seg.get_args_parser().parse_args(argv))
+    plain = torch.load(runs["plain"]["weights"], weights_only=True)
+    counted = torch.load(runs["mfu"]["weights"], weights_only=True)
+    assert all(torch.equal(plain[k], counted[k]) for k in plain)
+    records = {name: [json.loads(line) for line in open(tmp_path / name / "models" / "t" / "logs" / "log.jsonl")]
+               for name in runs}
+    assert all("mfu" not in r for r in records["plain"])
+    from tools.engine import flops
+    per_image = flops.seg_train_flops("deeplabv3+", "resnet18", 6, 8, 32, torch.device("cpu"),
+                                      train_seg.segmentation_loss)
+    for r in records["mfu"]:
+        assert r["mfu"] == pytest.approx(r["images_per_s"] * per_image / 1e12, rel=1e-9)

@@ -50,6 +50,9 @@ class RunLogger:
 
     def __init__(self, log_dir, enabled=True, purge_after=None):
         self.enabled = enabled
+        # FLOPs per image / (peak FLOP/s of all devices): images_per_s times it is the model-FLOP
+        # utilisation, logged as `mfu` beside images_per_s (set by TrainingRun on CUDA; None: off)
+        self.mfu_scale = None
         self.log_dir = log_dir
         self.last_scalars = {}  # TensorBoard tag -> last value: the metrics of hparams()
         self.last_time = time.perf_counter()
@@ -96,6 +99,8 @@ class RunLogger:
         scalars = {k: float(v) for k, v in scalars.items()}
         if images is not None:
             scalars["images_per_s"] = images / max(now - self.last_time, 1e-9)
+            if self.mfu_scale:  # host numbers only: no sync with the device
+                scalars["mfu"] = scalars["images_per_s"] * self.mfu_scale
         self.last_time = now
         if not self.enabled:
             return

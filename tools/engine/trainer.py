@@ -19,11 +19,36 @@ from tools.engine.checkpoints import (config_path, dataset_identity, load_resume
 from tools.engine.distributed import (StopRequest, cleanup_distributed, close_loader, loader_dataset,
                                       set_loader_epoch)
 from tools.engine import optim
+from tools.engine.flops import peak_tflops
 from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
 from tools.paths import model_dir, model_path
 from tools.engine.runlog import MeanMeter, RunLogger
 
 _PROGRESS = "_progress_loss"  # record()'s progress_loss among the monitored scalars, not logged
+
+
+def device_peak_flops(device, amp):
+    """The tensor-core peak FLOP/s of a CUDA device for --amp (tools/engine/flops.py PEAK_TFLOPS);
+    None on the CPU or a GPU the table does not know."""
+    import torch
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    mode = {"auto": "bf16", "none": "off", "fp32": "off"}.get(str(amp), str(amp))
+    peak = peak_tflops(torch.cuda.get_device_name(device), mode if mode in ("off", "bf16", "fp16") else "off")
+    return None if peak is None else peak * 1e12
+
+
+def count_flops(count, device, amp):
+    """count() (a tools/engine/flops.py counter) when the device's peak is known, else None: the
+    count runs one forward and backward, spent only where an MFU can be shown. The random state
+    is kept: the counters seed their own networks, and the run's draws must not change."""
+    import torch
+    if not device_peak_flops(device, amp):
+        return None
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return count()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +75,8 @@ class TrainingRun:
             return run.finish()
     """
 
-    def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", **config_extra):
+    def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", flops_per_image=None,
+                 **config_extra):
         self.args, self.ctx, self.network, self.optimizer, self.loader, self.ema = (
             args, ctx, network, optimizer, loader, ema)
         if ctx.is_main:  # one live run per tag: a second (a requeued job, a repeated sweep entry) is refused
@@ -93,6 +119,11 @@ class TrainingRun:
         # purge_after: a fresh run drops an earlier run's records of the same tag
         self.logger = RunLogger(os.path.join(model_dir(args.pred_dir, args.tag), "logs"), enabled=ctx.is_main,
                                 purge_after=self.iteration)
+        peak = device_peak_flops(ctx.device, args.amp)
+        if flops_per_image and peak:  # MFU on each log line, as nanoGPT prints it (docs/formats.md#tensorboard)
+            self.logger.mfu_scale = flops_per_image / (peak * ctx.world_size)
+            self.logger.info(f"model FLOPs: {flops_per_image / 1e9:.0f} GFLOP per image per step; peak "
+                             f"{peak / 1e12:.0f} TFLOP/s per device ({args.amp}): the log shows mfu")
         self.logger.info(f"tag {args.tag}")
         self.logger.info(f"{self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "

@@ -14,7 +14,7 @@ Runs, each as its own process (through tools/gpu/gpu_probe.py, which records pea
     NVIDIA_TF32_OVERRIDE=0): they must agree within 2e-4; bf16 and TF32 differences are reported.
 For each: images/s after warm-up (training: the scripts' JSONL log, one record per iteration;
 inference: the completion times of the seed files), peak GPU memory, counted FLOPs per image
-(tools/gpu/flops.py) and the model-FLOP utilisation against the peak of tools/flops.PEAK_TFLOPS.
+(tools/engine/flops.py) and the model-FLOP utilisation against the peak of tools/engine/flops.py PEAK_TFLOPS.
 Writes OUT/result.json and OUT/result.md (default experiments/gpu_check/), prints the table and
 exits 1 listing the failed checks. Synthetic data (tools/datasets/make_toy_dataset.py, 375..500 px) is
 made in a temporary folder and removed afterwards.
@@ -43,7 +43,7 @@ from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
 from core.errors import SetupError  # noqa: E402
 from tools.args import cli, make_parser, str2bool  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
-from tools.gpu import flops  # noqa: E402
+from tools.engine import flops  # noqa: E402
 from core.io import atomic_output, load_seed, write_json  # noqa: E402
 from tools.datasets.make_toy_dataset import make_toy_dataset  # noqa: E402
 
@@ -340,7 +340,7 @@ def markdown(result):
                      f"{num(r.get('peak_mem_gib'), '.2f')} | {num(r.get('gflop_per_image'), '.1f')} | {mfu} | "
                      f"{diff} | {num(r.get('wall_s'), '.0f')} |")
     lines += ["", "MFU: counted convolution/matmul FLOPs (torch.utils.flop_counter) x images/s over the dense "
-              "tensor-core peak of the device (tools/gpu/flops.py; TF32 peak for --amp off). Sizes: "
+              "tensor-core peak of the device (tools/engine/flops.py; TF32 peak for --amp off). Sizes: "
               + json.dumps(result["sizes"]), ""]
     if result["failed"]:
         lines.append("FAILED: " + ", ".join(result["failed"]))

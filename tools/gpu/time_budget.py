@@ -1,7 +1,7 @@
 """Estimated wall time of the full VOC and COCO pipelines, stage by stage, on one H100-class GPU
 with 16 CPU cores and on 8 such GPUs under torchrun (docs/performance.md#time-budget-for-the-full-runs-estimated).
 
-GPU stages: FLOPs counted by tools/gpu/flops.py (on the meta device where the code allows, RS+EPM
+GPU stages: FLOPs counted by tools/engine/flops.py (on the meta device where the code allows, RS+EPM
 on the CPU at --rsepm_crop, scaled to 512 by area) at a stated share of the bf16 peak. CPU stages:
 CPU seconds per image from `run_all.py --json` (or the defaults below) over the worker count.
 Each stage is spread the way the code spreads it (SPREAD): training over DDP ranks at --scaling,
@@ -27,7 +27,7 @@ from core.inference import SCALES  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
 from core.rsepm import RSEPMConfig  # noqa: E402
 from tools.args import cli, make_parser, positive_int  # noqa: E402
-from tools.gpu import flops  # noqa: E402
+from tools.engine import flops  # noqa: E402
 
 PEAK = dict(flops.PEAK_TFLOPS)["H100"]["bf16"] * 1e12
 # CPU seconds per image, 1 thread (tools/bench/run_all.py, 2 cores at load 8); label cache: the

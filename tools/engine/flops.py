@@ -1,5 +1,5 @@
-"""Counted FLOPs of the networks as the scripts run them, for the model-FLOP utilisation that
-tools/gpu/gpu_check.py reports.
+"""Counted FLOPs of the networks as the scripts run them, for the model-FLOP utilisation (MFU) that
+the training log line shows on CUDA (tools/engine/runlog.py) and tools/gpu/gpu_check.py reports.
 
 The counts come from torch.utils.flop_counter.FlopCounterMode (convolutions and matrix
 products, 2 FLOPs per multiply-add; element-wise work such as PAMR's affinities is not counted,
@@ -11,10 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.networks import RSEPM, build_network
 from core.rsepm import LOSS_TERMS, RSEPMTraining
-try:  # the tensor-level inference is moving from tools/seeds/inference.py to core/inference.py
-    from core.inference import multiscale_inference
-except ImportError:
-    from tools.seeds.inference import multiscale_inference
+from core.inference import multiscale_inference
 
 # Dense (no sparsity) tensor-core peak TFLOP/s per autocast mode, from NVIDIA's data sheets. For
 # --amp off the peak is TF32's: cuDNN runs float32 convolutions in TF32 by default on these GPUs.
