@@ -16,7 +16,7 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError, OutputError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.inference import scaled_size
-from core.io import claim_output_folder, file_fingerprint, read_json, save_seed
+from core.io import SEED_FORMATS, claim_output_folder, file_fingerprint, read_json, save_seed
 from core.safety import safe_output_path
 from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, make_parser, resolve_devices, str2bool)
@@ -54,6 +54,10 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
+    parser.add_argument("--seed_format", default="float32", choices=SEED_FORMATS,
+                        help="float32: the authors' seed file (their scripts read it); uint8: the planes rounded "
+                             "to multiples of 1/255 and deflated, about 10-20x smaller, read by this project's "
+                             "scripts (docs/formats.md#seed-files)")
     add_image_limit_arg(parser)
     parser.add_argument("--max_memory_gib", default=32.0, type=float,
                         help="an image whose estimated inference memory at the largest scale exceeds this is "
@@ -217,6 +221,8 @@ def inference_settings(args, kind, weights, same, interpolation, class_fn):
     settings = {"kind": kind, "weights": file_fingerprint(weights), "dataset": args.dataset,
                 "domain": args.domain, "backbone": args.backbone, "scales": list(args.scales),
                 "amp": getattr(args, "amp", "off"), "same": same, "interpolation": interpolation}
+    if getattr(args, "seed_format", "float32") != "float32":  # recorded when not the authors' (older records stay valid)
+        settings["seed_format"] = args.seed_format
     if kind != "seg":
         settings.update(conf_th=args.conf_th, class_fn=class_fn)
     for name in ("decoder", "output_stride"):
@@ -318,7 +324,8 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
         else:
             keys, seed = seg_seed(probs)
         try:
-            save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm")
+            save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm",
+                      getattr(args, "seed_format", "float32"))
         except OutputError as e:  # one file the system refuses is skipped; a full disk stops the run
             if item_write_problem(e) is None:
                 raise
