@@ -301,13 +301,14 @@ def place_weights(pred_dir, source, tag=TAG):
 
 def rsepm_args(root, pred_dir, *extra, domain="validation"):
     return ["--root_dir", str(root), "--dataset", "TOY", "--domain", domain, "--tag", TAG,
-            "--pred_dir", str(pred_dir), "--backbone", "resnet18", "--num_workers", "0", *extra]
+            "--pred_dir", str(pred_dir), "--backbone", "resnet18", "--num_workers", "0", "--seed_format", "float32",
+            *extra]
 
 
 def seg_args(root, pred_dir, decoder, *extra):
     return ["--root_dir", str(root), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
             "--pred_dir", str(pred_dir), "--backbone", "resnet18", "--decoder", decoder,
-            "--num_workers", "0", *extra]
+            "--num_workers", "0", "--seed_format", "float32", *extra]
 
 
 def out_dir(pred_dir, domain="validation"):

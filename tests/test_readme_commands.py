@@ -98,8 +98,10 @@ def run_readme(command, root_dir):
 
 
 def read_pickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f)  # written by this test's own run
+    """A seed file of this test's own run, in the format the README's command wrote (uint8 by
+    default: core.io.load_seed rebuilds the float32 planes)."""
+    from core.io import load_seed
+    return load_seed(path)
 
 
 def direct_miou(pred_dir, gt_dir, num_classes=21):
