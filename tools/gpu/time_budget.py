@@ -48,6 +48,10 @@ SPREAD = {"RS+EPM training (GPU)": "ddp", "seeds of train_aug / train, 4 scales 
 # more); a palette PNG mask or relation-label map about 5 KB. Our estimates, not measurements.
 CLASSES_PER_IMAGE = {"VOC": 1.5, "COCO": 2.9}
 PNG_BYTES = 5e3
+# The uint8 seed format (the default) against float32: x70 measured on the toy run's trained seeds
+# upsampled to 500x375 (docs/formats.md#seed-files); x40 at the toy's own size. An estimate for VOC
+# and COCO seeds, whose borders are less regular.
+UINT8_RATIO = 40
 
 
 def count_flops(rsepm_crop):
@@ -105,20 +109,20 @@ def checkpoint_bytes():
 
 
 def disk(name):
-    """[(what, bytes)] a run on dataset `name` leaves on disk (estimates: CLASSES_PER_IMAGE, PNG_BYTES)."""
+    """[(what, bytes in float32, bytes by default)] a run on dataset `name` leaves on disk (estimates:
+    CLASSES_PER_IMAGE, PNG_BYTES, UINT8_RATIO for the seeds)."""
     d = DATASETS[name]
     pixels = d["size"][0] * d["size"][1]
     planes = CLASSES_PER_IMAGE[name]
     checkpoints = checkpoint_bytes()
-    return [
-        ("seeds of train (float32 planes)", d["train"] * planes * pixels * 4),
-        ("CRF and random-walk masks of train", 2 * d["train"] * PNG_BYTES),
-        ("relation-label cache", d["train"] * PNG_BYTES),
-        ("seeds of validation (RS+EPM and DeepLabV3+, float32)", d["val"] * (2 * planes + 1) * pixels * 4),
-        ("masks of validation", 2 * d["val"] * PNG_BYTES),
-        ("checkpoints (last.pth and resume.pth of the three networks)",
-         sum(c["last"] + c["resume"] for c in checkpoints.values())),
-    ]
+    seeds_train, seeds_val = d["train"] * planes * pixels * 4, d["val"] * (2 * planes + 1) * pixels * 4
+    fixed = [("CRF and random-walk masks of train", 2 * d["train"] * PNG_BYTES),
+             ("relation-label cache", d["train"] * PNG_BYTES), ("masks of validation", 2 * d["val"] * PNG_BYTES),
+             ("checkpoints (last.pth and resume.pth of the three networks)",
+              sum(c["last"] + c["resume"] for c in checkpoints.values()))]
+    return [("seeds of train", seeds_train, seeds_train / UINT8_RATIO),
+            ("seeds of validation (RS+EPM and DeepLabV3+)", seeds_val, seeds_val / UINT8_RATIO),
+            *[(what, size, size) for what, size in fixed]]
 
 
 def get_args_parser():
@@ -154,10 +158,11 @@ def main(args):
         fast = [(a, b) for (stage, a), (_, b) in zip(one, eight) if stage != "random walk on the CPU instead"]
         print(f"| total | | {sum(a for a, _ in fast) / 3600:.1f} h | {sum(b for _, b in fast) / 3600:.1f} h |")
         rows = disk(name)
-        print(f"\n| {name} disk (*estimated*) | GB |\n|---|---|")
-        for what, size in rows:
-            print(f"| {what} | {size / 1e9:.1f} |")
-        print(f"| total | {sum(size for _, size in rows) / 1e9:.0f} |")
+        print(f"\n| {name} disk (*estimated*) | GB, seeds in float32 (`--seed_format float32`) | GB, seeds in uint8 "
+              "(the default) |\n|---|---|---|")
+        for what, full, default in rows:
+            print(f"| {what} | {full / 1e9:.1f} | {default / 1e9:.1f} |")
+        print(f"| total | {sum(r[1] for r in rows) / 1e9:.0f} | {sum(r[2] for r in rows) / 1e9:.0f} |")
         result[name] = {"1": one, "8": eight, "disk": rows}
     per_core = 1 / cpu["augment"]
     need = PEAK * args.train_utilisation / f["rsepm train"]
