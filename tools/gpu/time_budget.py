@@ -48,7 +48,7 @@ SPREAD = {"RS+EPM training (GPU)": "ddp", "seeds of train_aug / train, 4 scales 
 # more); a palette PNG mask or relation-label map about 5 KB. Our estimates, not measurements.
 CLASSES_PER_IMAGE = {"VOC": 1.5, "COCO": 2.9}
 PNG_BYTES = 5e3
-# The uint8 seed format (the default) against float32: x70 measured on the toy run's trained seeds
+# The uint8 seed format (--seed_format uint8) against float32: x70 measured on the toy run's trained seeds
 # upsampled to 500x375 (docs/formats.md#seed-files); x40 at the toy's own size. An estimate for VOC
 # and COCO seeds, whose borders are less regular.
 UINT8_RATIO = 40
@@ -158,8 +158,8 @@ def main(args):
         fast = [(a, b) for (stage, a), (_, b) in zip(one, eight) if stage != "random walk on the CPU instead"]
         print(f"| total | | {sum(a for a, _ in fast) / 3600:.1f} h | {sum(b for _, b in fast) / 3600:.1f} h |")
         rows = disk(name)
-        print(f"\n| {name} disk (*estimated*) | GB, seeds in float32 (`--seed_format float32`) | GB, seeds in uint8 "
-              "(the default) |\n|---|---|---|")
+        print(f"\n| {name} disk (*estimated*) | GB, seeds in float32 (the default) | GB, seeds in uint8 "
+              "(`--seed_format uint8`) |\n|---|---|---|")
         for what, full, default in rows:
             print(f"| {what} | {full / 1e9:.1f} | {default / 1e9:.1f} |")
         print(f"| total | {sum(r[1] for r in rows) / 1e9:.0f} | {sum(r[2] for r in rows) / 1e9:.0f} |")
