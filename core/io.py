@@ -22,8 +22,9 @@ SEED_DIALECTS = ("rsepm", "seg")
 # How the planes are stored: "float32", the authors' array (what their scripts read), or "uint8":
 # each value rounded to a multiple of 1/255 (an error of at most 1/510, below the 0.05 steps of
 # every threshold), the bytes deflated (zlib), about 10-20x smaller (docs/formats.md#seed-files).
-SEED_FORMATS = ("float32", "uint8")
-_UINT8_KEY = "seed_uint8"
+SEED_FORMATS = ("float32", "uint8", "uint16")
+# format -> (stored dtype, the value of 1.0); the planes go under "seed_{format}"
+_QUANTIZED = {"uint8": (np.uint8, 255), "uint16": (np.uint16, 65535)}
 # Largest decoded seed accepted by load_seed (--max_seed_bytes): a VOC seed is ~20 MB, a COCO one
 # ~130 MB; a small pickle that repeats one array can otherwise expand to gigabytes.
 DEFAULT_MAX_SEED_BYTES = 1 << 30
@@ -171,8 +172,9 @@ def save_seed(path, keys, seed, dialect, seed_format="float32"):
             seg dialect: the K class indices of the stored planes (0 = real background).
         seed: float32 array (K, H, W), values in [0, 1] for seed_format "uint8".
         dialect: "rsepm" or "seg"; recorded under the extra key "dialect".
-        seed_format: "float32" (the authors' file: "seed" is the array) or "uint8" (the planes
-            rounded to multiples of 1/255 and deflated under "seed_uint8", with their "shape").
+        seed_format: "float32" (the authors' file: "seed" is the array), "uint8" or "uint16" (the
+            planes rounded to multiples of 1/255 or 1/65535 and deflated under "seed_uint8" or
+            "seed_uint16", with their "shape").
     """
     import zlib
     if dialect not in SEED_DIALECTS:
@@ -186,16 +188,17 @@ def save_seed(path, keys, seed, dialect, seed_format="float32"):
         content = {"keys": keys, "seed": seed, "dialect": dialect}
     else:
         if seed.size and not (np.isfinite(seed).all() and seed.min() >= 0 and seed.max() <= 1):
-            raise ValueError(f"{path}: the uint8 seed format stores values in [0, 1]; write float32 instead")
-        quantized = np.rint(seed * 255.0).astype(np.uint8)
-        content = {"keys": keys, _UINT8_KEY: zlib.compress(quantized.tobytes(), 6), "shape": list(seed.shape),
-                   "dialect": dialect}
+            raise ValueError(f"{path}: the {seed_format} seed format stores values in [0, 1]; write float32 instead")
+        dtype, one = _QUANTIZED[seed_format]
+        quantized = np.rint(seed.astype(np.float64) * one).astype(dtype)
+        content = {"keys": keys, f"seed_{seed_format}": zlib.compress(quantized.tobytes(), 6),
+                   "shape": list(seed.shape), "dialect": dialect}
     with atomic_output(path) as f:
         pickle.dump(content, f, protocol=4)
 
 
-def _decode_uint8(path, data, max_bytes):
-    """The float32 planes of a uint8 seed file, its size checked before anything is inflated."""
+def _decode_quantized(path, data, seed_format, max_bytes):
+    """The float32 planes of a uint8 or uint16 seed file, its size checked before anything is inflated."""
     import zlib
     shape = data.get("shape")
     if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v >= 0
@@ -205,17 +208,19 @@ def _decode_uint8(path, data, max_bytes):
     if max_bytes is not None and count * 4 > max_bytes:
         raise FormatError(f"{path}: the seed would decode to more than {max_bytes:,} bytes (over the limit "
                           "--max_seed_bytes)")
-    packed = data[_UINT8_KEY]
+    dtype, one = _QUANTIZED[seed_format]
+    width = np.dtype(dtype).itemsize
+    packed = data[f"seed_{seed_format}"]
     if not isinstance(packed, bytes):
-        raise FormatError(f"{path}: '{_UINT8_KEY}' must be bytes, found {type(packed).__name__}")
+        raise FormatError(f"{path}: 'seed_{seed_format}' must be bytes, found {type(packed).__name__}")
     inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(packed, count + 1)  # never more than the shape says, plus one to tell
+        raw = inflater.decompress(packed, count * width + 1)  # never more than the shape says, plus one to tell
     except zlib.error as e:
-        raise FormatError(f"{path}: corrupt uint8 seed ({e})") from None
-    if len(raw) != count or inflater.unconsumed_tail:
-        raise FormatError(f"{path}: uint8 seed of {len(raw):,}+ values for a shape of {count:,}")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(shape).astype(np.float32) / np.float32(255.0)
+        raise FormatError(f"{path}: corrupt {seed_format} seed ({e})") from None
+    if len(raw) != count * width or inflater.unconsumed_tail:
+        raise FormatError(f"{path}: {seed_format} seed of {len(raw) // width:,}+ values for a shape of {count:,}")
+    return (np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float64) / one).astype(np.float32)
 
 
 def seed_dialect_from_tag(tag):
@@ -252,8 +257,9 @@ def load_seed(path, tag=None, max_bytes=DEFAULT_MAX_SEED_BYTES):
     decoded content larger than `max_bytes` (None: no limit), checked before the arrays are built.
     """
     data = safe_pickle_load(path, max_bytes)
-    if isinstance(data, dict) and _UINT8_KEY in data and "seed" not in data:
-        data = dict(data, seed=_decode_uint8(path, data, max_bytes))
+    stored = [f for f in _QUANTIZED if isinstance(data, dict) and f"seed_{f}" in data]
+    if stored and "seed" not in data:
+        data = dict(data, seed=_decode_quantized(path, data, stored[0], max_bytes))
     if not isinstance(data, dict) or "keys" not in data or "seed" not in data:
         raise FormatError(f"{path}: not a seed file (expected a dict with 'keys' and 'seed', "
                           f"found {type(data).__name__}"

@@ -23,19 +23,20 @@ def smooth_planes(k=2, h=60, w=80, seed=0):
     return (probabilities / probabilities.sum(0))[1:].astype(np.float32)
 
 
-def test_round_trip_within_half_a_step_and_much_smaller(tmp_path):
+@pytest.mark.parametrize("fmt, one, dtype", [("uint8", 255, np.uint8), ("uint16", 65535, np.uint16)])
+def test_round_trip_within_half_a_step_and_much_smaller(tmp_path, fmt, one, dtype):
     planes = smooth_planes()
     save_seed(tmp_path / "a.pkl", [0, 3, 5], planes, "rsepm")
-    save_seed(tmp_path / "b.pkl", [0, 3, 5], planes, "rsepm", "uint8")
+    save_seed(tmp_path / "b.pkl", [0, 3, 5], planes, "rsepm", fmt)
     a, b = load_seed(tmp_path / "a.pkl"), load_seed(tmp_path / "b.pkl")
     assert a["keys"].tolist() == b["keys"].tolist() == [0, 3, 5] and b["dialect"] == "rsepm"
     assert b["seed"].dtype == np.float32 and b["seed"].shape == planes.shape
-    assert np.abs(b["seed"] - planes).max() <= 1 / 510 + 1e-7
-    # by hand: the stored bytes are round(255 v), deflated
+    assert np.abs(b["seed"] - planes).max() <= 1 / (2 * one) + 1e-7
+    # by hand: the stored bytes are round(one x v), deflated
     with open(tmp_path / "b.pkl", "rb") as f:
         stored = pickle.load(f)
-    assert zlib.decompress(stored["seed_uint8"]) == np.rint(planes * 255).astype(np.uint8).tobytes()
-    assert os.path.getsize(tmp_path / "b.pkl") * 8 < os.path.getsize(tmp_path / "a.pkl")
+    assert zlib.decompress(stored[f"seed_{fmt}"]) == np.rint(planes.astype(np.float64) * one).astype(dtype).tobytes()
+    assert os.path.getsize(tmp_path / "b.pkl") * 2 < os.path.getsize(tmp_path / "a.pkl")
     # the authors' form is what float32 writes: "seed" is the array itself
     with open(tmp_path / "a.pkl", "rb") as f:
         assert np.array_equal(pickle.load(f)["seed"], planes)

@@ -55,10 +55,9 @@ def inference_parser(description, backbone, tag):
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
     parser.add_argument("--seed_format", default="float32", choices=SEED_FORMATS,
-                        help="float32: the authors' seed file (their scripts read it); uint8: the planes rounded to "
-                             "multiples of 1/255 and deflated, tens of times smaller, read by every script of this "
-                             "project; not the default yet: the toy's multi-stage rows move by up to 0.25 mIoU "
-                             "with it (docs/formats.md#seed-files)")
+                        help="float32: the authors' seed file (their scripts read it); uint16 / uint8: the planes "
+                             "rounded to multiples of 1/65535 / 1/255 and deflated, about 12x / 40-70x smaller, read "
+                             "by every script of this project (docs/formats.md#seed-files says what each changes)")
     add_image_limit_arg(parser)
     parser.add_argument("--max_memory_gib", default=32.0, type=float,
                         help="an image whose estimated inference memory at the largest scale exceeds this is "
