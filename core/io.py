@@ -90,9 +90,18 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def _require_regular(path, what="file"):
+    """MissingFileError when `path` is missing, FormatError when it is not a regular file (a FIFO
+    would block the reader): the one check of this module's readers."""
+    problem = regular_file_problem(path)
+    if problem == "not found":
+        raise MissingFileError(f"{path}: {what} not found")
+    if problem:
+        raise FormatError(f"{path}: {problem}")
+
+
 def read_json(path):
-    if regular_file_problem(path) not in (None, "not found"):
-        raise FormatError(f"{path}: {regular_file_problem(path)}")
+    _require_regular(path)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -143,11 +152,7 @@ def safe_pickle_load(path, max_bytes=None):
 
     With `max_bytes`, a file larger than that is refused before it is read.
     """
-    problem = regular_file_problem(path)
-    if problem == "not found":
-        raise MissingFileError(f"{path}: file not found")
-    if problem:
-        raise FormatError(f"{path}: {problem}; skipped")
+    _require_regular(path)
     try:
         if max_bytes is not None and os.path.getsize(path) > max_bytes:
             raise FormatError(f"{path}: file of {os.path.getsize(path):,} bytes exceeds the limit of "
@@ -328,11 +333,7 @@ def save_mask(path, mask, palette):
 
 def read_mask(path):
     """Read a class-index PNG as uint8 (H, W) without any palette conversion."""
-    problem = regular_file_problem(path)
-    if problem == "not found":
-        raise MissingFileError(f"{path}: mask file not found")
-    if problem:
-        raise FormatError(f"{path}: {problem}; skipped")
+    _require_regular(path, "mask file")
     try:
         with Image.open(path) as image:
             image.load()

@@ -314,6 +314,12 @@ def _holder_text(fd):
         return "a process that is still starting"
 
 
+def _held_here(path):
+    """Whether this process (not a forked child) holds the lock file `path`."""
+    held = _HELD.get(path)
+    return bool(held) and held[0] == os.getpid()
+
+
 def hold_output(output, flag=None):
     """Take the exclusive writer lock of `output` (a folder or a file) for the rest of this process.
 
@@ -325,12 +331,10 @@ def hold_output(output, flag=None):
     message). Under torchrun the ranks of one run share rank 0's lock: another rank takes none (the
     scripts let it write only after rank 0 has taken it, behind a barrier). Returns the lock path."""
     import fcntl
-    import json as _json
     import sys
 
     path = lock_path(output)
-    held = _HELD.get(path)
-    if (held and held[0] == os.getpid()) or (os.environ.get("WORLD_SIZE") and os.environ.get("RANK", "0") != "0"):
+    if _held_here(path) or (os.environ.get("WORLD_SIZE") and os.environ.get("RANK", "0") != "0"):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -348,7 +352,7 @@ def hold_output(output, flag=None):
     record = {"host": socket.gethostname(), "pid": os.getpid(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(PROCESS_START)),
               "command": " ".join(sys.argv)}
-    data = _json.dumps(record).encode("utf-8")
+    data = json.dumps(record).encode("utf-8")
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
     _HELD[path] = (os.getpid(), fd)
@@ -360,8 +364,7 @@ def output_writer(output):
     import fcntl
 
     path = lock_path(output)
-    held = _HELD.get(path)
-    if (held and held[0] == os.getpid()) or not os.path.isfile(path):
+    if _held_here(path) or not os.path.isfile(path):
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -96,11 +96,12 @@ def test_one_spawned_process_per_device_writes_the_seeds_of_one_process(inputs, 
     from core.checkpoint import load_checkpoint
     load_checkpoint(network, inference.weights_path(args))
     from core.datasets import SeedLayout, load_dataset_info
-    ids = inference.image_order(SeedLayout(root, "validation", load_dataset_info("TOY")), args)
+    layout = SeedLayout(root, "validation", load_dataset_info("TOY"))
+    ids = inference.image_order(layout, args)
     out_dir = predictions_dir(spawned, TAG, "validation")
     os.makedirs(out_dir)
     shares = run_spawned(inference._infer_share, [torch.device("cpu")] * 2, args, network, "rsepm", True, "nearest",
-                         "sigmoid", False, ids, out_dir)
+                         "sigmoid", False, layout, ids, out_dir)
     assert [s["rank"] for s in shares] == [0, 1] and [s["written"] for s in shares] == [3, 2]
     assert seed_bytes(spawned) == seed_bytes(single)
 

@@ -109,7 +109,8 @@ def process_scaling(counts, repeat, num_images, size=160):
             ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--weights", weights,
              "--backbone", "resnet18", "--scales", "1.0,0.5", "--conf_th", "0.3", "--num_workers", "0",
              "--gpus", "cpu", "--threads", "1", "--pred_dir", work])
-        ids = inference.image_order(SeedLayout(root, "validation", load_dataset_info("TOY")), args)
+        layout = SeedLayout(root, "validation", load_dataset_info("TOY"))
+        ids = inference.image_order(layout, args)
         result = {}
         for count in counts:
             loop, wall, sizes = [], [], []
@@ -118,7 +119,7 @@ def process_scaling(counts, repeat, num_images, size=160):
                 os.makedirs(out)
                 start = time.perf_counter()
                 shares = run_spawned(inference._infer_share, [torch.device("cpu")] * count, args, network, "rsepm",
-                                     True, "nearest", "sigmoid", False, ids, out)
+                                     True, "nearest", "sigmoid", False, layout, ids, out)
                 wall.append(num_images / (time.perf_counter() - start))
                 loop.append(num_images / max(share["seconds"] for share in shares))
                 sizes = [os.path.getsize(os.path.join(out, name)) for name in os.listdir(out)]

@@ -264,7 +264,7 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
                             ".pkl", overwrite=getattr(args, "overwrite", False), root=args.pred_dir)
     shard.barrier()
     ids = image_order(layout, args)
-    job = (args, network, kind, same, interpolation, class_fn, use_tags, ids, out_dir)
+    job = (args, network, kind, same, interpolation, class_fn, use_tags, layout, ids, out_dir)
     amp = f", amp {args.amp}" if getattr(args, "amp", "off") != "off" else ""
     if shard.world == 1 and len(device_ids) > 1:  # one process per listed GPU
         print(f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, "
@@ -289,11 +289,10 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
 
 
 @torch.no_grad()
-def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_tags, ids, out_dir):
+def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_tags, layout, ids, out_dir):
     """The images of `shard` (its share of `ids`, those without a seed file yet) on its device:
-    {"rank", "images", "written", "skipped_existing", "failed"}."""
-    info = load_dataset_info(args.dataset)
-    layout = SeedLayout(args.root_dir, args.domain, info, max_pixels=getattr(args, "max_image_pixels", None))
+    {"rank", "images", "written", "skipped_existing", "failed", "seconds"}."""
+    info = layout.info
     device = shard.device
     mine = shard.share(ids)
     todo = [i for i in mine if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
