@@ -54,7 +54,7 @@ def inference_parser(description, backbone, tag):
     parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
                         help="comma-separated test-time scales, each with its flip; the first fixes the "
                              "reference size (the default is the published set)")
-    parser.add_argument("--seed_format", default="float32", choices=SEED_FORMATS,
+    parser.add_argument("--seed_format", default="uint16", choices=SEED_FORMATS,
                         help="float32: the authors' seed file (their scripts read it); uint16 / uint8: the planes "
                              "rounded to multiples of 1/65535 / 1/255 and deflated, about 12x / 40-70x smaller, read "
                              "by every script of this project (docs/formats.md#seed-files says what each changes)")

@@ -96,6 +96,7 @@ AFF_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", 
 RW_CONVERT = ["--mode", "rw", "--affinity_tag", AFF_TAG, "--exp_times", "3", "--rw_crf", "true"]
 RW_TAG = RSEPM_TAG + "@rw"
 SCALES = ["--scales", "1.0,0.5"]  # the published 1.0,0.5,1.5,2.0 cost 6x more
+SEED_FORMAT = ["--seed_format", "uint16"]  # the scripts' default, written out so the digest covers it
 CONF_TH = "0.34"
 
 
@@ -115,7 +116,7 @@ def settings_digest():
     import json
     settings = {"toy_data": TOY_DATA_COMMAND, "pretrain_data": PRETRAIN_DATA_COMMAND, "pretrain": PRETRAIN,
                 "rsepm": RSEPM_TRAIN, "seg": SEG_TRAIN, "affinity": AFF_TRAIN, "rw": RW_CONVERT,
-                "scales": SCALES, "conf_th": CONF_TH, "tags": [RSEPM_TAG, SEG_TAG, AFF_TAG]}
+                "scales": SCALES, "seed_format": SEED_FORMAT, "conf_th": CONF_TH, "tags": [RSEPM_TAG, SEG_TAG, AFF_TAG]}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -271,7 +272,8 @@ def rsepm_stage(r):
         r.run(["train_rsepm.py", *r.common, *RSEPM_TRAIN, *r.seed_arg, "--tag", RSEPM_TAG, *r.workers],
               "train single-stage RS+EPM on train_aug (image-level tags only)")
     r.run(["infer_rsepm.py", *r.common, "--domain", "train_aug", "--tag", RSEPM_TAG,
-           *SCALES, *r.workers], "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
+           *SCALES, *SEED_FORMAT, *r.workers],
+          "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
     rows = [("RS+EPM seeds, train, GT tags (best threshold)",
              r.evaluate("predictions", RSEPM_TAG, "train", "evaluate the seeds"))]
     r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "train_aug", "--folder", "predictions",
@@ -299,7 +301,7 @@ def single_stage(r):
     # with the ground-truth-tag seeds; the weights are read through --weights.
     # the backbone comes from config.json beside the weights, as in every later stage
     r.run(["infer_rsepm.py", *r.common, "--domain", "validation", "--conf_th", CONF_TH,
-           "--tag", val_tag, "--weights", model_path(r.pred_dir, RSEPM_TAG), *SCALES, *r.workers],
+           "--tag", val_tag, "--weights", model_path(r.pred_dir, RSEPM_TAG), *SCALES, *SEED_FORMAT, *r.workers],
           "single stage: RS+EPM on validation with predicted classes")
     r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "validation", "--folder", "predictions",
            "--tag", val_tag, *r.workers], "single stage: CRF")
@@ -314,7 +316,8 @@ def multi_stage(r):
         r.run(["train_seg.py", *r.common, *SEG_TRAIN, *r.seed_arg, "--label_tag", RW_TAG, "--tag", SEG_TAG,
                *r.workers], "multi stage: train DeepLabV3+ on the random-walk pseudo masks")
     # backbone, decoder and output stride (16) come from the training run's config.json
-    r.run(["infer_seg.py", *r.common, "--domain", "validation", "--tag", SEG_TAG, *SCALES, *r.workers],
+    r.run(["infer_seg.py", *r.common, "--domain", "validation", "--tag", SEG_TAG, *SCALES, *SEED_FORMAT,
+           *r.workers],
           "multi stage: DeepLabV3+ on validation")
     rows = [("multi stage: DeepLabV3+ (argmax), validation",
              r.evaluate("predictions", SEG_TAG, "validation", "evaluate the multi stage"))]
