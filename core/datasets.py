@@ -22,6 +22,10 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 DOMAINS = ("train", "train_aug", "validation", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# --max_image_pixels of every script that reads images (training, inference, conversion, builders;
+# tools/args.py add_image_limit_arg): a 7000 x 7000 photograph (VOC and COCO images are below
+# 0.5 M pixels). PIL's own decompression-bomb error (above 179 M pixels) is caught as well.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
 def is_dataset_path(value):

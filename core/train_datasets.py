@@ -1,6 +1,8 @@
-"""Training datasets: tagged crops for RS+EPM, (image, mask) crops for the segmentation network.
+"""Training datasets: tagged crops for RS+EPM, (image, mask) crops for the segmentation network,
+(image, relation-label map) crops for the affinity network.
 
-Both read a core.datasets.SeedLayout and apply a core.transforms transform. Each sample's
+Each reads a core.datasets.SeedLayout and applies a transform (core.transforms.TrainTransform;
+the affinity network's tools/seeds/affinity_data.py AffinityTransform). Each sample's
 augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample depends only on
 the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
 what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
@@ -10,8 +12,10 @@ sampler yields (epoch, index) and its dataset wrapper calls set_epoch in the wor
 Problems found at construction are either errors (DatasetError naming files) or skips that are
 counted and listed for the log (`summary()`), so a run never trains silently on less data.
 One bad file never stops a run: an unreadable annotation is listed in `bad_files` at construction;
-an image that is corrupt, not 8-bit, or larger than `max_image_pixels` (checked from the header,
-before decoding) makes __getitem__ return a skip marker {"skip": id, "problem": text}, which
+an image that is corrupt, not 8-bit, or larger than `max_image_pixels` (a constructor argument, the
+scripts' --max_image_pixels; checked from the header, before decoding), and a mask or label map that
+is unreadable or out of range (a relation-label map also: of another size than its image) make
+__getitem__ return a skip marker {"skip": id, "problem": text}, which
 `collate_skipping` drops from its batch and lists under batch["skipped"]. tools/engine/trainer.py counts
 both and ends the run with the list and a non-zero exit once the weights are saved.
 """
@@ -20,15 +24,15 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from core.datasets import read_image
+from core.datasets import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from core.errors import DatasetError, FormatError
+from core.io import IGNORE_INDEX as RELATION_IGNORE  # the ignored label of the relation-label maps
 from core.io import read_mask
+from core.progress import progress as progress_bar
 from core.safety import check_regular_file
 
 MAX_LISTED = 5
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # a 7000 x 7000 photo; VOC/COCO images are below 0.5 M
 
 
 def collate_skipping(items):
@@ -73,16 +77,17 @@ def _first(ids, count=MAX_LISTED):
 
 
 class _AugmentedDataset(torch.utils.data.Dataset):
-    """Shared part: the kept ids, the epoch and the per-sample random generator."""
+    """Shared part: the kept ids, the epoch, the per-sample random generator and the skip of bad
+    files (max_image_pixels: the header limit of read_image, the scripts' --max_image_pixels)."""
 
-    def __init__(self, layout, transform, seed):
+    def __init__(self, layout, transform, seed, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         self.layout = layout
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
         self.ids = []
         self.bad_files = []  # "path: problem" of files found unusable at construction
-        self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+        self.max_image_pixels = max_image_pixels
 
     collate = staticmethod(collate_skipping)
 
@@ -95,6 +100,22 @@ class _AugmentedDataset(torch.utils.data.Dataset):
 
     def read_image(self, image_id):
         return read_checked_image(self.layout.image_path(image_id), self.max_image_pixels)
+
+    def read_labels(self, path, ignore=None):
+        """uint8 (H, W) class indices of a mask or label map; DatasetError naming the file when it
+        is unreadable or holds a label outside 0..num_classes-1 that is not `ignore` (default: the
+        dataset's ignore index), which would otherwise surface as an opaque CUDA assertion in the loss."""
+        try:
+            mask = read_mask(path)
+        except (FormatError, FileNotFoundError) as e:
+            raise DatasetError(str(e)) from None
+        num_classes = self.layout.info.num_classes
+        ignore = self.layout.info.ignore_index if ignore is None else ignore
+        bad = (mask >= num_classes) & (mask != ignore)
+        if bad.any():
+            raise DatasetError(f"{path}: label(s) {sorted(np.unique(mask[bad]).tolist())[:10]} outside "
+                               f"0..{num_classes - 1} and not {ignore} (ignore)")
+        return mask
 
     def __len__(self):
         return len(self.ids)
@@ -120,6 +141,7 @@ class ClassificationDataset(_AugmentedDataset):
         transform: core.transforms.TrainTransform.
         seed: run seed for the per-sample augmentation.
         progress: show a progress bar while the annotations are read.
+        max_image_pixels: images whose header claims more pixels are skipped (--max_image_pixels).
     Images whose annotation lists no class cannot teach a multi-label classifier and are skipped;
     `skipped_untagged` counts them and `untagged_ids` lists them.
 
@@ -127,14 +149,14 @@ class ClassificationDataset(_AugmentedDataset):
     box (4,) int64 (x0, y0, x1, y1), id str, index int).
     """
 
-    def __init__(self, layout, transform, seed=0, progress=False):
-        super().__init__(layout, transform, seed)
+    def __init__(self, layout, transform, seed=0, progress=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        super().__init__(layout, transform, seed, max_image_pixels)
         if not layout.has_xml:
             raise DatasetError(f"{os.path.join(layout.split_dir, 'xml')}: no annotations, "
                                f"so no image-level tags for split {layout.domain!r}")
         self.tags = []
         self.untagged_ids = []
-        for image_id in tqdm(layout.ids, desc="reading tags", disable=not progress):
+        for image_id in progress_bar(layout.ids, desc="reading tags", unit="file", disable=not progress):
             try:
                 tags = layout.read_tags(image_id, required=True)
             except (DatasetError, ValueError, OverflowError) as e:  # e.g. an `inf` in a box
@@ -179,6 +201,7 @@ class SegmentationDataset(_AugmentedDataset):
         seed: run seed for the per-sample augmentation.
         allow_missing: skip images without a mask instead of raising DatasetError.
         progress: show a progress bar during the size check.
+        max_image_pixels: images whose header claims more pixels are skipped (--max_image_pixels).
     Checks at construction, from file headers only (no pixel decoding):
       - a missing mask: DatasetError with the count and the first ids, unless allow_missing
         (then skipped; `skipped_missing`, `missing_ids`);
@@ -192,8 +215,9 @@ class SegmentationDataset(_AugmentedDataset):
     box (4,) int64, id str, index int).
     """
 
-    def __init__(self, layout, mask_dir, transform, seed=0, allow_missing=False, progress=False):
-        super().__init__(layout, transform, seed)
+    def __init__(self, layout, mask_dir, transform, seed=0, allow_missing=False, progress=False,
+                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        super().__init__(layout, transform, seed, max_image_pixels)
         self.mask_dir = mask_dir
         if mask_dir is None:
             source = os.path.join(layout.split_dir, "mask")
@@ -212,7 +236,7 @@ class SegmentationDataset(_AugmentedDataset):
                                f"complete the folder or pass --allow_missing true to skip them")
         missing = set(self.missing_ids)
         self.mismatched = []
-        for image_id in tqdm(layout.ids, desc="checking mask sizes", disable=not progress):
+        for image_id in progress_bar(layout.ids, desc="checking mask sizes", unit="file", disable=not progress):
             if image_id in missing:
                 continue
             image_size = _header_size(layout.image_path(image_id))
@@ -241,24 +265,71 @@ class SegmentationDataset(_AugmentedDataset):
 
     def read_mask(self, image_id):
         """uint8 (H, W) labels; DatasetError naming the file on unreadable or out-of-range masks."""
-        path = self.mask_path(image_id)
-        try:
-            mask = read_mask(path)
-        except (FormatError, FileNotFoundError) as e:
-            raise DatasetError(str(e)) from None
-        num_classes = self.layout.info.num_classes
-        ignore = self.layout.info.ignore_index
-        bad = (mask >= num_classes) & (mask != ignore)
-        if bad.any():
-            raise DatasetError(f"{path}: label(s) {sorted(np.unique(mask[bad]).tolist())[:10]} outside "
-                               f"0..{num_classes - 1} and not {ignore} (ignore)")
-        return mask
+        return self.read_labels(self.mask_path(image_id))
 
     def load(self, index):
         """The sample of `index`; DatasetError naming the file when a file is bad."""
         image_id = self.ids[index]
         sample = self.transform(self.read_image(image_id), self.read_mask(image_id),
                                 self.sample_rng(index))
+        sample["id"] = image_id
+        sample["index"] = index
+        return sample
+
+
+class RelationLabelDataset(_AugmentedDataset):
+    """Crops with the cached relation-label maps of the affinity network (docs/method.md#random-walk).
+
+    Args:
+        layout: SeedLayout of the training split.
+        label_dir: folder of the label maps `{ID}.png` (tools/seeds/affinity_data.py make_ir_labels:
+            0 background, class ids, 255 ignored), each of its image's size.
+        transform: tools.seeds.affinity_data.AffinityTransform, called as transform(image, labels, rng).
+        seed: run seed for the per-sample augmentation.
+        allow_missing: skip images without a label map instead of raising DatasetError.
+        max_image_pixels: images whose header claims more pixels are skipped (--max_image_pixels).
+    A missing map is found at construction: DatasetError with the count and the first ids, unless
+    allow_missing (then skipped; `skipped_missing`, `missing_ids`). In __getitem__, a bad image (as
+    in the other datasets) or a map that is unreadable, holds a label outside 0..num_classes-1 and
+    not 255, or differs in size from its image (a stale cache) makes a skip marker naming the file.
+
+    Item: dict(image (3, S, S) float32, labels (S/4, S/4) int64 (255 = ignored), id str, index int).
+    """
+
+    def __init__(self, layout, label_dir, transform, seed=0, allow_missing=False,
+                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        super().__init__(layout, transform, seed, max_image_pixels)
+        self.label_dir = label_dir
+        self.missing_ids = [i for i in layout.ids if not os.path.isfile(self.label_path(i))]
+        self.skipped_missing = len(self.missing_ids)
+        if self.missing_ids and not allow_missing:
+            raise DatasetError(f"{label_dir}: {len(self.missing_ids)} of {len(layout.ids)} images have no "
+                               f"relation-label map ({_first(self.missing_ids)}); fix their seed files "
+                               f"or pass --allow_missing true to skip them")
+        missing = set(self.missing_ids)
+        self.ids = [i for i in layout.ids if i not in missing]
+        if not self.ids:
+            raise DatasetError(f"{label_dir}: no relation-label map for any image of {layout.split_dir}")
+
+    def label_path(self, image_id):
+        return os.path.join(self.label_dir, image_id + ".png")
+
+    def summary(self):
+        text = f"{len(self.ids)} of {len(self.layout.ids)} images of {self.layout.split_dir}"
+        if self.skipped_missing:
+            text += f"; skipped {self.skipped_missing} without a label map ({_first(self.missing_ids)})"
+        return text
+
+    def load(self, index):
+        """The sample of `index`; DatasetError naming the file when a file is bad."""
+        image_id = self.ids[index]
+        image = self.read_image(image_id)
+        path = self.label_path(image_id)
+        labels = self.read_labels(path, ignore=RELATION_IGNORE)
+        if labels.shape != image.shape[:2]:
+            raise DatasetError(f"{path}: size {labels.shape[1]}x{labels.shape[0]} differs from its image "
+                               f"{image.shape[1]}x{image.shape[0]} (delete it to remake it)")
+        sample = self.transform(image, labels, self.sample_rng(index))
         sample["id"] = image_id
         sample["index"] = index
         return sample

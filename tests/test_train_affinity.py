@@ -216,7 +216,7 @@ def test_bad_arguments_are_refused(toy, capsys):
 
 
 @pytest.mark.parametrize("flag", ["--min_image_size", "--max_image_size", "--sync_bn", "--color_jitter",
-                                  "--channels_last", "--max_image_pixels", "--head_lr_mult"])
+                                  "--channels_last", "--head_lr_mult"])
 def test_flags_that_do_not_apply_are_refused(toy, capsys, flag):
     root, pred = toy
     with pytest.raises(SystemExit) as exit_info:

@@ -116,7 +116,7 @@ def dataset_identity(dataset):
     layout = getattr(dataset, "layout", None)
     if layout is None or not hasattr(dataset, "ids"):
         return None
-    # AffinityDataset: label_path; SegmentationDataset: mask_path; ClassificationDataset: the xml
+    # RelationLabelDataset: label_path; SegmentationDataset: mask_path; ClassificationDataset: the xml
     label = getattr(dataset, "label_path", None) or getattr(dataset, "mask_path", None) or layout.xml_path
     files = []
     for i in dataset.ids:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.errors import UsageError
+from core.errors import DatasetError, UsageError
 from tools.args import resolve_devices
 from tools.pool import worker_threads
 
@@ -295,16 +295,23 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     keeps the main process's global RNG untouched by worker seeding; the augmentation draws from
     per-sample generators, not from worker seeds. The workers ignore SIGTERM/SIGUSR1 (seed_worker),
     so TrainingRun ends them with close_loader, and an exit hook ends any left over.
+    A loader without a single batch (drop_last and fewer usable images than `batch_size`) raises
+    DatasetError naming the split (the dataset's layout), the image count and the batch size.
     """
     persistent = num_workers > 0
     sampler_class = _EpochTaggedSampler if persistent else EpochSampler
     sampler = sampler_class(len(dataset), seed, shuffle, ctx.rank, ctx.world_size)
     per_process = local_batch_size(batch_size, ctx) if ctx.distributed else batch_size
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         _EpochDataset(dataset) if persistent else dataset, batch_size=per_process, sampler=sampler,
         num_workers=num_workers, pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
         collate_fn=getattr(dataset, "collate", None), worker_init_fn=seed_worker,
         generator=torch.Generator(), persistent_workers=persistent)
+    if len(loader) == 0:  # no worker has started yet: nothing to end
+        split = getattr(getattr(dataset, "layout", None), "split_dir", "the training set")
+        raise DatasetError(f"{split}: {len(dataset)} usable images give no full batch of {batch_size}; "
+                           f"lower --batch_size")
+    return loader
 
 
 def close_loader(loader):

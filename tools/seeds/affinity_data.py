@@ -8,22 +8,19 @@ and the (image, stride-4 label map) crops that train_affinity.py learns from.
    when present (an interrupted run just starts again) and spread over worker processes. The
    folder's settings record (ir-labels/{label_tag}/train.settings.json: the thresholds, the label
    CRF and the seed folder's own record) refuses maps made otherwise unless overwrite is given.
-2. AffinityDataset: the image and its cached label map with IRN's augmentation: a random
+2. AffinityTransform: IRN's augmentation of the image and its cached label map: a random
    rescale by a factor in [min_scale, max_scale] (image bicubic, labels nearest), a horizontal
    flip, a random crop (padding: image 0 after normalisation, labels 255), then the labels
    reduced to the stride-4 grid of the boundary map (core.relations.labels_to_stride). No colour
-   jitter (IRN uses none). A sample depends only on (run seed, epoch, index), as in
-   core.train_datasets, so a resumed run sees the crops of an uninterrupted one.
+   jitter (IRN uses none). The dataset that applies it is core.train_datasets.RelationLabelDataset,
+   with the other training datasets' per-sample generator (a sample depends only on (run seed,
+   epoch, index), so a resumed run sees the crops of an uninterrupted one) and skip of bad files.
 """
-import os
-
 import numpy as np
-import torch
 from PIL import Image
 
 from core.datasets import normalize_image
-from core.errors import DatasetError
-from core.io import DEFAULT_MAX_SEED_BYTES, IGNORE_INDEX, read_mask
+from core.io import DEFAULT_MAX_SEED_BYTES, IGNORE_INDEX
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, ir_label_from_seed, labels_to_stride
 from core.transforms import random_crop
 from tools.paths import output_dir
@@ -31,8 +28,6 @@ from tools.seeds.seed_reading import SeedJob, claim_from_seeds, foreground, run_
 
 IR_FOLDER = "ir-labels"
 STRIDE = 4
-MAX_LISTED = 5
-
 
 
 def ir_labels_dir(pred_dir, label_tag, domain):
@@ -109,57 +104,3 @@ class AffinityTransform:
         image, labels, _, _ = random_crop(normalize_image(np.array(image)), np.asarray(labels), rng,
                                           self.crop_size, IGNORE_INDEX)
         return {"image": image, "labels": labels_to_stride(labels[None], self.stride)[0]}
-
-
-class AffinityDataset(torch.utils.data.Dataset):
-    """Images of a SeedLayout with their cached label maps.
-
-    Args:
-        layout: SeedLayout of the training split; label_dir: the make_ir_labels folder.
-        transform: AffinityTransform; seed: run seed of the per-sample augmentation.
-        allow_missing: skip images without a label map instead of raising DatasetError.
-    Item: dict(image (3, S, S) float32, labels (S/4, S/4) int64, id str, index int).
-    """
-
-    def __init__(self, layout, label_dir, transform, seed=0, allow_missing=False):
-        self.layout, self.label_dir, self.transform = layout, label_dir, transform
-        self.seed, self.epoch = int(seed), 0
-        self.missing_ids = [i for i in layout.ids if not os.path.isfile(self.label_path(i))]
-        if self.missing_ids and not allow_missing:
-            raise DatasetError(f"{label_dir}: {len(self.missing_ids)} of {len(layout.ids)} images have no "
-                               f"relation-label map ({_first(self.missing_ids)}); fix their seed files "
-                               f"or pass --allow_missing true to skip them")
-        missing = set(self.missing_ids)
-        self.ids = [i for i in layout.ids if i not in missing]
-        if not self.ids:
-            raise DatasetError(f"{label_dir}: no relation-label map for any image of {layout.split_dir}")
-
-    def label_path(self, image_id):
-        return os.path.join(self.label_dir, image_id + ".png")
-
-    def summary(self):
-        text = f"{len(self.ids)} of {len(self.layout.ids)} images of {self.layout.split_dir}"
-        if self.missing_ids:
-            text += f"; skipped {len(self.missing_ids)} without a label map ({_first(self.missing_ids)})"
-        return text
-
-    def __len__(self):
-        return len(self.ids)
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __getitem__(self, index):
-        image_id = self.ids[index]
-        image = self.layout.read_image(image_id)
-        labels = read_mask(self.label_path(image_id))
-        if labels.shape != image.shape[:2]:
-            raise DatasetError(f"{self.label_path(image_id)}: size {labels.shape[1]}x{labels.shape[0]} differs "
-                               f"from its image {image.shape[1]}x{image.shape[0]} (delete it to remake it)")
-        sample = self.transform(image, labels, np.random.default_rng([self.seed, self.epoch, int(index)]))
-        sample["id"], sample["index"] = image_id, index
-        return sample
-
-
-def _first(ids, count=MAX_LISTED):
-    return ", ".join(ids[:count]) + (f", ... ({len(ids) - count} more)" if len(ids) > count else "")

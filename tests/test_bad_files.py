@@ -1,0 +1,63 @@
+"""One corrupt training image is a counted skip in every trainer (core/train_datasets.py): the run
+finishes, saves its weights, then ends with DatasetError naming the file (TrainingRun.raise_if_skipped)."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+from scipy.ndimage import uniform_filter
+
+import train_affinity
+import train_rsepm
+import train_seg
+from core.datasets import SeedLayout, load_dataset_info
+from core.errors import DatasetError
+from core.io import save_seed
+from tools.paths import model_path, predictions_dir
+from tools.seeds import affinity_data
+from helpers import run_main
+
+SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
+INFO = load_dataset_info("TOY")
+
+
+def test_a_corrupt_training_image_is_skipped_and_counted_by_every_trainer(toy_dataset, tmp_path):
+    root, pred = str(tmp_path / "TOY"), str(tmp_path / "exp")
+    shutil.copytree(toy_dataset(max_size=48), root)
+    layout = SeedLayout(root, "train_aug", INFO)
+    # train_affinity's seeds (blurred ground-truth planes) and their relation-label maps, made while
+    # every image is good: the cache then holds a map for the image corrupted below
+    for image_id in layout.ids:
+        gt = layout.read_mask(image_id)
+        classes = sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
+        planes = np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes]) if classes \
+            else np.zeros((0,) + gt.shape, np.float32)
+        save_seed(os.path.join(predictions_dir(pred, SEED_TAG, "train_aug"), image_id + ".pkl"),
+                  [0] + classes, planes, "rsepm")
+    affinity_data.make_ir_labels(layout, predictions_dir(pred, SEED_TAG, "train_aug"),
+                                 affinity_data.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
+                                 crf=False, num_workers=0, progress=False)
+    tagged = [i for i in layout.ids if layout.read_tags(i)]
+    bad = layout.image_path(tagged[0])
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) * 2 // 3)  # a JPEG cut short: the header reads, the pixels do not
+
+    # one epoch of one batch holding every image each trainer keeps, so the bad one is met once
+    common = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
+              "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--num_workers", "0",
+              "--max_epoch", "1", "--vis_images", "0", "--pred_dir", pred]
+    image_flags = ["--min_image_size", "32", "--max_image_size", "48"]
+    runs = {
+        "rsepm": (train_rsepm, image_flags + ["--batch_size", str(len(tagged)), "--rs_start", "1", "--mix", "none",
+                                              "--pamr_iterations", "1", "--pamr_dilations", "1"]),
+        "seg": (train_seg, image_flags + ["--batch_size", str(len(layout.ids)), "--label_tag", "gt"]),
+        "affinity": (train_affinity, ["--batch_size", str(len(layout.ids)), "--seed_tag", SEED_TAG,
+                                      "--rw_radius", "4", "--ir_crf", "false"]),
+    }
+    for tag, (script, flags) in runs.items():
+        with pytest.raises(DatasetError) as info:
+            run_main(script, common + flags + ["--tag", tag])
+        message = str(info.value)
+        assert f"saved {model_path(pred, tag)}, but skipped 1 bad file(s): {bad}: " in message, (tag, message)
+        assert "truncated" in message and "(2x)" not in message, (tag, message)
+        assert os.path.isfile(model_path(pred, tag)), tag
