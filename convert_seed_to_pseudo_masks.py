@@ -9,9 +9,10 @@ Example (the original README command):
 Masks already present are skipped, so an interrupted run can simply be started again (every mask
 is written atomically: a killed run leaves no half-written PNG behind). A seed file that is
 missing or unreadable, or that does not fit its image, is skipped and listed at the end, and
-the exit status is then non-zero. The CRF runs on the CPU; --gpus is accepted for
-compatibility and ignored. `--mode rw --affinity_tag TAG` makes random-walk masks instead, into
-pseudo-labels/{tag}@rw/{domain}/ (tools/seeds/rw_convert.py; docs/method.md#random-walk).
+the exit status is then non-zero. The CRF runs on the CPU, which ignores --gpus (accepted for
+compatibility). `--mode rw --affinity_tag TAG` makes random-walk masks instead, into
+pseudo-labels/{tag}@rw/{domain}/, with one process per GPU of --gpus (tools/seeds/rw_convert.py;
+docs/method.md#random-walk).
 """
 
 from core.crf import CRF_DEFAULTS, seed_to_mask
@@ -30,6 +31,9 @@ def get_args_parser():
     parser = make_parser(description=__doc__.split("\n\n")[0])
     add_device_args(parser)
     parser.set_defaults(num_workers=16)  # the original's default; each worker converts one image at a time
+    gpus = next(a for a in parser._actions if "--gpus" in a.option_strings)
+    gpus.help = ("comma-separated CUDA device ids of --mode rw (one process per GPU; the CPU when CUDA is "
+                 "unavailable); the CRF and argmax modes run on the CPU and ignore it")
     add_dataset_args(parser, domain="train")
     add_experiment_args(parser)
     parser.add_argument("--single", default=False, type=str2bool,

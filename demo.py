@@ -31,7 +31,7 @@
 # `experiments/toy/` (or `experiments/toy/seed0/` after `--seeds 0,1,2`);
 # `python tools/toy/make_demo_notebook.py --execute` re-executes the notebook on that folder and stores
 # the new outputs. The settings of that run are shown below the parameters cell, read from
-# `tools/toy/toy_pipeline.py`.
+# `tools/toy/toy_pipeline.py`; on another run, that run's own, from the `config.json` its training wrote.
 #
 # **This notebook's source is `demo.py`** (a [jupytext](https://jupytext.readthedocs.io) percent-format
 # script beside it): edit that file, then `python tools/toy/make_demo_notebook.py` rewrites
@@ -45,6 +45,14 @@
 # and a Jupyter kernel (`pip install -r requirements-dev.txt`) and a front end such as
 # `pip install notebook` or `jupyterlab`. Everything runs on the CPU in a minute or less.
 #
+# **Another run.** Set the parameters below, or their `RSEPM_DEMO_<NAME>` variables before starting
+# Jupyter (`RSEPM_DEMO_TAG=MyRS RSEPM_DEMO_PRED_DIR=./experiments/ jupyter notebook demo.ipynb`), or
+# execute it headlessly with one flag per parameter:
+# `python tools/toy/make_demo_notebook.py --execute --tag MyRS --seg_tag MySeg --dataset ../MyData/MyData.json
+# --root_dir ../MyData/ --pred_dir ./experiments/ --out my_demo.ipynb` (`--help` lists them; a flag wins
+# over its variable). The networks' backbone, decoder and output stride come from the runs' `config.json`
+# unless set.
+#
 # **The released VOC weights.** Set `DATASET = "VOC"`, `ROOT_DIR = "../VOC2012/"`,
 # `BACKBONE = "resnet50"`, `RSEPM_TAG = "ResNet50@VOC@RS+EPM@Official"`, `PRED_DIR = "./experiments/"`,
 # `SCALES = (1.0, 0.5, 1.5, 2.0)` and `WEIGHTS` to the downloaded `.pth` file (or leave it `None` when
@@ -54,9 +62,9 @@
 # seconds per image on a CPU.
 
 # %% tags=["parameters"] id="parameters"
-# Parameters (the cell tagged `parameters`, which `papermill -p NAME VALUE` overrides). Edit the
-# defaults here, or set the environment variable RSEPM_DEMO_<NAME> shown on each line
-# (`make_demo_notebook.py --root_dir/--pred_dir` and the test run the notebook that way).
+# Parameters. Edit the defaults here, or set the environment variable RSEPM_DEMO_<NAME> shown on
+# each line before starting Jupyter; `python tools/toy/make_demo_notebook.py --execute` passes those
+# variables on and sets them from its flags (--tag, --root_dir, --pred_dir, ...; its --help).
 import os
 
 if not os.path.isfile(os.path.join("core", "networks.py")):
@@ -88,10 +96,12 @@ TOY_RUN = next((d for d in (TOY_PRED_DIR, os.path.join(TOY_PRED_DIR, "seed0/"))
 PRED_DIR = setting("PRED_DIR", TOY_RUN)                  # experiment folder (models/, predictions/, ...)
 RSEPM_TAG = setting("TAG", TOY_RSEPM_TAG)                # single-stage RS+EPM run
 SEG_TAG = setting("SEG_TAG", TOY_SEG_TAG)                # retrained segmenter (multi-stage) run
-BACKBONE = setting("BACKBONE", "resnet18")               # RS+EPM backbone
-SEG_DECODER = setting("SEG_DECODER", "deeplabv3+")       # deeplabv3+ or deeplabv2
-SEG_BACKBONE = setting("SEG_BACKBONE", "resnet18")
-SEG_OUTPUT_STRIDE = setting("SEG_OUTPUT_STRIDE", 16, int)  # 16 for the toy run, 8 for the VOC weights
+# The networks: None takes what the run's config.json (beside the weights) records, else the default
+# named (the toy run's), as infer_rsepm.py / infer_seg.py do; a value contradicting the record is refused.
+BACKBONE = setting("BACKBONE", None)                     # RS+EPM backbone (resnet18)
+SEG_DECODER = setting("SEG_DECODER", None)               # deeplabv3+ or deeplabv2 (deeplabv3+)
+SEG_BACKBONE = setting("SEG_BACKBONE", None)             # (resnet18)
+SEG_OUTPUT_STRIDE = setting("SEG_OUTPUT_STRIDE", None, int)  # (16, the toy run's; 8 for the VOC weights)
 WEIGHTS = setting("WEIGHTS", None)                       # None: {PRED_DIR}/models/{RSEPM_TAG}/last.pth
 SEG_WEIGHTS = setting("SEG_WEIGHTS", None)               # None: {PRED_DIR}/models/{SEG_TAG}/last.pth
 IMAGE_IDS = setting("IMAGE_IDS", None, id_list)          # None: the first NUM_IMAGES of DOMAIN
@@ -101,11 +111,19 @@ CONF_TH = setting("CONF_TH", -1.0, float)                # -1: ground-truth tags
 BG_TH = setting("BG_TH", None, float)                    # None: evaluate.py's best threshold, else 0.35
 
 # %% id="toy-settings"
-# The settings of the toy run the stored outputs come from, read from the pipeline so that this
-# text cannot drift from what it does.
+# The settings of the run shown. On the toy run (the defaults above; the stored outputs) the toy
+# pipeline's, read from it so that this text cannot drift from what it does; on any other run, the
+# settings its trainings recorded in the config.json beside the weights (train_rsepm.py, train_seg.py).
 from IPython.display import Markdown, display
 
+from core.io import read_json
 from tools.toy import toy_pipeline as toy
+
+rsepm_weights = WEIGHTS or model_path(PRED_DIR, RSEPM_TAG)
+seg_weights = SEG_WEIGHTS or model_path(PRED_DIR, SEG_TAG)
+TOY_RUNS = (TOY_PRED_DIR, os.path.join(TOY_PRED_DIR, "seed0/"))
+ON_TOY_RUN = (RSEPM_TAG == TOY_RSEPM_TAG and WEIGHTS is None
+              and os.path.abspath(PRED_DIR) in {os.path.abspath(d) for d in TOY_RUNS})
 
 
 def flag(arguments, name):
@@ -113,7 +131,7 @@ def flag(arguments, name):
     return arguments[arguments.index(name) + 1]
 
 
-display(Markdown(f"""**The toy run** (`tools/toy/toy_pipeline.py`, on the synthetic TOY dataset `toy_data/TOY`):
+TOY_TEXT = f"""**The toy run** (`tools/toy/toy_pipeline.py`, on the synthetic TOY dataset `toy_data/TOY`):
 
 * both networks start from a ResNet-18 pretrained by `tools/toy/pretrain_toy.py` for
   {flag(toy.PRETRAIN, '--max_epoch')} epochs on the image-level tags of a separate toy set (generator seed
@@ -130,10 +148,61 @@ display(Markdown(f"""**The toy run** (`tools/toy/toy_pipeline.py`, on the synthe
   other cues, and the published hue jitter would blur that line;
 * test-time scales `{flag(toy.SCALES, '--scales')}` with flips (the published `1.0,0.5,1.5,2.0` cost
   several times more), single-stage classes from scores >= {toy.CONF_TH}.
-"""))
+"""
+# (key of the recorded args, how it reads) of each training's settings shown for another run
+RSEPM_FIELDS = [("dataset", "dataset `{}`"), ("domain", "`{}` images"), ("backbone", "{}"),
+                ("pretrained", "pretrained `{}`"), ("max_epoch", "{} epochs"), ("batch_size", "batch {}"),
+                ("lr", "lr {}"), ("crop_size", "{}-pixel crops"), ("rs_start", "RecurSeed from epoch {}"),
+                ("mix", "mix `{}`"), ("mix_start", "EdgePredictMix from epoch {}"),
+                ("color_jitter", "colour jitter `{}`"), ("seed", "training seed {}")]
+SEG_FIELDS = [("dataset", "dataset `{}`"), ("domain", "`{}` images"), ("decoder", "{}"), ("backbone", "{}"),
+              ("output_stride", "output stride {}"), ("pretrained", "pretrained `{}`"),
+              ("label_tag", "on the pseudo masks of `{}`"), ("max_epoch", "{} epochs"), ("batch_size", "batch {}"),
+              ("lr", "lr {}"), ("crop_size", "{}-pixel crops"), ("seed", "training seed {}")]
+
+
+def training_record(weights):
+    """(path, config) of the config.json that the training run wrote beside `weights`; config is
+    None when there is none (released or foreign weights, or no such run)."""
+    path = os.path.join(os.path.dirname(weights), "config.json")
+    return path, (read_json(path) if os.path.isfile(path) else None)
+
+
+def recorded_settings(what, tag, weights, fields):
+    """A bullet: the run's `fields` as its config.json records them."""
+    path, config = training_record(weights)
+    if config is None:
+        found = "its weights are there" if os.path.isfile(weights) else f"nor `{weights}`"
+        return f"* {what} `{tag}`: no training record (no `{path}`; {found})"
+    args = config.get("args") if isinstance(config.get("args"), dict) else {}
+    shown = [text.format(",".join(map(str, v)) if isinstance(v, list) else v)
+             for key, text in fields for v in [args.get(key)] if v is not None]
+    machine = (f"trained on {config['world_size']} x {config['device']}"
+               if config.get("world_size") and config.get("device") else "")
+    when = ", ".join(part for part in (machine, config.get("time")) if part)
+    return f"* {what} `{args.get('tag') or tag}`: {', '.join(shown)} (`{path}`{', ' + when if when else ''})"
+
+
+def run_text():
+    """The settings of a run that is not the toy pipeline's, from its trainings' records."""
+    classes = "classes from the ground-truth tags" if CONF_TH == -1 else f"the classes scoring >= {CONF_TH}"
+    return "\n".join([
+        f"**The run `{RSEPM_TAG}` in `{PRED_DIR}`**, as its trainings recorded it:",
+        "",
+        recorded_settings("RS+EPM", RSEPM_TAG, rsepm_weights, RSEPM_FIELDS),
+        recorded_settings("the retrained model", SEG_TAG, seg_weights, SEG_FIELDS),
+        f"* here: images of `{ROOT_DIR}` ({DATASET}, {DOMAIN}), test-time scales "
+        f"`{','.join(map(str, SCALES))}` with flips, {classes}.",
+    ])
+
+
+display(Markdown(TOY_TEXT if ON_TOY_RUN else run_text()))
 
 # %% id="setup"
+import contextlib
 import glob
+import io
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -150,6 +219,50 @@ from core.io import read_json, read_mask
 from core.networks import RSEPM, build_network
 from core.targets import normalize_cam
 from tools.paths import evaluation_path, model_path, pseudo_labels_dir
+from tools.seeds.inference import resolve_network_args
+
+
+def set_by(name, variable, flag):
+    """Where a parameter is set: here, by its environment variable, or by make_demo_notebook.py's flag."""
+    return f"{name} (RSEPM_DEMO_{variable}, make_demo_notebook.py {flag})"
+
+
+if not os.path.isfile(rsepm_weights):
+    if WEIGHTS:
+        problem = f"{set_by('WEIGHTS', 'WEIGHTS', '--weights')} is {WEIGHTS}: no such file"
+    else:
+        problem = (f"no RS+EPM weights at {rsepm_weights}, the last.pth of {set_by('RSEPM_TAG', 'TAG', '--tag')} "
+                   f"{RSEPM_TAG!r} under {set_by('PRED_DIR', 'PRED_DIR', '--pred_dir')} {PRED_DIR!r}: name a "
+                   f"trained run, or set {set_by('WEIGHTS', 'WEIGHTS', '--weights')} to its .pth file")
+        if ON_TOY_RUN:
+            problem += "; `bash tools/quickstart.sh` makes the toy run"
+    raise FileNotFoundError(problem)
+
+
+def network_args(weights, given, defaults, labels):
+    """`given` ({name: value or None}) with each None filled from the config.json that the training
+    run wrote beside `weights`, else from `defaults`; a value contradicting the record is refused
+    (UsageError), as infer_rsepm.py / infer_seg.py do. Returns (values, where they come from)."""
+    args = SimpleNamespace(**given)
+    with contextlib.redirect_stdout(io.StringIO()):  # its line names the absolute path; said below as given
+        config = resolve_network_args(args, weights, defaults, labels)
+    where = os.path.join(os.path.dirname(weights), "config.json") if config else "no config.json beside the weights"
+    return vars(args), where
+
+
+network, where = network_args(rsepm_weights, {"backbone": BACKBONE}, {"backbone": "resnet18"},
+                              {"backbone": set_by("BACKBONE", "BACKBONE", "--backbone")})
+BACKBONE = network["backbone"]
+print(f"RS+EPM network: {BACKBONE} ({where})")
+network, where = network_args(
+    seg_weights, {"decoder": SEG_DECODER, "backbone": SEG_BACKBONE, "output_stride": SEG_OUTPUT_STRIDE},
+    {"decoder": "deeplabv3+", "backbone": "resnet18", "output_stride": 16},
+    {"decoder": set_by("SEG_DECODER", "SEG_DECODER", "--seg_decoder"),
+     "backbone": set_by("SEG_BACKBONE", "SEG_BACKBONE", "--seg_backbone"),
+     "output_stride": set_by("SEG_OUTPUT_STRIDE", "SEG_OUTPUT_STRIDE", "--seg_output_stride")})
+SEG_DECODER, SEG_BACKBONE, SEG_OUTPUT_STRIDE = network["decoder"], network["backbone"], network["output_stride"]
+if os.path.isfile(seg_weights):
+    print(f"retrained network: {SEG_DECODER} {SEG_BACKBONE}, output stride {SEG_OUTPUT_STRIDE} ({where})")
 
 torch.set_grad_enabled(False)
 FIGURE_DPI = 72  # small PNGs: the notebook is stored with its figures
@@ -308,58 +421,43 @@ else:
         result["seg_mask"] = probs.argmax(dim=0).numpy().astype(np.uint8)
 
 # %% id="figure"
-IGNORE_COLOR = (224, 224, 192)  # VOC's colour of the unscored border band
+# Drawn by tools/drawing.py, the module that draws the training runs' TensorBoard panels: the same
+# colours, heat map, tiles and legend in both places.
+from tools.drawing import colorize, composite, legend_entries, overlay
 
-lookup = np.zeros((256, 3), dtype=np.uint8)
-lookup[:info.num_classes] = info.colors
-lookup[info.ignore_index] = IGNORE_COLOR
-
-
-def legend_handles(masks):
-    """One coloured patch per class index found in any of the (H, W) masks."""
-    present = np.unique(np.concatenate([m.ravel() for m in masks]))
-    names = {info.ignore_index: "ignore", **dict(enumerate(info.class_names))}
-    return [Patch(facecolor=lookup[c] / 255.0, edgecolor="grey", label=names.get(int(c), str(c)))
-            for c in present]
+DECODER_NAMES = {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}
 
 
-columns = ["image", "ground truth", "CAM", f"RS+EPM seed (bg {bg_th:.2f})", "CRF pseudo mask"]
-with_rw = any(r["rw_mask"] is not None for r in results)
-if with_rw:
-    columns.append("random-walk mask")
-with_seg = any(r["seg_mask"] is not None for r in results)
-if with_seg:
-    columns.append("retrained " + {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}.get(SEG_DECODER, SEG_DECODER))
+def show(pictures):
+    """The composites one under the other, at their own pixel size."""
+    width = max(p.shape[1] for p in pictures)
+    stacked = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                              for p in pictures])
+    fig = plt.figure(figsize=(stacked.shape[1] / FIGURE_DPI, stacked.shape[0] / FIGURE_DPI))
+    fig.add_axes([0, 0, 1, 1]).imshow(stacked)
+    fig.axes[0].axis("off")
+    plt.show()
 
-fig, axes = plt.subplots(len(results), len(columns), figsize=(2.3 * len(columns) + 1.6, 2.4 * len(results)),
-                         squeeze=False)
-for row, result in zip(axes, results):
-    masks = [m for m in (result["gt"], result["seed_mask"], result["crf_mask"], result["rw_mask"],
-                         result["seg_mask"]) if m is not None]
-    row[0].imshow(result["image"])
-    if result["gt"] is not None:
-        row[1].imshow(lookup[result["gt"]])
-    else:
-        row[1].text(0.5, 0.5, "no ground truth", ha="center", va="center")
-    row[2].imshow(result["image"])
-    row[2].imshow(result["cam"], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-    row[3].imshow(lookup[result["seed_mask"]])
-    row[4].imshow(lookup[result["crf_mask"]])
-    extra = ([result["rw_mask"]] if with_rw else []) + ([result["seg_mask"]] if with_seg else [])
-    for ax, mask in zip(row[5:], extra):
-        if mask is not None:
-            ax.imshow(lookup[mask])
-        else:
-            ax.text(0.5, 0.5, "no mask", ha="center", va="center")
-    for ax in row:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    row[0].set_ylabel(result["id"] + "\n" + ", ".join(info.class_names[c] for c in result["classes"]), fontsize=8)
-    row[-1].legend(handles=legend_handles(masks), loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-for ax, title in zip(axes[0], columns):
-    ax.set_title(title, fontsize=9)
-fig.tight_layout()
-plt.show()
+
+def label_tile(title, mask):
+    return (title, colorize(mask, info.palette)) if mask is not None else None
+
+
+pictures = []
+for result in results:
+    labels = [result["gt"], result["seed_mask"], result["crf_mask"], result["rw_mask"], result["seg_mask"]]
+    seg_name = "retrained " + DECODER_NAMES.get(SEG_DECODER, SEG_DECODER)
+    tiles = [(f"{result['id']}: image", result["image"]),
+             label_tile("ground truth", result["gt"]),
+             ("CAM (max over " + ", ".join(info.class_names[c] for c in result["classes"]) + ")",
+              overlay(result["image"], result["cam"])),
+             label_tile(f"RS+EPM seed (bg {bg_th:.2f})", result["seed_mask"]),
+             label_tile("CRF pseudo mask", result["crf_mask"]),
+             label_tile("random-walk mask", result["rw_mask"]),
+             label_tile(seg_name, result["seg_mask"])]
+    legend = legend_entries(labels, info.palette, info.class_names, always=(0, *result["classes"]))
+    pictures.append(composite([t for t in tiles if t is not None], legend, columns=7))
+show(pictures)
 
 # %% [markdown] id="train-intro"
 # ## The pseudo masks the second stage trains on
@@ -378,31 +476,16 @@ if not train_ids:
     print(f"no CRF pseudo masks of train_aug in {pseudo_labels_dir(PRED_DIR, RSEPM_TAG, 'train_aug')} "
           "(convert_seed_to_pseudo_masks.py --domain train_aug writes them; the toy pipeline does)")
 else:
-    rw_masks = [stored_mask(RW_TAG, "train_aug", i) for i in train_ids]
-    titles = ["image", "ground truth", "CRF pseudo mask"] + (["random-walk mask"] if any(
-        m is not None for m in rw_masks) else [])
-    fig, axes = plt.subplots(len(train_ids), len(titles), figsize=(2.3 * len(titles) + 1.6, 2.4 * len(train_ids)),
-                             squeeze=False)
-    for row, image_id, rw_mask in zip(axes, train_ids, rw_masks):
+    pictures = []
+    for image_id in train_ids:
         image = train_layout.read_image(image_id)
-        panels = [train_layout.read_mask(image_id, image.shape[:2]) if train_layout.has_masks else None,
-                  stored_mask(RSEPM_TAG, "train_aug", image_id), rw_mask][:len(titles) - 1]
-        row[0].imshow(image)
-        for ax, mask in zip(row[1:], panels):
-            if mask is None:
-                ax.text(0.5, 0.5, "no mask", ha="center", va="center")
-            else:
-                ax.imshow(lookup[mask])
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row[0].set_ylabel(image_id, fontsize=8)
-        row[-1].legend(handles=legend_handles([m for m in panels if m is not None]), loc="center left",
-                       bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    for ax, title in zip(axes[0], titles):
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    plt.show()
+        gt = train_layout.read_mask(image_id, image.shape[:2]) if train_layout.has_masks else None
+        masks = [gt, stored_mask(RSEPM_TAG, "train_aug", image_id), stored_mask(RW_TAG, "train_aug", image_id)]
+        titles = ("ground truth", "CRF pseudo mask", "random-walk mask")
+        tiles = [(f"{image_id}: image", image)] + [label_tile(t, m) for t, m in zip(titles, masks)]
+        pictures.append(composite([t for t in tiles if t is not None],
+                                  legend_entries(masks, info.palette, info.class_names)))
+    show(pictures)
 
 
 # %% [markdown] id="evaluation-intro"

@@ -21,15 +21,14 @@ import math
 import os
 import shlex
 
-import tqdm
-
 from core.datasets import SeedLayout, load_dataset_info
 from core.errors import EvaluationError, UsageError
 from core.safety import OutputBusyError, hold_output, output_writer
 from core.io import load_seed, read_mask, write_json
+from core.progress import progress
 from tools import metrics
-from tools.args import (add_dataset_args, add_experiment_args, add_seed_limit_arg, add_threads_arg, cli, make_parser,
-                        str2bool)
+from tools.args import (add_dataset_args, add_experiment_args, add_seed_limit_arg, add_threads_arg, cli,
+                        compatibility_group, make_parser, str2bool)
 from tools.paths import evaluation_path, output_dir
 from tools.pool import SKIPPED_ERRORS, list_skipped, main_threads, pool_size, run_pool
 
@@ -54,9 +53,10 @@ def get_args_parser():
     add_threads_arg(parser)
     add_seed_limit_arg(parser)
     # Accepted so the original commands run unchanged; they change nothing here.
-    parser.add_argument("--gpus", default="0", type=str, help="ignored: evaluation runs on the CPU")
-    parser.add_argument("--parallel", default=False, type=str2bool,
-                        help="ignored: images are always spread over --num_workers processes")
+    compatibility = compatibility_group(parser)
+    compatibility.add_argument("--gpus", default="0", type=str, help="ignored: evaluation runs on the CPU")
+    compatibility.add_argument("--parallel", default=False, type=str2bool,
+                               help="ignored: images are always spread over --num_workers processes")
     return parser
 
 
@@ -147,7 +147,7 @@ def accumulate(job, image_ids, workers):
     size = max(1, min(MAX_CHUNK, math.ceil(len(image_ids) / (max(1, workers) * 8))))
     meter = metrics.ConfusionMeter(job.num_classes, job.rows())
     dialects, failed = {}, []
-    with tqdm.tqdm(total=len(image_ids), desc="evaluate", unit="image", dynamic_ncols=True) as bar:
+    with progress(total=len(image_ids), desc="evaluate", unit="image", dynamic_ncols=True) as bar:
         for matrix, count, seen, problems in run_pool(_score_chunk, chunked(image_ids, size), workers,
                                                       setup=_install, setup_args=(job,)):
             meter.add(matrix)

@@ -9,7 +9,7 @@ classes are the ground-truth tags (--conf_th -1) or the classes scoring >= --con
 """
 from core.datasets import load_dataset_info
 from core.networks import RSEPM
-from tools.args import cli, conf_threshold, str2bool
+from tools.args import cli, compatibility_group, conf_threshold, str2bool
 from tools.seeds.inference import inference_parser, resolve_network_args, run_inference, weights_path
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
@@ -30,11 +30,12 @@ def get_args_parser():
                              "(ReLU, max-normalised), the classic CAM seed, for comparison")
     # Accepted so the original commands run unchanged; they selected training-time options
     # (pooling, SCG thresholds, unused CAM/SCG outputs) and have no effect on the seeds.
+    compatibility = compatibility_group(parser)
     for name, default, kind in (("pool_type", "gap", str), ("use_cam", True, str2bool),
                                 ("use_scg", True, str2bool), ("first_th", 0.50, float),
                                 ("second_th", 0.10, float), ("foreground_th", 0.30, float),
                                 ("background_th", 0.05, float), ("end_th", 0.70, float)):
-        parser.add_argument(f"--{name}", default=default, type=kind, help="accepted for compatibility; unused")
+        compatibility.add_argument(f"--{name}", default=default, type=kind, help="accepted for compatibility; unused")
     return parser
 
 

@@ -22,13 +22,13 @@ import torch
 from core.datasets import dataset_name
 from core.affinity import AffinityNet
 from core.checkpoint import read_state_dict
-from core.errors import DatasetError, MissingFileError, UsageError
+from core.errors import MissingFileError, UsageError
 from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
+from core.train_datasets import RelationLabelDataset
 from tools.engine import distributed, optim, panels, trainer, training
-from tools.seeds.affinity_data import (STRIDE, AffinityDataset, AffinityTransform, claim_ir_labels, ir_labels_dir,
-                                      make_ir_labels)
+from tools.seeds.affinity_data import STRIDE, AffinityTransform, claim_ir_labels, ir_labels_dir, make_ir_labels
 from tools.args import add_overwrite_arg, cli, deprecated_alias, str2bool
 from tools.pool import list_skipped
 from tools.paths import predictions_dir
@@ -46,13 +46,15 @@ def get_args_parser():
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
     # required, checked by prepare_args: argparse would refuse a run that names it by its old name
     parser.add_argument("--seed_tag", default=None,
-                        help="required: seed files from predictions/{seed_tag}/train/ (RS+EPM seeds of train_aug)")
+                        help="required: seed files from predictions/{seed_tag}/{domain}/ (train/ for --domain "
+                             "train_aug: RS+EPM seeds of train_aug)")
     parser.add_argument("--allow_missing", default=False, type=str2bool,
                         help="skip (and count) images whose seed file is missing or unreadable")
     # IRN's augmentation (rescale by a factor, --min_scale/--max_scale; no colour jitter) and a
     # frozen backbone (BatchNorm included: no SyncBN): the image flags of the other scripts do not apply
     training.add_training_args(parser, lr=0.1, weight_decay=1e-4, max_epoch=3, batch_size=32,
-                               optimiser_help=OPTIMISER_HELP, image_args=False)
+                               optimiser_help=OPTIMISER_HELP, image_args=False,
+                               panels_from=training.PANELS_FROM["affinity"])
     parser.set_defaults(nesterov=False)
     parser.add_argument("--momentum", default=0.0, type=float,
                         help="SGD momentum (IRN's optimiser passes none)")
@@ -120,7 +122,7 @@ def affinity_losses(model, images, labels, grid):
 def prepare_labels(args, ctx, layout, info):
     """Make the missing relation-label maps, each DDP rank its share of the images (a barrier
     that waited for rank 0 alone could time out on a large set). Returns their folder; images
-    whose map could not be made are listed here and refused (or skipped) by AffinityDataset."""
+    whose map could not be made are listed here and refused (or skipped) by RelationLabelDataset."""
     seed_dir = predictions_dir(args.pred_dir, args.seed_tag, args.domain, "--seed_tag")
     label_dir = ir_labels_dir(args.pred_dir, args.seed_tag, args.domain)
     if not os.path.isdir(seed_dir):
@@ -153,12 +155,10 @@ def main(args):
     prepare_args(args)
     ctx, info, layout = training.start_run(args)
     label_dir = prepare_labels(args, ctx, layout, info)
-    dataset = AffinityDataset(layout, label_dir, AffinityTransform(args.crop_size, args.min_scale, args.max_scale),
-                              seed=args.seed, allow_missing=args.allow_missing)
+    dataset = RelationLabelDataset(layout, label_dir, AffinityTransform(args.crop_size, args.min_scale, args.max_scale),
+                                   seed=args.seed, allow_missing=args.allow_missing,
+                                   max_image_pixels=args.max_image_pixels)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
-    if len(loader) == 0:
-        raise DatasetError(f"{layout.split_dir}: {len(dataset)} usable images give no full batch of "
-                           f"{args.batch_size}; lower --batch_size")
 
     network = build_affinity_net(args.backbone, args.pretrained)
     model = distributed.wrap_model(network, ctx)
@@ -169,8 +169,8 @@ def main(args):
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_affinity", label_dir=label_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
         run.logger.info(dataset.summary())
-        drawing = panels.AffinityPanels(network, panels.pick_images(layout, dataset.ids if ctx.is_main else [],
-                                                                    args.vis_images), info, ctx.device)
+        drawing = panels.AffinityPanels(network, training.panel_picks(args, ctx, layout, dataset.ids), info,
+                                        ctx.device, label_path=dataset.label_path)
         for epoch in run.epochs():
             model.train()
             for batch in loader:
@@ -182,7 +182,8 @@ def main(args):
                 # fractions of all pairs, which show what the seeds give; summed on the device with
                 # the losses by record, read back only at log lines
                 pairs = {"pairs_bg": bg_pos.mean(), "pairs_fg": fg_pos.mean(), "pairs_neg": neg.mean()}
-                run.record(epoch, {**losses, **pairs}, images=images.shape[0], progress_loss=losses["total"])
+                run.record(epoch, {**losses, **pairs}, images=images.shape[0], progress_loss=losses["total"],
+                           skipped=batch.get("skipped"))
             run.draw_panels(drawing.draw)  # no validation here: after every epoch
         return run.finish()
 

@@ -50,7 +50,8 @@ def add_method_args(parser):
 
 def get_args_parser():
     parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
-    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16)
+    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16,
+                               panels_from=training.PANELS_FROM["rsepm"])
     add_method_args(parser)
     training.add_validation_args(parser, "seed mIoU, information only")
     return parser
@@ -114,6 +115,26 @@ def method_config(args):
     return RSEPMConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(RSEPMConfig)})
 
 
+def collapse_check(config):
+    """epoch_check of TrainingRun: the signs of a collapsed run in an epoch's mean statistics
+    (core/rsepm.py), each a warning line. A run whose RS targets hold no certain foreground trains
+    its decoder on background only and its seeds keep no class."""
+    def check(epoch, means):
+        use_rs, use_mix = config.active_terms(epoch)
+        lines = []
+        if use_rs and means.get("no_fg", 0.0) > 0.5:
+            lines.append(f"the RecurSeed target kept no certain foreground on {100 * means['no_fg']:.0f}% of the "
+                         f"images (--cf_fg_th {config.cf_fg_th}): the run may have collapsed")
+        if use_rs and means.get("seg") == 0.0:
+            lines.append("the segmentation loss was exactly 0 all epoch: its targets held no certain pixel "
+                         "(the run may have collapsed)")
+        if use_mix and config.mix != "none" and means.get("pasted_pixels") == 0.0:
+            lines.append("EdgePredictMix pasted nothing all epoch (no confident foreground in the decoder's "
+                         "labels): the mix terms trained on unmixed images")
+        return lines
+    return check
+
+
 @torch.no_grad()
 def validate(network, layout, ids, device, num_classes, skip=None):
     """Seed mIoU (%), best threshold and the per-class IoU (fractions, background first) at it on
@@ -147,11 +168,8 @@ def main(args):
     prepare_args(args)
     ctx, info, layout = training.start_run(args, require_xml=True, check=check_mix_share)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
-    dataset = ClassificationDataset(layout, transform, seed=args.seed)
+    dataset = ClassificationDataset(layout, transform, seed=args.seed, max_image_pixels=args.max_image_pixels)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
-    if len(loader) == 0:
-        raise DatasetError(f"{layout.split_dir}: {len(dataset)} tagged images give no full batch of "
-                           f"{args.batch_size}; lower --batch_size")
 
     network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
     layout_format = training.memory_format(args, ctx.device)  # channels-last on CUDA (--channels_last)
@@ -167,13 +185,13 @@ def main(args):
     step_flops = trainer.count_flops(lambda: flops.rsepm_train_flops(
         config, args.backbone, info.num_classes, args.crop_size, ctx.device), ctx.device, args.amp)
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, ema, desc="train_rsepm", flops_per_image=step_flops,
+                             epoch_check=collapse_check(config),
                              method=dataclasses.asdict(config), loss_weights=weights, train_images=len(dataset),
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
-        drawing = panels.RSEPMPanels(step_module, panels.pick_images(
-            *training.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids), args.vis_images,
-            args.max_image_pixels), info, ctx.device)
+        drawing = panels.RSEPMPanels(step_module, training.panel_picks(
+            args, ctx, *training.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids)), info, ctx.device)
         threshold = None  # the seed panel's background threshold: the last validation's best
 
         for epoch in run.epochs():
@@ -197,7 +215,14 @@ def main(args):
             if training.validation_due(args, epoch, val_ids) and \
                     (result := validate(network, val_layout, val_ids, ctx.device, info.num_classes, run.skip)):
                 miou, threshold, iou = result
-                run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
+                if epoch < args.rs_start:  # the decoder has not been trained: its seed fills each image with its tags
+                    run.logger.info(f"epoch {epoch}: validation seed mIoU {miou:.2f} from an untrained decoder "
+                                    f"(RecurSeed starts at epoch {args.rs_start}); not counted as the run's best")
+                    run.logger.log(run.iteration, epoch, {"val_seed_mIoU_untrained_decoder": miou,
+                                                          "val_seed_threshold": threshold})
+                else:
+                    run.note_best("val_seed_mIoU", miou, epoch, threshold=threshold)
+                    run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
                 run.logger.markdown(run.iteration, "val/seed_IoU", f"threshold {threshold:.2f}\n\n"
                                 + panels.iou_table(iou, info.class_names))
             if training.panels_due(args, epoch, val_ids):

@@ -34,10 +34,13 @@ def get_args_parser():
                         help="segmentation network")
     parser.add_argument("--output_stride", default=8, type=int, choices=(8, 16), help="backbone output stride")
     parser.add_argument("--label_tag", required=True,
-                        help="pseudo masks from pseudo-labels/{label_tag}/train/, or 'gt' for ground truth")
+                        help="pseudo masks from pseudo-labels/{label_tag}/{domain}/ (train/ for --domain train_aug), "
+                             "or 'gt' for ground truth")
     parser.add_argument("--allow_missing", default=False, type=str2bool,
                         help="skip (and count) images without a pseudo mask instead of stopping")
-    training.add_training_args(parser, lr=1e-3, weight_decay=4e-5, max_epoch=50, batch_size=16)
+    training.add_training_args(parser, lr=1e-3, weight_decay=4e-5, max_epoch=50, batch_size=16,
+                               optimiser_help={"lr": "backbone learning rate (head: x --head_lr_mult)"},
+                               panels_from=training.PANELS_FROM["seg"])
     parser.add_argument("--head_lr_mult", default=10.0, type=float, help="head learning rate = lr x this")
     training.add_validation_args(parser, "mIoU, information only, never used to pick weights")
     return parser
@@ -89,11 +92,9 @@ def main(args):
         raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run infer_rsepm.py and "
                            f"convert_seed_to_pseudo_masks.py with --domain {args.domain} --tag {args.label_tag})")
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
-    dataset = SegmentationDataset(layout, mask_dir, transform, seed=args.seed, allow_missing=args.allow_missing)
+    dataset = SegmentationDataset(layout, mask_dir, transform, seed=args.seed, allow_missing=args.allow_missing,
+                                  max_image_pixels=args.max_image_pixels)
     loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
-    if len(loader) == 0:
-        raise DatasetError(f"{layout.split_dir}: {len(dataset)} usable images give no full batch of "
-                           f"{args.batch_size}; lower --batch_size")
 
     network = build_network(args.decoder, args.backbone, info.num_classes, output_stride=args.output_stride,
                             pretrained=args.pretrained)
@@ -112,8 +113,8 @@ def main(args):
         run.logger.info(dataset.summary())
         val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True)
         # from the training split whether or not the run validates: the pseudo masks exist only there
-        picks = panels.pick_images(layout, dataset.ids if ctx.is_main else [], args.vis_images, args.max_image_pixels)
-        drawing = panels.SegPanels(network, picks, info, ctx.device, dataset.mask_path, gt_layout=layout)
+        drawing = panels.SegPanels(network, training.panel_picks(args, ctx, layout, dataset.ids), info, ctx.device,
+                                   dataset.mask_path, gt_layout=layout)
 
         for epoch in run.epochs():
             model.train()

@@ -149,6 +149,9 @@ class RSEPMTraining(nn.Module):
             valid4 = resize_nearest(valid, m_rs.shape[-2:])
             m_seg = certain_filter(m_rs, tags, cfg.cf_fg_th, cfg.cf_bg_th).masked_fill(~valid4, IGNORE_INDEX)
             stats.update(_label_stats(m_seg, valid4))
+            # images whose target keeps no foreground pixel: most of an epoch's is a collapse
+            certain_fg = m_seg.gt(0) & m_seg.ne(IGNORE_INDEX)
+            stats["no_fg"] = (~certain_fg.flatten(1).any(1)).float().mean()
         losses["rec"] = reconstruction_loss(out["cam"], m_rs, tags, valid)
         losses["seg"] = segmentation_loss(seg_logits, m_seg)
 
@@ -159,7 +162,11 @@ class RSEPMTraining(nn.Module):
                 generator = torch.Generator().manual_seed(int(seed))
                 perm = random_partner(images.shape[0], generator).to(images.device)
                 images_mix, m_seg_mix, m_rs_mix, tags_mix = mix_batch(images, m_ep, m_rs, tags, perm)
-                valid_mix = paste(m_ep.ne(0) & m_ep.ne(IGNORE_INDEX), valid, valid[perm])
+                pasted = m_ep.ne(0) & m_ep.ne(IGNORE_INDEX)  # the region mix_batch pastes
+                valid_mix = paste(pasted, valid, valid[perm])
+                # per image, in input pixels: 0 over an epoch means the mix did nothing
+                stats["pasted_pixels"] = pasted.flatten(1).sum(1).float().mean() * (
+                    images.shape[-2] * images.shape[-1] / (pasted.shape[-2] * pasted.shape[-1]))
             out_mix = self.network(images_mix)
             losses["rec_mix"] = reconstruction_loss(out_mix["cam"], m_rs_mix, tags_mix, valid_mix)
             losses["seg_mix"] = segmentation_loss(out_mix["seg"], m_seg_mix)

@@ -70,5 +70,7 @@ def test_bench_inference_processes_counts_every_image_in_each_setting(capsys):
     rows = result["processes"]
     assert sorted(rows) == [1, 2] and rows[1]["ratio"] == 1.0 and rows[2]["ratio"] > 0
     assert all(row["seed_bytes"] > 0 and row["loop"]["max"] > 0 for row in rows.values())
+    # the default (uint16) files against the same seeds in the authors' float32 form
+    assert all(row["seed_bytes_float32"] > 8 * row["seed_bytes"] for row in rows.values())
     out = capsys.readouterr().out
     assert "processes" in out and "x 1.00" in out and "machine:" in out

@@ -375,6 +375,28 @@ def test_conf_th_picks_classes_by_score(toy, weights, tmp_path):
         assert stored["seed"].shape == (2,) + tuple(image.shape[1:])
 
 
+def test_images_that_keep_no_class_are_counted_and_most_of_them_warn(toy, weights, tmp_path, capsys):
+    """--conf_th: the summary counts the images whose scores keep no class; a network that scores
+    every class low (all classifier rows negative, as make_rsepm's low ones) keeps none anywhere."""
+    place_weights(tmp_path, weights["rsepm"])
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--conf_th", "0.5", *FAST))
+    count = len(image_ids(toy, "validation"))
+    assert summary["no_class"] == 0 and summary["written"] == count
+    assert f"0 of the {count} images kept no class" in capsys.readouterr().out
+    model = make_rsepm()
+    with torch.no_grad():
+        model.classifier.weight.fill_(-0.05)
+    low = tmp_path / "low.pth"
+    save_weights(model, low)
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path / "low", "--conf_th", "0.5", "--weights", str(low),
+                                               *FAST))
+    out = capsys.readouterr().out
+    assert summary["no_class"] == count and f"{count} of the {count} images kept no class" in out
+    assert "warning: most images kept no class" in out
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path / "tags", "--weights", str(low), *FAST))
+    assert "no_class" not in summary  # ground-truth tags: nothing to count
+
+
 def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     run_main(infer_rsepm, rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))

@@ -9,6 +9,8 @@ CRF pseudo-mask files written here as the pipeline's stages would. A cell append
 the executed copy pickles what the notebook computed, and that is checked against independent
 computations: the scripts' seed files, a numpy threshold rule, and a CAM computed here by hand.
 """
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -28,13 +30,16 @@ from PIL import Image
 import evaluate
 import infer_rsepm
 import infer_seg
+import train_rsepm
+import train_seg
 from core.checkpoint import save_weights
 from core.errors import MissingFileError, UsageError
 from core.crf import seed_to_mask
-from core.io import load_seed, read_json
+from core.io import load_seed, read_json, write_json
 from core.networks import RSEPM, DeepLabV3Plus
+from tools.engine.checkpoints import config_path, run_config
 from tools.toy import make_demo_notebook
-from tools.paths import evaluation_path, model_path, predictions_dir, pseudo_labels_dir
+from tools.paths import evaluation_path, model_dir, model_path, predictions_dir, pseudo_labels_dir
 from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +47,7 @@ NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
 SOURCE = os.path.join(ROOT, "demo.py")
 KERNEL = "rsepm-demo-test"
 TAG, SEG_TAG = "R18@TOY@demo-test", "R18@TOY@DeepLabV3+@MS@demo-test"
+OWN_TAG, OWN_SEG_TAG = "MyRS", "MySeg"  # an own-data-like run, given to make_demo_notebook.py by flags
 CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 SCALES = "1.0,0.5"
@@ -138,6 +144,51 @@ def executed_bare(run, tmp_path_factory):
     return execute_notebook(tmp, {"ROOT": run["root"], "PRED_DIR": str(tmp / "empty"), "TAG": TAG,
                                   "SEG_TAG": SEG_TAG, "WEIGHTS": model_path(run["pred_dir"], TAG),
                                   "IMAGE_IDS": run["ids"][1], "CONF_TH": "0.34", "SCALES": "1.0"})
+
+
+@pytest.fixture(scope="module")
+def own_run(run, tmp_path_factory):
+    """An own-data-like run: the tiny run's weights under other tags in another folder, each with
+    the config.json its training would write (train_rsepm.py's / train_seg.py's own flags); the
+    retrained model's records output stride 8 (the notebook's default is 16)."""
+    pred_dir = str(tmp_path_factory.mktemp("own") / "experiments") + os.sep
+    common = ["--root_dir", run["root"], "--dataset", "TOY", "--domain", "train_aug", "--pred_dir", pred_dir]
+    trainings = [(OWN_TAG, TAG, train_rsepm, ["--backbone", "resnet18", "--max_epoch", "7", "--batch_size", "3",
+                                              "--lr", "0.0123", "--crop_size", "96", "--rs_start", "2",
+                                              "--mix_start", "5", "--seed", "41"]),
+                 (OWN_SEG_TAG, SEG_TAG, train_seg, ["--decoder", "deeplabv3+", "--backbone", "resnet18",
+                                                    "--output_stride", "8", "--label_tag", OWN_TAG + "@rw",
+                                                    "--max_epoch", "9", "--batch_size", "5", "--crop_size", "80",
+                                                    "--seed", "42"])]
+    for tag, source, script, flags in trainings:
+        os.makedirs(model_dir(pred_dir, tag))
+        shutil.copy(model_path(run["pred_dir"], source), model_path(pred_dir, tag))
+        args = script.get_args_parser().parse_args([*common, "--tag", tag, *flags])
+        write_json(config_path(pred_dir, tag), run_config(args, tag=tag))
+    return pred_dir
+
+
+def execute_with_flags(tmp, *flags):
+    """make_demo_notebook.py --execute FLAGS --out tmp/demo.ipynb as a user runs it, with the
+    environment's RSEPM_DEMO_* of the test only; returns (notebook, what it printed)."""
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("RSEPM_DEMO_")]:
+            patch.delenv(key)
+        patch.setenv("IPYTHONDIR", str(tmp / "ipython"))
+        patch.setenv("RSEPM_DEMO_TAG", "no-such-run")  # --tag wins over it
+        patch.setenv("RSEPM_DEMO_NUM_IMAGES", "1")  # no flag: reaches the kernel
+        with contextlib.redirect_stdout(printed):
+            convert(SOURCE, tmp / "demo.ipynb", "--execute", *flags)
+    return nbformat.read(str(tmp / "demo.ipynb"), as_version=4), printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def executed_own(run, own_run, tmp_path_factory):
+    """make_demo_notebook.py --execute on the own-data-like run, given by flags."""
+    return execute_with_flags(tmp_path_factory.mktemp("own-notebook"), "--tag", OWN_TAG, "--seg_tag", OWN_SEG_TAG,
+                              "--dataset", "TOY", "--root_dir", run["root"], "--pred_dir", own_run,
+                              "--scales", "1.0")
 
 
 def outputs(nb, cell_id):
@@ -242,7 +293,67 @@ def test_conversion_refuses_a_missing_source_and_parameters_without_execute(tmp_
         convert(tmp_path / "nothing.py", out)
     with pytest.raises(UsageError, match="--execute"):
         convert(SOURCE, out, "--pred_dir", str(tmp_path))
+    with pytest.raises(UsageError, match="^--tag, --num_images need --execute"):
+        convert(SOURCE, out, "--tag", "MyRS", "--num_images", "2")
     assert not out.exists()
+
+
+def test_every_parameter_flag_sets_a_variable_the_parameters_cell_reads():
+    parameters = next(c.source for c in make_demo_notebook.build_notebook(SOURCE).cells if c.id == "parameters")
+    assert "papermill" not in parameters
+    for flag, name, *_ in make_demo_notebook.PARAMETERS:
+        assert f'setting("{name}",' in parameters, flag
+    flags = {flag for flag, *_ in make_demo_notebook.PARAMETERS}
+    assert {"--tag", "--seg_tag", "--dataset", "--backbone", "--domain", "--root_dir", "--pred_dir", "--image_ids",
+            "--num_images", "--conf_th", "--weights"} <= flags
+
+
+def test_flags_win_over_the_environment_which_is_passed_on():
+    args = make_demo_notebook.get_args_parser().parse_args(
+        ["--execute", "--tag", "MyRS", "--scales", "1.0,0.5", "--conf_th", "0.3"])
+    environ = {"RSEPM_DEMO_TAG": "other", "RSEPM_DEMO_ROOT": "../MyData/", "PATH": "/bin"}
+    assert make_demo_notebook.notebook_settings(args, environ) == {
+        "TAG": ("MyRS", "--tag"), "ROOT": ("../MyData/", "environment"), "SCALES": ("1.0,0.5", "--scales"),
+        "CONF_TH": ("0.3", "--conf_th")}
+    bare = make_demo_notebook.get_args_parser().parse_args(["--execute"])
+    assert make_demo_notebook.notebook_settings(bare, {"PATH": "/bin"}) == {}
+
+
+def cell_source(cell_id):
+    return next(c.source for c in make_demo_notebook.build_notebook(SOURCE).cells if c.id == cell_id)
+
+
+def run_cells(monkeypatch, settings, *cell_ids):
+    """Run cells of demo.py in this process with RSEPM_DEMO_{name} = settings[name] only; returns
+    (namespace, what they displayed)."""
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    for key in [k for k in os.environ if k.startswith("RSEPM_DEMO_")]:
+        monkeypatch.delenv(key)
+    for name, value in settings.items():
+        monkeypatch.setenv("RSEPM_DEMO_" + name, value)
+    monkeypatch.chdir(ROOT)
+    namespace = {}
+    for cell_id in cell_ids:
+        exec(cell_source(cell_id), namespace)
+    return namespace, shown
+
+
+def test_a_network_setting_contradicting_the_record_is_refused(run, own_run, monkeypatch):
+    with pytest.raises(UsageError, match=r"^BACKBONE \(RSEPM_DEMO_BACKBONE, make_demo_notebook.py --backbone\) "
+                                         r"resnet50 contradicts the training record .*MyRS.config.json"):
+        run_cells(monkeypatch, {"ROOT": run["root"], "PRED_DIR": own_run, "TAG": OWN_TAG, "BACKBONE": "resnet50"},
+                  "parameters", "toy-settings", "setup")
+
+
+def test_settings_cell_on_the_toy_run_shows_the_stored_toy_text(monkeypatch):
+    """With the defaults (the toy run, here or not) the settings cell says what the stored one says."""
+    namespace, shown = run_cells(monkeypatch, {}, "parameters", "toy-settings")
+    assert namespace["ON_TOY_RUN"] and len(shown) == 1
+    assert shown[0].data.startswith("**The toy run**")
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    assert shown[0].data == text_of(stored, "toy-settings", "text/markdown")
 
 
 def test_notebook_text_states_the_pipeline_settings():
@@ -271,12 +382,61 @@ def test_notebook_runs_and_draws_the_panels_and_the_chart(executed):
     assert errors == []
     for cell_id in ("figure", "evaluation-chart"):
         assert any("image/png" in o.get("data", {}) for o in outputs(nb, cell_id)), cell_id
-    # the stored settings are what the source computes now
-    stored = nbformat.read(NOTEBOOK, as_version=4)
-    assert text_of(nb, "toy-settings", "text/markdown") == text_of(stored, "toy-settings", "text/markdown")
+    # not the toy run: its own settings, and it has no training record (weights written by the test)
+    settings = text_of(nb, "toy-settings", "text/markdown")
+    assert f"**The run `{TAG}`" in settings and "The toy run" not in settings
+    assert f"* RS+EPM `{TAG}`: no training record" in settings
+    assert "RS+EPM network: resnet18 (no config.json beside the weights)" in text_of(nb, "setup")
     assert len(dump["results"]) == NUM_VALIDATION  # NUM_IMAGES (4) capped by the split's size
     assert "skipped" not in text_of(nb, "retrained-model")
     assert dump["train_ids"] and "no CRF pseudo masks" not in text_of(nb, "train-masks")
+
+
+def test_execute_with_flags_shows_that_runs_recorded_settings(own_run, executed_own):
+    nb, printed = executed_own
+    assert all(o["output_type"] != "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    settings = text_of(nb, "toy-settings", "text/markdown")
+    assert f"**The run `{OWN_TAG}` in `{own_run}`**" in settings
+    rsepm = next(line for line in settings.splitlines() if line.startswith("* RS+EPM"))
+    for text in (f"`{OWN_TAG}`", "dataset `TOY`", "`train_aug` images", "resnet18", "7 epochs", "batch 3",
+                 "lr 0.0123", "96-pixel crops", "RecurSeed from epoch 2", "EdgePredictMix from epoch 5",
+                 "training seed 41", config_path(own_run, OWN_TAG)):
+        assert text in rsepm, text
+    seg = next(line for line in settings.splitlines() if line.startswith("* the retrained model"))
+    for text in (f"`{OWN_SEG_TAG}`", "deeplabv3+", "output stride 8", f"on the pseudo masks of `{OWN_TAG}@rw`",
+                 "9 epochs", "batch 5", "80-pixel crops", "training seed 42"):
+        assert text in seg, text
+    for toy_text in ("The toy run", "toy_pipeline.py", "pretrain_toy.py", "toy@ResNet18"):
+        assert toy_text not in settings
+    # the networks come from the records: output stride 8, not the notebook's default 16
+    setup = text_of(nb, "setup")
+    assert f"RS+EPM network: resnet18 ({config_path(own_run, OWN_TAG)})" in setup
+    assert f"retrained network: deeplabv3+ resnet18, output stride 8 ({config_path(own_run, OWN_SEG_TAG)})" in setup
+    assert model_path(own_run, OWN_SEG_TAG) in text_of(nb, "retrained-model")
+    assert any("image/png" in o.get("data", {}) for o in outputs(nb, "figure"))
+    assert "on the toy run" not in printed
+
+
+def test_execute_passes_the_environment_on_and_its_flags_win(own_run, executed_own):
+    nb, printed = executed_own
+    assert f"RSEPM_DEMO_TAG={OWN_TAG} (--tag)" in printed and "RSEPM_DEMO_NUM_IMAGES=1 (environment)" in printed
+    assert "no-such-run" not in printed
+    assert text_of(nb, "setup").startswith("RS+EPM network") and "\n1 image(s) of TOY/validation" in text_of(nb, "setup")
+    assert f"RS+EPM weights: {model_path(own_run, OWN_TAG)}" in text_of(nb, "rsepm")
+
+
+def test_execute_on_a_run_that_is_not_there_names_the_missing_weights(run, tmp_path):
+    out = tmp_path / "demo.ipynb"
+    pred_dir = str(tmp_path / "experiments") + os.sep
+    with pytest.raises(MissingFileError) as error:
+        execute_with_flags(tmp_path, "--tag", "MyRS", "--root_dir", run["root"], "--pred_dir", pred_dir)
+    message = str(error.value)
+    assert f"no RS+EPM weights at {model_path(pred_dir, 'MyRS')}" in message
+    for setting in ("RSEPM_TAG (RSEPM_DEMO_TAG, make_demo_notebook.py --tag)",
+                    "PRED_DIR (RSEPM_DEMO_PRED_DIR, make_demo_notebook.py --pred_dir)", "--weights"):
+        assert setting in message
+    assert "the toy run" not in message and "quickstart" not in message
+    assert not out.exists()
 
 
 def test_random_walk_masks_are_shown_where_their_files_exist(run, executed):

@@ -114,7 +114,7 @@ def test_cls_is_the_soft_margin_loss_of_the_cam_mean_inside_the_valid_box(networ
 def test_recurseed_adds_rec_seg_and_label_fractions(network, batch):
     module = step_module(network)
     out = module(*batch, use_rs=True)
-    assert set(out) == {"cls", "rec", "seg", "certain", "ignored"}
+    assert set(out) == {"cls", "rec", "seg", "certain", "ignored", "no_fg"}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
     assert float(out["certain"] + out["ignored"]) == pytest.approx(1.0, abs=1e-6)
     assert not out["certain"].requires_grad and not out["ignored"].requires_grad
@@ -166,7 +166,7 @@ def test_rec_target_is_recurseed_map(network, batch, monkeypatch):
 def test_mix_adds_rec_mix_and_seg_mix_and_cls_mix_only_with_its_weight(network, batch):
     module = step_module(network, w_cls_mix=0.0)  # the default is 1.0 (docs/method.md#total-loss)
     out = module(*batch, use_rs=True, use_mix=True, seed=3)
-    assert set(out) == {"cls", "rec", "seg", "rec_mix", "seg_mix", "certain", "ignored"}
+    assert set(out) == {"cls", "rec", "seg", "rec_mix", "seg_mix", "certain", "ignored", "no_fg", "pasted_pixels"}
     backward(out)
     assert_every_parameter_has_a_gradient(module)
     module = step_module(network, w_cls_mix=0.5)
@@ -178,7 +178,7 @@ def test_mix_adds_rec_mix_and_seg_mix_and_cls_mix_only_with_its_weight(network, 
 def test_mix_none_adds_nothing(network, batch, monkeypatch):
     mix_calls = spy(monkeypatch, "mix_batch")
     out = step_module(network, mix="none")(*batch, use_rs=True, use_mix=True)
-    assert set(out) == {"cls", "rec", "seg", "certain", "ignored"}
+    assert set(out) == {"cls", "rec", "seg", "certain", "ignored", "no_fg"}
     assert mix_calls == []
 
 
@@ -212,6 +212,25 @@ def test_mixed_images_and_targets_follow_the_edge_predict_labels(network, batch,
     # the second segmentation loss trains on the mixed labels
     assert torch.equal(seg_calls[1]["args"][1], labels_mix)
     assert mixed_images.shape == images.shape
+
+
+def test_collapse_statistics_against_a_count_of_the_targets(network, batch, monkeypatch):
+    """no_fg = share of images whose RS target keeps no certain foreground; pasted_pixels = mean
+    pasted region per image in input pixels (stride-4 labels: 16 input pixels each). Counted here
+    with loops over the images from the spied targets."""
+    images, tags, valid = batch
+    filter_calls = spy(monkeypatch, "certain_filter")
+    mix_calls = spy(monkeypatch, "mix_batch")
+    out = step_module(network)(images, tags, valid, use_rs=True, use_mix=True, seed=5)
+    target = filter_calls[0]["result"].masked_fill(~stride4_valid(valid), IGNORE_INDEX)
+    empty = [not any(0 < int(v) < IGNORE_INDEX for v in target[i].flatten()) for i in range(4)]
+    assert float(out["no_fg"]) == pytest.approx(sum(empty) / 4)
+    m_ep = mix_calls[0]["args"][1]
+    pasted = [sum(1 for v in m_ep[i].flatten() if 0 < int(v) < IGNORE_INDEX) * 16 for i in range(4)]
+    assert float(out["pasted_pixels"]) == pytest.approx(sum(pasted) / 4)
+    # a certain-filter threshold no score reaches: no image keeps a foreground pixel
+    out = step_module(network, cf_fg_th=0.999999)(images, tags, valid, use_rs=True)
+    assert float(out["no_fg"]) == 1.0
 
 
 def test_certainmix_uses_the_certain_filter_not_edge_predict(network, batch, monkeypatch):

@@ -31,7 +31,7 @@ def test_each_stage_spreads_as_the_code_spreads_it(name):
 def test_disk_rows_by_hand():
     rows = {what: (full, default) for what, full, default in time_budget.disk("VOC")}
     assert rows["seeds of train"][0] == pytest.approx(10582 * 1.5 * 375 * 500 * 4)
-    assert rows["seeds of train"][1] == pytest.approx(rows["seeds of train"][0] / time_budget.UINT8_RATIO)
+    assert rows["seeds of train"][1] == pytest.approx(rows["seeds of train"][0] / time_budget.UINT16_RATIO)
     assert rows["relation-label cache"] == (pytest.approx(10582 * 5e3),) * 2
     checkpoints = time_budget.checkpoint_bytes()
     assert 80e6 < checkpoints["RS+EPM ResNet-50"]["last"] < 200e6  # about 25 M float32 parameters

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from core.datasets import DEFAULT_MAX_IMAGE_PIXELS
 from core.errors import ProjectError, UsageError
 from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
 from tools.numbers import check_numbers
@@ -54,6 +55,19 @@ def make_parser(description):
     return ProjectParser(description=description, formatter_class=HelpFormatter)
 
 
+COMPATIBILITY_TITLE = "accepted for compatibility with the authors' scripts (no effect)"
+
+
+def compatibility_group(parser):
+    """The --help group of the flags accepted only so that the authors' commands run unchanged and
+    that change nothing (their help says unused / ignored): one group per parser, created on first use.
+    A group only changes where --help lists a flag, not its name, default or parsing."""
+    for group in parser._action_groups:
+        if group.title == COMPATIBILITY_TITLE:
+            return group
+    return parser.add_argument_group(COMPATIBILITY_TITLE)
+
+
 def deprecated_alias(parser, old, new):
     """Accept the old name `old` of the flag `new` for one release: it sets new's value (parsed by
     new's type and choices) after a warning on stderr. Shown in --help as deprecated."""
@@ -81,6 +95,17 @@ def int_list(text):
 
 
 int_list.list_of = int  # a number list: tools/numbers.py checks each value and the count
+
+
+def id_list(text):
+    """Comma-separated image ids (each once); an empty text is refused."""
+    ids = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image ids, got {text!r}")
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"image id(s) given twice: {', '.join(twice)}")
+    return ids
 
 
 def color_jitter(text):
@@ -117,14 +142,11 @@ positive_int.number_kind = int  # make_parser also gives it the flag's range (to
 # fp16; off on the CPU.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
-# A 7000 x 7000 photograph (VOC and COCO images are below 0.5 M pixels); the same default as the
-# training scripts'. PIL's own decompression-bomb error (above 179 M pixels) is caught as well.
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
-
-
-def add_image_limit_arg(parser):
+def add_image_limit_arg(parser, what="an image"):
+    """--max_image_pixels, the one definition of every script that reads images (default
+    core.datasets.DEFAULT_MAX_IMAGE_PIXELS); `what` names the images it guards in --help."""
     parser.add_argument("--max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS, type=positive_int,
-                        help="an image whose header claims more pixels (width x height) is skipped and "
+                        help=f"{what} whose header claims more pixels (width x height) is skipped and "
                              "listed at the end, before it is decoded")
 
 

@@ -12,9 +12,9 @@ import os
 import sys
 
 import torch
-from tqdm import tqdm
 
 from core.errors import DatasetError, EvaluationError, FormatError, MissingFileError
+from core.progress import progress as progress_bar
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -114,8 +114,8 @@ def run_pool(task, items, workers, setup=None, setup_args=(), ordered=False):
 def collect(results, total, desc, progress=True):
     """Drain (id, problem) results behind a progress bar: (number done, [{"id", "problem"}] skipped)."""
     done, skipped = 0, []
-    for item_id, problem in tqdm(results, total=total, desc=desc, unit="img", disable=not progress,
-                                 dynamic_ncols=True):
+    for item_id, problem in progress_bar(results, total=total, desc=desc, unit="img", disable=not progress,
+                                         dynamic_ncols=True):
         if problem is None:
             done += 1
         else:

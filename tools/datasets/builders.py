@@ -12,11 +12,11 @@ from functools import partial
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from core.datasets import parse_xml_tags
 from core.errors import DatasetError, FormatError, PrepareError
 from core.io import atomic_output, read_mask
+from core.progress import progress
 from core.datasets import image_size_problem
 from core.safety import check_output_id, check_regular_file, image_mode_problem, temp_path
 from tools.args import add_image_limit_arg, add_threads_arg
@@ -181,7 +181,7 @@ def run_parallel(func, tasks, num_workers, desc):
     A worker's exception is re-raised here, so the first bad input stops the run.
     """
     results = run_pool(func, tasks, pool_size(num_workers, len(tasks)), ordered=True)
-    return list(tqdm(results, total=len(tasks), desc=desc, unit="img"))
+    return list(progress(results, total=len(tasks), desc=desc, unit="img"))
 
 
 def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_dict):

@@ -32,12 +32,12 @@ from collections import Counter
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import DatasetInfo  # noqa: E402
+from core.progress import progress as progress_bar  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
 from core.safety import hold_output  # noqa: E402
@@ -425,7 +425,7 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
               "max_size": max_size, "max_objects": max_objects, "quality": quality}
     _claim_output(out_dir, config)
 
-    for pool, index, splits in tqdm(_jobs(counts), desc="toy dataset", unit="img", disable=not progress):
+    for pool, index, splits in progress_bar(_jobs(counts), desc="toy dataset", unit="img", disable=not progress):
         sample_id = image_id(pool, index)
         targets = [_split_files(out_dir, split, sample_id) for split in splits]
         if all(os.path.exists(p) for files in targets for p in files.values()):

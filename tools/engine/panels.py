@@ -1,15 +1,14 @@
 """TensorBoard image panels of a training run (docs/formats.md#tensorboard).
 
-A fixed handful of images (--vis_images), chosen once per run, is drawn at each validation (or at
-each epoch's end when the run does not validate) from a forward pass of its own, in eval mode
-without grad, on rank 0: the training iterations gain no host sync. Every map comes from the
-method's own functions (core/rsepm.py, core/inference.py), never a copy of them. Colours and
-resizes with numpy and Pillow: no matplotlib at train time, and no OpenCV in the main process
-(its thread pool, once started, deadlocks the data-loader and pool workers forked after it).
+A handful of images (--vis_images, or the ids of --vis_ids), chosen once per run, is drawn at each
+validation (or at each epoch's end when the run does not validate) from a forward pass of its own,
+in eval mode without grad, on rank 0: the training iterations gain no host sync. Every map comes
+from the method's own functions (core/rsepm.py, core/inference.py), never a copy of them, and is
+drawn by tools/drawing.py, as the notebook's figure is.
 
-Tags: "{image_id}/{panel}", so that TensorBoard groups the panels of one image. A panel is an
-RGB uint8 (H, W, 3) array at the image's size (shrunk to PANEL_SIDE when larger), except the
-mix panels, at the size of the first image.
+Tags: "panels/{image_id}", one composite picture per image with its maps side by side in pipeline
+order and a legend of the classes shown; "parts/{image_id}/{map}", each map alone at the image's
+size (shrunk to PANEL_SIDE when larger).
 """
 import contextlib
 import dataclasses
@@ -17,35 +16,71 @@ import dataclasses
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from core.datasets import normalize_image, read_image
 from PIL import Image
 
-from core.errors import ProjectError
+from core.datasets import normalize_image, read_image
+from core.errors import ProjectError, UsageError
 from core.inference import multiscale_inference, rsepm_seed
-from core.io import read_mask
+from core.io import IGNORE_INDEX, read_mask
 from core.rsepm import RSEPMTraining
-from core.targets import certain_filter, mix_batch, normalize_cam
+from core.targets import certain_filter, mix_batch, normalize_cam, resize_nearest
+from tools.drawing import colorize, composite, heat, legend_entries, outline, overlay
+from tools.drawing import shrink as shrink_to
 from tools.metrics import seed_foreground
 
-PANEL_SIDE = 512  # longest panel side: bounds the event file and the SCG matrices of a large image
+PANEL_SIDE = 512  # longest side of a part: bounds the event file and the SCG matrices of a large image
 SEED_THRESHOLD = 0.30  # [inferred] background threshold of the seed panel until a validation finds the best
-HEAT_ALPHA = 0.5  # weight of the heat map over the image
+SCAN_LIMIT = 2000  # images whose tags are read to spread the default picks over the classes
 
 
 @dataclasses.dataclass
 class Pick:
-    """One panel image: id, uint8 RGB (H, W, 3), its normalised (3, H, W) tensor, 1-based tags."""
+    """One panel image: id, uint8 RGB (H, W, 3), its normalised (3, H, W) tensor, 1-based tags and
+    its ground truth (H, W) uint8 (None when the split has no masks)."""
     image_id: str
     image: np.ndarray
     tensor: torch.Tensor
     tags: list
+    gt: np.ndarray = None
 
 
-def pick_images(layout, ids, count, max_pixels=None):
-    """The first `count` usable images of `ids` (sorted ids of a split: the same picks every epoch
-    and run). An image the training would skip (unreadable, above max_pixels, a bad annotation)
-    is passed over: the run reports those itself."""
+def spread_over_classes(layout, ids, count, limit=SCAN_LIMIT):
+    """`ids` reordered so that the first `count` cover as many classes as they can: repeatedly the
+    image whose least-shown tag has been shown least so far (ties: sorted order), among the first
+    `limit` ids; the rest follow in their order (spares for unreadable picks). Images without tags
+    come last."""
+    candidates = []
+    for image_id in ids[:limit]:
+        try:
+            tags = layout.read_tags(image_id, required=False)
+        except (OSError, ProjectError):
+            tags = []
+        candidates.append((image_id, list(tags)))
+    shown, order = np.zeros(layout.info.num_classes + 1, np.int64), []
+    while candidates and len(order) < count:
+        best = min(range(len(candidates)),
+                   key=lambda k: (shown[candidates[k][1]].min() if candidates[k][1] else np.inf, k))
+        image_id, tags = candidates.pop(best)
+        shown[tags] += 1
+        order.append(image_id)
+    chosen = set(order)
+    return order + [i for i in ids if i not in chosen]
+
+
+def pick_images(layout, ids, count, max_pixels=None, chosen=None):
+    """The panel images: the ids of `chosen` (--vis_ids; each must be in `ids`, else UsageError), or
+    `count` usable images of `ids` spread over the classes (spread_over_classes: the same picks
+    every epoch and run). An image the training would skip (unreadable, above max_pixels, a bad
+    annotation) is passed over: the run reports those itself."""
+    if chosen:
+        known = set(ids)
+        missing = [i for i in chosen if i not in known]
+        if missing and ids:
+            raise UsageError(f"--vis_ids: {', '.join(missing[:5])} not among the {len(ids)} images of "
+                             f"{layout.split_dir} the panels are drawn from")
+        ids, count = [i for i in chosen if i in known], len(chosen)
+    elif ids:
+        ids = spread_over_classes(layout, ids, count)
     picks = []
     for image_id in ids:
         if len(picks) == count:
@@ -56,19 +91,15 @@ def pick_images(layout, ids, count, max_pixels=None):
         except (OSError, ProjectError):
             continue
         image = shrink(image, Image.BOX)
-        picks.append(Pick(image_id, image, normalize_image(image), tags))
+        gt = read_label_map(layout.mask_path(image_id), image.shape[:2]) if layout.has_masks else None
+        picks.append(Pick(image_id, image, normalize_image(image), tags, gt))
     return picks
 
 
 def shrink(array, interpolation):
     """Scale a uint8 (H, W[, 3]) array down to PANEL_SIDE on its longest side (a PIL resample
     filter); smaller ones unchanged."""
-    height, width = array.shape[:2]
-    scale = PANEL_SIDE / max(height, width)
-    if scale >= 1:
-        return np.ascontiguousarray(array)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(array).resize(size, interpolation))
+    return shrink_to(array, interpolation, PANEL_SIDE)
 
 
 def read_label_map(path, size):
@@ -80,24 +111,6 @@ def read_label_map(path, size):
     if mask.shape != tuple(size):
         mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
     return mask
-
-
-# --- colours ---------------------------------------------------------------------------------
-def heat(values):
-    """(H, W) in [0, 1] -> RGB jet colours: dark blue (0), cyan, yellow, dark red (1); NaN as 0."""
-    x = np.clip(np.nan_to_num(np.asarray(values, np.float32)), 0.0, 1.0)[..., None]
-    rgb = np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)
-    return (rgb * 255.0).round().astype(np.uint8)
-
-
-def overlay(image, values):
-    """The heat map of `values` blended over the RGB image."""
-    return (image * (1.0 - HEAT_ALPHA) + heat(values) * HEAT_ALPHA).round().astype(np.uint8)
-
-
-def colorize(labels, palette):
-    """Class indices (H, W) -> RGB in the dataset palette (255 = ignore in its own colour)."""
-    return np.asarray(palette, np.uint8).reshape(256, 3)[np.asarray(labels, np.uint8)]
 
 
 def denormalize(tensor):
@@ -132,27 +145,45 @@ def eval_mode(*modules):
 
 
 # --- the panels of each script ---------------------------------------------------------------
+@dataclasses.dataclass
+class Tile:
+    """One map of a composite: its title, the RGB picture, and the label map it shows (uint8, for
+    the legend; None for a photo or a heat map)."""
+    title: str
+    picture: np.ndarray
+    labels: np.ndarray = None
+
+
 class Panels:
-    """Draws the panels of the picks; `draw(...)` returns {tag: image}. The image and the maps
-    that do not change during a run (pseudo mask, ground truth) are returned by the first draw
-    of a process only, so the event file holds them once (a resumed run writes them again)."""
+    """Draws the panels of the picks: `draw(...)` returns {tag: image}, a composite per pick
+    ("panels/{id}", every draw) and its parts ("parts/{id}/{name}"). The parts that do not change
+    during a run (image, ground truth, pseudo mask) are returned by the first draw of a process
+    only, so the event file holds them once (a resumed run writes them again)."""
 
     def __init__(self, picks, info, device):
         self.picks, self.info, self.device, self.first = picks, info, device, True
 
     def static(self, pick):
-        return {"image": pick.image}
+        """[(part name, Tile)] that stay the same during a run."""
+        return [("image", Tile("image", pick.image))]
 
     def dynamic(self, pick, **state):
+        """[(part name, Tile)] drawn again each time."""
         raise NotImplementedError
+
+    def legend_always(self, pick):
+        return (0,)
 
     def draw(self, **state):
         out = {}
         for pick in self.picks:
-            panels = self.dynamic(pick, **state)
-            if self.first:
-                panels = {**self.static(pick), **panels}
-            out.update({f"{pick.image_id}/{name}": image for name, image in panels.items()})
+            static, dynamic = self.static(pick), self.dynamic(pick, **state)
+            tiles = [tile for _, tile in static + dynamic]  # pipeline order
+            legend = legend_entries([t.labels for t in tiles], self.info.palette, self.info.class_names,
+                                    always=self.legend_always(pick))
+            out[f"panels/{pick.image_id}"] = composite([(t.title, t.picture) for t in tiles], legend)
+            parts = (static if self.first else []) + dynamic
+            out.update({f"parts/{pick.image_id}/{name}": tile.picture for name, tile in parts})
         self.first = False
         return out
 
@@ -162,6 +193,13 @@ class Panels:
     def name(self, class_index):
         return self.info.class_names[class_index]
 
+    def label_tile(self, title, labels):
+        labels = np.asarray(labels, np.uint8)
+        return Tile(title, colorize(labels, self.info.palette), labels)
+
+    def ground_truth(self, pick):
+        return [("ground_truth", self.label_tile("ground truth", pick.gt))] if pick.gt is not None else []
+
 
 def _multi_hot(tags, count):
     vector = np.zeros(count, np.float32)
@@ -170,9 +208,11 @@ def _multi_hot(tags, count):
 
 
 class RSEPMPanels(Panels):
-    """train_rsepm.py: image, CAM of each tag, seed; SCG map and RecurSeed target (certain
-    filter, ignore in the palette's ignore colour) from --rs_start; one mixed image and its
-    target from --mix_start."""
+    """train_rsepm.py: image | ground truth | CAM of each tag with its class score | SCG map of each
+    tag | RecurSeed target (certain filter; ignore in its colour) | seed | this image with its
+    partner's EdgePredictMix region pasted and outlined (the pasted pixels counted) | the mix
+    target. SCG and RS target from --rs_start, the mix from --mix_start. The partner of a pick is
+    the next pick (its own mirror image when it is alone)."""
 
     def __init__(self, step_module, picks, info, device):
         super().__init__(picks, info, device)
@@ -186,61 +226,78 @@ class RSEPMPanels(Panels):
     def draw(self, epoch, threshold=None):
         with eval_mode(*self.modules()):
             use_rs, use_mix = self.step.config.active_terms(epoch)
-            out = super().draw(use_rs=use_rs, threshold=SEED_THRESHOLD if threshold is None else threshold)
-            if use_mix and self.picks:
-                out.update(self.mix_panels())
-        return out
+            return super().draw(use_rs=use_rs, use_mix=use_mix and self.step.config.mix != "none",
+                                threshold=SEED_THRESHOLD if threshold is None else threshold)
 
-    def dynamic(self, pick, use_rs, threshold):
+    def static(self, pick):
+        return super().static(pick) + self.ground_truth(pick)
+
+    def legend_always(self, pick):
+        return (0, *pick.tags)
+
+    def dynamic(self, pick, use_rs, use_mix, threshold):
         cfg, network = self.step.config, self.step.network
         x, tags, size = pick.tensor[None].to(self.device), self.tags(pick), pick.image.shape[:2]
         out = network(x, with_features=cfg.feature_names())
-        panels = {}
+        parts = []
         cams = to_image_size(normalize_cam(out["cam"], tags)[0], size)
+        # the seed validation's forward (scale 1 + flip); its class scores are what --conf_th reads
+        probs, scores = multiscale_inference(network, pick.tensor.to(self.device), "rsepm", scales=(1.0,),
+                                             interpolation="nearest", with_scores=True)
         for c in pick.tags:
-            panels[f"cam_{self.name(c)}"] = overlay(pick.image, cams[c - 1])
-        probs, _ = multiscale_inference(network, pick.tensor.to(self.device), "rsepm", scales=(1.0,),
-                                        interpolation="nearest")  # the seed validation scores
-        keys, seed = rsepm_seed(probs, pick.tags)
-        score, best = seed_foreground({"keys": keys, "seed": seed}, self.info.num_classes)
-        panels["seed"] = colorize(np.where(score > threshold, best, 0).reshape(size), self.info.palette)
+            parts.append((f"cam_{self.name(c)}", Tile(f"CAM {self.name(c)} {float(scores[c - 1]):.2f}",
+                                                      overlay(pick.image, cams[c - 1]))))
         if use_rs:
             source = out if self.step.teacher is None else self.step.teacher(x, with_features=cfg.feature_names())
             scg = to_image_size(self.scg.recur_seed(x, source, tags)[0], size)
             for c in pick.tags:
-                panels[f"scg_{self.name(c)}"] = overlay(pick.image, scg[c - 1])
+                parts.append((f"scg_{self.name(c)}", Tile(f"SCG {self.name(c)}", overlay(pick.image, scg[c - 1]))))
             m_rs = self.step.recur_seed(x, source, tags)
             target = certain_filter(m_rs, tags, cfg.cf_fg_th, cfg.cf_bg_th)[0]
-            panels["rs_target"] = colorize(to_image_size(target, size, "nearest"), self.info.palette)
-        return panels
+            parts.append(("rs_target", self.label_tile("RS target", to_image_size(target, size, "nearest"))))
+        keys, seed = rsepm_seed(probs, pick.tags)
+        score, best = seed_foreground({"keys": keys, "seed": seed}, self.info.num_classes)
+        parts.append(("seed", self.label_tile(f"seed (bg {threshold:.2f})",
+                                              np.where(score > threshold, best, 0).reshape(size))))
+        if use_mix:
+            parts += self.mix_parts(pick)
+        return parts
 
-    def mix_panels(self):
-        """The first pick pasted onto the second (onto its own mirror image when it is alone),
-        by the mix of the training step: mix_labels, then mix_batch."""
-        cfg, first = self.step.config, self.picks[0]
-        size = first.image.shape[:2]
-        a = first.tensor[None].to(self.device)
-        if len(self.picks) > 1:
-            b = F.interpolate(self.picks[1].tensor[None].to(self.device), size=size, mode="bilinear",
+    def partner(self, pick):
+        """(partner image (1, 3, H, W) at the pick's size, its multi-hot tags (1, C), its id)."""
+        others = [p for p in self.picks if p is not pick]
+        if not others:
+            return pick.tensor[None].to(self.device).flip(-1), self.tags(pick), pick.image_id + " mirrored"
+        other = self.picks[(self.picks.index(pick) + 1) % len(self.picks)]
+        image = F.interpolate(other.tensor[None].to(self.device), size=pick.image.shape[:2], mode="bilinear",
                               align_corners=False)
-            tags = torch.cat([self.tags(first), self.tags(self.picks[1])])
-        else:
-            b, tags = a.flip(-1), self.tags(first).repeat(2, 1)
-        images = torch.cat([a, b])
+        return image, self.tags(other), other.image_id
+
+    def mix_parts(self, pick):
+        """The partner's mix region pasted onto this pick by the training step's own functions
+        (mix_labels, then mix_batch), with the region outlined and its pixels counted."""
+        cfg, size = self.step.config, pick.image.shape[:2]
+        partner, partner_tags, partner_id = self.partner(pick)
+        images = torch.cat([pick.tensor[None].to(self.device), partner])
+        tags = torch.cat([self.tags(pick), partner_tags])
         generator = self.step.network if self.step.teacher is None else self.step.teacher
         source = generator(images, with_features=cfg.feature_names())
         m_rs = self.step.recur_seed(images, source, tags)
         m_ep = self.step.mix_labels(images, source["seg"], tags)
+        # image 1 (the partner) pasted onto image 0 (this pick): the partner's foreground of m_ep
         images_mix, labels_mix, _, _ = mix_batch(images, m_ep, m_rs, tags, torch.tensor([1, 0]))
+        region = resize_nearest(((m_ep[1] != 0) & (m_ep[1] != IGNORE_INDEX))[None].to(torch.uint8), size)[0].bool()
+        region = region.cpu().numpy()
+        picture = outline(denormalize(images_mix[0]), region)
         target = to_image_size(labels_mix[0], size, "nearest")
-        return {f"{first.image_id}/mix_image": denormalize(images_mix[0]),
-                f"{first.image_id}/mix_target": colorize(target, self.info.palette)}
+        return [("mix_image", Tile(f"mix + {partner_id}: {int(region.sum())} px", picture)),
+                ("mix_target", self.label_tile("mix target", target))]
 
 
 class SegPanels(Panels):
-    """train_seg.py: image, the pseudo mask it learns from, ground truth (where the split has
-    it), the prediction (single-scale + flip argmax, as its validation) and its foreground
-    probability (1 - background) over the image."""
+    """train_seg.py: image | the pseudo mask it learns from | ground truth (where the split has it) |
+    the prediction (single-scale + flip argmax, as its validation) | its foreground probability
+    (1 - background) over the image."""
 
     def __init__(self, network, picks, info, device, mask_path, gt_layout=None):
         super().__init__(picks, info, device)
@@ -248,15 +305,15 @@ class SegPanels(Panels):
 
     def static(self, pick):
         size = pick.image.shape[:2]
-        panels = {"image": pick.image}
+        parts = super().static(pick)
         pseudo = read_label_map(self.mask_path(pick.image_id), size)
         if pseudo is not None:
-            panels["pseudo_mask"] = colorize(pseudo, self.info.palette)
+            parts.append(("pseudo_mask", self.label_tile("pseudo mask", pseudo)))
         if self.gt_layout is not None and self.gt_layout.has_masks:
             gt = read_label_map(self.gt_layout.mask_path(pick.image_id), size)
             if gt is not None:
-                panels["ground_truth"] = colorize(gt, self.info.palette)
-        return panels
+                parts.append(("ground_truth", self.label_tile("ground truth", gt)))
+        return parts
 
     def draw(self):
         with eval_mode(self.network):
@@ -265,16 +322,25 @@ class SegPanels(Panels):
     def dynamic(self, pick):
         probs, _ = multiscale_inference(self.network, pick.tensor.to(self.device), "seg", scales=(1.0,))
         # the foreground probability shows learning that the argmax hides (all background early on)
-        return {"prediction": colorize(probs.argmax(0).cpu().numpy(), self.info.palette),
-                "foreground": overlay(pick.image, 1.0 - probs[0].cpu().numpy())}
+        return [("prediction", self.label_tile("prediction", probs.argmax(0).cpu().numpy())),
+                ("foreground", Tile("foreground probability", overlay(pick.image, 1.0 - probs[0].cpu().numpy())))]
 
 
 class AffinityPanels(Panels):
-    """train_affinity.py: image and boundary map (predict_boundary, what the random walk reads)."""
+    """train_affinity.py: image | the relation labels it learns from (confident background, classes,
+    ignore) | boundary map (predict_boundary, what the random walk reads)."""
 
-    def __init__(self, network, picks, info, device):
+    def __init__(self, network, picks, info, device, label_path=None):
         super().__init__(picks, info, device)
-        self.network = network
+        self.network, self.label_path = network, label_path
+
+    def static(self, pick):
+        parts = super().static(pick)
+        labels = None if self.label_path is None else read_label_map(self.label_path(pick.image_id),
+                                                                     pick.image.shape[:2])
+        if labels is not None:
+            parts.append(("relation_labels", self.label_tile("relation labels", labels)))
+        return parts
 
     def draw(self):
         with eval_mode(self.network):
@@ -282,7 +348,7 @@ class AffinityPanels(Panels):
 
     def dynamic(self, pick):
         boundary = self.network.predict_boundary(pick.tensor[None].to(self.device))[0]
-        return {"boundary": heat(to_image_size(boundary, pick.image.shape[:2]))}
+        return [("boundary", Tile("boundary map", heat(to_image_size(boundary, pick.image.shape[:2]))))]
 
 
 def iou_table(iou, class_names):

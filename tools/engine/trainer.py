@@ -76,7 +76,7 @@ class TrainingRun:
     """
 
     def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", flops_per_image=None,
-                 **config_extra):
+                 epoch_check=None, **config_extra):
         self.args, self.ctx, self.network, self.optimizer, self.loader, self.ema = (
             args, ctx, network, optimizer, loader, ema)
         if ctx.is_main:  # one live run per tag: a second (a requeued job, a repeated sweep entry) is refused
@@ -91,15 +91,16 @@ class TrainingRun:
         self.skipped = {}  # "path: problem" -> times met
         dataset = loader_dataset(loader)  # under the persistent-worker wrapper, if any
         self.dataset_identity = dataset_identity(dataset)  # recorded in resume.pth, checked on resume
-        if hasattr(dataset, "collate"):  # a skipping dataset: build_loader made its collate the loader's
-            dataset.max_image_pixels = getattr(args, "max_image_pixels", dataset.max_image_pixels)
-            self.skipped.update(dict.fromkeys(dataset.bad_files, 1))
+        # a skipping dataset (core/train_datasets.py): the files it found bad before training
+        self.skipped.update(dict.fromkeys(getattr(dataset, "bad_files", ()), 1))
         if ctx.is_main:  # temporaries of writes killed in earlier runs (a resume.pth one is hundreds of MB)
             folder = model_dir(args.pred_dir, args.tag)
             remove_stale_temp_files(folder)
             remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration, self.saved_epoch = 0, 0, 0, None
         self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
+        # the epoch's means for epoch_check(epoch, means) -> warning lines (a collapsed run says so)
+        self.epoch_meter, self.epoch_check, self.run_warnings, self.best = MeanMeter(), epoch_check, [], {}
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:  # refused when a run-shaping flag changed (tools/engine/checkpoints.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
@@ -109,6 +110,9 @@ class TrainingRun:
             self.meter.load_state_dict(state["extra"].get("log_meter"))
             self.images_since_log = int(state["extra"].get("images_since_log", 0))
             self.skipped.update(state["extra"].get("skipped", {}))
+            self.epoch_meter.load_state_dict(state["extra"].get("epoch_meter"))
+            self.run_warnings = list(state["extra"].get("run_warnings", []))
+            self.best = dict(state["extra"].get("best", {}))
             warnings = state["warnings"]
         self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
                                  max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
@@ -131,9 +135,9 @@ class TrainingRun:
         self.monitor = LossMonitor()  # device-side sums and NaN watch between log lines
         for line in warnings:
             self.logger.info(f"warning: {line}")
-        from tqdm import tqdm
-        self.progress = tqdm(total=self.max_iterations, initial=self.iteration, desc=desc,
-                             disable=not ctx.is_main, dynamic_ncols=True)
+        from core.progress import progress
+        self.progress = progress(total=self.max_iterations, initial=self.iteration, desc=desc,
+                                 disable=not ctx.is_main, dynamic_ncols=True)
         self.last_time = time.perf_counter()
         # installed last: a constructor that raised would leave them installed (no __exit__)
         self.stop, self.stop_agreed = StopRequest().install(), None
@@ -208,6 +212,9 @@ class TrainingRun:
                 self.stop_agreed = self.stop.agreed(self.ctx)
         if end_of_epoch:  # the epoch's resume state before validation and panels, which may stop the run
             # (the log line above has just folded the monitor: its NaN check ran before this save)
+            epoch_means = self.epoch_meter.means()
+            for line in (self.epoch_check(epoch, epoch_means) if self.epoch_check else []):
+                self.warn(f"epoch {epoch}: {line}")
             self.save_resume(self.epoch + 1, 0)
             self.saved_epoch = self.epoch + 1
         if self._stop_requested() and not end_of_epoch:  # at an epoch's end: epochs(), after its save
@@ -232,15 +239,17 @@ class TrainingRun:
     def _fold_monitor(self):
         """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
         totals, counts = self.monitor.totals(self.ctx)
-        for name, total in totals.items():
-            self.meter.sums[name] = self.meter.sums.get(name, 0.0) + total
-            self.meter.counts[name] = self.meter.counts.get(name, 0) + counts[name]
+        for meter in (self.meter, self.epoch_meter):
+            for name, total in totals.items():
+                meter.sums[name] = meter.sums.get(name, 0.0) + total
+                meter.counts[name] = meter.counts.get(name, 0) + counts[name]
 
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
                     epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
                     extra={"log_meter": self.meter.state_dict(), "images_since_log": self.images_since_log,
-                           "skipped": self.skipped},
+                           "skipped": self.skipped, "epoch_meter": self.epoch_meter.state_dict(),
+                           "run_warnings": self.run_warnings, "best": self.best},
                     settings=run_settings(self.args), dataset=self.dataset_identity)
 
     def draw_panels(self, draw):
@@ -248,6 +257,19 @@ class TrainingRun:
         forward pass of its own (tools/engine/panels.py) on rank 0, so no training iteration syncs."""
         if self.ctx.is_main and getattr(self.args, "vis_images", 0) > 0:
             self.logger.images(self.iteration, draw())
+
+    def warn(self, line):
+        """A warning about the run itself (e.g. a collapse): a log line, a TensorBoard text entry
+        (warnings/run) and config.json's "warnings" at the end."""
+        self.run_warnings.append(line)
+        self.logger.info(f"warning: {line}")
+        self.logger.markdown(self.iteration, "warnings/run", line)
+
+    def note_best(self, name, value, epoch, **details):
+        """Keep the best (highest) `value` of a validation metric with its epoch (config.json's "best"
+        at the end; the end of the log names it)."""
+        if name not in self.best or value > self.best[name]["value"]:
+            self.best[name] = {"value": float(value), "epoch": int(epoch), **details}
 
     def skip(self, problem):
         """Count and log a file that validation or the panels could not use (listed at the end, as
@@ -284,6 +306,11 @@ class TrainingRun:
         and online.pth the online network; config.json's "saved_weights" says which."""
         self.progress.close()
         self.config["saved_weights"] = "online" if self.ema is None else "ema"
+        self.config["warnings"], self.config["best"] = list(self.run_warnings), dict(self.best)
+        for name, best in self.best.items():
+            self.logger.info(f"best {name}: {best['value']:.2f} at epoch {best['epoch']}")
+        if self.run_warnings:
+            self.logger.info(f"{len(self.run_warnings)} warning(s) about this run; the first: {self.run_warnings[0]}")
         if self.ctx.is_main:
             if self.ema is not None:
                 save_weights(self.network, model_path(self.args.pred_dir, self.args.tag, "online"))

@@ -13,8 +13,8 @@ from core.datasets import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
 from core.errors import DatasetError, UsageError
-from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, color_jitter, deprecated_alias,
-                        make_parser, positive_int, str2bool)
+from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
+                        color_jitter, deprecated_alias, id_list, make_parser, positive_int, str2bool)
 from tools.engine import distributed
 from tools.pool import main_threads
 
@@ -34,14 +34,27 @@ def training_parser(description, backbone):
 # --help of the optimiser flags of train_rsepm.py and train_seg.py (build_optimizer's groups)
 OPTIMISER_HELP = {"lr": "backbone learning rate (head: x10)", "wd": "weight decay (not on biases/BN)",
                   "nesterov": "Nesterov momentum (0.9)"}
+# --help of --vis_images per script: where its panels come from (panel_source, panel_picks) and
+# when they are drawn (panels_due)
+PANELS_FROM = {
+    "rsepm": "from the validation images (the first --val_images of --val_domain) when --val_every is above 0, "
+             "else from the training split (--domain); drawn at each validation, or after every epoch without one",
+    "seg": "from the training split (--domain; its images with a pseudo mask), also when the run validates; "
+           "drawn at each validation, or after every epoch without one",
+    "affinity": "from the training split (--domain; its images with a relation-label map); drawn after every epoch",
+}
 
 
-def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimiser_help=None, image_args=True):
+def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimiser_help=None, image_args=True,
+                      panels_from=PANELS_FROM["rsepm"]):
     """Flags of docs/method.md#optimisation with the script's defaults (they differ per stage).
     optimiser_help: the --help of --lr, --wd and --nesterov (default OPTIMISER_HELP).
+    panels_from: the --vis_images help's account of where and when the script draws its panels
+    (PANELS_FROM: panel_source for train_rsepm.py, the training split for the others).
     image_args False leaves out the flags of the classification/segmentation data and networks
-    (random long-side resize, colour jitter, image size check, SyncBN, channels-last), for a script
-    that has none of them (train_affinity.py): a flag that does not apply is not accepted."""
+    (random long-side resize, colour jitter, SyncBN, channels-last), for a script that has none of
+    them (train_affinity.py): a flag that does not apply is not accepted. Every training script reads
+    images, so --max_image_pixels (tools/args.py add_image_limit_arg) is always added."""
     helps = {**OPTIMISER_HELP, **(optimiser_help or {})}
     parser.add_argument("--batch_size", default=batch_size, type=int,
                         help="global batch size (split over DDP processes)")
@@ -60,16 +73,18 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimi
                         help="iterations between resume checkpoints (models/{tag}/resume.pth)")
     parser.add_argument("--resume", default=False, type=str2bool,
                         help="continue from models/{tag}/resume.pth when it exists")
+    parser.add_argument("--vis_ids", default=None, type=id_list,
+                        help="comma-separated image ids drawn as the TensorBoard panels instead of --vis_images "
+                             "picks (ids of the split the panels come from)")
     parser.add_argument("--vis_images", default=4, type=int,
-                        help="images drawn as TensorBoard panels at each validation (each epoch without one): "
-                             "the first of the validation images, else of the training split; 0 = none")
+                        help=f"images drawn as TensorBoard panels (rank 0), chosen once per run to cover the "
+                             f"classes (or those of --vis_ids): {panels_from}; 0 = none")
+    add_image_limit_arg(parser, what="a training image")  # the datasets' limit (core/train_datasets.py)
     if not image_args:
         return
     parser.add_argument("--min_image_size", default=320, type=int, help="smallest random long side")
     parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
     add_color_jitter_arg(parser)
-    parser.add_argument("--max_image_pixels", default=50_000_000, type=float,
-                        help="training images above this many pixels (from the header) are skipped")
     parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
     parser.add_argument("--channels_last", default="auto", choices=("auto", "true", "false"),
                         help="channels-last memory format for the network and its inputs; auto = on CUDA")
@@ -114,6 +129,10 @@ def check_training_args(args):
     if hasattr(args, "min_image_size") and not 0 < args.min_image_size <= args.max_image_size <= 4096:
         raise UsageError(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
                          f"{args.min_image_size}, {args.max_image_size}")
+    if getattr(args, "vis_ids", None):  # the picks named: as many panels as ids
+        if len(args.vis_ids) > 64:
+            raise UsageError(f"--vis_ids names {len(args.vis_ids)} images; at most 64 are drawn")
+        args.vis_images = len(args.vis_ids)
 
 
 def memory_format(args, device):
@@ -167,6 +186,14 @@ def validation_due(args, epoch, ids):
 def panels_due(args, epoch, val_ids):
     """Draw the panels with each validation, or after every epoch when the run does not validate."""
     return args.vis_images > 0 and (validation_due(args, epoch, val_ids) if getattr(args, "val_every", 0) > 0 else True)
+
+
+def panel_picks(args, ctx, layout, ids):
+    """The panel images of a run (tools/engine/panels.py pick_images) from `ids` of `layout`: those of
+    --vis_ids, else --vis_images spread over the classes; none on ranks other than 0."""
+    from tools.engine import panels
+    return panels.pick_images(layout, ids if ctx.is_main else [], args.vis_images,
+                              getattr(args, "max_image_pixels", None), chosen=getattr(args, "vis_ids", None))
 
 
 def panel_source(args, ctx, train_layout, train_ids, val_layout, val_ids):

@@ -6,8 +6,8 @@ on the CPU at --rsepm_crop, scaled to 512 by area) at a stated share of the bf16
 CPU seconds per image from `run_all.py --json` (or the defaults below) over the worker count.
 Each stage is spread the way the code spreads it (SPREAD): training over DDP ranks at --scaling,
 the per-image GPU stages over one process per GPU with nothing to exchange (tools/shards.py),
-the CPU stages over every core. A disk table adds the bytes each stage leaves: seeds (float32
-planes, the authors' format), masks, the relation-label cache and checkpoints (from the networks'
+the CPU stages over every core. A disk table adds the bytes each stage leaves: seeds (uint16 by
+default, and float32 planes, the authors' format), masks, the relation-label cache and checkpoints (from the networks'
 parameter counts). Every figure it prints is an estimate.
 
     python tools/gpu/time_budget.py --figures /tmp/figures.json
@@ -48,10 +48,10 @@ SPREAD = {"RS+EPM training (GPU)": "ddp", "seeds of train_aug / train, 4 scales 
 # more); a palette PNG mask or relation-label map about 5 KB. Our estimates, not measurements.
 CLASSES_PER_IMAGE = {"VOC": 1.5, "COCO": 2.9}
 PNG_BYTES = 5e3
-# The uint8 seed format (--seed_format uint8) against float32: x70 measured on the toy run's trained seeds
-# upsampled to 500x375 (docs/formats.md#seed-files); x40 at the toy's own size. An estimate for VOC
-# and COCO seeds, whose borders are less regular.
-UINT8_RATIO = 40
+# The default seed format (uint16) against the authors' float32: x12 measured on the toy run's trained
+# seeds at their own size and x12.6 upsampled to 500x375 (docs/formats.md#seed-files). An estimate for
+# VOC and COCO seeds, whose borders are less regular.
+UINT16_RATIO = 12
 
 
 def count_flops(rsepm_crop):
@@ -110,7 +110,7 @@ def checkpoint_bytes():
 
 def disk(name):
     """[(what, bytes in float32, bytes by default)] a run on dataset `name` leaves on disk (estimates:
-    CLASSES_PER_IMAGE, PNG_BYTES, UINT8_RATIO for the seeds)."""
+    CLASSES_PER_IMAGE, PNG_BYTES, UINT16_RATIO for the seeds)."""
     d = DATASETS[name]
     pixels = d["size"][0] * d["size"][1]
     planes = CLASSES_PER_IMAGE[name]
@@ -120,8 +120,8 @@ def disk(name):
              ("relation-label cache", d["train"] * PNG_BYTES), ("masks of validation", 2 * d["val"] * PNG_BYTES),
              ("checkpoints (last.pth and resume.pth of the three networks)",
               sum(c["last"] + c["resume"] for c in checkpoints.values()))]
-    return [("seeds of train", seeds_train, seeds_train / UINT8_RATIO),
-            ("seeds of validation (RS+EPM and DeepLabV3+)", seeds_val, seeds_val / UINT8_RATIO),
+    return [("seeds of train", seeds_train, seeds_train / UINT16_RATIO),
+            ("seeds of validation (RS+EPM and DeepLabV3+)", seeds_val, seeds_val / UINT16_RATIO),
             *[(what, size, size) for what, size in fixed]]
 
 
@@ -158,8 +158,8 @@ def main(args):
         fast = [(a, b) for (stage, a), (_, b) in zip(one, eight) if stage != "random walk on the CPU instead"]
         print(f"| total | | {sum(a for a, _ in fast) / 3600:.1f} h | {sum(b for _, b in fast) / 3600:.1f} h |")
         rows = disk(name)
-        print(f"\n| {name} disk (*estimated*) | GB, seeds in float32 (the default) | GB, seeds in uint8 "
-              "(`--seed_format uint8`) |\n|---|---|---|")
+        print(f"\n| {name} disk (*estimated*) | GB, seeds in float32 (`--seed_format float32`) | GB, seeds in "
+              "uint16 (the default) |\n|---|---|---|")
         for what, full, default in rows:
             print(f"| {what} | {full / 1e9:.1f} | {default / 1e9:.1f} |")
         print(f"| total | {sum(r[1] for r in rows) / 1e9:.0f} | {sum(r[2] for r in rows) / 1e9:.0f} |")

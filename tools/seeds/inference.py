@@ -9,7 +9,6 @@ from functools import partial
 import random
 
 import torch
-from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
 from core.datasets import SeedLayout, load_dataset_info, normalize_image
@@ -17,9 +16,10 @@ from core.errors import CheckpointError, DatasetError, OutputError, UsageError
 from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
 from core.inference import scaled_size
 from core.io import SEED_FORMATS, claim_output_folder, file_fingerprint, read_json, save_seed
+from core.progress import progress
 from core.safety import safe_output_path
 from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
-                        add_overwrite_arg, make_parser, resolve_devices, str2bool)
+                        add_overwrite_arg, compatibility_group, make_parser, resolve_devices, str2bool)
 from tools.paths import model_path, predictions_dir
 from tools.pool import item_write_problem, list_skipped, main_threads, worker_threads
 from tools.shards import Shard, run_spawned
@@ -45,7 +45,8 @@ def inference_parser(description, backbone, tag):
                         help="checkpoint file to load instead of models/{tag}/{strategy}.pth")
     parser.add_argument("--reverse", default=False, type=str2bool, help="process images in reverse order")
     parser.add_argument("--shuffle", default=False, type=str2bool, help="process images in random order")
-    parser.add_argument("--debug", default=False, type=str2bool, help="accepted for compatibility; unused")
+    compatibility_group(parser).add_argument("--debug", default=False, type=str2bool,
+                                             help="accepted for compatibility; unused")
     parser.add_argument("--amp", default="off", choices=AMP_MODES,
                         help="mixed precision of the network forward: off = the published float32 path; "
                              "bf16 (CPU or CUDA) or fp16 (CUDA only) run the forward under autocast, "
@@ -281,9 +282,18 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     summary = {"images": len(ids), "written": sum(s["written"] for s in shares),
                "skipped_existing": sum(s["skipped_existing"] for s in shares), "failed": failed,
                "output_dir": out_dir, "shares": [{k: s[k] for k in ("rank", "images", "written")} for s in shares]}
+    if kind != "seg" and not use_tags:  # classes from the scores: how many images kept none
+        summary["no_class"] = sum(s["no_class"] for s in shares)
     if shard.is_main:
         print(f"wrote {summary['written']} seed files to {out_dir} "
               f"({summary['skipped_existing']} already present, {len(failed)} skipped)")
+        if "no_class" in summary:
+            print(f"{summary['no_class']} of the {summary['written']} images kept no class at --conf_th "
+                  f"{args.conf_th} (their seeds are all background)")
+            if summary["no_class"] > summary["written"] / 2:
+                print(f"warning: most images kept no class: the classifier scores nothing above --conf_th "
+                      f"{args.conf_th}; the training run may have collapsed (see the warnings in its log) or the "
+                      f"threshold is too high for it")
         list_skipped(failed)
     return summary
 
@@ -307,9 +317,9 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
     main_threads(getattr(args, "threads", None), workers, verbose=shard.is_main)
     loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags, check), batch_size=None, shuffle=False,
                                          num_workers=workers, worker_init_fn=worker_threads)
-    failed, start = [], time.perf_counter()
-    for image_id, image, tags, error in tqdm(loader, total=len(todo), desc="Inference", dynamic_ncols=True,
-                                             disable=not shard.is_main or None):
+    failed, start, no_class = [], time.perf_counter(), 0
+    for image_id, image, tags, error in progress(loader, total=len(todo), desc="Inference", dynamic_ncols=True,
+                                                 disable=not shard.is_main):
         if error is not None:
             failed.append({"id": image_id, "problem": error})
             continue
@@ -319,6 +329,7 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
                                              class_fn=class_fn)
         if kind != "seg":
             classes = tags if use_tags else (torch.nonzero(scores >= args.conf_th).flatten() + 1).tolist()
+            no_class += not classes
             keys, seed = rsepm_seed(probs, classes)
         else:
             keys, seed = seg_seed(probs)
@@ -330,5 +341,5 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
                 raise
             failed.append({"id": image_id, "problem": item_write_problem(e)})
     return {"rank": shard.rank, "images": len(mine), "written": len(todo) - len(failed),
-            "skipped_existing": len(mine) - len(todo), "failed": failed,
+            "skipped_existing": len(mine) - len(todo), "failed": failed, "no_class": no_class,
             "seconds": time.perf_counter() - start}  # its loop, without the process's start-up

@@ -24,12 +24,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.datasets import SeedLayout, load_dataset_info, normalize_image  # noqa: E402
+from core.progress import progress  # noqa: E402
 from core.resnet import ARCHITECTURES, build_resnet  # noqa: E402
 from core.train_datasets import ClassificationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
@@ -142,7 +142,7 @@ def pretrain(args):
     # Poly decay as in the training scripts (docs/method.md#optimisation).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - i / total) ** 0.9)
     losses = []
-    bar = tqdm(total=total, desc="pretrain_toy", disable=None)
+    bar = progress(total=total, desc="pretrain_toy")
     for epoch in range(args.max_epoch):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
@@ -160,8 +160,8 @@ def pretrain(args):
             optimizer.step()
             scheduler.step()
             running.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")  # first: a progress line printed by update shows it
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(sum(running) / len(running))
     bar.close()
     return model, losses
@@ -173,7 +173,7 @@ def tag_scores(model, layout):
     model.eval()
     device = next(model.parameters()).device
     scores, labels = [], []
-    for image_id in tqdm(layout.ids, desc="pretrain_toy: scoring", disable=None):
+    for image_id in progress(layout.ids, desc="pretrain_toy: scoring", unit="img"):
         image = normalize_image(layout.read_image(image_id))[None].to(device)
         scores.append(torch.sigmoid(model(image))[0].cpu())
         labels.append(torch.from_numpy(layout.multi_hot(layout.read_tags(image_id, required=True))))

@@ -72,7 +72,7 @@ RSEPM_TAG = "toy@ResNet18@RS+EPM"
 SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
 # Small settings for 2 CPU cores; the published VOC settings are the scripts' defaults. The RS+EPM
 # crop is 128 pixels so that the CAM grid is 8x8: at 64 pixels (4x4) SCG has too little to work
-# with and RecurSeed makes the seeds worse (tools/toy_ablation.sh, README). lr 0.005: the published
+# with and RecurSeed makes the seeds worse (tools/toy/ablation.py, README). lr 0.005: the published
 # 0.01 belongs to batch 16, and batch 8 takes half of it (linear scaling). At 0.01 the new layers
 # (10x lr) can meet RecurSeed's or EdgePredictMix's first targets with a loss burst that wrecks
 # the classifier, and the run loses classes (seed 2: train seeds 56.87 mIoU at 0.01 against 78.95
