@@ -16,14 +16,14 @@ docs/method.md#random-walk).
 """
 
 from core.crf import CRF_DEFAULTS, seed_to_mask
-from core.datasets import load_dataset_info
+from core.dataset_layout import load_dataset_info
 from core.errors import UsageError
 from tools.args import (add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
                         add_overwrite_arg, add_seed_limit_arg, cli, make_parser, str2bool)
 from tools.paths import pseudo_labels_dir
 from tools.pool import list_skipped, main_threads
 from tools.seeds import rw_convert
-from tools.seeds.seed_reading import SeedJob, claim_from_seeds, run_seed_job, seed_inputs
+from tools.seeds.seed_jobs import SeedJob, claim_from_seeds, run_seed_job, seed_inputs
 from tools.shards import Shard, run_spawned
 
 

@@ -71,7 +71,7 @@ if not os.path.isfile(os.path.join("core", "networks.py")):
     raise RuntimeError(f"start this notebook from the repository root (the folder holding core/ and tools/); "
                        f"the working directory is {os.getcwd()}")
 
-from tools.seeds.inference import parse_scales
+from tools.seeds.infer_loop import parse_scales
 from tools.paths import model_path
 from tools.toy.toy_pipeline import PRED_ROOT as TOY_PRED_DIR, RSEPM_TAG as TOY_RSEPM_TAG, SCALES as TOY_SCALES, \
     SEG_TAG as TOY_SEG_TAG
@@ -211,15 +211,15 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from matplotlib.patches import Patch
 
-from core.checkpoint import load_checkpoint
+from core.weights import load_checkpoint
 from core.crf import seed_to_mask
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
-from core.inference import multiscale_inference, rsepm_seed
+from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
+from core.multiscale import multiscale_inference, rsepm_seed
 from core.io import read_json, read_mask
 from core.networks import RSEPM, build_network
 from core.targets import normalize_cam
 from tools.paths import evaluation_path, model_path, pseudo_labels_dir
-from tools.seeds.inference import resolve_network_args
+from tools.seeds.infer_loop import resolve_network_args
 
 
 def set_by(name, variable, flag):

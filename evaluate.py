@@ -21,7 +21,7 @@ import math
 import os
 import shlex
 
-from core.datasets import SeedLayout, load_dataset_info
+from core.dataset_layout import SeedLayout, load_dataset_info
 from core.errors import EvaluationError, UsageError
 from core.safety import OutputBusyError, hold_output, output_writer
 from core.io import load_seed, read_mask, write_json

@@ -7,10 +7,10 @@ Writes experiments/predictions/{tag}/{domain}/{ID}.pkl (rsepm seed dialect): the
 foreground probabilities of the present classes, averaged over 4 scales x 2 flips. Present
 classes are the ground-truth tags (--conf_th -1) or the classes scoring >= --conf_th.
 """
-from core.datasets import load_dataset_info
+from core.dataset_layout import load_dataset_info
 from core.networks import RSEPM
 from tools.args import cli, compatibility_group, conf_threshold, str2bool
-from tools.seeds.inference import inference_parser, resolve_network_args, run_inference, weights_path
+from tools.seeds.infer_loop import inference_parser, resolve_network_args, run_inference, weights_path
 
 DEFAULT_TAG = "ResNet50@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+CM(ep=15, cls=1.0, cam=1.0, seg=1.0)"
 

@@ -7,10 +7,10 @@ Writes experiments/predictions/{tag}/{domain}/{ID}.pkl (seg seed dialect): the s
 probabilities, averaged over 4 scales x 2 flips, of every class (background included) whose
 maximum probability reaches 0.05.
 """
-from core.datasets import load_dataset_info
+from core.dataset_layout import load_dataset_info
 from core.networks import build_network
 from tools.args import cli
-from tools.seeds.inference import inference_parser, resolve_network_args, run_inference, weights_path
+from tools.seeds.infer_loop import inference_parser, resolve_network_args, run_inference, weights_path
 
 DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 

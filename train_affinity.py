@@ -19,16 +19,16 @@ from functools import partial
 
 import torch
 
-from core.datasets import dataset_name
+from core.dataset_layout import dataset_name
 from core.affinity import AffinityNet
-from core.checkpoint import read_state_dict
+from core.weights import read_state_dict
 from core.errors import MissingFileError, UsageError
 from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
 from core.train_datasets import RelationLabelDataset
-from tools.engine import distributed, optim, panels, trainer, training
-from tools.seeds.affinity_data import STRIDE, AffinityTransform, claim_ir_labels, ir_labels_dir, make_ir_labels
+from tools.engine import data_loading, distributed, optim, panels, script_parts, trainer
+from tools.seeds.relation_cache import STRIDE, AffinityTransform, claim_ir_labels, ir_labels_dir, make_ir_labels
 from tools.args import add_overwrite_arg, cli, deprecated_alias, str2bool
 from tools.pool import list_skipped
 from tools.paths import predictions_dir
@@ -43,7 +43,7 @@ RENAMED = {"--label_tag": "--seed_tag", "--radius": "--rw_radius", "--fg_th": "-
 
 
 def get_args_parser():
-    parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
+    parser = script_parts.training_parser(__doc__.splitlines()[0], backbone="resnet50")
     # required, checked by prepare_args: argparse would refuse a run that names it by its old name
     parser.add_argument("--seed_tag", default=None,
                         help="required: seed files from predictions/{seed_tag}/{domain}/ (train/ for --domain "
@@ -52,9 +52,9 @@ def get_args_parser():
                         help="skip (and count) images whose seed file is missing or unreadable")
     # IRN's augmentation (rescale by a factor, --min_scale/--max_scale; no colour jitter) and a
     # frozen backbone (BatchNorm included: no SyncBN): the image flags of the other scripts do not apply
-    training.add_training_args(parser, lr=0.1, weight_decay=1e-4, max_epoch=3, batch_size=32,
+    script_parts.add_training_args(parser, lr=0.1, weight_decay=1e-4, max_epoch=3, batch_size=32,
                                optimiser_help=OPTIMISER_HELP, image_args=False,
-                               panels_from=training.PANELS_FROM["affinity"])
+                               panels_from=script_parts.PANELS_FROM["affinity"])
     parser.set_defaults(nesterov=False)
     parser.add_argument("--momentum", default=0.0, type=float,
                         help="SGD momentum (IRN's optimiser passes none)")
@@ -78,7 +78,7 @@ def prepare_args(args):
     """Refuse settings that cannot run (UsageError) and derive the tag when --tag is empty."""
     if args.seed_tag is None:
         raise UsageError("the following arguments are required: --seed_tag")
-    training.check_training_args(args)
+    script_parts.check_training_args(args)
     if not 0 < args.min_scale <= args.max_scale:
         raise UsageError(f"need 0 < --min_scale <= --max_scale, got {args.min_scale}, {args.max_scale}")
     if args.rw_radius < 2 or args.rw_radius > args.crop_size // STRIDE // 2:
@@ -94,8 +94,8 @@ def prepare_args(args):
 
 def derive_tag(args):
     """e.g. ResNet50@VOC@AffinityNet@labels=<seed_tag>@r10@e3-b32-c512-s0."""
-    return (f"{training.tag_network(args)}@{dataset_name(args.dataset)}@AffinityNet@labels={args.seed_tag}"
-            f"@r{args.rw_radius}@{training.tag_schedule(args)}")
+    return (f"{script_parts.tag_network(args)}@{dataset_name(args.dataset)}@AffinityNet@labels={args.seed_tag}"
+            f"@r{args.rw_radius}@{script_parts.tag_schedule(args)}")
 
 
 def build_affinity_net(backbone, pretrained):
@@ -153,12 +153,12 @@ def prepare_labels(args, ctx, layout, info):
 
 def main(args):
     prepare_args(args)
-    ctx, info, layout = training.start_run(args)
+    ctx, info, layout = script_parts.start_run(args)
     label_dir = prepare_labels(args, ctx, layout, info)
     dataset = RelationLabelDataset(layout, label_dir, AffinityTransform(args.crop_size, args.min_scale, args.max_scale),
                                    seed=args.seed, allow_missing=args.allow_missing,
                                    max_image_pixels=args.max_image_pixels)
-    loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    loader = data_loading.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
 
     network = build_affinity_net(args.backbone, args.pretrained)
     model = distributed.wrap_model(network, ctx)
@@ -169,7 +169,7 @@ def main(args):
     with trainer.TrainingRun(args, ctx, network, optimizer, loader, desc="train_affinity", label_dir=label_dir,
                              train_images=len(dataset), dataset_summary=dataset.summary()) as run:
         run.logger.info(dataset.summary())
-        drawing = panels.AffinityPanels(network, training.panel_picks(args, ctx, layout, dataset.ids), info,
+        drawing = panels.AffinityPanels(network, script_parts.panel_picks(args, ctx, layout, dataset.ids), info,
                                         ctx.device, label_path=dataset.label_path)
         for epoch in run.epochs():
             model.train()

@@ -13,14 +13,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from core.datasets import dataset_name
+from core.dataset_layout import dataset_name
 from core.errors import DatasetError, UsageError
-from core.inference import multiscale_inference, rsepm_seed
+from core.multiscale import multiscale_inference, rsepm_seed
 from core.networks import RSEPM, split_parameters
 from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools.engine import distributed, flops, optim, panels, trainer, training
+from tools.engine import data_loading, distributed, flops, optim, panels, script_parts, trainer
 from tools.args import cli, int_list
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
@@ -49,11 +49,11 @@ def add_method_args(parser):
 
 
 def get_args_parser():
-    parser = training.training_parser(__doc__.splitlines()[0], backbone="resnet50")
-    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16,
-                               panels_from=training.PANELS_FROM["rsepm"])
+    parser = script_parts.training_parser(__doc__.splitlines()[0], backbone="resnet50")
+    script_parts.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30, batch_size=16,
+                               panels_from=script_parts.PANELS_FROM["rsepm"])
     add_method_args(parser)
-    training.add_validation_args(parser, "seed mIoU, information only")
+    script_parts.add_validation_args(parser, "seed mIoU, information only")
     return parser
 
 
@@ -61,7 +61,7 @@ def prepare_args(args):
     """Refuse settings that cannot run (UsageError) before any work is done, and derive the tag
     when --tag is empty. Starts count from 1 (epochs 1..max_epoch); --rs_start above --max_epoch
     with --mix none is the CAM-only baseline. Returns args."""
-    training.check_training_args(args)
+    script_parts.check_training_args(args)
     epochs = f"epochs are counted 1..{args.max_epoch}"
     if args.rs_start < 1 or args.mix_start < 1:
         raise UsageError(f"--rs_start {args.rs_start} / --mix_start {args.mix_start}: {epochs}, so a start "
@@ -96,7 +96,7 @@ def derive_tag(args):
     ResNet50@VOC@RS(ep=5, cam=1.0, seg=1.0)+CF(c=0.55, u=0.10)+EPM(ep=15, cls=1.0, cam=1.0, seg=1.0)@e30-b16-c512-s0
     (CM for --mix certainmix); settings the authors' tag does not show (SCG features and grid,
     the EMA teacher) are appended only when they differ from the defaults."""
-    name, schedule = training.tag_network(args), training.tag_schedule(args)
+    name, schedule = script_parts.tag_network(args), script_parts.tag_schedule(args)
     if args.rs_start > args.max_epoch:
         return f"{name}@{dataset_name(args.dataset)}@CAM@{schedule}"
     parts = (f"RS(ep={args.rs_start}, cam={args.w_cam}, seg={args.w_seg})"
@@ -104,7 +104,7 @@ def derive_tag(args):
     if args.mix != "none":
         mix = {"epm": "EPM", "certainmix": "CM"}[args.mix]
         parts += f"+{mix}(ep={args.mix_start}, cls={args.w_cls_mix}, cam={args.w_cam_mix}, seg={args.w_seg_mix})"
-    parts += training.tag_scg(args, RSEPMConfig())
+    parts += script_parts.tag_scg(args, RSEPMConfig())
     if args.teacher == "ema":
         parts += f"+EMA({args.ema_decay})"
     return f"{name}@{dataset_name(args.dataset)}@{parts}@{schedule}"
@@ -144,7 +144,7 @@ def validate(network, layout, ids, device, num_classes, skip=None):
     thresholds = sweep_thresholds(0.10, 0.80, 0.05)
     meter = ConfusionMeter(num_classes, num_rows=len(thresholds))
     scored = 0
-    for image_id, image, gt in training.validation_images(network, layout, ids, device, skip):
+    for image_id, image, gt in script_parts.validation_images(network, layout, ids, device, skip):
         try:
             tags = layout.read_tags(image_id)
         except DatasetError as e:
@@ -166,13 +166,13 @@ def validate(network, layout, ids, device, num_classes, skip=None):
 
 def main(args):
     prepare_args(args)
-    ctx, info, layout = training.start_run(args, require_xml=True, check=check_mix_share)
+    ctx, info, layout = script_parts.start_run(args, require_xml=True, check=check_mix_share)
     transform = TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter)
     dataset = ClassificationDataset(layout, transform, seed=args.seed, max_image_pixels=args.max_image_pixels)
-    loader = distributed.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
+    loader = data_loading.build_loader(dataset, ctx, args.batch_size, args.num_workers, args.seed)
 
     network = RSEPM(args.backbone, info.num_classes, output_stride=16, pretrained=args.pretrained)
-    layout_format = training.memory_format(args, ctx.device)  # channels-last on CUDA (--channels_last)
+    layout_format = script_parts.memory_format(args, ctx.device)  # channels-last on CUDA (--channels_last)
     network = network.to(memory_format=layout_format)  # before the EMA copy, so the teacher matches
     config = method_config(args)
     ema = optim.ModelEMA(network, args.ema_decay) if args.teacher == "ema" else None
@@ -189,9 +189,9 @@ def main(args):
                              method=dataclasses.asdict(config), loss_weights=weights, train_images=len(dataset),
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(dataset.summary())
-        val_layout, val_ids = training.validation_set(args, ctx, info, require_masks=True, require_xml=True)
-        drawing = panels.RSEPMPanels(step_module, training.panel_picks(
-            args, ctx, *training.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids)), info, ctx.device)
+        val_layout, val_ids = script_parts.validation_set(args, ctx, info, require_masks=True, require_xml=True)
+        drawing = panels.RSEPMPanels(step_module, script_parts.panel_picks(
+            args, ctx, *script_parts.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids)), info, ctx.device)
         threshold = None  # the seed panel's background threshold: the last validation's best
 
         for epoch in run.epochs():
@@ -212,7 +212,7 @@ def main(args):
                 # tensors: record checks and sums them on the device (no host sync)
                 run.record(epoch, {**losses, "total": total, **stats}, images=images.shape[0],
                            progress_loss=total, skipped=batch.get("skipped"))
-            if training.validation_due(args, epoch, val_ids) and \
+            if script_parts.validation_due(args, epoch, val_ids) and \
                     (result := validate(network, val_layout, val_ids, ctx.device, info.num_classes, run.skip)):
                 miou, threshold, iou = result
                 if epoch < args.rs_start:  # the decoder has not been trained: its seed fills each image with its tags
@@ -225,7 +225,7 @@ def main(args):
                     run.logger.log(run.iteration, epoch, {"val_seed_mIoU": miou, "val_seed_threshold": threshold})
                 run.logger.markdown(run.iteration, "val/seed_IoU", f"threshold {threshold:.2f}\n\n"
                                 + panels.iou_table(iou, info.class_names))
-            if training.panels_due(args, epoch, val_ids):
+            if script_parts.panels_due(args, epoch, val_ids):
                 run.draw_panels(lambda: drawing.draw(epoch, threshold))
         return run.finish()
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import unwrap
+from core.weights import unwrap
 from core.resnet import ARCHITECTURES, build_resnet
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}

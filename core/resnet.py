@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from core.checkpoint import describe_mismatch, read_state_dict
+from core.weights import describe_mismatch, read_state_dict
 from core.errors import CheckpointError, SetupError
 
 # per output stride: (strides of layer1..4, dilations of layer1..4 after their first block)

@@ -1,12 +1,12 @@
 """Training datasets: tagged crops for RS+EPM, (image, mask) crops for the segmentation network,
 (image, relation-label map) crops for the affinity network.
 
-Each reads a core.datasets.SeedLayout and applies a transform (core.transforms.TrainTransform;
-the affinity network's tools/seeds/affinity_data.py AffinityTransform). Each sample's
+Each reads a core.dataset_layout.SeedLayout and applies a transform (core.transforms.TrainTransform;
+the affinity network's tools/seeds/relation_cache.py AffinityTransform). Each sample's
 augmentation draws from np.random.default_rng([seed, epoch, index]), so a sample depends only on
 the run seed, the epoch (set with `set_epoch`) and its index, never on which worker loads it or in
 what order: a run resumed mid-epoch sees exactly the crops of an uninterrupted run.
-The epoch reaches the persistent workers with each index (tools.engine.distributed.build_loader's
+The epoch reaches the persistent workers with each index (tools.engine.data_loading.build_loader's
 sampler yields (epoch, index) and its dataset wrapper calls set_epoch in the worker).
 
 Problems found at construction are either errors (DatasetError naming files) or skips that are
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.datasets import DEFAULT_MAX_IMAGE_PIXELS, read_image
+from core.dataset_layout import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from core.errors import DatasetError, FormatError
 from core.io import IGNORE_INDEX as RELATION_IGNORE  # the ignored label of the relation-label maps
 from core.io import read_mask
@@ -282,9 +282,9 @@ class RelationLabelDataset(_AugmentedDataset):
 
     Args:
         layout: SeedLayout of the training split.
-        label_dir: folder of the label maps `{ID}.png` (tools/seeds/affinity_data.py make_ir_labels:
+        label_dir: folder of the label maps `{ID}.png` (tools/seeds/relation_cache.py make_ir_labels:
             0 background, class ids, 255 ignored), each of its image's size.
-        transform: tools.seeds.affinity_data.AffinityTransform, called as transform(image, labels, rng).
+        transform: tools.seeds.relation_cache.AffinityTransform, called as transform(image, labels, rng).
         seed: run seed for the per-sample augmentation.
         allow_missing: skip images without a label map instead of raising DatasetError.
         max_image_pixels: images whose header claims more pixels are skipped (--max_image_pixels).

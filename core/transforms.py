@@ -4,7 +4,7 @@ Training pipeline, in this order:
     resize the long side to a random integer in [min_size, max_size]  (image bicubic, mask nearest)
     horizontal flip with probability 0.5
     colour jitter (brightness, contrast, saturation 0.3, hue 0.1; the four in random order)
-    normalise with the ImageNet mean/std                           (core.datasets.normalize_image)
+    normalise with the ImageNet mean/std                           (core.dataset_layout.normalize_image)
     random crop to crop_size x crop_size; an image smaller than the crop is placed at a random
     offset and padded (image 0 after normalisation, mask 255 = ignore)
 
@@ -23,7 +23,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from core.datasets import normalize_image
+from core.dataset_layout import normalize_image
 from core.io import IGNORE_INDEX
 
 JITTER = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue

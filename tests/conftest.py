@@ -40,7 +40,7 @@ def toy_dataset(tmp_path_factory):
     """make(**settings) -> the root (str) of a TOY dataset of make_toy_dataset with TOY_DEFAULTS
     updated by `settings`; built once per distinct settings in a session, so tests must only read
     it (a test that changes files copies it first)."""
-    from tools.datasets.make_toy_dataset import make_toy_dataset
+    from tools.builders.make_toy_dataset import make_toy_dataset
     built = {}
 
     def make(**settings):

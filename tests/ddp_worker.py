@@ -4,7 +4,7 @@
         --root DATA --out OUT --max_epoch 2
 
 Also imported by the tests: `write_tiny_layout` builds a seed-layout dataset (TOY classes) and
-`train` is a training loop built from tools/engine/distributed.py, optim.py, resume.py and runlog.py,
+`train` is a training loop built from tools/engine/distributed.py, data_loading.py, optim.py, resume_state.py and runlog.py,
 used single-process for the resume test.
 Each rank writes OUT/rank{r}.pt = {"state": final weights, "indices": sample indices seen}.
 """
@@ -23,13 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core.checkpoint import unwrap  # noqa: E402
-from core.datasets import DatasetInfo, SeedLayout  # noqa: E402
+from core.weights import unwrap  # noqa: E402
+from core.dataset_layout import DatasetInfo, SeedLayout  # noqa: E402
 from core.io import save_mask  # noqa: E402
 from core.networks import split_parameters  # noqa: E402
 from core.train_datasets import SegmentationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools.engine import checkpoints, distributed, optim, runlog  # noqa: E402
+from tools.engine import data_loading, distributed, optim, resume_state, runlog  # noqa: E402
 
 TAG = "tiny"
 
@@ -94,24 +94,24 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
     layout = SeedLayout(root, "train", DatasetInfo("TOY"))
     transform = TrainTransform(crop_size=32, min_size=30, max_size=56)
     dataset = SegmentationDataset(layout, None, transform, seed=seed)
-    loader = distributed.build_loader(dataset, ctx, batch_size, num_workers, seed)
+    loader = data_loading.build_loader(dataset, ctx, batch_size, num_workers, seed)
     model = distributed.wrap_model(TinyNet(), ctx)
     optimizer = optim.build_optimizer(split_parameters(model), lr=0.05, weight_decay=1e-4)
     scheduler = optim.PolyLR(optimizer, max_epoch * len(loader))
     scaler = optim.make_grad_scaler(ctx.device, None)
     ema = optim.ModelEMA(model, decay=0.9)
-    resume_file = checkpoints.resume_path(out_dir, TAG)
+    resume_file = resume_state.resume_path(out_dir, TAG)
     epoch, step, iteration = 0, 0, 0
     if resume:
         distributed.seed_everything(12345, ctx.rank)  # a fresh process: other RNG states until restored
-        state = checkpoints.load_resume(resume_file, model, optimizer, scheduler, scaler, ema,
+        state = resume_state.load_resume(resume_file, model, optimizer, scheduler, scaler, ema,
                                     loader.sampler, ctx)
         epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
     logger = runlog.RunLogger(os.path.join(out_dir, "logs"), enabled=ctx.is_main,
                                purge_after=iteration if resume else None)
     seen = []
     for epoch in range(epoch, max_epoch):
-        distributed.set_loader_epoch(loader, epoch, skip_batches=step)
+        data_loading.set_loader_epoch(loader, epoch, skip_batches=step)
         for batch in loader:
             images, masks = batch["image"].to(ctx.device), batch["mask"].to(ctx.device)
             partner = torch.randperm(images.shape[0])  # global RNG in the step, as EdgePredictMix
@@ -131,16 +131,16 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
             logger.log(iteration, epoch, {**values, "lr": scheduler.get_last_lr()[0]},
                        images=batch_size * ctx.world_size)
             if iteration == stop_at:
-                checkpoints.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch, step,
+                resume_state.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch, step,
                                     iteration, loader.sampler, ctx=ctx)
                 logger.close()
                 return model, ema, optimizer, seen
         step = 0
-    checkpoints.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
+    resume_state.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
                         loader.sampler, ctx=ctx)
     if ctx.is_main:
-        config = checkpoints.run_config({"seed": seed, "max_epoch": max_epoch}, ctx)
-        checkpoints.save_final(out_dir, TAG, model, config)
+        config = resume_state.run_config({"seed": seed, "max_epoch": max_epoch}, ctx)
+        resume_state.save_final(out_dir, TAG, model, config)
     logger.close()
     return model, ema, optimizer, seen
 

@@ -12,8 +12,8 @@ import infer_seg
 import train_rsepm
 import train_seg
 from core.networks import RSEPM, build_network
-from core.checkpoint import save_weights
-from tools.seeds.inference import AutocastForward, with_amp
+from core.weights import save_weights
+from tools.seeds.infer_loop import AutocastForward, with_amp
 from core.io import load_seed
 from tools.paths import model_dir, predictions_dir
 from helpers import run_main

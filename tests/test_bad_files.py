@@ -10,11 +10,11 @@ from scipy.ndimage import uniform_filter
 import train_affinity
 import train_rsepm
 import train_seg
-from core.datasets import SeedLayout, load_dataset_info
+from core.dataset_layout import SeedLayout, load_dataset_info
 from core.errors import DatasetError
 from core.io import save_seed
 from tools.paths import model_path, predictions_dir
-from tools.seeds import affinity_data
+from tools.seeds import relation_cache
 from helpers import run_main
 
 SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
@@ -34,8 +34,8 @@ def test_a_corrupt_training_image_is_skipped_and_counted_by_every_trainer(toy_da
             else np.zeros((0,) + gt.shape, np.float32)
         save_seed(os.path.join(predictions_dir(pred, SEED_TAG, "train_aug"), image_id + ".pkl"),
                   [0] + classes, planes, "rsepm")
-    affinity_data.make_ir_labels(layout, predictions_dir(pred, SEED_TAG, "train_aug"),
-                                 affinity_data.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
+    relation_cache.make_ir_labels(layout, predictions_dir(pred, SEED_TAG, "train_aug"),
+                                 relation_cache.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
                                  crf=False, num_workers=0, progress=False)
     tagged = [i for i in layout.ids if layout.read_tags(i)]
     bad = layout.image_path(tagged[0])

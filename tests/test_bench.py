@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.errors import FormatError
-from tools.bench import common, run_all
+from tools.bench import measure, run_all
 from tools.bench.bench_evaluate import confusion_iou, per_class_iou
 
 
@@ -31,8 +31,8 @@ def test_a_page_without_one_pair_of_markers_is_refused_untouched(tmp_path, text)
 def test_ratio_of_minima_medians_and_cpu_seconds():
     slow = {"min": 3.0, "median": 4.0, "cpu": 1.5}
     fast = {"min": 1.5, "median": 1.0, "cpu": 0.5}
-    assert common.ratio(slow, fast) == {"min": 2.0, "median": 4.0, "cpu": 3.0}
-    assert common.stats([0.3, 0.1, 0.2], [0.05, 0.04, 0.06]) == {"min": 0.1, "median": 0.2, "runs": 3, "cpu": 0.04}
+    assert measure.ratio(slow, fast) == {"min": 2.0, "median": 4.0, "cpu": 3.0}
+    assert measure.stats([0.3, 0.1, 0.2], [0.05, 0.04, 0.06]) == {"min": 0.1, "median": 0.2, "runs": 3, "cpu": 0.04}
 
 
 def test_both_iou_ways_give_the_hand_worked_values():
@@ -46,7 +46,7 @@ def test_both_iou_ways_give_the_hand_worked_values():
 
 
 def test_the_machine_line_names_the_cpu_model_and_its_vector_extensions(tmp_path):
-    from tools.bench.common import cpu_model
+    from tools.bench.measure import cpu_model
     intel = tmp_path / "intel"
     intel.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
                      "flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_bf16 amx_tile\n\nprocessor\t: 1\n"

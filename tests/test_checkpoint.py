@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.checkpoint import load_checkpoint, read_state_dict, save_weights, unwrap
+from core.weights import load_checkpoint, read_state_dict, save_weights, unwrap
 from core.errors import CheckpointError
 
 

@@ -11,8 +11,8 @@ import torch
 import convert_seed_to_pseudo_masks as convert
 import train_seg
 from core.affinity import AffinityNet
-from core.checkpoint import save_weights
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.weights import save_weights
+from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
 from core.io import load_seed, read_mask, save_seed, write_json
 from core.randomwalk import dense_affinity, transition_matrix
 from tools.paths import model_dir, model_path, predictions_dir, pseudo_labels_dir

@@ -1,4 +1,4 @@
-"""core/datasets.py on good and bad input: every error names the file and the problem."""
+"""core/dataset_layout.py on good and bad input: every error names the file and the problem."""
 import os
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import (DatasetError, DatasetInfo, SeedLayout, load_dataset_info,
+from core.dataset_layout import (DatasetError, DatasetInfo, SeedLayout, load_dataset_info,
                            normalize_image, parse_xml_tags, read_image)
 from core.io import save_mask
 
@@ -350,7 +350,7 @@ def test_unknown_dataset_name_lists_the_known_ones():
 @pytest.mark.parametrize("width, height", [(-5, 12), (16, 0)])
 def test_non_positive_image_size_is_refused(width, height):
     import io
-    from core.datasets import parse_xml_tags
+    from core.dataset_layout import parse_xml_tags
     text = xml_text([("disc", (2, 2, 9, 9), 0)], width=width, height=height).encode()
     with pytest.raises(DatasetError, match="must be a positive number of pixels"):
         parse_xml_tags(io.BytesIO(text), TOY.class_dict)

@@ -51,8 +51,8 @@ def test_the_rule_catches_a_stale_path_and_spares_an_attributed_one():
     text = ("Seeds are saved by `tools/io.py` `save_seed` (`core/io.py` today).\n"
             "Source: the authors' `core/inferences.py` `SCG`, `tools/ai/trainers.py`; IRN `run_sample.py`.\n"
             "Run `core/inferences.py` here, then `train_rsepm.py` and `train_rspem.py`.\n"
-            "```bash\npython3 tools/datasets/prepare_vco.py --out x\n```\n")
+            "```bash\npython3 tools/builders/prepare_vco.py --out x\n```\n")
     assert missing(text) == [(1, "tools/io.py"), (3, "core/inferences.py"), (3, "train_rspem.py"),
-                             (5, "tools/datasets/prepare_vco.py")]
+                             (5, "tools/builders/prepare_vco.py")]
     assert (2, "core/inferences.py") not in named_paths(text) and (2, "tools/ai/trainers.py") not in named_paths(text)
     assert (1, "core/io.py") in named_paths(text) and (3, "train_rsepm.py") in named_paths(text)

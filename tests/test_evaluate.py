@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from core.datasets import load_dataset_info
+from core.dataset_layout import load_dataset_info
 from core.errors import EvaluationError, ProjectError
 from core.io import write_json, read_json, save_mask, save_seed
 from tools.paths import evaluation_path, output_dir

@@ -8,11 +8,11 @@ from PIL import Image
 
 import infer_rsepm
 import infer_seg
-from core.datasets import DatasetError, read_image
-from tools.seeds.inference import MAX_SCALE, parse_scales
-from tools.datasets.builders import PrepareError, _verify_item
-from tools.datasets.prepare_voc import build_item
-from core.datasets import DatasetInfo
+from core.dataset_layout import DatasetError, read_image
+from tools.seeds.infer_loop import MAX_SCALE, parse_scales
+from tools.builders.build_steps import PrepareError, _verify_item
+from tools.builders.prepare_voc import build_item
+from core.dataset_layout import DatasetInfo
 
 VOC = DatasetInfo("VOC")
 

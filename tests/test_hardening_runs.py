@@ -17,15 +17,15 @@ from PIL import Image
 
 import convert_seed_to_pseudo_masks as convert
 import infer_rsepm
-from core.checkpoint import describe_mismatch, save_weights
-from core.datasets import DatasetInfo, parse_xml_tags
+from core.weights import describe_mismatch, save_weights
+from core.dataset_layout import DatasetInfo, parse_xml_tags
 from core.errors import DatasetError, FormatError, ProjectError
 from core.io import load_seed, settings_path
 from core.networks import RSEPM
 from tools import metrics
 from tools.args import cli, int_list
-from tools.datasets.builders import PrepareError, read_id_list
-from tools.datasets.prepare_voc import build_split
+from tools.builders.build_steps import PrepareError, read_id_list
+from tools.builders.prepare_voc import build_split
 from helpers import run_main
 
 TAG = "R18@TOY@runs"
@@ -190,7 +190,7 @@ def coco_json(tmp_path, width=48, height=40, bbox=(1.0, 2.0, 10.0, 5.0)):
                                                    ("width", float("inf"), "width inf")])
 def test_coco_nan_box_or_non_numeric_size_names_the_file(tmp_path, field, value, message):
     """Before: ValueError/OverflowError tracebacks from int() or from the box rounding."""
-    from tools.datasets.prepare_coco import load_split
+    from tools.builders.prepare_coco import load_split
     path, images = coco_json(tmp_path, **{field: value})
     with pytest.raises(PrepareError, match=message) as error:
         load_split(path, images, {1: 1}, "keep")

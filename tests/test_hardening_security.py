@@ -17,8 +17,8 @@ from core.safety import UnsafePathError, check_output_id, safe_output_path
 from core.errors import CheckpointError
 from core.errors import PrepareError
 from tools.args import cli
-from tools.datasets.builders import read_id_list
-from tools.datasets.prepare_coco import get_args_parser as prepare_coco_parser, main as prepare_coco_main
+from tools.builders.build_steps import read_id_list
+from tools.builders.prepare_coco import get_args_parser as prepare_coco_parser, main as prepare_coco_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

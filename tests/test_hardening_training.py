@@ -11,10 +11,10 @@ import torch
 
 import core.io
 import train_rsepm
-from core.checkpoint import save_weights
+from core.weights import save_weights
 from core.errors import OutputError
 from core.io import write_json
-from tools.engine import checkpoints
+from tools.engine import resume_state
 from tools.args import cli
 from tools.engine.runlog import RunLogger
 from tools.paths import model_dir
@@ -56,7 +56,7 @@ def test_resume_refuses_changed_flags_and_logs_like_an_uninterrupted_run(toy, tm
 
     # item 3: a changed run-shaping flag is refused, naming the flag, both values and what to do
     for flag, old, new in (("--lr", "0.01", "0.02"), ("--max_epoch", "2", "3"), ("--pamr_dilations", "1", "1,2")):
-        with pytest.raises(checkpoints.ResumeError) as info:
+        with pytest.raises(resume_state.ResumeError) as info:
             train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv(toy, tmp_path / "b", "--log_interval", "4", "--resume", "true", flag, new)))
         message = str(info.value)
         assert f"{flag} was {old}, now {new}" in message and resume in message, message
@@ -75,14 +75,14 @@ def test_resume_refuses_changed_flags_and_logs_like_an_uninterrupted_run(toy, tm
 
 def test_settings_check_by_hand():
     saved = {"batch_size": 16, "lr": 0.01, "old_flag": 1}
-    assert checkpoints.check_settings("r.pth", saved, {"batch_size": 16, "lr": 0.01, "old_flag": 1}) == []
-    with pytest.raises(checkpoints.ResumeError, match=r"--batch_size was 16, now 8; --lr was 0.01, now 0.1"):
-        checkpoints.check_settings("r.pth", saved, {"batch_size": 8, "lr": 0.1, "old_flag": 1})
+    assert resume_state.check_settings("r.pth", saved, {"batch_size": 16, "lr": 0.01, "old_flag": 1}) == []
+    with pytest.raises(resume_state.ResumeError, match=r"--batch_size was 16, now 8; --lr was 0.01, now 0.1"):
+        resume_state.check_settings("r.pth", saved, {"batch_size": 8, "lr": 0.1, "old_flag": 1})
     # a flag known to one side only is not compared but reported; an old file without a record warns
-    assert "--new_flag" in checkpoints.check_settings("r.pth", saved, {**saved, "new_flag": 2})[0]
-    assert "records no flags" in checkpoints.check_settings("r.pth", None, saved)[0]
+    assert "--new_flag" in resume_state.check_settings("r.pth", saved, {**saved, "new_flag": 2})[0]
+    assert "records no flags" in resume_state.check_settings("r.pth", None, saved)[0]
     # a new script's flags are recorded by default; only the allowlist is left out
-    recorded = checkpoints.run_settings({"radius": 5, "num_workers": 4, "log_interval": 9, "beta": 10.0})
+    recorded = resume_state.run_settings({"radius": 5, "num_workers": 4, "log_interval": 9, "beta": 10.0})
     assert recorded == {"radius": 5, "beta": 10.0}
 
 
@@ -107,7 +107,7 @@ def test_full_disk_names_the_path_and_cause(tmp_path, monkeypatch):
     path = str(tmp_path / "resume.pth")
     # before: RuntimeError "[enforce fail at inline_container.cc] unexpected pos"
     with pytest.raises(OutputError, match=r"resume\.pth: cannot write \(disk full"):
-        checkpoints.save_resume(path, model, optimizer)
+        resume_state.save_resume(path, model, optimizer)
     assert os.listdir(tmp_path) == []  # no half-written file, no temporary
     with pytest.raises(OutputError, match=r"config\.json: cannot write \(disk full"):
         write_json(str(tmp_path / "config.json"), {"x": "y" * 100})

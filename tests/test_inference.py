@@ -1,4 +1,4 @@
-"""Seed inference: core/inference.py, tools/seeds/inference.py, infer_rsepm.py and infer_seg.py
+"""Seed inference: core/multiscale.py, tools/seeds/infer_loop.py, infer_rsepm.py and infer_seg.py
 (docs/formats.md#experiment-folder, #seed-files and #inference).
 
 The multi-scale average is checked against a slow reference written here: every one of the 8
@@ -24,8 +24,8 @@ from torch import nn
 
 import infer_rsepm
 import infer_seg
-from core.checkpoint import save_weights
-from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
+from core.weights import save_weights
+from core.multiscale import SCALES, multiscale_inference, rsepm_seed, seg_seed
 import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
 from tools.args import cli
@@ -553,7 +553,7 @@ def test_boolean_flags_reject_other_words():
 
 def test_original_defaults(tmp_path):
     """The published defaults; the network flags take them when no config.json is beside the weights."""
-    from tools.seeds.inference import resolve_network_args
+    from tools.seeds.infer_loop import resolve_network_args
     args = infer_rsepm.get_args_parser().parse_args([])
     resolve_network_args(args, str(tmp_path / "last.pth"), {"backbone": "resnet50"})
     assert (args.gpus, args.root_dir, args.dataset, args.domain, args.backbone, args.conf_th, args.strategy,

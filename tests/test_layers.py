@@ -1,6 +1,6 @@
 """The layer rule of docs/README.md, checked on every import of every project file (function-level
 imports included): core/ imports nothing of the project; the base of tools/ imports only core;
-engine, seeds and datasets import the base and core, never each other; the scripts import those
+engine, seeds and builders import the base and core, never each other; the scripts import those
 layers; toy, gpu and bench may import anything below them, never each other."""
 import ast
 import os
@@ -13,7 +13,7 @@ from tools.paths import REPO_ROOT
 # demo.ipynb's source: a notebook over the toy run, in the toy layer although it sits at the root
 NOTEBOOK_SOURCES = {"demo.py": "toy"}
 SCRIPTS = {name[:-3] for name in os.listdir(REPO_ROOT) if name.endswith(".py") and name not in NOTEBOOK_SOURCES}
-GROUPS = ("engine", "seeds", "datasets")
+GROUPS = ("engine", "seeds", "builders")
 PROGRAMS = ("toy", "gpu", "bench")
 BELOW = {
     "core": {"core"},
@@ -88,7 +88,7 @@ def test_layer_of_names():
     assert layer_of_module("tools.args") == "base"
     assert layer_of_module("train_rsepm") == "scripts"
     assert layer_of_module("numpy") is None
-    assert layer_of_file("tools/seeds/inference.py") == "seeds"
+    assert layer_of_file("tools/seeds/infer_loop.py") == "seeds"
     assert layer_of_file("tools/paths.py") == "base"
     assert layer_of_file("evaluate.py") == "scripts"
 
@@ -108,7 +108,7 @@ def test_the_check_catches_a_violation(tmp_path, monkeypatch):
     """A file of the engine group that imports the seeds group is reported."""
     bad = tmp_path / "tools" / "engine" / "bad.py"
     bad.parent.mkdir(parents=True)
-    bad.write_text("from tools.seeds import inference\nimport train_rsepm\n")
+    bad.write_text("from tools.seeds import infer_loop\nimport train_rsepm\n")
     monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", str(tmp_path))
     found = layer_violations("tools/engine/bad.py")
     assert len(found) == 2 and "imports tools.seeds (seeds)" in found[0] and "(scripts)" in found[1]

@@ -20,7 +20,7 @@ import evaluate
 import infer_rsepm
 import train_seg
 from core.affinity import AffinityNet
-from core.checkpoint import save_weights
+from core.weights import save_weights
 from core.errors import OutputError, PrepareError, ProjectError, ResumeError, UsageError
 from core.io import atomic_output, load_seed, save_mask, save_seed
 from core.networks import RSEPM
@@ -28,8 +28,8 @@ from core.safety import (OutputBusyError, hold_output, lock_path, output_writer,
                          remove_stale_temp_files, temp_prefix)
 from helpers import run_main
 from tools.args import cli
-from tools.datasets import prepare_own
-from tools.engine.checkpoints import check_dataset, dataset_identity
+from tools.builders import prepare_own
+from tools.engine.resume_state import check_dataset, dataset_identity
 from tools.paths import REPO_ROOT, model_dir, model_path, output_dir, predictions_dir, pseudo_labels_dir
 
 TAG = "ResNet18@TOY@mixups"
@@ -148,8 +148,8 @@ def test_evaluate_refuses_a_folder_that_is_still_being_written(stage_inputs):
 
 
 def test_relation_labels_are_locked_and_their_conflict_names_the_flags_that_key_them(stage_inputs, tmp_path):
-    from tools.seeds.affinity_data import claim_ir_labels, ir_labels_dir
-    from core.datasets import SeedLayout, load_dataset_info
+    from tools.seeds.relation_cache import claim_ir_labels, ir_labels_dir
+    from core.dataset_layout import SeedLayout, load_dataset_info
     root, pred = stage_inputs
     layout = SeedLayout(root, "train_aug", load_dataset_info("TOY"))
     seeds, labels = predictions_dir(pred, TAG, "train_aug"), ir_labels_dir(str(tmp_path), TAG, "train_aug")
@@ -359,7 +359,7 @@ def test_prepare_own_refuses_a_fifo_named_like_an_image(tmp_path):
     ids = photos(images, count=4)
     os.mkfifo(os.path.join(images, "p9.jpg"))
     tags = write_tags(str(tmp_path / "tags.csv"), [(i, "dog") for i in ids] + [("p9.jpg", "dog")])
-    result = subprocess.run([sys.executable, "tools/datasets/prepare_own.py",
+    result = subprocess.run([sys.executable, "tools/builders/prepare_own.py",
                              *own_argv(images, tags, str(tmp_path / "built"))], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1 and "FIFO" in result.stderr and "p9.jpg" in result.stderr
@@ -393,7 +393,7 @@ def test_an_unreadable_validation_image_is_skipped_and_the_epoch_is_saved(stage_
 STOPPER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    from tools.engine.distributed import StopRequest
+    from tools.engine.stop_request import StopRequest
     stop = StopRequest(grace=float(sys.argv[2])).install()
     print("ready", flush=True)
     while True:  # an iteration that never reaches its end
@@ -432,7 +432,7 @@ def test_every_accepted_name_has_a_temporary_name_that_fits(tmp_path):
 
 def test_a_long_id_is_written_and_a_per_item_write_error_is_skipped(stage_inputs, tmp_path, monkeypatch):
     import errno
-    from tools.seeds import inference
+    from tools.seeds import infer_loop
     root, pred = stage_inputs
     copy = str(tmp_path / "TOY")
     shutil.copytree(root, copy, symlinks=True)
@@ -443,27 +443,27 @@ def test_a_long_id_is_written_and_a_per_item_write_error_is_skipped(stage_inputs
                   os.path.join(copy, "validation", kind, long_id + ext))
     other = str(tmp_path / "exp")
     shutil.copytree(os.path.join(pred, "models"), os.path.join(other, "models"))
-    original = inference.save_seed
+    original = infer_loop.save_seed
 
     def refuse_one(path, *args, code=errno.EACCES):
         if os.path.basename(path) == ids[-1] + ".pkl":
             raise OutputError(f"{path}: cannot write (refused)") from OSError(code, "refused")
         return original(path, *args)
 
-    monkeypatch.setattr(inference, "save_seed", refuse_one)
+    monkeypatch.setattr(infer_loop, "save_seed", refuse_one)
     summary = run_main(infer_rsepm, common(copy, other) + ["--tag", TAG, "--scales", "1.0"])
     assert [f["id"] for f in summary["failed"]] == [ids[-1]]
     out = predictions_dir(other, TAG, "validation")
     assert os.path.isfile(os.path.join(out, long_id + ".pkl"))
     assert summary["written"] == len(ids) - 1
     # a full disk is every item's problem: the run stops
-    monkeypatch.setattr(inference, "save_seed", lambda path, *a: refuse_one(path, *a, code=errno.ENOSPC))
+    monkeypatch.setattr(infer_loop, "save_seed", lambda path, *a: refuse_one(path, *a, code=errno.ENOSPC))
     with pytest.raises(OutputError):
         run_main(infer_rsepm, common(copy, other) + ["--tag", TAG, "--scales", "1.0"])
 
 
 def test_a_file_replaced_at_the_same_size_is_refused_on_resume(toy_dataset, tmp_path):
-    from core.datasets import SeedLayout, load_dataset_info
+    from core.dataset_layout import SeedLayout, load_dataset_info
     from core.train_datasets import ClassificationDataset
     copy = str(tmp_path / "TOY")
     shutil.copytree(toy_dataset(), copy, symlinks=True)

@@ -32,12 +32,12 @@ import infer_rsepm
 import infer_seg
 import train_rsepm
 import train_seg
-from core.checkpoint import save_weights
+from core.weights import save_weights
 from core.errors import MissingFileError, UsageError
 from core.crf import seed_to_mask
 from core.io import load_seed, read_json, write_json
 from core.networks import RSEPM, DeepLabV3Plus
-from tools.engine.checkpoints import config_path, run_config
+from tools.engine.resume_state import config_path, run_config
 from tools.toy import make_demo_notebook
 from tools.paths import evaluation_path, model_dir, model_path, predictions_dir, pseudo_labels_dir
 from helpers import run_main

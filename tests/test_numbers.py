@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tools.numbers import RANGES, Range, bounded, check_numbers, number_flags
+from tools.flag_ranges import RANGES, Range, bounded, check_numbers, number_flags
 from tools.paths import REPO_ROOT
 
 

@@ -15,13 +15,13 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 import train_affinity
 import train_rsepm
 import train_seg
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
 from core.errors import UsageError
 from core.io import IGNORE_COLOR, read_mask, save_mask, save_seed
 from tools import drawing
 from tools.engine import panels
 from tools.pool import set_threads
-from tools.seeds.affinity_data import ir_labels_dir
+from tools.seeds.relation_cache import ir_labels_dir
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import run_main
 
@@ -347,6 +347,6 @@ def test_panels_leave_forked_workers_able_to_start(toy):
 
 def test_vis_images_may_change_on_resume():
     """How a run reports, not what it learns: resume.pth does not record it."""
-    from tools.engine.checkpoints import run_settings
+    from tools.engine.resume_state import run_settings
     args = train_seg.get_args_parser().parse_args(["--label_tag", "x", "--vis_images", "7"])
     assert "vis_images" not in run_settings(args) and "lr" in run_settings(args)

@@ -9,7 +9,7 @@ import torch
 
 from core.randomwalk import one_thread
 from tools import pool
-from tools.engine import distributed
+from tools.engine import data_loading
 
 
 def _thread_counts(_):
@@ -41,8 +41,8 @@ def test_pool_workers_run_one_thread(two_threads):
 
 def test_dataloader_workers_run_one_thread(two_threads):
     ctx = SimpleNamespace(rank=0, world_size=1, distributed=False, device=torch.device("cpu"))
-    loader = distributed.build_loader(_Counts(), ctx, batch_size=1, num_workers=1, seed=0, shuffle=False)
-    distributed.set_loader_epoch(loader, 1)
+    loader = data_loading.build_loader(_Counts(), ctx, batch_size=1, num_workers=1, seed=0, shuffle=False)
+    data_loading.set_loader_epoch(loader, 1)
     assert [batch.tolist() for batch in loader] == [[[1, 1]], [[1, 1]]]
 
 

@@ -15,7 +15,7 @@ import torch
 
 import train_rsepm
 from core.errors import Preempted, ResumeError
-from tools.engine import checkpoints, optim
+from tools.engine import optim, resume_state
 from tools.paths import model_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,13 +181,13 @@ def test_check_dataset_messages():
     def identity(files):
         return {"count": len(files), "sha256": json.dumps(files), "files": files}
     saved = identity([["a", 10, 5], ["b", 20, 6], ["c", 30, 7]])
-    assert checkpoints.check_dataset("r.pth", saved, identity([["a", 10, 5], ["b", 20, 6], ["c", 30, 7]])) == []
+    assert resume_state.check_dataset("r.pth", saved, identity([["a", 10, 5], ["b", 20, 6], ["c", 30, 7]])) == []
     with pytest.raises(ResumeError, match=r"3 images .*has 3 .*the label file of b was 6 bytes, now 9\."):
-        checkpoints.check_dataset("r.pth", saved, identity([["a", 10, 5], ["b", 20, 9], ["c", 30, 7]]))
+        resume_state.check_dataset("r.pth", saved, identity([["a", 10, 5], ["b", 20, 9], ["c", 30, 7]]))
     with pytest.raises(ResumeError, match=r"has 3 .*b is gone \(1 in all\); d is new \(1 in all\)"):
-        checkpoints.check_dataset("r.pth", saved, identity([["a", 10, 5], ["c", 30, 7], ["d", 20, 6]]))
-    assert "records no dataset identity" in checkpoints.check_dataset("r.pth", None, saved)[0]
-    assert checkpoints.check_dataset("r.pth", saved, None) == []  # a dataset without files: nothing to check
+        resume_state.check_dataset("r.pth", saved, identity([["a", 10, 5], ["c", 30, 7], ["d", 20, 6]]))
+    assert "records no dataset identity" in resume_state.check_dataset("r.pth", None, saved)[0]
+    assert resume_state.check_dataset("r.pth", saved, None) == []  # a dataset without files: nothing to check
 
 
 # Under torchrun only rank 1 is signalled, in iteration 1; the ranks agree at the log line of
@@ -231,12 +231,12 @@ def test_ddp_ranks_stop_at_the_same_log_line(toy_dataset, tmp_path):
 WORKER_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from tools.engine import distributed
+from tools.engine import data_loading, distributed
 dataset = torch.utils.data.TensorDataset(torch.arange(8.0))
 if {persistent}:
-    loader = distributed.build_loader(dataset, distributed.DistContext(), batch_size=2, num_workers=1, seed=0)
+    loader = data_loading.build_loader(dataset, distributed.DistContext(), batch_size=2, num_workers=1, seed=0)
 else:  # as tools/toy/pretrain_toy.py: workers of a plain DataLoader, seeded and SIGTERM-deaf by seed_worker
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, worker_init_fn=distributed.seed_worker)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, worker_init_fn=data_loading.seed_worker)
 batches = iter(loader)
 next(batches)  # the persistent worker runs (and ignores SIGTERM, seed_worker)
 {ending}

@@ -1,4 +1,4 @@
-"""tools/datasets/prepare_coco.py on a tiny fixture in the official COCO 2014 layout."""
+"""tools/builders/prepare_coco.py on a tiny fixture in the official COCO 2014 layout."""
 import io
 import json
 import os
@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
+from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from tools.args import cli
-from tools.datasets.prepare_coco import get_args_parser, main, voc_box
+from tools.builders.prepare_coco import get_args_parser, main, voc_box
 
 INFO = DatasetInfo("COCO")
 # pycocotools' decode trips a numpy 2 DeprecationWarning that says nothing about this code

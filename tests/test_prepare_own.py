@@ -1,4 +1,4 @@
-"""tools/datasets/prepare_own.py (own images + a tag table -> seed layout + description) and
+"""tools/builders/prepare_own.py (own images + a tag table -> seed layout + description) and
 `--dataset path/to/description.json` across the scripts: the layout against the generated inputs,
 the split rules, each bad input (one message naming the file and row, nothing written), and the
 whole pipeline from the builder to evaluate.py on a few generated images."""
@@ -17,11 +17,11 @@ import infer_rsepm
 import infer_seg
 import train_rsepm
 import train_seg
-from core.datasets import DatasetInfo, SeedLayout, dataset_name, load_dataset_info
+from core.dataset_layout import DatasetInfo, SeedLayout, dataset_name, load_dataset_info
 from core.errors import DatasetError, UsageError
 from core.io import read_json
-from tools.datasets import prepare_own
-from tools.datasets.builders import PrepareError
+from tools.builders import prepare_own
+from tools.builders.build_steps import PrepareError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 40, 48

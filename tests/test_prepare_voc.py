@@ -1,4 +1,4 @@
-"""tools/datasets/prepare_voc.py on tiny fixtures in the official VOC 2012 / SBD layouts."""
+"""tools/builders/prepare_voc.py on tiny fixtures in the official VOC 2012 / SBD layouts."""
 import os
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
+from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from tools.args import cli
-from tools.datasets.prepare_voc import get_args_parser, main
+from tools.builders.prepare_voc import get_args_parser, main
 
 INFO = DatasetInfo("VOC")
 # id -> (height, width, classes); the classes drawn in the mask and listed in the xml

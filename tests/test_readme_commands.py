@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import save_weights
-from core.datasets import load_dataset_info
+from core.weights import save_weights
+from core.dataset_layout import load_dataset_info
 from core.io import save_mask
 from core.networks import RSEPM, DeepLabV3Plus
 
@@ -169,8 +169,8 @@ SMALL = {
 }
 INFERENCE_SMALL = {"infer_rsepm.py": ["--scales", "1.0,0.5"], "infer_seg.py": ["--scales", "1.0,0.5"]}
 TRAINING_SMALL = ["--pretrained", "none", "--batch_size", "2", "--crop_size", "32", "--num_workers", "0"]
-BUILDERS = {"tools/datasets/prepare_voc.py", "tools/datasets/prepare_coco.py"}
-OWN = "tools/datasets/prepare_own.py"  # runs for real, on the folder of images the fixture writes
+BUILDERS = {"tools/builders/prepare_voc.py", "tools/builders/prepare_coco.py"}
+OWN = "tools/builders/prepare_own.py"  # runs for real, on the folder of images the fixture writes
 SHELL = {"bash tools/quickstart.sh", "bash tools/run_tests.sh"}  # the toy pipeline and this suite
 
 

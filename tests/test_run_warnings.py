@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train_rsepm
 from core.rsepm import RSEPMConfig
 from core.targets import IGNORE_INDEX
-from tools.engine.checkpoints import config_path
+from tools.engine.resume_state import config_path
 from tools.paths import model_dir
 from helpers import run_main
 

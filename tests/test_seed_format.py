@@ -77,8 +77,8 @@ def test_inference_writes_uint8_seeds_and_the_conversion_gives_the_float32_masks
     import torch
     import convert_seed_to_pseudo_masks as convert
     import infer_rsepm
-    from core.checkpoint import save_weights
-    from core.datasets import SeedLayout, load_dataset_info
+    from core.weights import save_weights
+    from core.dataset_layout import SeedLayout, load_dataset_info
     from core.io import read_json, read_mask
     from core.networks import RSEPM
     from helpers import run_main

@@ -1,4 +1,4 @@
-"""tools/seeds/seed_reading.py: the checks every conversion of seed files shares (size against the image,
+"""tools/seeds/seed_jobs.py: the checks every conversion of seed files shares (size against the image,
 class range), and the processing order of seed_inputs."""
 import argparse
 import os
@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from core.datasets import SeedLayout, load_dataset_info
+from core.dataset_layout import SeedLayout, load_dataset_info
 from core.errors import FormatError, MissingFileError
 from core.io import save_seed
 from tools.paths import predictions_dir
-from tools.seeds.seed_reading import read_foreground, seed_inputs
+from tools.seeds.seed_jobs import read_foreground, seed_inputs
 
 INFO = load_dataset_info("TOY")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import infer_rsepm
-from core.checkpoint import save_weights
+from core.weights import save_weights
 from core.networks import RSEPM
 from helpers import run_main
 from tools.paths import REPO_ROOT, model_dir, model_path, predictions_dir
@@ -85,22 +85,22 @@ def test_two_torchrun_ranks_write_the_seeds_of_one_process(inputs, tmp_path):
 
 def test_one_spawned_process_per_device_writes_the_seeds_of_one_process(inputs, tmp_path):
     """The path of `--gpus 0,1` without torchrun, on two CPU 'devices'."""
-    from tools.seeds import inference
+    from tools.seeds import infer_loop
     root, models = inputs
     single = experiment(models, tmp_path / "one")
     run_main(infer_rsepm, argv(root, single))
     spawned = experiment(models, tmp_path / "spawned")
     args = infer_rsepm.get_args_parser().parse_args(argv(root, spawned))
-    inference.resolve_network_args(args, inference.weights_path(args), {"backbone": "resnet50"})
+    infer_loop.resolve_network_args(args, infer_loop.weights_path(args), {"backbone": "resnet50"})
     network = RSEPM("resnet18", num_classes=6)
-    from core.checkpoint import load_checkpoint
-    load_checkpoint(network, inference.weights_path(args))
-    from core.datasets import SeedLayout, load_dataset_info
+    from core.weights import load_checkpoint
+    load_checkpoint(network, infer_loop.weights_path(args))
+    from core.dataset_layout import SeedLayout, load_dataset_info
     layout = SeedLayout(root, "validation", load_dataset_info("TOY"))
-    ids = inference.image_order(layout, args)
+    ids = infer_loop.image_order(layout, args)
     out_dir = predictions_dir(spawned, TAG, "validation")
     os.makedirs(out_dir)
-    shares = run_spawned(inference._infer_share, [torch.device("cpu")] * 2, args, network, "rsepm", True, "nearest",
+    shares = run_spawned(infer_loop._infer_share, [torch.device("cpu")] * 2, args, network, "rsepm", True, "nearest",
                          "sigmoid", False, layout, ids, out_dir)
     assert [s["rank"] for s in shares] == [0, 1] and [s["written"] for s in shares] == [3, 2]
     assert seed_bytes(spawned) == seed_bytes(single)

@@ -16,8 +16,8 @@ import sys
 import pytest
 import torch
 
-from core.checkpoint import save_weights
-from core.datasets import load_dataset_info
+from core.weights import save_weights
+from core.dataset_layout import load_dataset_info
 from core.errors import MissingFileError, ProjectError
 from core.io import read_json
 from core.networks import RSEPM

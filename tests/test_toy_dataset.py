@@ -1,4 +1,4 @@
-"""tools/datasets/make_toy_dataset.py: layout, determinism, masks, tags and resumption of the TOY dataset."""
+"""tools/builders/make_toy_dataset.py: layout, determinism, masks, tags and resumption of the TOY dataset."""
 import os
 import re
 import shutil
@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags, read_image
+from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags, read_image
 from core.errors import DatasetError
 from core.io import read_mask
 from tools.args import cli
-from tools.datasets.make_toy_dataset import get_args_parser, main, make_toy_dataset, visible_layout
+from tools.builders.make_toy_dataset import get_args_parser, main, make_toy_dataset, visible_layout
 
 SMALL = dict(num_train=5, num_train_aug=9, num_validation=5, num_test=3, min_size=64, max_size=112)
 SPLITS = ("train", "train_aug", "validation", "test")

@@ -110,7 +110,7 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     assert pretrained.exists()                       # and kept the pretrained backbone
     assert all(env["OMP_NUM_THREADS"] == "1" and env["PYTHONHASHSEED"] == "0" for _, env in commands)
     names = [c for c, _ in commands]
-    assert names[:2] == ["tools/datasets/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
+    assert names[:2] == ["tools/builders/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
     numbers = [int(line.split("]")[0][4:]) for line in out.splitlines() if line.startswith("== [")]
     assert numbers == list(range(1, len(commands) + 1))
     # The end: time per stage, then the table (six rows), then the notebook.

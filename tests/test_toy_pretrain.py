@@ -70,14 +70,14 @@ def test_record_beside_the_weights_scores_the_held_out_split(tiny_set, tmp_path)
 
 
 def test_scores_are_the_classifiers_sigmoid_at_full_size(tiny_set):
-    from core.datasets import SeedLayout, load_dataset_info
+    from core.dataset_layout import SeedLayout, load_dataset_info
     torch.manual_seed(0)
     model = pretrain_toy.Classifier("resnet18", 5)
     layout = SeedLayout(str(tiny_set), "validation", load_dataset_info("TOY"))
     scores, labels = pretrain_toy.tag_scores(model, layout)
     assert scores.shape == labels.shape == (4, 5)
     # Independent: backbone, global mean, linear layer, sigmoid written out for one image.
-    from core.datasets import normalize_image
+    from core.dataset_layout import normalize_image
     image = normalize_image(layout.read_image(layout.ids[2]))[None]
     with torch.no_grad():
         features = model.backbone(image)[-1].mean(dim=(2, 3))
@@ -97,7 +97,7 @@ def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkey
     settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
     code = pretrain_toy.source_digests()
     assert {"tools/toy/pretrain_toy.py", "core/resnet.py", "core/transforms.py",
-            "tools/datasets/make_toy_dataset.py"} <= set(code)
+            "tools/builders/make_toy_dataset.py"} <= set(code)
     record = tmp_path / "pretrained" / "resnet18_toy.json"
     record.write_text(json.dumps({"settings": settings}))  # the release before: no code record
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)

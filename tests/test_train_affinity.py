@@ -16,11 +16,11 @@ import convert_seed_to_pseudo_masks as convert
 import evaluate
 import train_affinity
 from core.affinity import AffinityNet
-from core.datasets import SeedLayout, load_dataset_info
+from core.dataset_layout import SeedLayout, load_dataset_info
 from core.errors import UsageError
 from core.io import read_json, read_mask, save_seed, settings_path, write_json
 from core.relations import ir_label_from_seed
-from tools.seeds import affinity_data, seed_reading
+from tools.seeds import relation_cache, seed_jobs
 from tools.args import cli
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import count_syncs, kill_at, run_main
@@ -106,7 +106,7 @@ def test_ir_label_cache_is_atomic_and_skips_finished_maps(toy, tmp_path, monkeyp
     out = str(tmp_path / "ir")
     # a write that fails half way leaves no file behind, and the run reports it by raising
     calls = []
-    original = seed_reading.save_mask
+    original = seed_jobs.save_mask
 
     def failing_save(path, mask, palette):
         calls.append(path)
@@ -114,15 +114,15 @@ def test_ir_label_cache_is_atomic_and_skips_finished_maps(toy, tmp_path, monkeyp
             raise OSError("disk full")
         return original(path, mask, palette)
 
-    monkeypatch.setattr(seed_reading, "save_mask", failing_save)
+    monkeypatch.setattr(seed_jobs, "save_mask", failing_save)
     with pytest.raises(OSError):
-        affinity_data.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False, progress=False)
+        relation_cache.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False, progress=False)
     assert sorted(os.listdir(out)) == [layout.ids[0] + ".png", layout.ids[1] + ".png"]
-    monkeypatch.setattr(seed_reading, "save_mask", original)
+    monkeypatch.setattr(seed_jobs, "save_mask", original)
 
     # a second run makes only the missing maps; the finished ones are not touched
     stamp = os.stat(os.path.join(out, layout.ids[0] + ".png")).st_mtime_ns
-    summary = affinity_data.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False, progress=False)
+    summary = relation_cache.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False, progress=False)
     assert summary == {"written": 6, "existing": 2, "failed": []}
     assert os.stat(os.path.join(out, layout.ids[0] + ".png")).st_mtime_ns == stamp
     # every map equals ir_label_from_seed of its seed, computed here independently
@@ -141,7 +141,7 @@ def test_ir_label_cache_is_atomic_and_skips_finished_maps(toy, tmp_path, monkeyp
         os.symlink(os.path.join(seed_dir, image_id + ".pkl"), bad / (image_id + ".pkl"))
     os.remove(bad / (layout.ids[4] + ".pkl"))
     (bad / (layout.ids[4] + ".pkl")).write_bytes(b"not a pickle")
-    summary = affinity_data.make_ir_labels(layout, str(bad), out, SEED_TAG, INFO.palette, crf=False, progress=False)
+    summary = relation_cache.make_ir_labels(layout, str(bad), out, SEED_TAG, INFO.palette, crf=False, progress=False)
     assert summary["written"] == 0 and summary["existing"] == 7
     assert len(summary["failed"]) == 1 and layout.ids[4] + ".pkl" in summary["failed"][0]["problem"]
 
@@ -152,7 +152,7 @@ def test_relation_labels_refuse_other_settings_unless_overwrite(toy, tmp_path):
     layout = SeedLayout(root, "train_aug", INFO)
     seed_dir = predictions_dir(pred, SEED_TAG, "train_aug")
     out = str(tmp_path / "ir")
-    make = lambda **kw: affinity_data.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False,
+    make = lambda **kw: relation_cache.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False,
                                                       progress=False, **kw)
     assert make()["written"] == 8
     with pytest.raises(UsageError, match=r"fg_th: 0.3 -> 0.5.*--overwrite true"):
@@ -256,8 +256,8 @@ def test_no_host_sync_per_iteration(toy, tmp_path, monkeypatch):
     os.makedirs(pred)
     os.symlink(os.path.join(toy[1], "predictions"), os.path.join(pred, "predictions"))
     # the relation-label cache first, so that both runs find it made
-    affinity_data.make_ir_labels(SeedLayout(root, "train_aug", INFO), predictions_dir(pred, SEED_TAG, "train_aug"),
-                                 affinity_data.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
+    relation_cache.make_ir_labels(SeedLayout(root, "train_aug", INFO), predictions_dir(pred, SEED_TAG, "train_aug"),
+                                 relation_cache.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
                                  crf=False, num_workers=0, progress=False)
 
     def run(batch_size):
@@ -289,7 +289,7 @@ def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
 
 def test_backbone_from_a_checkpoint_of_this_project(tmp_path):
     """--pretrained PATH with an RS+EPM last.pth: the frozen backbone is its `model.*` part."""
-    from core.checkpoint import save_weights
+    from core.weights import save_weights
     from core.networks import RSEPM
     rsepm = RSEPM("resnet18", num_classes=6)
     save_weights(rsepm, str(tmp_path / "last.pth"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.datasets import DatasetInfo, SeedLayout, parse_xml_tags
+from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from core.errors import DatasetError
 from core.train_datasets import ClassificationDataset, SegmentationDataset
 from core.transforms import TrainTransform

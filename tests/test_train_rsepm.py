@@ -21,9 +21,9 @@ import evaluate
 import infer_rsepm
 import train_rsepm
 from tools.args import cli
-from core.checkpoint import load_checkpoint
+from core.weights import load_checkpoint
 from core.networks import RSEPM
-from tools.engine import checkpoints, distributed, optim
+from tools.engine import distributed, optim, resume_state
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at, run_main
 
@@ -86,7 +86,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     assert config["method"]["scg_features"] == ["C4", "C5"] and config["args"]["scg_grid"] == "cam"
     assert config["saved_weights"] == "online"
 
-    state = checkpoints.load_resume(str(directory / "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
+    state = resume_state.load_resume(str(directory / "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
     assert (state["epoch"], state["step"], state["iteration"]) == (3, 0, 6)
 
     # the log: one record per iteration, the terms of each phase, poly lr, label fractions
@@ -206,7 +206,7 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
             train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, **kwargs)))
     directory_b = model_dir(str(tmp_path / "b"), "resume")
     assert not os.path.exists(os.path.join(directory_b, "last.pth"))
-    saved = checkpoints.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
+    saved = resume_state.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES))
     assert (saved["epoch"], saved["step"], saved["iteration"]) == (1, 1, 3)
     resumed = train_rsepm.main(train_rsepm.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", **kwargs)))
     assert resumed["iterations"] == 4
@@ -222,7 +222,7 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
     assert config["saved_weights"] == "ema"
     last = load_checkpoint(RSEPM("resnet18", NUM_CLASSES), os.path.join(directory_b, "last.pth")).state_dict()
     online = flat_state(os.path.join(directory_b, "online.pth"))
-    ema_state = checkpoints.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES),
+    ema_state = resume_state.load_resume(os.path.join(directory_b, "resume.pth"), RSEPM("resnet18", NUM_CLASSES),
                                         ema=(ema := optim.ModelEMA(RSEPM("resnet18", NUM_CLASSES))))
     assert ema_state["iteration"] == 4 and ema.updates == 4
     assert all(torch.equal(last[k], v) for k, v in ema.module.state_dict().items())
@@ -258,7 +258,7 @@ def test_nan_loss_stops_with_the_iteration_and_term_and_keeps_the_last_resume(to
     directory = model_dir(str(tmp_path), "nan")
     assert not os.path.exists(os.path.join(directory, "last.pth"))
     network = RSEPM("resnet18", NUM_CLASSES)
-    state = checkpoints.load_resume(os.path.join(directory, "resume.pth"), network)
+    state = resume_state.load_resume(os.path.join(directory, "resume.pth"), network)
     assert state["iteration"] == 1
     assert all(torch.isfinite(v).all() for v in network.state_dict().values() if v.is_floating_point())
 

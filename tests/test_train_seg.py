@@ -21,11 +21,11 @@ import evaluate
 import infer_seg
 import train_seg
 from tools.args import cli
-from core.datasets import load_dataset_info
+from core.dataset_layout import load_dataset_info
 from core.errors import CheckpointError, UsageError
 from core.io import load_seed, read_json, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
-from tools.engine import checkpoints
+from tools.engine import resume_state
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from helpers import kill_at, run_main
 
@@ -138,7 +138,7 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
     assert config["args"]["label_tag"] == LABEL_TAG and config["seed"] == 0
     assert config["mask_dir"] == mask_dir and config["train_images"] == 8
     assert config["iterations_per_epoch"] == 2 and config["max_iterations"] == 2
-    state = checkpoints.load_resume(str(directory / "resume.pth"),
+    state = resume_state.load_resume(str(directory / "resume.pth"),
                                 build_network(decoder, "resnet18", NUM_CLASSES, output_stride=output_stride))
     assert (state["epoch"], state["step"], state["iteration"]) == (1, 0, 2)
 
@@ -291,7 +291,7 @@ def test_resume_mid_epoch_gives_identical_weights_and_log(toy, tmp_path, monkeyp
     assert not os.path.exists(os.path.join(directory_b, "last.pth"))
     assert [r["iteration"] for r in read_log(tmp_path / "b", "resume")] == list(range(1, 8))
     network = build_network("deeplabv3+", "resnet18", NUM_CLASSES, output_stride=16)
-    saved = checkpoints.load_resume(os.path.join(directory_b, "resume.pth"), network)
+    saved = resume_state.load_resume(os.path.join(directory_b, "resume.pth"), network)
     assert (saved["epoch"], saved["step"], saved["iteration"]) == (1, 2, 6)
 
     resumed = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", epochs=2)))

@@ -10,7 +10,7 @@ import train_rsepm
 import train_seg
 from core.networks import RSEPM, build_network
 from core.rsepm import RSEPMConfig, RSEPMTraining
-from tools.engine import optim, training
+from tools.engine import data_loading, optim, script_parts
 from tools.paths import model_dir
 from helpers import count_syncs
 
@@ -107,7 +107,7 @@ def test_memory_format_flag():
                                     ("false", "cuda", torch.contiguous_format),
                                     ("auto", "cuda", torch.channels_last)]:
         args.channels_last = value
-        assert training.memory_format(args, device) == expected
+        assert script_parts.memory_format(args, device) == expected
 
 
 @pytest.mark.parametrize("decoder", ["deeplabv3+", "deeplabv2"])
@@ -168,11 +168,11 @@ class EpochEcho(torch.utils.data.Dataset):
 def test_loader_workers_persist_and_see_each_epoch():
     from tools.engine import distributed
 
-    loader = distributed.build_loader(EpochEcho(6), distributed.DistContext(), batch_size=2, num_workers=1, seed=3)
+    loader = data_loading.build_loader(EpochEcho(6), distributed.DistContext(), batch_size=2, num_workers=1, seed=3)
     assert loader.persistent_workers and not loader.pin_memory  # pinning only on CUDA
     seen = {}
     for epoch in (0, 1, 2):
-        distributed.set_loader_epoch(loader, epoch, skip_batches=1 if epoch == 2 else 0)
+        data_loading.set_loader_epoch(loader, epoch, skip_batches=1 if epoch == 2 else 0)
         rows = torch.cat(list(loader))
         seen[epoch] = rows
         assert rows[:, 1].tolist() == [epoch] * len(rows)  # the worker augmented with this epoch

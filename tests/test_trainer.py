@@ -12,8 +12,8 @@ from torch import nn
 
 from core.networks import split_parameters
 from ddp_worker import TAG, TinyNet, train, write_tiny_layout
-from core.checkpoint import load_checkpoint
-from tools.engine import checkpoints, distributed, optim, runlog, training
+from core.weights import load_checkpoint
+from tools.engine import data_loading, distributed, optim, resume_state, runlog, script_parts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +131,7 @@ def test_training_args_defaults_and_parsing():
     import argparse
 
     parser = argparse.ArgumentParser()
-    training.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30)
+    script_parts.add_training_args(parser, lr=0.01, weight_decay=1e-4, max_epoch=30)
     args = parser.parse_args([])
     assert (args.lr, args.wd, args.max_epoch, args.batch_size, args.crop_size) == (0.01, 1e-4, 30, 16, 512)
     assert (args.min_image_size, args.max_image_size, args.amp, args.nesterov) == (320, 640, "auto", True)
@@ -150,7 +150,7 @@ def test_training_args_defaults_and_parsing():
 def test_color_jitter_flag_reaches_the_training_transform(toy_dataset):
     """train_seg with hue jitter 0 and without jitter: the crops it trains on are those of
     TrainTransform(jitter=...) computed here independently (same per-sample rng)."""
-    from core.datasets import SeedLayout, load_dataset_info
+    from core.dataset_layout import SeedLayout, load_dataset_info
     from core.train_datasets import SegmentationDataset
     from core.transforms import TrainTransform
     root = toy_dataset(seed=2, num_train=2, num_train_aug=2, max_size=60)
@@ -218,7 +218,7 @@ def test_run_logger_disabled_writes_nothing(tmp_path, capsys):
 # --- data order --------------------------------------------------------------------------------
 def test_epoch_sampler_order_shards_and_skip():
     def shard(rank, epoch, world=3, skip=0):
-        sampler = distributed.EpochSampler(10, seed=5, rank=rank, world_size=world)
+        sampler = data_loading.EpochSampler(10, seed=5, rank=rank, world_size=world)
         sampler.set_epoch(epoch, skip)
         return list(sampler)
 
@@ -229,25 +229,25 @@ def test_epoch_sampler_order_shards_and_skip():
     assert shard(1, 0) == shards[1]  # a function of (seed, epoch, rank)
     assert shard(1, 1) != shards[1]
     assert shard(1, 0, skip=3) == shards[1][3:]
-    assert len(distributed.EpochSampler(10, 5, rank=0, world_size=3)) == 4
-    plain = distributed.EpochSampler(5, shuffle=False)
+    assert len(data_loading.EpochSampler(10, 5, rank=0, world_size=3)) == 4
+    plain = data_loading.EpochSampler(5, shuffle=False)
     assert list(plain) == [0, 1, 2, 3, 4]
 
 
 def test_set_loader_epoch_reaches_workers_and_skips(tmp_path):
-    from core.datasets import DatasetInfo, SeedLayout
+    from core.dataset_layout import DatasetInfo, SeedLayout
     from core.train_datasets import SegmentationDataset
     from core.transforms import TrainTransform
 
     write_tiny_layout(str(tmp_path), count=6)
     layout = SeedLayout(str(tmp_path), "train", DatasetInfo("TOY"))
     dataset = SegmentationDataset(layout, None, TrainTransform(32, 30, 56), seed=1)
-    loader = distributed.build_loader(dataset, distributed.DistContext(), batch_size=2, num_workers=2, seed=1)
+    loader = data_loading.build_loader(dataset, distributed.DistContext(), batch_size=2, num_workers=2, seed=1)
     epochs = []
     for epoch in (0, 1):
-        distributed.set_loader_epoch(loader, epoch)
+        data_loading.set_loader_epoch(loader, epoch)
         epochs.append(list(loader))
-    distributed.set_loader_epoch(loader, 1, skip_batches=1)
+    data_loading.set_loader_epoch(loader, 1, skip_batches=1)
     skipped = list(loader)
     assert [b["id"] for b in skipped] == [b["id"] for b in epochs[1][1:]]
     assert torch.equal(skipped[0]["image"], epochs[1][1]["image"])
@@ -306,12 +306,12 @@ def test_resume_without_restoring_rng_would_differ(tmp_path):
     write_tiny_layout(data, count=8)
     model_a, *_ = train(data, str(tmp_path / "a"), max_epoch=2)
     train(data, str(tmp_path / "b"), max_epoch=2, stop_at=3)
-    original = checkpoints.set_rng_state
-    checkpoints.set_rng_state = lambda state, device=None: None
+    original = resume_state.set_rng_state
+    resume_state.set_rng_state = lambda state, device=None: None
     try:
         model_b, *_ = train(data, str(tmp_path / "b"), max_epoch=2, resume=True, init_seed=99)
     finally:
-        checkpoints.set_rng_state = original
+        resume_state.set_rng_state = original
     assert not all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(),
                                                       model_b.state_dict().values()))
 
@@ -320,31 +320,31 @@ def test_resume_refuses_another_seed_and_other_files(tmp_path):
     data = str(tmp_path / "data")
     write_tiny_layout(data, count=4)
     train(data, str(tmp_path / "run"), max_epoch=1, stop_at=1)
-    path = checkpoints.resume_path(str(tmp_path / "run"), TAG)
+    path = resume_state.resume_path(str(tmp_path / "run"), TAG)
     model = TinyNet()
     with pytest.raises(ValueError, match="seed=0, this run has seed=1"):
-        checkpoints.load_resume(path, model, sampler=distributed.EpochSampler(4, seed=1))
+        resume_state.load_resume(path, model, sampler=data_loading.EpochSampler(4, seed=1))
     torch.save(model.state_dict(), tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="not a resume checkpoint"):
-        checkpoints.load_resume(str(tmp_path / "weights.pth"), model)
+        resume_state.load_resume(str(tmp_path / "weights.pth"), model)
 
 
 def test_save_resume_refuses_non_finite_weights_and_keeps_the_last_good_file(tmp_path):
     model = TinyNet()
     optimizer = optim.build_optimizer(split_parameters(model), 0.01, 0)
     path = str(tmp_path / "resume.pth")
-    checkpoints.save_resume(path, model, optimizer, epoch=0, step=3, iteration=3)
+    resume_state.save_resume(path, model, optimizer, epoch=0, step=3, iteration=3)
     good = open(path, "rb").read()
     with torch.no_grad():
         model.head[1].bias[0] = float("nan")
     with pytest.raises(optim.NonFiniteError, match=r"iteration 4: non-finite weights in head\.1\.bias"):
-        checkpoints.save_resume(path, model, optimizer, epoch=0, step=4, iteration=4)
+        resume_state.save_resume(path, model, optimizer, epoch=0, step=4, iteration=4)
     assert open(path, "rb").read() == good and os.listdir(tmp_path) == ["resume.pth"]
-    assert checkpoints.load_resume(path, TinyNet())["iteration"] == 3
+    assert resume_state.load_resume(path, TinyNet())["iteration"] == 3
 
 
 def test_run_config_is_json_safe():
-    config = checkpoints.run_config({"seed": 3, "device": torch.device("cpu"), "gpus": "0"})
+    config = resume_state.run_config({"seed": 3, "device": torch.device("cpu"), "gpus": "0"})
     assert config["args"]["device"] == "cpu" and config["seed"] == 3
     json.dumps(config)
 
@@ -391,7 +391,7 @@ def test_torchrun_two_processes_stay_in_step(tmp_path):
     final = torch.load(os.path.join(out, "models", TAG, "last.pth"), weights_only=True)
     assert all(torch.equal(final[k], rank0["state"][k]) for k in final)
     assert json.load(open(os.path.join(out, "models", TAG, "config.json")))["world_size"] == 2
-    resume = torch.load(checkpoints.resume_path(out, TAG), weights_only=True)
+    resume = torch.load(resume_state.resume_path(out, TAG), weights_only=True)
     assert len(resume["rng"]) == 2  # both ranks' generators travel in the checkpoint
     assert not torch.equal(resume["rng"][0]["torch"], resume["rng"][1]["torch"])
     assert math.isfinite(records[-1]["seg"])
@@ -403,7 +403,7 @@ def test_mfu_is_logged_where_the_peak_is_known_and_changes_no_weight(tmp_path, m
     run are those of a run without it, bit for bit (the random state is kept)."""
     import train_seg
     from core.io import save_mask
-    from core.datasets import DatasetInfo, SeedLayout
+    from core.dataset_layout import DatasetInfo, SeedLayout
     from tools.engine import trainer
     from tools.paths import pseudo_labels_dir
     root = toy_dataset()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import IMAGENET_MEAN, IMAGENET_STD
+from core.dataset_layout import IMAGENET_MEAN, IMAGENET_STD
 from core.transforms import (TrainTransform, color_jitter, random_crop, random_hflip,
                              random_resize_long)
 

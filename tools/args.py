@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from core.datasets import DEFAULT_MAX_IMAGE_PIXELS
+from core.dataset_layout import DEFAULT_MAX_IMAGE_PIXELS
 from core.errors import ProjectError, UsageError
 from core.io import DEFAULT_MAX_SEED_BYTES, OS_ERROR_CAUSES, describe_os_error
-from tools.numbers import check_numbers
+from tools.flag_ranges import check_numbers
 from tools.paths import DEFAULT_PRED_DIR
 
 _TRUE = {"true", "yes", "y", "1", "t", "on"}
@@ -42,7 +42,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class ProjectParser(argparse.ArgumentParser):
     """argparse with the project's number ranges: before parsing, every int/float flag gets its
-    range from tools/numbers.py (nan, inf or a value outside it: usage error naming the flag)."""
+    range from tools/flag_ranges.py (nan, inf or a value outside it: usage error naming the flag)."""
 
     def parse_known_args(self, args=None, namespace=None):
         check_numbers(self)
@@ -94,7 +94,7 @@ def int_list(text):
     return values
 
 
-int_list.list_of = int  # a number list: tools/numbers.py checks each value and the count
+int_list.list_of = int  # a number list: tools/flag_ranges.py checks each value and the count
 
 
 def id_list(text):
@@ -135,7 +135,7 @@ def positive_int(text):
     return value
 
 
-positive_int.number_kind = int  # make_parser also gives it the flag's range (tools/numbers.py)
+positive_int.number_kind = int  # make_parser also gives it the flag's range (tools/flag_ranges.py)
 
 
 # --amp of the training and inference scripts. auto: bf16 on a CUDA device that supports it, else
@@ -144,7 +144,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 def add_image_limit_arg(parser, what="an image"):
     """--max_image_pixels, the one definition of every script that reads images (default
-    core.datasets.DEFAULT_MAX_IMAGE_PIXELS); `what` names the images it guards in --help."""
+    core.dataset_layout.DEFAULT_MAX_IMAGE_PIXELS); `what` names the images it guards in --help."""
     parser.add_argument("--max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS, type=positive_int,
                         help=f"{what} whose header claims more pixels (width x height) is skipped and "
                              "listed at the end, before it is decoded")
@@ -179,7 +179,7 @@ def add_dataset_args(parser, domain="validation"):
                         help="dataset root in the seed layout (trailing slash optional)")
     parser.add_argument("--dataset", default="VOC", type=str,
                         help="dataset description: VOC, COCO or TOY (data/{dataset}.json), or the path of a "
-                             "description .json, e.g. one written by tools/datasets/prepare_own.py")
+                             "description .json, e.g. one written by tools/builders/prepare_own.py")
     parser.add_argument("--domain", default=domain, type=str,
                         help="split: train, train_aug, validation or test")
 

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 import convert_seed_to_pseudo_masks as convert  # noqa: E402
 from core.io import save_seed  # noqa: E402
 from tools.args import cli, int_list, make_parser, positive_int  # noqa: E402
-from tools.bench.common import Machine, ratio, run_main, set_threads, show, show_ratio, stats  # noqa: E402
+from tools.bench.measure import Machine, ratio, run_main, set_threads, show, show_ratio, stats  # noqa: E402
 
 TAG = "bench"
 DOMAIN = "validation"

@@ -27,11 +27,11 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import evaluate  # noqa: E402
-from core.datasets import load_dataset_info  # noqa: E402
+from core.dataset_layout import load_dataset_info  # noqa: E402
 from core.io import load_seed, read_mask, save_mask, save_seed  # noqa: E402
 from tools import metrics  # noqa: E402
 from tools.args import cli, int_list, make_parser, positive_int, str2bool  # noqa: E402
-from tools.bench.common import Machine, cpus, ratio, run_main, set_threads, show, show_ratio, side_by_side  # noqa: E402
+from tools.bench.measure import Machine, cpus, ratio, run_main, set_threads, show, show_ratio, side_by_side  # noqa: E402
 from tools.paths import output_dir  # noqa: E402
 
 HEIGHT, WIDTH = 375, 500

@@ -1,4 +1,4 @@
-"""Time of the multi-scale seed inference (core.inference.multiscale_inference) per image.
+"""Time of the multi-scale seed inference (core.multiscale.multiscale_inference) per image.
 
 Random-weight networks on random images of fixed size: RSEPM ResNet-50 at the VOC size 500x375
 and RSEPM ResNet-18 at the TOY size 128x128, with the published 4 scales (each with its flip) and
@@ -9,7 +9,7 @@ with `--scales 1.0` (one scale + flip). Also reports the forward calls per image
     python tools/bench/bench_inference.py --repeat 3 --threads 2 --unbatched true
     python tools/bench/bench_inference.py --processes 1,2 --repeat 3   # the scaling of infer_rsepm
 
-With --processes, the per-image loop of infer_rsepm.py (tools/seeds/inference.py) runs over a
+With --processes, the per-image loop of infer_rsepm.py (tools/seeds/infer_loop.py) runs over a
 generated TOY set with 1, 2, ... processes of one thread each (tools.shards.run_spawned, as
 `--gpus 0,1` or torchrun spread it): images/s from the slowest share's loop (the process start-up
 apart, also shown), its ratio to 1 process, and the bytes of a seed file.
@@ -24,10 +24,10 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.inference import SCALES, multiscale_inference  # noqa: E402
+from core.multiscale import SCALES, multiscale_inference  # noqa: E402
 from core.networks import RSEPM  # noqa: E402
 from tools.args import cli, int_list, make_parser, positive_int, str2bool  # noqa: E402
-from tools.bench.common import Machine, set_threads, timed  # noqa: E402
+from tools.bench.measure import Machine, set_threads, timed  # noqa: E402
 
 # (backbone, classes incl. background, height, width)
 CASES = {"r50-voc": ("resnet50", 21, 375, 500), "r18-toy": ("resnet18", 6, 128, 128)}
@@ -104,10 +104,10 @@ def process_scaling(counts, repeat, num_images, size=160):
     import tempfile
 
     import infer_rsepm
-    from core.checkpoint import save_weights
-    from core.datasets import SeedLayout, load_dataset_info
-    from tools.datasets.make_toy_dataset import make_toy_dataset
-    from tools.seeds import inference
+    from core.weights import save_weights
+    from core.dataset_layout import SeedLayout, load_dataset_info
+    from tools.builders.make_toy_dataset import make_toy_dataset
+    from tools.seeds import infer_loop
     from tools.shards import run_spawned
 
     work = tempfile.mkdtemp(prefix="bench_inference_")
@@ -124,7 +124,7 @@ def process_scaling(counts, repeat, num_images, size=160):
              "--backbone", "resnet18", "--scales", "1.0,0.5", "--conf_th", "0.3", "--num_workers", "0",
              "--gpus", "cpu", "--threads", "1", "--pred_dir", work])
         layout = SeedLayout(root, "validation", load_dataset_info("TOY"))
-        ids = inference.image_order(layout, args)
+        ids = infer_loop.image_order(layout, args)
         result = {}
         for count in counts:
             loop, wall, sizes = [], [], []
@@ -132,7 +132,7 @@ def process_scaling(counts, repeat, num_images, size=160):
                 out = os.path.join(work, f"seeds{count}-{run}")
                 os.makedirs(out)
                 start = time.perf_counter()
-                shares = run_spawned(inference._infer_share, [torch.device("cpu")] * count, args, network, "rsepm",
+                shares = run_spawned(infer_loop._infer_share, [torch.device("cpu")] * count, args, network, "rsepm",
                                      True, "nearest", "sigmoid", False, layout, ids, out)
                 wall.append(num_images / (time.perf_counter() - start))
                 loop.append(num_images / max(share["seconds"] for share in shares))

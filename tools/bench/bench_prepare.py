@@ -1,4 +1,4 @@
-"""Throughput of tools/datasets/prepare_voc.py and tools/datasets/prepare_coco.py on synthetic official layouts.
+"""Throughput of tools/builders/prepare_voc.py and tools/builders/prepare_coco.py on synthetic official layouts.
 
     python tools/bench/bench_prepare.py --images 300 --num_workers 2 --repeat 3
 
@@ -25,9 +25,9 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.datasets import DatasetInfo  # noqa: E402
+from core.dataset_layout import DatasetInfo  # noqa: E402
 from tools.args import cli, make_parser, positive_int, str2bool  # noqa: E402
-from tools.bench.common import Machine, run_main, set_threads  # noqa: E402
+from tools.bench.measure import Machine, run_main, set_threads  # noqa: E402
 
 
 def smooth_image(rng, height, width):
@@ -184,7 +184,8 @@ def get_args_parser():
 
 
 def main(args):
-    from tools.datasets import prepare_coco as coco_main, prepare_voc as voc_main
+    from tools.builders import prepare_voc as voc_main
+    from tools.builders import prepare_coco as coco_main
     set_threads(1)
     rng = np.random.default_rng(0)
     result = {}

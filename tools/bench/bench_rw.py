@@ -27,13 +27,13 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 
 import convert_seed_to_pseudo_masks as convert  # noqa: E402
 from core.affinity import AffinityNet  # noqa: E402
-from core.checkpoint import save_weights  # noqa: E402
-from core.datasets import normalize_image  # noqa: E402
+from core.weights import save_weights  # noqa: E402
+from core.dataset_layout import normalize_image  # noqa: E402
 from core.io import save_seed  # noqa: E402
 from core.randomwalk import random_walk, random_walk_planes, scores_to_stride  # noqa: E402
 from tools.args import cli, int_list, make_parser, positive_int  # noqa: E402
 from tools.bench.bench_crf import DOMAIN, TAG, synthetic_scene  # noqa: E402
-from tools.bench.common import Machine, ratio, run_main, set_threads, show, show_ratio, side_by_side, timed  # noqa: E402
+from tools.bench.measure import Machine, ratio, run_main, set_threads, show, show_ratio, side_by_side, timed  # noqa: E402
 from tools.paths import model_path  # noqa: E402
 
 

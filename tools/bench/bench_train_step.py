@@ -38,11 +38,11 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 from core.io import IGNORE_INDEX  # noqa: E402
 from core.networks import RSEPM, build_network, split_parameters  # noqa: E402
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining  # noqa: E402
-from core.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from core.dataset_layout import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from core.transforms import JITTER, TrainTransform  # noqa: E402
 from tools.engine import optim  # noqa: E402
 from tools.args import cli, make_parser, positive_int  # noqa: E402
-from tools.bench.common import Machine, ratio, set_threads, show, show_ratio, side_by_side  # noqa: E402
+from tools.bench.measure import Machine, ratio, set_threads, show, show_ratio, side_by_side  # noqa: E402
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}

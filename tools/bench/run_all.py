@@ -23,7 +23,7 @@ from core.errors import FormatError  # noqa: E402
 from core.io import atomic_output  # noqa: E402
 from tools.args import cli, make_parser, positive_int, str2bool  # noqa: E402
 from tools.bench import bench_crf, bench_evaluate, bench_rw, bench_train_step  # noqa: E402
-from tools.bench.common import cpus, ratio, run_main  # noqa: E402
+from tools.bench.measure import cpus, ratio, run_main  # noqa: E402
 from tools.paths import REPO_ROOT  # noqa: E402
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.networks import RSEPM, build_network
 from core.rsepm import LOSS_TERMS, RSEPMTraining
-from core.inference import multiscale_inference
+from core.multiscale import multiscale_inference
 
 # Dense (no sparsity) tensor-core peak TFLOP/s per autocast mode, from NVIDIA's data sheets. For
 # --amp off the peak is TF32's: cuDNN runs float32 convolutions in TF32 by default on these GPUs.

@@ -6,7 +6,7 @@ record passes them to check_finite with its LossMonitor, which adds them up and 
 non-finite iteration on the device without a host-device sync, and reads both once per log line
 and before every resume checkpoint (a sync per iteration stalls a GPU's queue). A bad step thus
 reaches the in-memory weights, but never a file: the check raises NonFiniteError naming the iteration before anything is saved, and
-tools.engine.checkpoints.save_resume refuses weights that are not finite as well. The script lets the
+tools.engine.resume_state.save_resume refuses weights that are not finite as well. The script lets the
 error end the run (exit status non-zero) and does NOT save on the way out; resume.pth (written
 atomically) still holds the last good state, ready for --resume once the cause is fixed (e.g. a
 lower --lr). check_finite without a monitor is the immediate form (one sync per call).
@@ -18,7 +18,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from core.checkpoint import unwrap
+from core.weights import unwrap
 from core.errors import NonFiniteError, UsageError  # noqa: F401  (NonFiniteError: re-exported)
 from tools.args import AMP_MODES
 

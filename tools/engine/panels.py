@@ -3,7 +3,7 @@
 A handful of images (--vis_images, or the ids of --vis_ids), chosen once per run, is drawn at each
 validation (or at each epoch's end when the run does not validate) from a forward pass of its own,
 in eval mode without grad, on rank 0: the training iterations gain no host sync. Every map comes
-from the method's own functions (core/rsepm.py, core/inference.py), never a copy of them, and is
+from the method's own functions (core/rsepm.py, core/multiscale.py), never a copy of them, and is
 drawn by tools/drawing.py, as the notebook's figure is.
 
 Tags: "panels/{image_id}", one composite picture per image with its maps side by side in pipeline
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.datasets import normalize_image, read_image
+from core.dataset_layout import normalize_image, read_image
 from core.errors import ProjectError, UsageError
-from core.inference import multiscale_inference, rsepm_seed
+from core.multiscale import multiscale_inference, rsepm_seed
 from core.io import IGNORE_INDEX, read_mask
 from core.rsepm import RSEPMTraining
 from core.targets import certain_filter, mix_batch, normalize_cam, resize_nearest
@@ -114,7 +114,7 @@ def read_label_map(path, size):
 
 
 def denormalize(tensor):
-    """Normalised (3, H, W) -> uint8 RGB (H, W, 3): the inverse of core.datasets.normalize_image."""
+    """Normalised (3, H, W) -> uint8 RGB (H, W, 3): the inverse of core.dataset_layout.normalize_image."""
     mean, std = normalize_image(np.zeros((1, 1, 3), np.uint8)), normalize_image(np.full((1, 1, 3), 255, np.uint8))
     rgb = (tensor.float().cpu() - mean) / (std - mean)  # both reference colours: no constants copied here
     return (rgb.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

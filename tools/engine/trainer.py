@@ -3,21 +3,22 @@ tests' miniature tests/ddp_worker.py): TrainingRun, which ties the schedule, mix
 resume, logs and final weights together.
 
 The parts it uses live in focused modules: tools/engine/distributed.py (processes, seeds, data order),
-tools/engine/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/engine/checkpoints.py (resume checkpoint,
+tools/engine/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/engine/resume_state.py (resume checkpoint,
 config.json, final weights) and tools/engine/runlog.py (logs); the flags the scripts share are in
-tools/engine/training.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
+tools/engine/script_parts.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
 """
 import os
 import time
 
-from core.checkpoint import save_weights
+from core.weights import save_weights
 from core.errors import DatasetError, Preempted
 from core.io import write_json
 from core.safety import hold_output, remove_stale_temp_files
-from tools.engine.checkpoints import (config_path, dataset_identity, load_resume, resume_path, run_config,
+from tools.engine.resume_state import (config_path, dataset_identity, load_resume, resume_path, run_config,
                                       run_settings, save_final, save_resume)
-from tools.engine.distributed import (StopRequest, cleanup_distributed, close_loader, loader_dataset,
-                                      set_loader_epoch)
+from tools.engine.data_loading import close_loader, loader_dataset, set_loader_epoch
+from tools.engine.distributed import cleanup_distributed
+from tools.engine.stop_request import StopRequest
 from tools.engine import optim
 from tools.engine.flops import peak_tflops
 from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
@@ -102,7 +103,7 @@ class TrainingRun:
         # the epoch's means for epoch_check(epoch, means) -> warning lines (a collapsed run says so)
         self.epoch_meter, self.epoch_check, self.run_warnings, self.best = MeanMeter(), epoch_check, [], {}
         resumed = args.resume and os.path.isfile(self.resume_file)
-        if resumed:  # refused when a run-shaping flag changed (tools/engine/checkpoints.py check_settings)
+        if resumed:  # refused when a run-shaping flag changed (tools/engine/resume_state.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
                                 loader.sampler, ctx, settings=run_settings(args), dataset=self.dataset_identity)
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]

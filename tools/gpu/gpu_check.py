@@ -16,7 +16,7 @@ For each: images/s after warm-up (training: the scripts' JSONL log, one record p
 inference: the completion times of the seed files), peak GPU memory, counted FLOPs per image
 (tools/engine/flops.py) and the model-FLOP utilisation against the peak of tools/engine/flops.py PEAK_TFLOPS.
 Writes OUT/result.json and OUT/result.md (default experiments/gpu_check/), prints the table and
-exits 1 listing the failed checks. Synthetic data (tools/datasets/make_toy_dataset.py, 375..500 px) is
+exits 1 listing the failed checks. Synthetic data (tools/builders/make_toy_dataset.py, 375..500 px) is
 made in a temporary folder and removed afterwards.
 """
 import glob
@@ -39,13 +39,13 @@ import torch  # noqa: E402
 
 import train_rsepm  # noqa: E402
 import train_seg  # noqa: E402
-from core.datasets import SeedLayout, load_dataset_info  # noqa: E402
+from core.dataset_layout import SeedLayout, load_dataset_info  # noqa: E402
 from core.errors import SetupError  # noqa: E402
 from tools.args import cli, make_parser, str2bool  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
 from tools.engine import flops  # noqa: E402
 from core.io import atomic_output, load_seed, write_json  # noqa: E402
-from tools.datasets.make_toy_dataset import make_toy_dataset  # noqa: E402
+from tools.builders.make_toy_dataset import make_toy_dataset  # noqa: E402
 
 # Epoch numbers handed to train_rsepm.py so that RS and the mix are active from the first
 # iteration (train_rsepm.py counts epochs from 1, as the authors' trainers do).

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import train_seg  # noqa: E402
 from core.affinity import AffinityNet  # noqa: E402
-from core.inference import SCALES  # noqa: E402
+from core.multiscale import SCALES  # noqa: E402
 from core.networks import RSEPM, build_network  # noqa: E402
 from core.rsepm import RSEPMConfig  # noqa: E402
 from tools.args import cli, make_parser, positive_int  # noqa: E402

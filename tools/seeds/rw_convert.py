@@ -12,15 +12,15 @@ pseudo-labels/{tag}@rw/{domain}/ID.png, beside the CRF masks of the same seeds.
 Devices: with CUDA, one process per GPU of --gpus (or per torchrun rank) takes its share of the
 images (tools/shards.py), one after another; on the CPU, --num_workers processes (tools.pool, one
 thread each) each load the network once. Writes, skip-if-done, skipped images and the output claim are those of the CRF
-mode: both are a tools.seeds.seed_reading.SeedJob.
+mode: both are a tools.seeds.seed_jobs.SeedJob.
 """
 import os
 
 import torch
 
 from core.affinity import PAD_SIZE, AffinityNet
-from core.checkpoint import load_checkpoint
-from core.datasets import load_dataset_info, normalize_image
+from core.weights import load_checkpoint
+from core.dataset_layout import load_dataset_info, normalize_image
 from core.errors import MissingFileError, UsageError
 from core.io import file_fingerprint, read_json
 from core.crf import CRF_DEFAULTS, dense_crf
@@ -29,7 +29,7 @@ from core.randomwalk import (DEFAULT_BETA, DEFAULT_BG_SCORE, DEFAULT_EXP_TIMES, 
 from core.resnet import ARCHITECTURES
 from tools.args import resolve_devices, str2bool
 from tools.paths import model_dir, model_path, pseudo_labels_dir
-from tools.seeds.seed_reading import SeedJob, claim_from_seeds, foreground, seed_inputs
+from tools.seeds.seed_jobs import SeedJob, claim_from_seeds, foreground, seed_inputs
 
 RW_SUFFIX = "@rw"
 

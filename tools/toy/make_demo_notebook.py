@@ -35,7 +35,7 @@ from tools.paths import REPO_ROOT  # noqa: E402
 from core.errors import FormatError, MissingFileError, ProjectError, UsageError  # noqa: E402
 from core.io import atomic_output  # noqa: E402
 from tools.args import cli, conf_threshold, make_parser  # noqa: E402
-from tools.seeds.inference import parse_scales  # noqa: E402
+from tools.seeds.infer_loop import parse_scales  # noqa: E402
 
 SOURCE = os.path.join(REPO_ROOT, "demo.py")
 NOTEBOOK = os.path.join(REPO_ROOT, "demo.ipynb")

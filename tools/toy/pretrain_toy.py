@@ -28,17 +28,17 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.datasets import SeedLayout, load_dataset_info, normalize_image  # noqa: E402
+from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image  # noqa: E402
 from core.progress import progress  # noqa: E402
 from core.resnet import ARCHITECTURES, build_resnet  # noqa: E402
 from core.train_datasets import ClassificationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools.engine import distributed  # noqa: E402
+from tools.engine import data_loading, distributed  # noqa: E402
 from core.io import atomic_output, write_json  # noqa: E402
 from core.errors import DatasetError, NonFiniteError  # noqa: E402
 from tools.args import cli, deprecated_alias, make_parser  # noqa: E402
 from tools.metrics import average_precision  # noqa: E402
-from tools.engine.training import add_color_jitter_arg  # noqa: E402
+from tools.engine.script_parts import add_color_jitter_arg  # noqa: E402
 
 
 class Classifier(torch.nn.Module):
@@ -94,7 +94,7 @@ def record_settings(args):
 
 # Files whose content makes the pretrained backbone besides the modules pretrain_toy.py loads: the
 # generator of the pretraining set (run by toy_pipeline.py before this) and the class list.
-RECIPE_FILES = ("tools/datasets/make_toy_dataset.py", "data/TOY.json")
+RECIPE_FILES = ("tools/builders/make_toy_dataset.py", "data/TOY.json")
 
 
 def source_digests(extra=RECIPE_FILES):
@@ -128,10 +128,10 @@ def pretrain(args):
     dataset = ClassificationDataset(layout, TrainTransform(args.crop_size, args.min_image_size, args.max_image_size,
                                                            jitter=args.color_jitter), seed=args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sampler = distributed.EpochSampler(len(dataset), args.seed, shuffle=True)
+    sampler = data_loading.EpochSampler(len(dataset), args.seed, shuffle=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.num_workers, drop_last=True,
-                                         worker_init_fn=distributed.seed_worker, generator=torch.Generator())
+                                         worker_init_fn=data_loading.seed_worker, generator=torch.Generator())
     if len(loader) == 0:
         raise DatasetError(f"{layout.split_dir}: {len(dataset)} images give no batch of {args.batch_size}; "
                            f"lower --batch_size")

@@ -5,10 +5,10 @@
     python tools/toy/toy_pipeline.py --seeds 0,1,2   (one run per training seed, then mean and spread)
 
 Stages, each a command a user could type (printed with what it does before it runs, timed after):
-  0. tools/datasets/make_toy_dataset.py --seed 1000 + tools/toy/pretrain_toy.py   the stand-in for ImageNet
+  0. tools/builders/make_toy_dataset.py --seed 1000 + tools/toy/pretrain_toy.py   the stand-in for ImageNet
      weights: a ResNet-18 classifier trained on image-level tags of a separate toy set, made once
      and cached in toy_data/pretrained/ (like torch's hub cache); both training stages start from it
-  1. tools/datasets/make_toy_dataset.py        toy_data/TOY in the seed layout
+  1. tools/builders/make_toy_dataset.py        toy_data/TOY in the seed layout
   2. train_rsepm.py                   single-stage RS+EPM on train_aug (image-level tags only)
   3. infer_rsepm.py --domain train_aug  seeds with ground-truth tags (the multi-stage input)
      evaluate.py on predictions/train   seed quality (threshold sweep)
@@ -21,7 +21,7 @@ No pixel label reaches a training stage: the pretraining and RS+EPM read xml tag
 affinity network reads the seeds, train_seg reads the random-walk pseudo masks; ground-truth masks are read by evaluate.py alone.
 Determinism: every stage runs in stage_environment(): OMP_NUM_THREADS = MKL_NUM_THREADS =
 --threads and PYTHONHASHSEED=0 (both recorded in the summary with the torch version). Data order,
-augmentation and DataLoader worker seeds are functions of --seed (tools/engine/distributed.py), so the
+augmentation and DataLoader worker seeds are functions of --seed (tools/engine/data_loading.py), so the
 same command and seed give the same table on one machine (tests/test_toy_determinism.py trains
 twice and compares the weights byte for byte). torch.use_deterministic_algorithms is not set: on CPU it
 only changes accumulating index_put/put_ and the backward of list indexing (none on a stage's hot
@@ -100,8 +100,8 @@ SEED_FORMAT = ["--seed_format", "uint16"]  # the scripts' default, written out s
 CONF_TH = "0.34"
 
 
-TOY_DATA_COMMAND = ["tools/datasets/make_toy_dataset.py", "--out", DATA, "--seed", "0"]
-PRETRAIN_DATA_COMMAND = ["tools/datasets/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
+TOY_DATA_COMMAND = ["tools/builders/make_toy_dataset.py", "--out", DATA, "--seed", "0"]
+PRETRAIN_DATA_COMMAND = ["tools/builders/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
                          "--num_train", "0", "--num_train_aug", "400", "--num_validation", "100", "--num_test", "0"]
 # What the README's toy table was measured with: the digest of the settings above, the sha256 of the
 # pretrained backbone of that run and its seed-0 rows (written by hand from a --fresh_pretrain run;

@@ -1,6 +1,6 @@
 """The loop of infer_rsepm.py and infer_seg.py: flags, checkpoint, image order, one seed file per
 image, spread over one process per device (tools/shards.py; docs/formats.md#inference). The
-tensor-level multi-scale inference lives in core/inference.py.
+tensor-level multi-scale inference lives in core/multiscale.py.
 """
 import argparse
 import os
@@ -10,11 +10,11 @@ import random
 
 import torch
 
-from core.checkpoint import load_checkpoint
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.weights import load_checkpoint
+from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError, OutputError, UsageError
-from core.inference import SCALES, multiscale_inference, rsepm_seed, seg_seed
-from core.inference import scaled_size
+from core.multiscale import SCALES, multiscale_inference, rsepm_seed, seg_seed
+from core.multiscale import scaled_size
 from core.io import SEED_FORMATS, claim_output_folder, file_fingerprint, read_json, save_seed
 from core.progress import progress
 from core.safety import safe_output_path
@@ -81,7 +81,7 @@ def parse_scales(text):
     return scales
 
 
-parse_scales.list_of = float  # tools/numbers.py bounds the count (RANGES and LIST_LENGTHS "scales")
+parse_scales.list_of = float  # tools/flag_ranges.py bounds the count (RANGES and LIST_LENGTHS "scales")
 
 
 def weights_path(args):

@@ -1,6 +1,6 @@
 """Build the seed layout (docs/formats.md#dataset-layout) of MS COCO 2014 from the official downloads.
 
-    python tools/datasets/prepare_coco.py --coco_root COCO --out ../COCO2014/ --link hardlink --num_workers 8
+    python tools/builders/prepare_coco.py --coco_root COCO --out ../COCO2014/ --link hardlink --num_workers 8
 
 Input: COCO/train2014/*.jpg, COCO/val2014/*.jpg, COCO/annotations/instances_{train,val}2014.json.
 Output: ROOT/train/ (from train2014) and ROOT/validation/ (from val2014), each with
@@ -38,13 +38,13 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-from core.datasets import DatasetInfo, parse_xml_tags  # noqa: E402
+from core.dataset_layout import DatasetInfo, parse_xml_tags  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
 from core.safety import check_output_id, hold_output, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
 from core.errors import PrepareError  # noqa: E402
-from tools.datasets.builders import (add_output_args, check_official_counts, check_source_image,  # noqa: E402
+from tools.builders.build_steps import (add_output_args, check_official_counts, check_source_image,  # noqa: E402
                             place_file, print_summary, run_counting_skips, verify_split, voc_annotation_xml)
 
 SPLITS = {"train": ("train2014", "instances_train2014.json"),
@@ -119,7 +119,7 @@ def voc_box(bbox, width, height):
     """COCO [x, y, w, h] (float, 0-based) -> VOC 1-based integer corners (xmin, ymin, xmax, ymax).
 
     The pixels touched by the box run from floor(x) to ceil(x + w) - 1 (0-based), i.e. VOC
-    xmin = floor(x) + 1, xmax = ceil(x + w). core.datasets.parse_xml_tags (like the original)
+    xmin = floor(x) + 1, xmax = ceil(x + w). core.dataset_layout.parse_xml_tags (like the original)
     clamps corners to [0, size - 1] and drops an object whose extent is then exactly 0, which
     would silently lose the tag of a one-pixel-wide box or of a box on the last column; each
     side starts at most at size - 2 and is at least one unit wide (images at least 3 pixels wide).
@@ -370,5 +370,5 @@ def main(args):
 
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.datasets.prepare_coco import get_args_parser as _parser, main as _main
+    from tools.builders.prepare_coco import get_args_parser as _parser, main as _main
     cli(_main, _parser())

@@ -1,6 +1,6 @@
 """Synthetic TOY dataset in the seed layout (docs/formats.md#dataset-layout), for CPU end-to-end runs.
 
-    python tools/datasets/make_toy_dataset.py --out ./toy_data/TOY --seed 0
+    python tools/builders/make_toy_dataset.py --out ./toy_data/TOY --seed 0
 
 writes
 
@@ -36,13 +36,13 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.datasets import DatasetInfo  # noqa: E402
+from core.dataset_layout import DatasetInfo  # noqa: E402
 from core.progress import progress as progress_bar  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
 from core.safety import hold_output  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
-from tools.datasets.builders import voc_annotation_xml  # noqa: E402
+from tools.builders.build_steps import voc_annotation_xml  # noqa: E402
 
 SPLITS = ("train", "train_aug", "validation", "test")
 DEFAULT_COUNTS = {"train": 60, "train_aug": 200, "validation": 40, "test": 20}
@@ -291,7 +291,7 @@ def render_sample(rng, class_names, min_size, max_size, max_objects):
 def annotation_xml(image_id, height, width, objects):
     """Pascal VOC annotation bytes for one image."""
     return voc_annotation_xml("TOY", image_id + ".jpg", width, height, objects,
-                              database="TOY synthetic (tools/datasets/make_toy_dataset.py)")
+                              database="TOY synthetic (tools/builders/make_toy_dataset.py)")
 
 
 # ---------------------------------------------------------------------------------------------

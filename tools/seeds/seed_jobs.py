@@ -4,7 +4,7 @@ process, the settings record of the seed folder, and SeedJob, the one per-image 
 image -> palette PNG, with one set of skipped errors, one size guard and one pool (tools.pool)."""
 import os
 
-from core.datasets import SeedLayout
+from core.dataset_layout import SeedLayout
 from core.errors import FormatError, MissingFileError, OutputError
 from core.io import claim_output_folder, load_seed, read_json, save_mask, settings_path
 from core.relations import foreground_planes

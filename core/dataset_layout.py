@@ -3,7 +3,7 @@
     ROOT/{domain}/image/ID.jpg   ROOT/{domain}/mask/ID.png   ROOT/{domain}/xml/ID.xml
 
 Class names, colours and counts come from data/{dataset}.json, or from a description file
-given by its path (tools/datasets/prepare_own.py writes one for a user's own images). Every reading error raises
+given by its path (tools/builders/prepare_own.py writes one for a user's own images). Every reading error raises
 DatasetError with the offending file in the message.
 """
 import math
@@ -42,7 +42,7 @@ def dataset_name(value):
 
 class DatasetInfo:
     """Class names and colours of one dataset: data/{name}.json, or a description file when `name`
-    is a path (is_dataset_path), e.g. one written by tools/datasets/prepare_own.py.
+    is a path (is_dataset_path), e.g. one written by tools/builders/prepare_own.py.
 
     Attributes: name, path, class_names (background first), class_dict (name -> index),
     colors (list of [R, G, B] by index), num_classes (background included), ignore_index, palette.

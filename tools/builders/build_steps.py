@@ -1,5 +1,5 @@
-"""Helpers shared by the dataset builders (tools/datasets/prepare_voc.py, tools/datasets/prepare_coco.py,
-tools/datasets/make_toy_dataset.py): their output flags, atomic file placement (copy / hard link /
+"""Helpers shared by the dataset builders (tools/builders/prepare_voc.py, tools/builders/prepare_coco.py,
+tools/builders/make_toy_dataset.py): their output flags, atomic file placement (copy / hard link /
 symlink), id lists, mask checks, the worker pool, verification of a built split, the summary
 table and the one VOC-style xml writer (docs/formats.md#dataset-layout).
 """
@@ -13,11 +13,11 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from core.datasets import parse_xml_tags
+from core.dataset_layout import parse_xml_tags
 from core.errors import DatasetError, FormatError, PrepareError
 from core.io import atomic_output, read_mask
 from core.progress import progress
-from core.datasets import image_size_problem
+from core.dataset_layout import image_size_problem
 from core.safety import check_output_id, check_regular_file, image_mode_problem, temp_path
 from tools.args import add_image_limit_arg, add_threads_arg
 from tools.pool import SKIPPED_ERRORS, pool_size, run_pool

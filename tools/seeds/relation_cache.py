@@ -19,12 +19,12 @@ and the (image, stride-4 label map) crops that train_affinity.py learns from.
 import numpy as np
 from PIL import Image
 
-from core.datasets import normalize_image
+from core.dataset_layout import normalize_image
 from core.io import DEFAULT_MAX_SEED_BYTES, IGNORE_INDEX
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, ir_label_from_seed, labels_to_stride
 from core.transforms import random_crop
 from tools.paths import output_dir
-from tools.seeds.seed_reading import SeedJob, claim_from_seeds, foreground, run_seed_job
+from tools.seeds.seed_jobs import SeedJob, claim_from_seeds, foreground, run_seed_job
 
 IR_FOLDER = "ir-labels"
 STRIDE = 4

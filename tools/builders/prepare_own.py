@@ -1,7 +1,7 @@
 """Build the seed layout (docs/formats.md#dataset-layout) of your own images and tags, with the
 dataset description that every script takes as `--dataset`.
 
-    python tools/datasets/prepare_own.py --images photos/ --tags tags.csv --out ../MyData/
+    python tools/builders/prepare_own.py --images photos/ --tags tags.csv --out ../MyData/
         [--masks masks/] [--classes cat,dog,bird | --classes classes.txt]
         [--val_fraction 0.2 --seed 0 | --train_list train.txt --val_list val.txt]
 
@@ -44,13 +44,13 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.datasets import DatasetInfo, read_image  # noqa: E402
+from core.dataset_layout import DatasetInfo, read_image  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_mask, save_mask, write_json  # noqa: E402
 from core.safety import (TEMP_SUFFIX, check_output_id, check_regular_file, hold_output, regular_file_problem,  # noqa: E402
                          remove_stale_temp_files, temp_path, temp_prefix)  # noqa: E402
 from tools.args import add_image_limit_arg, cli, make_parser, str2bool  # noqa: E402
-from tools.datasets.builders import (LINK_MODES, PrepareError, check_mask_values, check_source_image,  # noqa: E402
+from tools.builders.build_steps import (LINK_MODES, PrepareError, check_mask_values, check_source_image,  # noqa: E402
                                      place_file, print_summary, read_id_list, run_parallel, verify_split,
                                      voc_annotation_xml)
 
@@ -478,5 +478,5 @@ def main(args):
 
 if __name__ == "__main__":
     # Through the package name, so that worker processes can pickle this module's functions.
-    from tools.datasets.prepare_own import get_args_parser as _parser, main as _main
+    from tools.builders.prepare_own import get_args_parser as _parser, main as _main
     cli(_main, _parser())

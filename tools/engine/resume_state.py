@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.checkpoint import save_atomically, save_weights, unwrap
+from core.weights import save_atomically, save_weights, unwrap
 from core.errors import MissingFileError, NonFiniteError, ResumeError  # noqa: F401  (re-exported)
 from core.io import write_json
 from tools.paths import REPO_ROOT, model_dir, model_path

@@ -9,7 +9,7 @@ keeps only its own flags, its own checks and how it scores a validation image.
 
 import torch
 
-from core.datasets import SeedLayout, load_dataset_info, normalize_image
+from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
 from core.errors import DatasetError, UsageError

@@ -1,6 +1,6 @@
 """Build the seed layout (docs/formats.md#dataset-layout) of PASCAL VOC 2012 from the official downloads.
 
-    python tools/datasets/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
+    python tools/builders/prepare_voc.py --devkit VOCdevkit/VOC2012 --sbd SBD_or_SegmentationClassAug \
         --test_devkit VOC2012test/VOCdevkit/VOC2012 --out ../VOC2012/ --link hardlink
 
 Inputs
@@ -34,14 +34,14 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-from core.datasets import DatasetInfo  # noqa: E402
+from core.dataset_layout import DatasetInfo  # noqa: E402
 from core.errors import FormatError  # noqa: E402
 from core.io import read_mask, save_mask  # noqa: E402
 from core.safety import hold_output, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
 from core.errors import PrepareError  # noqa: E402
-from tools.datasets.builders import (add_output_args, check_mask_values, check_official_counts,  # noqa: E402
+from tools.builders.build_steps import (add_output_args, check_mask_values, check_official_counts,  # noqa: E402
                             check_source_image, place_file, print_summary, read_id_list, resolve_folder,
                             run_counting_skips, verify_split)
 
@@ -278,5 +278,5 @@ def main(args):
 
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.datasets.prepare_voc import get_args_parser as _parser, main as _main
+    from tools.builders.prepare_voc import get_args_parser as _parser, main as _main
     cli(_main, _parser())

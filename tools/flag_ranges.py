@@ -138,7 +138,7 @@ def check_numbers(parser):
         if getattr(action.type, "list_of", None) is not None and action.option_strings:
             if action.dest not in RANGES:
                 raise KeyError(f"{action.option_strings[0]}: a number-list flag without a range in "
-                               "tools/numbers.py RANGES")
+                               "tools/flag_ranges.py RANGES")
             action.type = bounded_list(action.type, action.option_strings[0], RANGES[action.dest],
                                        LIST_LENGTHS.get(action.dest, (1, 64)))
             continue
@@ -146,7 +146,7 @@ def check_numbers(parser):
         if kind is None or not action.option_strings or action.choices is not None:
             continue  # a flag with choices is checked by argparse itself
         if action.dest not in RANGES:
-            raise KeyError(f"{action.option_strings[0]}: a number flag without a range in tools/numbers.py RANGES")
+            raise KeyError(f"{action.option_strings[0]}: a number flag without a range in tools/flag_ranges.py RANGES")
         action.type = bounded(kind, action.option_strings[0], RANGES[action.dest])
     return parser
 
