@@ -27,7 +27,7 @@ from core.randomwalk import PairGrid
 from core.relations import BG_THRESHOLD, FG_THRESHOLD, TRAIN_RADIUS, boundary_loss
 from core.resnet import load_backbone_state
 from core.train_datasets import RelationLabelDataset
-from tools.engine import data_loading, distributed, optim, panels, script_parts, trainer
+from tools.engine import amp, data_loading, distributed, panels, script_parts, trainer
 from tools.seeds.relation_cache import STRIDE, AffinityTransform, claim_ir_labels, ir_labels_dir, make_ir_labels
 from tools.args import add_overwrite_arg, cli, deprecated_alias, str2bool
 from tools.pool import list_skipped
@@ -79,13 +79,13 @@ def prepare_args(args):
     if args.seed_tag is None:
         raise UsageError("the following arguments are required: --seed_tag")
     script_parts.check_training_args(args)
-    if not 0 < args.min_scale <= args.max_scale:
-        raise UsageError(f"need 0 < --min_scale <= --max_scale, got {args.min_scale}, {args.max_scale}")
-    if args.rw_radius < 2 or args.rw_radius > args.crop_size // STRIDE // 2:
-        raise UsageError(f"--rw_radius {args.rw_radius}: use 2 .. {args.crop_size // STRIDE // 2} for crop "
+    if args.min_scale > args.max_scale:
+        raise UsageError(f"need --min_scale <= --max_scale, got {args.min_scale}, {args.max_scale}")
+    if args.rw_radius > args.crop_size // STRIDE // 2:
+        raise UsageError(f"--rw_radius {args.rw_radius}: at most {args.crop_size // STRIDE // 2} for --crop_size "
                          f"{args.crop_size}")
-    if not 0 <= args.ir_bg_th <= args.ir_fg_th <= 1:
-        raise UsageError(f"need 0 <= --ir_bg_th <= --ir_fg_th <= 1, got {args.ir_bg_th}, {args.ir_fg_th}")
+    if args.ir_bg_th > args.ir_fg_th:
+        raise UsageError(f"need --ir_bg_th <= --ir_fg_th, got {args.ir_bg_th}, {args.ir_fg_th}")
     if args.nesterov and args.momentum <= 0:
         raise UsageError("--nesterov true needs --momentum above 0")
     args.tag = args.tag or derive_tag(args)
@@ -176,7 +176,7 @@ def main(args):
             for batch in loader:
                 images = batch["image"].to(ctx.device, non_blocking=True)
                 labels = batch["labels"].to(ctx.device, non_blocking=True)
-                with optim.autocast_context(ctx.device, run.amp_dtype):
+                with amp.autocast_context(ctx.device, run.amp_dtype):
                     losses, (bg_pos, fg_pos, neg) = affinity_losses(model, images, labels, grid)
                 run.step(losses["total"])
                 # fractions of all pairs, which show what the seeds give; summed on the device with

@@ -20,7 +20,7 @@ from core.networks import RSEPM, split_parameters
 from core.rsepm import FEATURE_NAMES, LOSS_TERMS, RSEPMConfig, RSEPMTraining
 from core.train_datasets import ClassificationDataset
 from core.transforms import TrainTransform
-from tools.engine import data_loading, distributed, flops, optim, panels, script_parts, trainer
+from tools.engine import amp, data_loading, distributed, flops, optim, panels, script_parts, trainer
 from tools.args import cli, int_list
 from tools.metrics import ConfusionMeter, seed_sweep_confusions, sweep_thresholds
 
@@ -76,7 +76,8 @@ def prepare_args(args):
         raise UsageError(f"--mix_start {args.mix_start} is before --rs_start {args.rs_start}: the mix needs "
                          f"RS targets")
     if args.mix != "none" and args.batch_size < 2:
-        raise UsageError(f"--batch_size {args.batch_size}: the mix pairs images, so at least 2 are needed")
+        raise UsageError(f"--batch_size {args.batch_size}: the mix (--mix {args.mix}) pairs images, so at least "
+                         f"2 are needed")
     args.tag = args.tag or derive_tag(args)
     return args
 
@@ -190,8 +191,8 @@ def main(args):
                              skipped_untagged=dataset.skipped_untagged) as run:
         run.logger.info(dataset.summary())
         val_layout, val_ids = script_parts.validation_set(args, ctx, info, require_masks=True, require_xml=True)
-        drawing = panels.RSEPMPanels(step_module, script_parts.panel_picks(
-            args, ctx, *script_parts.panel_source(args, ctx, layout, dataset.ids, val_layout, val_ids)), info, ctx.device)
+        picks = script_parts.panel_picks(args, ctx, layout, dataset.ids, val_layout, val_ids)
+        drawing = panels.RSEPMPanels(step_module, picks, info, ctx.device)
         threshold = None  # the seed panel's background threshold: the last validation's best
 
         for epoch in run.epochs():
@@ -201,7 +202,7 @@ def main(args):
                 images = batch["image"].to(ctx.device, non_blocking=True, memory_format=layout_format)
                 tags = batch["tags"].to(ctx.device, non_blocking=True)
                 valid = batch["valid"].to(ctx.device, non_blocking=True)
-                with optim.autocast_context(ctx.device, run.amp_dtype):
+                with amp.autocast_context(ctx.device, run.amp_dtype):
                     out = model(images, tags, valid, use_rs=use_rs, use_mix=use_mix,
                                 seed=distributed.derive_seed(args.seed, run.iteration))
                 out = {k: v.float().mean() for k, v in out.items()}  # DataParallel: one value per device

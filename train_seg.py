@@ -22,7 +22,7 @@ from core.io import IGNORE_INDEX
 from core.networks import build_network, split_parameters
 from core.train_datasets import SegmentationDataset
 from core.transforms import TrainTransform
-from tools.engine import data_loading, distributed, flops, optim, panels, script_parts, trainer
+from tools.engine import amp, data_loading, distributed, flops, optim, panels, script_parts, trainer
 from tools.args import cli, str2bool
 from tools.metrics import ConfusionMeter
 from tools.paths import pseudo_labels_dir
@@ -121,7 +121,7 @@ def main(args):
             for batch in loader:
                 images = batch["image"].to(ctx.device, non_blocking=True, memory_format=layout_format)
                 masks = batch["mask"].to(ctx.device, non_blocking=True)
-                with optim.autocast_context(ctx.device, run.amp_dtype):
+                with amp.autocast_context(ctx.device, run.amp_dtype):
                     logits = model(images)
                 loss = segmentation_loss(logits, masks)
                 run.step(loss)

@@ -59,9 +59,9 @@ class RSEPMConfig:
     w_cam_mix: float = _field(1.0, "default tag (CM(cam=1.0))", "weight of L_rec on mixed images")
     w_seg_mix: float = _field(1.0, "default tag (CM(seg=1.0))", "weight of L_seg on mixed images")
     w_cls_mix: float = _field(1.0, "default tag (CM(cls=1.0))", "weight of L_cls on mixed images")
-    scg_fg_th: float = _field(SCG_FIRST_TH, "released code (core/inferences.py SCG first_th)",
+    scg_fg_th: float = _field(SCG_FIRST_TH, "released code (the authors' core/inferences.py SCG first_th)",
                               "SCG: similarities below it are zeroed")
-    scg_so_th: float = _field(SCG_SECOND_TH, "released code (core/inferences.py SCG second_th)",
+    scg_so_th: float = _field(SCG_SECOND_TH, "released code (the authors' core/inferences.py SCG second_th)",
                               "SCG second-order threshold (divided by N)")
     scg_fg_point: float = _field(SCG_FG_POINT, "released code (foreground_th)", "CAM value of SCG foreground points")
     scg_bg_point: float = _field(SCG_BG_POINT, "released code (background_th)", "CAM value of SCG background points")
@@ -77,7 +77,7 @@ class RSEPMConfig:
     ep_conf: float = _field(EP_CONF, "inferred", "edge predict: pixels at least this confident are kept")
     teacher: str = _field("online", "inferred", "network that generates the targets: the online network or "
                           "its EMA", choices=TEACHERS)
-    ema_decay: float = _field(0.999, "released code (tools/ai/torch_utils.py ModelEMA)",
+    ema_decay: float = _field(0.999, "released code (the authors' tools/ai/torch_utils.py ModelEMA)",
                               "EMA decay d; after u updates the decay is d * (1 - exp(-u / 2000))")
 
     def __post_init__(self):

@@ -28,9 +28,6 @@ SCG_SECOND_TH = 0.10  # second_th of the released SCG, divided by N
 SCG_FG_POINT = 0.30  # foreground_th: CAM value of a foreground point
 SCG_BG_POINT = 0.05  # background_th: CAM value of a background point
 EPS = 1e-10  # every eps of the released SCG class
-# Old names, kept for callers.
-SCG_FG_TH = SCG_FIRST_TH
-SCG_SO_TH = SCG_SECOND_TH
 
 
 def normalize_columns(x, eps=EPS):

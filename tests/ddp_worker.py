@@ -29,7 +29,7 @@ from core.io import save_mask  # noqa: E402
 from core.networks import split_parameters  # noqa: E402
 from core.train_datasets import SegmentationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools.engine import data_loading, distributed, optim, resume_state, runlog  # noqa: E402
+from tools.engine import amp, data_loading, distributed, optim, resume_state, runlog  # noqa: E402
 
 TAG = "tiny"
 
@@ -98,7 +98,7 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
     model = distributed.wrap_model(TinyNet(), ctx)
     optimizer = optim.build_optimizer(split_parameters(model), lr=0.05, weight_decay=1e-4)
     scheduler = optim.PolyLR(optimizer, max_epoch * len(loader))
-    scaler = optim.make_grad_scaler(ctx.device, None)
+    scaler = amp.make_grad_scaler(ctx.device, None)
     ema = optim.ModelEMA(model, decay=0.9)
     resume_file = resume_state.resume_path(out_dir, TAG)
     epoch, step, iteration = 0, 0, 0
@@ -115,11 +115,11 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
         for batch in loader:
             images, masks = batch["image"].to(ctx.device), batch["mask"].to(ctx.device)
             partner = torch.randperm(images.shape[0])  # global RNG in the step, as EdgePredictMix
-            with optim.autocast_context(ctx.device, dtype=None):
+            with amp.autocast_context(ctx.device, dtype=None):
                 logits = model(images)
                 losses = {"seg": F.cross_entropy(logits, masks, ignore_index=255),
                           "mix": 0.1 * (logits - logits[partner].detach()).pow(2).mean()}
-            values = optim.check_finite(losses, iteration, ctx)
+            values = runlog.check_finite(losses, iteration, ctx)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(sum(losses.values())).backward()
             scaler.step(optimizer)

@@ -1,9 +1,12 @@
-"""Checkpoint reader/writer: round trip, accepted layouts, and error messages naming keys."""
+"""Checkpoint reader/writer: round trip, accepted layouts, and error messages naming keys; no
+torch.load in the repository unpickles more than tensors."""
+import os
+
 import pytest
 import torch
 from torch import nn
 
-from core.weights import load_checkpoint, read_state_dict, save_weights, unwrap
+from core.weights import describe_mismatch, load_checkpoint, read_state_dict, save_weights, unwrap
 from core.errors import CheckpointError
 
 
@@ -94,6 +97,17 @@ def test_long_key_lists_are_truncated(tmp_path):
     assert "k3," not in message
 
 
+def resnet_keys(blocks):
+    return {f"model.layer{i + 1}.{b}.conv3.weight": torch.zeros(1) for i, n in enumerate(blocks) for b in range(n)}
+
+
+def test_mismatch_summary_names_both_backbones_and_few_keys():
+    """Before: the counts came with ten keys of each kind and no hint at the backbone."""
+    message = describe_mismatch(resnet_keys((3, 4, 6, 3)), resnet_keys((3, 4, 23, 3)))
+    assert message.startswith("17 unexpected key(s) (is it a ResNet-101 checkpoint for a ResNet-50 model?")
+    assert "model.layer3.8." in message and "model.layer3.9." not in message and "(14 more)" in message
+
+
 def test_non_strict_ignores_missing_but_not_misshaped(tmp_path):
     source = randomised(Tiny())
     state = source.state_dict()
@@ -133,3 +147,18 @@ def test_unwrap_nested_wrappers():
     inner = Tiny()
     assert unwrap(nn.DataParallel(nn.DataParallel(inner))) is inner
     assert unwrap(inner) is inner
+
+
+def test_no_torch_load_in_the_repository_without_weights_only():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("experiments", "toy_data")]
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                for number, line in enumerate(open(path, encoding="utf-8"), 1):
+                    if "torch.load(" in line and "weights_only=True" not in line \
+                            and "torch.load(" + '"' not in line:
+                        offenders.append(f"{path}:{number}")
+    assert offenders == [], offenders

@@ -1,6 +1,7 @@
 """tools.args.cli: exit status 0 (done), 1 (items skipped, or a project error as one line), 2 (bad
 usage, with the usage line); every other exception (a bug, or a failure inside torch) keeps its
-traceback."""
+traceback. Real scripts: a bad dataset, a bad settings file, an output folder that cannot be made."""
+import json
 import os
 import subprocess
 import sys
@@ -8,9 +9,13 @@ import sys
 import pytest
 import torch
 
-from core.errors import (CheckpointError, DatasetError, EvaluationError, FormatError, PrepareError, ProjectError,
-                         UsageError)
+import train_rsepm
+from core.errors import (CheckpointError, DatasetError, EvaluationError, FormatError, OutputError, PrepareError,
+                         ProjectError, UsageError)
+from core.io import settings_path
 from tools.args import cli, make_parser
+from tools.engine.runlog import RunLogger
+from helpers import quick_rsepm_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,3 +91,40 @@ def test_torch_runtime_error_keeps_its_traceback():
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "RuntimeError" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_cli_names_the_bad_settings_file(tmp_path, toy_dataset):
+    """Through a real stage: convert reads the seed folder's record; a non-UTF-8 byte there is one
+    line, exit status 1."""
+    from tools.paths import REPO_ROOT, predictions_dir
+    pred = tmp_path / "exp"
+    seeds = predictions_dir(str(pred), "t", "validation")
+    os.makedirs(seeds)
+    with open(settings_path(seeds), "wb") as f:
+        f.write(json.dumps({"kind": "rsepm"}).encode()[:-1] + b', "x": "\xff"}')
+    result = subprocess.run([sys.executable, "convert_seed_to_pseudo_masks.py", "--dataset", "TOY", "--root_dir",
+                             toy_dataset(), "--domain", "validation", "--pred_dir", str(pred), "--tag", "t",
+                             "--gpus", "cpu"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "not UTF-8" in last, result.stderr
+
+
+@pytest.fixture(scope="module")
+def toy(toy_dataset):
+    return toy_dataset(max_size=48)
+
+
+def test_output_folder_that_cannot_be_created_is_one_line(toy, tmp_path, capsys):
+    """--pred_dir below a file (as a read-only or permission-denied folder, which root cannot
+    simulate): `error: PATH: cannot write (...)` and exit 1, not a NotADirectoryError traceback."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as info:
+        cli(train_rsepm.main, train_rsepm.get_args_parser(), quick_rsepm_argv(toy, tmp_path / "file" / "out"))
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "cannot write" in message and "a parent of the path is a file" in message
+    assert str(tmp_path / "file" / "out") in message
+    with pytest.raises(OutputError, match=r"logs: cannot write the logs \(\[Errno 20\]"):
+        RunLogger(str(tmp_path / "file" / "logs"))

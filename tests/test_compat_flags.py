@@ -8,25 +8,12 @@ import re
 
 import pytest
 
-from tools.args import COMPATIBILITY_TITLE
+from tools.args import COMPATIBILITY_TITLE, str2bool
 from tools.paths import REPO_ROOT
+from helpers import parser_modules
 
 # a help that says the flag does nothing
 SAYS_UNUSED = re.compile(r"accepted for compatibility|\bunused\b|^ignored\b|\bno effect\b")
-
-
-def parser_modules():
-    """Every module of the project with a get_args_parser(): the scripts and the tools programs."""
-    found = [name[:-3] for name in os.listdir(REPO_ROOT) if name.endswith(".py") and name != "demo.py"]
-    for folder, _, names in os.walk(os.path.join(REPO_ROOT, "tools")):
-        found += [os.path.relpath(os.path.join(folder, n), REPO_ROOT)[:-3].replace(os.sep, ".")
-                  for n in names if n.endswith(".py")]
-    with_parser = []
-    for module in sorted(found):
-        with open(os.path.join(REPO_ROOT, module.replace(".", os.sep) + ".py"), encoding="utf-8") as f:
-            if "def get_args_parser(" in f.read():
-                with_parser.append(module)
-    return with_parser
 
 
 def help_sections(text):
@@ -96,3 +83,83 @@ def test_the_compatibility_flags_keep_their_names_defaults_and_parsing(module, f
         assert parser.parse_args(["--debug", "yes"]).debug is True
     if "--first_th" in flags:
         assert parser.parse_args(["--first_th", "0.25"]).first_th == 0.25
+
+
+# --- one boolean style: `--x true|false` (tools/args.py str2bool) ------------------------------
+# a choice list made of these words is a boolean in disguise
+BOOLEAN_WORDS = {"yes", "no", "y", "n", "true", "false", "t", "f", "on", "off", "0", "1"}
+SWITCH_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+                  argparse.BooleanOptionalAction)
+
+
+def boolean_style_problems(parser):
+    """The flags of `parser` that are not in the project's boolean style: a bare switch
+    (store_true/store_false/store_const, --x/--no-x), a yes/no-like choice, a boolean default read
+    by another type than str2bool, or an optional value (nargs="?") whose bare flag is not true."""
+    problems = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, SWITCH_ACTIONS):
+            problems.append(f"{flag}: {type(action).__name__} (use type=str2bool, nargs='?', const=True)")
+        elif action.choices is not None and {str(c).lower() for c in action.choices} <= BOOLEAN_WORDS:
+            problems.append(f"{flag}: choices {tuple(action.choices)} (use type=str2bool)")
+        elif isinstance(action.default, bool) and action.type is not str2bool:
+            problems.append(f"{flag}: boolean default read by {action.type!r} (use type=str2bool)")
+        elif action.type is str2bool and action.nargs == "?" and action.const is not True:
+            problems.append(f"{flag}: bare flag gives {action.const!r}, not True")
+    return problems
+
+
+def test_the_boolean_style_check_finds_each_other_form():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--a", action="store_true")
+    parser.add_argument("--b", action="store_false")
+    parser.add_argument("--c", default=None, choices=("yes", "no"))
+    parser.add_argument("--d", default=False, type=int)
+    parser.add_argument("--e", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--f", default=False, type=str2bool, nargs="?")
+    parser.add_argument("--good", default=False, type=str2bool, nargs="?", const=True)
+    parser.add_argument("--plain", default=True, type=str2bool)
+    parser.add_argument("--mode", default="auto", choices=("auto", "true", "false"))  # three states
+    flags = [problem.split(":")[0] for problem in boolean_style_problems(parser)]
+    assert flags == ["--a", "--b", "--c", "--d", "--no-e", "--f"]
+
+
+@pytest.mark.parametrize("module", parser_modules())
+def test_every_boolean_flag_takes_true_or_false(module):
+    assert boolean_style_problems(importlib.import_module(module).get_args_parser()) == []
+
+
+def test_no_project_source_declares_a_switch():
+    """Also the parsers outside get_args_parser() (shared add_*_args helpers, any other parser)."""
+    switch = re.compile(r"store_true|store_false|BooleanOptionalAction|choices=\(?\[?[\"']yes[\"']")
+    found = []
+    for folder in (REPO_ROOT, os.path.join(REPO_ROOT, "core"), os.path.join(REPO_ROOT, "tools")):
+        for root, dirs, names in os.walk(folder):
+            if root == REPO_ROOT:
+                dirs[:] = []  # the top-level scripts only; core/ and tools/ are walked on their own
+            for name in names:
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    with open(path, encoding="utf-8") as f:
+                        found += [f"{os.path.relpath(path, REPO_ROOT)}:{number}" for number, line
+                                  in enumerate(f, 1) if switch.search(line)]
+    assert found == []
+
+
+@pytest.mark.parametrize("module, flag", [("tools.toy.make_demo_notebook", "--execute"),
+                                          ("tools.toy.make_demo_notebook", "--check"),
+                                          ("tools.builders.prepare_voc", "--expect_official"),
+                                          ("tools.builders.prepare_coco", "--expect_official"),
+                                          ("tools.gpu.gpu_check", "--torchrun")])
+def test_a_former_switch_still_takes_its_bare_flag(module, flag):
+    parser = importlib.import_module(module).get_args_parser()
+    required = [part for action in parser._actions if action.required for part in (action.option_strings[0], "x")]
+    dest = flag[2:]
+    assert getattr(parser.parse_args(required), dest) is parser.get_default(dest)
+    assert getattr(parser.parse_args([flag, *required]), dest) is True
+    assert getattr(parser.parse_args([*required, flag]), dest) is True
+    assert getattr(parser.parse_args([flag, "false", *required]), dest) is False
+    assert getattr(parser.parse_args([flag, "yes", *required]), dest) is True

@@ -9,49 +9,7 @@ from PIL import Image
 from core.dataset_layout import (DatasetError, DatasetInfo, SeedLayout, load_dataset_info,
                            normalize_image, parse_xml_tags, read_image)
 from core.io import save_mask
-
-TOY = DatasetInfo("TOY")
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny hand-made datasets
-# ---------------------------------------------------------------------------------------------
-def write_jpeg(path, height=12, width=16, seed=0):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG", quality=95)
-
-
-def xml_text(objects, width=16, height=12):
-    """VOC annotation; objects = (name, (xmin, ymin, xmax, ymax) or None, difficult)."""
-    parts = [f"<annotation><filename>x.jpg</filename><size><width>{width}</width>"
-             f"<height>{height}</height><depth>3</depth></size>"]
-    for name, box, difficult in objects:
-        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult>")
-        if box is not None:
-            parts.append("<bndbox>" + "".join(f"<{k}>{v}</{k}>" for k, v in
-                                              zip(("xmin", "ymin", "xmax", "ymax"), box)) + "</bndbox>")
-        parts.append("</object>")
-    return "".join(parts) + "</annotation>"
-
-
-def write_text(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def make_split(root, split, ids, masks=True, xml=True, height=12, width=16):
-    """Split folder with a JPEG per id, plus a mask (class = position in ids % 6) and an xml."""
-    for k, image_id in enumerate(ids):
-        write_jpeg(os.path.join(root, split, "image", image_id + ".jpg"), height, width, seed=k)
-        if masks:
-            mask = np.full((height, width), k % 6, np.uint8)
-            mask[0, :] = 255
-            save_mask(os.path.join(root, split, "mask", image_id + ".png"), mask, TOY.palette)
-        if xml:
-            write_text(os.path.join(root, split, "xml", image_id + ".xml"),
-                       xml_text([(TOY.class_names[1 + k % 5], (2, 2, 9, 9), 0)], width, height))
+from mini_data import TOY, float_image, make_split, save_as_jpg_name, sixteen_bit, write_jpeg, write_text, xml_text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +138,24 @@ def test_greyscale_jpeg_is_read_as_rgb(tmp_path):
     assert image.shape == (5, 7, 3) and np.all(np.abs(image.astype(int) - 200) <= 2)
 
 
+@pytest.mark.parametrize("make, mode", [(sixteen_bit, "I;16"), (float_image, "F")])
+def test_image_that_is_not_8_bit_is_refused_naming_file_and_mode(tmp_path, make, mode):
+    path = make(str(tmp_path / "a.jpg"))
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert message.startswith(path) and repr(mode) in message and "8-bit" in message
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGB", "RGBA"])
+def test_8_bit_images_still_read(tmp_path, mode):
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    path = save_as_jpg_name(str(tmp_path / "a.jpg"), image, "PNG")
+    expected = np.asarray(image.convert("RGB"))
+    assert np.array_equal(read_image(path), expected)
+
+
 def test_mask_size_differing_from_image(tmp_path):
     make_split(str(tmp_path), "validation", ["a"])
     layout = SeedLayout(str(tmp_path), "validation", TOY)
@@ -230,6 +206,18 @@ def test_non_numeric_box_names_file_and_field(tmp_path):
     write_text(path, xml_text([("disc", ("one", 1, 5, 5), 0)]))
     with pytest.raises(DatasetError, match=r"a\.xml: <xmin> is not a number \('one'\)"):
         parse_xml_tags(path, TOY.class_dict)
+
+
+def test_xml_with_inf_or_overflowing_number_names_the_file(tmp_path):
+    """Before: int(float('inf')) raised OverflowError, a traceback naming no file."""
+    info = DatasetInfo("TOY")
+    for text in ("inf", "1e400", "nan"):
+        path = tmp_path / f"{text}.xml"
+        path.write_text(f"<annotation><size><width>{text}</width><height>10</height></size>"
+                        "<object><name>disc</name></object></annotation>")
+        with pytest.raises(DatasetError, match="not a finite pixel coordinate") as error:
+            parse_xml_tags(str(path), info.class_dict)
+        assert str(path) in str(error.value)
 
 
 def test_zero_size_box_rule(tmp_path):

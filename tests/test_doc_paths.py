@@ -4,12 +4,15 @@ Checked: `tools/...` and `core/...` paths, and top-level script names (`evaluate
 backticks or in a command block. A path of another code base is exempt only when the words
 right before it say whose it is: "the authors' `core/inferences.py`", "IRN `run_sample.py`"
 (FOREIGN below). Anything else that does not exist here fails, so a stale path cannot hide.
+The same rule holds for the `core/` and `tools/` paths of every parser's --help text.
 """
 import glob
+import importlib
 import os
 import re
 
 import pytest
+from helpers import parser_modules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -56,3 +59,13 @@ def test_the_rule_catches_a_stale_path_and_spares_an_attributed_one():
                              (5, "tools/builders/prepare_vco.py")]
     assert (2, "core/inferences.py") not in named_paths(text) and (2, "tools/ai/trainers.py") not in named_paths(text)
     assert (1, "core/io.py") in named_paths(text) and (3, "train_rsepm.py") in named_paths(text)
+
+
+@pytest.mark.parametrize("module", parser_modules())
+def test_every_core_or_tools_path_of_a_help_text_exists_or_is_attributed(module, monkeypatch):
+    """--help (every parser of the project) cites a file of another code base as "the authors'
+    core/inferences.py", never bare, as if it were this repository's."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one flag to a line: an owner stays beside its path
+    text = importlib.import_module(module).get_args_parser().format_help()
+    named = [(n, p) for n, p in missing("```\n" + text + "\n```") if p.startswith(("core/", "tools/"))]
+    assert named == []

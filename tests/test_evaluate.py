@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import evaluate
 from core.dataset_layout import load_dataset_info
@@ -15,6 +14,7 @@ from core.errors import EvaluationError, ProjectError
 from core.io import write_json, read_json, save_mask, save_seed
 from tools.paths import evaluation_path, output_dir
 from helpers import run_main
+from mini_data import make_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO = load_dataset_info("TOY")  # background, disc, square, triangle, ring, cross
@@ -63,35 +63,24 @@ def reference_seed_prediction(keys, seed, threshold):
 # ---------------------------------------------------------------------------------------------
 # Tiny dataset
 # ---------------------------------------------------------------------------------------------
-def write_xml(path, tags, shape):
-    objects = "".join(f"<object><name>{INFO.class_names[t]}</name><difficult>0</difficult><bndbox>"
-                      f"<xmin>1</xmin><ymin>1</ymin><xmax>6</xmax><ymax>6</ymax></bndbox></object>"
-                      for t in tags)
-    with open(path, "w") as f:
-        f.write(f"<annotation><size><width>{shape[1]}</width><height>{shape[0]}</height><depth>3</depth>"
-                f"</size>{objects}</annotation>")
-
-
-def make_split(root, domain, rng, masks=True, xml=True):
-    """Images, masks (blocky classes + a 255 border) and xml; returns {id: (gt, tags)}."""
-    split = {}
-    for sub in ["image"] + (["mask"] if masks else []) + (["xml"] if xml else []):
-        os.makedirs(os.path.join(root, domain, sub), exist_ok=True)
-    for n, image_id in enumerate(IDS):
-        Image.fromarray(rng.integers(0, 255, SHAPE + (3,), dtype=np.uint8)).save(
-            os.path.join(root, domain, "image", image_id + ".jpg"))
+def blocky_classes(rng):
+    """scored_split's images: random pixels, a mask of blocky classes with a 255 top row, and an xml
+    naming one or two of them (the last image's mask also holds a class missing from its xml, which
+    matters for the tag rule)."""
+    def draw(n, image_id):
+        pixels = rng.integers(0, 255, SHAPE + (3,), dtype=np.uint8)
         tags = sorted(rng.choice(np.arange(1, C), size=1 + n % 2, replace=False).tolist())
-        # the last image's mask also holds a class missing from its xml (matters for the tag rule)
         values = [0] + tags + ([c for c in range(1, C) if c not in tags][0:1] if n == 3 else [])
         gt = np.kron(rng.choice(values, size=(SHAPE[0] // 4, SHAPE[1] // 4)),
                      np.ones((4, 4), dtype=np.int64)).astype(np.uint8)
         gt[0, :] = 255
-        if masks:
-            save_mask(os.path.join(root, domain, "mask", image_id + ".png"), gt, INFO.palette)
-        if xml:
-            write_xml(os.path.join(root, domain, "xml", image_id + ".xml"), tags, SHAPE)
-        split[image_id] = (gt, tags)
-    return split
+        return pixels, gt, [(INFO.class_names[t], (1, 1, 6, 6), 0) for t in tags]
+    return draw
+
+
+def scored_split(root, domain, rng, masks=True, xml=True):
+    """Images, masks and xml of IDS (blocky_classes); returns {id: (gt, tags)}."""
+    return make_split(root, domain, IDS, masks, xml, info=INFO, draw=blocky_classes(rng), quality=75)
 
 
 def write_masks(pred_dir, domain, split, rng):
@@ -130,7 +119,7 @@ def dataset(tmp_path):
     root = str(tmp_path / "TOY")
     pred_dir = str(tmp_path / "experiments") + "/"
     return {"root": root, "pred_dir": pred_dir, "rng": rng,
-            "split": make_split(root, "validation", rng)}
+            "split": scored_split(root, "validation", rng)}
 
 
 def run(dataset, *extra, folder="pseudo-labels", domain="validation", workers=1):
@@ -198,7 +187,7 @@ def test_one_and_two_workers_give_identical_results(dataset, folder):
 def test_train_domain_applies_the_tag_rule(tmp_path):
     rng = np.random.default_rng(1)
     data = {"root": str(tmp_path / "TOY"), "pred_dir": str(tmp_path / "exp")}
-    split = make_split(data["root"], "train", rng)
+    split = scored_split(data["root"], "train", rng)
     seeds = write_seeds(data["pred_dir"], "train", split, rng)
     result = run(data, folder="predictions", domain="train")
     keeps = [[c == 0 or c in split[i][1] for c in range(C)] for i in IDS]
@@ -214,7 +203,7 @@ def test_train_domain_applies_the_tag_rule(tmp_path):
 def test_train_aug_reads_and_writes_the_train_folder(tmp_path):
     rng = np.random.default_rng(2)
     data = {"root": str(tmp_path / "TOY"), "pred_dir": str(tmp_path / "exp")}
-    split = make_split(data["root"], "train_aug", rng)
+    split = scored_split(data["root"], "train_aug", rng)
     write_masks(data["pred_dir"], "train_aug", split, rng)
     assert os.path.isdir(os.path.join(data["pred_dir"], "pseudo-labels", TAG, "train"))
     result = run(data, domain="train_aug")
@@ -246,7 +235,7 @@ def test_missing_predictions_exit_status_from_the_command_line(dataset):
 
 def test_test_split_without_masks_is_an_error(tmp_path):
     data = {"root": str(tmp_path / "TOY"), "pred_dir": str(tmp_path / "exp")}
-    split = make_split(data["root"], "test", np.random.default_rng(3), masks=False, xml=False)
+    split = scored_split(data["root"], "test", np.random.default_rng(3), masks=False, xml=False)
     write_masks(data["pred_dir"], "test", split, np.random.default_rng(3))
     with pytest.raises(ProjectError, match="no ground-truth masks"):
         run(data, domain="test")
@@ -311,3 +300,24 @@ def test_seg_dialect_seeds_are_scored_by_argmax(dataset):
     result = run(dataset, folder="predictions")
     assert result["dialects"] == {"seg": 4} and result["threshold"] is None and result["sweep"] == []
     check_against_reference(result, *reference_scores(pairs))
+
+
+def test_evaluation_lists_every_bad_prediction_and_writes_no_partial_result(tmp_path, capsys):
+    """Before: the first bad file stopped the evaluation; the others stayed unknown."""
+    rng = np.random.default_rng(0)
+    root = str(tmp_path / "TOY")
+    data = {"root": root, "pred_dir": str(tmp_path / "experiments") + "/", "rng": rng,
+            "split": scored_split(root, "validation", rng)}
+    write_masks(data["pred_dir"], "validation", data["split"], data["rng"])
+    folder = output_dir(data["pred_dir"], "pseudo-labels", TAG, "validation")
+    bad = sorted(os.listdir(folder))[:2]
+    for name in bad:
+        save_mask(os.path.join(folder, name), np.zeros((SHAPE[0], SHAPE[1] + 1), np.uint8), INFO.palette)
+    result = run(data)
+    assert sorted(f["id"] + ".png" for f in result["failed"]) == bad
+    assert result["num_images"] == len(os.listdir(folder)) - 2
+    out, err = capsys.readouterr()
+    assert "2 image(s) skipped:" in err and all(name[:-4] in err for name in bad)
+    # no result file: a score over the other images would pass for the whole split's
+    assert not os.path.exists(evaluation_path(data["pred_dir"], "pseudo-labels", TAG, "validation"))
+    assert "no result file is written" in out + err

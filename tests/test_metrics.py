@@ -273,6 +273,13 @@ def test_sweep_thresholds_inclusive_and_validated():
         metrics.sweep_thresholds(0.1, 0.5, 0.0)
 
 
+def test_th_interval_gives_at_most_1000_thresholds():
+    """Before: --th_interval 1e-7 built 7 million thresholds (and matrices) without a word."""
+    with pytest.raises(ValueError, match="7,000,001 thresholds .* more than 1,000"):
+        metrics.sweep_thresholds(0.1, 0.8, 1e-7)
+    assert len(metrics.sweep_thresholds(0.0, 0.999, 0.001)) == 1000
+
+
 # ---------------------------------------------------------------------------------------------
 # average precision (tools/toy/pretrain_toy.py's score of its classifier)
 # ---------------------------------------------------------------------------------------------

@@ -5,12 +5,17 @@ outputs after a one-line stride/dilation fix), hand-written head key tables from
 docs/formats.md#networks-and-checkpoints, and hand-worked output sizes.
 """
 import functools
+import hashlib
+import io
+import pickle
+import types
 import urllib.error
 
 import pytest
 import torch
 import torchvision
 
+from core import resnet
 from core.networks import (DeepLabV2, DeepLabV3Plus, RSEPM, build_network, split_parameters)
 from core.errors import CheckpointError
 from core.resnet import build_resnet
@@ -388,6 +393,112 @@ def test_local_pretrained_file_of_wrong_depth_is_rejected(tmp_path):
     message = str(info.value)
     assert str(path) in message
     assert "unexpected" in message and "layer1.2.conv1.weight" in message  # resnet34's 3rd block
+
+
+# the ImageNet cache: a file there cannot run code, and its name holds its hash
+class _MakesMarker:
+    """Unpickling this object calls open(marker, 'w'): a file appears if the loader runs code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def sha256_prefix(data, length=8):
+    return hashlib.sha256(data).hexdigest()[:length]
+
+
+def tiny_state_bytes():
+    buffer = io.BytesIO()
+    torch.save({"conv1.weight": torch.arange(6.0).view(1, 1, 2, 3), "bn1.bias": torch.tensor([0.5, -2.0])},
+               buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache under tmp_path; returns its checkpoints folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def fake_weights(monkeypatch, filename):
+    """Point the ImageNet weights of every backbone at `filename`; a download would fail loudly."""
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded when the file is in the cache")
+
+    weights = types.SimpleNamespace(url=f"https://download.pytorch.org/models/{filename}",
+                                    get_state_dict=no_download)
+    monkeypatch.setattr(resnet, "imagenet_weights", lambda name: weights)
+
+
+def test_crafted_pickle_under_the_official_name_is_refused_without_running(hub, tmp_path):
+    marker = tmp_path / "code_ran"
+    path = hub / "resnet18-f37072fd.pth"  # torchvision's real file name for ResNet-18
+    data = pickle.dumps(_MakesMarker(str(marker)))
+    path.write_bytes(data)
+    assert resnet.imagenet_cache_path("resnet18") == str(path)
+    with pytest.raises(CheckpointError) as info:
+        resnet.build_resnet("resnet18", pretrained="imagenet")
+    message = str(info.value)
+    assert str(path) in message
+    assert "f37072fd" in message and sha256_prefix(data) in message
+    assert "Delete it" in message and "download.pytorch.org" in message
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_crafted_pickle_with_a_matching_hash_is_still_not_unpickled(hub, tmp_path, monkeypatch):
+    """The hash check alone is not the guard: the file is read with weights_only=True."""
+    marker = tmp_path / "code_ran"
+    data = pickle.dumps(_MakesMarker(str(marker)))
+    filename = f"resnet18-{sha256_prefix(data)}.pth"
+    (hub / filename).write_bytes(data)
+    fake_weights(monkeypatch, filename)
+    with pytest.raises(CheckpointError) as info:
+        resnet.imagenet_state_dict("resnet18")
+    assert str(hub / filename) in str(info.value)
+    assert not marker.exists()
+
+
+def test_file_named_with_its_own_hash_loads(hub, monkeypatch):
+    data = tiny_state_bytes()
+    filename = f"resnet18-{sha256_prefix(data)}.pth"
+    (hub / filename).write_bytes(data)
+    fake_weights(monkeypatch, filename)
+    state = resnet.imagenet_state_dict("resnet18")
+    assert sorted(state) == ["bn1.bias", "conv1.weight"]
+    assert state["conv1.weight"].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert state["bn1.bias"].tolist() == [0.5, -2.0]
+
+
+def test_valid_weights_with_a_wrong_hash_are_refused_with_what_to_do(hub, monkeypatch):
+    data = tiny_state_bytes()
+    wrong = "0" * 8 if sha256_prefix(data) != "0" * 8 else "1" * 8
+    filename = f"resnet18-{wrong}.pth"
+    (hub / filename).write_bytes(data)
+    fake_weights(monkeypatch, filename)
+    with pytest.raises(CheckpointError) as info:
+        resnet.imagenet_state_dict("resnet18")
+    message = str(info.value)
+    assert f"sha256 starts with {sha256_prefix(data)}, expected {wrong}" in message
+    assert str(hub / filename) in message and "Delete it" in message
+
+
+def test_offline_without_the_file_says_where_to_put_it(hub, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    weights = types.SimpleNamespace(url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                                    get_state_dict=offline)
+    monkeypatch.setattr(resnet, "imagenet_weights", lambda name: weights)
+    with pytest.raises(RuntimeError) as info:
+        resnet.imagenet_state_dict("resnet18")
+    assert str(hub / "resnet18-f37072fd.pth") in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------

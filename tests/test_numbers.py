@@ -1,5 +1,6 @@
 """The parser-wide numeric test: every number flag of every script and program refuses nan, inf
 and a value outside its range with argparse's usage error (exit status 2) naming the flag."""
+import argparse
 import importlib
 import math
 import os
@@ -8,8 +9,12 @@ import sys
 
 import pytest
 
+import infer_rsepm
+import infer_seg
+from tools.args import int_list
 from tools.flag_ranges import RANGES, Range, bounded, check_numbers, number_flags
 from tools.paths import REPO_ROOT
+from tools.seeds.infer_loop import MAX_SCALE, parse_scales
 
 
 def program_modules():
@@ -149,3 +154,40 @@ def test_pamr_dilations_of_the_last_release_are_refused(capsys):
     assert parser.parse_args(["--pamr_dilations", "1,2,4,8,12,24"]).pamr_dilations == (1, 2, 4, 8, 12, 24)
     with pytest.raises(SystemExit):  # 2,000 test-time scales ran for minutes
         parser_of("infer_rsepm").parse_args(["--scales", ",".join(["1.0"] * 2000)])
+
+
+# --- flags with their own parser: --conf_th, --scales and integer lists --------------------------------
+@pytest.mark.parametrize("value", ["1.5", "-0.5", "nan", "inf", "-2", "abc"])
+def test_conf_th_outside_0_1_is_refused_at_parsing(value, capsys):
+    with pytest.raises(SystemExit) as info:
+        infer_rsepm.get_args_parser().parse_args(["--conf_th", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--conf_th" in err and repr(value) in err
+
+
+@pytest.mark.parametrize("value, expected", [("-1", -1.0), ("0", 0.0), ("0.34", 0.34), ("1", 1.0)])
+def test_conf_th_in_range_or_minus_one_is_accepted(value, expected):
+    assert infer_rsepm.get_args_parser().parse_args(["--conf_th", value]).conf_th == expected
+
+
+@pytest.mark.parametrize("text", ["1.0,nan", "inf", "1.0,1e400", "1.0,8", "0", "1.0,-0.5", "-inf"])
+def test_scales_not_finite_or_too_large_are_refused(text, capsys):
+    with pytest.raises(SystemExit) as info:
+        infer_seg.get_args_parser().parse_args([f"--scales={text}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scales" in err and repr(text) in err and f"(0, {MAX_SCALE:g}]" in err
+
+
+def test_scales_within_the_bound_are_accepted():
+    assert parse_scales("1.0,0.5,1.5,2.0") == (1.0, 0.5, 1.5, 2.0)
+    assert parse_scales(f"{MAX_SCALE}") == (MAX_SCALE,)
+    assert MAX_SCALE == 4.0
+
+
+def test_int_list_refuses_an_empty_list():
+    """Before: `--pamr_dilations ,` parsed as an empty tuple."""
+    with pytest.raises(argparse.ArgumentTypeError, match="at least one integer"):
+        int_list(",")
+    assert int_list("1,2, 4") == (1, 2, 4)

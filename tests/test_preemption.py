@@ -15,7 +15,7 @@ import torch
 
 import train_rsepm
 from core.errors import Preempted, ResumeError
-from tools.engine import optim, resume_state
+from tools.engine import resume_state, runlog
 from tools.paths import model_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,15 +142,15 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_matches_an_uninterrupted_on
 def test_sigusr1_at_an_epochs_end_stops_after_the_epoch_save(toy, whole, tmp_path, monkeypatch):
     """The signal arrives in the last step of epoch 1: the epoch's end (logs, the epoch's resume
     save) completes first, then the run stops; handlers are restored whatever the ending."""
-    original, handler = optim.check_finite, signal.getsignal(signal.SIGUSR1)
+    original, handler = runlog.RunLogger.add, signal.getsignal(signal.SIGUSR1)
 
-    def check(scalars, it, ctx=None, **options):
+    def add(self, scalars, it):
         if it == PER_EPOCH - 1:
             os.kill(os.getpid(), signal.SIGUSR1)
-        return original(scalars, it, ctx, **options)
+        return original(self, scalars, it)
 
     with monkeypatch.context() as patch:
-        patch.setattr(optim, "check_finite", check)
+        patch.setattr(runlog.RunLogger, "add", add)
         with pytest.raises(Preempted, match=rf"stopped by SIGUSR1 after iteration {PER_EPOCH}: "):
             train(toy, tmp_path)
     assert signal.getsignal(signal.SIGUSR1) is handler

@@ -10,7 +10,9 @@ from pycocotools import mask as mask_utils
 
 from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from tools.args import cli
-from tools.builders.prepare_coco import get_args_parser, main, voc_box
+from tools.builders.build_steps import PrepareError
+from tools.builders.prepare_coco import get_args_parser, load_split, main, voc_box
+from mini_data import write_jpeg
 
 INFO = DatasetInfo("COCO")
 # pycocotools' decode trips a numpy 2 DeprecationWarning that says nothing about this code
@@ -50,12 +52,6 @@ def ann(ann_id, image_id, category, segmentation, bbox, iscrowd=0):
             "bbox": bbox, "area": 0.0, "iscrowd": iscrowd}
 
 
-def write_jpeg(path, height, width, seed):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, quality=90)
-
-
 def val_annotations():
     return [
         ann(101, 42, 1, [rect_polygon(10, 8, 30, 38)], [10, 8, 20, 30]),                        # person 600 px
@@ -92,8 +88,8 @@ def coco(tmp_path):
     train_anns = [ann(201, 9, 51, [rect_polygon(2, 3, 12, 9), rect_polygon(30, 20, 40, 35), [1, 1, 5, 5]],
                       [2, 3, 38, 32])]
     for seed, image in enumerate(val_images):
-        write_jpeg(str(root / "val2014" / image["file_name"]), image["height"], image["width"], seed)
-    write_jpeg(str(root / "train2014" / train_images[0]["file_name"]), 40, 50, 9)
+        write_jpeg(str(root / "val2014" / image["file_name"]), image["height"], image["width"], seed, quality=90)
+    write_jpeg(str(root / "train2014" / train_images[0]["file_name"]), 40, 50, 9, quality=90)
     categories = [{"id": c, "name": n} for c, n in zip(INFO.extra["coco_category_ids"], INFO.class_names[1:])]
     os.makedirs(root / "annotations")
     for name, images, anns in (("val", val_images, val_annotations()), ("train", train_images, train_anns)):
@@ -285,3 +281,57 @@ def test_json_nested_too_deep_is_one_line(coco):
     path = coco["root"] / "annotations" / "instances_val2014.json"
     path.write_text("[" * 100000 + "]" * 100000)
     expect_error(argv(coco, "--splits", "validation"), "instances_val2014.json", "nested too deeply")
+
+
+# --- names and numbers of the annotation file --------------------------------------------------------
+def files_under(folder):
+    """Every file under `folder` but the writer locks (hidden `.NAME.lock` files, not outputs)."""
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names
+                  if not (n.startswith(".") and n.endswith(".lock")))
+
+
+@pytest.mark.parametrize("file_name", ["../../../x.jpg", "sub/x.jpg"])
+def test_coco_file_name_outside_the_output_is_refused(tmp_path, capsys, file_name):
+    coco = tmp_path / "a" / "b" / "coco"
+    write_jpeg(str(coco / "val2014" / "good.jpg"))
+    write_jpeg(str(coco / "val2014" / file_name), seed=1)  # the file exists: only the name is wrong
+    images = [{"id": 1, "file_name": "good.jpg", "width": 24, "height": 20},
+              {"id": 2, "file_name": file_name, "width": 24, "height": 20}]
+    annotations = [{"id": 10 + i, "image_id": i, "category_id": 1, "iscrowd": 0, "bbox": [2, 2, 5, 5],
+                    "segmentation": [[2, 2, 7, 2, 7, 7, 2, 7]], "area": 25.0} for i in (1, 2)]
+    json_path = coco / "annotations" / "instances_val2014.json"
+    json_path.parent.mkdir(parents=True)
+    json_path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    before = files_under(str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        cli(main, get_args_parser(), ["--coco_root", str(coco), "--splits", "validation",
+                                      "--out", str(tmp_path / "out"), "--num_workers", "0"])
+    message = str(info.value.code)
+    assert info.value.code not in (0, None)
+    assert str(json_path) in message and repr(file_name) in message
+    assert files_under(str(tmp_path)) == before  # nothing written anywhere, inside --out or outside
+
+
+def coco_json(tmp_path, width=48, height=40, bbox=(1.0, 2.0, 10.0, 5.0)):
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(images / "x.jpg")
+    data = {"images": [{"id": 1, "file_name": "x.jpg", "width": width, "height": height}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": list(bbox),
+                             "segmentation": [[1, 2, 11, 2, 11, 7]]}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))  # json.dumps writes NaN as NaN, which json.load reads back
+    return str(path), str(images)
+
+
+@pytest.mark.parametrize("field, value, message", [("bbox", (1.0, float("nan"), 3.0, 4.0), "bbox"),
+                                                   ("height", "abc", "height 'abc'"),
+                                                   ("width", float("inf"), "width inf")])
+def test_coco_nan_box_or_non_numeric_size_names_the_file(tmp_path, field, value, message):
+    """Before: ValueError/OverflowError tracebacks from int() or from the box rounding."""
+    path, images = coco_json(tmp_path, **{field: value})
+    with pytest.raises(PrepareError, match=message) as error:
+        load_split(path, images, {1: 1}, "keep")
+    assert path in str(error.value) and "image id 1" in str(error.value)
+    good, _ = coco_json(tmp_path)
+    assert load_split(good, images, {1: 1}, "keep")[0][0]["height"] == 40

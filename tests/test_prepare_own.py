@@ -22,37 +22,10 @@ from core.errors import DatasetError, UsageError
 from core.io import read_json
 from tools.builders import prepare_own
 from tools.builders.build_steps import PrepareError
+from mini_data import CAT, OWN_SIZE, make_own_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-H, W = 40, 48
-CAT, DOG = (230, 40, 40), (40, 40, 230)  # class 1 = cat, 2 = dog (the sorted order)
-
-
-def make_inputs(folder, count=10, seed=0):
-    """folder/images (im0 is a PNG, the rest JPEG), folder/masks, folder/tags.csv. Image i holds a
-    red square (cat) when i % 3 != 1 and a blue one (dog) when i % 2 == 0; the mask marks them."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rows, masks, tags = ["image,tags"], {}, {}
-    for i in range(count):
-        image = rng.integers(100, 150, (H, W, 3)).astype(np.uint8)
-        mask = np.zeros((H, W), np.uint8)
-        names = []
-        if i % 3 != 1:
-            image[4:20, 4:20], mask[4:20, 4:20] = CAT, 1
-            names.append("cat")
-        if i % 2 == 0:
-            image[22:38, 26:44], mask[22:38, 26:44] = DOG, 2
-            mask[22, 26:44] = 255  # a void border
-            names.append("dog")
-        name = f"im{i}.png" if i == 0 else f"im{i}.jpg"
-        Image.fromarray(image).save(folder / "images" / name, quality=95)
-        Image.fromarray(mask).save(folder / "masks" / f"im{i}.png")  # grey (L): indices as they are
-        rows.append(f"{name},{';'.join(names)}")
-        masks[f"im{i}"], tags[f"im{i}"] = mask, names
-    (folder / "tags.csv").write_text("\n".join(rows) + "\n")
-    return masks, tags
+H, W = OWN_SIZE
 
 
 def build(tmp_path, *extra, out="Mine"):
@@ -68,7 +41,7 @@ def only_inputs_left(tmp_path):
 
 @pytest.fixture
 def inputs(tmp_path):
-    return make_inputs(tmp_path)
+    return make_own_inputs(tmp_path)
 
 
 # --- the layout ---------------------------------------------------------------------------------
@@ -225,7 +198,7 @@ def test_usage_errors(tmp_path, inputs):
 
 
 def test_command_line_prints_one_error_line(tmp_path, inputs):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "datasets", "prepare_own.py"),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "builders", "prepare_own.py"),
                            "--images", str(tmp_path / "images"), "--tags", str(tmp_path / "tags.csv"),
                            "--classes", "cat", "--out", str(tmp_path / "Mine"), "--num_workers", "0"],
                           capture_output=True, text=True, timeout=120)

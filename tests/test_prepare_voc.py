@@ -8,7 +8,9 @@ from PIL import Image
 
 from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from tools.args import cli
-from tools.builders.prepare_voc import get_args_parser, main
+from tools.builders.build_steps import PrepareError
+from tools.builders.prepare_voc import build_item, build_split, get_args_parser, main
+from mini_data import sixteen_bit, write_jpeg
 
 INFO = DatasetInfo("VOC")
 # id -> (height, width, classes); the classes drawn in the mask and listed in the xml
@@ -31,12 +33,6 @@ def voc_colormap(n):
             c >>= 3
         colors.append((r, g, b))
     return colors
-
-
-def write_jpeg(path, height, width, seed):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, quality=90)
 
 
 def class_mask(height, width, classes, borders=True):
@@ -108,7 +104,7 @@ def voc(tmp_path):
     devkit = tmp_path / "VOCtrainval" / "VOCdevkit" / "VOC2012"
     expected = {"voc": {}, "aug": {}, "mat": {}}
     for seed, (image_id, (h, w, classes)) in enumerate({**TRAIN, **VAL, **SBD_ONLY}.items()):
-        write_jpeg(str(devkit / "JPEGImages" / f"{image_id}.jpg"), h, w, seed)
+        write_jpeg(str(devkit / "JPEGImages" / f"{image_id}.jpg"), h, w, seed, quality=90)
         write_voc_xml(str(devkit / "Annotations" / f"{image_id}.xml"), image_id, h, w, classes)
         if image_id not in SBD_ONLY:
             mask = class_mask(h, w, classes)
@@ -131,7 +127,7 @@ def voc(tmp_path):
     write_list(str(sbd / "val.txt"), ["2008_000003", "2007_000039"])
     test = tmp_path / "VOC2012test" / "VOCdevkit" / "VOC2012"
     for seed, (image_id, (h, w)) in enumerate(TEST.items()):
-        write_jpeg(str(test / "JPEGImages" / f"{image_id}.jpg"), h, w, 100 + seed)
+        write_jpeg(str(test / "JPEGImages" / f"{image_id}.jpg"), h, w, 100 + seed, quality=90)
     write_list(str(test / "ImageSets" / "Segmentation" / "test.txt"), list(TEST))
     return {"root": tmp_path, "devkit": devkit, "aug": tmp_path / "sbd_aug", "sbd": tmp_path / "benchmark_RELEASE",
             "test": tmp_path / "VOC2012test", "out": tmp_path / "VOC2012", "expected": expected}
@@ -306,7 +302,7 @@ def test_mask_of_wrong_size_fails_verification(voc):
 
 
 def test_stray_output_file_fails_verification(voc):
-    write_jpeg(str(voc["out"] / "validation" / "image" / "2001_000001.jpg"), 8, 8, 0)
+    write_jpeg(str(voc["out"] / "validation" / "image" / "2001_000001.jpg"), 8, 8, 0, quality=90)
     expect_error(argv(voc), "2001_000001.jpg", "not in the validation list")
 
 
@@ -319,3 +315,32 @@ def test_non_positive_size_in_an_annotation_is_an_error(voc):
     path = voc["devkit"] / "Annotations" / "2007_000068.xml"
     path.write_text(path.read_text().replace("<width>", "<width>-", 1))
     expect_error(argv(voc), "2007_000068.xml", "positive number of pixels")
+
+
+# --- one bad source image ------------------------------------------------------------------------
+def test_voc_builder_refuses_a_16_bit_image_before_writing(tmp_path):
+    source = sixteen_bit(str(tmp_path / "src" / "2007_000032.jpg"))
+    split_dir = tmp_path / "out" / "train"
+    item = {"id": "2007_000032", "image": source, "xml": None, "mask": None}
+    with pytest.raises(PrepareError) as info:
+        build_item(item, str(split_dir), "copy", INFO.num_classes, INFO.palette)
+    assert source in str(info.value) and "'I;16'" in str(info.value)
+    assert not split_dir.exists()
+
+
+def test_builder_skips_bad_items_lists_them_and_writes_the_others(tmp_path):
+    """Before: the first bad image stopped the build; the later good images were never written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    items = []
+    for image_id in ("i1", "i2", "i3", "i4"):
+        path = src / f"{image_id}.jpg"
+        if image_id in ("i1", "i3"):
+            Image.fromarray(np.full((8, 8), 300, np.uint16)).save(path, format="PNG")  # 16-bit
+        else:
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+        items.append({"id": image_id, "image": str(path), "xml": None, "mask": None})
+    with pytest.raises(PrepareError, match="2 of 4 item\\(s\\) skipped") as error:
+        build_split(str(tmp_path / "out"), "test", items, "copy", DatasetInfo("VOC"), 0)
+    assert "i1.jpg" in str(error.value) and "i3.jpg" in str(error.value)
+    assert sorted(os.listdir(tmp_path / "out" / "test" / "image")) == ["i2.jpg", "i4.jpg"]

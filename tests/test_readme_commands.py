@@ -21,8 +21,8 @@ from PIL import Image
 
 from core.weights import save_weights
 from core.dataset_layout import load_dataset_info
-from core.io import save_mask
 from core.networks import RSEPM, DeepLabV3Plus
+from mini_data import make_own_inputs, make_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_TAG = "ResNet50@VOC@RS+EPM@Official"
@@ -55,12 +55,22 @@ def readme_argv(command, root_dir):
     return [sys.executable, os.path.join(ROOT, tokens[1])] + tokens[2:]
 
 
-def write_xml(path, objects):
-    parts = [f"<annotation><size><width>{WIDTH}</width><height>{HEIGHT}</height><depth>3</depth></size>"]
-    for name, x0, y0, x1, y1 in objects:  # VOC boxes are 1-based
-        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0 + 1}</xmin>"
-                     f"<ymin>{y0 + 1}</ymin><xmax>{x1 + 1}</xmax><ymax>{y1 + 1}</ymax></bndbox></object>")
-    path.write_text("".join(parts) + "</annotation>\n")
+def boxes(info, rng, objects_of, void_border=False):
+    """make_split's images: grey noise with a box of one colour per object, the mask of the boxes
+    (their top row void when `void_border`, as in VOC) and their xml. objects_of(k, image_id) ->
+    [(class name, x0, y0, x1, y1 inclusive, 0-based)]."""
+    def draw(k, image_id):
+        objects = objects_of(k, image_id)
+        image = rng.integers(90, 140, (HEIGHT, WIDTH, 3)).astype(np.uint8)
+        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        for name, x0, y0, x1, y1 in objects:
+            image[y0:y1 + 1, x0:x1 + 1] = rng.integers(0, 256, 3)
+            mask[y0:y1 + 1, x0:x1 + 1] = info.class_dict[name]
+            if void_border:
+                mask[y0, x0:x1 + 1] = 255
+        # VOC boxes are 1-based
+        return image, mask, [(name, (x0 + 1, y0 + 1, x1 + 1, y1 + 1), 0) for name, x0, y0, x1, y1 in objects]
+    return draw
 
 
 @pytest.fixture
@@ -68,20 +78,8 @@ def voc(tmp_path, monkeypatch):
     """tmp_path/VOC2012 in the seed layout (validation only) and tmp_path/experiments/models with
     random weights under the two official tags; the working directory is tmp_path."""
     info = load_dataset_info("VOC")
-    split = tmp_path / "VOC2012" / "validation"
-    for folder in ("image", "mask", "xml"):
-        (split / folder).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for image_id, objects in IMAGES.items():
-        image = rng.integers(90, 140, (HEIGHT, WIDTH, 3)).astype(np.uint8)
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        for name, x0, y0, x1, y1 in objects:
-            image[y0:y1 + 1, x0:x1 + 1] = rng.integers(0, 256, 3)
-            mask[y0:y1 + 1, x0:x1 + 1] = info.class_dict[name]
-            mask[y0, x0:x1 + 1] = 255  # a void border, as in VOC
-        Image.fromarray(image).save(split / "image" / f"{image_id}.jpg", quality=95)
-        save_mask(split / "mask" / f"{image_id}.png", mask, info.palette)
-        write_xml(split / "xml" / f"{image_id}.xml", objects)
+    make_split(str(tmp_path / "VOC2012"), "validation", list(IMAGES), info=info,
+               draw=boxes(info, np.random.default_rng(0), lambda k, image_id: IMAGES[image_id], void_border=True))
     torch.manual_seed(0)
     save_weights(RSEPM("resnet50", num_classes=21), tmp_path / "experiments" / "models" / SINGLE_TAG / "last.pth")
     save_weights(DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
@@ -228,23 +226,15 @@ def run_script(script, argv):
         sys.argv = saved
 
 
-def make_split(folder, info, count, seed, masks=True):
-    rng = np.random.default_rng(seed)
+def miniature_split(folder, info, count, seed, masks=True):
+    """`count` images named {seed:04d}_{k:06d}, each with one or two boxes of the dataset's classes."""
     names = info.class_names[1:]
-    for folder_name in ("image",) + (("mask", "xml") if masks else ()):
-        (folder / folder_name).mkdir(parents=True)
-    for k in range(count):
-        image_id = f"{seed:04d}_{k:06d}"
-        image = rng.integers(90, 140, (HEIGHT, WIDTH, 3)).astype(np.uint8)
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-        objects = [(names[(k + j) % len(names)], 4 + 30 * j, 6, 25 + 30 * j, 40) for j in range(1 + k % 2)]
-        for name, x0, y0, x1, y1 in objects:
-            image[y0:y1 + 1, x0:x1 + 1] = rng.integers(0, 256, 3)
-            mask[y0:y1 + 1, x0:x1 + 1] = info.class_dict[name]
-        Image.fromarray(image).save(folder / "image" / f"{image_id}.jpg", quality=95)
-        if masks:
-            save_mask(folder / "mask" / f"{image_id}.png", mask, info.palette)
-            write_xml(folder / "xml" / f"{image_id}.xml", objects)
+
+    def objects_of(k, image_id):
+        return [(names[(k + j) % len(names)], 4 + 30 * j, 6, 25 + 30 * j, 40) for j in range(1 + k % 2)]
+
+    make_split(str(folder.parent), folder.name, [f"{seed:04d}_{k:06d}" for k in range(count)], masks, masks,
+               info=info, draw=boxes(info, np.random.default_rng(seed), objects_of))
 
 
 @pytest.fixture
@@ -257,13 +247,12 @@ def miniature(tmp_path, monkeypatch):
         info = load_dataset_info(dataset)
         for k, domain in enumerate(domains):
             # VOC's train is a subset of train_aug (both write into the train folders): same ids
-            make_split(tmp_path / name / domain, info, 4, 10 * seed + (k if domain != "train_aug" else 0),
-                       masks=domain != "test")
+            miniature_split(tmp_path / name / domain, info, 4, 10 * seed + (k if domain != "train_aug" else 0),
+                            masks=domain != "test")
     # the working directory tmp_path/work holds the own-data block's folder of images, tag CSV
     # and masks (its ../MyData/ is tmp_path/MyData) and ./experiments/
-    from test_prepare_own import make_inputs
     work = tmp_path / "work"
-    make_inputs(work, count=10)
+    make_own_inputs(work, count=10)
     os.rename(work / "images", work / "photos")
     torch.manual_seed(0)
     save_weights(RSEPM("resnet50", num_classes=21), work / "experiments" / "models" / SINGLE_TAG / "last.pth")

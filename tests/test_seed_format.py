@@ -1,72 +1,13 @@
-"""The uint8 seed format: planes rounded to multiples of 1/255 and deflated. It reads back within
-1/510, the authors' float32 files still read, its size guards hold, and the conversion of its
-seeds gives the masks of the float32 seeds."""
+"""The uint8 seed format across the stages: inference writes (and records) it, and the conversion
+of its seeds gives the masks of the float32 seeds. The format itself (round trip within 1/510,
+size guards, corrupt files) is checked in test_io.py."""
 import os
 import pickle
-import zlib
 
 import numpy as np
-import pytest
 
-from core.errors import FormatError
-from core.io import load_seed, save_seed
-
-
-def smooth_planes(k=2, h=60, w=80, seed=0):
-    """k foreground planes of a softmax over k + 1 smooth logit fields: class probabilities with
-    borders a few pixels wide, as a trained network's seeds."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    logits = np.stack([12 * np.sin(6 * x * rng.uniform(0.5, 2) + 4 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6))
-                       for _ in range(k + 1)])
-    probabilities = np.exp(logits - logits.max(0))
-    return (probabilities / probabilities.sum(0))[1:].astype(np.float32)
-
-
-@pytest.mark.parametrize("fmt, one, dtype", [("uint8", 255, np.uint8), ("uint16", 65535, np.uint16)])
-def test_round_trip_within_half_a_step_and_much_smaller(tmp_path, fmt, one, dtype):
-    planes = smooth_planes()
-    save_seed(tmp_path / "a.pkl", [0, 3, 5], planes, "rsepm")
-    save_seed(tmp_path / "b.pkl", [0, 3, 5], planes, "rsepm", fmt)
-    a, b = load_seed(tmp_path / "a.pkl"), load_seed(tmp_path / "b.pkl")
-    assert a["keys"].tolist() == b["keys"].tolist() == [0, 3, 5] and b["dialect"] == "rsepm"
-    assert b["seed"].dtype == np.float32 and b["seed"].shape == planes.shape
-    assert np.abs(b["seed"] - planes).max() <= 1 / (2 * one) + 1e-7
-    # by hand: the stored bytes are round(one x v), deflated
-    with open(tmp_path / "b.pkl", "rb") as f:
-        stored = pickle.load(f)
-    assert zlib.decompress(stored[f"seed_{fmt}"]) == np.rint(planes.astype(np.float64) * one).astype(dtype).tobytes()
-    assert os.path.getsize(tmp_path / "b.pkl") * 2 < os.path.getsize(tmp_path / "a.pkl")
-    # the authors' form is what float32 writes: "seed" is the array itself
-    with open(tmp_path / "a.pkl", "rb") as f:
-        assert np.array_equal(pickle.load(f)["seed"], planes)
-
-
-def write(path, content):
-    with open(path, "wb") as f:
-        pickle.dump(content, f, protocol=4)
-
-
-def test_size_guards_and_corrupt_files(tmp_path):
-    keys = np.array([0, 1], np.int64)
-    huge = tmp_path / "huge.pkl"  # a few bytes that claim 4 GB of planes
-    write(huge, {"keys": keys, "seed_uint8": zlib.compress(b"\0" * 10), "shape": [1, 40000, 25000]})
-    with pytest.raises(FormatError, match="decode to more than"):
-        load_seed(huge, max_bytes=1 << 30)
-    bomb = tmp_path / "bomb.pkl"  # inflates beyond its shape: stopped at the shape
-    write(bomb, {"keys": keys, "seed_uint8": zlib.compress(b"\0" * 10_000_000), "shape": [1, 10, 10]})
-    with pytest.raises(FormatError, match="for a shape of 100"):
-        load_seed(bomb)
-    corrupt = tmp_path / "corrupt.pkl"
-    write(corrupt, {"keys": keys, "seed_uint8": b"not deflated", "shape": [1, 2, 2]})
-    with pytest.raises(FormatError, match="corrupt uint8 seed"):
-        load_seed(corrupt)
-    shapeless = tmp_path / "shapeless.pkl"
-    write(shapeless, {"keys": keys, "seed_uint8": zlib.compress(b"\0" * 4), "shape": "2x2"})
-    with pytest.raises(FormatError, match="needs 'shape'"):
-        load_seed(shapeless)
-    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        save_seed(tmp_path / "x.pkl", [0, 1], np.full((1, 2, 2), 1.5, np.float32), "rsepm", "uint8")
+from core.io import save_seed
+from mini_data import smooth_planes
 
 
 def test_inference_writes_uint8_seeds_and_the_conversion_gives_the_float32_masks(toy_dataset, tmp_path):

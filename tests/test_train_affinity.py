@@ -207,7 +207,7 @@ def test_bad_arguments_are_refused(toy, capsys):
     with pytest.raises(UsageError, match="--ir_bg_th <= --ir_fg_th"):
         prepared(train_argv(root, pred, "--ir_bg_th", "0.5", "--ir_fg_th", "0.3"))
     assert run_cli(train_argv(root, pred, "--rw_radius", "9")) == 2  # usage: argparse's status
-    assert "error: --rw_radius 9: use 2 .. 8 for crop 64" in capsys.readouterr().err
+    assert "error: --rw_radius 9: at most 8 for --crop_size 64" in capsys.readouterr().err
     args = prepared(train_argv(root, pred))
     assert args.tag == f"ResNet18@TOY@AffinityNet@labels={SEED_TAG}@r5@e1-b2-c64-s0-scratch"
     assert run_cli(train_argv(root, pred + "/elsewhere")) == "error: " + os.path.join(

@@ -270,10 +270,10 @@ def test_nan_loss_stops_with_the_iteration_and_term_and_keeps_the_last_resume(to
     (["--scg_features", "C4,C6"], "expected a comma list of C1,C2,C3,C4,C5"),
     (["--scg_grid", "c2"], "argument --scg_grid: invalid choice: 'c2'"),
     (["--max_epoch", "3", "--rs_start", "2", "--mix_start", "1"], "--mix_start 1 is before --rs_start 2"),
-    (["--crop_size", "4096"], "--crop_size 4096"),
+    (["--crop_size", "4096"], "'4096' is outside --crop_size's range [32, 2048]"),
     (["--crop_size", "100"], "--crop_size 100: use a multiple of 16"),
     (["--backbone", "resnet7"], "argument --backbone: invalid choice: 'resnet7'"),
-    (["--batch_size", "1"], "--batch_size 1: the mix pairs images"),
+    (["--batch_size", "1"], "--batch_size 1: the mix (--mix epm) pairs images"),
     (["--max_epoch", "0"], "argument --max_epoch: '0' is outside --max_epoch's range [1, 100000]"),
     (["--pamr_dilations", "1,x"], "expected comma-separated integers"),
 ])

@@ -8,9 +8,10 @@ import torch
 
 import train_rsepm
 import train_seg
+from core.errors import NonFiniteError
 from core.networks import RSEPM, build_network
 from core.rsepm import RSEPMConfig, RSEPMTraining
-from tools.engine import data_loading, optim, script_parts
+from tools.engine import data_loading, runlog, script_parts
 from tools.paths import model_dir
 from helpers import count_syncs
 
@@ -28,7 +29,7 @@ def common_argv(root, pred_dir, batch_size, *extra):
 
 # --- LossMonitor -------------------------------------------------------------------------------
 def test_loss_monitor_means_match_a_plain_average():
-    monitor = optim.LossMonitor()
+    monitor = runlog.LossMonitor()
     steps = [{"a": torch.tensor(1.0), "b": 2.0}, {"a": torch.tensor(4.0), "b": 3.0},
              {"a": torch.tensor(0.5), "b": 7.0, "c": torch.tensor(9.0)}]  # c appears later (e.g. mix terms)
     for i, scalars in enumerate(steps):
@@ -41,26 +42,26 @@ def test_loss_monitor_means_match_a_plain_average():
 
 
 def test_loss_monitor_names_the_first_bad_iteration_and_its_terms():
-    monitor = optim.LossMonitor()
+    monitor = runlog.LossMonitor()
     monitor.add({"cls": torch.tensor(0.3), "seg": torch.tensor(0.2)}, 10)
     monitor.add({"cls": torch.tensor(0.3), "seg": torch.tensor(float("nan"))}, 11)
     monitor.add({"cls": torch.tensor(float("inf")), "seg": torch.tensor(float("nan"))}, 12)  # later: not named
-    with pytest.raises(optim.NonFiniteError) as error:
+    with pytest.raises(NonFiniteError) as error:
         monitor.check()
     message = str(error.value)
     assert message.startswith("iteration 11: non-finite loss seg=nan;"), message
     assert "cls" not in message
-    with pytest.raises(optim.NonFiniteError, match="iteration 11"):
+    with pytest.raises(NonFiniteError, match="iteration 11"):
         monitor.means()  # the log line refuses too
 
 
 def test_check_finite_with_a_monitor_defers_the_check_to_its_next_read(monkeypatch):
-    monitor = optim.LossMonitor()
+    monitor = runlog.LossMonitor()
     calls = count_syncs(monkeypatch, lambda: [
-        optim.check_finite({"cls": torch.tensor(0.5, dtype=torch.float64), "seg": 1.5}, 3, monitor=monitor),
-        optim.check_finite({"cls": torch.tensor(1.5), "seg": torch.tensor(float("nan"))}, 4, monitor=monitor)])
+        runlog.check_finite({"cls": torch.tensor(0.5, dtype=torch.float64), "seg": 1.5}, 3, monitor=monitor),
+        runlog.check_finite({"cls": torch.tensor(1.5), "seg": torch.tensor(float("nan"))}, 4, monitor=monitor)])
     assert not calls  # neither call reads a value back
-    with pytest.raises(optim.NonFiniteError, match=r"^iteration 4: non-finite loss seg=nan;"):
+    with pytest.raises(NonFiniteError, match=r"^iteration 4: non-finite loss seg=nan;"):
         monitor.means()
 
 
@@ -76,8 +77,9 @@ def test_training_loop_makes_no_host_sync_per_iteration(toy, tmp_path, monkeypat
 
     four, two = run(2), run(4)
     assert four == two, {k: (four[k], two[k]) for k in set(four) | set(two) if four[k] != two[k]}
-    # the one log line reads the monitor once (not once per iteration)
-    assert sum(v for (name, where, _), v in four.items() if where in ("optim.py", "trainer.py")) == 1, four
+    # the one log line reads the run's sums once (not once per iteration), and nothing else of the
+    # recording or the loop syncs
+    assert sum(v for (name, where, _), v in four.items() if where in ("runlog.py", "trainer.py")) == 1, four
 
 
 # --- NaN between log lines ---------------------------------------------------------------------
@@ -92,7 +94,7 @@ def test_nan_between_log_lines_stops_the_run_naming_its_iteration(toy, tmp_path,
     monkeypatch.setattr(train_seg, "segmentation_loss", poisoned)
     argv = common_argv(toy, tmp_path, 2, "--max_epoch", "2", "--label_tag", "gt", "--tag", "nan",
                        "--log_interval", "100", "--save_interval", "3")
-    with pytest.raises(optim.NonFiniteError) as error:
+    with pytest.raises(NonFiniteError) as error:
         train_seg.main(train_seg.get_args_parser().parse_args(argv))
     assert str(error.value).startswith("iteration 1: non-finite loss seg=nan"), str(error.value)
     assert len(calls) == 3  # stopped at the first check (before the save of iteration 3), not at the end

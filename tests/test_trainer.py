@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import NonFiniteError
 from core.networks import split_parameters
 from ddp_worker import TAG, TinyNet, train, write_tiny_layout
 from core.weights import load_checkpoint
-from tools.engine import data_loading, distributed, optim, resume_state, runlog, script_parts
+from tools.engine import amp, data_loading, distributed, optim, resume_state, runlog, script_parts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,19 +111,19 @@ def test_ema_average_after_two_updates_matches_a_hand_computation():
 # --- mixed precision ---------------------------------------------------------------------------
 def test_amp_defaults_and_cpu_bf16():
     cpu = torch.device("cpu")
-    assert optim.resolve_amp_dtype(cpu, "auto") is None
-    assert optim.resolve_amp_dtype(cpu, "off") is None
-    assert optim.resolve_amp_dtype(cpu, "bf16") is torch.bfloat16
+    assert amp.resolve_amp_dtype(cpu, "auto") is None
+    assert amp.resolve_amp_dtype(cpu, "off") is None
+    assert amp.resolve_amp_dtype(cpu, "bf16") is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        optim.resolve_amp_dtype(cpu, "fp16")
+        amp.resolve_amp_dtype(cpu, "fp16")
     a, b = torch.randn(4, 4), torch.randn(4, 4)
-    with optim.autocast_context(cpu, dtype=torch.bfloat16):
+    with amp.autocast_context(cpu, dtype=torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16
-    with optim.autocast_context(cpu):  # default on CPU: full precision
+    with amp.autocast_context(cpu):  # default on CPU: full precision
         assert (a @ b).dtype == torch.float32
-    with optim.autocast_context(cpu, torch.bfloat16, enabled=False):
+    with amp.autocast_context(cpu, torch.bfloat16, enabled=False):
         assert (a @ b).dtype == torch.float32
-    scaler = optim.make_grad_scaler(cpu, torch.bfloat16)
+    scaler = amp.make_grad_scaler(cpu, torch.bfloat16)
     loss = torch.tensor(2.0)
     assert not scaler.is_enabled() and scaler.scale(loss) is loss
 
@@ -168,10 +169,10 @@ def test_color_jitter_flag_reaches_the_training_transform(toy_dataset):
 
 # --- sanity checks and logs --------------------------------------------------------------------
 def test_check_finite_names_iteration_and_terms():
-    values = optim.check_finite({"cls": torch.tensor(0.5), "seg": 1.5}, iteration=7)
+    values = runlog.check_finite({"cls": torch.tensor(0.5), "seg": 1.5}, iteration=7)
     assert values == {"cls": 0.5, "seg": 1.5}
-    with pytest.raises(optim.NonFiniteError) as error:
-        optim.check_finite({"cls": torch.tensor(0.5), "seg": torch.tensor(float("nan")),
+    with pytest.raises(NonFiniteError) as error:
+        runlog.check_finite({"cls": torch.tensor(0.5), "seg": torch.tensor(float("nan")),
                               "rec": torch.tensor(float("inf"))}, iteration=42)
     message = str(error.value)
     assert "iteration 42" in message and "seg=nan" in message and "rec=inf" in message
@@ -337,7 +338,7 @@ def test_save_resume_refuses_non_finite_weights_and_keeps_the_last_good_file(tmp
     good = open(path, "rb").read()
     with torch.no_grad():
         model.head[1].bias[0] = float("nan")
-    with pytest.raises(optim.NonFiniteError, match=r"iteration 4: non-finite weights in head\.1\.bias"):
+    with pytest.raises(NonFiniteError, match=r"iteration 4: non-finite weights in head\.1\.bias"):
         resume_state.save_resume(path, model, optimizer, epoch=0, step=4, iteration=4)
     assert open(path, "rb").read() == good and os.listdir(tmp_path) == ["resume.pth"]
     assert resume_state.load_resume(path, TinyNet())["iteration"] == 3

@@ -51,8 +51,8 @@ RANGES = {
     # training
     "batch_size": Range(1, 65536), "max_epoch": Range(1, 100000), "lr": Range(0.0, 10.0, low_open=True),
     "wd": Range(0.0, 1.0), "momentum": Range(0.0, 1.0, high_open=True),
-    "head_lr_mult": Range(0.0, 1000.0, low_open=True), "crop_size": PIXELS, "min_image_size": PIXELS,
-    "max_image_size": PIXELS, "min_scale": SCALE, "max_scale": SCALE, "seed": Range(0, 2 ** 32 - 1),
+    "head_lr_mult": Range(0.0, 1000.0, low_open=True), "crop_size": Range(32, 2048), "min_image_size": Range(1, 4096),
+    "max_image_size": Range(1, 4096), "min_scale": SCALE, "max_scale": SCALE, "seed": Range(0, 2 ** 32 - 1),
     "log_interval": COUNT, "save_interval": COUNT, "val_every": COUNT0, "val_images": COUNT,
     "vis_images": Range(0, 64),
     # RS+EPM (core/rsepm.py, core/targets.py, core/scg.py, core/pamr.py) and its seeds
@@ -63,7 +63,7 @@ RANGES = {
     "pamr_iterations": Range(0, 100), "first_th": PROBABILITY, "second_th": PROBABILITY,
     "foreground_th": PROBABILITY, "background_th": PROBABILITY,
     # affinity network and random walk (the walk's cost grows with 2^exp_times and radius^2)
-    "ir_fg_th": PROBABILITY, "ir_bg_th": PROBABILITY, "rw_radius": Range(1, 32),
+    "ir_fg_th": PROBABILITY, "ir_bg_th": PROBABILITY, "rw_radius": Range(2, 32),
     "beta": Range(0.0, 1000.0, low_open=True), "exp_times": Range(0, 12), "sem_seg_bg_thres": PROBABILITY,
     # seeds, CRF, evaluation
     "bg_th": PROBABILITY, "bg_gamma": Range(0.0, 100.0, low_open=True), "st_th": PROBABILITY,

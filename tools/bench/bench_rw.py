@@ -72,7 +72,7 @@ def bench_walks(edge, scores, small, repeat):
 
 def get_args_parser():
     parser = make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--num_images", default=3, type=int, help="images of the end-to-end run (0: none)")
+    parser.add_argument("--num_images", default=3, type=int, help="images of the end-to-end run")
     parser.add_argument("--repeat", default=3, type=positive_int, help="runs per measurement (min and median)")
     parser.add_argument("--threads", default=1, type=positive_int, help="threads per process")
     parser.add_argument("--backbone", default="resnet50", help="affinity network backbone")

@@ -40,7 +40,7 @@ from core.networks import RSEPM, build_network, split_parameters  # noqa: E402
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining  # noqa: E402
 from core.dataset_layout import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from core.transforms import JITTER, TrainTransform  # noqa: E402
-from tools.engine import optim  # noqa: E402
+from tools.engine import optim, runlog  # noqa: E402
 from tools.args import cli, make_parser, positive_int  # noqa: E402
 from tools.bench.measure import Machine, ratio, set_threads, show, show_ratio, side_by_side  # noqa: E402
 
@@ -79,15 +79,15 @@ def bookkeeping(losses, stats, iteration, mode, monitor):
     """What the scripts do with the loss terms each iteration: `sync` = the old per-step check and
     float() of the statistics; `deferred` = tensors into the LossMonitor, nothing read back."""
     if mode == "sync":
-        values = optim.check_finite(losses, iteration)
+        values = runlog.check_finite(losses, iteration)
         return {**values, **{k: float(v) for k, v in stats.items()}}
-    optim.check_finite({**losses, **stats}, iteration, monitor=monitor)
+    runlog.check_finite({**losses, **stats}, iteration, monitor=monitor)
     return None
 
 
 def time_loop(step, iterations, warmup, device, mode):
     """(seconds per iteration over the timed loop, host syncs per iteration)."""
-    monitor = optim.LossMonitor()
+    monitor = runlog.LossMonitor()
     for i in range(warmup):
         step(i, mode, monitor)
     monitor.means()

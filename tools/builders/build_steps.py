@@ -19,7 +19,7 @@ from core.io import atomic_output, read_mask
 from core.progress import progress
 from core.dataset_layout import image_size_problem
 from core.safety import check_output_id, check_regular_file, image_mode_problem, temp_path
-from tools.args import add_image_limit_arg, add_threads_arg
+from tools.args import add_image_limit_arg, add_threads_arg, str2bool
 from tools.pool import SKIPPED_ERRORS, pool_size, run_pool
 
 LINK_MODES = ("copy", "hardlink", "symlink")
@@ -34,7 +34,8 @@ def add_output_args(parser, default_out):
     parser.add_argument("--num_workers", default=4, type=int,
                         help="worker processes (0: everything in this process)")
     add_threads_arg(parser)
-    parser.add_argument("--expect_official", action="store_true",
+    # --expect_official alone means "true"
+    parser.add_argument("--expect_official", default=False, type=str2bool, nargs="?", const=True,
                         help="a split count that differs from the official one is an error, not a warning")
     add_image_limit_arg(parser)
 

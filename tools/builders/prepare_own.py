@@ -386,8 +386,6 @@ def main(args):
     """Check, build in a temporary folder, verify, rename. Returns {"out", "description",
     "classes", "splits": {split: image count}, "masks": [splits with masks]}."""
     start = time.time()
-    if not 0 <= args.val_fraction < 1:
-        raise UsageError(f"--val_fraction must lie in [0, 1), got {args.val_fraction}")
     out = os.path.normpath(os.path.abspath(os.path.expanduser(args.out)))
     name = check_output_id(args.name or os.path.basename(out), "--name", UsageError)
     check_inputs_outside(out, args)

@@ -34,7 +34,7 @@ def training_parser(description, backbone):
 # --help of the optimiser flags of train_rsepm.py and train_seg.py (build_optimizer's groups)
 OPTIMISER_HELP = {"lr": "backbone learning rate (head: x10)", "wd": "weight decay (not on biases/BN)",
                   "nesterov": "Nesterov momentum (0.9)"}
-# --help of --vis_images per script: where its panels come from (panel_source, panel_picks) and
+# --help of --vis_images per script: where its panels come from (panel_picks) and
 # when they are drawn (panels_due)
 PANELS_FROM = {
     "rsepm": "from the validation images (the first --val_images of --val_domain) when --val_every is above 0, "
@@ -50,7 +50,7 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimi
     """Flags of docs/method.md#optimisation with the script's defaults (they differ per stage).
     optimiser_help: the --help of --lr, --wd and --nesterov (default OPTIMISER_HELP).
     panels_from: the --vis_images help's account of where and when the script draws its panels
-    (PANELS_FROM: panel_source for train_rsepm.py, the training split for the others).
+    (PANELS_FROM: the validation images or the training split for train_rsepm.py, the training split for the others).
     image_args False leaves out the flags of the classification/segmentation data and networks
     (random long-side resize, colour jitter, SyncBN, channels-last), for a script that has none of
     them (train_affinity.py): a flag that does not apply is not accepted. Every training script reads
@@ -120,15 +120,12 @@ def add_validation_args(parser, what):
 
 def check_training_args(args):
     """Refuse settings no training script can run, before any work is done (UsageError: exit 2)."""
-    if args.max_epoch < 1:
-        raise UsageError(f"--max_epoch must be at least 1, got {args.max_epoch}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if not 32 <= args.crop_size <= 2048 or args.crop_size % 16:
-        raise UsageError(f"--crop_size {args.crop_size}: use a multiple of 16 between 32 and 2048")
-    if hasattr(args, "min_image_size") and not 0 < args.min_image_size <= args.max_image_size <= 4096:
-        raise UsageError(f"need 0 < --min_image_size <= --max_image_size <= 4096, got "
-                         f"{args.min_image_size}, {args.max_image_size}")
+    # single-flag bounds are tools/flag_ranges.py's, checked by the parser; here what relates flags
+    if args.crop_size % 16:
+        raise UsageError(f"--crop_size {args.crop_size}: use a multiple of 16")
+    if hasattr(args, "min_image_size") and args.min_image_size > args.max_image_size:
+        raise UsageError(f"need --min_image_size <= --max_image_size, got {args.min_image_size}, "
+                         f"{args.max_image_size}")
     if getattr(args, "vis_ids", None):  # the picks named: as many panels as ids
         if len(args.vis_ids) > 64:
             raise UsageError(f"--vis_ids names {len(args.vis_ids)} images; at most 64 are drawn")
@@ -188,20 +185,18 @@ def panels_due(args, epoch, val_ids):
     return args.vis_images > 0 and (validation_due(args, epoch, val_ids) if getattr(args, "val_every", 0) > 0 else True)
 
 
-def panel_picks(args, ctx, layout, ids):
-    """The panel images of a run (tools/engine/panels.py pick_images) from `ids` of `layout`: those of
-    --vis_ids, else --vis_images spread over the classes; none on ranks other than 0."""
+def panel_picks(args, ctx, layout, ids, val_layout=None, val_ids=None):
+    """The panel images of a run (tools/engine/panels.py pick_images): those of --vis_ids, else
+    --vis_images spread over the classes; from the validation images when the run validates
+    (val_ids given), else from `ids` of `layout`, the training split; none on ranks other than 0
+    or with --vis_images 0."""
     from tools.engine import panels
-    return panels.pick_images(layout, ids if ctx.is_main else [], args.vis_images,
-                              getattr(args, "max_image_pixels", None), chosen=getattr(args, "vis_ids", None))
-
-
-def panel_source(args, ctx, train_layout, train_ids, val_layout, val_ids):
-    """(layout, ids) the panels are drawn from (rank 0 only; ids empty elsewhere or with
-    --vis_images 0): the validation images when the run validates, else the training split's."""
     if not ctx.is_main or args.vis_images <= 0:
-        return train_layout, []
-    return (val_layout, val_ids) if val_ids else (train_layout, train_ids)
+        return []
+    if val_ids:
+        layout, ids = val_layout, val_ids
+    return panels.pick_images(layout, ids, args.vis_images, getattr(args, "max_image_pixels", None),
+                              chosen=getattr(args, "vis_ids", None))
 
 
 @torch.no_grad()

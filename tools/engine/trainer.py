@@ -3,8 +3,10 @@ tests' miniature tests/ddp_worker.py): TrainingRun, which ties the schedule, mix
 resume, logs and final weights together.
 
 The parts it uses live in focused modules: tools/engine/distributed.py (processes, seeds, data order),
-tools/engine/optim.py (optimiser, schedule, EMA, AMP, NaN check), tools/engine/resume_state.py (resume checkpoint,
-config.json, final weights) and tools/engine/runlog.py (logs); the flags the scripts share are in
+tools/engine/optim.py (optimiser, schedule, EMA), tools/engine/amp.py (mixed precision),
+tools/engine/data_loading.py (data order, loader), tools/engine/resume_state.py (resume checkpoint,
+config.json, final weights) and tools/engine/runlog.py (each iteration's record: sums, NaN check,
+means, log lines, TensorBoard); the flags the scripts share are in
 tools/engine/script_parts.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
 """
 import os
@@ -19,11 +21,11 @@ from tools.engine.resume_state import (config_path, dataset_identity, load_resum
 from tools.engine.data_loading import close_loader, loader_dataset, set_loader_epoch
 from tools.engine.distributed import cleanup_distributed
 from tools.engine.stop_request import StopRequest
-from tools.engine import optim
+from tools.engine.amp import make_grad_scaler, resolve_amp_dtype
 from tools.engine.flops import peak_tflops
-from tools.engine.optim import LossMonitor, PolyLR, make_grad_scaler, resolve_amp_dtype
+from tools.engine.optim import PolyLR
 from tools.paths import model_dir, model_path
-from tools.engine.runlog import MeanMeter, RunLogger
+from tools.engine.runlog import RunLogger
 
 _PROGRESS = "_progress_loss"  # record()'s progress_loss among the monitored scalars, not logged
 
@@ -99,19 +101,18 @@ class TrainingRun:
             remove_stale_temp_files(folder)
             remove_stale_temp_files(os.path.join(folder, "logs"))
         self.epoch, self.step_in_epoch, self.iteration, self.saved_epoch = 0, 0, 0, None
-        self.meter, self.images_since_log, warnings = MeanMeter(), 0, []
+        self.images_since_log, warnings, log_state = 0, [], None
         # the epoch's means for epoch_check(epoch, means) -> warning lines (a collapsed run says so)
-        self.epoch_meter, self.epoch_check, self.run_warnings, self.best = MeanMeter(), epoch_check, [], {}
+        self.epoch_check, self.run_warnings, self.best = epoch_check, [], {}
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:  # refused when a run-shaping flag changed (tools/engine/resume_state.py check_settings)
             state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
                                 loader.sampler, ctx, settings=run_settings(args), dataset=self.dataset_identity)
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
             # the log means in progress, so that a resumed run logs what an uninterrupted one does
-            self.meter.load_state_dict(state["extra"].get("log_meter"))
+            log_state = state["extra"].get("log") or {"line": state["extra"].get("log_meter")}  # older files
             self.images_since_log = int(state["extra"].get("images_since_log", 0))
             self.skipped.update(state["extra"].get("skipped", {}))
-            self.epoch_meter.load_state_dict(state["extra"].get("epoch_meter"))
             self.run_warnings = list(state["extra"].get("run_warnings", []))
             self.best = dict(state["extra"].get("best", {}))
             warnings = state["warnings"]
@@ -133,7 +134,7 @@ class TrainingRun:
         self.logger.info(f"{self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
                          f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
                          f"{self.amp_dtype}" + (f", {self._resumed_where()}" if resumed else ""))
-        self.monitor = LossMonitor()  # device-side sums and NaN watch between log lines
+        self.logger.load_state_dict(log_state)  # the log line and epoch in progress, as saved
         for line in warnings:
             self.logger.info(f"warning: {line}")
         from core.progress import progress
@@ -182,7 +183,7 @@ class TrainingRun:
         skipped: the batch's batch["skipped"] (problems of the files dropped from it).
 
         scalars (and progress_loss): name -> 0-d tensor (or number), loss terms and statistics.
-        optim.check_finite sums them on the device and watches for NaN/inf without a host sync;
+        The run's RunLogger sums them on the device and watches for NaN/inf without a host sync;
         the values come to the host once per log line, and the check runs before every save, so a
         non-finite value stops the run (NonFiniteError naming its iteration) before it is saved.
         """
@@ -194,36 +195,32 @@ class TrainingRun:
         self.images_since_log += images
         if progress_loss is not None:
             scalars = {**scalars, _PROGRESS: progress_loss}
-        # iteration - 1: step() has already counted this one
-        optim.check_finite(scalars, self.iteration - 1, self.ctx, monitor=self.monitor)
+        self.logger.add(scalars, self.iteration - 1)  # iteration - 1: step() has already counted this one
         self.progress.update(1)
         end_of_epoch = self.step_in_epoch == self.iterations_per_epoch
         if self.iteration % self.args.log_interval == 0 or end_of_epoch:
-            self._fold_monitor()
-            means = self.meter.means()
-            shown = means.pop(_PROGRESS, None)
+            means = self.logger.write_line(self.iteration, epoch, self.ctx, images=self.images_since_log,
+                                           extra={"lr": self.scheduler.get_last_lr()[0]})
             now = time.perf_counter()
-            self.progress.set_postfix(loss=f"{shown if shown is not None else 0:.3f}", ep=epoch,
-                                      img_s=f"{self.images_since_log / max(now - self.last_time, 1e-9):.1f}")
-            self.last_time = now
-            self.logger.log(self.iteration, epoch, {**means, "lr": self.scheduler.get_last_lr()[0]},
-                            images=self.images_since_log)
-            self.images_since_log = 0
+            rate = self.images_since_log / max(now - self.last_time, 1e-9)
+            shown = means.get(_PROGRESS)
+            self.progress.set_postfix(loss=f"{shown if shown is not None else 0:.3f}", ep=epoch, img_s=f"{rate:.1f}")
+            self.last_time, self.images_since_log = now, 0
             if self.ctx.distributed:  # every rank must stop at the same iteration (save_resume gathers)
                 self.stop_agreed = self.stop.agreed(self.ctx)
         if end_of_epoch:  # the epoch's resume state before validation and panels, which may stop the run
-            # (the log line above has just folded the monitor: its NaN check ran before this save)
-            epoch_means = self.epoch_meter.means()
+            # (the log line above has just folded the sums: its NaN check ran before this save)
+            epoch_means = self.logger.epoch_means()
             for line in (self.epoch_check(epoch, epoch_means) if self.epoch_check else []):
                 self.warn(f"epoch {epoch}: {line}")
             self.save_resume(self.epoch + 1, 0)
             self.saved_epoch = self.epoch + 1
         if self._stop_requested() and not end_of_epoch:  # at an epoch's end: epochs(), after its save
-            self._fold_monitor()
+            self.logger.fold(self.ctx)
             self.save_resume(self.epoch, self.step_in_epoch)
             raise self._preempted()
         if self.iteration % self.args.save_interval == 0 and not end_of_epoch:
-            self._fold_monitor()  # NaN check before the save; the sums travel in resume.pth
+            self.logger.fold(self.ctx)  # NaN check before the save; the means travel in resume.pth
             self.save_resume(self.epoch, self.step_in_epoch)  # self.epoch: finished epochs, as resume.pth counts
 
     def _stop_requested(self):
@@ -237,20 +234,11 @@ class TrainingRun:
         self.logger.info(line)
         return Preempted(line)
 
-    def _fold_monitor(self):
-        """Move the monitor's device sums into the log meter (one host sync; raises on NaN/inf)."""
-        totals, counts = self.monitor.totals(self.ctx)
-        for meter in (self.meter, self.epoch_meter):
-            for name, total in totals.items():
-                meter.sums[name] = meter.sums.get(name, 0.0) + total
-                meter.counts[name] = meter.counts.get(name, 0) + counts[name]
-
     def save_resume(self, epoch, step):
         save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
                     epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
-                    extra={"log_meter": self.meter.state_dict(), "images_since_log": self.images_since_log,
-                           "skipped": self.skipped, "epoch_meter": self.epoch_meter.state_dict(),
-                           "run_warnings": self.run_warnings, "best": self.best},
+                    extra={"log": self.logger.state_dict(), "images_since_log": self.images_since_log,
+                           "skipped": self.skipped, "run_warnings": self.run_warnings, "best": self.best},
                     settings=run_settings(self.args), dataset=self.dataset_identity)
 
     def draw_panels(self, draw):

@@ -91,8 +91,8 @@ def get_args_parser():
     parser.add_argument("--gpus", default=None, help="CUDA ids to use (default: every visible GPU)")
     parser.add_argument("--iterations", type=int, default=None, help="measured training iterations")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
-    parser.add_argument("--torchrun", default=None, choices=("yes", "no"),
-                        help="include the torchrun checks (default: yes with CUDA, and in --smoke)")
+    parser.add_argument("--torchrun", default=True, type=str2bool, nargs="?", const=True,
+                        help="include the torchrun checks")
     parser.add_argument("--keep", default=False, type=str2bool, nargs="?", const=True,
                         help="keep the temporary data and runs")
     return parser
@@ -370,7 +370,7 @@ def main(args):
                          max_size=sizes.image_max, progress=True)
         check = Check(args, sizes, work, data, cuda, gpu_ids or [0])
         n = len(check.gpu_ids)
-        use_torchrun = (args.torchrun or "yes") == "yes"
+        use_torchrun = args.torchrun
         for model in ("rsepm", "deeplabv3+", "deeplabv2"):
             for amp in ("off", "bf16", "fp16"):
                 check.train(model, amp, "single")

@@ -125,11 +125,6 @@ def prepare(args, claim=True):
     work: (job, ids)."""
     if not args.affinity_tag and not args.affinity_weights:
         raise UsageError("--mode rw needs --affinity_tag (or --affinity_weights): the network of train_affinity.py")
-    for name in ("rw_radius", "exp_times"):
-        if getattr(args, name) < (2 if name == "rw_radius" else 0):
-            raise UsageError(f"--{name} {getattr(args, name)} is too small")
-    if args.beta <= 0 or not 0 <= args.sem_seg_bg_thres <= 1:
-        raise UsageError(f"need --beta > 0 and --sem_seg_bg_thres in [0, 1], got {args.beta}, {args.sem_seg_bg_thres}")
     weights = args.affinity_weights or model_path(args.pred_dir, args.affinity_tag, flag="--affinity_tag")
     if not os.path.isfile(weights):
         raise MissingFileError(f"{weights}: affinity weights not found (run train_affinity.py --tag "

@@ -34,7 +34,7 @@ from tools.paths import REPO_ROOT  # noqa: E402
 
 from core.errors import FormatError, MissingFileError, ProjectError, UsageError  # noqa: E402
 from core.io import atomic_output  # noqa: E402
-from tools.args import cli, conf_threshold, make_parser  # noqa: E402
+from tools.args import cli, conf_threshold, make_parser, str2bool  # noqa: E402
 from tools.seeds.infer_loop import parse_scales  # noqa: E402
 
 SOURCE = os.path.join(REPO_ROOT, "demo.py")
@@ -181,10 +181,11 @@ def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--source", default=SOURCE, help="percent-format script the notebook is made from")
     parser.add_argument("--out", default=NOTEBOOK, help="notebook file to write")
-    parser.add_argument("--execute", action="store_true",
+    # --execute / --check alone mean "true"
+    parser.add_argument("--execute", default=False, type=str2bool, nargs="?", const=True,
                         help="execute it and store the outputs: on the toy run (experiments/toy/), or on the run "
                              "that the flags below and the RSEPM_DEMO_* variables of the environment name")
-    parser.add_argument("--check", action="store_true",
+    parser.add_argument("--check", default=False, type=str2bool, nargs="?", const=True,
                         help="only compare the cells of --out with --source (outputs are ignored)")
     parser.add_argument("--timeout", default=900, type=int, help="seconds one cell may run with --execute")
     group = parser.add_argument_group(
