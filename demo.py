@@ -68,13 +68,17 @@
 import os
 
 if not os.path.isfile(os.path.join("core", "networks.py")):
-    raise RuntimeError(f"start this notebook from the repository root (the folder holding core/ and tools/); "
-                       f"the working directory is {os.getcwd()}")
+    raise RuntimeError(
+        f"start this notebook from the repository root (the folder holding core/ and tools/); "
+        f"the working directory is {os.getcwd()}"
+    )
 
-from tools.seeds.infer_loop import parse_scales
 from tools.paths import model_path
-from tools.toy.toy_pipeline import PRED_ROOT as TOY_PRED_DIR, RSEPM_TAG as TOY_RSEPM_TAG, SCALES as TOY_SCALES, \
-    SEG_TAG as TOY_SEG_TAG
+from tools.seeds.infer_loop import parse_scales
+from tools.toy.toy_pipeline import PRED_ROOT as TOY_PRED_DIR
+from tools.toy.toy_pipeline import RSEPM_TAG as TOY_RSEPM_TAG
+from tools.toy.toy_pipeline import SCALES as TOY_SCALES
+from tools.toy.toy_pipeline import SEG_TAG as TOY_SEG_TAG
 
 
 def setting(name, default, kind=str):
@@ -87,28 +91,30 @@ def id_list(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-ROOT_DIR = setting("ROOT", "toy_data/TOY")               # dataset root in the seed layout
-DATASET = setting("DATASET", "TOY")                      # data/{DATASET}.json: class names, colours
-DOMAIN = setting("DOMAIN", "validation")                 # split the images come from
+ROOT_DIR = setting("ROOT", "toy_data/TOY")  # dataset root in the seed layout
+DATASET = setting("DATASET", "TOY")  # data/{DATASET}.json: class names, colours
+DOMAIN = setting("DOMAIN", "validation")  # split the images come from
 # The toy run: experiments/toy/, or its seed0/ after `toy_pipeline.py --seeds 0,1,2`.
-TOY_RUN = next((d for d in (TOY_PRED_DIR, os.path.join(TOY_PRED_DIR, "seed0/"))
-                if os.path.isfile(model_path(d, TOY_RSEPM_TAG))), TOY_PRED_DIR)
-PRED_DIR = setting("PRED_DIR", TOY_RUN)                  # experiment folder (models/, predictions/, ...)
-RSEPM_TAG = setting("TAG", TOY_RSEPM_TAG)                # single-stage RS+EPM run
-SEG_TAG = setting("SEG_TAG", TOY_SEG_TAG)                # retrained segmenter (multi-stage) run
+TOY_RUN = next(
+    (d for d in (TOY_PRED_DIR, os.path.join(TOY_PRED_DIR, "seed0/")) if os.path.isfile(model_path(d, TOY_RSEPM_TAG))),
+    TOY_PRED_DIR,
+)
+PRED_DIR = setting("PRED_DIR", TOY_RUN)  # experiment folder (models/, predictions/, ...)
+RSEPM_TAG = setting("TAG", TOY_RSEPM_TAG)  # single-stage RS+EPM run
+SEG_TAG = setting("SEG_TAG", TOY_SEG_TAG)  # retrained segmenter (multi-stage) run
 # The networks: None takes what the run's config.json (beside the weights) records, else the default
 # named (the toy run's), as infer_rsepm.py / infer_seg.py do; a value contradicting the record is refused.
-BACKBONE = setting("BACKBONE", None)                     # RS+EPM backbone (resnet18)
-SEG_DECODER = setting("SEG_DECODER", None)               # deeplabv3+ or deeplabv2 (deeplabv3+)
-SEG_BACKBONE = setting("SEG_BACKBONE", None)             # (resnet18)
+BACKBONE = setting("BACKBONE", None)  # RS+EPM backbone (resnet18)
+SEG_DECODER = setting("SEG_DECODER", None)  # deeplabv3+ or deeplabv2 (deeplabv3+)
+SEG_BACKBONE = setting("SEG_BACKBONE", None)  # (resnet18)
 SEG_OUTPUT_STRIDE = setting("SEG_OUTPUT_STRIDE", None, int)  # (16, the toy run's; 8 for the VOC weights)
-WEIGHTS = setting("WEIGHTS", None)                       # None: {PRED_DIR}/models/{RSEPM_TAG}/last.pth
-SEG_WEIGHTS = setting("SEG_WEIGHTS", None)               # None: {PRED_DIR}/models/{SEG_TAG}/last.pth
-IMAGE_IDS = setting("IMAGE_IDS", None, id_list)          # None: the first NUM_IMAGES of DOMAIN
+WEIGHTS = setting("WEIGHTS", None)  # None: {PRED_DIR}/models/{RSEPM_TAG}/last.pth
+SEG_WEIGHTS = setting("SEG_WEIGHTS", None)  # None: {PRED_DIR}/models/{SEG_TAG}/last.pth
+IMAGE_IDS = setting("IMAGE_IDS", None, id_list)  # None: the first NUM_IMAGES of DOMAIN
 NUM_IMAGES = setting("NUM_IMAGES", 4, int)
 SCALES = setting("SCALES", parse_scales(TOY_SCALES[1]), parse_scales)  # test-time scales (+ flips), as the toy run
-CONF_TH = setting("CONF_TH", -1.0, float)                # -1: ground-truth tags; else classes scoring >= CONF_TH
-BG_TH = setting("BG_TH", None, float)                    # None: evaluate.py's best threshold, else 0.35
+CONF_TH = setting("CONF_TH", -1.0, float)  # -1: ground-truth tags; else classes scoring >= CONF_TH
+BG_TH = setting("BG_TH", None, float)  # None: evaluate.py's best threshold, else 0.35
 
 # %% id="toy-settings"
 # The settings of the run shown. On the toy run (the defaults above; the stored outputs) the toy
@@ -122,8 +128,11 @@ from tools.toy import toy_pipeline as toy
 rsepm_weights = WEIGHTS or model_path(PRED_DIR, RSEPM_TAG)
 seg_weights = SEG_WEIGHTS or model_path(PRED_DIR, SEG_TAG)
 TOY_RUNS = (TOY_PRED_DIR, os.path.join(TOY_PRED_DIR, "seed0/"))
-ON_TOY_RUN = (RSEPM_TAG == TOY_RSEPM_TAG and WEIGHTS is None
-              and os.path.abspath(PRED_DIR) in {os.path.abspath(d) for d in TOY_RUNS})
+ON_TOY_RUN = (
+    RSEPM_TAG == TOY_RSEPM_TAG
+    and WEIGHTS is None
+    and os.path.abspath(PRED_DIR) in {os.path.abspath(d) for d in TOY_RUNS}
+)
 
 
 def flag(arguments, name):
@@ -134,31 +143,51 @@ def flag(arguments, name):
 TOY_TEXT = f"""**The toy run** (`tools/toy/toy_pipeline.py`, on the synthetic TOY dataset `toy_data/TOY`):
 
 * both networks start from a ResNet-18 pretrained by `tools/toy/pretrain_toy.py` for
-  {flag(toy.PRETRAIN, '--max_epoch')} epochs on the image-level tags of a separate toy set (generator seed
+  {flag(toy.PRETRAIN, "--max_epoch")} epochs on the image-level tags of a separate toy set (generator seed
   {toy.PRETRAIN_DATA_SEED}; `{toy.PRETRAINED}`), the stand-in for the ImageNet weights of the paper;
   no stage sees a pixel label;
-* RS+EPM: {flag(toy.RSEPM_TRAIN, '--max_epoch')} epochs, batch {flag(toy.RSEPM_TRAIN, '--batch_size')},
-  lr {flag(toy.RSEPM_TRAIN, '--lr')}, {flag(toy.RSEPM_TRAIN, '--crop_size')}-pixel crops, RecurSeed from
-  epoch {flag(toy.RSEPM_TRAIN, '--rs_start')}, EdgePredictMix from epoch {flag(toy.RSEPM_TRAIN, '--mix_start')};
-* the retrained DeepLabV3+ (output stride 16): {flag(toy.SEG_TRAIN, '--max_epoch')} epochs,
-  batch {flag(toy.SEG_TRAIN, '--batch_size')}, {flag(toy.SEG_TRAIN, '--crop_size')}-pixel crops, on the
+* RS+EPM: {flag(toy.RSEPM_TRAIN, "--max_epoch")} epochs, batch {flag(toy.RSEPM_TRAIN, "--batch_size")},
+  lr {flag(toy.RSEPM_TRAIN, "--lr")}, {flag(toy.RSEPM_TRAIN, "--crop_size")}-pixel crops, RecurSeed from
+  epoch {flag(toy.RSEPM_TRAIN, "--rs_start")}, EdgePredictMix from epoch {flag(toy.RSEPM_TRAIN, "--mix_start")};
+* the retrained DeepLabV3+ (output stride 16): {flag(toy.SEG_TRAIN, "--max_epoch")} epochs,
+  batch {flag(toy.SEG_TRAIN, "--batch_size")}, {flag(toy.SEG_TRAIN, "--crop_size")}-pixel crops, on the
   random-walk pseudo masks of `train_aug` (`--rw_crf true`: walk, then dense CRF);
 * training crops get colour jitter without its hue part
-  (`--color_jitter {flag(toy.TOY_JITTER, '--color_jitter')}`): the toy classes differ by hue, among
+  (`--color_jitter {flag(toy.TOY_JITTER, "--color_jitter")}`): the toy classes differ by hue, among
   other cues, and the published hue jitter would blur that line;
-* test-time scales `{flag(toy.SCALES, '--scales')}` with flips (the published `1.0,0.5,1.5,2.0` cost
+* test-time scales `{flag(toy.SCALES, "--scales")}` with flips (the published `1.0,0.5,1.5,2.0` cost
   several times more), single-stage classes from scores >= {toy.CONF_TH}.
 """
 # (key of the recorded args, how it reads) of each training's settings shown for another run
-RSEPM_FIELDS = [("dataset", "dataset `{}`"), ("domain", "`{}` images"), ("backbone", "{}"),
-                ("pretrained", "pretrained `{}`"), ("max_epoch", "{} epochs"), ("batch_size", "batch {}"),
-                ("lr", "lr {}"), ("crop_size", "{}-pixel crops"), ("rs_start", "RecurSeed from epoch {}"),
-                ("mix", "mix `{}`"), ("mix_start", "EdgePredictMix from epoch {}"),
-                ("color_jitter", "colour jitter `{}`"), ("seed", "training seed {}")]
-SEG_FIELDS = [("dataset", "dataset `{}`"), ("domain", "`{}` images"), ("decoder", "{}"), ("backbone", "{}"),
-              ("output_stride", "output stride {}"), ("pretrained", "pretrained `{}`"),
-              ("label_tag", "on the pseudo masks of `{}`"), ("max_epoch", "{} epochs"), ("batch_size", "batch {}"),
-              ("lr", "lr {}"), ("crop_size", "{}-pixel crops"), ("seed", "training seed {}")]
+RSEPM_FIELDS = [
+    ("dataset", "dataset `{}`"),
+    ("domain", "`{}` images"),
+    ("backbone", "{}"),
+    ("pretrained", "pretrained `{}`"),
+    ("max_epoch", "{} epochs"),
+    ("batch_size", "batch {}"),
+    ("lr", "lr {}"),
+    ("crop_size", "{}-pixel crops"),
+    ("rs_start", "RecurSeed from epoch {}"),
+    ("mix", "mix `{}`"),
+    ("mix_start", "EdgePredictMix from epoch {}"),
+    ("color_jitter", "colour jitter `{}`"),
+    ("seed", "training seed {}"),
+]
+SEG_FIELDS = [
+    ("dataset", "dataset `{}`"),
+    ("domain", "`{}` images"),
+    ("decoder", "{}"),
+    ("backbone", "{}"),
+    ("output_stride", "output stride {}"),
+    ("pretrained", "pretrained `{}`"),
+    ("label_tag", "on the pseudo masks of `{}`"),
+    ("max_epoch", "{} epochs"),
+    ("batch_size", "batch {}"),
+    ("lr", "lr {}"),
+    ("crop_size", "{}-pixel crops"),
+    ("seed", "training seed {}"),
+]
 
 
 def training_record(weights):
@@ -175,10 +204,17 @@ def recorded_settings(what, tag, weights, fields):
         found = "its weights are there" if os.path.isfile(weights) else f"nor `{weights}`"
         return f"* {what} `{tag}`: no training record (no `{path}`; {found})"
     args = config.get("args") if isinstance(config.get("args"), dict) else {}
-    shown = [text.format(",".join(map(str, v)) if isinstance(v, list) else v)
-             for key, text in fields for v in [args.get(key)] if v is not None]
-    machine = (f"trained on {config['world_size']} x {config['device']}"
-               if config.get("world_size") and config.get("device") else "")
+    shown = [
+        text.format(",".join(map(str, v)) if isinstance(v, list) else v)
+        for key, text in fields
+        for v in [args.get(key)]
+        if v is not None
+    ]
+    machine = (
+        f"trained on {config['world_size']} x {config['device']}"
+        if config.get("world_size") and config.get("device")
+        else ""
+    )
     when = ", ".join(part for part in (machine, config.get("time")) if part)
     return f"* {what} `{args.get('tag') or tag}`: {', '.join(shown)} (`{path}`{', ' + when if when else ''})"
 
@@ -186,14 +222,16 @@ def recorded_settings(what, tag, weights, fields):
 def run_text():
     """The settings of a run that is not the toy pipeline's, from its trainings' records."""
     classes = "classes from the ground-truth tags" if CONF_TH == -1 else f"the classes scoring >= {CONF_TH}"
-    return "\n".join([
-        f"**The run `{RSEPM_TAG}` in `{PRED_DIR}`**, as its trainings recorded it:",
-        "",
-        recorded_settings("RS+EPM", RSEPM_TAG, rsepm_weights, RSEPM_FIELDS),
-        recorded_settings("the retrained model", SEG_TAG, seg_weights, SEG_FIELDS),
-        f"* here: images of `{ROOT_DIR}` ({DATASET}, {DOMAIN}), test-time scales "
-        f"`{','.join(map(str, SCALES))}` with flips, {classes}.",
-    ])
+    return "\n".join(
+        [
+            f"**The run `{RSEPM_TAG}` in `{PRED_DIR}`**, as its trainings recorded it:",
+            "",
+            recorded_settings("RS+EPM", RSEPM_TAG, rsepm_weights, RSEPM_FIELDS),
+            recorded_settings("the retrained model", SEG_TAG, seg_weights, SEG_FIELDS),
+            f"* here: images of `{ROOT_DIR}` ({DATASET}, {DOMAIN}), test-time scales "
+            f"`{','.join(map(str, SCALES))}` with flips, {classes}.",
+        ]
+    )
 
 
 display(Markdown(TOY_TEXT if ON_TOY_RUN else run_text()))
@@ -209,15 +247,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
-from matplotlib.patches import Patch
 
-from core.weights import load_checkpoint
 from core.crf import seed_to_mask
 from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
+from core.io import read_mask
 from core.multiscale import multiscale_inference, rsepm_seed
-from core.io import read_json, read_mask
 from core.networks import RSEPM, build_network
 from core.targets import normalize_cam
+from core.weights import load_checkpoint
 from tools.paths import evaluation_path, model_path, pseudo_labels_dir
 from tools.seeds.infer_loop import resolve_network_args
 
@@ -231,9 +268,11 @@ if not os.path.isfile(rsepm_weights):
     if WEIGHTS:
         problem = f"{set_by('WEIGHTS', 'WEIGHTS', '--weights')} is {WEIGHTS}: no such file"
     else:
-        problem = (f"no RS+EPM weights at {rsepm_weights}, the last.pth of {set_by('RSEPM_TAG', 'TAG', '--tag')} "
-                   f"{RSEPM_TAG!r} under {set_by('PRED_DIR', 'PRED_DIR', '--pred_dir')} {PRED_DIR!r}: name a "
-                   f"trained run, or set {set_by('WEIGHTS', 'WEIGHTS', '--weights')} to its .pth file")
+        problem = (
+            f"no RS+EPM weights at {rsepm_weights}, the last.pth of {set_by('RSEPM_TAG', 'TAG', '--tag')} "
+            f"{RSEPM_TAG!r} under {set_by('PRED_DIR', 'PRED_DIR', '--pred_dir')} {PRED_DIR!r}: name a "
+            f"trained run, or set {set_by('WEIGHTS', 'WEIGHTS', '--weights')} to its .pth file"
+        )
         if ON_TOY_RUN:
             problem += "; `bash tools/quickstart.sh` makes the toy run"
     raise FileNotFoundError(problem)
@@ -250,16 +289,24 @@ def network_args(weights, given, defaults, labels):
     return vars(args), where
 
 
-network, where = network_args(rsepm_weights, {"backbone": BACKBONE}, {"backbone": "resnet18"},
-                              {"backbone": set_by("BACKBONE", "BACKBONE", "--backbone")})
+network, where = network_args(
+    rsepm_weights,
+    {"backbone": BACKBONE},
+    {"backbone": "resnet18"},
+    {"backbone": set_by("BACKBONE", "BACKBONE", "--backbone")},
+)
 BACKBONE = network["backbone"]
 print(f"RS+EPM network: {BACKBONE} ({where})")
 network, where = network_args(
-    seg_weights, {"decoder": SEG_DECODER, "backbone": SEG_BACKBONE, "output_stride": SEG_OUTPUT_STRIDE},
+    seg_weights,
+    {"decoder": SEG_DECODER, "backbone": SEG_BACKBONE, "output_stride": SEG_OUTPUT_STRIDE},
     {"decoder": "deeplabv3+", "backbone": "resnet18", "output_stride": 16},
-    {"decoder": set_by("SEG_DECODER", "SEG_DECODER", "--seg_decoder"),
-     "backbone": set_by("SEG_BACKBONE", "SEG_BACKBONE", "--seg_backbone"),
-     "output_stride": set_by("SEG_OUTPUT_STRIDE", "SEG_OUTPUT_STRIDE", "--seg_output_stride")})
+    {
+        "decoder": set_by("SEG_DECODER", "SEG_DECODER", "--seg_decoder"),
+        "backbone": set_by("SEG_BACKBONE", "SEG_BACKBONE", "--seg_backbone"),
+        "output_stride": set_by("SEG_OUTPUT_STRIDE", "SEG_OUTPUT_STRIDE", "--seg_output_stride"),
+    },
+)
 SEG_DECODER, SEG_BACKBONE, SEG_OUTPUT_STRIDE = network["decoder"], network["backbone"], network["output_stride"]
 if os.path.isfile(seg_weights):
     print(f"retrained network: {SEG_DECODER} {SEG_BACKBONE}, output stride {SEG_OUTPUT_STRIDE} ({where})")
@@ -280,8 +327,10 @@ print(f"{len(image_ids)} image(s) of {DATASET}/{DOMAIN}: {', '.join(image_ids)};
 record = os.path.join(PRED_DIR, "summary.json")  # written by tools/toy/toy_pipeline.py
 if os.path.isfile(record):
     run = read_json(record)
-    print(f"run record {record}: training seed {run.get('seed')}, {run.get('threads')} thread(s) per stage, "
-          f"{run.get('seconds', 0) / 60:.1f} min")
+    print(
+        f"run record {record}: training seed {run.get('seed')}, {run.get('threads')} thread(s) per stage, "
+        f"{run.get('seconds', 0) / 60:.1f} min"
+    )
 # The random-walk stage writes its pseudo masks beside the CRF ones, under the tag RSEPM_TAG@rw.
 RW_TAG = RSEPM_TAG + "@rw"
 
@@ -356,8 +405,10 @@ else:
 def load_model(network, weights):
     """The network with the checkpoint's weights, in eval mode; a clear error when the file is absent."""
     if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{weights}: checkpoint not found (run `bash tools/quickstart.sh` for the toy "
-                                "run, or set WEIGHTS / SEG_WEIGHTS to a .pth file)")
+        raise FileNotFoundError(
+            f"{weights}: checkpoint not found (run `bash tools/quickstart.sh` for the toy "
+            "run, or set WEIGHTS / SEG_WEIGHTS to a .pth file)"
+        )
     load_checkpoint(network, weights)
     return network.eval()
 
@@ -371,10 +422,10 @@ def present_classes(image_id, scores):
 
 def class_activation_map(model, image, classes):
     """Max over `classes` of the normalised CAM at scale 1: image (3, H, W) -> (H, W) in [0, 1)."""
-    cam = model(image[None])["cam"]                          # (1, C, H/16, W/16) CAM logits
+    cam = model(image[None])["cam"]  # (1, C, H/16, W/16) CAM logits
     tags = torch.zeros(1, cam.shape[1])
     tags[0, [c - 1 for c in classes]] = 1.0
-    cam = normalize_cam(cam, tags)                           # untagged classes are zero
+    cam = normalize_cam(cam, tags)  # untagged classes are zero
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return cam[0].max(dim=0).values.numpy()
 
@@ -385,39 +436,46 @@ print(f"RS+EPM weights: {rsepm_weights}")
 
 results = []
 for image_id in image_ids:
-    image = layout.read_image(image_id)                      # uint8 (H, W, 3)
-    tensor = normalize_image(image)                          # float (3, H, W)
+    image = layout.read_image(image_id)  # uint8 (H, W, 3)
+    tensor = normalize_image(image)  # float (3, H, W)
     # The settings of infer_rsepm.py: nearest resizing of the decoder logits, sigmoid class scores.
-    probs, scores = multiscale_inference(rsepm, tensor, "rsepm", scales=SCALES, interpolation="nearest",
-                                         same=True, with_scores=CONF_TH != -1)
+    probs, scores = multiscale_inference(
+        rsepm, tensor, "rsepm", scales=SCALES, interpolation="nearest", same=True, with_scores=CONF_TH != -1
+    )
     classes = present_classes(image_id, scores)
     keys, seed = rsepm_seed(probs, classes)
     seed = {"keys": keys, "seed": seed, "dialect": "rsepm"}
-    results.append({
-        "id": image_id, "image": image, "classes": classes,
-        "gt": layout.read_mask(image_id, image.shape[:2]) if layout.has_masks else None,
-        "cam": class_activation_map(rsepm, tensor, classes),
-        "seed": seed,
-        "seed_mask": seed_to_mask(seed, image, mode="argmax", bg_th=bg_th),
-        "crf_mask": seed_to_mask(seed, image, mode="crf"),
-        "seg_mask": None,
-        "rw_mask": stored_mask(RW_TAG, DOMAIN, image_id),  # None until the random-walk stage ran
-    })
+    results.append(
+        {
+            "id": image_id,
+            "image": image,
+            "classes": classes,
+            "gt": layout.read_mask(image_id, image.shape[:2]) if layout.has_masks else None,
+            "cam": class_activation_map(rsepm, tensor, classes),
+            "seed": seed,
+            "seed_mask": seed_to_mask(seed, image, mode="argmax", bg_th=bg_th),
+            "crf_mask": seed_to_mask(seed, image, mode="crf"),
+            "seg_mask": None,
+            "rw_mask": stored_mask(RW_TAG, DOMAIN, image_id),  # None until the random-walk stage ran
+        }
+    )
     print(f"{image_id}: classes {[info.class_names[c] for c in classes]}")
 
 # %% id="retrained-model"
 seg_weights = SEG_WEIGHTS or model_path(PRED_DIR, SEG_TAG)
 if not os.path.isfile(seg_weights):
-    print(f"skipped the retrained model: no weights at {seg_weights} (train_seg.py writes them; "
-          "the toy pipeline's stage 5)")
+    print(
+        f"skipped the retrained model: no weights at {seg_weights} (train_seg.py writes them; "
+        "the toy pipeline's stage 5)"
+    )
 else:
-    seg_model = load_model(build_network(SEG_DECODER, SEG_BACKBONE, info.num_classes, SEG_OUTPUT_STRIDE),
-                           seg_weights)
+    seg_model = load_model(build_network(SEG_DECODER, SEG_BACKBONE, info.num_classes, SEG_OUTPUT_STRIDE), seg_weights)
     print(f"retrained model weights: {seg_weights}")
     for result in results:
         # The settings of infer_seg.py: bilinear resizing; the mask is the argmax over all classes.
-        probs, _ = multiscale_inference(seg_model, normalize_image(result["image"]), "seg", scales=SCALES,
-                                        interpolation="bilinear", same=True)
+        probs, _ = multiscale_inference(
+            seg_model, normalize_image(result["image"]), "seg", scales=SCALES, interpolation="bilinear", same=True
+        )
         result["seg_mask"] = probs.argmax(dim=0).numpy().astype(np.uint8)
 
 # %% id="figure"
@@ -431,8 +489,9 @@ DECODER_NAMES = {"deeplabv3+": "DeepLabV3+", "deeplabv2": "DeepLabV2"}
 def show(pictures):
     """The composites one under the other, at their own pixel size."""
     width = max(p.shape[1] for p in pictures)
-    stacked = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-                              for p in pictures])
+    stacked = np.concatenate(
+        [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in pictures]
+    )
     fig = plt.figure(figsize=(stacked.shape[1] / FIGURE_DPI, stacked.shape[0] / FIGURE_DPI))
     fig.add_axes([0, 0, 1, 1]).imshow(stacked)
     fig.axes[0].axis("off")
@@ -447,14 +506,18 @@ pictures = []
 for result in results:
     labels = [result["gt"], result["seed_mask"], result["crf_mask"], result["rw_mask"], result["seg_mask"]]
     seg_name = "retrained " + DECODER_NAMES.get(SEG_DECODER, SEG_DECODER)
-    tiles = [(f"{result['id']}: image", result["image"]),
-             label_tile("ground truth", result["gt"]),
-             ("CAM (max over " + ", ".join(info.class_names[c] for c in result["classes"]) + ")",
-              overlay(result["image"], result["cam"])),
-             label_tile(f"RS+EPM seed (bg {bg_th:.2f})", result["seed_mask"]),
-             label_tile("CRF pseudo mask", result["crf_mask"]),
-             label_tile("random-walk mask", result["rw_mask"]),
-             label_tile(seg_name, result["seg_mask"])]
+    tiles = [
+        (f"{result['id']}: image", result["image"]),
+        label_tile("ground truth", result["gt"]),
+        (
+            "CAM (max over " + ", ".join(info.class_names[c] for c in result["classes"]) + ")",
+            overlay(result["image"], result["cam"]),
+        ),
+        label_tile(f"RS+EPM seed (bg {bg_th:.2f})", result["seed_mask"]),
+        label_tile("CRF pseudo mask", result["crf_mask"]),
+        label_tile("random-walk mask", result["rw_mask"]),
+        label_tile(seg_name, result["seg_mask"]),
+    ]
     legend = legend_entries(labels, info.palette, info.class_names, always=(0, *result["classes"]))
     pictures.append(composite([t for t in tiles if t is not None], legend, columns=7))
 show(pictures)
@@ -473,8 +536,10 @@ if os.path.isdir(pseudo_labels_dir(PRED_DIR, RSEPM_TAG, "train_aug")):  # else t
     train_layout = SeedLayout(ROOT_DIR, "train_aug", info)
     train_ids = [i for i in train_layout.ids if stored_mask(RSEPM_TAG, "train_aug", i) is not None][:NUM_IMAGES]
 if not train_ids:
-    print(f"no CRF pseudo masks of train_aug in {pseudo_labels_dir(PRED_DIR, RSEPM_TAG, 'train_aug')} "
-          "(convert_seed_to_pseudo_masks.py --domain train_aug writes them; the toy pipeline does)")
+    print(
+        f"no CRF pseudo masks of train_aug in {pseudo_labels_dir(PRED_DIR, RSEPM_TAG, 'train_aug')} "
+        "(convert_seed_to_pseudo_masks.py --domain train_aug writes them; the toy pipeline does)"
+    )
 else:
     pictures = []
     for image_id in train_ids:
@@ -483,8 +548,9 @@ else:
         masks = [gt, stored_mask(RSEPM_TAG, "train_aug", image_id), stored_mask(RW_TAG, "train_aug", image_id)]
         titles = ("ground truth", "CRF pseudo mask", "random-walk mask")
         tiles = [(f"{image_id}: image", image)] + [label_tile(t, m) for t, m in zip(titles, masks)]
-        pictures.append(composite([t for t in tiles if t is not None],
-                                  legend_entries(masks, info.palette, info.class_names)))
+        pictures.append(
+            composite([t for t in tiles if t is not None], legend_entries(masks, info.palette, info.class_names))
+        )
     show(pictures)
 
 
@@ -498,6 +564,7 @@ else:
 # best background threshold of the sweep, the retrained model's argmax), `pseudo-labels` rows
 # score the CRF masks. IoU is in percent; a blank cell is a class absent from both the prediction
 # and the ground truth.
+
 
 # %% id="evaluation-table"
 def evaluation_files(pred_dir, tags):
@@ -517,8 +584,10 @@ def cell(value):
 
 evaluations = [read_json(path) for path in evaluation_files(PRED_DIR, dict.fromkeys([RSEPM_TAG, SEG_TAG]))]
 if not evaluations:
-    print(f"no evaluate.py results (*.eval.json) under {PRED_DIR} for {RSEPM_TAG} or {SEG_TAG}; "
-          "run evaluate.py (the toy pipeline does) to fill this section")
+    print(
+        f"no evaluate.py results (*.eval.json) under {PRED_DIR} for {RSEPM_TAG} or {SEG_TAG}; "
+        "run evaluate.py (the toy pipeline does) to fill this section"
+    )
 else:
     header = "| class | " + " | ".join(f"({k})" for k in range(1, len(evaluations) + 1)) + " |"
     lines = [header, "|---|" + "---:|" * len(evaluations)]
@@ -528,8 +597,7 @@ else:
     lines.append("")
     for k, e in enumerate(evaluations, start=1):
         threshold = "" if e.get("threshold") is None else f", background threshold {e['threshold']:.2f}"
-        lines.append(f"* ({k}) `{e['folder']}` of `{e['tag']}` on {e['domain']}, "
-                     f"{e['num_images']} images{threshold}")
+        lines.append(f"* ({k}) `{e['folder']}` of `{e['tag']}` on {e['domain']}, {e['num_images']} images{threshold}")
     display(Markdown("\n".join(lines)))
 
 # %% id="evaluation-chart"
@@ -541,8 +609,12 @@ if evaluations:
     for k, e in enumerate(evaluations):
         values = [np.nan if e["iou"].get(n) is None else e["iou"][n] for n in info.class_names]
         values.append(np.nan if e["mIoU"] is None else e["mIoU"])
-        ax.bar(x + (k - (len(evaluations) - 1) / 2) * width, values, width,
-               label=f"({k + 1}) {e['folder']}, {e['domain']}: {e['tag']}")
+        ax.bar(
+            x + (k - (len(evaluations) - 1) / 2) * width,
+            values,
+            width,
+            label=f"({k + 1}) {e['folder']}, {e['domain']}: {e['tag']}",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")

@@ -16,6 +16,7 @@ worker count. An image whose prediction is bad is skipped and listed with the ex
 scores over the other images are printed but no result file is written (it would read as the
 whole split's), and an earlier one beside the folder is removed.
 """
+
 import contextlib
 import math
 import os
@@ -23,12 +24,20 @@ import shlex
 
 from core.dataset_layout import SeedLayout, load_dataset_info
 from core.errors import EvaluationError, UsageError
-from core.safety import OutputBusyError, hold_output, output_writer
 from core.io import load_seed, read_mask, write_json
 from core.progress import progress
+from core.safety import OutputBusyError, hold_output, output_writer
 from tools import metrics
-from tools.args import (add_dataset_args, add_experiment_args, add_seed_limit_arg, add_threads_arg, cli,
-                        compatibility_group, make_parser, str2bool)
+from tools.args import (
+    add_dataset_args,
+    add_experiment_args,
+    add_seed_limit_arg,
+    add_threads_arg,
+    cli,
+    compatibility_group,
+    make_parser,
+    str2bool,
+)
 from tools.paths import evaluation_path, output_dir
 from tools.pool import SKIPPED_ERRORS, list_skipped, main_threads, pool_size, run_pool
 
@@ -40,23 +49,36 @@ def get_args_parser():
     parser = make_parser(description=__doc__.split("\n\n")[0])
     add_dataset_args(parser, domain="validation")
     add_experiment_args(parser)
-    parser.add_argument("--folder", default="pseudo-labels", type=str,
-                        help="folder under --pred_dir: a name containing 'predictions' holds seed files "
-                             "(threshold sweep), any other name (e.g. pseudo-labels) PNG masks")
+    parser.add_argument(
+        "--folder",
+        default="pseudo-labels",
+        type=str,
+        help="folder under --pred_dir: a name containing 'predictions' holds seed files "
+        "(threshold sweep), any other name (e.g. pseudo-labels) PNG masks",
+    )
     parser.add_argument("--st_th", default=0.10, type=float, help="first background threshold (seed mode)")
     parser.add_argument("--end_th", default=0.80, type=float, help="last background threshold, inclusive")
     parser.add_argument("--th_interval", default=0.05, type=float, help="threshold step")
-    parser.add_argument("--single", default=False, type=str2bool,
-                        help="evaluate only the images with exactly one image-level tag")
-    parser.add_argument("--num_workers", default=16, type=int,
-                        help="worker processes (capped at the CPU count); 0 or 1 = in this process")
+    parser.add_argument(
+        "--single", default=False, type=str2bool, help="evaluate only the images with exactly one image-level tag"
+    )
+    parser.add_argument(
+        "--num_workers",
+        default=16,
+        type=int,
+        help="worker processes (capped at the CPU count); 0 or 1 = in this process",
+    )
     add_threads_arg(parser)
     add_seed_limit_arg(parser)
     # Accepted so the original commands run unchanged; they change nothing here.
     compatibility = compatibility_group(parser)
     compatibility.add_argument("--gpus", default="0", type=str, help="ignored: evaluation runs on the CPU")
-    compatibility.add_argument("--parallel", default=False, type=str2bool,
-                               help="ignored: images are always spread over --num_workers processes")
+    compatibility.add_argument(
+        "--parallel",
+        default=False,
+        type=str2bool,
+        help="ignored: images are always spread over --num_workers processes",
+    )
     return parser
 
 
@@ -94,8 +116,10 @@ class Job:
             seed = load_seed(path, tag=self.tag, max_bytes=self.max_seed_bytes)
             dialect, size = seed["dialect"], seed["seed"].shape[1:]
         if tuple(size) != tuple(gt.shape):
-            raise EvaluationError(f"{path}: prediction size {size[1]}x{size[0]} differs from the ground "
-                                  f"truth {gt.shape[1]}x{gt.shape[0]} ({self.layout.mask_path(image_id)})")
+            raise EvaluationError(
+                f"{path}: prediction size {size[1]}x{size[0]} differs from the ground "
+                f"truth {gt.shape[1]}x{gt.shape[0]} ({self.layout.mask_path(image_id)})"
+            )
         try:
             if self.mode == MASK_MODE:
                 return metrics.confusion_matrix(pred, gt, self.num_classes)[None], dialect
@@ -137,7 +161,7 @@ def _score_chunk(image_ids):
 
 
 def chunked(items, size):
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def accumulate(job, image_ids, workers):
@@ -148,8 +172,9 @@ def accumulate(job, image_ids, workers):
     meter = metrics.ConfusionMeter(job.num_classes, job.rows())
     dialects, failed = {}, []
     with progress(total=len(image_ids), desc="evaluate", unit="image", dynamic_ncols=True) as bar:
-        for matrix, count, seen, problems in run_pool(_score_chunk, chunked(image_ids, size), workers,
-                                                      setup=_install, setup_args=(job,)):
+        for matrix, count, seen, problems in run_pool(
+            _score_chunk, chunked(image_ids, size), workers, setup=_install, setup_args=(job,)
+        ):
             meter.add(matrix)
             failed.extend(problems)
             for name, n in seen.items():
@@ -170,8 +195,10 @@ def select_ids(layout, single):
 def check_predictions_exist(job, image_ids, shown=5):
     missing = [job.prediction_path(i) for i in image_ids if not os.path.isfile(job.prediction_path(i))]
     if missing:
-        raise EvaluationError(f"{len(missing)} of {len(image_ids)} prediction files are missing from "
-                              f"{job.pred_dir}, e.g. {', '.join(missing[:shown])}")
+        raise EvaluationError(
+            f"{len(missing)} of {len(image_ids)} prediction files are missing from "
+            f"{job.pred_dir}, e.g. {', '.join(missing[:shown])}"
+        )
 
 
 def _number(value):
@@ -185,20 +212,36 @@ def summarise(meter, dialects, job, args, num_images, command):
     scores = meter.scores()
     sweep, best, threshold = [], 0, None
     if job.mode == SEED_MODE and dialects.get("rsepm"):
-        sweep = [{"threshold": t, "mIoU": _number(scores["mIoU"][r]), "FP": _number(scores["FP"][r]),
-                  "FN": _number(scores["FN"][r])} for r, t in enumerate(job.thresholds)]
+        sweep = [
+            {
+                "threshold": t,
+                "mIoU": _number(scores["mIoU"][r]),
+                "FP": _number(scores["FP"][r]),
+                "FN": _number(scores["FN"][r]),
+            }
+            for r, t in enumerate(job.thresholds)
+        ]
         best = metrics.best_threshold_index(scores["mIoU"])
         best = 0 if best is None else best
         threshold = job.thresholds[best]
     names = job.layout.info.class_names
     return {
-        "tag": args.tag, "dataset": args.dataset, "domain": args.domain, "folder": args.folder,
-        "mode": job.mode, "dialects": dialects, "num_images": num_images,
-        "mIoU": _number(scores["mIoU"][best]), "FP": _number(scores["FP"][best]),
+        "tag": args.tag,
+        "dataset": args.dataset,
+        "domain": args.domain,
+        "folder": args.folder,
+        "mode": job.mode,
+        "dialects": dialects,
+        "num_images": num_images,
+        "mIoU": _number(scores["mIoU"][best]),
+        "FP": _number(scores["FP"][best]),
         "FN": _number(scores["FN"][best]),
         "iou": {name: _number(v * 100.0) for name, v in zip(names, scores["iou"][best])},
-        "threshold": threshold, "sweep": sweep, "train_tag_rule": job.tag_rule,
-        "pred_dir": job.pred_dir, "command": command,
+        "threshold": threshold,
+        "sweep": sweep,
+        "train_tag_rule": job.tag_rule,
+        "pred_dir": job.pred_dir,
+        "command": command,
     }
 
 
@@ -212,11 +255,14 @@ def format_report(result):
         lines.append("")
         lines.append("threshold  mIoU (%)      FP      FN")
         for row in result["sweep"]:
-            lines.append(f"{row['threshold']:9.2f}  {_fmt(row['mIoU'], '8.2f')}  "
-                         f"{_fmt(row['FP'], '.4f'):>6}  {_fmt(row['FN'], '.4f'):>6}")
+            lines.append(
+                f"{row['threshold']:9.2f}  {_fmt(row['mIoU'], '8.2f')}  "
+                f"{_fmt(row['FP'], '.4f'):>6}  {_fmt(row['FN'], '.4f'):>6}"
+            )
     lines.append("")
-    summary = f"mIoU = {_fmt(result['mIoU'], '.2f')}%, FP = {_fmt(result['FP'], '.4f')}, " \
-              f"FN = {_fmt(result['FN'], '.4f')}"
+    summary = (
+        f"mIoU = {_fmt(result['mIoU'], '.2f')}%, FP = {_fmt(result['FP'], '.4f')}, FN = {_fmt(result['FN'], '.4f')}"
+    )
     if result["threshold"] is not None:
         summary = f"Threshold = {result['threshold']:.2f}, " + summary
     lines.append(f"[{result['tag']}] {summary}")
@@ -235,20 +281,19 @@ def build_job(args):
     except ValueError as e:
         raise EvaluationError(str(e)) from None
     try:  # contradictory sweep flags (--st_th above --end_th, ...) are a usage error: exit 2
-        thresholds = metrics.sweep_thresholds(args.st_th, args.end_th, args.th_interval) \
-            if mode == SEED_MODE else []
+        thresholds = metrics.sweep_thresholds(args.st_th, args.end_th, args.th_interval) if mode == SEED_MODE else []
     except ValueError as e:
         raise UsageError(str(e)) from None
     # The original applied the tag rule when --domain is literally "train" (seed mode only).
     tag_rule = mode == SEED_MODE and args.domain == "train"
-    layout = SeedLayout(args.root_dir, args.domain, info, require_masks=True,
-                        require_xml=tag_rule or args.single)
+    layout = SeedLayout(args.root_dir, args.domain, info, require_masks=True, require_xml=tag_rule or args.single)
     if not os.path.isdir(pred_dir):
         raise EvaluationError(f"{pred_dir}: prediction folder not found")
     writer = output_writer(pred_dir)
     if writer:  # a score of a folder still being written would describe part of it
-        raise OutputBusyError(f"{pred_dir}: another run is still writing it ({writer}); evaluate it once "
-                              "that run has ended")
+        raise OutputBusyError(
+            f"{pred_dir}: another run is still writing it ({writer}); evaluate it once that run has ended"
+        )
     return Job(layout, pred_dir, mode, args.tag, thresholds, tag_rule, args.max_seed_bytes)
 
 
@@ -279,8 +324,10 @@ def main(args):
         # and an earlier result beside the folder no longer describes it
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        print(f"warning: {len(failed)} of {len(image_ids)} images could not be evaluated: the scores above "
-              f"leave them out, and no result file is written")
+        print(
+            f"warning: {len(failed)} of {len(image_ids)} images could not be evaluated: the scores above "
+            f"leave them out, and no result file is written"
+        )
     else:
         write_json(path, result)
         print(f"result written to {path}")

@@ -7,6 +7,7 @@ Writes experiments/predictions/{tag}/{domain}/{ID}.pkl (seg seed dialect): the s
 probabilities, averaged over 4 scales x 2 flips, of every class (background included) whose
 maximum probability reaches 0.05.
 """
+
 from core.dataset_layout import load_dataset_info
 from core.networks import build_network
 from tools.args import cli
@@ -17,12 +18,19 @@ DEFAULT_TAG = "ResNet101@VOC@DeepLabv3+@MS@RSCM"
 
 def get_args_parser():
     parser = inference_parser(__doc__.splitlines()[0], backbone="resnet101", tag=DEFAULT_TAG)
-    parser.add_argument("--decoder", default=None, choices=("deeplabv3+", "deeplabv2"),
-                        help="segmentation network; default: the one config.json beside the weights records, "
-                             "else deeplabv3+")
-    parser.add_argument("--output_stride", default=None, type=int, choices=(8, 16),
-                        help="backbone output stride; default: the one config.json beside the weights records, "
-                             "else 8")
+    parser.add_argument(
+        "--decoder",
+        default=None,
+        choices=("deeplabv3+", "deeplabv2"),
+        help="segmentation network; default: the one config.json beside the weights records, else deeplabv3+",
+    )
+    parser.add_argument(
+        "--output_stride",
+        default=None,
+        type=int,
+        choices=(8, 16),
+        help="backbone output stride; default: the one config.json beside the weights records, else 8",
+    )
     return parser
 
 

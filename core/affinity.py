@@ -16,6 +16,7 @@ displacement branch and without path-index buffers (docs/formats.md#networks-and
     edge_layers.{0..5}.*       the same six modules listed again (the authors keep them in a
                                ModuleList, so their state_dict names every tensor twice)
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,8 +35,7 @@ STRIDE = 4
 
 
 def _edge_block(in_channels, scale):
-    layers = [nn.Conv2d(in_channels, EDGE_CHANNELS, 1, bias=False),
-              nn.GroupNorm(GROUPS, EDGE_CHANNELS, eps=GN_EPS)]
+    layers = [nn.Conv2d(in_channels, EDGE_CHANNELS, 1, bias=False), nn.GroupNorm(GROUPS, EDGE_CHANNELS, eps=GN_EPS)]
     if scale > 1:
         # the upsampling sits between the norm and the ReLU, as in IRN; it has no parameters,
         # so the key indices (0 conv, 1 norm) stay the same for every block
@@ -62,8 +62,9 @@ class AffinityNet(nn.Module):
         for index, (c, scale) in enumerate(zip(channels, EDGE_UPSAMPLING), start=1):
             setattr(self, f"fc_edge{index}", _edge_block(c, scale))
         self.fc_edge6 = nn.Conv2d(EDGE_CHANNELS * 5, 1, 1, bias=True)
-        self.edge_layers = nn.ModuleList([self.fc_edge1, self.fc_edge2, self.fc_edge3,
-                                          self.fc_edge4, self.fc_edge5, self.fc_edge6])
+        self.edge_layers = nn.ModuleList(
+            [self.fc_edge1, self.fc_edge2, self.fc_edge3, self.fc_edge4, self.fc_edge5, self.fc_edge6]
+        )
         self.model.eval()
 
     def train(self, mode=True):
@@ -82,8 +83,7 @@ class AffinityNet(nn.Module):
             features = self.model(x)
         # the upsampled coarse maps can overshoot the stride-4 grid by a cell; crop as IRN does
         height, width = features[1].shape[2:]
-        edges = [block(f.detach())[..., :height, :width]
-                 for block, f in zip(self.edge_layers[:5], features)]
+        edges = [block(f.detach())[..., :height, :width] for block, f in zip(self.edge_layers[:5], features)]
         return self.fc_edge6(torch.cat(edges, dim=1))
 
     @torch.no_grad()
@@ -103,6 +103,6 @@ class AffinityNet(nn.Module):
         pair = torch.cat([images, images.flip(-1)])  # flip before padding: both padded right/bottom
         pair = F.pad(pair, (0, max(0, pad_to - width), 0, max(0, pad_to - height)))
         cells = (-(-height // STRIDE), -(-width // STRIDE))
-        logits = self.forward(pair)[:, 0, :cells[0], :cells[1]]
+        logits = self.forward(pair)[:, 0, : cells[0], : cells[1]]
         count = images.shape[0]
         return torch.sigmoid(logits[:count] / 2 + logits[count:].flip(-1) / 2)

@@ -13,6 +13,7 @@ Public functions:
     seed_planes(seed_dict, bg_th, bg_gamma) -> ((N, H, W) planes, (N,) keys)
     seed_to_mask(seed_dict, image, ...)     -> (H, W) uint8 class indices
 """
+
 import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
@@ -20,13 +21,22 @@ from pydensecrf.utils import unary_from_softmax
 from core.errors import FormatError
 
 # The "deeplab" CRF of the original convert script (docs/formats.md#pseudo-masks).
-CRF_DEFAULTS = dict(iterations=10, gaussian_sxy=1, gaussian_compat=3,
-                    bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4)
+CRF_DEFAULTS = dict(
+    iterations=10, gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4
+)
 DEFAULT_BG_GAMMA = 2.0
 
 
-def dense_crf(image, probs, iterations=10, gaussian_sxy=1, gaussian_compat=3,
-              bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4):
+def dense_crf(
+    image,
+    probs,
+    iterations=10,
+    gaussian_sxy=1,
+    gaussian_compat=3,
+    bilateral_sxy=67,
+    bilateral_srgb=3,
+    bilateral_compat=4,
+):
     """Mean-field inference of a dense CRF over per-pixel class probabilities.
 
     Args:
@@ -62,8 +72,9 @@ def _crf_image(image, size):
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 RGB (H, W, 3), got {image.dtype} {image.shape}")
     if image.shape[:2] != tuple(size):
-        raise ValueError(f"image size {image.shape[1]}x{image.shape[0]} differs from the "
-                         f"probability planes {size[1]}x{size[0]}")
+        raise ValueError(
+            f"image size {image.shape[1]}x{image.shape[0]} differs from the probability planes {size[1]}x{size[0]}"
+        )
     if not (image.flags.c_contiguous and image.flags.writeable):
         image = np.array(image, dtype=np.uint8, order="C")
     return image
@@ -104,8 +115,9 @@ def seed_planes(seed_dict, bg_th=None, bg_gamma=DEFAULT_BG_GAMMA):
     return seed, keys
 
 
-def seed_to_mask(seed_dict, image, mode="crf", bg_th=None, bg_gamma=DEFAULT_BG_GAMMA,
-                 num_classes=None, source=None, crf_params=None):
+def seed_to_mask(
+    seed_dict, image, mode="crf", bg_th=None, bg_gamma=DEFAULT_BG_GAMMA, num_classes=None, source=None, crf_params=None
+):
     """Pseudo mask of one image from its seed file contents.
 
     Args:
@@ -138,8 +150,9 @@ def seed_to_mask(seed_dict, image, mode="crf", bg_th=None, bg_gamma=DEFAULT_BG_G
             planes = dense_crf(image, planes, **{**CRF_DEFAULTS, **(crf_params or {})})
     else:
         if is_rsepm and bg_th is None:
-            raise ValueError(f"mode {mode!r} (argmax without CRF) needs a constant background "
-                             "score bg_th for rsepm seeds")
+            raise ValueError(
+                f"mode {mode!r} (argmax without CRF) needs a constant background score bg_th for rsepm seeds"
+            )
         planes, keys = seed_planes(seed_dict, bg_th, None)
     return keys[np.argmax(planes, axis=0)].astype(np.uint8)
 
@@ -148,8 +161,10 @@ def _check_seed_fits(seed_dict, size, num_classes, source):
     seed = seed_dict["seed"]
     keys = np.asarray(seed_dict["keys"])
     if tuple(seed.shape[1:]) != tuple(size):
-        raise FormatError(f"{source}: seed size {seed.shape[2]}x{seed.shape[1]} differs from its image "
-                          f"{size[1]}x{size[0]} (width x height)")
+        raise FormatError(
+            f"{source}: seed size {seed.shape[2]}x{seed.shape[1]} differs from its image "
+            f"{size[1]}x{size[0]} (width x height)"
+        )
     if not np.all(np.isfinite(seed)):
         raise FormatError(f"{source}: seed contains NaN or infinite values")
     limit = 256 if num_classes is None else num_classes  # masks are uint8

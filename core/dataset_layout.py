@@ -6,6 +6,7 @@ Class names, colours and counts come from data/{dataset}.json, or from a descrip
 given by its path (tools/builders/prepare_own.py writes one for a user's own images). Every reading error raises
 DatasetError with the offending file in the message.
 """
+
 import math
 import os
 import xml.etree.ElementTree as ET
@@ -57,8 +58,10 @@ class DatasetInfo:
             path = os.path.join(DATA_DIR, f"{name}.json")
             if not os.path.isfile(path):
                 known = sorted(f[:-5] for f in os.listdir(DATA_DIR) if f.endswith(".json"))
-                raise DatasetError(f"unknown dataset {name!r}: {path} does not exist (known: {', '.join(known)}; "
-                                   f"or the path of a description .json)")
+                raise DatasetError(
+                    f"unknown dataset {name!r}: {path} does not exist (known: {', '.join(known)}; "
+                    f"or the path of a description .json)"
+                )
         data = read_json(path)
         self.name = dataset_name(name)
         self.path = path
@@ -69,18 +72,24 @@ class DatasetInfo:
             self.num_classes = int(data["num_classes"])
             self.ignore_index = int(data.get("ignore_index", 255))
         except KeyError as e:
-            raise DatasetError(f"{path}: missing {e} (a description holds class_names, class_dict, "
-                               f"color_dict and num_classes, as data/VOC.json)") from None
+            raise DatasetError(
+                f"{path}: missing {e} (a description holds class_names, class_dict, "
+                f"color_dict and num_classes, as data/VOC.json)"
+            ) from None
         except (TypeError, ValueError, AttributeError) as e:
             raise DatasetError(f"{path}: malformed dataset description ({e})") from None
-        self.extra = {k: v for k, v in data.items()
-                      if k not in ("class_names", "class_dict", "color_dict", "num_classes", "ignore_index")}
+        self.extra = {
+            k: v
+            for k, v in data.items()
+            if k not in ("class_names", "class_dict", "color_dict", "num_classes", "ignore_index")
+        }
         if self.num_classes != len(self.class_names):
             raise DatasetError(f"{path}: num_classes {self.num_classes} != {len(self.class_names)} class names")
         if self.class_dict != {n: i for i, n in enumerate(self.class_names)}:
             raise DatasetError(f"{path}: class_dict does not map each of class_names to its position")
-        if not 2 <= self.num_classes <= 255 or any(len(c) != 3 or not all(0 <= v <= 255 for v in c)
-                                                   for c in self.colors):
+        if not 2 <= self.num_classes <= 255 or any(
+            len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colors
+        ):
             raise DatasetError(f"{path}: need 2..255 classes (background included) and [R, G, B] colours in 0..255")
         self.palette = make_palette(self.colors)
 
@@ -98,8 +107,10 @@ def image_size_problem(size, max_pixels):
     """None when a (width, height) header fits `max_pixels` (None: no limit), else the reason."""
     width, height = size
     if max_pixels is not None and width * height > max_pixels:
-        return (f"image header claims {width}x{height} = {width * height:,} pixels, more than the limit "
-                f"of {max_pixels:,} (--max_image_pixels); skipped before decoding")
+        return (
+            f"image header claims {width}x{height} = {width * height:,} pixels, more than the limit "
+            f"of {max_pixels:,} (--max_image_pixels); skipped before decoding"
+        )
     return None
 
 
@@ -148,8 +159,9 @@ def parse_xml_tags(path, class_dict):
     for obj in root.findall("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in class_dict or class_dict[name] == 0:
-            raise DatasetError(f"{path}: unknown class {name!r} "
-                               f"(not among the {len(class_dict) - 1} classes of this dataset)")
+            raise DatasetError(
+                f"{path}: unknown class {name!r} (not among the {len(class_dict) - 1} classes of this dataset)"
+            )
         box = obj.find("bndbox")
         if box is not None:
             x0, y0 = _xml_number(box, "xmin", path), _xml_number(box, "ymin", path)
@@ -206,16 +218,20 @@ class SeedLayout:
         image_dir = os.path.join(self.split_dir, "image")
         if not os.path.isdir(image_dir):
             present = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
-            raise DatasetError(f"{image_dir}: split {domain!r} not found under {self.root} "
-                               f"(present: {', '.join(present) or 'nothing'})")
+            raise DatasetError(
+                f"{image_dir}: split {domain!r} not found under {self.root} "
+                f"(present: {', '.join(present) or 'nothing'})"
+            )
         self.ids = sorted(f[:-4] for f in os.listdir(image_dir) if f.endswith(".jpg"))
         if not self.ids:
             raise DatasetError(f"{image_dir}: no .jpg images")
         self.has_masks = os.path.isdir(os.path.join(self.split_dir, "mask"))
         self.has_xml = os.path.isdir(os.path.join(self.split_dir, "xml"))
         if require_masks and not self.has_masks:
-            raise DatasetError(f"{os.path.join(self.split_dir, 'mask')}: no ground-truth masks for split "
-                               f"{domain!r} (the test split has none)")
+            raise DatasetError(
+                f"{os.path.join(self.split_dir, 'mask')}: no ground-truth masks for split "
+                f"{domain!r} (the test split has none)"
+            )
         if require_xml and not self.has_xml:
             raise DatasetError(f"{os.path.join(self.split_dir, 'xml')}: no annotations for split {domain!r}")
 
@@ -244,8 +260,9 @@ class SeedLayout:
         except FormatError as e:
             raise DatasetError(str(e)) from None
         if size is not None and tuple(mask.shape) != tuple(size):
-            raise DatasetError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
-                               f"image {size[1]}x{size[0]}")
+            raise DatasetError(
+                f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {size[1]}x{size[0]}"
+            )
         return mask
 
     def read_tags(self, image_id, required=None):
@@ -261,8 +278,9 @@ class SeedLayout:
         """(C,) float32 vector over the foreground classes for 1-based `tags`."""
         vector = np.zeros(self.info.num_foreground, dtype=np.float32)
         if tags and (min(tags) < 1 or max(tags) > self.info.num_foreground):
-            raise ValueError(f"tags must be 1-based foreground class indices in 1..{self.info.num_foreground}, "
-                             f"got {list(tags)}")
+            raise ValueError(
+                f"tags must be 1-based foreground class indices in 1..{self.info.num_foreground}, got {list(tags)}"
+            )
         if tags:
             vector[np.asarray(tags) - 1] = 1.0
         return vector

@@ -4,6 +4,7 @@ Every output of the project goes through :func:`atomic_output`, so a run killed 
 leaves either the complete file or no file at all, and skip-if-exists resumption is safe
 (docs/formats.md#fixed-defects: the original left truncated files that later counted as done).
 """
+
 import contextlib
 import errno
 import io
@@ -29,14 +30,16 @@ _QUANTIZED = {"uint8": (np.uint8, 255), "uint16": (np.uint16, 65535)}
 # ~130 MB; a small pickle that repeats one array can otherwise expand to gigabytes.
 DEFAULT_MAX_SEED_BYTES = 1 << 30
 # errno -> the cause in words, for one-line messages about writes that failed
-OS_ERROR_CAUSES = {errno.ENOSPC: "disk full (no space left on device)",
-                   errno.EDQUOT: "disk quota exceeded",
-                   errno.EROFS: "read-only file system",
-                   errno.EACCES: "permission denied",
-                   errno.EPERM: "permission denied (operation not permitted)",
-                   errno.ENOTDIR: "a parent of the path is a file, not a folder",
-                   errno.EISDIR: "the path is a folder",
-                   errno.EIO: "input/output error of the device"}
+OS_ERROR_CAUSES = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied (operation not permitted)",
+    errno.ENOTDIR: "a parent of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder",
+    errno.EIO: "input/output error of the device",
+}
 
 
 def describe_os_error(error, path=None):
@@ -110,8 +113,10 @@ def read_json(path):
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); a JSON "
-                          "file of this project is written in UTF-8") from None
+        raise FormatError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); a JSON "
+            "file of this project is written in UTF-8"
+        ) from None
     except RecursionError:
         raise FormatError(f"{path}: JSON nested too deeply") from None
 
@@ -143,8 +148,10 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}': only numpy arrays, "
-                                     "dicts, lists and scalars are allowed in a seed file")
+        raise pickle.UnpicklingError(
+            f"refusing to load '{module}.{name}': only numpy arrays, "
+            "dicts, lists and scalars are allowed in a seed file"
+        )
 
 
 def safe_pickle_load(path, max_bytes=None):
@@ -155,8 +162,10 @@ def safe_pickle_load(path, max_bytes=None):
     _require_regular(path)
     try:
         if max_bytes is not None and os.path.getsize(path) > max_bytes:
-            raise FormatError(f"{path}: file of {os.path.getsize(path):,} bytes exceeds the limit of "
-                              f"{max_bytes:,} bytes (--max_seed_bytes)")
+            raise FormatError(
+                f"{path}: file of {os.path.getsize(path):,} bytes exceeds the limit of "
+                f"{max_bytes:,} bytes (--max_seed_bytes)"
+            )
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
@@ -182,6 +191,7 @@ def save_seed(path, keys, seed, dialect, seed_format="float32"):
             "seed_uint16", with their "shape").
     """
     import zlib
+
     if dialect not in SEED_DIALECTS:
         raise ValueError(f"unknown seed dialect {dialect!r}; expected one of {SEED_DIALECTS}")
     if seed_format not in SEED_FORMATS:
@@ -196,8 +206,12 @@ def save_seed(path, keys, seed, dialect, seed_format="float32"):
             raise ValueError(f"{path}: the {seed_format} seed format stores values in [0, 1]; write float32 instead")
         dtype, one = _QUANTIZED[seed_format]
         quantized = np.rint(seed.astype(np.float64) * one).astype(dtype)
-        content = {"keys": keys, f"seed_{seed_format}": zlib.compress(quantized.tobytes(), 6),
-                   "shape": list(seed.shape), "dialect": dialect}
+        content = {
+            "keys": keys,
+            f"seed_{seed_format}": zlib.compress(quantized.tobytes(), 6),
+            "shape": list(seed.shape),
+            "dialect": dialect,
+        }
     with atomic_output(path) as f:
         pickle.dump(content, f, protocol=4)
 
@@ -205,14 +219,15 @@ def save_seed(path, keys, seed, dialect, seed_format="float32"):
 def _decode_quantized(path, data, seed_format, max_bytes):
     """The float32 planes of a uint8 or uint16 seed file, its size checked before anything is inflated."""
     import zlib
+
     shape = data.get("shape")
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v >= 0
-                                                                           for v in shape)):
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v >= 0 for v in shape)):
         raise FormatError(f"{path}: a uint8 seed needs 'shape' [K, H, W], found {shape!r}")
     count = shape[0] * shape[1] * shape[2]
     if max_bytes is not None and count * 4 > max_bytes:
-        raise FormatError(f"{path}: the seed would decode to more than {max_bytes:,} bytes (over the limit "
-                          "--max_seed_bytes)")
+        raise FormatError(
+            f"{path}: the seed would decode to more than {max_bytes:,} bytes (over the limit --max_seed_bytes)"
+        )
     dtype, one = _QUANTIZED[seed_format]
     width = np.dtype(dtype).itemsize
     packed = data[f"seed_{seed_format}"]
@@ -266,22 +281,26 @@ def load_seed(path, tag=None, max_bytes=DEFAULT_MAX_SEED_BYTES):
     if stored and "seed" not in data:
         data = dict(data, seed=_decode_quantized(path, data, stored[0], max_bytes))
     if not isinstance(data, dict) or "keys" not in data or "seed" not in data:
-        raise FormatError(f"{path}: not a seed file (expected a dict with 'keys' and 'seed', "
-                          f"found {type(data).__name__}"
-                          + (f" with keys {sorted(map(str, data))}" if isinstance(data, dict) else "") + ")")
+        raise FormatError(
+            f"{path}: not a seed file (expected a dict with 'keys' and 'seed', "
+            f"found {type(data).__name__}"
+            + (f" with keys {sorted(map(str, data))}" if isinstance(data, dict) else "")
+            + ")"
+        )
     dialect = data.get("dialect") or seed_dialect_from_tag(tag)
     if dialect not in SEED_DIALECTS:
         raise FormatError(f"{path}: unknown seed dialect {dialect!r}")
     if max_bytes is not None:
         size = decoded_nbytes(data["keys"], max_bytes) + decoded_nbytes(data["seed"], max_bytes)
         if size > max_bytes:
-            raise FormatError(f"{path}: the seed would decode to more than {max_bytes:,} bytes (over "
-                              "the limit --max_seed_bytes; a small pickle can repeat one array many times)")
+            raise FormatError(
+                f"{path}: the seed would decode to more than {max_bytes:,} bytes (over "
+                "the limit --max_seed_bytes; a small pickle can repeat one array many times)"
+            )
     keys = np.asarray(data["keys"])
     seed = np.asarray(data["seed"])
     if keys.dtype.kind not in "iu" or seed.dtype.kind != "f":
-        raise FormatError(f"{path}: 'keys' must be integers and 'seed' floats, "
-                          f"found {keys.dtype} and {seed.dtype}")
+        raise FormatError(f"{path}: 'keys' must be integers and 'seed' floats, found {keys.dtype} and {seed.dtype}")
     keys = keys.astype(np.int64)
     seed = seed.astype(np.float32, copy=False)
     _check_seed(path, keys, seed, dialect, exc=FormatError)
@@ -290,12 +309,12 @@ def load_seed(path, tag=None, max_bytes=DEFAULT_MAX_SEED_BYTES):
 
 def _check_seed(path, keys, seed, dialect, exc=ValueError):
     if keys.ndim != 1 or seed.ndim != 3:
-        raise exc(f"{path}: expected keys of shape (N,) and seed of shape (K, H, W), "
-                  f"found {keys.shape} and {seed.shape}")
+        raise exc(
+            f"{path}: expected keys of shape (N,) and seed of shape (K, H, W), found {keys.shape} and {seed.shape}"
+        )
     expected = seed.shape[0] + 1 if dialect == "rsepm" else seed.shape[0]
     if len(keys) != expected:
-        raise exc(f"{path}: {dialect} dialect needs {expected} keys for {seed.shape[0]} seed planes, "
-                  f"found {len(keys)}")
+        raise exc(f"{path}: {dialect} dialect needs {expected} keys for {seed.shape[0]} seed planes, found {len(keys)}")
     if dialect == "rsepm" and keys[0] != 0:
         raise exc(f"{path}: rsepm keys must start with the background placeholder 0, found {keys[:3]}")
 
@@ -307,8 +326,8 @@ def make_palette(colors):
     """768-entry palette list: `colors[i]` at index i, IGNORE_COLOR at IGNORE_INDEX, black elsewhere."""
     palette = [0] * 768
     for i, rgb in enumerate(colors):
-        palette[3 * i:3 * i + 3] = [int(v) for v in rgb]
-    palette[3 * IGNORE_INDEX:3 * IGNORE_INDEX + 3] = list(IGNORE_COLOR)
+        palette[3 * i : 3 * i + 3] = [int(v) for v in rgb]
+    palette[3 * IGNORE_INDEX : 3 * IGNORE_INDEX + 3] = list(IGNORE_COLOR)
     return palette
 
 
@@ -338,8 +357,9 @@ def read_mask(path):
         with Image.open(path) as image:
             image.load()
             if image.mode not in ("P", "L"):
-                raise FormatError(f"{path}: mask must be a palette or grey PNG of class indices, "
-                                  f"found mode {image.mode}")
+                raise FormatError(
+                    f"{path}: mask must be a palette or grey PNG of class indices, found mode {image.mode}"
+                )
             return np.array(image, dtype=np.uint8)
     except FileNotFoundError:
         raise MissingFileError(f"{path}: mask file not found") from None
@@ -372,8 +392,9 @@ def file_fingerprint(path):
     return {"path": os.path.abspath(path), "size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("path",), root=None,
-                        instead="use a new --tag"):
+def claim_output_folder(
+    folder, settings, extension, overwrite=False, ignore=("path",), root=None, instead="use a new --tag"
+):
     """The one preparation of every stage's output folder: take its writer lock (one live writer
     per folder, core.safety.hold_output, held until this process ends), create it, remove the
     temporaries of killed runs, make sure the outputs in it all come from `settings`, then record them.
@@ -398,8 +419,10 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
     if overwrite and root is not None:
         real, real_root = os.path.realpath(folder), os.path.realpath(root)
         if os.path.commonpath([real, real_root]) != real_root:
-            raise UsageError(f"--overwrite refuses {folder}: it resolves to {real}, outside the experiment root "
-                             f"{root} ({real_root}), and overwriting deletes files there")
+            raise UsageError(
+                f"--overwrite refuses {folder}: it resolves to {real}, outside the experiment root "
+                f"{root} ({real_root}), and overwriting deletes files there"
+            )
     hold_output(folder)
     os.makedirs(folder, exist_ok=True)
     remove_stale_temp_files(folder)
@@ -412,9 +435,11 @@ def claim_output_folder(folder, settings, extension, overwrite=False, ignore=("p
         changed = [] if old is None else _differences(old, settings, ignore)
         problem = ("was written with other settings: " + "; ".join(changed[:8])) if changed else None
     if problem and not overwrite:
-        raise UsageError(f"{folder}: {problem}. Adding to it would mix results of two settings: pass "
-                         f"--overwrite true to delete its {len(outputs)} {extension} file(s) and start "
-                         f"again, or {instead}")
+        raise UsageError(
+            f"{folder}: {problem}. Adding to it would mix results of two settings: pass "
+            f"--overwrite true to delete its {len(outputs)} {extension} file(s) and start "
+            f"again, or {instead}"
+        )
     deleted = 0
     if overwrite:
         for path in [os.path.join(folder, name) for name in outputs] + derived_results(folder):

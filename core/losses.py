@@ -1,4 +1,5 @@
 """Losses of RS+EPM (docs/method.md#classification-loss, #losses). All return a scalar tensor with grad."""
+
 import torch
 import torch.nn.functional as F
 

@@ -4,6 +4,7 @@
 Each test-time scale is ONE batched forward of the image and its horizontal flip; nothing that
 the seed does not need (CAMs at every scale, backbone feature maps) is computed or kept.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,9 @@ def scaled_size(height, width, scale):
 
 
 @torch.no_grad()
-def multiscale_inference(model, image, kind, scales=SCALES, interpolation="bilinear", same=True,
-                         with_scores=False, class_fn="sigmoid"):
+def multiscale_inference(
+    model, image, kind, scales=SCALES, interpolation="bilinear", same=True, with_scores=False, class_fn="sigmoid"
+):
     """Average softmax probabilities over scales and horizontal flips.
 
     Args:

@@ -8,12 +8,13 @@ Initialisation: the backbone is ImageNet (or torchvision's random init); the new
 classifier, ASPP, decoder, DeepLabV2 classifier) keep PyTorch's default initialisation, as in the
 authors' released network code, which sets none of its own (docs/method.md#network).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.weights import unwrap
 from core.resnet import ARCHITECTURES, build_resnet
+from core.weights import unwrap
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 DEEPLABV2_RATES = (6, 12, 18, 24)
@@ -31,8 +32,7 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, dilation=1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding,
-                              dilation=dilation, bias=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -52,8 +52,7 @@ class ASPP(nn.Module):
         self.aspp2 = ConvBlock(in_channels, out_channels, 3, padding=r2, dilation=r2)
         self.aspp3 = ConvBlock(in_channels, out_channels, 3, padding=r3, dilation=r3)
         self.aspp4 = ConvBlock(in_channels, out_channels, 3, padding=r4, dilation=r4)
-        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1),
-                                             ConvBlock(in_channels, out_channels, 1))
+        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBlock(in_channels, out_channels, 1))
         self.block = nn.Sequential(ConvBlock(out_channels * 5, out_channels, 1), nn.Dropout(0.5))
 
     def forward(self, x):
@@ -108,8 +107,7 @@ class RSEPM(nn.Module):
         """
         maps = dict(zip(("C1", "C2", "C3", "C4", "C5"), self.model(x)))
         cam = self.classifier(maps["C5"])
-        out = {"logits": cam.mean(dim=(2, 3)), "cam": cam,
-               "seg": self.decoder(self.aspp(maps["C5"]), maps["C2"])}
+        out = {"logits": cam.mean(dim=(2, 3)), "cam": cam, "seg": self.decoder(self.aspp(maps["C5"]), maps["C2"])}
         if with_features:
             names = ("C4", "C5") if with_features is True else tuple(with_features)
             out.update({name: maps[name] for name in names})
@@ -138,8 +136,9 @@ class DeepLabV2ASPP(nn.Module):
     def __init__(self, in_channels, num_classes, rates=DEEPLABV2_RATES):
         super().__init__()
         for index, rate in enumerate(rates, start=1):
-            setattr(self, f"aspp{index}",
-                    nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate, bias=True))
+            setattr(
+                self, f"aspp{index}", nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate, bias=True)
+            )
         self.num_branches = len(rates)
 
     def forward(self, x):
@@ -174,8 +173,7 @@ def build_network(kind, backbone, num_classes, output_stride=None, pretrained=No
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(ARCHITECTURES)}")
     if output_stride is None:
         output_stride = DEFAULT_OUTPUT_STRIDE[key]
-    return NETWORKS[key](backbone=backbone, num_classes=num_classes,
-                         output_stride=output_stride, pretrained=pretrained)
+    return NETWORKS[key](backbone=backbone, num_classes=num_classes, output_stride=output_stride, pretrained=pretrained)
 
 
 def split_parameters(model):

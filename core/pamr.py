@@ -19,6 +19,7 @@ time to keep memory at a few copies of (B, C, H, W) instead of (B, C, 48, H, W).
 PAMR builds training targets, so it runs in float32 with autocast disabled whatever the caller's
 autocast state (core.precision; docs/method.md#scg, precision).
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +51,7 @@ def shifted_neighbours(x, dilations, include_centre=False):
     for d in dilations:
         for dy, dx in directions:
             y0, x0 = pad + dy * d, pad + dx * d
-            out.append(padded[..., y0:y0 + H, x0:x0 + W])
+            out.append(padded[..., y0 : y0 + H, x0 : x0 + W])
     return out
 
 
@@ -79,15 +80,16 @@ def pamr(image, mask, iterations=PAMR_ITERATIONS, dilations=PAMR_DILATIONS):
     wraps this in torch.no_grad()); the affinities depend on the image only.
     """
     if image.shape[0] != mask.shape[0] or image.shape[-2:] != mask.shape[-2:]:
-        raise ValueError(f"pamr: image {tuple(image.shape)} and mask {tuple(mask.shape)} "
-                         "must share batch size and spatial size")
+        raise ValueError(
+            f"pamr: image {tuple(image.shape)} and mask {tuple(mask.shape)} must share batch size and spatial size"
+        )
     dilations = tuple(int(d) for d in dilations)
     affinity = pamr_affinity(image, dilations)  # (B, K, H, W)
     m = mask.float()
     for _ in range(iterations):
         refined = torch.zeros_like(m)
         for k, neighbour in enumerate(shifted_neighbours(m, dilations)):
-            refined = refined + affinity[:, k:k + 1] * neighbour
+            refined = refined + affinity[:, k : k + 1] * neighbour
         m = refined
     return m
 

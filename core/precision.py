@@ -7,6 +7,7 @@ certain-filter labels. Every target function is therefore wrapped by `float32_ta
 turns autocast off for the device of its tensors; the functions also cast their inputs with
 .float() themselves.
 """
+
 import functools
 
 import torch

@@ -12,6 +12,7 @@ one at the end, with the last `set_postfix` values. `disable=True` silences both
 other than 0, progress=False). Only time is read: nothing here touches a random number
 generator or the order of the items.
 """
+
 import os
 import sys
 import time
@@ -34,8 +35,12 @@ def line_interval():
         global _warned
         if not _warned:
             _warned = True
-            print(f"warning: {INTERVAL_VARIABLE}={text!r} is not a number of seconds >= 0; progress lines "
-                  f"every {DEFAULT_INTERVAL:g} s", file=sys.stderr, flush=True)
+            print(
+                f"warning: {INTERVAL_VARIABLE}={text!r} is not a number of seconds >= 0; progress lines "
+                f"every {DEFAULT_INTERVAL:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
         return DEFAULT_INTERVAL
     return value
 
@@ -50,8 +55,9 @@ def _is_terminal(stream):
         return False
 
 
-def progress(iterable=None, total=None, desc=None, unit="it", disable=False, initial=0, file=None,
-             interval=None, **tqdm_kwargs):
+def progress(
+    iterable=None, total=None, desc=None, unit="it", disable=False, initial=0, file=None, interval=None, **tqdm_kwargs
+):
     """A progress bar over `iterable` (or updated by hand with `update(n)` when None).
 
     On a terminal: `tqdm(iterable, total=..., desc=..., unit=..., disable=..., initial=...,
@@ -65,10 +71,27 @@ def progress(iterable=None, total=None, desc=None, unit="it", disable=False, ini
     stream = sys.stderr if file is None else file
     if _is_terminal(stream):
         from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=bool(disable), initial=initial,
-                    file=file, **tqdm_kwargs)
-    return LineProgress(iterable, total=total, desc=desc, unit=unit, disable=bool(disable), initial=initial,
-                        file=stream, interval=interval)
+
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=bool(disable),
+            initial=initial,
+            file=file,
+            **tqdm_kwargs,
+        )
+    return LineProgress(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=bool(disable),
+        initial=initial,
+        file=stream,
+        interval=interval,
+    )
 
 
 def format_seconds(seconds):
@@ -92,8 +115,9 @@ def _format_value(value):
 class LineProgress:
     """tqdm's interface as the project uses it, printing whole lines (see the module docstring)."""
 
-    def __init__(self, iterable=None, total=None, desc=None, unit="it", disable=False, initial=0, file=None,
-                 interval=None):
+    def __init__(
+        self, iterable=None, total=None, desc=None, unit="it", disable=False, initial=0, file=None, interval=None
+    ):
         if total is None and iterable is not None:
             try:
                 total = len(iterable)

@@ -31,6 +31,7 @@ Public API:
     random_walk_labels(seed, keys, edge, ...)      (K, H, W) seed -> (H, W) class indices
     walk_keys(keys, k)                             class index of each of those planes
 """
+
 import contextlib
 import math
 import warnings
@@ -54,8 +55,9 @@ def pair_directions(radius):
     """
     radius = _check_radius(radius)
     offsets = [(0, dx) for dx in range(1, radius)]
-    offsets += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius)
-                if dy * dy + dx * dx < radius * radius]
+    offsets += [
+        (dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dy * dy + dx * dx < radius * radius
+    ]
     return np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
 
 
@@ -93,9 +95,11 @@ class PairGrid:
         self.margin = self.radius - 1
         self.crop = (self.size[0] - self.margin, self.size[1] - 2 * self.margin)
         if self.crop[0] < 1 or self.crop[1] < 1:
-            raise ValueError(f"a {self.size[0]}x{self.size[1]} grid is too small for radius "
-                             f"{self.radius}: it needs at least {self.margin + 1} rows and "
-                             f"{2 * self.margin + 1} columns")
+            raise ValueError(
+                f"a {self.size[0]}x{self.size[1]} grid is too small for radius "
+                f"{self.radius}: it needs at least {self.margin + 1} rows and "
+                f"{2 * self.margin + 1} columns"
+            )
         self.directions = pair_directions(self.radius)
         self.paths = [direction_path(int(dy), int(dx)) for dy, dx in self.directions]
         self.num_sources = self.crop[0] * self.crop[1]
@@ -104,14 +108,16 @@ class PairGrid:
         """x (B, h, w) -> (B, hc, wc): the value at source + (dy, dx) for every source."""
         hc, wc = self.crop
         f = self.margin
-        return x[:, dy:dy + hc, f + dx:f + dx + wc]
+        return x[:, dy : dy + hc, f + dx : f + dx + wc]
 
     def _check_grid(self, x, what):
         if x.dim() == 4 and x.shape[1] == 1:
             x = x[:, 0]
         if x.dim() != 3 or tuple(x.shape[1:]) != self.size:
-            raise ValueError(f"{what} must be (B, {self.size[0]}, {self.size[1]}) or "
-                             f"(B, 1, {self.size[0]}, {self.size[1]}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{what} must be (B, {self.size[0]}, {self.size[1]}) or "
+                f"(B, 1, {self.size[0]}, {self.size[1]}), got {tuple(x.shape)}"
+            )
         return x
 
     def affinity(self, edge):
@@ -141,9 +147,10 @@ class PairGrid:
             pixel are in none of the three.
         """
         labels = self._check_grid(labels, "labels")
-        source = self._shifted(labels, 0, 0).flatten(1).unsqueeze(1)                  # (B, 1, S)
-        target = torch.stack([self._shifted(labels, int(dy), int(dx)) for dy, dx in self.directions],
-                             dim=1).flatten(2)                                         # (B, D, S)
+        source = self._shifted(labels, 0, 0).flatten(1).unsqueeze(1)  # (B, 1, S)
+        target = torch.stack([self._shifted(labels, int(dy), int(dx)) for dy, dx in self.directions], dim=1).flatten(
+            2
+        )  # (B, D, S)
         valid = (source != ignore_index) & (target != ignore_index)
         same = (source == target) & valid
         bg_pos = same & (source == 0)
@@ -169,7 +176,7 @@ def sparse_affinity(edge, radius=DEFAULT_RADIUS):
     f = _check_radius(radius) - 1
     padded = F.pad(edge[None, None], (f, f, 0, f), value=1.0)[0]
     grid = PairGrid(radius, padded.shape[1:])
-    aff = grid.affinity(padded)[0]                                                    # (D, h*w)
+    aff = grid.affinity(padded)[0]  # (D, h*w)
     rows = torch.arange(h, device=edge.device).view(h, 1).expand(h, w).reshape(-1)
     cols = torch.arange(w, device=edge.device).view(1, w).expand(h, w).reshape(-1)
     dirs = torch.as_tensor(grid.directions, device=edge.device)
@@ -226,8 +233,7 @@ def _propagate_sparse(x, edge, radius, beta, steps):
     cols = torch.cat([dst, src, diag])
     values = torch.cat([weight, weight, torch.ones(n, dtype=x.dtype, device=x.device)])
     degree = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, values)
-    matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), values / degree[rows], (n, n),
-                                     check_invariants=False)
+    matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), values / degree[rows], (n, n), check_invariants=False)
     with warnings.catch_warnings():  # CSR support is marked beta; its products are what we need
         warnings.simplefilter("ignore", UserWarning)
         matrix = matrix.coalesce().to_sparse_csr()
@@ -252,8 +258,7 @@ def one_thread(device):
         torch.set_num_threads(before)
 
 
-def random_walk(scores, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_times=DEFAULT_EXP_TIMES,
-                method="sparse"):
+def random_walk(scores, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_times=DEFAULT_EXP_TIMES, method="sparse"):
     """Propagate class scores over the affinity graph of a boundary map (IRN's random walk).
 
     As IRN, the scores are first multiplied by (1 - edge) so that boundary pixels give little.
@@ -268,8 +273,9 @@ def random_walk(scores, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_time
         (K, h, w) propagated scores.
     """
     if scores.dim() != 3 or edge.dim() != 2 or tuple(scores.shape[1:]) != tuple(edge.shape):
-        raise ValueError(f"scores (K, h, w) and edge (h, w) must share their grid, got "
-                         f"{tuple(scores.shape)} and {tuple(edge.shape)}")
+        raise ValueError(
+            f"scores (K, h, w) and edge (h, w) must share their grid, got {tuple(scores.shape)} and {tuple(edge.shape)}"
+        )
     k, h, w = scores.shape
     x = (scores * (1 - edge)).reshape(k, h * w)
     if k == 0:
@@ -277,7 +283,7 @@ def random_walk(scores, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_time
     if method == "dense":
         out = x @ transition_matrix(dense_affinity(edge, radius), beta, exp_times)
     elif method == "sparse":
-        out = _propagate_sparse(x, edge, radius, beta, 2 ** exp_times)
+        out = _propagate_sparse(x, edge, radius, beta, 2**exp_times)
     else:
         raise ValueError(f"method must be 'sparse' or 'dense', got {method!r}")
     return out.reshape(k, h, w)
@@ -301,8 +307,16 @@ def scores_to_stride(seed, stride=STRIDE):
     return F.avg_pool2d(padded, stride)[0]
 
 
-def random_walk_planes(seed, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp_times=DEFAULT_EXP_TIMES,
-                       bg_score=DEFAULT_BG_SCORE, stride=STRIDE, method="sparse"):
+def random_walk_planes(
+    seed,
+    edge,
+    radius=DEFAULT_RADIUS,
+    beta=DEFAULT_BETA,
+    exp_times=DEFAULT_EXP_TIMES,
+    bg_score=DEFAULT_BG_SCORE,
+    stride=STRIDE,
+    method="sparse",
+):
     """Seed -> full-size class scores after the random walk, background first (IRN's make_sem_seg_labels
     before its argmax).
 
@@ -318,23 +332,31 @@ def random_walk_planes(seed, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA, exp
     k, height, width = seed.shape
     grid = (math.ceil(height / stride), math.ceil(width / stride))
     if tuple(edge.shape) != grid:
-        raise ValueError(f"edge map {tuple(edge.shape)} does not match the stride-{stride} grid "
-                         f"{grid} of a {height}x{width} seed (height x width)")
+        raise ValueError(
+            f"edge map {tuple(edge.shape)} does not match the stride-{stride} grid "
+            f"{grid} of a {height}x{width} seed (height x width)"
+        )
     if k == 0:
         return torch.full((1, height, width), bg_score, dtype=seed.dtype, device=seed.device)
-    walked = random_walk(scores_to_stride(seed, stride), edge.to(seed.dtype), radius, beta,
-                         exp_times, method)
-    up = F.interpolate(walked[None], scale_factor=stride, mode="bilinear",
-                       align_corners=False)[0, :, :height, :width]
+    walked = random_walk(scores_to_stride(seed, stride), edge.to(seed.dtype), radius, beta, exp_times, method)
+    up = F.interpolate(walked[None], scale_factor=stride, mode="bilinear", align_corners=False)[0, :, :height, :width]
     top = up.max()
     if top > 0:
         up = up / top
     return torch.cat([torch.full_like(up[:1], bg_score), up])
 
 
-def random_walk_labels(seed, keys, edge, radius=DEFAULT_RADIUS, beta=DEFAULT_BETA,
-                       exp_times=DEFAULT_EXP_TIMES, bg_score=DEFAULT_BG_SCORE, stride=STRIDE,
-                       method="sparse"):
+def random_walk_labels(
+    seed,
+    keys,
+    edge,
+    radius=DEFAULT_RADIUS,
+    beta=DEFAULT_BETA,
+    exp_times=DEFAULT_EXP_TIMES,
+    bg_score=DEFAULT_BG_SCORE,
+    stride=STRIDE,
+    method="sparse",
+):
     """Seed -> pseudo mask by the random walk (IRN's make_sem_seg_labels): the argmax of
     random_walk_planes, class indices through `keys`.
 

@@ -18,6 +18,7 @@ Public API:
     relation_labels(labels, radius)                 (B, h, w) -> bg_pos, fg_pos, neg (B, D, S)
     boundary_loss(aff, bg_pos, fg_pos, neg)         -> dict of scalar losses
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,9 @@ BG_THRESHOLD = 0.05
 TRAIN_RADIUS = 10
 # IRN's CRF on label maps (misc/imutils.crf_inference_label): a label is trusted with
 # probability 0.7, the rest spread evenly over the other labels.
-LABEL_CRF = dict(iterations=10, gaussian_sxy=3, gaussian_compat=3,
-                 bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10)
+LABEL_CRF = dict(
+    iterations=10, gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10
+)
 LABEL_CONFIDENCE = 0.7
 EPS = 1e-5
 
@@ -49,8 +51,10 @@ def foreground_planes(seed_dict):
     seed = np.asarray(seed_dict["seed"], dtype=np.float32)
     if seed_dict.get("dialect", "rsepm") == "rsepm":
         if keys.size != seed.shape[0] + 1:
-            raise ValueError(f"rsepm seed: {seed.shape[0]} planes but keys {keys.tolist()} "
-                             "(expected the placeholder 0 and one key per plane)")
+            raise ValueError(
+                f"rsepm seed: {seed.shape[0]} planes but keys {keys.tolist()} "
+                "(expected the placeholder 0 and one key per plane)"
+            )
         return seed, keys[1:]
     if keys.size != seed.shape[0]:
         raise ValueError(f"seg seed: {seed.shape[0]} planes but keys {keys.tolist()}")
@@ -72,8 +76,7 @@ def label_crf(image, labels, num_labels, confidence=LABEL_CONFIDENCE, crf_params
     return marginals.argmax(axis=0)
 
 
-def ir_label_from_seed(seed, keys, image, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD, crf=True,
-                       crf_params=None):
+def ir_label_from_seed(seed, keys, image, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD, crf=True, crf_params=None):
     """Inter-pixel relation label map of one image (IRN's cam_to_ir_label).
 
     Two label maps are made with a constant background score in front of the seed planes:
@@ -123,7 +126,7 @@ def labels_to_stride(labels, stride=4, ignore_index=IGNORE_INDEX):
     pad_w = -labels.shape[-1] % stride
     if pad_h or pad_w:
         labels = F.pad(labels, (0, pad_w, 0, pad_h), value=ignore_index)
-    return labels[..., stride // 2::stride, stride // 2::stride]
+    return labels[..., stride // 2 :: stride, stride // 2 :: stride]
 
 
 def relation_labels(labels, radius=TRAIN_RADIUS, ignore_index=IGNORE_INDEX, grid=None):
@@ -150,6 +153,7 @@ def boundary_loss(aff, bg_pos, fg_pos, neg):
         'neg' (-log(1 + 1e-5 - a) averaged over its pairs), 'pos' = bg_pos / 2 + fg_pos / 2,
         'total' = (pos + neg) / 2 (IRN's weighting of its two affinity terms).
     """
+
     def mean_over(label, loss):
         return (label * loss).sum() / (label.sum() + EPS)
 

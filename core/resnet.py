@@ -10,6 +10,7 @@ Strides and dilations of layer1..layer4 by output stride (OS):
 The first-block rule differs from torchvision's `replace_stride_with_dilation` (which gives
 layer4's first block dilation 2); the official weights were trained with ours.
 """
+
 import hashlib
 import os
 from urllib.parse import urlparse
@@ -17,8 +18,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from core.weights import describe_mismatch, read_state_dict
 from core.errors import CheckpointError, SetupError
+from core.weights import describe_mismatch, read_state_dict
 
 # per output stride: (strides of layer1..4, dilations of layer1..4 after their first block)
 LAYER_SETTINGS = {
@@ -30,8 +31,7 @@ PLANES = (64, 128, 256, 512)
 
 def conv3x3(in_channels, out_channels, stride=1, dilation=1):
     """3x3 convolution without bias; padding = dilation keeps the size at stride 1."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
-                     dilation=dilation, bias=False)
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
 def conv1x1(in_channels, out_channels, stride=1):
@@ -96,8 +96,7 @@ def make_layer(block, in_channels, planes, num_blocks, stride, dilation):
     out_channels = planes * block.expansion
     downsample = None
     if stride != 1 or in_channels != out_channels:
-        downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride),
-                                   nn.BatchNorm2d(out_channels))
+        downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
     blocks = [block(in_channels, planes, stride, 1, downsample)]
     blocks += [block(out_channels, planes, 1, dilation) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
@@ -113,8 +112,7 @@ class ResNet(nn.Module):
     def __init__(self, block, num_blocks, output_stride=16):
         super().__init__()
         if output_stride not in LAYER_SETTINGS:
-            raise ValueError(f"output_stride must be one of {sorted(LAYER_SETTINGS)}, "
-                             f"got {output_stride!r}")
+            raise ValueError(f"output_stride must be one of {sorted(LAYER_SETTINGS)}, got {output_stride!r}")
         strides, dilations = LAYER_SETTINGS[output_stride]
         self.output_stride = output_stride
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -122,8 +120,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = 64
-        for index, (planes, count, stride, dilation) in enumerate(
-                zip(PLANES, num_blocks, strides, dilations), start=1):
+        for index, (planes, count, stride, dilation) in enumerate(zip(PLANES, num_blocks, strides, dilations), start=1):
             setattr(self, f"layer{index}", make_layer(block, in_channels, planes, count, stride, dilation))
             in_channels = planes * block.expansion
         self.channels = {"C1": 64}
@@ -178,7 +175,7 @@ def imagenet_weights(name):
     """torchvision's ImageNet weights enum entry (IMAGENET1K_V1 for every depth)."""
     import torchvision  # imported here: it costs about 2 s at start-up and only training needs it
 
-    enum = getattr(torchvision.models, f"ResNet{name[len('resnet'):]}_Weights")
+    enum = getattr(torchvision.models, f"ResNet{name[len('resnet') :]}_Weights")
     return enum.IMAGENET1K_V1
 
 
@@ -206,7 +203,8 @@ def imagenet_state_dict(name):
         raise SetupError(
             f"the ImageNet weights of {name} could not be downloaded from {weights.url} ({e}). "
             f"Place that file at {path} (where torch looks for it), or pass "
-            f"a local torchvision ResNet state_dict file with --pretrained PATH.") from e
+            f"a local torchvision ResNet state_dict file with --pretrained PATH."
+        ) from e
 
 
 def check_file_hash(path, url):
@@ -223,12 +221,13 @@ def check_file_hash(path, url):
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    found = digest.hexdigest()[:len(expected)]
+    found = digest.hexdigest()[: len(expected)]
     if found != expected:
         raise CheckpointError(
             f"{path}: sha256 starts with {found}, expected {expected} (the prefix in the official file "
             f"name): the file is damaged or not the official one, and is not loaded. Delete it (the "
-            f"next run downloads the official file again), or replace it by the official file from {url}")
+            f"next run downloads the official file again), or replace it by the official file from {url}"
+        )
 
 
 def load_backbone_state(model, state, source):

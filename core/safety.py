@@ -12,6 +12,7 @@
 - every output (a folder of seeds, masks or labels, an evaluation, a training tag, a built dataset)
   has one live writer: an exclusive lock beside it, held for as long as its writer runs.
 """
+
 import hashlib
 import json
 import os
@@ -60,8 +61,10 @@ def check_output_id(value, source, error=UnsafePathError):
     elif len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         problem = f"is longer than {MAX_NAME_BYTES} bytes (the file systems' limit for one name)"
     if problem:
-        raise error(f"{source}: refusing the name {value!r}: it {problem}; output names must be "
-                              "plain file names (no folders, no '..'), so nothing is written for it")
+        raise error(
+            f"{source}: refusing the name {value!r}: it {problem}; output names must be "
+            "plain file names (no folders, no '..'), so nothing is written for it"
+        )
     return value
 
 
@@ -75,16 +78,22 @@ def safe_output_path(root, relative):
     base = os.path.normpath(os.path.abspath(root))
     target = os.path.normpath(os.path.join(base, relative))
     if os.path.isabs(relative) or target == base or os.path.commonpath([base, target]) != base:
-        raise UnsafePathError(f"refusing to write {relative!r}: it resolves to {target}, outside the output "
-                              f"folder {base}")
+        raise UnsafePathError(
+            f"refusing to write {relative!r}: it resolves to {target}, outside the output folder {base}"
+        )
     return os.path.join(root, relative)
 
 
 # ---------------------------------------------------------------------------------------------
 # Input files
 # ---------------------------------------------------------------------------------------------
-_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def regular_file_problem(path):
@@ -130,8 +139,10 @@ def image_mode_problem(mode):
     """
     if mode in EIGHT_BIT_MODES:
         return None
-    return (f"image mode {mode!r} is not 8 bits per channel; an 8-bit RGB, grey or palette image is "
-            "expected (converting it would clip the values to 0..255)")
+    return (
+        f"image mode {mode!r} is not 8 bits per channel; an 8-bit RGB, grey or palette image is "
+        "expected (converting it would clip the values to 0..255)"
+    )
 
 
 def check_image_file(path, error=ValueError):
@@ -159,8 +170,9 @@ def check_image_file(path, error=ValueError):
 # pids). mkstemp's random part uses [a-z0-9_]; temp_path's uses hex digits. Names without a writer
 # (written by earlier releases) are still recognised.
 TEMP_SUFFIX = ".rsepm.tmp"
-_TEMP_NAME = re.compile(r"\..+?(?:\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-(?P<start>[0-9]+))?\.[a-z0-9_]{8}"
-                        + re.escape(TEMP_SUFFIX))
+_TEMP_NAME = re.compile(
+    r"\..+?(?:\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-(?P<start>[0-9]+))?\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX)
+)
 HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 
 
@@ -277,6 +289,7 @@ def remove_stale_temp_files(folder, before=None):
                 continue
             if stat.S_ISDIR(info.st_mode):
                 import shutil
+
                 shutil.rmtree(entry.path)
             else:
                 os.remove(entry.path)
@@ -308,8 +321,9 @@ def _holder_text(fd):
     try:
         text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
         holder = json.loads(text)
-        return (f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}, "
-                f"command: {holder['command']}")
+        return (
+            f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}, command: {holder['command']}"
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that is still starting"
 
@@ -344,14 +358,19 @@ def hold_output(output, flag=None):
         holder = _holder_text(fd)
         os.close(fd)
         named = f" ({flag})" if flag else ""
-        raise OutputBusyError(f"{output}{named}: another run is writing it: {holder}. Two writers would mix "
-                              "their outputs; wait for it to end (or stop it), or write elsewhere") from None
+        raise OutputBusyError(
+            f"{output}{named}: another run is writing it: {holder}. Two writers would mix "
+            "their outputs; wait for it to end (or stop it), or write elsewhere"
+        ) from None
     except BaseException:
         os.close(fd)
         raise
-    record = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(PROCESS_START)),
-              "command": " ".join(sys.argv)}
+    record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(PROCESS_START)),
+        "command": " ".join(sys.argv),
+    }
     data = json.dumps(record).encode("utf-8")
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)

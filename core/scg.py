@@ -18,6 +18,7 @@ points, the min-max normalisations look at valid positions only, the second-orde
 the number of valid positions, and the output is 0 there. For a padded crop this gives exactly
 what SCG computes on the valid part alone.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -110,8 +111,16 @@ def point_maps(point_mask, correlation, valid=None):
 
 
 @float32_targets
-def scg_maps(feature_list, cam_norm, tags, fg_point=SCG_FG_POINT, bg_point=SCG_BG_POINT,
-             fg_th=SCG_FIRST_TH, so_th=SCG_SECOND_TH, valid=None):
+def scg_maps(
+    feature_list,
+    cam_norm,
+    tags,
+    fg_point=SCG_FG_POINT,
+    bg_point=SCG_BG_POINT,
+    fg_th=SCG_FIRST_TH,
+    so_th=SCG_SECOND_TH,
+    valid=None,
+):
     """Self-correlation maps M_scg of the tagged classes (docs/method.md#scg).
 
     feature_list: list of (B, D_i, h_i, w_i) feature maps (detached), each resized bilinearly
@@ -127,8 +136,7 @@ def scg_maps(feature_list, cam_norm, tags, fg_point=SCG_FG_POINT, bg_point=SCG_B
     B, C, h, w = cam_norm.shape
     N = h * w
     valid_n = None if valid is None else valid.reshape(B, 1, N).bool()
-    correlation = sum(self_correlation(resize_to(f, (h, w)), fg_th, so_th, valid)
-                      for f in feature_list)  # (B, N, N)
+    correlation = sum(self_correlation(resize_to(f, (h, w)), fg_th, so_th, valid) for f in feature_list)  # (B, N, N)
     # each column H[:, p] to [0, 1] over the valid rows
     correlation = minmax(correlation, dim=1, valid=None if valid_n is None else valid_n.transpose(1, 2))
 

@@ -9,11 +9,12 @@ Conventions: C = number of foreground classes; tags are multi-hot (B, C) over fo
 label maps are long (B, H, W) with 0 = background, k + 1 = foreground class k, 255 = ignore;
 decoder tensors have C + 1 channels with background at channel 0.
 """
+
 import torch
 import torch.nn.functional as F
 
-from core.pamr import shifted_neighbours
 from core.io import IGNORE_INDEX
+from core.pamr import shifted_neighbours
 from core.precision import float32_targets
 
 CF_FG_TH = 0.55  # certain filter c (experiment tag CF(c=0.55)); [inferred] meaning

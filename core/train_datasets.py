@@ -19,6 +19,7 @@ __getitem__ return a skip marker {"skip": id, "problem": text}, which
 `collate_skipping` drops from its batch and lists under batch["skipped"]. tools/engine/trainer.py counts
 both and ends the run with the list and a non-zero exit once the weights are saved.
 """
+
 import os
 
 import numpy as np
@@ -63,8 +64,10 @@ def read_checked_image(path, max_pixels):
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: unreadable image header ({e})") from None
     if max_pixels and width * height > max_pixels:
-        raise DatasetError(f"{path}: {width}x{height} image ({width * height / 1e6:.1f} M pixels) is above "
-                           f"--max_image_pixels {max_pixels:.0f}")
+        raise DatasetError(
+            f"{path}: {width}x{height} image ({width * height / 1e6:.1f} M pixels) is above "
+            f"--max_image_pixels {max_pixels:.0f}"
+        )
     try:
         return read_image(path)
     except Image.DecompressionBombError as e:  # a --max_image_pixels above PIL's own limit
@@ -113,8 +116,10 @@ class _AugmentedDataset(torch.utils.data.Dataset):
         ignore = self.layout.info.ignore_index if ignore is None else ignore
         bad = (mask >= num_classes) & (mask != ignore)
         if bad.any():
-            raise DatasetError(f"{path}: label(s) {sorted(np.unique(mask[bad]).tolist())[:10]} outside "
-                               f"0..{num_classes - 1} and not {ignore} (ignore)")
+            raise DatasetError(
+                f"{path}: label(s) {sorted(np.unique(mask[bad]).tolist())[:10]} outside "
+                f"0..{num_classes - 1} and not {ignore} (ignore)"
+            )
         return mask
 
     def __len__(self):
@@ -129,8 +134,7 @@ class _AugmentedDataset(torch.utils.data.Dataset):
 
     def _check_not_empty(self, total):
         if not self.ids:
-            raise DatasetError(f"{self.layout.split_dir}: no usable image among {total} "
-                               f"({self.summary()})")
+            raise DatasetError(f"{self.layout.split_dir}: no usable image among {total} ({self.summary()})")
 
 
 class ClassificationDataset(_AugmentedDataset):
@@ -152,8 +156,10 @@ class ClassificationDataset(_AugmentedDataset):
     def __init__(self, layout, transform, seed=0, progress=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__(layout, transform, seed, max_image_pixels)
         if not layout.has_xml:
-            raise DatasetError(f"{os.path.join(layout.split_dir, 'xml')}: no annotations, "
-                               f"so no image-level tags for split {layout.domain!r}")
+            raise DatasetError(
+                f"{os.path.join(layout.split_dir, 'xml')}: no annotations, "
+                f"so no image-level tags for split {layout.domain!r}"
+            )
         self.tags = []
         self.untagged_ids = []
         for image_id in progress_bar(layout.ids, desc="reading tags", unit="file", disable=not progress):
@@ -215,8 +221,16 @@ class SegmentationDataset(_AugmentedDataset):
     box (4,) int64, id str, index int).
     """
 
-    def __init__(self, layout, mask_dir, transform, seed=0, allow_missing=False, progress=False,
-                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(
+        self,
+        layout,
+        mask_dir,
+        transform,
+        seed=0,
+        allow_missing=False,
+        progress=False,
+        max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    ):
         super().__init__(layout, transform, seed, max_image_pixels)
         self.mask_dir = mask_dir
         if mask_dir is None:
@@ -226,14 +240,18 @@ class SegmentationDataset(_AugmentedDataset):
         else:
             source = mask_dir
             if not os.path.isdir(mask_dir):
-                raise DatasetError(f"{mask_dir}: pseudo-mask folder not found (run "
-                                   f"convert_seed_to_pseudo_masks.py for this tag and domain first)")
+                raise DatasetError(
+                    f"{mask_dir}: pseudo-mask folder not found (run "
+                    f"convert_seed_to_pseudo_masks.py for this tag and domain first)"
+                )
         self.missing_ids = [i for i in layout.ids if not os.path.isfile(self.mask_path(i))]
         self.skipped_missing = len(self.missing_ids)
         if self.missing_ids and not allow_missing:
-            raise DatasetError(f"{source}: {len(self.missing_ids)} of {len(layout.ids)} images of "
-                               f"{layout.split_dir} have no mask ({_first(self.missing_ids)}); "
-                               f"complete the folder or pass --allow_missing true to skip them")
+            raise DatasetError(
+                f"{source}: {len(self.missing_ids)} of {len(layout.ids)} images of "
+                f"{layout.split_dir} have no mask ({_first(self.missing_ids)}); "
+                f"complete the folder or pass --allow_missing true to skip them"
+            )
         missing = set(self.missing_ids)
         self.mismatched = []
         for image_id in progress_bar(layout.ids, desc="checking mask sizes", unit="file", disable=not progress):
@@ -259,8 +277,7 @@ class SegmentationDataset(_AugmentedDataset):
             text += f"; skipped {self.skipped_missing} without a mask ({_first(self.missing_ids)})"
         if self.skipped_size_mismatch:
             listed = [f"{i} (image {a}, mask {b})" for i, a, b in self.mismatched]
-            text += (f"; skipped {self.skipped_size_mismatch} whose mask size differs from the image "
-                     f"({_first(listed)})")
+            text += f"; skipped {self.skipped_size_mismatch} whose mask size differs from the image ({_first(listed)})"
         return text
 
     def read_mask(self, image_id):
@@ -270,8 +287,7 @@ class SegmentationDataset(_AugmentedDataset):
     def load(self, index):
         """The sample of `index`; DatasetError naming the file when a file is bad."""
         image_id = self.ids[index]
-        sample = self.transform(self.read_image(image_id), self.read_mask(image_id),
-                                self.sample_rng(index))
+        sample = self.transform(self.read_image(image_id), self.read_mask(image_id), self.sample_rng(index))
         sample["id"] = image_id
         sample["index"] = index
         return sample
@@ -296,16 +312,19 @@ class RelationLabelDataset(_AugmentedDataset):
     Item: dict(image (3, S, S) float32, labels (S/4, S/4) int64 (255 = ignored), id str, index int).
     """
 
-    def __init__(self, layout, label_dir, transform, seed=0, allow_missing=False,
-                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(
+        self, layout, label_dir, transform, seed=0, allow_missing=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS
+    ):
         super().__init__(layout, transform, seed, max_image_pixels)
         self.label_dir = label_dir
         self.missing_ids = [i for i in layout.ids if not os.path.isfile(self.label_path(i))]
         self.skipped_missing = len(self.missing_ids)
         if self.missing_ids and not allow_missing:
-            raise DatasetError(f"{label_dir}: {len(self.missing_ids)} of {len(layout.ids)} images have no "
-                               f"relation-label map ({_first(self.missing_ids)}); fix their seed files "
-                               f"or pass --allow_missing true to skip them")
+            raise DatasetError(
+                f"{label_dir}: {len(self.missing_ids)} of {len(layout.ids)} images have no "
+                f"relation-label map ({_first(self.missing_ids)}); fix their seed files "
+                f"or pass --allow_missing true to skip them"
+            )
         missing = set(self.missing_ids)
         self.ids = [i for i in layout.ids if i not in missing]
         if not self.ids:
@@ -327,8 +346,10 @@ class RelationLabelDataset(_AugmentedDataset):
         path = self.label_path(image_id)
         labels = self.read_labels(path, ignore=RELATION_IGNORE)
         if labels.shape != image.shape[:2]:
-            raise DatasetError(f"{path}: size {labels.shape[1]}x{labels.shape[0]} differs from its image "
-                               f"{image.shape[1]}x{image.shape[0]} (delete it to remake it)")
+            raise DatasetError(
+                f"{path}: size {labels.shape[1]}x{labels.shape[0]} differs from its image "
+                f"{image.shape[1]}x{image.shape[0]} (delete it to remake it)"
+            )
         sample = self.transform(image, labels, self.sample_rng(index))
         sample["id"] = image_id
         sample["index"] = index

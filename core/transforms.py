@@ -18,6 +18,7 @@ Output, a dict:
     box (4,) int64: the same region as (x0, y0, x1, y1), half-open, in crop pixels
         (the convention of core.losses.box_mask).
 """
+
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
@@ -93,14 +94,14 @@ def random_crop(image, mask, rng, crop_size, ignore_index=IGNORE_INDEX):
     sy, dy, h = _crop_axis(height, crop_size, rng)
     sx, dx, w = _crop_axis(width, crop_size, rng)
     out = image.new_zeros((3, crop_size, crop_size))
-    out[:, dy:dy + h, dx:dx + w] = image[:, sy:sy + h, sx:sx + w]
+    out[:, dy : dy + h, dx : dx + w] = image[:, sy : sy + h, sx : sx + w]
     out_mask = None
     if mask is not None:
         out_mask = torch.full((crop_size, crop_size), ignore_index, dtype=torch.int64)
-        window = np.asarray(mask[sy:sy + h, sx:sx + w], dtype=np.int64)
-        out_mask[dy:dy + h, dx:dx + w] = torch.from_numpy(window)
+        window = np.asarray(mask[sy : sy + h, sx : sx + w], dtype=np.int64)
+        out_mask[dy : dy + h, dx : dx + w] = torch.from_numpy(window)
     valid = torch.zeros((crop_size, crop_size), dtype=torch.bool)
-    valid[dy:dy + h, dx:dx + w] = True
+    valid[dy : dy + h, dx : dx + w] = True
     box = torch.tensor([dx, dy, dx + w, dy + h], dtype=torch.int64)
     return out, out_mask, valid, box
 
@@ -112,8 +113,7 @@ class TrainTransform:
     See the module docstring for the returned dict.
     """
 
-    def __init__(self, crop_size=512, min_size=320, max_size=640, flip=True, jitter=JITTER,
-                 ignore_index=IGNORE_INDEX):
+    def __init__(self, crop_size=512, min_size=320, max_size=640, flip=True, jitter=JITTER, ignore_index=IGNORE_INDEX):
         if not 0 < min_size <= max_size:
             raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
         self.crop_size = crop_size
@@ -132,13 +132,16 @@ class TrainTransform:
         if self.jitter:
             image = color_jitter(image, rng, *self.jitter)
         mask = np.asarray(mask) if mask is not None else None
-        image, mask, valid, box = random_crop(normalize_image(np.array(image)), mask, rng,
-                                              self.crop_size, self.ignore_index)
+        image, mask, valid, box = random_crop(
+            normalize_image(np.array(image)), mask, rng, self.crop_size, self.ignore_index
+        )
         sample = {"image": image, "valid": valid, "box": box}
         if mask is not None:
             sample["mask"] = mask
         return sample
 
     def __repr__(self):
-        return (f"TrainTransform(crop_size={self.crop_size}, long side in [{self.min_size}, "
-                f"{self.max_size}], flip={self.flip}, jitter={self.jitter})")
+        return (
+            f"TrainTransform(crop_size={self.crop_size}, long side in [{self.min_size}, "
+            f"{self.max_size}], flip={self.flip}, jitter={self.jitter})"
+        )

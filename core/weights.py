@@ -5,6 +5,7 @@ accepts a `module.` prefix (weights saved from DataParallel/DDP) and a dict wrap
 under `model` or `state_dict`. Loading is strict by default and a mismatch names every missing,
 unexpected and mis-shaped key, so a researcher sees at once which file does not fit which model.
 """
+
 import collections
 import re
 
@@ -40,8 +41,7 @@ def read_state_dict(path, map_location="cpu"):
     except Exception as e:  # pickle, zip and EOF errors alike: the file is not a checkpoint
         raise CheckpointError(f"{path}: not a torch checkpoint ({type(e).__name__}: {e})") from None
     state = _extract_state_dict(path, obj)
-    return collections.OrderedDict(
-        (k[len(PREFIX):] if k.startswith(PREFIX) else k, v) for k, v in state.items())
+    return collections.OrderedDict((k[len(PREFIX) :] if k.startswith(PREFIX) else k, v) for k, v in state.items())
 
 
 def _extract_state_dict(path, obj):
@@ -55,8 +55,7 @@ def _extract_state_dict(path, obj):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a non-empty state_dict")
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: not a state_dict (entry {key!r} is a "
-                                  f"{type(value).__name__}, not a tensor)")
+            raise CheckpointError(f"{path}: not a state_dict (entry {key!r} is a {type(value).__name__}, not a tensor)")
     return obj
 
 
@@ -65,9 +64,13 @@ def _listed(keys):
     return shown + (f", ... ({len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
 
 
-_RESNETS = {((2, 2, 2, 2), False): "ResNet-18", ((3, 4, 6, 3), False): "ResNet-34",
-            ((3, 4, 6, 3), True): "ResNet-50", ((3, 4, 23, 3), True): "ResNet-101",
-            ((3, 8, 36, 3), True): "ResNet-152"}
+_RESNETS = {
+    ((2, 2, 2, 2), False): "ResNet-18",
+    ((3, 4, 6, 3), False): "ResNet-34",
+    ((3, 4, 6, 3), True): "ResNet-50",
+    ((3, 4, 23, 3), True): "ResNet-101",
+    ((3, 8, 36, 3), True): "ResNet-152",
+}
 
 
 def guess_resnet(keys):
@@ -91,12 +94,18 @@ def describe_mismatch(expected, given, strict=True):
     """
     missing = [k for k in expected if k not in given] if strict else []
     unexpected = [k for k in given if k not in expected] if strict else []
-    misshaped = [f"{k} (file {tuple(given[k].shape)}, model {tuple(expected[k].shape)})"
-                 for k in expected if k in given and given[k].shape != expected[k].shape]
+    misshaped = [
+        f"{k} (file {tuple(given[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in given and given[k].shape != expected[k].shape
+    ]
     if not (missing or unexpected or misshaped):
         return ""
-    counts = [f"{len(missing)} missing" if missing else "", f"{len(unexpected)} unexpected" if unexpected else "",
-              f"{len(misshaped)} mis-shaped" if misshaped else ""]
+    counts = [
+        f"{len(missing)} missing" if missing else "",
+        f"{len(unexpected)} unexpected" if unexpected else "",
+        f"{len(misshaped)} mis-shaped" if misshaped else "",
+    ]
     summary = ", ".join(c for c in counts if c) + " key(s)"
     file_net, model_net = guess_resnet(given), guess_resnet(expected)
     if file_net and model_net and file_net != model_net:
@@ -128,8 +137,7 @@ def load_checkpoint(model, path, strict=True, map_location="cpu"):
 
 def save_weights(model, path):
     """Write the model's weights as a plain flat CPU state_dict (no `module.` prefix), atomically."""
-    state = collections.OrderedDict(
-        (k, v.detach().cpu()) for k, v in unwrap(model).state_dict().items())
+    state = collections.OrderedDict((k, v.detach().cpu()) for k, v in unwrap(model).state_dict().items())
     save_atomically(state, path)
 
 

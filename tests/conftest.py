@@ -27,6 +27,7 @@ def _release_output_locks():
     locks of its outputs for the life of the process (core.safety.hold_output), as a script does."""
     yield
     from core.safety import release_output
+
     release_output()
 
 
@@ -41,6 +42,7 @@ def toy_dataset(tmp_path_factory):
     updated by `settings`; built once per distinct settings in a session, so tests must only read
     it (a test that changes files copies it first)."""
     from tools.builders.make_toy_dataset import make_toy_dataset
+
     built = {}
 
     def make(**settings):
@@ -51,6 +53,7 @@ def toy_dataset(tmp_path_factory):
             make_toy_dataset(root, progress=False, **settings)
             built[key] = root
         return built[key]
+
     return make
 
 
@@ -113,18 +116,27 @@ SLOW = {
 }
 
 
-SLOW.update({"test_train_seg.py::test_training_writes_released_format_and_feeds_inference",
-             "test_bad_files.py::test_a_corrupt_training_image_is_skipped_and_counted_by_every_trainer",
-             "test_run_warnings.py::test_a_collapsed_run_warns_and_an_untrained_decoder_is_not_the_best",
-             "test_inference.py::test_images_that_keep_no_class_are_counted_and_most_of_them_warn",
-             "test_time_budget.py::test_disk_rows_by_hand",
-             "test_toy_pretrain.py::test_pretrained_file_is_torchvision_layout_loads_and_is_deterministic",
-             "test_no_mixups.py::test_every_stage_refuses_a_second_live_writer_and_runs_once_it_is_gone",
-             "test_convert_rw.py::test_train_seg_takes_the_rw_masks"})
+SLOW.update(
+    {
+        "test_train_seg.py::test_training_writes_released_format_and_feeds_inference",
+        "test_bad_files.py::test_a_corrupt_training_image_is_skipped_and_counted_by_every_trainer",
+        "test_run_warnings.py::test_a_collapsed_run_warns_and_an_untrained_decoder_is_not_the_best",
+        "test_inference.py::test_images_that_keep_no_class_are_counted_and_most_of_them_warn",
+        "test_time_budget.py::test_disk_rows_by_hand",
+        "test_toy_pretrain.py::test_pretrained_file_is_torchvision_layout_loads_and_is_deterministic",
+        "test_no_mixups.py::test_every_stage_refuses_a_second_live_writer_and_runs_once_it_is_gone",
+        "test_convert_rw.py::test_train_seg_takes_the_rw_masks",
+    }
+)
 # tools/toy/ablation.py end to end (their module fixture trains 4 tiny networks: ~20-35 s)
-SLOW.update(f"test_toy_ablation.py::{name}" for name in (
-    "test_rows_are_the_evaluations_and_the_trainings_have_their_flags",
-    "test_seeds_table_is_the_mean_and_spread_of_the_runs", "test_a_second_run_reuses_the_trained_models"))
+SLOW.update(
+    f"test_toy_ablation.py::{name}"
+    for name in (
+        "test_rows_are_the_evaluations_and_the_trainings_have_their_flags",
+        "test_seeds_table_is_the_mean_and_spread_of_the_runs",
+        "test_a_second_run_reuses_the_trained_models",
+    )
+)
 SLOW_FILES = {"test_notebook.py"}  # its module fixture executes the notebook
 
 

@@ -6,6 +6,7 @@ rank's final network weights, so that the test can compare the processes.
 
 Writes OUT/rank{r}.pt: the state_dict of the network trained in process r.
 """
+
 import argparse
 import os
 import sys

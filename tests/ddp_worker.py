@@ -4,10 +4,11 @@
         --root DATA --out OUT --max_epoch 2
 
 Also imported by the tests: `write_tiny_layout` builds a seed-layout dataset (TOY classes) and
-`train` is a training loop built from tools/engine/distributed.py, data_loading.py, optim.py, resume_state.py and runlog.py,
-used single-process for the resume test.
+`train` is a training loop built from tools/engine/distributed.py, data_loading.py, optim.py,
+resume_state.py and runlog.py, used single-process for the resume test.
 Each rank writes OUT/rank{r}.pt = {"state": final weights, "indices": sample indices seen}.
 """
+
 import argparse
 import os
 import sys
@@ -23,12 +24,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core.weights import unwrap  # noqa: E402
 from core.dataset_layout import DatasetInfo, SeedLayout  # noqa: E402
 from core.io import save_mask  # noqa: E402
 from core.networks import split_parameters  # noqa: E402
 from core.train_datasets import SegmentationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
+from core.weights import unwrap  # noqa: E402
 from tools.engine import amp, data_loading, distributed, optim, resume_state, runlog  # noqa: E402
 
 TAG = "tiny"
@@ -84,8 +85,18 @@ class TinyNet(nn.Module):
         return self.head(self.model(x))
 
 
-def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0, batch_size=2,
-          seed=0, ctx=None, init_seed=None):
+def train(
+    root,
+    out_dir,
+    max_epoch=3,
+    stop_at=None,
+    resume=False,
+    num_workers=0,
+    batch_size=2,
+    seed=0,
+    ctx=None,
+    init_seed=None,
+):
     """A training script's loop in miniature. stop_at: save a resume checkpoint
     after that many iterations and return (a killed run). init_seed: seed the model's initial
     weights differently (a fresh process would), before resuming overwrites them."""
@@ -104,11 +115,11 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
     epoch, step, iteration = 0, 0, 0
     if resume:
         distributed.seed_everything(12345, ctx.rank)  # a fresh process: other RNG states until restored
-        state = resume_state.load_resume(resume_file, model, optimizer, scheduler, scaler, ema,
-                                    loader.sampler, ctx)
+        state = resume_state.load_resume(resume_file, model, optimizer, scheduler, scaler, ema, loader.sampler, ctx)
         epoch, step, iteration = state["epoch"], state["step"], state["iteration"]
-    logger = runlog.RunLogger(os.path.join(out_dir, "logs"), enabled=ctx.is_main,
-                               purge_after=iteration if resume else None)
+    logger = runlog.RunLogger(
+        os.path.join(out_dir, "logs"), enabled=ctx.is_main, purge_after=iteration if resume else None
+    )
     seen = []
     for epoch in range(epoch, max_epoch):
         data_loading.set_loader_epoch(loader, epoch, skip_batches=step)
@@ -117,8 +128,10 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
             partner = torch.randperm(images.shape[0])  # global RNG in the step, as EdgePredictMix
             with amp.autocast_context(ctx.device, dtype=None):
                 logits = model(images)
-                losses = {"seg": F.cross_entropy(logits, masks, ignore_index=255),
-                          "mix": 0.1 * (logits - logits[partner].detach()).pow(2).mean()}
+                losses = {
+                    "seg": F.cross_entropy(logits, masks, ignore_index=255),
+                    "mix": 0.1 * (logits - logits[partner].detach()).pow(2).mean(),
+                }
             values = runlog.check_finite(losses, iteration, ctx)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(sum(losses.values())).backward()
@@ -128,16 +141,29 @@ def train(root, out_dir, max_epoch=3, stop_at=None, resume=False, num_workers=0,
             ema.update(model)
             seen.extend((epoch, int(i)) for i in batch["index"])
             step, iteration = step + 1, iteration + 1
-            logger.log(iteration, epoch, {**values, "lr": scheduler.get_last_lr()[0]},
-                       images=batch_size * ctx.world_size)
+            logger.log(
+                iteration, epoch, {**values, "lr": scheduler.get_last_lr()[0]}, images=batch_size * ctx.world_size
+            )
             if iteration == stop_at:
-                resume_state.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch, step,
-                                    iteration, loader.sampler, ctx=ctx)
+                resume_state.save_resume(
+                    resume_file,
+                    model,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    ema,
+                    epoch,
+                    step,
+                    iteration,
+                    loader.sampler,
+                    ctx=ctx,
+                )
                 logger.close()
                 return model, ema, optimizer, seen
         step = 0
-    resume_state.save_resume(resume_file, model, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration,
-                        loader.sampler, ctx=ctx)
+    resume_state.save_resume(
+        resume_file, model, optimizer, scheduler, scaler, ema, epoch + 1, 0, iteration, loader.sampler, ctx=ctx
+    )
     if ctx.is_main:
         config = resume_state.run_config({"seed": seed, "max_epoch": max_epoch}, ctx)
         resume_state.save_final(out_dir, TAG, model, config)
@@ -155,8 +181,7 @@ def main():
     torch.set_num_threads(1)
     ctx = distributed.setup_distributed()
     model, _, _, seen = train(args.root, args.out, args.max_epoch, num_workers=args.num_workers, ctx=ctx)
-    torch.save({"state": unwrap(model).state_dict(), "indices": seen},
-               os.path.join(args.out, f"rank{ctx.rank}.pt"))
+    torch.save({"state": unwrap(model).state_dict(), "indices": seen}, os.path.join(args.out, f"rank{ctx.rank}.pt"))
     distributed.cleanup_distributed()
 
 

@@ -2,6 +2,7 @@
 a split in the seed layout (image/, mask/, xml/), the inputs of tools/builders/prepare_own.py,
 images that are not 8 bits per channel and smooth seed planes. Test modules import them as
 `from mini_data import ...` (tests/ is on sys.path under pytest's default import mode)."""
+
 import os
 
 import numpy as np
@@ -31,13 +32,18 @@ def write_jpeg(path, height=20, width=24, seed=0, quality=95, pixels=None):
 def xml_text(objects, width=16, height=12):
     """VOC annotation; objects = (name, (xmin, ymin, xmax, ymax) or None, difficult), the box as
     written in the file (VOC's pixels count from 1)."""
-    parts = [f"<annotation><filename>x.jpg</filename><size><width>{width}</width>"
-             f"<height>{height}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><filename>x.jpg</filename><size><width>{width}</width>"
+        f"<height>{height}</height><depth>3</depth></size>"
+    ]
     for name, box, difficult in objects:
         parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult>")
         if box is not None:
-            parts.append("<bndbox>" + "".join(f"<{k}>{v}</{k}>" for k, v in
-                                              zip(("xmin", "ymin", "xmax", "ymax"), box)) + "</bndbox>")
+            parts.append(
+                "<bndbox>"
+                + "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+                + "</bndbox>"
+            )
         parts.append("</object>")
     return "".join(parts) + "</annotation>"
 
@@ -64,8 +70,9 @@ def make_split(root, split, ids, masks=True, xml=True, height=12, width=16, info
         if masks:
             save_mask(os.path.join(root, split, "mask", image_id + ".png"), mask, info.palette)
         if xml:
-            write_text(os.path.join(root, split, "xml", image_id + ".xml"),
-                       xml_text(objects, pixels.shape[1], pixels.shape[0]))
+            write_text(
+                os.path.join(root, split, "xml", image_id + ".xml"), xml_text(objects, pixels.shape[1], pixels.shape[0])
+            )
         samples[image_id] = (mask, [info.class_dict[name] for name, _, _ in objects])
     return samples
 
@@ -114,7 +121,7 @@ def save_as_jpg_name(path, image, fmt):
 
 def sixteen_bit(path):
     # a dark 16-bit photograph: every value is far below 65535, but above 255
-    values = (np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 7 + 300)
+    values = np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 7 + 300
     image = Image.fromarray(values)
     assert image.mode == "I;16"
     return save_as_jpg_name(path, image, "PNG")
@@ -132,7 +139,11 @@ def smooth_planes(k=2, h=60, w=80, seed=0):
     borders a few pixels wide, as a trained network's seeds."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    logits = np.stack([12 * np.sin(6 * x * rng.uniform(0.5, 2) + 4 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6))
-                       for _ in range(k + 1)])
+    logits = np.stack(
+        [
+            12 * np.sin(6 * x * rng.uniform(0.5, 2) + 4 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6))
+            for _ in range(k + 1)
+        ]
+    )
     probabilities = np.exp(logits - logits.max(0))
     return (probabilities / probabilities.sum(0))[1:].astype(np.float32)

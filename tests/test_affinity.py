@@ -1,4 +1,5 @@
 """The affinity network: the authors' key layout, output grid, frozen backbone, flip averaging."""
+
 import functools
 
 import pytest

@@ -1,22 +1,23 @@
 """Every autocast path on the CPU: training (train_rsepm.py, train_seg.py) and inference
 (infer_rsepm.py, infer_seg.py) with --amp bf16, against the same runs in float32."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 import infer_rsepm
 import infer_seg
 import train_rsepm
 import train_seg
+from core.io import load_seed
 from core.networks import RSEPM, build_network
 from core.weights import save_weights
-from tools.seeds.infer_loop import AutocastForward, with_amp
-from core.io import load_seed
 from tools.paths import model_dir, predictions_dir
-from helpers import run_main
+from tools.seeds.infer_loop import AutocastForward, with_amp
 
 NUM_CLASSES = 6  # TOY: background + 5 shapes
 # bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4%): a first-iteration loss may move by a
@@ -62,10 +63,40 @@ def read_log(pred_dir, tag):
 
 
 def common_train(root, pred_dir, amp, tag):
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
-            "--max_image_size", "48", "--batch_size", "4", "--num_workers", "0", "--max_epoch", "1",
-            "--log_interval", "1", "--pred_dir", str(pred_dir), "--tag", tag, "--amp", amp]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "48",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--max_epoch",
+        "1",
+        "--log_interval",
+        "1",
+        "--pred_dir",
+        str(pred_dir),
+        "--tag",
+        tag,
+        "--amp",
+        amp,
+    ]
 
 
 @pytest.mark.parametrize("script", ["rsepm", "deeplabv3+"])
@@ -77,11 +108,18 @@ def test_training_in_bf16_on_cpu_is_finite_and_close_to_float32(toy, tmp_path, s
     for amp in ("off", "bf16"):
         argv = common_train(toy, tmp_path, amp, f"{script}-{amp}")
         if script == "rsepm":
-            result = train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv + ["--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
-                                              "--pamr_dilations", "1,2"]))
+            result = train_rsepm.main(
+                train_rsepm.get_args_parser().parse_args(
+                    argv + ["--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2", "--pamr_dilations", "1,2"]
+                )
+            )
             terms = ("cls", "rec", "seg", "rec_mix", "seg_mix")
         else:
-            result = train_seg.main(train_seg.get_args_parser().parse_args(argv + ["--decoder", script, "--label_tag", "gt", "--output_stride", "16"]))
+            result = train_seg.main(
+                train_seg.get_args_parser().parse_args(
+                    argv + ["--decoder", script, "--label_tag", "gt", "--output_stride", "16"]
+                )
+            )
             terms = ("seg",)
         assert result["iterations"] == 1
         config = json.loads((tmp_path / "models" / result["tag"] / "config.json").read_text())
@@ -114,9 +152,32 @@ def test_inference_in_bf16_on_cpu_stays_near_float32(toy, tmp_path, kind):
     seeds = {}
     for amp in ("off", "bf16"):
         pred_dir = tmp_path / amp
-        run_main(module, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
-                          "--num_workers", "0", "--weights", weights, "--tag", "t", "--pred_dir", str(pred_dir),
-                          "--scales", "1.0,0.5", "--amp", amp, *extra])
+        run_main(
+            module,
+            [
+                "--root_dir",
+                toy,
+                "--dataset",
+                "TOY",
+                "--domain",
+                "validation",
+                "--gpus",
+                "cpu",
+                "--num_workers",
+                "0",
+                "--weights",
+                weights,
+                "--tag",
+                "t",
+                "--pred_dir",
+                str(pred_dir),
+                "--scales",
+                "1.0,0.5",
+                "--amp",
+                amp,
+                *extra,
+            ],
+        )
         folder = predictions_dir(str(pred_dir), "t", "validation")
         seeds[amp] = {name: load_seed(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
     assert list(seeds["off"]) == list(seeds["bf16"]) and len(seeds["off"]) == 2
@@ -136,7 +197,29 @@ def test_inference_refuses_fp16_on_cpu_before_writing(toy, tmp_path):
     weights = str(tmp_path / "w.pth")
     save_weights(network, weights)
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        run_main(infer_rsepm, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--gpus", "cpu",
-                          "--num_workers", "0", "--weights", weights, "--tag", "t", "--pred_dir",
-                          str(tmp_path), "--backbone", "resnet18", "--amp", "fp16"])
+        run_main(
+            infer_rsepm,
+            [
+                "--root_dir",
+                toy,
+                "--dataset",
+                "TOY",
+                "--domain",
+                "validation",
+                "--gpus",
+                "cpu",
+                "--num_workers",
+                "0",
+                "--weights",
+                weights,
+                "--tag",
+                "t",
+                "--pred_dir",
+                str(tmp_path),
+                "--backbone",
+                "resnet18",
+                "--amp",
+                "fp16",
+            ],
+        )
     assert not os.path.exists(predictions_dir(str(tmp_path), "t", "validation"))

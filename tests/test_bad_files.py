@@ -2,11 +2,13 @@
 finishes, saves its weights, then ends with DatasetError naming the file (TrainingRun.raise_if_skipped);
 every kind of bad file (a decompression bomb, too many pixels, a truncated JPEG, an xml with inf) is
 listed once, with or without loader workers."""
+
 import os
 import shutil
 
 import numpy as np
 import pytest
+from helpers import quick_rsepm_argv, read_run_log, run_main
 from scipy.ndimage import uniform_filter
 
 import train_affinity
@@ -17,7 +19,6 @@ from core.errors import DatasetError
 from core.io import save_seed
 from tools.paths import model_dir, model_path, predictions_dir
 from tools.seeds import relation_cache
-from helpers import quick_rsepm_argv, read_run_log, run_main
 
 SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
 INFO = load_dataset_info("TOY")
@@ -32,29 +33,80 @@ def test_a_corrupt_training_image_is_skipped_and_counted_by_every_trainer(toy_da
     for image_id in layout.ids:
         gt = layout.read_mask(image_id)
         classes = sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
-        planes = np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes]) if classes \
+        planes = (
+            np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes])
+            if classes
             else np.zeros((0,) + gt.shape, np.float32)
-        save_seed(os.path.join(predictions_dir(pred, SEED_TAG, "train_aug"), image_id + ".pkl"),
-                  [0] + classes, planes, "rsepm")
-    relation_cache.make_ir_labels(layout, predictions_dir(pred, SEED_TAG, "train_aug"),
-                                 relation_cache.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
-                                 crf=False, num_workers=0, progress=False)
+        )
+        save_seed(
+            os.path.join(predictions_dir(pred, SEED_TAG, "train_aug"), image_id + ".pkl"),
+            [0] + classes,
+            planes,
+            "rsepm",
+        )
+    relation_cache.make_ir_labels(
+        layout,
+        predictions_dir(pred, SEED_TAG, "train_aug"),
+        relation_cache.ir_labels_dir(pred, SEED_TAG, "train_aug"),
+        SEED_TAG,
+        INFO.palette,
+        crf=False,
+        num_workers=0,
+        progress=False,
+    )
     tagged = [i for i in layout.ids if layout.read_tags(i)]
     bad = layout.image_path(tagged[0])
     with open(bad, "r+b") as f:
         f.truncate(os.path.getsize(bad) * 2 // 3)  # a JPEG cut short: the header reads, the pixels do not
 
     # one epoch of one batch holding every image each trainer keeps, so the bad one is met once
-    common = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-              "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--num_workers", "0",
-              "--max_epoch", "1", "--vis_images", "0", "--pred_dir", pred]
+    common = [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--num_workers",
+        "0",
+        "--max_epoch",
+        "1",
+        "--vis_images",
+        "0",
+        "--pred_dir",
+        pred,
+    ]
     image_flags = ["--min_image_size", "32", "--max_image_size", "48"]
     runs = {
-        "rsepm": (train_rsepm, image_flags + ["--batch_size", str(len(tagged)), "--rs_start", "1", "--mix", "none",
-                                              "--pamr_iterations", "1", "--pamr_dilations", "1"]),
+        "rsepm": (
+            train_rsepm,
+            image_flags
+            + [
+                "--batch_size",
+                str(len(tagged)),
+                "--rs_start",
+                "1",
+                "--mix",
+                "none",
+                "--pamr_iterations",
+                "1",
+                "--pamr_dilations",
+                "1",
+            ],
+        ),
         "seg": (train_seg, image_flags + ["--batch_size", str(len(layout.ids)), "--label_tag", "gt"]),
-        "affinity": (train_affinity, ["--batch_size", str(len(layout.ids)), "--seed_tag", SEED_TAG,
-                                      "--rw_radius", "4", "--ir_crf", "false"]),
+        "affinity": (
+            train_affinity,
+            ["--batch_size", str(len(layout.ids)), "--seed_tag", SEED_TAG, "--rw_radius", "4", "--ir_crf", "false"],
+        ),
     }
     for tag, (script, flags) in runs.items():
         with pytest.raises(DatasetError) as info:
@@ -74,8 +126,10 @@ def png_header(width, height):
     """The first bytes of a PNG that claims width x height (no pixel data follows)."""
     import struct
     import zlib
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
@@ -84,7 +138,9 @@ def png_header(width, height):
 def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(toy, tmp_path, workers):
     import multiprocessing
     import shutil
+
     from core.errors import DatasetError
+
     root = str(tmp_path / "TOY")
     shutil.copytree(toy, root)
     images = os.path.join(root, "train_aug", "image")
@@ -103,8 +159,13 @@ def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(to
         f.write(_with_inf(text))
     with pytest.raises(DatasetError) as info:
         # batch 7: the one batch of an epoch holds every tagged image, so each bad one is met
-        train_rsepm.main(train_rsepm.get_args_parser().parse_args(quick_rsepm_argv(root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7",
-                                                                  "--num_workers", str(workers))))
+        train_rsepm.main(
+            train_rsepm.get_args_parser().parse_args(
+                quick_rsepm_argv(
+                    root, tmp_path / "out", "--log_interval", "1", "--batch_size", "7", "--num_workers", str(workers)
+                )
+            )
+        )
     message = str(info.value)
     # the error's traceback still holds the loader: its worker must have been ended all the same
     assert not multiprocessing.active_children()
@@ -121,4 +182,4 @@ def test_bad_files_are_skipped_counted_and_listed_after_the_weights_are_saved(to
 
 def _with_inf(text):
     start = text.index("<xmin>") + len("<xmin>")
-    return text[:start] + "inf" + text[text.index("</xmin>"):]
+    return text[:start] + "inf" + text[text.index("</xmin>") :]

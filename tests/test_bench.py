@@ -1,5 +1,6 @@
 """tools/bench: the table run_all writes between the markers, the ratios, and the two ways of
 computing IoU that bench_evaluate times against each other (hand-worked values)."""
+
 import numpy as np
 import pytest
 
@@ -17,8 +18,9 @@ def test_table_replaces_only_what_lies_between_the_markers(tmp_path):
     assert doc.read_text().count("| new") == 1 and "| newer |" in doc.read_text()
 
 
-@pytest.mark.parametrize("text", ["no markers\n", f"{run_all.END}\n{run_all.BEGIN}\n",
-                                  f"{run_all.BEGIN}\n{run_all.BEGIN}\n{run_all.END}\n"])
+@pytest.mark.parametrize(
+    "text", ["no markers\n", f"{run_all.END}\n{run_all.BEGIN}\n", f"{run_all.BEGIN}\n{run_all.BEGIN}\n{run_all.END}\n"]
+)
 def test_a_page_without_one_pair_of_markers_is_refused_untouched(tmp_path, text):
     doc = tmp_path / "performance.md"
     doc.write_text(text)
@@ -47,12 +49,17 @@ def test_both_iou_ways_give_the_hand_worked_values():
 
 def test_the_machine_line_names_the_cpu_model_and_its_vector_extensions(tmp_path):
     from tools.bench.measure import cpu_model
+
     intel = tmp_path / "intel"
-    intel.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
-                     "flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_bf16 amx_tile\n\nprocessor\t: 1\n"
-                     "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n")
-    assert cpu_model(str(intel)) == ("Intel(R) Xeon(R) Platinum 8480+",
-                                     ["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_tile"])
+    intel.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_bf16 amx_tile\n\nprocessor\t: 1\n"
+        "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n"
+    )
+    assert cpu_model(str(intel)) == (
+        "Intel(R) Xeon(R) Platinum 8480+",
+        ["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_tile"],
+    )
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n")
     name, flags = cpu_model(str(arm))
@@ -65,8 +72,10 @@ def test_bench_inference_processes_counts_every_image_in_each_setting(capsys):
     """--processes runs the real inference loop over 1 and 2 processes; no timing is asserted,
     only that each setting did the whole set and the ratio is against 1 process."""
     from tools.bench import bench_inference
-    result = bench_inference.main(bench_inference.get_args_parser().parse_args(
-        ["--processes", "1,2", "--repeat", "1", "--num_images", "4"]))
+
+    result = bench_inference.main(
+        bench_inference.get_args_parser().parse_args(["--processes", "1,2", "--repeat", "1", "--num_images", "4"])
+    )
     rows = result["processes"]
     assert sorted(rows) == [1, 2] and rows[1]["ratio"] == 1.0 and rows[2]["ratio"] > 0
     assert all(row["seed_bytes"] > 0 and row["loop"]["max"] > 0 for row in rows.values())

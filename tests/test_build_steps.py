@@ -1,11 +1,12 @@
 """tools/builders/build_steps.py, the steps every dataset builder shares: reading an id list
 (BOM, bytes that are not UTF-8, invisible characters, ids that would leave the output folder) and
 verifying a written split."""
+
 import pytest
+from mini_data import sixteen_bit
 
 from core.dataset_layout import DatasetInfo
 from tools.builders.build_steps import PrepareError, _verify_item, read_id_list
-from mini_data import sixteen_bit
 
 VOC = DatasetInfo("VOC")
 

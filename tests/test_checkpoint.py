@@ -1,13 +1,14 @@
 """Checkpoint reader/writer: round trip, accepted layouts, and error messages naming keys; no
 torch.load in the repository unpickles more than tensors."""
+
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from core.weights import describe_mismatch, load_checkpoint, read_state_dict, save_weights, unwrap
 from core.errors import CheckpointError
+from core.weights import describe_mismatch, load_checkpoint, read_state_dict, save_weights, unwrap
 
 
 class Tiny(nn.Module):
@@ -158,7 +159,6 @@ def test_no_torch_load_in_the_repository_without_weights_only():
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
                 for number, line in enumerate(open(path, encoding="utf-8"), 1):
-                    if "torch.load(" in line and "weights_only=True" not in line \
-                            and "torch.load(" + '"' not in line:
+                    if "torch.load(" in line and "weights_only=True" not in line and "torch.load(" + '"' not in line:
                         offenders.append(f"{path}:{number}")
     assert offenders == [], offenders

@@ -1,6 +1,7 @@
 """tools.args.cli: exit status 0 (done), 1 (items skipped, or a project error as one line), 2 (bad
 usage, with the usage line); every other exception (a bug, or a failure inside torch) keeps its
 traceback. Real scripts: a bad dataset, a bad settings file, an output folder that cannot be made."""
+
 import json
 import os
 import subprocess
@@ -8,14 +9,22 @@ import sys
 
 import pytest
 import torch
+from helpers import quick_rsepm_argv
 
 import train_rsepm
-from core.errors import (CheckpointError, DatasetError, EvaluationError, FormatError, OutputError, PrepareError,
-                         ProjectError, UsageError)
+from core.errors import (
+    CheckpointError,
+    DatasetError,
+    EvaluationError,
+    FormatError,
+    OutputError,
+    PrepareError,
+    ProjectError,
+    UsageError,
+)
 from core.io import settings_path
 from tools.args import cli, make_parser
 from tools.engine.runlog import RunLogger
-from helpers import quick_rsepm_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,9 +62,15 @@ def test_usage_errors_and_bad_flags_exit_2_with_the_usage_line(capsys):
         assert capsys.readouterr().err.startswith("usage: ")
 
 
-@pytest.mark.parametrize("result, status", [({"written": 3, "failed": []}, 0), (None, 0),
-                                            ({"written": 2, "failed": [{"id": "a", "problem": "p"}]}, 1),
-                                            ({"skipped": ["b"]}, 1)])
+@pytest.mark.parametrize(
+    "result, status",
+    [
+        ({"written": 3, "failed": []}, 0),
+        (None, 0),
+        ({"written": 2, "failed": [{"id": "a", "problem": "p"}]}, 1),
+        ({"skipped": ["b"]}, 1),
+    ],
+)
 def test_exit_status_says_whether_items_were_skipped(result, status):
     with pytest.raises(SystemExit) as raised:
         cli(lambda args: result, parser(), ["x.png"])
@@ -85,8 +100,10 @@ def test_script_with_a_bad_flag_exits_2():
 
 
 def test_torch_runtime_error_keeps_its_traceback():
-    code = ("import argparse, torch; from tools.args import cli; "
-            "cli(lambda args: torch.zeros(2) @ torch.zeros(3), argparse.ArgumentParser(), [])")
+    code = (
+        "import argparse, torch; from tools.args import cli; "
+        "cli(lambda args: torch.zeros(2) @ torch.zeros(3), argparse.ArgumentParser(), [])"
+    )
     result = run_python("-c", code)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
@@ -97,16 +114,35 @@ def test_the_cli_names_the_bad_settings_file(tmp_path, toy_dataset):
     """Through a real stage: convert reads the seed folder's record; a non-UTF-8 byte there is one
     line, exit status 1."""
     from tools.paths import REPO_ROOT, predictions_dir
+
     pred = tmp_path / "exp"
     seeds = predictions_dir(str(pred), "t", "validation")
     os.makedirs(seeds)
     with open(settings_path(seeds), "wb") as f:
         f.write(json.dumps({"kind": "rsepm"}).encode()[:-1] + b', "x": "\xff"}')
-    result = subprocess.run([sys.executable, "convert_seed_to_pseudo_masks.py", "--dataset", "TOY", "--root_dir",
-                             toy_dataset(), "--domain", "validation", "--pred_dir", str(pred), "--tag", "t",
-                             "--gpus", "cpu"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "convert_seed_to_pseudo_masks.py",
+            "--dataset",
+            "TOY",
+            "--root_dir",
+            toy_dataset(),
+            "--domain",
+            "validation",
+            "--pred_dir",
+            str(pred),
+            "--tag",
+            "t",
+            "--gpus",
+            "cpu",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "not UTF-8" in last, result.stderr

@@ -1,16 +1,17 @@
 """The flags kept only so that the authors' commands run unchanged sit in their own --help group
 (tools/args.py compatibility_group), and no flag that does something sits there: checked on the
 --help text of every parser of the project."""
+
 import argparse
 import importlib
 import os
 import re
 
 import pytest
+from helpers import parser_modules
 
 from tools.args import COMPATIBILITY_TITLE, str2bool
 from tools.paths import REPO_ROOT
-from helpers import parser_modules
 
 # a help that says the flag does nothing
 SAYS_UNUSED = re.compile(r"accepted for compatibility|\bunused\b|^ignored\b|\bno effect\b")
@@ -37,12 +38,15 @@ def help_sections(text):
 
 
 def test_the_help_parser_reads_groups_and_wrapped_help():
-    text = ("usage: x [-h]\n\nA program: it does things.\n\noptions:\n  -h, --help  show this\n"
-            "  --a_very_long_flag A_VERY_LONG_FLAG\n              wrapped help\n\n"
-            f"{COMPATIBILITY_TITLE}:\n  --debug DEBUG  accepted for compatibility; unused (default: False)\n")
-    assert help_sections(text) == {"options": {"--help": "show this", "--a_very_long_flag": "wrapped help"},
-                                   COMPATIBILITY_TITLE: {"--debug": "accepted for compatibility; unused "
-                                                                    "(default: False)"}}
+    text = (
+        "usage: x [-h]\n\nA program: it does things.\n\noptions:\n  -h, --help  show this\n"
+        "  --a_very_long_flag A_VERY_LONG_FLAG\n              wrapped help\n\n"
+        f"{COMPATIBILITY_TITLE}:\n  --debug DEBUG  accepted for compatibility; unused (default: False)\n"
+    )
+    assert help_sections(text) == {
+        "options": {"--help": "show this", "--a_very_long_flag": "wrapped help"},
+        COMPATIBILITY_TITLE: {"--debug": "accepted for compatibility; unused (default: False)"},
+    }
 
 
 @pytest.fixture
@@ -55,27 +59,58 @@ def test_unused_flags_and_only_they_are_in_the_compatibility_group(module, wide)
     parser = importlib.import_module(module).get_args_parser()
     sections = help_sections(parser.format_help())
     listed = [flag for flags in sections.values() for flag in flags]
-    assert sorted(listed) == sorted(a.option_strings[-1] for a in parser._actions
-                                    if a.option_strings and a.help != argparse.SUPPRESS)  # every flag read
+    assert sorted(listed) == sorted(
+        a.option_strings[-1] for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS
+    )  # every flag read
     compatibility = sections.get(COMPATIBILITY_TITLE, {})
     assert all(SAYS_UNUSED.search(text) for text in compatibility.values()), compatibility
-    elsewhere = {flag: text for title, flags in sections.items() if title != COMPATIBILITY_TITLE
-                 for flag, text in flags.items() if SAYS_UNUSED.search(text)}
+    elsewhere = {
+        flag: text
+        for title, flags in sections.items()
+        if title != COMPATIBILITY_TITLE
+        for flag, text in flags.items()
+        if SAYS_UNUSED.search(text)
+    }
     assert elsewhere == {}
 
 
-@pytest.mark.parametrize("module, flags", [
-    ("infer_rsepm", ["--debug", "--pool_type", "--use_cam", "--use_scg", "--first_th", "--second_th",
-                     "--foreground_th", "--background_th", "--end_th"]),
-    ("infer_seg", ["--debug"]),
-    ("evaluate", ["--gpus", "--parallel"]),
-])
+@pytest.mark.parametrize(
+    "module, flags",
+    [
+        (
+            "infer_rsepm",
+            [
+                "--debug",
+                "--pool_type",
+                "--use_cam",
+                "--use_scg",
+                "--first_th",
+                "--second_th",
+                "--foreground_th",
+                "--background_th",
+                "--end_th",
+            ],
+        ),
+        ("infer_seg", ["--debug"]),
+        ("evaluate", ["--gpus", "--parallel"]),
+    ],
+)
 def test_the_compatibility_flags_keep_their_names_defaults_and_parsing(module, flags, wide):
     parser = importlib.import_module(module).get_args_parser()
     assert list(help_sections(parser.format_help())[COMPATIBILITY_TITLE]) == flags
-    defaults = {"debug": False, "pool_type": "gap", "use_cam": True, "use_scg": True, "first_th": 0.5,
-                "second_th": 0.1, "foreground_th": 0.3, "background_th": 0.05, "end_th": 0.7, "gpus": "0",
-                "parallel": False}
+    defaults = {
+        "debug": False,
+        "pool_type": "gap",
+        "use_cam": True,
+        "use_scg": True,
+        "first_th": 0.5,
+        "second_th": 0.1,
+        "foreground_th": 0.3,
+        "background_th": 0.05,
+        "end_th": 0.7,
+        "gpus": "0",
+        "parallel": False,
+    }
     required = ["--tag", "t"] if module == "evaluate" else []
     parsed = vars(parser.parse_args(required))
     assert {f[2:]: parsed[f[2:]] for f in flags} == {f[2:]: defaults[f[2:]] for f in flags}
@@ -88,8 +123,12 @@ def test_the_compatibility_flags_keep_their_names_defaults_and_parsing(module, f
 # --- one boolean style: `--x true|false` (tools/args.py str2bool) ------------------------------
 # a choice list made of these words is a boolean in disguise
 BOOLEAN_WORDS = {"yes", "no", "y", "n", "true", "false", "t", "f", "on", "off", "0", "1"}
-SWITCH_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
-                  argparse.BooleanOptionalAction)
+SWITCH_ACTIONS = (
+    argparse._StoreTrueAction,
+    argparse._StoreFalseAction,
+    argparse._StoreConstAction,
+    argparse.BooleanOptionalAction,
+)
 
 
 def boolean_style_problems(parser):
@@ -144,16 +183,24 @@ def test_no_project_source_declares_a_switch():
                 if name.endswith(".py"):
                     path = os.path.join(root, name)
                     with open(path, encoding="utf-8") as f:
-                        found += [f"{os.path.relpath(path, REPO_ROOT)}:{number}" for number, line
-                                  in enumerate(f, 1) if switch.search(line)]
+                        found += [
+                            f"{os.path.relpath(path, REPO_ROOT)}:{number}"
+                            for number, line in enumerate(f, 1)
+                            if switch.search(line)
+                        ]
     assert found == []
 
 
-@pytest.mark.parametrize("module, flag", [("tools.toy.make_demo_notebook", "--execute"),
-                                          ("tools.toy.make_demo_notebook", "--check"),
-                                          ("tools.builders.prepare_voc", "--expect_official"),
-                                          ("tools.builders.prepare_coco", "--expect_official"),
-                                          ("tools.gpu.gpu_check", "--torchrun")])
+@pytest.mark.parametrize(
+    "module, flag",
+    [
+        ("tools.toy.make_demo_notebook", "--execute"),
+        ("tools.toy.make_demo_notebook", "--check"),
+        ("tools.builders.prepare_voc", "--expect_official"),
+        ("tools.builders.prepare_coco", "--expect_official"),
+        ("tools.gpu.gpu_check", "--torchrun"),
+    ],
+)
 def test_a_former_switch_still_takes_its_bare_flag(module, flag):
     parser = importlib.import_module(module).get_args_parser()
     required = [part for action in parser._actions if action.required for part in (action.option_strings[0], "x")]

@@ -1,6 +1,7 @@
 """convert_seed_to_pseudo_masks.py end to end on a tiny seed-layout dataset built in tmp_path."""
-import json
+
 import errno
+import json
 import os
 import pickle
 import subprocess
@@ -9,13 +10,13 @@ import sys
 import numpy as np
 import pydensecrf.densecrf as dcrf
 import pytest
+from helpers import run_main
 from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 
 import convert_seed_to_pseudo_masks as convert
 from core.errors import DatasetError, MissingFileError, OutputError, UsageError
 from core.io import save_seed
-from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet50@TOY@RS+EPM@test"
@@ -25,7 +26,7 @@ IMAGES = {
     "img_a": (30, 40, "rsepm", [0, 1, 3]),
     "img_b": (36, 28, "rsepm", [0, 2]),
     "img_c": (30, 40, "seg", [0, 4, 5]),
-    "img_d": (24, 32, "rsepm", [0]),          # no foreground: all background
+    "img_d": (24, 32, "rsepm", [0]),  # no foreground: all background
     "img_e": (26, 30, "seg", [0, 2]),
     "img_f": (30, 34, "rsepm", [0, 1, 2, 5]),
 }
@@ -45,8 +46,8 @@ def make_image_and_seed(index, height, width, dialect, keys):
     seed = rng.uniform(0, 0.3, (num_planes, height, width)).astype(np.float32)
     for k in range(num_planes):
         y, x = rng.integers(0, height - 10), rng.integers(0, width - 10)
-        image[y:y + 10, x:x + 10] = rng.integers(0, 256, 3)
-        seed[k, y + 2:y + 8, x + 2:x + 8] += 0.6
+        image[y : y + 10, x : x + 10] = rng.integers(0, 256, 3)
+        seed[k, y + 2 : y + 8, x + 2 : x + 8] += 0.6
     if dialect == "seg":
         seed /= seed.sum(axis=0, keepdims=True)
     return image, np.clip(seed, 0, 1)
@@ -65,8 +66,23 @@ def dataset(tmp_path):
 
 
 def argv(data, *extra):
-    return ["--root_dir", str(data["root"]), "--dataset", "TOY", "--domain", DOMAIN, "--tag", TAG,
-            "--pred_dir", str(data["pred"]), "--gpus", "0", "--num_workers", "1", *extra]
+    return [
+        "--root_dir",
+        str(data["root"]),
+        "--dataset",
+        "TOY",
+        "--domain",
+        DOMAIN,
+        "--tag",
+        TAG,
+        "--pred_dir",
+        str(data["pred"]),
+        "--gpus",
+        "0",
+        "--num_workers",
+        "1",
+        *extra,
+    ]
 
 
 def expected_mask(data, image_id):
@@ -103,8 +119,8 @@ def test_end_to_end_palette_and_indices(dataset):
             palette = png.getpalette()
             mask = np.array(png)
         for index, color in enumerate(colors):
-            assert tuple(palette[3 * index:3 * index + 3]) == color
-        assert tuple(palette[3 * 255:3 * 256]) == (224, 224, 192)
+            assert tuple(palette[3 * index : 3 * index + 3]) == color
+        assert tuple(palette[3 * 255 : 3 * 256]) == (224, 224, 192)
         assert mask.shape == (h, w)
         np.testing.assert_array_equal(mask, expected_mask(dataset, image_id))
         assert set(np.unique(mask)) <= set(keys)
@@ -177,11 +193,11 @@ class RunsCode:
 def test_bad_inputs_are_counted_listed_and_fail_the_run(dataset, tmp_path):
     seeds = dataset["pred"] / "predictions" / TAG / DOMAIN
     data = (seeds / "img_a.pkl").read_bytes()
-    (seeds / "img_a.pkl").write_bytes(data[:len(data) // 2])                      # truncated
+    (seeds / "img_a.pkl").write_bytes(data[: len(data) // 2])  # truncated
     marker = tmp_path / "code_was_run"
-    (seeds / "img_b.pkl").write_bytes(pickle.dumps(RunsCode(str(marker))))        # not an array
+    (seeds / "img_b.pkl").write_bytes(pickle.dumps(RunsCode(str(marker))))  # not an array
     save_seed(seeds / "img_c.pkl", [0, 4, 5], np.full((3, 29, 40), 0.3, np.float32), "seg")  # wrong size
-    os.remove(seeds / "img_e.pkl")                                                  # missing
+    os.remove(seeds / "img_e.pkl")  # missing
     (dataset["root"] / DOMAIN / "image" / "img_f.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # corrupt
 
     summary = run_main(convert, argv(dataset, "--num_workers", "2"))
@@ -195,8 +211,9 @@ def test_bad_inputs_are_counted_listed_and_fail_the_run(dataset, tmp_path):
     assert "img_f.jpg" in problems["img_f"]
     assert summary["written"] == 1 and os.listdir(dataset["out"]) == ["img_d.png"]
 
-    result = subprocess.run([sys.executable, "convert_seed_to_pseudo_masks.py", *argv(dataset)],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "convert_seed_to_pseudo_masks.py", *argv(dataset)], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert "5 image(s) skipped:" in result.stderr
     for image_id in problems:
@@ -236,10 +253,14 @@ def test_single_converts_only_images_with_one_tag(dataset):
     xml_dir.mkdir()
     for image_id, (h, w, _, _) in IMAGES.items():
         names = ["disc"] if image_id in ("img_b", "img_e") else ["disc", "ring"]
-        objects = "".join(f"<object><name>{n}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-                          f"<xmax>9</xmax><ymax>9</ymax></bndbox></object>" for n in names)
+        objects = "".join(
+            f"<object><name>{n}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            f"<xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+            for n in names
+        )
         (xml_dir / f"{image_id}.xml").write_text(
-            f"<annotation><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>")
+            f"<annotation><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>"
+        )
     summary = run_main(convert, argv(dataset, "--single", "True"))
     assert summary["written"] == 2 and sorted(os.listdir(dataset["out"])) == ["img_b.png", "img_e.png"]
 
@@ -258,5 +279,4 @@ def test_files_without_dialect_follow_the_ms_tag_rule(dataset):
     for index, (image_id, (h, w, _, _)) in enumerate(IMAGES.items()):
         _, seed = make_image_and_seed(index, h, w, "seg", [0, 3])
         # seg: no bg_th plane, so the 0.99 background would otherwise have swallowed everything
-        np.testing.assert_array_equal(np.array(Image.open(out / f"{image_id}.png")),
-                                      np.where(seed[1] > seed[0], 3, 0))
+        np.testing.assert_array_equal(np.array(Image.open(out / f"{image_id}.png")), np.where(seed[1] > seed[0], 3, 0))

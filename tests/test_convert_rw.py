@@ -1,5 +1,6 @@
 """convert_seed_to_pseudo_masks.py --mode rw: masks against a brute-force random walk (dense
 transition matrix), worker processes, error reporting, and train_seg.py on the @rw masks."""
+
 import os
 import subprocess
 import sys
@@ -7,17 +8,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 import convert_seed_to_pseudo_masks as convert
 import train_seg
 from core.affinity import AffinityNet
-from core.weights import save_weights
 from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
+from core.errors import ProjectError
 from core.io import load_seed, read_mask, save_seed, write_json
 from core.randomwalk import dense_affinity, transition_matrix
+from core.weights import save_weights
 from tools.paths import model_dir, model_path, predictions_dir, pseudo_labels_dir
-from core.errors import ProjectError
-from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = "ResNet18@TOY@RS+EPM@seeds"
@@ -37,21 +38,42 @@ def setup(tmp_path_factory, toy_dataset):
         gt = layout.read_mask(image_id)
         classes = sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
         planes = np.stack([(gt == c) * 0.7 + rng.uniform(0, 0.3, gt.shape) for c in classes]).astype(np.float32)
-        save_seed(os.path.join(predictions_dir(pred, TAG, "train_aug"), image_id + ".pkl"), [0] + classes,
-                  planes, "rsepm")
+        save_seed(
+            os.path.join(predictions_dir(pred, TAG, "train_aug"), image_id + ".pkl"), [0] + classes, planes, "rsepm"
+        )
     torch.manual_seed(3)
     net = AffinityNet("resnet18")
     with torch.no_grad():
         net.fc_edge6.bias.fill_(0.5)  # strong boundaries: masks with background and several classes
     save_weights(net, model_path(pred, "aff"))
-    write_json(os.path.join(model_dir(pred, "aff"), "config.json"),
-               {"args": {"backbone": "resnet18", "crop_size": TRAIN_CROP}})
+    write_json(
+        os.path.join(model_dir(pred, "aff"), "config.json"), {"args": {"backbone": "resnet18", "crop_size": TRAIN_CROP}}
+    )
     return root, pred, layout, net.eval()
 
 
 def argv(root, pred, *extra):
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--folder", "predictions",
-            "--tag", TAG, "--pred_dir", pred, "--gpus", "cpu", "--mode", "rw", "--affinity_tag", "aff", *extra]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--folder",
+        "predictions",
+        "--tag",
+        TAG,
+        "--pred_dir",
+        pred,
+        "--gpus",
+        "cpu",
+        "--mode",
+        "rw",
+        "--affinity_tag",
+        "aff",
+        *extra,
+    ]
 
 
 def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, bg=0.25, crf=False):
@@ -72,15 +94,18 @@ def brute_force_mask(net, image, planes, keys, radius=5, beta=10, exp_times=8, b
     small = padded.reshape(len(keys), h, 4, w, 4).mean(axis=(2, 4))
     scores = torch.from_numpy(small).double().reshape(len(keys), -1) * (1 - edge).reshape(1, -1)
     walked = (scores @ transition_matrix(dense_affinity(edge, radius), beta, exp_times)).reshape(-1, h, w)
-    up = torch.nn.functional.interpolate(walked[None], scale_factor=4, mode="bilinear",
-                                         align_corners=False)[0, :, :H, :W]
+    up = torch.nn.functional.interpolate(walked[None], scale_factor=4, mode="bilinear", align_corners=False)[
+        0, :, :H, :W
+    ]
     up = up / up.max()
     full = torch.cat([torch.full_like(up[:1], bg), up]).numpy()
     if crf:
         import pydensecrf.densecrf as dcrf
+
         model = dcrf.DenseCRF2D(W, H, len(full))
-        model.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(full, 1e-5, 1)).reshape(len(full), -1),
-                                                  dtype=np.float32))
+        model.setUnaryEnergy(
+            np.ascontiguousarray(-np.log(np.clip(full, 1e-5, 1)).reshape(len(full), -1), dtype=np.float32)
+        )
         model.addPairwiseGaussian(sxy=1, compat=3)
         model.addPairwiseBilateral(sxy=67, srgb=3, rgbim=np.array(image, dtype=np.uint8, order="C"), compat=4)
         full = np.asarray(model.inference(10)).reshape(len(full), H, W)
@@ -95,8 +120,7 @@ def test_masks_match_a_brute_force_random_walk_with_one_or_two_workers(setup, tm
     agreement = []
     for image_id in layout.ids:
         seed = load_seed(os.path.join(predictions_dir(pred, TAG, "train_aug"), image_id + ".pkl"))
-        expected = brute_force_mask(net, layout.read_image(image_id), seed["seed"].astype(np.float64),
-                                    seed["keys"][1:])
+        expected = brute_force_mask(net, layout.read_image(image_id), seed["seed"].astype(np.float64), seed["keys"][1:])
         got = read_mask(os.path.join(mask_dir, image_id + ".png"))
         agreement.append((got == expected).mean())
     # float32 sparse products against float64 dense squaring: a tie-level pixel may differ
@@ -110,7 +134,8 @@ def test_masks_match_a_brute_force_random_walk_with_one_or_two_workers(setup, tm
     for image_id in layout.ids:
         np.testing.assert_array_equal(
             read_mask(os.path.join(pseudo_labels_dir(other, TAG + "@rw", "train_aug"), image_id + ".png")),
-            read_mask(os.path.join(mask_dir, image_id + ".png")))
+            read_mask(os.path.join(mask_dir, image_id + ".png")),
+        )
 
 
 def test_rw_crf_refines_the_walked_scores_with_the_dense_crf(setup, tmp_path):
@@ -145,13 +170,20 @@ def test_problems_are_reported(setup, tmp_path):
     os.makedirs(seeds)
     os.symlink(os.path.join(pred, "models"), os.path.join(other, "models"))
     for image_id in layout.ids[1:]:
-        os.symlink(os.path.join(predictions_dir(pred, TAG, "train_aug"), image_id + ".pkl"),
-                   os.path.join(seeds, image_id + ".pkl"))
+        os.symlink(
+            os.path.join(predictions_dir(pred, TAG, "train_aug"), image_id + ".pkl"),
+            os.path.join(seeds, image_id + ".pkl"),
+        )
     with open(os.path.join(seeds, layout.ids[0] + ".pkl"), "wb") as f:
         f.write(b"\x80\x04truncated")
     # one bad seed file: the others are written, the bad one listed, exit status 1
-    run = subprocess.run([sys.executable, "convert_seed_to_pseudo_masks.py", *argv(root, other, "--num_workers", "1")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "convert_seed_to_pseudo_masks.py", *argv(root, other, "--num_workers", "1")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1
     assert f"{layout.ids[0]}: {os.path.join(seeds, layout.ids[0] + '.pkl')}" in run.stderr
     assert "wrote 5 masks" in run.stdout
@@ -167,11 +199,42 @@ def test_problems_are_reported(setup, tmp_path):
 def test_train_seg_takes_the_rw_masks(setup):
     root, pred, layout, _ = setup
     run_main(convert, argv(root, pred, "--num_workers", "1"))
-    result = train_seg.main(train_seg.get_args_parser().parse_args(["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-                             "--backbone", "resnet18", "--pretrained", "none", "--output_stride", "16",
-                             "--crop_size", "32", "--min_image_size", "32", "--max_image_size", "48",
-                             "--batch_size", "6", "--num_workers", "0", "--max_epoch", "1",
-                             "--label_tag", TAG + "@rw", "--pred_dir", pred]))
+    result = train_seg.main(
+        train_seg.get_args_parser().parse_args(
+            [
+                "--root_dir",
+                root,
+                "--dataset",
+                "TOY",
+                "--domain",
+                "train_aug",
+                "--gpus",
+                "cpu",
+                "--backbone",
+                "resnet18",
+                "--pretrained",
+                "none",
+                "--output_stride",
+                "16",
+                "--crop_size",
+                "32",
+                "--min_image_size",
+                "32",
+                "--max_image_size",
+                "48",
+                "--batch_size",
+                "6",
+                "--num_workers",
+                "0",
+                "--max_epoch",
+                "1",
+                "--label_tag",
+                TAG + "@rw",
+                "--pred_dir",
+                pred,
+            ]
+        )
+    )
     assert result["iterations"] == 1 and os.path.isfile(result["weights"])
 
 
@@ -194,7 +257,9 @@ def test_rw_masks_of_other_walk_settings_are_refused_unless_overwrite(setup, tmp
 def test_the_canvas_is_the_networks_own_training_crop(tmp_path, crop, canvas):
     """IRN pads to the crop it trained on; no (or no usable) record: 512, the published crop."""
     from types import SimpleNamespace
+
     from tools.seeds.rw_convert import affinity_canvas
+
     if crop is not None:
         write_json(os.path.join(model_dir(str(tmp_path), "aff"), "config.json"), {"args": {"crop_size": crop}})
     args = SimpleNamespace(pred_dir=str(tmp_path), affinity_tag="aff", affinity_weights="", affinity_backbone="")
@@ -203,12 +268,15 @@ def test_the_canvas_is_the_networks_own_training_crop(tmp_path, crop, canvas):
 
 def test_the_canvas_of_weights_given_by_path_is_read_beside_them(tmp_path):
     from types import SimpleNamespace
+
     from tools.seeds.rw_convert import affinity_canvas
+
     weights = tmp_path / "elsewhere" / "last.pth"
     weights.parent.mkdir()
     weights.write_bytes(b"x")
-    args = SimpleNamespace(pred_dir=str(tmp_path), affinity_tag="aff", affinity_weights=str(weights),
-                           affinity_backbone="")
+    args = SimpleNamespace(
+        pred_dir=str(tmp_path), affinity_tag="aff", affinity_weights=str(weights), affinity_backbone=""
+    )
     assert affinity_canvas(args) == 512  # foreign weights: nothing recorded beside them
     write_json(str(tmp_path / "elsewhere" / "config.json"), {"args": {"crop_size": 96}})
     assert affinity_canvas(args) == 96

@@ -1,4 +1,5 @@
 """core/crf.py against a direct pydensecrf call, hand-worked background planes and brute force."""
+
 import numpy as np
 import pydensecrf.densecrf as dcrf
 import pytest
@@ -66,13 +67,11 @@ def test_read_only_image_is_accepted():
 
 
 def test_background_plane_gamma_by_hand():
-    seed = np.array([[[0.2, 0.5], [0.9, 0.0]],
-                     [[0.6, 0.1], [0.3, 0.0]]], dtype=np.float32)
+    seed = np.array([[[0.2, 0.5], [0.9, 0.0]], [[0.6, 0.1], [0.3, 0.0]]], dtype=np.float32)
     # max over classes: [[0.6, 0.5], [0.9, 0.0]] -> (1 - max) ** 2
     expected = np.array([[[0.16, 0.25], [0.01, 1.0]]], dtype=np.float32)
     np.testing.assert_allclose(background_plane(seed, bg_gamma=2.0), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(background_plane(seed, bg_gamma=0.5), np.sqrt([[[0.4, 0.5], [0.1, 1.0]]]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(background_plane(seed, bg_gamma=0.5), np.sqrt([[[0.4, 0.5], [0.1, 1.0]]]), rtol=1e-5)
 
 
 def test_background_plane_constant_wins_over_gamma():
@@ -151,8 +150,9 @@ def test_argmax_mode_rsepm_without_bg_th_is_refused():
 def test_size_mismatch_names_the_file():
     image, seed = make_scene()
     with pytest.raises(FormatError, match=r"2007_000032\.pkl.*32x23.*32x24"):
-        seed_to_mask({"keys": np.array([0, 1, 2]), "seed": seed[:, :-1], "dialect": "rsepm"}, image,
-                     source="2007_000032.pkl")
+        seed_to_mask(
+            {"keys": np.array([0, 1, 2]), "seed": seed[:, :-1], "dialect": "rsepm"}, image, source="2007_000032.pkl"
+        )
 
 
 def test_keys_outside_dataset_and_nan_are_refused():

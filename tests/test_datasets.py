@@ -1,15 +1,23 @@
 """core/dataset_layout.py on good and bad input: every error names the file and the problem."""
+
 import os
 
 import numpy as np
 import pytest
 import torch
+from mini_data import TOY, float_image, make_split, save_as_jpg_name, sixteen_bit, write_jpeg, write_text, xml_text
 from PIL import Image
 
-from core.dataset_layout import (DatasetError, DatasetInfo, SeedLayout, load_dataset_info,
-                           normalize_image, parse_xml_tags, read_image)
+from core.dataset_layout import (
+    DatasetError,
+    DatasetInfo,
+    SeedLayout,
+    load_dataset_info,
+    normalize_image,
+    parse_xml_tags,
+    read_image,
+)
 from core.io import save_mask
-from mini_data import TOY, float_image, make_split, save_as_jpg_name, sixteen_bit, write_jpeg, write_text, xml_text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,8 +221,10 @@ def test_xml_with_inf_or_overflowing_number_names_the_file(tmp_path):
     info = DatasetInfo("TOY")
     for text in ("inf", "1e400", "nan"):
         path = tmp_path / f"{text}.xml"
-        path.write_text(f"<annotation><size><width>{text}</width><height>10</height></size>"
-                        "<object><name>disc</name></object></annotation>")
+        path.write_text(
+            f"<annotation><size><width>{text}</width><height>10</height></size>"
+            "<object><name>disc</name></object></annotation>"
+        )
         with pytest.raises(DatasetError, match="not a finite pixel coordinate") as error:
             parse_xml_tags(str(path), info.class_dict)
         assert str(path) in str(error.value)
@@ -223,15 +233,15 @@ def test_xml_with_inf_or_overflowing_number_names_the_file(tmp_path):
 def test_zero_size_box_rule(tmp_path):
     """Image 16x12. Hand-worked: which objects survive clamping to the image."""
     objects = [
-        ("ring", (20, 2, 30, 8), 0),      # right of the image: clamps to 16..16, dropped
-        ("square", (3, 4, 3, 9), 0),      # zero width, dropped
-        ("cross", (2, -5, 9, 0), 0),      # above the image: clamps to 0..0, dropped
-        ("cross", (-5, 2, 0, 8), 0),      # left of the image: clamps to 0..0, dropped
+        ("ring", (20, 2, 30, 8), 0),  # right of the image: clamps to 16..16, dropped
+        ("square", (3, 4, 3, 9), 0),  # zero width, dropped
+        ("cross", (2, -5, 9, 0), 0),  # above the image: clamps to 0..0, dropped
+        ("cross", (-5, 2, 0, 8), 0),  # left of the image: clamps to 0..0, dropped
         ("triangle", (10, 5, 40, 50), 1),  # difficult and sticking out: kept
         ("disc", (1.7, 2.2, 6.9, 7.0), 0),  # fractional coordinates: kept
-        ("triangle", (1, 1, 4, 4), 0),    # duplicate: collapses into the first triangle
-        ("ring", None, 0),                # no box at all: kept
-        ("square", (0, 0, 2, 2), 1),      # difficult square, after the dropped one: kept here
+        ("triangle", (1, 1, 4, 4), 0),  # duplicate: collapses into the first triangle
+        ("ring", None, 0),  # no box at all: kept
+        ("square", (0, 0, 2, 2), 1),  # difficult square, after the dropped one: kept here
     ]
     path = str(tmp_path / "a.xml")
     write_text(path, xml_text(objects))
@@ -286,9 +296,29 @@ def pascal_colormap(index):
     return rgb
 
 
-VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-             "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-             "train", "tvmonitor"]
+VOC_NAMES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
 def test_colormap_helper_on_known_entries():
@@ -306,7 +336,7 @@ def test_voc_info():
     assert info.colors == [pascal_colormap(i) for i in range(21)]
     assert info.colors[15] == [192, 128, 128]
     assert info.palette[:6] == [0, 0, 0, 128, 0, 0]
-    assert info.palette[3 * 255:] == [224, 224, 192] and len(info.palette) == 768
+    assert info.palette[3 * 255 :] == [224, 224, 192] and len(info.palette) == 768
 
 
 def test_coco_info():
@@ -338,7 +368,9 @@ def test_unknown_dataset_name_lists_the_known_ones():
 @pytest.mark.parametrize("width, height", [(-5, 12), (16, 0)])
 def test_non_positive_image_size_is_refused(width, height):
     import io
+
     from core.dataset_layout import parse_xml_tags
+
     text = xml_text([("disc", (2, 2, 9, 9), 0)], width=width, height=height).encode()
     with pytest.raises(DatasetError, match="must be a positive number of pixels"):
         parse_xml_tags(io.BytesIO(text), TOY.class_dict)

@@ -6,6 +6,7 @@ right before it say whose it is: "the authors' `core/inferences.py`", "IRN `run_
 (FOREIGN below). Anything else that does not exist here fails, so a stale path cannot hide.
 The same rule holds for the `core/` and `tools/` paths of every parser's --help text.
 """
+
 import glob
 import importlib
 import os
@@ -34,14 +35,13 @@ def named_paths(text):
         spans = [(0, len(line))] if fenced else [m.span(1) for m in re.finditer(r"`([^`]+)`", line)]
         for start, end in spans:
             for m in PATH.finditer(line, start, end):
-                if not ATTRIBUTED.search(line[:m.start()]):
+                if not ATTRIBUTED.search(line[: m.start()]):
                     found.append((number, m.group(1).rstrip(".")))
     return found
 
 
 def missing(text):
-    return [(n, p) for n, p in named_paths(text)
-            if not glob.glob(os.path.join(ROOT, p.split("{")[0].rstrip("/") or p))]
+    return [(n, p) for n, p in named_paths(text) if not glob.glob(os.path.join(ROOT, p.split("{")[0].rstrip("/") or p))]
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -51,12 +51,18 @@ def test_every_named_path_exists(doc):
 
 
 def test_the_rule_catches_a_stale_path_and_spares_an_attributed_one():
-    text = ("Seeds are saved by `tools/io.py` `save_seed` (`core/io.py` today).\n"
-            "Source: the authors' `core/inferences.py` `SCG`, `tools/ai/trainers.py`; IRN `run_sample.py`.\n"
-            "Run `core/inferences.py` here, then `train_rsepm.py` and `train_rspem.py`.\n"
-            "```bash\npython3 tools/builders/prepare_vco.py --out x\n```\n")
-    assert missing(text) == [(1, "tools/io.py"), (3, "core/inferences.py"), (3, "train_rspem.py"),
-                             (5, "tools/builders/prepare_vco.py")]
+    text = (
+        "Seeds are saved by `tools/io.py` `save_seed` (`core/io.py` today).\n"
+        "Source: the authors' `core/inferences.py` `SCG`, `tools/ai/trainers.py`; IRN `run_sample.py`.\n"
+        "Run `core/inferences.py` here, then `train_rsepm.py` and `train_rspem.py`.\n"
+        "```bash\npython3 tools/builders/prepare_vco.py --out x\n```\n"
+    )
+    assert missing(text) == [
+        (1, "tools/io.py"),
+        (3, "core/inferences.py"),
+        (3, "train_rspem.py"),
+        (5, "tools/builders/prepare_vco.py"),
+    ]
     assert (2, "core/inferences.py") not in named_paths(text) and (2, "tools/ai/trainers.py") not in named_paths(text)
     assert (1, "core/io.py") in named_paths(text) and (3, "train_rsepm.py") in named_paths(text)
 

@@ -1,4 +1,5 @@
 """evaluate.py end to end on a tiny TOY dataset in the seed layout, built in tmp_path."""
+
 import json
 import math
 import os
@@ -7,14 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import run_main
+from mini_data import make_split
 
 import evaluate
 from core.dataset_layout import load_dataset_info
 from core.errors import EvaluationError, ProjectError
-from core.io import write_json, read_json, save_mask, save_seed
+from core.io import save_mask, save_seed, write_json
 from tools.paths import evaluation_path, output_dir
-from helpers import run_main
-from mini_data import make_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO = load_dataset_info("TOY")  # background, disc, square, triangle, ring, cross
@@ -67,14 +68,17 @@ def blocky_classes(rng):
     """scored_split's images: random pixels, a mask of blocky classes with a 255 top row, and an xml
     naming one or two of them (the last image's mask also holds a class missing from its xml, which
     matters for the tag rule)."""
+
     def draw(n, image_id):
         pixels = rng.integers(0, 255, SHAPE + (3,), dtype=np.uint8)
         tags = sorted(rng.choice(np.arange(1, C), size=1 + n % 2, replace=False).tolist())
         values = [0] + tags + ([c for c in range(1, C) if c not in tags][0:1] if n == 3 else [])
-        gt = np.kron(rng.choice(values, size=(SHAPE[0] // 4, SHAPE[1] // 4)),
-                     np.ones((4, 4), dtype=np.int64)).astype(np.uint8)
+        gt = np.kron(rng.choice(values, size=(SHAPE[0] // 4, SHAPE[1] // 4)), np.ones((4, 4), dtype=np.int64)).astype(
+            np.uint8
+        )
         gt[0, :] = 255
         return pixels, gt, [(INFO.class_names[t], (1, 1, 6, 6), 0) for t in tags]
+
     return draw
 
 
@@ -118,14 +122,30 @@ def dataset(tmp_path):
     rng = np.random.default_rng(0)
     root = str(tmp_path / "TOY")
     pred_dir = str(tmp_path / "experiments") + "/"
-    return {"root": root, "pred_dir": pred_dir, "rng": rng,
-            "split": scored_split(root, "validation", rng)}
+    return {"root": root, "pred_dir": pred_dir, "rng": rng, "split": scored_split(root, "validation", rng)}
 
 
 def run(dataset, *extra, folder="pseudo-labels", domain="validation", workers=1):
-    return run_main(evaluate, ["--root_dir", dataset["root"], "--dataset", "TOY", "--domain", domain,
-                          "--tag", TAG, "--pred_dir", dataset["pred_dir"], "--folder", folder,
-                          "--num_workers", str(workers), *extra])
+    return run_main(
+        evaluate,
+        [
+            "--root_dir",
+            dataset["root"],
+            "--dataset",
+            "TOY",
+            "--domain",
+            domain,
+            "--tag",
+            TAG,
+            "--pred_dir",
+            dataset["pred_dir"],
+            "--folder",
+            folder,
+            "--num_workers",
+            str(workers),
+            *extra,
+        ],
+    )
 
 
 def check_against_reference(result, ious, miou, fp, fn):
@@ -151,7 +171,7 @@ def test_pseudo_label_mode_end_to_end(dataset, capsys):
         assert json.load(f) == json.loads(json.dumps(result))
     out = capsys.readouterr().out
     for name, value in zip(INFO.class_names, reference[0]):
-        line = next(l for l in out.splitlines() if l.split() and l.split()[0] == name)
+        line = next(row for row in out.splitlines() if row.split() and row.split()[0] == name)
         assert line.split()[1] == ("n/a" if value is None else f"{value:.2f}")
     assert f"[{TAG}] mIoU = {reference[1]:.2f}%, FP = {reference[2]:.4f}, FN = {reference[3]:.4f}" in out
 
@@ -178,7 +198,8 @@ def test_seed_mode_sweep_and_best_threshold(dataset, capsys):
 @pytest.mark.parametrize("folder", ["pseudo-labels", "predictions"])
 def test_one_and_two_workers_give_identical_results(dataset, folder):
     (write_masks if folder == "pseudo-labels" else write_seeds)(
-        dataset["pred_dir"], "validation", dataset["split"], dataset["rng"])
+        dataset["pred_dir"], "validation", dataset["split"], dataset["rng"]
+    )
     one, two = run(dataset, folder=folder, workers=1), run(dataset, folder=folder, workers=2)
     one.pop("command"), two.pop("command")
     assert one == two
@@ -226,9 +247,26 @@ def test_missing_predictions_error_names_count_and_files(dataset):
 def test_missing_predictions_exit_status_from_the_command_line(dataset):
     write_masks(dataset["pred_dir"], "validation", dataset["split"], dataset["rng"])
     os.remove(os.path.join(output_dir(dataset["pred_dir"], "pseudo-labels", TAG, "validation"), "img_a.png"))
-    proc = subprocess.run([sys.executable, "evaluate.py", "--root_dir", dataset["root"], "--dataset", "TOY",
-                           "--tag", TAG, "--pred_dir", dataset["pred_dir"], "--num_workers", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "--root_dir",
+            dataset["root"],
+            "--dataset",
+            "TOY",
+            "--tag",
+            TAG,
+            "--pred_dir",
+            dataset["pred_dir"],
+            "--num_workers",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: 1 of 4 prediction files are missing")
 
@@ -306,8 +344,12 @@ def test_evaluation_lists_every_bad_prediction_and_writes_no_partial_result(tmp_
     """Before: the first bad file stopped the evaluation; the others stayed unknown."""
     rng = np.random.default_rng(0)
     root = str(tmp_path / "TOY")
-    data = {"root": root, "pred_dir": str(tmp_path / "experiments") + "/", "rng": rng,
-            "split": scored_split(root, "validation", rng)}
+    data = {
+        "root": root,
+        "pred_dir": str(tmp_path / "experiments") + "/",
+        "rng": rng,
+        "split": scored_split(root, "validation", rng),
+    }
     write_masks(data["pred_dir"], "validation", data["split"], data["rng"])
     folder = output_dir(data["pred_dir"], "pseudo-labels", TAG, "validation")
     bad = sorted(os.listdir(folder))[:2]

@@ -3,6 +3,7 @@ the scripts' own checks only relate flags to each other. This test fails when a 
 refuses a value its flag's range allows (a bound written twice that disagrees): every number flag
 of each training script and of the random-walk conversion at both ends of its range, the other
 flags at their defaults; a refusal may only come from a check that names a second flag."""
+
 import math
 import re
 
@@ -22,6 +23,7 @@ FLAG = re.compile(r"--\w+")
 def rw_check(args):
     """rw_convert.prepare's argument checks, up to the files it needs (weights absent: MissingFileError)."""
     from core.errors import MissingFileError
+
     try:
         rw_convert.prepare(args, claim=False)
     except MissingFileError:
@@ -32,8 +34,11 @@ SCRIPTS = {
     "train_rsepm": (train_rsepm, train_rsepm.prepare_args, []),
     "train_seg": (train_seg, train_seg.prepare_args, ["--label_tag", "x"]),
     "train_affinity": (train_affinity, train_affinity.prepare_args, ["--seed_tag", "x"]),
-    "convert --mode rw": (convert_seed_to_pseudo_masks, rw_check,
-                          ["--mode", "rw", "--affinity_weights", "/nonexistent/affinity.pth", "--tag", "x"]),
+    "convert --mode rw": (
+        convert_seed_to_pseudo_masks,
+        rw_check,
+        ["--mode", "rw", "--affinity_weights", "/nonexistent/affinity.pth", "--tag", "x"],
+    ),
 }
 
 
@@ -52,8 +57,11 @@ def ends(action):
 
 
 def number_flags(parser):
-    return [a for a in parser._actions if getattr(a.type, "number_range", None) is not None
-            and not hasattr(a.type, "list_length") and a.option_strings]
+    return [
+        a
+        for a in parser._actions
+        if getattr(a.type, "number_range", None) is not None and not hasattr(a.type, "list_length") and a.option_strings
+    ]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -1,5 +1,6 @@
 """tools/gpu/gpu_check.py: its measuring helpers against hand-worked numbers, and `--smoke` end to end
 on the CPU (the same code path as on a GPU, at tiny sizes), so the script cannot rot."""
+
 import json
 import math
 import os
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tools.engine import flops
-from tools.gpu.gpu_check import SMOKE_CHECKS, MATCH_TOL, inference_speed, seed_difference, training_speed
 from core.io import save_seed
+from tools.engine import flops
+from tools.gpu.gpu_check import MATCH_TOL, SMOKE_CHECKS, inference_speed, seed_difference, training_speed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,8 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_training_speed_is_total_images_over_total_time_after_warmup(tmp_path):
     log = tmp_path / "log.jsonl"
     # iterations of batch 4 at 1, 2, 4, 8 images/s: 4, 2, 1, 0.5 s; warm-up 1 leaves 3.5 s for 12 images
-    log.write_text("".join(json.dumps({"iteration": i + 1, "images_per_s": r}) + "\n"
-                           for i, r in enumerate((1.0, 2.0, 4.0, 8.0))) + json.dumps({"val": 1}) + "\n")
+    log.write_text(
+        "".join(json.dumps({"iteration": i + 1, "images_per_s": r}) + "\n" for i, r in enumerate((1.0, 2.0, 4.0, 8.0)))
+        + json.dumps({"val": 1})
+        + "\n"
+    )
     assert training_speed(str(log), 4, 1) == pytest.approx(12 / 3.5)
     with pytest.raises(ValueError, match="warm-up"):
         training_speed(str(log), 4, 4)
@@ -67,8 +71,14 @@ def test_counted_flops_of_a_convolution_match_the_formula():
 def test_smoke_runs_every_check_on_cpu(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu", "gpu_check.py"), "--smoke",
-                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "gpu", "gpu_check.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     rows = {r["name"]: r for r in result["rows"]}

@@ -6,6 +6,7 @@ passes runs on its own (batch of 1), with explicit floor sizes and resizes. The 
 end on a tiny TOY dataset with randomly initialised ResNet-18 networks, and their seed files are
 compared with the same reference applied to the images read with PIL.
 """
+
 import contextlib
 import math
 import os
@@ -19,17 +20,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_main
 from PIL import Image
 from torch import nn
 
+import core.io
 import infer_rsepm
 import infer_seg
-from core.weights import save_weights
 from core.multiscale import SCALES, multiscale_inference, rsepm_seed, seg_seed
-import core.io
 from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus
+from core.weights import save_weights
 from tools.args import cli
-from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
@@ -50,8 +51,9 @@ def ref_resize(x, size, mode):
 
 
 @torch.no_grad()
-def reference_multiscale(model, image, kind, scales=SCALES, interpolation="nearest", same=True,
-                         class_fn="sigmoid", unflip=True):
+def reference_multiscale(
+    model, image, kind, scales=SCALES, interpolation="nearest", same=True, class_fn="sigmoid", unflip=True
+):
     """The 8-pass average, one pass at a time: image (3, H, W) -> probs (C+1, H, W), scores (C,).
     unflip=False leaves the flipped passes mirrored (a wrong variant, to show the test can fail)."""
     height, width = image.shape[-2:]
@@ -127,8 +129,9 @@ def random_image(height=37, width=50, seed=1):
 @pytest.mark.parametrize("same", [True, False])
 def test_multiscale_matches_the_one_pass_at_a_time_reference(kind, interpolation, same):
     model, image = FakeNet(kind), random_image()
-    probs, scores = multiscale_inference(model, image, kind, interpolation=interpolation, same=same,
-                                         with_scores=kind == "rsepm")
+    probs, scores = multiscale_inference(
+        model, image, kind, interpolation=interpolation, same=same, with_scores=kind == "rsepm"
+    )
     expected, expected_scores = reference_multiscale(model, image, kind, interpolation=interpolation, same=same)
     assert probs.shape == (5, 37, 50)
     assert torch.allclose(probs, expected, atol=1e-6, rtol=1e-5)
@@ -143,8 +146,9 @@ def test_multiscale_matches_the_one_pass_at_a_time_reference(kind, interpolation
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.75), (1.0, 0.5, 1.5, 2.0, 1.25)])
 def test_other_scale_lists_match_the_reference(scales):
     model, image = FakeNet("rsepm", seed=3), random_image(41, 29, seed=4)
-    probs, scores = multiscale_inference(model, image, "rsepm", scales=scales, interpolation="nearest",
-                                         with_scores=True)
+    probs, scores = multiscale_inference(
+        model, image, "rsepm", scales=scales, interpolation="nearest", with_scores=True
+    )
     expected, expected_scores = reference_multiscale(model, image, "rsepm", scales=scales)
     assert torch.allclose(probs, expected, atol=1e-6, rtol=1e-5)
     assert torch.allclose(scores, expected_scores, atol=1e-6, rtol=1e-5)
@@ -206,8 +210,10 @@ def test_rsepm_seed_keys_and_planes_by_hand():
     keys, seed = rsepm_seed(probs, [3, 1])
     assert keys.dtype == np.int64 and keys.tolist() == [0, 1, 3]
     assert seed.dtype == np.float32 and seed.shape == (2, 2, 3)
-    expected = np.array([[[0.1, 0.2, 0.4], [0.0, 0.3, 0.2]],
-                         [[0.05, 0.0, 0.0], [0.0, 0.0, 0.025]]]) / np.array([0.40001, 0.05001])[:, None, None]
+    expected = (
+        np.array([[[0.1, 0.2, 0.4], [0.0, 0.3, 0.2]], [[0.05, 0.0, 0.0], [0.0, 0.0, 0.025]]])
+        / np.array([0.40001, 0.05001])[:, None, None]
+    )
     np.testing.assert_allclose(seed, expected, rtol=1e-6)
 
 
@@ -218,10 +224,14 @@ def test_rsepm_seed_without_classes():
 
 
 def test_seg_seed_keeps_channels_reaching_005_with_raw_probabilities():
-    probs = torch.tensor([[[0.04, 0.01], [0.0, 0.02]],     # background below 0.05: dropped
-                          [[0.05, 0.0], [0.0, 0.0]],       # exactly 0.05: kept
-                          [[0.049, 0.02], [0.01, 0.0]],    # dropped
-                          [[0.861, 0.97], [0.99, 0.98]]])  # kept
+    probs = torch.tensor(
+        [
+            [[0.04, 0.01], [0.0, 0.02]],  # background below 0.05: dropped
+            [[0.05, 0.0], [0.0, 0.0]],  # exactly 0.05: kept
+            [[0.049, 0.02], [0.01, 0.0]],  # dropped
+            [[0.861, 0.97], [0.99, 0.98]],
+        ]
+    )  # kept
     keys, seed = seg_seed(probs)
     assert keys.dtype == np.int64 and keys.tolist() == [1, 3]
     np.testing.assert_array_equal(seed, probs[[1, 3]].numpy())  # raw, not normalised
@@ -300,15 +310,49 @@ def place_weights(pred_dir, source, tag=TAG):
 
 
 def rsepm_args(root, pred_dir, *extra, domain="validation"):
-    return ["--root_dir", str(root), "--dataset", "TOY", "--domain", domain, "--tag", TAG,
-            "--pred_dir", str(pred_dir), "--backbone", "resnet18", "--num_workers", "0", "--seed_format", "float32",
-            *extra]
+    return [
+        "--root_dir",
+        str(root),
+        "--dataset",
+        "TOY",
+        "--domain",
+        domain,
+        "--tag",
+        TAG,
+        "--pred_dir",
+        str(pred_dir),
+        "--backbone",
+        "resnet18",
+        "--num_workers",
+        "0",
+        "--seed_format",
+        "float32",
+        *extra,
+    ]
 
 
 def seg_args(root, pred_dir, decoder, *extra):
-    return ["--root_dir", str(root), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
-            "--pred_dir", str(pred_dir), "--backbone", "resnet18", "--decoder", decoder,
-            "--num_workers", "0", "--seed_format", "float32", *extra]
+    return [
+        "--root_dir",
+        str(root),
+        "--dataset",
+        "TOY",
+        "--domain",
+        "validation",
+        "--tag",
+        TAG,
+        "--pred_dir",
+        str(pred_dir),
+        "--backbone",
+        "resnet18",
+        "--decoder",
+        decoder,
+        "--num_workers",
+        "0",
+        "--seed_format",
+        "float32",
+        *extra,
+    ]
 
 
 def out_dir(pred_dir, domain="validation"):
@@ -388,8 +432,7 @@ def test_images_that_keep_no_class_are_counted_and_most_of_them_warn(toy, weight
         model.classifier.weight.fill_(-0.05)
     low = tmp_path / "low.pth"
     save_weights(model, low)
-    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path / "low", "--conf_th", "0.5", "--weights", str(low),
-                                               *FAST))
+    summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path / "low", "--conf_th", "0.5", "--weights", str(low), *FAST))
     out = capsys.readouterr().out
     assert summary["no_class"] == count and f"{count} of the {count} images kept no class" in out
     assert "warning: most images kept no class" in out
@@ -400,8 +443,11 @@ def test_images_that_keep_no_class_are_counted_and_most_of_them_warn(toy, weight
 def test_train_aug_writes_into_the_train_folder(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     run_main(infer_rsepm, rsepm_args(toy, tmp_path, *FAST, domain="train_aug"))
-    assert sorted(n for n in os.listdir(os.path.join(tmp_path, "predictions", TAG))
-                  if not n.endswith(".settings.json") and not n.endswith(".lock")) == ["train"]
+    assert sorted(
+        n
+        for n in os.listdir(os.path.join(tmp_path, "predictions", TAG))
+        if not n.endswith(".settings.json") and not n.endswith(".lock")
+    ) == ["train"]
     assert sorted(os.listdir(out_dir(tmp_path, "train"))) == [i + ".pkl" for i in image_ids(toy, "train_aug")]
 
 
@@ -414,16 +460,23 @@ def test_test_split_needs_a_confidence_threshold(toy, weights, tmp_path):
     summary = run_main(infer_rsepm, rsepm_args(toy, tmp_path, "--conf_th", "0.3", *FAST, domain="test"))
     assert summary["written"] == 2
     for image_id in image_ids(toy, "test"):
-        assert read_pickle(os.path.join(out_dir(tmp_path, "test"), image_id + ".pkl"))["keys"].tolist() \
+        assert (
+            read_pickle(os.path.join(out_dir(tmp_path, "test"), image_id + ".pkl"))["keys"].tolist()
             == [0] + HIGH_CLASSES
+        )
 
 
 def test_script_exit_status_and_message_from_the_command_line(toy, weights, tmp_path):
     place_weights(tmp_path, weights["rsepm"])
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "infer_rsepm.py"),
-                           *rsepm_args(toy, tmp_path, domain="test")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "infer_rsepm.py"), *rsepm_args(toy, tmp_path, domain="test")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "--conf_th" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -434,8 +487,11 @@ def test_missing_checkpoint_names_the_path(toy, tmp_path):
     expected = os.path.join(str(tmp_path), "models", TAG, "last.pth")
     assert expected in str(error.value.code) and "not found" in str(error.value.code)
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, infer_rsepm.get_args_parser(),
-            rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")))
+        cli(
+            infer_rsepm.main,
+            infer_rsepm.get_args_parser(),
+            rsepm_args(toy, tmp_path, "--weights", str(tmp_path / "nope.pth")),
+        )
     assert str(tmp_path / "nope.pth") in str(error.value.code)
     assert not os.path.exists(os.path.join(tmp_path, "predictions"))
 
@@ -443,8 +499,11 @@ def test_missing_checkpoint_names_the_path(toy, tmp_path):
 def test_checkpoint_of_another_network_names_the_keys(toy, weights, tmp_path):
     # ResNet-18 weights for a ResNet-34 network: blocks layer1.2 etc. are missing from the file
     with pytest.raises(SystemExit) as error:
-        cli(infer_rsepm.main, infer_rsepm.get_args_parser(), rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]),
-                                         "--backbone", "resnet34"))
+        cli(
+            infer_rsepm.main,
+            infer_rsepm.get_args_parser(),
+            rsepm_args(toy, tmp_path, "--weights", str(weights["rsepm"]), "--backbone", "resnet34"),
+        )
     message = str(error.value.code)
     assert str(weights["rsepm"]) in message and "missing" in message and "model.layer1.2.conv1.weight" in message
     # 21-class (VOC) weights for the 6-class TOY dataset: mis-shaped heads
@@ -477,7 +536,7 @@ def test_corrupt_image_is_counted_listed_and_fails_the_run(toy, weights, tmp_pat
     ids = image_ids(root, "validation")
     bad = root / "validation" / "image" / (ids[1] + ".jpg")
     data = bad.read_bytes()
-    bad.write_bytes(data[:len(data) // 2])
+    bad.write_bytes(data[: len(data) // 2])
     place_weights(tmp_path, weights["rsepm"])
     argv = rsepm_args(root, tmp_path, *FAST)
     argv[argv.index("--num_workers") + 1] = "2"  # errors come back from DataLoader workers
@@ -536,11 +595,23 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(toy, weights, tmp_pa
         assert np.array_equal(a["keys"], b["keys"]) and np.array_equal(a["seed"], b["seed"])
 
 
-@pytest.mark.parametrize("text, value", [("true", True), ("TRUE", True), ("Yes", True), ("1", True),
-                                         ("false", False), ("False", False), ("NO", False), ("0", False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("1", True),
+        ("false", False),
+        ("False", False),
+        ("NO", False),
+        ("0", False),
+    ],
+)
 def test_boolean_flags_accept_the_usual_spellings(text, value):
-    args = infer_rsepm.get_args_parser().parse_args(["--same", text, "--reverse", text, "--single", text, "--shuffle", text,
-                                   "--use_cam", text, "--debug", text])
+    args = infer_rsepm.get_args_parser().parse_args(
+        ["--same", text, "--reverse", text, "--single", text, "--shuffle", text, "--use_cam", text, "--debug", text]
+    )
     assert (args.same, args.reverse, args.single, args.shuffle, args.use_cam, args.debug) == (value,) * 6
     assert infer_seg.get_args_parser().parse_args(["--reverse", text]).reverse is value
 
@@ -554,16 +625,44 @@ def test_boolean_flags_reject_other_words():
 def test_original_defaults(tmp_path):
     """The published defaults; the network flags take them when no config.json is beside the weights."""
     from tools.seeds.infer_loop import resolve_network_args
+
     args = infer_rsepm.get_args_parser().parse_args([])
     resolve_network_args(args, str(tmp_path / "last.pth"), {"backbone": "resnet50"})
-    assert (args.gpus, args.root_dir, args.dataset, args.domain, args.backbone, args.conf_th, args.strategy,
-            args.pred_dir, args.same, args.interpolation, args.class_fn, args.scales) == \
-        ("0", "../VOC2012/", "VOC", "train", "resnet50", -1, "last", "./experiments/", True, "nearest",
-         "sigmoid", (1.0, 0.5, 1.5, 2.0))
+    assert (
+        args.gpus,
+        args.root_dir,
+        args.dataset,
+        args.domain,
+        args.backbone,
+        args.conf_th,
+        args.strategy,
+        args.pred_dir,
+        args.same,
+        args.interpolation,
+        args.class_fn,
+        args.scales,
+    ) == (
+        "0",
+        "../VOC2012/",
+        "VOC",
+        "train",
+        "resnet50",
+        -1,
+        "last",
+        "./experiments/",
+        True,
+        "nearest",
+        "sigmoid",
+        (1.0, 0.5, 1.5, 2.0),
+    )
     args = infer_seg.get_args_parser().parse_args([])
     resolve_network_args(args, str(tmp_path / "last.pth"), infer_seg.NETWORK_DEFAULTS)
-    assert (args.backbone, args.decoder, args.output_stride, args.tag) == \
-        ("resnet101", "deeplabv3+", 8, "ResNet101@VOC@DeepLabv3+@MS@RSCM")
+    assert (args.backbone, args.decoder, args.output_stride, args.tag) == (
+        "resnet101",
+        "deeplabv3+",
+        8,
+        "ResNet101@VOC@DeepLabv3+@MS@RSCM",
+    )
 
 
 @pytest.mark.parametrize("decoder", ["deeplabv3+", "deeplabv2"])

@@ -7,6 +7,7 @@ record of its output folder (and of the conversion's after it) refuses other set
 Every test here failed on the code before these checks (see each docstring for how). They use a
 tiny dataset of three 40x48 images and a random ResNet-18 RS+EPM.
 """
+
 import errno
 import json
 import os
@@ -14,16 +15,16 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 from PIL import Image
 
 import convert_seed_to_pseudo_masks as convert
 import infer_rsepm
-from core.weights import save_weights
 from core.errors import ProjectError
 from core.io import settings_path
 from core.networks import RSEPM
+from core.weights import save_weights
 from tools.args import cli
-from helpers import run_main
 
 TAG = "R18@TOY@runs"
 IDS = ["a", "b", "c"]
@@ -49,9 +50,29 @@ def data(tmp_path):
 
 
 def infer(data, weights, *extra, through_cli=False):
-    argv = ["--root_dir", str(data / "data"), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
-            "--pred_dir", str(data / "exp"), "--backbone", "resnet18", "--num_workers", "0",
-            "--weights", str(weights), "--conf_th", "0.5", "--scales", "1.0,0.5", *extra]
+    argv = [
+        "--root_dir",
+        str(data / "data"),
+        "--dataset",
+        "TOY",
+        "--domain",
+        "validation",
+        "--tag",
+        TAG,
+        "--pred_dir",
+        str(data / "exp"),
+        "--backbone",
+        "resnet18",
+        "--num_workers",
+        "0",
+        "--weights",
+        str(weights),
+        "--conf_th",
+        "0.5",
+        "--scales",
+        "1.0,0.5",
+        *extra,
+    ]
     if through_cli:  # what a user sees: cli turns a failed write into one line
         return cli(infer_rsepm.main, infer_rsepm.get_args_parser(), argv)
     return run_main(infer_rsepm, argv)
@@ -158,8 +179,20 @@ def test_inference_refuses_other_settings_unless_overwrite(data, weights, capsys
 def test_conversion_refuses_other_settings_unless_overwrite(data, weights, capsys):
     """Before: converting again with another --bg_gamma kept the old masks and exited 0."""
     infer(data, weights)
-    argv = ["--root_dir", str(data / "data"), "--dataset", "TOY", "--domain", "validation", "--tag", TAG,
-            "--pred_dir", str(data / "exp"), "--num_workers", "0"]
+    argv = [
+        "--root_dir",
+        str(data / "data"),
+        "--dataset",
+        "TOY",
+        "--domain",
+        "validation",
+        "--tag",
+        TAG,
+        "--pred_dir",
+        str(data / "exp"),
+        "--num_workers",
+        "0",
+    ]
     assert run_main(convert, argv)["written"] == 3
     assert run_main(convert, argv)["skipped_existing"] == 3
     err = failure(capsys, lambda: run_main(convert, argv + ["--bg_gamma", "3"]))

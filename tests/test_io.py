@@ -3,6 +3,7 @@ legacy files, hostile pickles, the uint8/uint16 formats, size guards), palette m
 the settings record of an output folder (claim_output_folder): weights by content, flags, the input
 folder's record; --overwrite removes what was derived from the old contents; a run that wrote
 nothing blocks nothing; --overwrite never deletes outside the root."""
+
 import errno
 import io
 import os
@@ -13,16 +14,28 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from mini_data import smooth_planes
 from PIL import Image
 
 import core.io
 from core.dataset_layout import DatasetInfo
 from core.errors import FormatError, OutputError, UsageError
-from core.io import (atomic_output, claim_output_folder, file_fingerprint, load_seed, make_palette, read_json,
-                     read_mask, save_mask, save_seed, seed_dialect_from_tag, settings_path, write_json)
+from core.io import (
+    atomic_output,
+    claim_output_folder,
+    file_fingerprint,
+    load_seed,
+    make_palette,
+    read_json,
+    read_mask,
+    save_mask,
+    save_seed,
+    seed_dialect_from_tag,
+    settings_path,
+    write_json,
+)
 from core.weights import save_weights
 from tools.engine import resume_state
-from mini_data import smooth_planes
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
@@ -111,13 +124,20 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
     assert not os.path.exists("PWNED")
 
 
-@pytest.mark.parametrize("content, message", [
-    (lambda good: good[: len(good) // 2], "truncated"),
-    (lambda good: b"not a pickle at all", "seed file"),
-    (lambda good: pickle.dumps([1, 2, 3]), "not a seed file"),
-    (lambda good: pickle.dumps({"keys": np.array([0, 1, 2]), "seed": np.zeros((1, 2, 2), np.float32),
-                                "dialect": "rsepm"}), "needs 2 keys"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (lambda good: good[: len(good) // 2], "truncated"),
+        (lambda good: b"not a pickle at all", "seed file"),
+        (lambda good: pickle.dumps([1, 2, 3]), "not a seed file"),
+        (
+            lambda good: pickle.dumps(
+                {"keys": np.array([0, 1, 2]), "seed": np.zeros((1, 2, 2), np.float32), "dialect": "rsepm"}
+            ),
+            "needs 2 keys",
+        ),
+    ],
+)
 def test_bad_seed_files_name_the_file_and_problem(tmp_path, content, message):
     save_seed(tmp_path / "good.pkl", [0, 1], np.zeros((1, 4, 4), np.float32), "rsepm")
     (tmp_path / "bad.pkl").write_bytes(content((tmp_path / "good.pkl").read_bytes()))
@@ -203,7 +223,7 @@ def test_palette_masks_keep_their_indices_at_8_bits(tmp_path):
         palette = image.getpalette()
         assert np.array_equal(np.array(image), mask)
     assert palette[3:6] == [128, 0, 0] and palette[6:9] == [0, 128, 0]
-    assert palette[3 * 255:3 * 256] == [224, 224, 192]
+    assert palette[3 * 255 : 3 * 256] == [224, 224, 192]
     assert palette[9:12] == [0, 0, 0]  # black elsewhere
     assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
 
@@ -293,8 +313,13 @@ def test_overwrite_refuses_a_folder_that_leads_outside_the_root(tmp_path):
     scratch = tmp_path / "scratch"
     (scratch / "pseudo-labels" / "t" / "train").mkdir(parents=True)
     os.symlink(scratch, tmp_path / "exp2")
-    claim_output_folder(str(tmp_path / "exp2" / "pseudo-labels" / "t" / "train"), {"x": 1}, ".png",
-                        overwrite=True, root=str(tmp_path / "exp2"))
+    claim_output_folder(
+        str(tmp_path / "exp2" / "pseudo-labels" / "t" / "train"),
+        {"x": 1},
+        ".png",
+        overwrite=True,
+        root=str(tmp_path / "exp2"),
+    )
 
 
 @pytest.mark.parametrize("payload, words", [(b'{"a": "\xff"}', "not UTF-8"), (b"[" * 100000, "nested too deeply")])

@@ -2,6 +2,7 @@
 imports included): core/ imports nothing of the project; the base of tools/ imports only core;
 engine, seeds and builders import the base and core, never each other; the scripts import those
 layers; toy, gpu and bench may import anything below them, never each other."""
+
 import ast
 import os
 import sys
@@ -94,8 +95,11 @@ def test_layer_of_names():
 
 
 def test_every_group_folder_is_known():
-    folders = {d for d in os.listdir(os.path.join(REPO_ROOT, "tools"))
-               if os.path.isdir(os.path.join(REPO_ROOT, "tools", d)) and not d.startswith(("_", "."))}
+    folders = {
+        d
+        for d in os.listdir(os.path.join(REPO_ROOT, "tools"))
+        if os.path.isdir(os.path.join(REPO_ROOT, "tools", d)) and not d.startswith(("_", "."))
+    }
     assert folders == set(GROUPS + PROGRAMS), "a new tools/ group must be placed in the layer rule"
 
 

@@ -1,8 +1,7 @@
 import numpy as np
 import torch
 
-from core.losses import (box_mask, classification_loss, masked_global_average,
-                         reconstruction_loss, segmentation_loss)
+from core.losses import box_mask, classification_loss, masked_global_average, reconstruction_loss, segmentation_loss
 
 
 def log_sigmoid(x):
@@ -53,8 +52,7 @@ def test_reconstruction_loss_matches_numpy_and_ignores_untagged_classes():
     cam2, target2 = cam.clone(), target.clone()
     cam2[0, 1] = 100.0
     target2[1, 2] = 0.0
-    torch.testing.assert_close(reconstruction_loss(cam2, target2, tags),
-                               reconstruction_loss(cam, target, tags))
+    torch.testing.assert_close(reconstruction_loss(cam2, target2, tags), reconstruction_loss(cam, target, tags))
 
 
 def test_reconstruction_loss_gradient_reaches_the_cam_of_tagged_classes_only():
@@ -142,8 +140,7 @@ def test_segmentation_loss_matches_numpy_and_resizes_labels_nearest():
     labels = torch.randint(0, 4, (2, 3, 3), generator=g)
     labels[0, 1, 1] = 255
     labels[1, 0] = 255
-    np.testing.assert_allclose(segmentation_loss(logits, labels).item(),
-                               numpy_cross_entropy(logits, labels), rtol=1e-6)
+    np.testing.assert_allclose(segmentation_loss(logits, labels).item(), numpy_cross_entropy(logits, labels), rtol=1e-6)
     big = labels.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # (2, 6, 6)
     torch.testing.assert_close(segmentation_loss(logits, big), segmentation_loss(logits, labels))
 

@@ -1,4 +1,5 @@
 """tools/metrics.py against independent pure-Python references and a hand-worked example."""
+
 import math
 
 import numpy as np
@@ -41,7 +42,10 @@ def brute_scores(P, T, TP):
             fps.append((P[c] - TP[c]) / union)
             fns.append((T[c] - TP[c]) / union)
     defined = [v for v in ious if v is not None]
-    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else math.nan
+
     return ious, 100 * mean(defined), mean(fps), mean(fns)
 
 
@@ -168,8 +172,7 @@ def test_sweep_matches_brute_force_stack_and_argmax(case):
     seed = quantised_seed(rng, len(keys) - 1, shape)
     gt = rng.choice([0, 1, 2, 3, 4, 5, IGNORE], size=shape).astype(np.uint8)
     thresholds = metrics.sweep_thresholds(0.10, 0.80, 0.05)
-    got = metrics.seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "rsepm"}, gt,
-                                        thresholds, num_classes)
+    got = metrics.seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "rsepm"}, gt, thresholds, num_classes)
     assert got.shape == (15, num_classes + 1, num_classes + 1)
     for row, threshold in enumerate(thresholds):
         pred = brute_rsepm_prediction(keys, seed, threshold, num_classes)
@@ -182,8 +185,9 @@ def test_sweep_ties_background_wins_at_equality_then_lowest_class():
     seed[0, 0] = [0.3, 0.3, 0.2, 0.5]  # class 4
     seed[1, 0] = [0.3, 0.1, 0.2, 0.5]  # class 2
     gt = np.zeros((1, 4), dtype=np.uint8)
-    confusion = metrics.seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "rsepm"}, gt,
-                                              [0.2, 0.3], num_classes=5)
+    confusion = metrics.seed_sweep_confusions(
+        {"keys": keys, "seed": seed, "dialect": "rsepm"}, gt, [0.2, 0.3], num_classes=5
+    )
     # t = 0.2: pixel0 tie 2/4 -> 2; pixel1 -> 4; pixel2 equals t -> background; pixel3 tie -> 2
     np.testing.assert_array_equal(confusion[0, 0, :5], [1, 0, 2, 0, 1])
     # t = 0.3: pixels 0..2 at or below t -> background; pixel3 -> 2
@@ -196,16 +200,18 @@ def test_sweep_ties_background_wins_at_equality_then_lowest_class():
 def test_float32_threshold_comparison_like_the_original():
     # 0.15 in float32 is 0.15000000596; a seed storing float32(0.15) ties with t = 0.15.
     seed = np.full((1, 1, 1), 0.15, dtype=np.float32)
-    confusion = metrics.seed_sweep_confusions({"keys": np.array([0, 1]), "seed": seed}, np.zeros((1, 1), np.uint8),
-                                              [0.1, 0.15, 0.2], num_classes=2)
+    confusion = metrics.seed_sweep_confusions(
+        {"keys": np.array([0, 1]), "seed": seed}, np.zeros((1, 1), np.uint8), [0.1, 0.15, 0.2], num_classes=2
+    )
     assert confusion[:, 0, 1].tolist() == [1, 0, 0]  # foreground only for t = 0.1
 
 
 def test_empty_seed_predicts_background_everywhere():
     seed = np.zeros((0, 3, 4), dtype=np.float32)
     gt = np.array([[0, 1, 1, 255]] * 3, dtype=np.uint8)
-    confusion = metrics.seed_sweep_confusions({"keys": np.array([0]), "seed": seed, "dialect": "rsepm"}, gt,
-                                              [0.1, 0.5], num_classes=3)
+    confusion = metrics.seed_sweep_confusions(
+        {"keys": np.array([0]), "seed": seed, "dialect": "rsepm"}, gt, [0.1, 0.5], num_classes=3
+    )
     for row in confusion:
         assert_scores_match(row, *brute_counts(np.zeros_like(gt), gt, 3))
 
@@ -223,8 +229,9 @@ def test_seg_dialect_is_argmax_through_keys_without_threshold():
     keys = np.array([0, 2, 5])
     seed = (rng.integers(1, 6, size=(3, 7, 8)) * 0.05).astype(np.float32)  # ties common
     gt = rng.choice([0, 2, 3, 5, IGNORE], size=(7, 8)).astype(np.uint8)
-    confusion = metrics.seed_sweep_confusions({"keys": keys, "seed": seed, "dialect": "seg"}, gt,
-                                              [0.1, 0.5, 0.9], num_classes=6)
+    confusion = metrics.seed_sweep_confusions(
+        {"keys": keys, "seed": seed, "dialect": "seg"}, gt, [0.1, 0.5, 0.9], num_classes=6
+    )
     assert confusion.shape == (1, 7, 7)
     full = np.zeros((6, 7, 8), dtype=np.float32)  # reference: scatter by class, argmax
     full[keys] = seed

@@ -4,6 +4,7 @@ else; and no two modules of the project share a file name.
 The modules: every .py under core/ and tools/ but __init__.py, the top-level .py files, and the
 shell entry points under tools/. A line of the list is "- `path`: what it holds".
 """
+
 import os
 import re
 from collections import defaultdict
@@ -17,8 +18,9 @@ LINE = re.compile(r"^- `([^`]+)`: \S")
 
 def project_modules():
     """Repository-relative paths of the project's modules (core/, tools/, top level, tools/*.sh)."""
-    found = {name for name in os.listdir(REPO_ROOT)
-             if name.endswith(".py") and os.path.isfile(os.path.join(REPO_ROOT, name))}
+    found = {
+        name for name in os.listdir(REPO_ROOT) if name.endswith(".py") and os.path.isfile(os.path.join(REPO_ROOT, name))
+    }
     for top in ("core", "tools"):
         for folder, dirs, names in os.walk(os.path.join(REPO_ROOT, top)):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
@@ -33,7 +35,7 @@ def listed_modules(text):
     lines = text.splitlines()
     start = lines.index(SECTION)
     listed = []
-    for number, line in enumerate(lines[start + 1:], start + 2):
+    for number, line in enumerate(lines[start + 1 :], start + 2):
         if line.startswith("#"):
             break
         match = LINE.match(line)
@@ -59,8 +61,10 @@ def test_every_module_has_one_line_and_every_line_a_module():
 
 
 def test_the_list_reader_catches_a_missing_and_a_stale_line():
-    text = (f"# Doc\n{SECTION}\n\nIntro.\n\n- `core/io.py`: files\n- `core/gone.py`: removed\n"
-            "- `core/io.py`: twice\n\n## Next\n- `core/later.py`: another section\n")
+    text = (
+        f"# Doc\n{SECTION}\n\nIntro.\n\n- `core/io.py`: files\n- `core/gone.py`: removed\n"
+        "- `core/io.py`: twice\n\n## Next\n- `core/later.py`: another section\n"
+    )
     assert listed_modules(text) == [(6, "core/io.py"), (7, "core/gone.py"), (8, "core/io.py")]
 
 

@@ -1,6 +1,7 @@
 """One name check for everything that becomes part of a path (core.safety.check_output_id):
 tags, label tags, folder names, domains and ids from files; and no relative path leaves its output
 folder (core.safety.safe_output_path)."""
+
 import os
 
 import pytest
@@ -9,15 +10,27 @@ from core.errors import UsageError
 from core.safety import UnsafePathError, check_output_id, safe_output_path
 from tools.paths import model_path, output_dir, predictions_dir
 
-BAD = {"../../X": "path separator", "/abs/tag": "path separator", "": "is empty", ".": "not a file name",
-       "..": "not a file name", "a" * 256: "longer than 255 bytes", "é" * 128: "longer than 255 bytes",
-       "a\nb": "control character", ".hidden": "starts with a dot", "a\\b": "path separator"}
+BAD = {
+    "../../X": "path separator",
+    "/abs/tag": "path separator",
+    "": "is empty",
+    ".": "not a file name",
+    "..": "not a file name",
+    "a" * 256: "longer than 255 bytes",
+    "é" * 128: "longer than 255 bytes",
+    "a\nb": "control character",
+    ".hidden": "starts with a dot",
+    "a\\b": "path separator",
+}
 
 
 @pytest.mark.parametrize("tag", list(BAD))
 def test_bad_tags_are_usage_errors_naming_the_flag(tag):
-    for build in (lambda: model_path("exp", tag), lambda: predictions_dir("exp", tag, "validation"),
-                  lambda: output_dir("exp", "pseudo-labels", tag, "train")):
+    for build in (
+        lambda: model_path("exp", tag),
+        lambda: predictions_dir("exp", tag, "validation"),
+        lambda: output_dir("exp", "pseudo-labels", tag, "train"),
+    ):
         with pytest.raises(UsageError, match=f"--tag: .*{BAD[tag]}"):
             build()
 
@@ -39,8 +52,9 @@ def test_bad_strategy_is_refused():
         model_path("exp", "tag", "../best")
 
 
-@pytest.mark.parametrize("value", ["../../../x.jpg", "/etc/x.jpg", "a/b.jpg", "a\\b.jpg", "", "  ", ".", "..",
-                                   ".hidden", "x\n.jpg", 5])
+@pytest.mark.parametrize(
+    "value", ["../../../x.jpg", "/etc/x.jpg", "a/b.jpg", "a\\b.jpg", "", "  ", ".", "..", ".hidden", "x\n.jpg", 5]
+)
 def test_bad_output_ids_are_refused_naming_the_source(value):
     with pytest.raises(UnsafePathError) as info:
         check_output_id(value, "list.txt: line 3")

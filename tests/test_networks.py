@@ -4,6 +4,7 @@ References are independent of core/: torchvision's own ResNets (key names, and f
 outputs after a one-line stride/dilation fix), hand-written head key tables from
 docs/formats.md#networks-and-checkpoints, and hand-worked output sizes.
 """
+
 import functools
 import hashlib
 import io
@@ -16,8 +17,8 @@ import torch
 import torchvision
 
 from core import resnet
-from core.networks import (DeepLabV2, DeepLabV3Plus, RSEPM, build_network, split_parameters)
 from core.errors import CheckpointError
+from core.networks import RSEPM, DeepLabV2, DeepLabV3Plus, build_network, split_parameters
 from core.resnet import build_resnet
 
 torch.set_num_threads(2)
@@ -41,9 +42,14 @@ def torchvision_backbone_shapes(depth):
 def conv_block(prefix, conv_shape):
     """Keys of one ConvBlock (conv without bias + BatchNorm with num_batches_tracked)."""
     n = conv_shape[0]
-    return {f"{prefix}.conv.weight": conv_shape, f"{prefix}.bn.weight": (n,), f"{prefix}.bn.bias": (n,),
-            f"{prefix}.bn.running_mean": (n,), f"{prefix}.bn.running_var": (n,),
-            f"{prefix}.bn.num_batches_tracked": ()}
+    return {
+        f"{prefix}.conv.weight": conv_shape,
+        f"{prefix}.bn.weight": (n,),
+        f"{prefix}.bn.bias": (n,),
+        f"{prefix}.bn.running_mean": (n,),
+        f"{prefix}.bn.running_var": (n,),
+        f"{prefix}.bn.num_batches_tracked": (),
+    }
 
 
 def aspp_v3_shapes():
@@ -119,16 +125,22 @@ def test_every_batchnorm_tracks_batches():
 # ---------------------------------------------------------------------------------------------
 # Hand-written per docs/formats.md#networks-and-checkpoints: (stride, dilation) of every block's 3x3 conv(s).
 R50_BLOCKS = {
-    16: {"layer1": [(1, 1)] * 3, "layer2": [(2, 1)] + [(1, 1)] * 3,
-         "layer3": [(2, 1)] + [(1, 1)] * 5, "layer4": [(1, 1)] * 3},
-    8: {"layer1": [(1, 1)] * 3, "layer2": [(2, 1)] + [(1, 1)] * 3,
-        "layer3": [(1, 1)] + [(1, 2)] * 5, "layer4": [(1, 1)] + [(1, 4)] * 2},
+    16: {
+        "layer1": [(1, 1)] * 3,
+        "layer2": [(2, 1)] + [(1, 1)] * 3,
+        "layer3": [(2, 1)] + [(1, 1)] * 5,
+        "layer4": [(1, 1)] * 3,
+    },
+    8: {
+        "layer1": [(1, 1)] * 3,
+        "layer2": [(2, 1)] + [(1, 1)] * 3,
+        "layer3": [(1, 1)] + [(1, 2)] * 5,
+        "layer4": [(1, 1)] + [(1, 4)] * 2,
+    },
 }
 R18_BLOCKS = {
-    16: {"layer1": [(1, 1)] * 2, "layer2": [(2, 1), (1, 1)], "layer3": [(2, 1), (1, 1)],
-         "layer4": [(1, 1)] * 2},
-    8: {"layer1": [(1, 1)] * 2, "layer2": [(2, 1), (1, 1)], "layer3": [(1, 1), (1, 2)],
-        "layer4": [(1, 1), (1, 4)]},
+    16: {"layer1": [(1, 1)] * 2, "layer2": [(2, 1), (1, 1)], "layer3": [(2, 1), (1, 1)], "layer4": [(1, 1)] * 2},
+    8: {"layer1": [(1, 1)] * 2, "layer2": [(2, 1), (1, 1)], "layer3": [(1, 1), (1, 2)], "layer4": [(1, 1), (1, 4)]},
 }
 
 
@@ -171,8 +183,7 @@ def test_other_output_strides_are_rejected():
 
 # 65x97 input, hand-worked: conv1 (k7 s2 p3) 33x49, maxpool (k3 s2 p1) 17x25,
 # each stride-2 stage ceil-halves: 9x13, 5x7.
-SIZES_65x97 = {16: [(17, 25), (17, 25), (9, 13), (5, 7), (5, 7)],
-               8: [(17, 25), (17, 25), (9, 13), (9, 13), (9, 13)]}
+SIZES_65x97 = {16: [(17, 25), (17, 25), (9, 13), (5, 7), (5, 7)], 8: [(17, 25), (17, 25), (9, 13), (9, 13), (9, 13)]}
 
 
 @pytest.mark.parametrize("os_", [16, 8])
@@ -234,11 +245,16 @@ def test_os16_matches_torchvision_with_stride_one_layer4():
 def test_basic_block_backbones_build_and_run(name, depth):
     net = build_resnet(name, output_stride=8).eval()
     assert net.channels == {"C1": 64, "C2": 64, "C3": 128, "C4": 256, "C5": 512}
-    assert model_shapes(net) == {k[len("model."):]: v for k, v in torchvision_backbone_shapes(depth).items()}
+    assert model_shapes(net) == {k[len("model.") :]: v for k, v in torchvision_backbone_shapes(depth).items()}
     with torch.no_grad():
         feats = net(torch.randn(1, 3, 32, 32))
-    assert [tuple(f.shape) for f in feats] == [(1, 64, 8, 8), (1, 64, 8, 8), (1, 128, 4, 4),
-                                                (1, 256, 4, 4), (1, 512, 4, 4)]
+    assert [tuple(f.shape) for f in feats] == [
+        (1, 64, 8, 8),
+        (1, 64, 8, 8),
+        (1, 128, 4, 4),
+        (1, 256, 4, 4),
+        (1, 512, 4, 4),
+    ]
 
 
 def test_bottleneck_channels(rsepm50):
@@ -311,12 +327,14 @@ def test_new_layers_keep_pytorch_default_initialisation():
     # std b / sqrt(3); kaiming normal (relu) would give std sqrt(2 / fan_in), 2.45x larger.
     torch.manual_seed(0)
     model = RSEPM("resnet18", num_classes=6)
-    for weight, fan_in in [(model.classifier.weight, 512),
-                           (model.decoder.classifier[0].conv.weight, (256 + 256) * 9),
-                           (model.aspp.aspp2.conv.weight, 512 * 9)]:
-        bound = 1.0 / fan_in ** 0.5
+    for weight, fan_in in [
+        (model.classifier.weight, 512),
+        (model.decoder.classifier[0].conv.weight, (256 + 256) * 9),
+        (model.aspp.aspp2.conv.weight, 512 * 9),
+    ]:
+        bound = 1.0 / fan_in**0.5
         assert weight.abs().max() <= bound
-        assert abs(weight.std().item() / (bound / 3 ** 0.5) - 1) < 0.05
+        assert abs(weight.std().item() / (bound / 3**0.5) - 1) < 0.05
     bn = model.aspp.block[0].bn
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
     # the segmenters too (the released DeepLab layers set no initialisation either)
@@ -345,6 +363,7 @@ def test_split_parameters_groups():
 # ---------------------------------------------------------------------------------------------
 def test_imagenet_offline_gives_actionable_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache, whatever this machine holds
+
     def offline(self, *args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
@@ -360,8 +379,7 @@ def test_imagenet_offline_gives_actionable_error(monkeypatch, tmp_path):
 def test_imagenet_weights_load_without_fc(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the download path is taken
     reference = torchvision.models.resnet18().state_dict()
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict",
-                        lambda self, *a, **k: reference)
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", lambda self, *a, **k: reference)
     net = build_resnet("resnet18", pretrained="imagenet")
     for key, value in net.state_dict().items():
         assert torch.equal(value, reference[key])
@@ -412,8 +430,7 @@ def sha256_prefix(data, length=8):
 
 def tiny_state_bytes():
     buffer = io.BytesIO()
-    torch.save({"conv1.weight": torch.arange(6.0).view(1, 1, 2, 3), "bn1.bias": torch.tensor([0.5, -2.0])},
-               buffer)
+    torch.save({"conv1.weight": torch.arange(6.0).view(1, 1, 2, 3), "bn1.bias": torch.tensor([0.5, -2.0])}, buffer)
     return buffer.getvalue()
 
 
@@ -428,11 +445,11 @@ def hub(tmp_path, monkeypatch):
 
 def fake_weights(monkeypatch, filename):
     """Point the ImageNet weights of every backbone at `filename`; a download would fail loudly."""
+
     def no_download(*args, **kwargs):
         raise AssertionError("nothing may be downloaded when the file is in the cache")
 
-    weights = types.SimpleNamespace(url=f"https://download.pytorch.org/models/{filename}",
-                                    get_state_dict=no_download)
+    weights = types.SimpleNamespace(url=f"https://download.pytorch.org/models/{filename}", get_state_dict=no_download)
     monkeypatch.setattr(resnet, "imagenet_weights", lambda name: weights)
 
 
@@ -493,8 +510,9 @@ def test_offline_without_the_file_says_where_to_put_it(hub, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    weights = types.SimpleNamespace(url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                                    get_state_dict=offline)
+    weights = types.SimpleNamespace(
+        url="https://download.pytorch.org/models/resnet18-f37072fd.pth", get_state_dict=offline
+    )
     monkeypatch.setattr(resnet, "imagenet_weights", lambda name: weights)
     with pytest.raises(RuntimeError) as info:
         resnet.imagenet_state_dict("resnet18")

@@ -1,6 +1,7 @@
 """No silent mix-ups: one live writer per output, inputs that are not regular files, validation that
 skips, a second SIGTERM, short temporary names, a replaced file refused on resume, the own-data
 builder's guards (docs/reliability.md#one-writer-per-output)."""
+
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 from PIL import Image
 
 import convert_seed_to_pseudo_masks as convert
@@ -20,13 +22,19 @@ import evaluate
 import infer_rsepm
 import train_seg
 from core.affinity import AffinityNet
-from core.weights import save_weights
 from core.errors import OutputError, PrepareError, ProjectError, ResumeError, UsageError
-from core.io import atomic_output, load_seed, save_mask, save_seed
+from core.io import atomic_output, save_mask
 from core.networks import RSEPM
-from core.safety import (OutputBusyError, hold_output, lock_path, output_writer, release_output,
-                         remove_stale_temp_files, temp_prefix)
-from helpers import run_main
+from core.safety import (
+    OutputBusyError,
+    hold_output,
+    lock_path,
+    output_writer,
+    release_output,
+    remove_stale_temp_files,
+    temp_prefix,
+)
+from core.weights import save_weights
 from tools.args import cli
 from tools.builders import prepare_own
 from tools.engine.resume_state import check_dataset, dataset_identity
@@ -40,10 +48,13 @@ class Holder:
     """A separate process that holds the writer lock of `output` until stopped (or killed)."""
 
     def __init__(self, output):
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); from core.safety import hold_output; "
-                "hold_output(sys.argv[2]); print('held', flush=True); sys.stdin.read()")
-        self.process = subprocess.Popen([sys.executable, "-c", code, REPO_ROOT, output], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); from core.safety import hold_output; "
+            "hold_output(sys.argv[2]); print('held', flush=True); sys.stdin.read()"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, REPO_ROOT, output], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.process.stdout.readline().strip() == "held"
 
     def kill(self):
@@ -70,7 +81,9 @@ def test_a_second_writer_is_refused_naming_the_live_one_and_a_dead_ones_lock_is_
     record = json.loads(open(lock_path(folder)).read())
     assert record["pid"] == os.getpid()
     # held here, a new process is refused
-    code = f"import sys; sys.path.insert(0, {REPO_ROOT!r}); from core.safety import hold_output; hold_output({folder!r})"
+    code = (
+        f"import sys; sys.path.insert(0, {REPO_ROOT!r}); from core.safety import hold_output; hold_output({folder!r})"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and f"pid {os.getpid()}" in result.stderr
     release_output(folder)
@@ -91,36 +104,129 @@ def stage_inputs(tmp_path_factory, toy_dataset):
     with open(os.path.join(model_dir(pred, "aff"), "config.json"), "w") as f:
         json.dump({"args": {"backbone": "resnet18", "crop_size": 64}}, f)
     for domain in ("train_aug", "validation"):
-        run_main(infer_rsepm, ["--root_dir", root, "--dataset", "TOY", "--domain", domain, "--tag", TAG,
-                               "--pred_dir", pred, "--scales", "1.0", "--num_workers", "0", "--gpus", "cpu"])
-        run_main(convert, ["--root_dir", root, "--dataset", "TOY", "--domain", domain, "--folder", "predictions",
-                           "--tag", TAG, "--pred_dir", pred, "--num_workers", "0", "--gpus", "cpu"])
+        run_main(
+            infer_rsepm,
+            [
+                "--root_dir",
+                root,
+                "--dataset",
+                "TOY",
+                "--domain",
+                domain,
+                "--tag",
+                TAG,
+                "--pred_dir",
+                pred,
+                "--scales",
+                "1.0",
+                "--num_workers",
+                "0",
+                "--gpus",
+                "cpu",
+            ],
+        )
+        run_main(
+            convert,
+            [
+                "--root_dir",
+                root,
+                "--dataset",
+                "TOY",
+                "--domain",
+                domain,
+                "--folder",
+                "predictions",
+                "--tag",
+                TAG,
+                "--pred_dir",
+                pred,
+                "--num_workers",
+                "0",
+                "--gpus",
+                "cpu",
+            ],
+        )
     return root, pred
 
 
 def common(root, pred, domain="validation"):
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", domain, "--pred_dir", pred, "--num_workers", "0",
-            "--gpus", "cpu"]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        domain,
+        "--pred_dir",
+        pred,
+        "--num_workers",
+        "0",
+        "--gpus",
+        "cpu",
+    ]
 
 
 STAGES = {
-    "infer_rsepm": lambda root, pred: (infer_rsepm, common(root, pred) + ["--tag", TAG, "--scales", "1.0",
-                                                                          "--overwrite", "true"],
-                                       predictions_dir(pred, TAG, "validation")),
-    "convert crf": lambda root, pred: (convert, common(root, pred) + ["--folder", "predictions", "--tag", TAG,
-                                                                      "--overwrite", "true"],
-                                       pseudo_labels_dir(pred, TAG, "validation")),
-    "convert rw": lambda root, pred: (convert, common(root, pred) + ["--folder", "predictions", "--tag", TAG,
-                                                                     "--mode", "rw", "--affinity_tag", "aff"],
-                                      pseudo_labels_dir(pred, TAG + "@rw", "validation")),
-    "evaluate": lambda root, pred: (evaluate, ["--root_dir", root, "--dataset", "TOY", "--domain", "validation",
-                                               "--folder", "pseudo-labels", "--tag", TAG, "--pred_dir", pred,
-                                               "--num_workers", "0"],
-                                    output_dir(pred, "pseudo-labels", TAG, "validation") + ".eval.json"),
-    "train_seg": lambda root, pred: (train_seg, common(root, pred, "train_aug") + [
-        "--label_tag", TAG, "--tag", "seg", "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32",
-        "--min_image_size", "32", "--max_image_size", "48", "--batch_size", "4", "--max_epoch", "1"],
-        model_dir(pred, "seg")),
+    "infer_rsepm": lambda root, pred: (
+        infer_rsepm,
+        common(root, pred) + ["--tag", TAG, "--scales", "1.0", "--overwrite", "true"],
+        predictions_dir(pred, TAG, "validation"),
+    ),
+    "convert crf": lambda root, pred: (
+        convert,
+        common(root, pred) + ["--folder", "predictions", "--tag", TAG, "--overwrite", "true"],
+        pseudo_labels_dir(pred, TAG, "validation"),
+    ),
+    "convert rw": lambda root, pred: (
+        convert,
+        common(root, pred) + ["--folder", "predictions", "--tag", TAG, "--mode", "rw", "--affinity_tag", "aff"],
+        pseudo_labels_dir(pred, TAG + "@rw", "validation"),
+    ),
+    "evaluate": lambda root, pred: (
+        evaluate,
+        [
+            "--root_dir",
+            root,
+            "--dataset",
+            "TOY",
+            "--domain",
+            "validation",
+            "--folder",
+            "pseudo-labels",
+            "--tag",
+            TAG,
+            "--pred_dir",
+            pred,
+            "--num_workers",
+            "0",
+        ],
+        output_dir(pred, "pseudo-labels", TAG, "validation") + ".eval.json",
+    ),
+    "train_seg": lambda root, pred: (
+        train_seg,
+        common(root, pred, "train_aug")
+        + [
+            "--label_tag",
+            TAG,
+            "--tag",
+            "seg",
+            "--backbone",
+            "resnet18",
+            "--pretrained",
+            "none",
+            "--crop_size",
+            "32",
+            "--min_image_size",
+            "32",
+            "--max_image_size",
+            "48",
+            "--batch_size",
+            "4",
+            "--max_epoch",
+            "1",
+        ],
+        model_dir(pred, "seg"),
+    ),
 }
 
 
@@ -143,13 +249,31 @@ def test_evaluate_refuses_a_folder_that_is_still_being_written(stage_inputs):
     folder = pseudo_labels_dir(pred, TAG, "validation")
     with Holder(folder):
         with pytest.raises(OutputBusyError, match="still writing"):
-            run_main(evaluate, ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--folder",
-                                "pseudo-labels", "--tag", TAG, "--pred_dir", pred, "--num_workers", "0"])
+            run_main(
+                evaluate,
+                [
+                    "--root_dir",
+                    root,
+                    "--dataset",
+                    "TOY",
+                    "--domain",
+                    "validation",
+                    "--folder",
+                    "pseudo-labels",
+                    "--tag",
+                    TAG,
+                    "--pred_dir",
+                    pred,
+                    "--num_workers",
+                    "0",
+                ],
+            )
 
 
 def test_relation_labels_are_locked_and_their_conflict_names_the_flags_that_key_them(stage_inputs, tmp_path):
-    from tools.seeds.relation_cache import claim_ir_labels, ir_labels_dir
     from core.dataset_layout import SeedLayout, load_dataset_info
+    from tools.seeds.relation_cache import claim_ir_labels, ir_labels_dir
+
     root, pred = stage_inputs
     layout = SeedLayout(root, "train_aug", load_dataset_info("TOY"))
     seeds, labels = predictions_dir(pred, TAG, "train_aug"), ir_labels_dir(str(tmp_path), TAG, "train_aug")
@@ -170,7 +294,8 @@ def photos(folder, count=6, size=(40, 30)):
     rng = np.random.default_rng(0)
     for i in range(count):
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
-            os.path.join(folder, f"p{i}.jpg"), quality=90)
+            os.path.join(folder, f"p{i}.jpg"), quality=90
+        )
     return [f"p{i}" for i in range(count)]
 
 
@@ -197,8 +322,11 @@ def test_prepare_own_never_builds_over_its_inputs(tmp_path, layout):
         out = str(tmp_path / "link")
     before = sorted(os.listdir(images))
     with pytest.raises(SystemExit) as error:
-        cli(prepare_own.main, prepare_own.get_args_parser(), own_argv(images, tags, out, "--overwrite", "true",
-                                                                     "--link", "symlink"))
+        cli(
+            prepare_own.main,
+            prepare_own.get_args_parser(),
+            own_argv(images, tags, out, "--overwrite", "true", "--link", "symlink"),
+        )
     assert error.value.code == 2
     assert sorted(os.listdir(images)) == before and os.path.isfile(tags)
 
@@ -268,12 +396,12 @@ def test_class_names_are_nfc_and_case_twins_are_refused(tmp_path):
     images = str(tmp_path / "photos")
     ids = photos(images, count=4)
     decomposed, composed = "cafe\u0301", "caf\u00e9"
-    tags = write_tags(str(tmp_path / "tags.csv"), [(ids[0], decomposed), (ids[1], composed), (ids[2], composed),
-                                                   (ids[3], decomposed)])
+    tags = write_tags(
+        str(tmp_path / "tags.csv"), [(ids[0], decomposed), (ids[1], composed), (ids[2], composed), (ids[3], decomposed)]
+    )
     result = run_main(prepare_own, own_argv(images, tags, str(tmp_path / "a")))
     assert result["classes"] == [composed]
-    tags = write_tags(str(tmp_path / "tags2.csv"), [(ids[0], "Dog"), (ids[1], "dog"), (ids[2], "dog"),
-                                                    (ids[3], "Dog")])
+    tags = write_tags(str(tmp_path / "tags2.csv"), [(ids[0], "Dog"), (ids[1], "dog"), (ids[2], "dog"), (ids[3], "Dog")])
     with pytest.raises(PrepareError, match="'Dog' and 'dog' differ only by case"):
         run_main(prepare_own, own_argv(images, tags, str(tmp_path / "b")))
     with pytest.raises(PrepareError, match="differ only by case"):
@@ -302,6 +430,7 @@ def test_a_killed_builders_folder_is_removed_by_the_next_run(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     from core.safety import HOST
+
     left = tmp_path / f".built.{HOST}-{pid}-12345.abcdefgh.rsepm.tmp"
     (left / "train" / "image").mkdir(parents=True)
     (left / "train" / "image" / "x.jpg").write_bytes(b"x")
@@ -327,16 +456,34 @@ def test_a_fifo_image_is_skipped_and_listed_by_inference_and_conversion(stage_in
     copy, fifo = fifo_copy(root, tmp_path, "validation", ids[0])
     other = str(tmp_path / "exp")
     shutil.copytree(os.path.join(pred, "models"), os.path.join(other, "models"))
-    result = subprocess.run([sys.executable, "infer_rsepm.py", *common(copy, other), "--tag", TAG, "--scales", "1.0"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "infer_rsepm.py", *common(copy, other), "--tag", TAG, "--scales", "1.0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "FIFO" in result.stderr and fifo in result.stderr
     assert sorted(os.listdir(predictions_dir(other, TAG, "validation"))) == [i + ".pkl" for i in ids[1:]]
     # a FIFO seed file: skipped by the conversion, the other seeds converted
     seed = os.path.join(predictions_dir(other, TAG, "validation"), ids[1] + ".pkl")
     os.remove(seed)
     os.mkfifo(seed)
-    result = subprocess.run([sys.executable, "convert_seed_to_pseudo_masks.py", *common(root, other), "--folder",
-                             "predictions", "--tag", TAG], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "convert_seed_to_pseudo_masks.py",
+            *common(root, other),
+            "--folder",
+            "predictions",
+            "--tag",
+            TAG,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "FIFO" in result.stderr and seed in result.stderr
     assert sorted(os.listdir(pseudo_labels_dir(other, TAG, "validation"))) == [i + ".png" for i in ids[2:]]
 
@@ -346,9 +493,30 @@ def test_a_fifo_image_is_skipped_by_training_which_ends(toy_dataset, tmp_path):
     ids = sorted(n[:-4] for n in os.listdir(os.path.join(root, "train_aug", "image")))
     copy, fifo = fifo_copy(root, tmp_path, "train_aug", ids[1])
     pred = str(tmp_path / "exp")
-    argv = ["train_rsepm.py", *common(copy, pred, "train_aug"), "--backbone", "resnet18", "--pretrained", "none",
-            "--crop_size", "32", "--min_image_size", "32", "--max_image_size", "48", "--batch_size", "4",
-            "--max_epoch", "1", "--rs_start", "1", "--mix_start", "1", "--tag", "fifo"]
+    argv = [
+        "train_rsepm.py",
+        *common(copy, pred, "train_aug"),
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "48",
+        "--batch_size",
+        "4",
+        "--max_epoch",
+        "1",
+        "--rs_start",
+        "1",
+        "--mix_start",
+        "1",
+        "--tag",
+        "fifo",
+    ]
     result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "FIFO" in result.stderr and "skipped 1 bad file" in result.stderr
     assert os.path.isfile(model_path(pred, "fifo"))
@@ -359,9 +527,13 @@ def test_prepare_own_refuses_a_fifo_named_like_an_image(tmp_path):
     ids = photos(images, count=4)
     os.mkfifo(os.path.join(images, "p9.jpg"))
     tags = write_tags(str(tmp_path / "tags.csv"), [(i, "dog") for i in ids] + [("p9.jpg", "dog")])
-    result = subprocess.run([sys.executable, "tools/builders/prepare_own.py",
-                             *own_argv(images, tags, str(tmp_path / "built"))], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "tools/builders/prepare_own.py", *own_argv(images, tags, str(tmp_path / "built"))],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "FIFO" in result.stderr and "p9.jpg" in result.stderr
     fifo_tags = str(tmp_path / "fifo.csv")
     os.mkfifo(fifo_tags)
@@ -383,8 +555,9 @@ def test_an_unreadable_validation_image_is_skipped_and_the_epoch_is_saved(stage_
     argv = [a.replace(root, copy) for a in argv] + ["--val_every", "1", "--val_images", "3", "--tag", "val"]
     with pytest.raises(ProjectError, match=rf"skipped 1 bad file.*{ids[0]}.jpg"):
         run_main(module, argv)
-    assert os.path.isfile(model_path(other, "val")) and os.path.isfile(os.path.join(model_dir(other, "val"),
-                                                                                    "resume.pth"))
+    assert os.path.isfile(model_path(other, "val")) and os.path.isfile(
+        os.path.join(model_dir(other, "val"), "resume.pth")
+    )
     log = [json.loads(line) for line in open(os.path.join(model_dir(other, "val"), "logs", "log.jsonl"))]
     assert any("val_mIoU" in row for row in log)  # the other images were validated
 
@@ -412,8 +585,9 @@ def test_a_second_sigterm_ends_the_process_at_once():
 
 
 def test_a_sigterm_no_iteration_answers_ends_the_process_after_the_grace():
-    process = subprocess.Popen([sys.executable, "-c", STOPPER, REPO_ROOT, "0.5"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", STOPPER, REPO_ROOT, "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "ready"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 128 + signal.SIGTERM
@@ -432,15 +606,18 @@ def test_every_accepted_name_has_a_temporary_name_that_fits(tmp_path):
 
 def test_a_long_id_is_written_and_a_per_item_write_error_is_skipped(stage_inputs, tmp_path, monkeypatch):
     import errno
+
     from tools.seeds import infer_loop
+
     root, pred = stage_inputs
     copy = str(tmp_path / "TOY")
     shutil.copytree(root, copy, symlinks=True)
     ids = sorted(n[:-4] for n in os.listdir(os.path.join(copy, "validation", "image")))
     long_id = "v" * 250
     for kind, ext in (("image", ".jpg"), ("xml", ".xml"), ("mask", ".png")):
-        os.rename(os.path.join(copy, "validation", kind, ids[0] + ext),
-                  os.path.join(copy, "validation", kind, long_id + ext))
+        os.rename(
+            os.path.join(copy, "validation", kind, ids[0] + ext), os.path.join(copy, "validation", kind, long_id + ext)
+        )
     other = str(tmp_path / "exp")
     shutil.copytree(os.path.join(pred, "models"), os.path.join(other, "models"))
     original = infer_loop.save_seed
@@ -465,6 +642,7 @@ def test_a_long_id_is_written_and_a_per_item_write_error_is_skipped(stage_inputs
 def test_a_file_replaced_at_the_same_size_is_refused_on_resume(toy_dataset, tmp_path):
     from core.dataset_layout import SeedLayout, load_dataset_info
     from core.train_datasets import ClassificationDataset
+
     copy = str(tmp_path / "TOY")
     shutil.copytree(toy_dataset(), copy, symlinks=True)
     layout = SeedLayout(copy, "train_aug", load_dataset_info("TOY"), require_xml=True)
@@ -476,7 +654,7 @@ def test_a_file_replaced_at_the_same_size_is_refused_on_resume(toy_dataset, tmp_
     stat = os.stat(path)
     with open(path, "wb") as f:
         f.write(data)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(ResumeError, match=f"the image of {dataset.ids[2]} was replaced"):
         check_dataset("resume.pth", saved, dataset_identity(dataset))
     older = dict(saved, files=[f[:3] for f in saved["files"]], sha256="old")  # an older record: sizes only
@@ -486,19 +664,47 @@ def test_a_file_replaced_at_the_same_size_is_refused_on_resume(toy_dataset, tmp_
 def test_contradictory_evaluation_flags_exit_2(stage_inputs):
     root, pred = stage_inputs
     with pytest.raises(SystemExit) as error:
-        cli(evaluate.main, evaluate.get_args_parser(),
-            ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--folder", "predictions",
-             "--tag", TAG, "--pred_dir", pred, "--st_th", "0.6", "--end_th", "0.2"])
+        cli(
+            evaluate.main,
+            evaluate.get_args_parser(),
+            [
+                "--root_dir",
+                root,
+                "--dataset",
+                "TOY",
+                "--domain",
+                "validation",
+                "--folder",
+                "predictions",
+                "--tag",
+                TAG,
+                "--pred_dir",
+                pred,
+                "--st_th",
+                "0.6",
+                "--end_th",
+                "0.2",
+            ],
+        )
     assert error.value.code == 2
 
 
 @pytest.mark.parametrize("script, flag", [("train_seg", "--label_tag"), ("train_affinity", "--seed_tag")])
 def test_a_bad_tag_is_named_by_the_flag_that_gave_it(stage_inputs, script, flag, capsys):
     import importlib
+
     root, pred = stage_inputs
     module = importlib.import_module(script)
-    argv = common(root, pred, "train_aug") + ["--backbone", "resnet18", "--pretrained", "none", "--tag", "ok",
-                                              flag, "../escape"]
+    argv = common(root, pred, "train_aug") + [
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--tag",
+        "ok",
+        flag,
+        "../escape",
+    ]
     with pytest.raises(SystemExit) as error:
         cli(module.main, module.get_args_parser(), argv)
     assert error.value.code == 2

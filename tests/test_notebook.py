@@ -9,21 +9,22 @@ CRF pseudo-mask files written here as the pipeline's stages would. A cell append
 the executed copy pickles what the notebook computed, and that is checked against independent
 computations: the scripts' seed files, a numpy threshold rule, and a CAM computed here by hand.
 """
+
 import contextlib
 import io
 import json
 import os
 import pickle
+import shutil
 import sys
 import xml.etree.ElementTree as ET
-
-import shutil
 
 import nbformat
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_main
 from nbclient import NotebookClient
 from PIL import Image
 
@@ -32,15 +33,14 @@ import infer_rsepm
 import infer_seg
 import train_rsepm
 import train_seg
-from core.weights import save_weights
-from core.errors import MissingFileError, UsageError
 from core.crf import seed_to_mask
+from core.errors import MissingFileError, UsageError
 from core.io import load_seed, read_json, write_json
 from core.networks import RSEPM, DeepLabV3Plus
+from core.weights import save_weights
 from tools.engine.resume_state import config_path, run_config
-from tools.toy import make_demo_notebook
 from tools.paths import evaluation_path, model_dir, model_path, predictions_dir, pseudo_labels_dir
-from helpers import run_main
+from tools.toy import make_demo_notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "demo.ipynb")
@@ -103,8 +103,11 @@ def install_kernel(directory):
     """A kernelspec running ipykernel on this interpreter (the venv), found through JUPYTER_PATH."""
     spec_dir = directory / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "RS+EPM demo test", "language": "python"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "RS+EPM demo test",
+        "language": "python",
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
 
 
@@ -113,10 +116,15 @@ def execute_notebook(tmp, settings):
     (executed notebook, the dumped results)."""
     install_kernel(tmp / "jupyter")
     dump = tmp / "dump.pkl"
-    env = {"JUPYTER_PATH": str(tmp / "jupyter"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-           "IPYTHONDIR": str(tmp / "ipython"), "OMP_NUM_THREADS": "1",
-           # The inline backend renders with Agg (no display needed) and returns PNG outputs.
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline", "RSEPM_DEMO_TEST_DUMP": str(dump)}
+    env = {
+        "JUPYTER_PATH": str(tmp / "jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        "IPYTHONDIR": str(tmp / "ipython"),
+        "OMP_NUM_THREADS": "1",
+        # The inline backend renders with Agg (no display needed) and returns PNG outputs.
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "RSEPM_DEMO_TEST_DUMP": str(dump),
+    }
     env.update({"RSEPM_DEMO_" + name: value for name, value in settings.items()})
     nb = make_demo_notebook.build_notebook(SOURCE)
     nb.cells.append(nbformat.v4.new_code_cell(DUMP_CELL.strip()))
@@ -131,9 +139,10 @@ def execute_notebook(tmp, settings):
 @pytest.fixture(scope="module")
 def executed(run, tmp_path_factory):
     """The notebook on the whole tiny run: both models, evaluate.py results present."""
-    return execute_notebook(tmp_path_factory.mktemp("kernel"),
-                            {"ROOT": run["root"], "PRED_DIR": run["pred_dir"], "TAG": TAG, "SEG_TAG": SEG_TAG,
-                             "SCALES": SCALES})
+    return execute_notebook(
+        tmp_path_factory.mktemp("kernel"),
+        {"ROOT": run["root"], "PRED_DIR": run["pred_dir"], "TAG": TAG, "SEG_TAG": SEG_TAG, "SCALES": SCALES},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +150,19 @@ def executed_bare(run, tmp_path_factory):
     """The notebook on an empty experiment folder: RS+EPM weights given by path, no retrained
     model, no evaluate.py results, one chosen image, predicted classes."""
     tmp = tmp_path_factory.mktemp("bare")
-    return execute_notebook(tmp, {"ROOT": run["root"], "PRED_DIR": str(tmp / "empty"), "TAG": TAG,
-                                  "SEG_TAG": SEG_TAG, "WEIGHTS": model_path(run["pred_dir"], TAG),
-                                  "IMAGE_IDS": run["ids"][1], "CONF_TH": "0.34", "SCALES": "1.0"})
+    return execute_notebook(
+        tmp,
+        {
+            "ROOT": run["root"],
+            "PRED_DIR": str(tmp / "empty"),
+            "TAG": TAG,
+            "SEG_TAG": SEG_TAG,
+            "WEIGHTS": model_path(run["pred_dir"], TAG),
+            "IMAGE_IDS": run["ids"][1],
+            "CONF_TH": "0.34",
+            "SCALES": "1.0",
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +172,54 @@ def own_run(run, tmp_path_factory):
     retrained model's records output stride 8 (the notebook's default is 16)."""
     pred_dir = str(tmp_path_factory.mktemp("own") / "experiments") + os.sep
     common = ["--root_dir", run["root"], "--dataset", "TOY", "--domain", "train_aug", "--pred_dir", pred_dir]
-    trainings = [(OWN_TAG, TAG, train_rsepm, ["--backbone", "resnet18", "--max_epoch", "7", "--batch_size", "3",
-                                              "--lr", "0.0123", "--crop_size", "96", "--rs_start", "2",
-                                              "--mix_start", "5", "--seed", "41"]),
-                 (OWN_SEG_TAG, SEG_TAG, train_seg, ["--decoder", "deeplabv3+", "--backbone", "resnet18",
-                                                    "--output_stride", "8", "--label_tag", OWN_TAG + "@rw",
-                                                    "--max_epoch", "9", "--batch_size", "5", "--crop_size", "80",
-                                                    "--seed", "42"])]
+    trainings = [
+        (
+            OWN_TAG,
+            TAG,
+            train_rsepm,
+            [
+                "--backbone",
+                "resnet18",
+                "--max_epoch",
+                "7",
+                "--batch_size",
+                "3",
+                "--lr",
+                "0.0123",
+                "--crop_size",
+                "96",
+                "--rs_start",
+                "2",
+                "--mix_start",
+                "5",
+                "--seed",
+                "41",
+            ],
+        ),
+        (
+            OWN_SEG_TAG,
+            SEG_TAG,
+            train_seg,
+            [
+                "--decoder",
+                "deeplabv3+",
+                "--backbone",
+                "resnet18",
+                "--output_stride",
+                "8",
+                "--label_tag",
+                OWN_TAG + "@rw",
+                "--max_epoch",
+                "9",
+                "--batch_size",
+                "5",
+                "--crop_size",
+                "80",
+                "--seed",
+                "42",
+            ],
+        ),
+    ]
     for tag, source, script, flags in trainings:
         os.makedirs(model_dir(pred_dir, tag))
         shutil.copy(model_path(run["pred_dir"], source), model_path(pred_dir, tag))
@@ -186,9 +246,21 @@ def execute_with_flags(tmp, *flags):
 @pytest.fixture(scope="module")
 def executed_own(run, own_run, tmp_path_factory):
     """make_demo_notebook.py --execute on the own-data-like run, given by flags."""
-    return execute_with_flags(tmp_path_factory.mktemp("own-notebook"), "--tag", OWN_TAG, "--seg_tag", OWN_SEG_TAG,
-                              "--dataset", "TOY", "--root_dir", run["root"], "--pred_dir", own_run,
-                              "--scales", "1.0")
+    return execute_with_flags(
+        tmp_path_factory.mktemp("own-notebook"),
+        "--tag",
+        OWN_TAG,
+        "--seg_tag",
+        OWN_SEG_TAG,
+        "--dataset",
+        "TOY",
+        "--root_dir",
+        run["root"],
+        "--pred_dir",
+        own_run,
+        "--scales",
+        "1.0",
+    )
 
 
 def outputs(nb, cell_id):
@@ -212,9 +284,11 @@ def test_notebook_is_stored_with_its_figures_small_and_without_run_noise():
     assert size < 2 * 1024 * 1024
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata == {"jupytext": {"cell_metadata_filter": "id,tags,-all", "formats": "ipynb,py:percent"},
-                           "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                           "language_info": {"name": "python"}}
+    assert nb.metadata == {
+        "jupytext": {"cell_metadata_filter": "id,tags,-all", "formats": "ipynb,py:percent"},
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
     # Every code cell ran, in order, without an error; no timings or kernel details were kept.
@@ -241,8 +315,13 @@ def percent_cells(path):
             current = (line.split('id="')[1].split('"')[0], kind, [])
             cells.append(current)
         elif current is not None:
-            current[2].append(line[2:] if current[1] == "markdown" and line.startswith("# ") else
-                              "" if current[1] == "markdown" and line == "#" else line)
+            current[2].append(
+                line[2:]
+                if current[1] == "markdown" and line.startswith("# ")
+                else ""
+                if current[1] == "markdown" and line == "#"
+                else line
+            )
     return [(i, k, "\n".join(body).strip("\n")) for i, k, body in cells]
 
 
@@ -257,8 +336,9 @@ def test_notebook_cells_are_those_of_the_percent_script():
 
 
 def convert(source, out, *extra):
-    return make_demo_notebook.main(make_demo_notebook.get_args_parser().parse_args(
-        ["--source", str(source), "--out", str(out), *extra]))
+    return make_demo_notebook.main(
+        make_demo_notebook.get_args_parser().parse_args(["--source", str(source), "--out", str(out), *extra])
+    )
 
 
 def test_editing_the_script_and_converting_updates_only_that_cell(tmp_path):
@@ -269,8 +349,9 @@ def test_editing_the_script_and_converting_updates_only_that_cell(tmp_path):
     heading = "# # RS+EPM demo: from class activation maps to pseudo masks\n"
     code = "DEFAULT_BG_TH = 0.35\n"
     assert text.count(heading) == 1 and text.count(code) == 1
-    source.write_text(text.replace(heading, "# # An edited heading\n").replace(code, "DEFAULT_BG_TH = 0.25\n"),
-                      encoding="utf-8")
+    source.write_text(
+        text.replace(heading, "# # An edited heading\n").replace(code, "DEFAULT_BG_TH = 0.25\n"), encoding="utf-8"
+    )
     args = make_demo_notebook.get_args_parser().parse_args(["--source", str(source), "--out", str(out), "--check"])
     assert make_demo_notebook.main(args) == {"failed": [str(out)]}
     assert convert(source, out)["failed"] == []
@@ -278,8 +359,9 @@ def test_editing_the_script_and_converting_updates_only_that_cell(tmp_path):
     assert [c.id for c in after.cells] == [c.id for c in before.cells]
     for old, new in zip(before.cells, after.cells):
         if old.id == "intro":
-            assert new.source == old.source.replace("# RS+EPM demo: from class activation maps to pseudo masks",
-                                                    "# An edited heading")
+            assert new.source == old.source.replace(
+                "# RS+EPM demo: from class activation maps to pseudo masks", "# An edited heading"
+            )
         elif old.id == "threshold":  # its code changed: its stored outputs no longer hold
             assert new.source != old.source and new.outputs == [] and new.execution_count is None
         else:
@@ -304,17 +386,32 @@ def test_every_parameter_flag_sets_a_variable_the_parameters_cell_reads():
     for flag, name, *_ in make_demo_notebook.PARAMETERS:
         assert f'setting("{name}",' in parameters, flag
     flags = {flag for flag, *_ in make_demo_notebook.PARAMETERS}
-    assert {"--tag", "--seg_tag", "--dataset", "--backbone", "--domain", "--root_dir", "--pred_dir", "--image_ids",
-            "--num_images", "--conf_th", "--weights"} <= flags
+    assert {
+        "--tag",
+        "--seg_tag",
+        "--dataset",
+        "--backbone",
+        "--domain",
+        "--root_dir",
+        "--pred_dir",
+        "--image_ids",
+        "--num_images",
+        "--conf_th",
+        "--weights",
+    } <= flags
 
 
 def test_flags_win_over_the_environment_which_is_passed_on():
     args = make_demo_notebook.get_args_parser().parse_args(
-        ["--execute", "--tag", "MyRS", "--scales", "1.0,0.5", "--conf_th", "0.3"])
+        ["--execute", "--tag", "MyRS", "--scales", "1.0,0.5", "--conf_th", "0.3"]
+    )
     environ = {"RSEPM_DEMO_TAG": "other", "RSEPM_DEMO_ROOT": "../MyData/", "PATH": "/bin"}
     assert make_demo_notebook.notebook_settings(args, environ) == {
-        "TAG": ("MyRS", "--tag"), "ROOT": ("../MyData/", "environment"), "SCALES": ("1.0,0.5", "--scales"),
-        "CONF_TH": ("0.3", "--conf_th")}
+        "TAG": ("MyRS", "--tag"),
+        "ROOT": ("../MyData/", "environment"),
+        "SCALES": ("1.0,0.5", "--scales"),
+        "CONF_TH": ("0.3", "--conf_th"),
+    }
     bare = make_demo_notebook.get_args_parser().parse_args(["--execute"])
     assert make_demo_notebook.notebook_settings(bare, {"PATH": "/bin"}) == {}
 
@@ -327,6 +424,7 @@ def run_cells(monkeypatch, settings, *cell_ids):
     """Run cells of demo.py in this process with RSEPM_DEMO_{name} = settings[name] only; returns
     (namespace, what they displayed)."""
     import IPython.display
+
     shown = []
     monkeypatch.setattr(IPython.display, "display", shown.append)
     for key in [k for k in os.environ if k.startswith("RSEPM_DEMO_")]:
@@ -341,10 +439,18 @@ def run_cells(monkeypatch, settings, *cell_ids):
 
 
 def test_a_network_setting_contradicting_the_record_is_refused(run, own_run, monkeypatch):
-    with pytest.raises(UsageError, match=r"^BACKBONE \(RSEPM_DEMO_BACKBONE, make_demo_notebook.py --backbone\) "
-                                         r"resnet50 contradicts the training record .*MyRS.config.json"):
-        run_cells(monkeypatch, {"ROOT": run["root"], "PRED_DIR": own_run, "TAG": OWN_TAG, "BACKBONE": "resnet50"},
-                  "parameters", "toy-settings", "setup")
+    with pytest.raises(
+        UsageError,
+        match=r"^BACKBONE \(RSEPM_DEMO_BACKBONE, make_demo_notebook.py --backbone\) "
+        r"resnet50 contradicts the training record .*MyRS.config.json",
+    ):
+        run_cells(
+            monkeypatch,
+            {"ROOT": run["root"], "PRED_DIR": own_run, "TAG": OWN_TAG, "BACKBONE": "resnet50"},
+            "parameters",
+            "toy-settings",
+            "setup",
+        )
 
 
 def test_settings_cell_on_the_toy_run_shows_the_stored_toy_text(monkeypatch):
@@ -359,6 +465,7 @@ def test_settings_cell_on_the_toy_run_shows_the_stored_toy_text(monkeypatch):
 def test_notebook_text_states_the_pipeline_settings():
     """The scales, schedules and pretrained stand-in the stored notebook names are the pipeline's."""
     from tools.toy import toy_pipeline
+
     stored = nbformat.read(NOTEBOOK, as_version=4)
     text = text_of(stored, "toy-settings", "text/markdown").replace("\n  ", " ")  # unwrap the bullets
     scales = toy_pipeline.SCALES[toy_pipeline.SCALES.index("--scales") + 1]
@@ -370,7 +477,9 @@ def test_notebook_text_states_the_pipeline_settings():
         assert f"{epochs} epochs" in line and f"{crop}-pixel crops" in line
     rsepm = next(line for line in text.split("\n* ") if line.startswith("RS+EPM:"))
     assert f"lr {toy_pipeline.RSEPM_TRAIN[toy_pipeline.RSEPM_TRAIN.index('--lr') + 1]}," in rsepm
-    assert f"pretrain_toy.py` for {toy_pipeline.PRETRAIN[toy_pipeline.PRETRAIN.index('--max_epoch') + 1]} epochs" in text
+    assert (
+        f"pretrain_toy.py` for {toy_pipeline.PRETRAIN[toy_pipeline.PRETRAIN.index('--max_epoch') + 1]} epochs" in text
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,13 +507,32 @@ def test_execute_with_flags_shows_that_runs_recorded_settings(own_run, executed_
     settings = text_of(nb, "toy-settings", "text/markdown")
     assert f"**The run `{OWN_TAG}` in `{own_run}`**" in settings
     rsepm = next(line for line in settings.splitlines() if line.startswith("* RS+EPM"))
-    for text in (f"`{OWN_TAG}`", "dataset `TOY`", "`train_aug` images", "resnet18", "7 epochs", "batch 3",
-                 "lr 0.0123", "96-pixel crops", "RecurSeed from epoch 2", "EdgePredictMix from epoch 5",
-                 "training seed 41", config_path(own_run, OWN_TAG)):
+    for text in (
+        f"`{OWN_TAG}`",
+        "dataset `TOY`",
+        "`train_aug` images",
+        "resnet18",
+        "7 epochs",
+        "batch 3",
+        "lr 0.0123",
+        "96-pixel crops",
+        "RecurSeed from epoch 2",
+        "EdgePredictMix from epoch 5",
+        "training seed 41",
+        config_path(own_run, OWN_TAG),
+    ):
         assert text in rsepm, text
     seg = next(line for line in settings.splitlines() if line.startswith("* the retrained model"))
-    for text in (f"`{OWN_SEG_TAG}`", "deeplabv3+", "output stride 8", f"on the pseudo masks of `{OWN_TAG}@rw`",
-                 "9 epochs", "batch 5", "80-pixel crops", "training seed 42"):
+    for text in (
+        f"`{OWN_SEG_TAG}`",
+        "deeplabv3+",
+        "output stride 8",
+        f"on the pseudo masks of `{OWN_TAG}@rw`",
+        "9 epochs",
+        "batch 5",
+        "80-pixel crops",
+        "training seed 42",
+    ):
         assert text in seg, text
     for toy_text in ("The toy run", "toy_pipeline.py", "pretrain_toy.py", "toy@ResNet18"):
         assert toy_text not in settings
@@ -421,7 +549,9 @@ def test_execute_passes_the_environment_on_and_its_flags_win(own_run, executed_o
     nb, printed = executed_own
     assert f"RSEPM_DEMO_TAG={OWN_TAG} (--tag)" in printed and "RSEPM_DEMO_NUM_IMAGES=1 (environment)" in printed
     assert "no-such-run" not in printed
-    assert text_of(nb, "setup").startswith("RS+EPM network") and "\n1 image(s) of TOY/validation" in text_of(nb, "setup")
+    assert text_of(nb, "setup").startswith("RS+EPM network") and "\n1 image(s) of TOY/validation" in text_of(
+        nb, "setup"
+    )
     assert f"RS+EPM weights: {model_path(own_run, OWN_TAG)}" in text_of(nb, "rsepm")
 
 
@@ -432,8 +562,11 @@ def test_execute_on_a_run_that_is_not_there_names_the_missing_weights(run, tmp_p
         execute_with_flags(tmp_path, "--tag", "MyRS", "--root_dir", run["root"], "--pred_dir", pred_dir)
     message = str(error.value)
     assert f"no RS+EPM weights at {model_path(pred_dir, 'MyRS')}" in message
-    for setting in ("RSEPM_TAG (RSEPM_DEMO_TAG, make_demo_notebook.py --tag)",
-                    "PRED_DIR (RSEPM_DEMO_PRED_DIR, make_demo_notebook.py --pred_dir)", "--weights"):
+    for setting in (
+        "RSEPM_TAG (RSEPM_DEMO_TAG, make_demo_notebook.py --tag)",
+        "PRED_DIR (RSEPM_DEMO_PRED_DIR, make_demo_notebook.py --pred_dir)",
+        "--weights",
+    ):
         assert setting in message
     assert "the toy run" not in message and "quickstart" not in message
     assert not out.exists()

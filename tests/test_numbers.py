@@ -1,5 +1,6 @@
 """The parser-wide numeric test: every number flag of every script and program refuses nan, inf
 and a value outside its range with argparse's usage error (exit status 2) naming the flag."""
+
 import argparse
 import importlib
 import math
@@ -41,8 +42,15 @@ def parser_of(name):
 
 
 def test_every_script_has_the_entry_point():
-    scripts = {"train_rsepm", "train_seg", "train_affinity", "infer_rsepm", "infer_seg", "evaluate",
-               "convert_seed_to_pseudo_masks"}
+    scripts = {
+        "train_rsepm",
+        "train_seg",
+        "train_affinity",
+        "infer_rsepm",
+        "infer_seg",
+        "evaluate",
+        "convert_seed_to_pseudo_masks",
+    }
     assert scripts <= set(PROGRAMS)
 
 
@@ -69,8 +77,9 @@ def test_no_number_flag_is_left_unchecked():
         except KeyError as e:
             missing.append(f"{name}: {e}")
         for action in parser._actions:
-            assert action.type not in (int, float) or action.choices is not None, \
+            assert action.type not in (int, float) or action.choices is not None, (
                 f"{name} {action.option_strings}: unchecked number flag"
+            )
     assert missing == []
 
 
@@ -88,10 +97,13 @@ def test_range_arithmetic_by_hand():
 
 def test_a_script_exits_2_naming_the_flag():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": REPO_ROOT}
-    for argv, flag in ((["convert_seed_to_pseudo_masks.py", "--tag", "t", "--bg_th", "nan"], "--bg_th"),
-                       (["train_rsepm.py", "--ema_decay", "1.5"], "--ema_decay")):
-        result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                                timeout=120)
+    for argv, flag in (
+        (["convert_seed_to_pseudo_masks.py", "--tag", "t", "--bg_th", "nan"], "--bg_th"),
+        (["train_rsepm.py", "--ema_decay", "1.5"], "--ema_decay"),
+    ):
+        result = subprocess.run(
+            [sys.executable, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 2 and f"argument {flag}" in result.stderr, result.stderr
 
 
@@ -110,17 +122,25 @@ def list_flags():
     found = []
     for name in PROGRAMS:
         parser = check_numbers(parser_of(name))
-        found += [(name, a.option_strings[0], a.type.number_range, a.type.list_length) for a in parser._actions
-                  if getattr(a.type, "list_length", None) is not None]
+        found += [
+            (name, a.option_strings[0], a.type.number_range, a.type.list_length)
+            for a in parser._actions
+            if getattr(a.type, "list_length", None) is not None
+        ]
     return found
 
 
 def test_list_flags_go_through_the_validator():
     """The list flags that escaped it in the last release are among those checked."""
     flags = {(name, flag) for name, flag, _, _ in list_flags()}
-    assert {("train_rsepm", "--pamr_dilations"), ("infer_rsepm", "--scales"), ("infer_seg", "--scales"),
-            ("tools.bench.bench_crf", "--workers"), ("tools.bench.bench_evaluate", "--workers"),
-            ("tools.bench.bench_rw", "--small")} <= flags
+    assert {
+        ("train_rsepm", "--pamr_dilations"),
+        ("infer_rsepm", "--scales"),
+        ("infer_seg", "--scales"),
+        ("tools.bench.bench_crf", "--workers"),
+        ("tools.bench.bench_evaluate", "--workers"),
+        ("tools.bench.bench_rw", "--small"),
+    } <= flags
 
 
 @pytest.mark.parametrize("name, flag, allowed, lengths", list_flags())
@@ -131,8 +151,12 @@ def test_list_flags_refuse_a_bad_value_and_too_many_values(name, flag, allowed, 
     fewest, most = lengths
     ok = ",".join([str(good)] * fewest)
     assert len(getattr(parser.parse_args([flag, ok]), parser_dest(parser, flag))) == fewest
-    for bad in ([str(good)] * (most + 1), [str(good)] * (fewest - 1) + ["nan"],
-                [str(good)] * (fewest - 1) + [repr(allowed.outside())], ["-1"] * fewest):
+    for bad in (
+        [str(good)] * (most + 1),
+        [str(good)] * (fewest - 1) + ["nan"],
+        [str(good)] * (fewest - 1) + [repr(allowed.outside())],
+        ["-1"] * fewest,
+    ):
         if bad == ["-1"] * fewest and allowed.contains(-1):
             continue
         with pytest.raises(SystemExit) as raised:

@@ -30,8 +30,7 @@ def brute_force_pamr(image, mask, iterations, dilations):
                             continue
                         q = at(image, b, y + dy * d, x + dx * d)
                         affs.append(np.mean(-np.abs(image[b, :, y, x] - q) / (0.1 * std + 1e-8)))
-                        sources[b, y, x, k] = (min(max(y + dy * d, 0), H - 1),
-                                               min(max(x + dx * d, 0), W - 1))
+                        sources[b, y, x, k] = (min(max(y + dy * d, 0), H - 1), min(max(x + dx * d, 0), W - 1))
                         k += 1
                 e = np.exp(np.array(affs) - max(affs))
                 weights[b, y, x] = e / e.sum()

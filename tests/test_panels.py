@@ -2,11 +2,13 @@
 values, then 2-epoch toy runs of each training script read back with tensorboard's
 EventAccumulator: the tags, sizes and steps of the images, that the learned maps change between
 epochs, that --vis_images 0 writes none, the IoU text and the flags as hparams."""
+
 import io
 import os
 
 import numpy as np
 import pytest
+from helpers import run_main
 from PIL import Image
 from scipy.ndimage import uniform_filter
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -20,14 +22,29 @@ from core.errors import UsageError
 from core.io import IGNORE_COLOR, read_mask, save_mask, save_seed
 from tools import drawing
 from tools.engine import panels
+from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
 from tools.pool import set_threads
 from tools.seeds.relation_cache import ir_labels_dir
-from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import run_main
 
 INFO = load_dataset_info("TOY")
-COMMON = ["--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu", "--backbone", "resnet18",
-          "--pretrained", "none", "--num_workers", "0", "--log_interval", "1", "--max_epoch", "2"]
+COMMON = [
+    "--dataset",
+    "TOY",
+    "--domain",
+    "train_aug",
+    "--gpus",
+    "cpu",
+    "--backbone",
+    "resnet18",
+    "--pretrained",
+    "none",
+    "--num_workers",
+    "0",
+    "--log_interval",
+    "1",
+    "--max_epoch",
+    "2",
+]
 IMAGE_FLAGS = ["--crop_size", "32", "--min_image_size", "32", "--max_image_size", "64", "--batch_size", "4"]
 
 
@@ -37,15 +54,20 @@ def toy(toy_dataset):
 
 
 def events(pred_dir, tag):
-    acc = EventAccumulator(os.path.join(model_dir(str(pred_dir), tag), "logs"),
-                           size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    acc = EventAccumulator(
+        os.path.join(model_dir(str(pred_dir), tag), "logs"), size_guidance={"images": 0, "tensors": 0, "scalars": 0}
+    )
     return acc.Reload()
 
 
 def images(acc):
     """tag -> [(step, RGB uint8 array)]."""
-    return {tag: [(e.step, np.array(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")))
-                  for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+    return {
+        tag: [
+            (e.step, np.array(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB"))) for e in acc.Images(tag)
+        ]
+        for tag in acc.Tags()["images"]
+    }
 
 
 def jpeg(root, split, image_id):
@@ -65,19 +87,35 @@ def test_colour_helpers_against_hand_values():
     labels = np.array([[0, 1], [255, 2]], np.uint8)
     out = drawing.colorize(labels, INFO.palette)
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8
-    assert [tuple(out[0, 0]), tuple(out[0, 1]), tuple(out[1, 0]), tuple(out[1, 1])] == \
-        [tuple(INFO.colors[0]), tuple(INFO.colors[1]), (224, 224, 192), tuple(INFO.colors[2])]
+    assert [tuple(out[0, 0]), tuple(out[0, 1]), tuple(out[1, 0]), tuple(out[1, 1])] == [
+        tuple(INFO.colors[0]),
+        tuple(INFO.colors[1]),
+        (224, 224, 192),
+        tuple(INFO.colors[2]),
+    ]
     # jet: dark blue (0), blue (1/8), cyan (3/8), yellow (5/8), red (7/8), dark red (1); NaN counts as 0
     hot = drawing.heat(np.array([[0.0, 0.125, 0.375, 0.625, 0.875, 1.0, np.nan]]))
     assert [tuple(int(v) for v in hot[0, i]) for i in range(7)] == [
-        (0, 0, 128), (0, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (128, 0, 0), (0, 0, 128)]
+        (0, 0, 128),
+        (0, 0, 255),
+        (0, 255, 255),
+        (255, 255, 0),
+        (255, 0, 0),
+        (128, 0, 0),
+        (0, 0, 128),
+    ]
     grey = np.full((1, 2, 3), 100, np.uint8)
     assert drawing.overlay(grey, np.array([[0.0, 1.0]])).tolist() == [[[50, 50, 114], [114, 50, 50]]]
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     assert np.array_equal(panels.denormalize(normalize_image(image)), image)
     table = panels.iou_table(np.array([0.5, np.nan, 0.123]), ["background", "a", "b"])
-    assert table.splitlines() == ["| class | IoU (%) |", "|---|---|", "| background | 50.0 |", "| a | n/a |",
-                                  "| b | 12.3 |"]
+    assert table.splitlines() == [
+        "| class | IoU (%) |",
+        "|---|---|",
+        "| background | 50.0 |",
+        "| a | n/a |",
+        "| b | 12.3 |",
+    ]
 
 
 def test_large_images_are_shrunk_to_the_panel_side():
@@ -95,8 +133,10 @@ def test_outline_matches_a_brute_force_loop():
     expected = image.copy()
     for y in range(17):
         for x in range(23):
-            near = [bool(region[v, u]) if 0 <= v < 17 and 0 <= u < 23 else None
-                    for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))]
+            near = [
+                bool(region[v, u]) if 0 <= v < 17 and 0 <= u < 23 else None
+                for v, u in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
+            ]
             if region[y, x] and any(n is False for n in near):  # inside, touching outside (not the border)
                 expected[y, x] = (0, 0, 0)
             elif not region[y, x] and any(n is True for n in near):  # outside, touching the region
@@ -107,8 +147,9 @@ def test_outline_matches_a_brute_force_loop():
 def test_legend_entries_and_strip():
     maps = [np.array([[0, 3], [255, 3]], np.uint8), None, np.array([[2]], np.uint8)]
     entries = drawing.legend_entries(maps, INFO.palette, INFO.class_names, always=(0, 4))
-    assert entries == [(INFO.class_names[c], tuple(INFO.colors[c])) for c in (0, 2, 3, 4)] + \
-        [("ignore", tuple(IGNORE_COLOR))]
+    assert entries == [(INFO.class_names[c], tuple(INFO.colors[c])) for c in (0, 2, 3, 4)] + [
+        ("ignore", tuple(IGNORE_COLOR))
+    ]
     strip = drawing.legend_strip(entries, 400)
     assert strip.shape[1] == 400 and strip.dtype == np.uint8
     for name, colour in entries:  # every swatch: a SWATCH x SWATCH square of exactly its colour
@@ -125,10 +166,10 @@ def test_composite_layout():
     assert picture.shape == (P + 3 * (T + 30 + P), P + 3 * (40 + P), 3)
     for k in range(8):  # tile k at row k // 3, column k % 3, under its title
         y, x = P + (k // 3) * (T + 30 + P) + T, P + (k % 3) * (40 + P)
-        assert np.all(picture[y:y + 30, x:x + 40] == 10 * k), k
+        assert np.all(picture[y : y + 30, x : x + 40] == 10 * k), k
     big = drawing.composite([("big", np.zeros((600, 300, 3), np.uint8))], [("a", (1, 2, 3))])
     strip = drawing.legend_strip([("a", (1, 2, 3))], P + 128 + P)
-    assert big.shape[1] == P + 128 + P and np.array_equal(big[-strip.shape[0]:], strip)
+    assert big.shape[1] == P + 128 + P and np.array_equal(big[-strip.shape[0] :], strip)
 
 
 def test_default_picks_spread_over_the_classes():
@@ -164,8 +205,9 @@ def check_composite(picture, shape, tiles, legend_classes):
     """Size, tile grid and the legend strip (exactly the strip of `legend_classes`) of a composite."""
     height, width = composite_size(shape, tiles)
     names = {255: "ignore", **dict(enumerate(INFO.class_names))}
-    strip = drawing.legend_strip([(names[c], tuple(IGNORE_COLOR) if c == 255 else tuple(INFO.colors[c]))
-                                  for c in sorted(legend_classes)], width)
+    strip = drawing.legend_strip(
+        [(names[c], tuple(IGNORE_COLOR) if c == 255 else tuple(INFO.colors[c])) for c in sorted(legend_classes)], width
+    )
     assert picture.shape == (height + strip.shape[0], width, 3)
     assert np.array_equal(picture[height:], strip)
 
@@ -174,9 +216,33 @@ def test_rsepm_panels_text_and_hparams(toy, tmp_path):
     pred = tmp_path / "exp"
     layout = SeedLayout(toy, "validation", INFO)
     ids = layout.ids[1:3]  # chosen by --vis_ids
-    run_main(train_rsepm, ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--rs_start", "2", "--mix_start", "2",
-                           "--pamr_iterations", "2", "--pamr_dilations", "1,2", "--pred_dir", str(pred),
-                           "--val_every", "1", "--val_images", "3", "--vis_ids", ",".join(ids), "--tag", "r"])
+    run_main(
+        train_rsepm,
+        [
+            "--root_dir",
+            toy,
+            *COMMON,
+            *IMAGE_FLAGS,
+            "--rs_start",
+            "2",
+            "--mix_start",
+            "2",
+            "--pamr_iterations",
+            "2",
+            "--pamr_dilations",
+            "1,2",
+            "--pred_dir",
+            str(pred),
+            "--val_every",
+            "1",
+            "--val_images",
+            "3",
+            "--vis_ids",
+            ",".join(ids),
+            "--tag",
+            "r",
+        ],
+    )
     acc = events(pred, "r")
     got = images(acc)
     expected = {}
@@ -203,8 +269,10 @@ def test_rsepm_panels_text_and_hparams(toy, tmp_path):
             if tag.startswith(f"parts/{image_id}/"):
                 assert all(a.shape == image.shape for _, a in drawn), tag
         tags = layout.read_tags(image_id)
-        assert np.array_equal(part("ground_truth"), np.array(
-            Image.open(os.path.join(toy, "validation", "mask", image_id + ".png")).convert("RGB")))
+        assert np.array_equal(
+            part("ground_truth"),
+            np.array(Image.open(os.path.join(toy, "validation", "mask", image_id + ".png")).convert("RGB")),
+        )
         assert colours(part("seed", -1)) <= palette_colours([0, *tags])
         assert colours(part("rs_target")) <= palette_colours([0, 255, *tags])
         name = INFO.class_names[tags[0]]
@@ -215,15 +283,19 @@ def test_rsepm_panels_text_and_hparams(toy, tmp_path):
 
         # the composite: image, ground truth, a CAM and an SCG per tag, RS target, seed, mix, mix target
         (_, before), (_, after) = got[f"panels/{image_id}"]
-        shown = set().union(*(classes_shown(part(n)) for n in ("ground_truth", "rs_target", "mix_target")),
-                            classes_shown(part("seed", -1)))
+        shown = set().union(
+            *(classes_shown(part(n)) for n in ("ground_truth", "rs_target", "mix_target")),
+            classes_shown(part("seed", -1)),
+        )
         check_composite(after, image.shape, 6 + 2 * len(tags), shown | {0, *tags})
         shown_before = classes_shown(part("ground_truth")) | classes_shown(part("seed", 0))
         check_composite(before, image.shape, 3 + len(tags), shown_before | {0, *tags})  # epoch 1: no RS, no mix
         P, T = drawing.PAD, drawing.TITLE_HEIGHT
-        assert np.array_equal(before[P + T:P + T + image.shape[0], P:P + image.shape[1]], image)  # tile 1
-        assert not np.array_equal(before[:composite_size(image.shape, 3 + len(tags))[0]],
-                                  after[:composite_size(image.shape, 3 + len(tags))[0], :before.shape[1]])
+        assert np.array_equal(before[P + T : P + T + image.shape[0], P : P + image.shape[1]], image)  # tile 1
+        assert not np.array_equal(
+            before[: composite_size(image.shape, 3 + len(tags))[0]],
+            after[: composite_size(image.shape, 3 + len(tags))[0], : before.shape[1]],
+        )
 
     texts = acc.Tensors("val/seed_IoU/text_summary")
     assert [t.step for t in texts] == [2, 4]
@@ -243,14 +315,30 @@ def test_rsepm_panels_text_and_hparams(toy, tmp_path):
 
 def test_vis_ids_outside_the_split_is_refused(toy, tmp_path):
     with pytest.raises(UsageError, match="no_such_image"):
-        run_main(train_rsepm, ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--pred_dir", str(tmp_path),
-                               "--mix", "none", "--val_every", "1", "--vis_ids", "no_such_image", "--tag", "v"])
+        run_main(
+            train_rsepm,
+            [
+                "--root_dir",
+                toy,
+                *COMMON,
+                *IMAGE_FLAGS,
+                "--pred_dir",
+                str(tmp_path),
+                "--mix",
+                "none",
+                "--val_every",
+                "1",
+                "--vis_ids",
+                "no_such_image",
+                "--tag",
+                "v",
+            ],
+        )
 
 
 def test_rsepm_without_validation_draws_training_images_each_epoch_and_zero_draws_none(toy, tmp_path):
     pred = tmp_path / "exp"
-    argv = ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--max_epoch", "1", "--mix", "none",
-            "--pred_dir", str(pred)]
+    argv = ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--max_epoch", "1", "--mix", "none", "--pred_dir", str(pred)]
     run_main(train_rsepm, argv + ["--vis_images", "1", "--tag", "one"])
     first = SeedLayout(toy, "train_aug", INFO).ids[0]  # the first pick of the spread
     got = images(events(pred, "one"))
@@ -269,20 +357,47 @@ def test_seg_panels(toy, tmp_path):
     for image_id in ids:  # the ground truth without its ignore band: a pseudo mask that differs from it
         gt = read_mask(os.path.join(toy, "train_aug", "mask", image_id + ".png"))
         save_mask(os.path.join(out, image_id + ".png"), np.where(gt == 255, 0, gt).astype(np.uint8), INFO.palette)
-    run_main(train_seg, ["--root_dir", toy, *COMMON, *IMAGE_FLAGS, "--label_tag", "labels", "--output_stride", "16",
-                         "--pred_dir", str(pred), "--val_every", "1", "--val_images", "2",
-                         "--vis_images", "1", "--tag", "s"])
+    run_main(
+        train_seg,
+        [
+            "--root_dir",
+            toy,
+            *COMMON,
+            *IMAGE_FLAGS,
+            "--label_tag",
+            "labels",
+            "--output_stride",
+            "16",
+            "--pred_dir",
+            str(pred),
+            "--val_every",
+            "1",
+            "--val_images",
+            "2",
+            "--vis_images",
+            "1",
+            "--tag",
+            "s",
+        ],
+    )
     acc = events(pred, "s")
     got = images(acc)
     first = ids[0]  # the pseudo masks exist for the training split only: panels come from it
     assert {tag: [s for s, _ in got[tag]] for tag in got} == {
-        f"panels/{first}": [2, 4], f"parts/{first}/image": [2], f"parts/{first}/pseudo_mask": [2],
-        f"parts/{first}/ground_truth": [2], f"parts/{first}/prediction": [2, 4], f"parts/{first}/foreground": [2, 4]}
+        f"panels/{first}": [2, 4],
+        f"parts/{first}/image": [2],
+        f"parts/{first}/pseudo_mask": [2],
+        f"parts/{first}/ground_truth": [2],
+        f"parts/{first}/prediction": [2, 4],
+        f"parts/{first}/foreground": [2, 4],
+    }
     image = jpeg(toy, "train_aug", first)
     assert all(a.shape == image.shape for tag, drawn in got.items() if tag.startswith("parts/") for _, a in drawn)
     part = lambda name, k=0: got[f"parts/{first}/{name}"][k][1]  # noqa: E731
-    for name, path in (("pseudo_mask", os.path.join(out, first + ".png")),
-                       ("ground_truth", os.path.join(toy, "train_aug", "mask", first + ".png"))):
+    for name, path in (
+        ("pseudo_mask", os.path.join(out, first + ".png")),
+        ("ground_truth", os.path.join(toy, "train_aug", "mask", first + ".png")),
+    ):
         in_file = np.array(Image.open(path).convert("RGB"))  # each file's own palette
         assert np.array_equal(part(name), in_file), name
     assert not np.array_equal(part("pseudo_mask"), part("ground_truth"))
@@ -290,8 +405,12 @@ def test_seg_panels(toy, tmp_path):
     before, after = part("foreground", 0), part("foreground", 1)  # the argmax of 2 toy epochs may not move yet
     assert not np.array_equal(before, after)
     for k, (_, picture) in enumerate(got[f"panels/{first}"]):  # image | pseudo mask | gt | prediction | fg
-        shown = {0} | classes_shown(part("pseudo_mask")) | classes_shown(part("ground_truth")) | \
-            classes_shown(part("prediction", k))
+        shown = (
+            {0}
+            | classes_shown(part("pseudo_mask"))
+            | classes_shown(part("ground_truth"))
+            | classes_shown(part("prediction", k))
+        )
         check_composite(picture, image.shape, 5, shown)
     assert [t.step for t in acc.Tensors("val/IoU/text_summary")] == [2, 4]
 
@@ -304,16 +423,49 @@ def test_affinity_panels(toy_dataset, tmp_path):
         gt = layout.read_mask(image_id)
         classes = sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
         planes = np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes])
-        save_seed(os.path.join(predictions_dir(pred, seed_tag, "train_aug"), image_id + ".pkl"),
-                  [0] + classes, planes, "rsepm")
-    run_main(train_affinity, ["--root_dir", root, *COMMON, "--crop_size", "64", "--rw_radius", "5",
-                              "--batch_size", "4", "--seed_tag", seed_tag, "--ir_crf", "false", "--lr", "0.5",
-                              "--pred_dir", pred, "--vis_images", "2", "--tag", "a"])
+        save_seed(
+            os.path.join(predictions_dir(pred, seed_tag, "train_aug"), image_id + ".pkl"),
+            [0] + classes,
+            planes,
+            "rsepm",
+        )
+    run_main(
+        train_affinity,
+        [
+            "--root_dir",
+            root,
+            *COMMON,
+            "--crop_size",
+            "64",
+            "--rw_radius",
+            "5",
+            "--batch_size",
+            "4",
+            "--seed_tag",
+            seed_tag,
+            "--ir_crf",
+            "false",
+            "--lr",
+            "0.5",
+            "--pred_dir",
+            pred,
+            "--vis_images",
+            "2",
+            "--tag",
+            "a",
+        ],
+    )
     got = images(events(pred, "a"))
     expected = {}
     for image_id in panels.spread_over_classes(layout, layout.ids, 2)[:2]:
-        expected.update({f"panels/{image_id}": [2, 4], f"parts/{image_id}/image": [2],
-                         f"parts/{image_id}/relation_labels": [2], f"parts/{image_id}/boundary": [2, 4]})
+        expected.update(
+            {
+                f"panels/{image_id}": [2, 4],
+                f"parts/{image_id}/image": [2],
+                f"parts/{image_id}/relation_labels": [2],
+                f"parts/{image_id}/boundary": [2, 4],
+            }
+        )
         (_, before), (_, after) = got[f"parts/{image_id}/boundary"]
         image = jpeg(root, "train_aug", image_id)
         assert before.shape == image.shape and not np.array_equal(before, after)
@@ -337,6 +489,7 @@ def test_panels_leave_forked_workers_able_to_start(toy):
     on forever (OpenCV's resize did, in tools/pool.py's set_threads): a worker pool started after
     the panel helpers have run (large image, mask, heat map) runs and returns."""
     import multiprocessing
+
     panels.shrink(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8), Image.BOX)
     image_id = SeedLayout(toy, "train_aug", INFO).ids[0]
     assert panels.read_label_map(os.path.join(toy, "train_aug", "mask", image_id + ".png"), (20, 30)).shape == (20, 30)
@@ -348,5 +501,6 @@ def test_panels_leave_forked_workers_able_to_start(toy):
 def test_vis_images_may_change_on_resume():
     """How a run reports, not what it learns: resume.pth does not record it."""
     from tools.engine.resume_state import run_settings
+
     args = train_seg.get_args_parser().parse_args(["--label_tag", "x", "--vis_images", "7"])
     assert "vis_images" not in run_settings(args) and "lr" in run_settings(args)

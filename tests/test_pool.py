@@ -1,5 +1,6 @@
 """tools.pool: the one process pool and the thread rule. The counts are read inside the worker
 processes themselves (pool workers and DataLoader workers), after the parent raised its own."""
+
 import os
 from types import SimpleNamespace
 

@@ -1,6 +1,7 @@
 """Preemption-safe training (issue 23 item 6): SIGTERM/SIGUSR1 save the resume state at the next
 iteration boundary and stop, and the resumed run ends with the weights of an uninterrupted one;
 resume.pth records the dataset's identity and a resume on another dataset is refused."""
+
 import json
 import os
 import re
@@ -29,11 +30,51 @@ def toy(toy_dataset):
 
 def argv(root, pred_dir, *extra):
     """The cheapest real run, 2 epochs x 4 iterations; only a signal or an epoch's end saves."""
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu", "--threads", "1",
-            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
-            "--max_image_size", "48", "--batch_size", "2", "--num_workers", "0", "--max_epoch", str(EPOCHS),
-            "--rs_start", "1", "--mix", "none", "--pamr_iterations", "1", "--pamr_dilations", "1",
-            "--pred_dir", str(pred_dir), "--tag", "t", "--save_interval", "1000", "--log_interval", "1", *extra]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--threads",
+        "1",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "48",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--max_epoch",
+        str(EPOCHS),
+        "--rs_start",
+        "1",
+        "--mix",
+        "none",
+        "--pamr_iterations",
+        "1",
+        "--pamr_dilations",
+        "1",
+        "--pred_dir",
+        str(pred_dir),
+        "--tag",
+        "t",
+        "--save_interval",
+        "1000",
+        "--log_interval",
+        "1",
+        *extra,
+    ]
 
 
 def train(*args):
@@ -79,8 +120,14 @@ cli(train_rsepm.main, train_rsepm.get_args_parser(), sys.argv[1:])
 
 def test_sigterm_mid_epoch_saves_and_the_resumed_run_matches_an_uninterrupted_one(toy, whole, tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *argv(toy, tmp_path)], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, *argv(toy, tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = os.path.join(folder(tmp_path), "logs", "log.jsonl")
     deadline = time.monotonic() + 300
     try:
@@ -99,12 +146,15 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_matches_an_uninterrupted_on
     assert process.returncode == 1, stderr
     resume = os.path.join(folder(tmp_path), "resume.pth")
     last_line = stderr.strip().splitlines()[-1]
-    match = re.fullmatch(r"error: stopped by SIGTERM after iteration (\d+): resume state saved to (.+); "
-                         r"run again with --resume true", last_line)
+    match = re.fullmatch(
+        r"error: stopped by SIGTERM after iteration (\d+): resume state saved to (.+); "
+        r"run again with --resume true",
+        last_line,
+    )
     assert match and match.group(2) == resume, last_line
     stopped = int(match.group(1))
     assert seen <= stopped < PER_EPOCH * EPOCHS  # mid-run, and not before what was already logged
-    assert last_line[len("error: "):] in stdout  # the log says it too
+    assert last_line[len("error: ") :] in stdout  # the log says it too
     assert not os.path.exists(os.path.join(folder(tmp_path), "last.pth"))
     # nothing lost: the save holds the step the signal interrupted (--save_interval 1000 saved nothing)
     state = torch.load(resume, weights_only=True)
@@ -129,7 +179,9 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_matches_an_uninterrupted_on
     shutil.copytree(toy, other, dirs_exist_ok=True)
     for path in (os.path.join(images, ids[5] + ".jpg"), os.path.join(other, "train_aug", "xml", ids[5] + ".xml")):
         os.remove(path)
-    with pytest.raises(ResumeError, match=rf"started on 8 images .*this one has 7 .*first difference: {ids[5]} is gone"):
+    with pytest.raises(
+        ResumeError, match=rf"started on 8 images .*this one has 7 .*first difference: {ids[5]} is gone"
+    ):
         train(other, tmp_path, "--resume", "true")
     assert os.path.getmtime(resume) == before
 
@@ -166,12 +218,24 @@ def test_dataset_identity_by_hand(toy, whole):
     times (os.stat)."""
     split = os.path.join(toy, "train_aug")
     ids = sorted(f[:-4] for f in os.listdir(os.path.join(split, "image")))
-    image, xml = (lambda i: os.path.join(split, "image", i + ".jpg")), (lambda i: os.path.join(split, "xml", i + ".xml"))
-    expected = [[i, os.path.getsize(image(i)), os.path.getsize(xml(i)), os.stat(image(i)).st_mtime_ns,
-                 os.stat(xml(i)).st_mtime_ns] for i in ids]
+    image, xml = (
+        (lambda i: os.path.join(split, "image", i + ".jpg")),
+        (lambda i: os.path.join(split, "xml", i + ".xml")),
+    )
+    expected = [
+        [
+            i,
+            os.path.getsize(image(i)),
+            os.path.getsize(xml(i)),
+            os.stat(image(i)).st_mtime_ns,
+            os.stat(xml(i)).st_mtime_ns,
+        ]
+        for i in ids
+    ]
     state = torch.load(os.path.join(folder(whole), "resume.pth"), weights_only=True)
     assert state["dataset"]["files"] == expected and state["dataset"]["count"] == 8
     import hashlib
+
     assert state["dataset"]["sha256"] == hashlib.sha256(json.dumps(expected).encode()).hexdigest()
     with open(os.path.join(folder(whole), "config.json")) as f:
         assert json.load(f)["dataset_identity"] == {"count": 8, "sha256": state["dataset"]["sha256"]}
@@ -180,6 +244,7 @@ def test_dataset_identity_by_hand(toy, whole):
 def test_check_dataset_messages():
     def identity(files):
         return {"count": len(files), "sha256": json.dumps(files), "files": files}
+
     saved = identity([["a", 10, 5], ["b", 20, 6], ["c", 30, 7]])
     assert resume_state.check_dataset("r.pth", saved, identity([["a", 10, 5], ["b", 20, 6], ["c", 30, 7]])) == []
     with pytest.raises(ResumeError, match=r"3 images .*has 3 .*the label file of b was 6 bytes, now 9\."):
@@ -211,17 +276,29 @@ def test_ddp_ranks_stop_at_the_same_log_line(toy_dataset, tmp_path):
     toy = toy_dataset(max_size=48, num_train_aug=16)
     script = tmp_path / "run.py"
     script.write_text(DDP_RUN)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               *argv(toy, tmp_path, "--log_interval", "3", "--batch_size", "4")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        *argv(toy, tmp_path, "--log_interval", "3", "--batch_size", "4"),
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     resume = os.path.join(folder(tmp_path), "resume.pth")
     for who in ("SIGTERM", "a signal to another rank"):
-        assert f"error: stopped by {who} after iteration 3: resume state saved to {resume}" in result.stderr, \
+        assert f"error: stopped by {who} after iteration 3: resume state saved to {resume}" in result.stderr, (
             result.stderr[-3000:]
+        )
     state = torch.load(resume, weights_only=True)
     assert (state["epoch"], state["step"], state["iteration"], len(state["rng"])) == (0, 3, 3, 2)
     assert [r["iteration"] for r in read_log(tmp_path)] == [3]
@@ -243,8 +320,13 @@ next(batches)  # the persistent worker runs (and ignores SIGTERM, seed_worker)
 """
 
 
-@pytest.mark.parametrize("ending", ["raise RuntimeError('an error that keeps the loader in its traceback')",
-                                    "import os, signal; os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C"])
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "raise RuntimeError('an error that keeps the loader in its traceback')",
+        "import os, signal; os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C",
+    ],
+)
 @pytest.mark.parametrize("persistent", [True, False])
 def test_a_process_ended_by_an_error_or_ctrl_c_does_not_wait_forever_for_its_loader_worker(ending, persistent):
     # multiprocessing's exit hook SIGTERMs a daemon worker and then waits for it: with a worker that
@@ -252,9 +334,9 @@ def test_a_process_ended_by_an_error_or_ctrl_c_does_not_wait_forever_for_its_loa
     # a loader); close_loader's exit hook ends the workers first
     script = WORKER_SCRIPT.format(root=ROOT, ending=ending, persistent=persistent)
     try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                              start_new_session=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, start_new_session=True
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the process did not exit: its DataLoader worker was never ended")
     assert done.returncode != 0 and ("RuntimeError" in done.stderr or "KeyboardInterrupt" in done.stderr), done.stderr
-

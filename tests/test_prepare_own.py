@@ -2,6 +2,7 @@
 `--dataset path/to/description.json` across the scripts: the layout against the generated inputs,
 the split rules, each bad input (one message naming the file and row, nothing written), and the
 whole pipeline from the builder to evaluate.py on a few generated images."""
+
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from mini_data import CAT, OWN_SIZE, make_own_inputs
 from PIL import Image
 
 import convert_seed_to_pseudo_masks
@@ -22,15 +24,23 @@ from core.errors import DatasetError, UsageError
 from core.io import read_json
 from tools.builders import prepare_own
 from tools.builders.build_steps import PrepareError
-from mini_data import CAT, OWN_SIZE, make_own_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = OWN_SIZE
 
 
 def build(tmp_path, *extra, out="Mine"):
-    argv = ["--images", str(tmp_path / "images"), "--tags", str(tmp_path / "tags.csv"),
-            "--out", str(tmp_path / out), "--num_workers", "0", *extra]
+    argv = [
+        "--images",
+        str(tmp_path / "images"),
+        "--tags",
+        str(tmp_path / "tags.csv"),
+        "--out",
+        str(tmp_path / out),
+        "--num_workers",
+        "0",
+        *extra,
+    ]
     return prepare_own.main(prepare_own.get_args_parser().parse_args(argv))
 
 
@@ -82,16 +92,33 @@ def test_layout_holds_the_inputs(tmp_path, inputs, capsys):
 
 def test_fraction_split_is_seeded_and_lists_are_followed(tmp_path, inputs):
     first = build(tmp_path, "--val_fraction", "0.3", "--seed", "1", out="a")
-    again = build(tmp_path, "--val_fraction", "0.3", "--seed", "1", out="b")
+    build(tmp_path, "--val_fraction", "0.3", "--seed", "1", out="b")  # the same seed again
     val = lambda out: sorted(os.listdir(tmp_path / out / "validation" / "image"))  # noqa: E731
     assert first["splits"] == {"train": 7, "validation": 3} and val("a") == val("b")
-    assert len({tuple(val("a"))} | {tuple(val(o)) for o in ("c", "d", "e") if build(
-        tmp_path, "--val_fraction", "0.3", "--seed", str(ord(o)), out=o)}) > 1  # other seeds, other draws
+    assert (
+        len(
+            {tuple(val("a"))}
+            | {
+                tuple(val(o))
+                for o in ("c", "d", "e")
+                if build(tmp_path, "--val_fraction", "0.3", "--seed", str(ord(o)), out=o)
+            }
+        )
+        > 1
+    )  # other seeds, other draws
 
     (tmp_path / "train.txt").write_text("im0\nim1\nim2\nim3\n")
     (tmp_path / "val.txt").write_text("im8\nim9\n")
-    result = build(tmp_path, "--train_list", str(tmp_path / "train.txt"), "--val_list", str(tmp_path / "val.txt"),
-                   "--classes", "dog,cat", out="lists")
+    result = build(
+        tmp_path,
+        "--train_list",
+        str(tmp_path / "train.txt"),
+        "--val_list",
+        str(tmp_path / "val.txt"),
+        "--classes",
+        "dog,cat",
+        out="lists",
+    )
     assert result["splits"] == {"train": 4, "validation": 2} and val("lists") == ["im8.jpg", "im9.jpg"]
     assert DatasetInfo(result["description"]).class_names == ["background", "dog", "cat"]  # --classes order
 
@@ -101,8 +128,9 @@ def test_fraction_split_is_seeded_and_lists_are_followed(tmp_path, inputs):
 
 def test_json_tags_and_a_class_file(tmp_path, inputs):
     _, tags = inputs
-    (tmp_path / "tags.json").write_text(json.dumps({i: ";".join(t) if n % 2 else t
-                                                    for n, (i, t) in enumerate(tags.items())}))
+    (tmp_path / "tags.json").write_text(
+        json.dumps({i: ";".join(t) if n % 2 else t for n, (i, t) in enumerate(tags.items())})
+    )
     (tmp_path / "classes.txt").write_text("dog\ncat\n")
     result = build(tmp_path, "--tags", str(tmp_path / "tags.json"), "--classes", str(tmp_path / "classes.txt"))
     info = DatasetInfo(result["description"])
@@ -149,7 +177,7 @@ def test_duplicate_id(tmp_path, inputs):
 def test_unreadable_or_16_bit_image(tmp_path, inputs):
     path = tmp_path / "images" / "im4.jpg"
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])  # header intact, pixels cut
+    path.write_bytes(data[: len(data) // 2])  # header intact, pixels cut
     assert refused(tmp_path).startswith(f"{path}: ")
     path.write_bytes(b"not an image")
     assert refused(tmp_path).startswith(f"{path}: unreadable image")
@@ -198,13 +226,29 @@ def test_usage_errors(tmp_path, inputs):
 
 
 def test_command_line_prints_one_error_line(tmp_path, inputs):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "builders", "prepare_own.py"),
-                           "--images", str(tmp_path / "images"), "--tags", str(tmp_path / "tags.csv"),
-                           "--classes", "cat", "--out", str(tmp_path / "Mine"), "--num_workers", "0"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "builders", "prepare_own.py"),
+            "--images",
+            str(tmp_path / "images"),
+            "--tags",
+            str(tmp_path / "tags.csv"),
+            "--classes",
+            "cat",
+            "--out",
+            str(tmp_path / "Mine"),
+            "--num_workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and only_inputs_left(tmp_path)
-    assert proc.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'tags.csv'} row 2: tag 'dog' is not in the "
-                                                    "class list --classes (1 classes: cat)")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'tags.csv'} row 2: tag 'dog' is not in the class list --classes (1 classes: cat)"
+    )
 
 
 # --- --dataset accepts a description's path -----------------------------------------------------
@@ -215,8 +259,16 @@ def test_dataset_argument_takes_a_path_or_a_name(tmp_path):
     with pytest.raises(DatasetError, match="dataset description not found"):
         load_dataset_info(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"class_names": ["background", "a"], "class_dict": {"background": 0, "a": 2},
-                               "color_dict": {"background": [0, 0, 0], "a": [1, 2, 3]}, "num_classes": 2}))
+    bad.write_text(
+        json.dumps(
+            {
+                "class_names": ["background", "a"],
+                "class_dict": {"background": 0, "a": 2},
+                "color_dict": {"background": [0, 0, 0], "a": [1, 2, 3]},
+                "num_classes": 2,
+            }
+        )
+    )
     with pytest.raises(DatasetError, match="class_dict does not map"):
         load_dataset_info(str(bad))
     bad.write_text(json.dumps({"class_names": ["background", "a"], "num_classes": 2}))
@@ -242,8 +294,9 @@ def direct_miou(pred_dir, gt_dir, ids, num_classes=3):
         pred = np.array(Image.open(pred_dir / f"{image_id}.png")).astype(np.int64)
         gt = np.array(Image.open(gt_dir / f"{image_id}.png")).astype(np.int64)
         valid = gt != 255
-        confusion += np.bincount(gt[valid] * num_classes + pred[valid], minlength=num_classes ** 2).reshape(
-            num_classes, num_classes)
+        confusion += np.bincount(gt[valid] * num_classes + pred[valid], minlength=num_classes**2).reshape(
+            num_classes, num_classes
+        )
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp
     return 100.0 * np.mean(tp[union > 0] / union[union > 0])
@@ -254,11 +307,27 @@ def test_pipeline_from_the_builder_to_evaluation(tmp_path, inputs, monkeypatch):
     built = build(tmp_path, "--masks", str(tmp_path / "masks"), "--val_fraction", "0.2")
     root, dataset, exp = str(tmp_path / "Mine"), built["description"], str(tmp_path / "exp")
     common = ["--root_dir", root, "--dataset", dataset, "--pred_dir", exp, "--gpus", "cpu", "--num_workers", "0"]
-    tiny = ["--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
-            "--max_image_size", "48", "--batch_size", "4", "--max_epoch", "2"]
+    tiny = [
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "48",
+        "--batch_size",
+        "4",
+        "--max_epoch",
+        "2",
+    ]
 
-    trained = run(train_rsepm, common + tiny + ["--rs_start", "1", "--mix_start", "2", "--pamr_iterations", "1",
-                                                "--pamr_dilations", "1"])
+    trained = run(
+        train_rsepm,
+        common + tiny + ["--rs_start", "1", "--mix_start", "2", "--pamr_iterations", "1", "--pamr_dilations", "1"],
+    )
     tag = trained["tag"]
     train_ids = SeedLayout(root, "train", DatasetInfo(dataset)).ids
     tagged = sum(1 for i in train_ids if inputs[1][i])  # untagged images are skipped by the training
@@ -273,12 +342,14 @@ def test_pipeline_from_the_builder_to_evaluation(tmp_path, inputs, monkeypatch):
     val_ids = SeedLayout(root, "validation", DatasetInfo(dataset)).ids
     result = run(evaluate, common + ["--domain", "validation", "--tag", tag, "--folder", "pseudo-labels"])
     assert result["num_images"] == 2
-    assert result["mIoU"] == pytest.approx(direct_miou(masks / "validation", tmp_path / "Mine" / "validation" / "mask",
-                                                       val_ids), abs=1e-6)
+    assert result["mIoU"] == pytest.approx(
+        direct_miou(masks / "validation", tmp_path / "Mine" / "validation" / "mask", val_ids), abs=1e-6
+    )
 
     seg = run(train_seg, common + tiny + ["--label_tag", tag, "--max_epoch", "1"])
     assert "@Mine@" in seg["tag"]
-    run(infer_seg, common + ["--domain", "validation", "--tag", seg["tag"], "--backbone", "resnet18",
-                             "--scales", "1.0"])
+    run(
+        infer_seg, common + ["--domain", "validation", "--tag", seg["tag"], "--backbone", "resnet18", "--scales", "1.0"]
+    )
     scored = run(evaluate, common + ["--domain", "validation", "--tag", seg["tag"], "--folder", "predictions"])
     assert scored["num_images"] == 2 and 0.0 <= scored["mIoU"] <= 100.0

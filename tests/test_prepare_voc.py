@@ -1,16 +1,17 @@
 """tools/builders/prepare_voc.py on tiny fixtures in the official VOC 2012 / SBD layouts."""
+
 import os
 
 import numpy as np
 import pytest
 import scipy.io
+from mini_data import sixteen_bit, write_jpeg
 from PIL import Image
 
 from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from tools.args import cli
 from tools.builders.build_steps import PrepareError
 from tools.builders.prepare_voc import build_item, build_split, get_args_parser, main
-from mini_data import sixteen_bit, write_jpeg
 
 INFO = DatasetInfo("VOC")
 # id -> (height, width, classes); the classes drawn in the mask and listed in the xml
@@ -38,9 +39,9 @@ def voc_colormap(n):
 def class_mask(height, width, classes, borders=True):
     """Two rectangles of the given classes; VOC-like 255 borders where labels change."""
     mask = np.zeros((height, width), np.uint8)
-    mask[3:height // 2 + 2, 4:width // 2 + 3] = classes[0]
+    mask[3 : height // 2 + 2, 4 : width // 2 + 3] = classes[0]
     if len(classes) > 1:
-        mask[height // 2 + 4:height - 3, width // 2 + 5:width - 2] = classes[1]
+        mask[height // 2 + 4 : height - 3, width // 2 + 5 : width - 2] = classes[1]
     if borders:
         edge = np.zeros(mask.shape, bool)
         edge[:-1] |= mask[:-1] != mask[1:]
@@ -69,11 +70,15 @@ def write_voc_xml(path, image_id, height, width, classes):
     objects = "".join(
         f"<object><name>{INFO.class_names[c]}</name><difficult>0</difficult>"
         f"<bndbox><xmin>{2 + k}</xmin><ymin>3</ymin><xmax>{width - 1}</xmax><ymax>{height - 2}</ymax></bndbox>"
-        f"</object>" for k, c in enumerate(classes))
+        f"</object>"
+        for k, c in enumerate(classes)
+    )
     with open(path, "w") as f:
-        f.write(f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename>"
-                f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
-                f"{objects}</annotation>")
+        f.write(
+            f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename>"
+            f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+            f"{objects}</annotation>"
+        )
 
 
 def write_list(path, ids):
@@ -90,8 +95,9 @@ def write_sbd_mat(path, segmentation):
     for k in range(20):
         boundaries[k, 0] = scipy.sparse.csc_matrix(segmentation == k + 1, dtype=bool)
     present = np.unique(segmentation[(segmentation > 0) & (segmentation < 255)]).astype(np.uint8).reshape(-1, 1)
-    scipy.io.savemat(path, {"GTcls": {"Boundaries": boundaries, "Segmentation": segmentation,
-                                      "CategoriesPresent": present}})
+    scipy.io.savemat(
+        path, {"GTcls": {"Boundaries": boundaries, "Segmentation": segmentation, "CategoriesPresent": present}}
+    )
 
 
 # Deliberately not the VOC colours: a reader that maps colours to classes gets it wrong.
@@ -129,8 +135,15 @@ def voc(tmp_path):
     for seed, (image_id, (h, w)) in enumerate(TEST.items()):
         write_jpeg(str(test / "JPEGImages" / f"{image_id}.jpg"), h, w, 100 + seed, quality=90)
     write_list(str(test / "ImageSets" / "Segmentation" / "test.txt"), list(TEST))
-    return {"root": tmp_path, "devkit": devkit, "aug": tmp_path / "sbd_aug", "sbd": tmp_path / "benchmark_RELEASE",
-            "test": tmp_path / "VOC2012test", "out": tmp_path / "VOC2012", "expected": expected}
+    return {
+        "root": tmp_path,
+        "devkit": devkit,
+        "aug": tmp_path / "sbd_aug",
+        "sbd": tmp_path / "benchmark_RELEASE",
+        "test": tmp_path / "VOC2012test",
+        "out": tmp_path / "VOC2012",
+        "expected": expected,
+    }
 
 
 def argv(voc, *extra, sbd="aug", test=True):
@@ -162,7 +175,7 @@ def check_split(out, split, ids, expected_masks, tags):
     for image_id in ids:
         indices, palette = read_png_indices(split_dir / "mask" / f"{image_id}.png")
         np.testing.assert_array_equal(indices, expected_masks[image_id], err_msg=f"{split}/{image_id}")
-        assert [tuple(palette[3 * i:3 * i + 3]) for i in range(21)] == voc_colormap(21)
+        assert [tuple(palette[3 * i : 3 * i + 3]) for i in range(21)] == voc_colormap(21)
         assert layout.read_image(image_id).shape[:2] == indices.shape
         assert layout.read_tags(image_id) == tags[image_id]
 
@@ -192,13 +205,19 @@ def test_builds_seed_layout_from_segmentation_class_aug(voc, capsys):
 def test_train_aug_list_file_is_used_when_present(voc):
     # DeepLab-style pair list, as distributed with SegmentationClassAug
     with open(voc["aug"] / "train_aug.txt", "w") as f:
-        f.write("/JPEGImages/2008_000003.jpg /SegmentationClassAug/2008_000003.png\n"
-                "/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n")
+        f.write(
+            "/JPEGImages/2008_000003.jpg /SegmentationClassAug/2008_000003.png\n"
+            "/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
+        )
     assert main(get_args_parser().parse_args(argv(voc, test=False)))
     exp = voc["expected"]
-    check_split(voc["out"], "train_aug", ["2008_000003", "2007_000039"],
-                {"2008_000003": exp["aug"]["2008_000003"], "2007_000039": exp["voc"]["2007_000039"]},
-                {"2008_000003": [13], "2007_000039": [20]})
+    check_split(
+        voc["out"],
+        "train_aug",
+        ["2008_000003", "2007_000039"],
+        {"2008_000003": exp["aug"]["2008_000003"], "2007_000039": exp["voc"]["2007_000039"]},
+        {"2008_000003": [13], "2007_000039": [20]},
+    )
     assert not os.path.exists(voc["out"] / "test")
 
 
@@ -218,13 +237,17 @@ def test_sbd_image_missing_from_voc_falls_back_to_sbd_img(voc):
     os.makedirs(voc["sbd"] / "dataset" / "img")
     os.replace(src, voc["sbd"] / "dataset" / "img" / "2008_000003.jpg")
     assert main(get_args_parser().parse_args(argv(voc, sbd="sbd", test=False)))
-    assert (voc["out"] / "train_aug" / "image" / "2008_000003.jpg").read_bytes() == \
-        (voc["sbd"] / "dataset" / "img" / "2008_000003.jpg").read_bytes()
+    assert (voc["out"] / "train_aug" / "image" / "2008_000003.jpg").read_bytes() == (
+        voc["sbd"] / "dataset" / "img" / "2008_000003.jpg"
+    ).read_bytes()
 
 
 def snapshot(folder):
-    return {os.path.join(d, f): (os.stat(os.path.join(d, f)).st_mtime_ns, open(os.path.join(d, f), "rb").read())
-            for d, _, names in os.walk(folder) for f in names}
+    return {
+        os.path.join(d, f): (os.stat(os.path.join(d, f)).st_mtime_ns, open(os.path.join(d, f), "rb").read())
+        for d, _, names in os.walk(folder)
+        for f in names
+    }
 
 
 def test_second_run_writes_nothing_and_changes_nothing(voc):
@@ -239,7 +262,8 @@ def test_second_run_writes_nothing_and_changes_nothing(voc):
     os.remove(voc["out"] / "validation" / "mask" / "2007_000068.png")
     third = main(get_args_parser().parse_args(argv(voc)))
     assert third["validation"]["written"] == 1 and snapshot(voc["out"]) == before | {
-        k: v for k, v in snapshot(voc["out"]).items() if k.endswith("2007_000068.png")}
+        k: v for k, v in snapshot(voc["out"]).items() if k.endswith("2007_000068.png")
+    }
 
 
 def test_link_modes(voc):
@@ -251,7 +275,11 @@ def test_link_modes(voc):
     assert os.stat(xml).st_ino == os.stat(voc["devkit"] / "Annotations" / "2008_000002.xml").st_ino
 
     out = voc["root"] / "linked"
-    assert main(get_args_parser().parse_args(argv(voc, "--link", "symlink", "--out", str(out), "--num_workers", "2", test=False)))
+    assert main(
+        get_args_parser().parse_args(
+            argv(voc, "--link", "symlink", "--out", str(out), "--num_workers", "2", test=False)
+        )
+    )
     dst = out / "validation" / "image" / "2007_000063.jpg"
     assert os.path.islink(dst)
     assert os.path.realpath(dst) == os.path.realpath(voc["devkit"] / "JPEGImages" / "2007_000063.jpg")
@@ -296,8 +324,9 @@ def test_unexpected_mask_value_is_an_error(voc):
 
 
 def test_mask_of_wrong_size_fails_verification(voc):
-    write_palette_png(str(voc["devkit"] / "SegmentationClass" / "2007_000063.png"),
-                      np.zeros((10, 12), np.uint8), SCRAMBLED)
+    write_palette_png(
+        str(voc["devkit"] / "SegmentationClass" / "2007_000063.png"), np.zeros((10, 12), np.uint8), SCRAMBLED
+    )
     expect_error(argv(voc), "2007_000063.png", "differs from its image")
 
 

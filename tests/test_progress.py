@@ -1,5 +1,6 @@
 """core/progress.py: a tqdm bar on a terminal, separate plain lines when stderr is a file, and a
 real program (tools/toy/pretrain_toy.py) writing countable progress lines into a log file."""
+
 import io
 import os
 import re
@@ -35,6 +36,7 @@ class Terminal(io.StringIO):
 
 def test_a_file_gets_a_line_progress_and_a_terminal_a_tqdm_bar():
     from tqdm import tqdm
+
     assert isinstance(progress(total=3, file=io.StringIO()), LineProgress)
     bar = progress(total=3, file=Terminal())
     assert isinstance(bar, tqdm)
@@ -53,8 +55,10 @@ def test_lines_are_separate_at_most_one_per_interval_and_one_at_the_end(clock):
         bar.update(1)  # 5 s after the last line: none
     assert "\r" not in out.getvalue() and out.getvalue().endswith("\n")
     lines = out.getvalue().splitlines()
-    assert lines == ["pretrain_toy: 120/400 (30%) 1.2 it/s, elapsed 1m40s, eta 3m53s",
-                     "pretrain_toy: 121/400 (30%) 1.2 it/s, elapsed 1m45s, loss=0.412, ep=1"]
+    assert lines == [
+        "pretrain_toy: 120/400 (30%) 1.2 it/s, elapsed 1m40s, eta 3m53s",
+        "pretrain_toy: 121/400 (30%) 1.2 it/s, elapsed 1m45s, loss=0.412, ep=1",
+    ]
     assert bar.n == 121 and bar.total == 400
 
 
@@ -139,10 +143,35 @@ def test_pretrain_toy_writes_progress_lines_into_a_log_file(toy_dataset, tmp_pat
     env = dict(os.environ, RSEPM_PROGRESS_INTERVAL="0", OMP_NUM_THREADS="1")
     with open(log, "w") as stderr:
         result = subprocess.run(
-            [sys.executable, os.path.join("tools", "toy", "pretrain_toy.py"), "--root_dir", root,
-             "--out", str(tmp_path / "w.pth"), "--max_epoch", "1", "--batch_size", "4", "--crop_size", "48",
-             "--min_image_size", "48", "--max_image_size", "56", "--num_workers", "0", "--seed", "3"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120)
+            [
+                sys.executable,
+                os.path.join("tools", "toy", "pretrain_toy.py"),
+                "--root_dir",
+                root,
+                "--out",
+                str(tmp_path / "w.pth"),
+                "--max_epoch",
+                "1",
+                "--batch_size",
+                "4",
+                "--crop_size",
+                "48",
+                "--min_image_size",
+                "48",
+                "--max_image_size",
+                "56",
+                "--num_workers",
+                "0",
+                "--seed",
+                "3",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=120,
+        )
     text = log.read_text()
     assert result.returncode == 0, text[-3000:]
     assert "\r" not in text

@@ -1,13 +1,22 @@
 """Pairs, path affinities and the random walk against brute-force loops over pixel pairs."""
+
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from core.randomwalk import (PairGrid, dense_affinity, direction_path, pair_directions,
-                             random_walk, random_walk_labels, scores_to_stride, sparse_affinity,
-                             transition_matrix)
+from core.randomwalk import (
+    PairGrid,
+    dense_affinity,
+    direction_path,
+    pair_directions,
+    random_walk,
+    random_walk_labels,
+    scores_to_stride,
+    sparse_affinity,
+    transition_matrix,
+)
 
 
 def brute_path(p, q):
@@ -33,7 +42,7 @@ def brute_affinity(edge, radius):
         dist_sq = (py - qy) ** 2 + (px - qx) ** 2
         if i == j:
             aff[i, j] = 1.0
-        elif dist_sq < radius ** 2:
+        elif dist_sq < radius**2:
             aff[i, j] = 1 - max(edge[y, x] for y, x in brute_path((py, px), (qy, qx)))
     return aff
 
@@ -44,13 +53,17 @@ def brute_walk(scores, edge, radius, beta, exp_times):
     a = brute_affinity(edge, radius) ** beta
     t = a / a.sum(axis=0, keepdims=True)
     x = (scores * (1 - edge)).reshape(k, h * w)
-    return (x @ np.linalg.matrix_power(t, 2 ** exp_times)).reshape(k, h, w)
+    return (x @ np.linalg.matrix_power(t, 2**exp_times)).reshape(k, h, w)
 
 
 def test_directions_are_the_half_disc():
     for radius in (2, 3, 5, 10):
-        expected = {(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-                    if 0 < dy * dy + dx * dx < radius * radius and (dy > 0 or (dy == 0 and dx > 0))}
+        expected = {
+            (dy, dx)
+            for dy in range(-radius, radius + 1)
+            for dx in range(-radius, radius + 1)
+            if 0 < dy * dy + dx * dx < radius * radius and (dy > 0 or (dy == 0 and dx > 0))
+        }
         got = [tuple(d) for d in pair_directions(radius)]
         assert len(got) == len(expected) and set(got) == expected
     assert len(pair_directions(5)) == 34 and len(pair_directions(10)) == 152
@@ -63,8 +76,7 @@ def test_paths_by_hand():
     # (1, 2): |x - 2 y| / sqrt(5) < 1 holds for the whole 2x3 box
     assert len(direction_path(1, 2)) == 6
     # (2, 3): |2 x - 3 y| / sqrt(13) < 1, i.e. |2 x - 3 y| <= 3: drops (0, 2), (0, 3), (2, 0), (2, 1)
-    assert sorted(direction_path(2, 3).tolist()) == [[0, 0], [0, 1], [1, 0], [1, 1], [1, 2], [1, 3],
-                                                     [2, 2], [2, 3]]
+    assert sorted(direction_path(2, 3).tolist()) == [[0, 0], [0, 1], [1, 0], [1, 1], [1, 2], [1, 3], [2, 2], [2, 3]]
     for dy, dx in pair_directions(5):
         assert sorted(map(tuple, direction_path(dy, dx).tolist())) == brute_path((0, 0), (dy, dx))
 
@@ -143,8 +155,9 @@ def test_sparse_affinity_lists_each_pair_once():
     edge = torch.rand(4, 6)
     src, dst, _ = sparse_affinity(edge, 3)
     pairs = {(int(a), int(b)) for a, b in zip(src, dst)}
-    expected = {(i, j) for i in range(24) for j in range(i + 1, 24)
-                if (i // 6 - j // 6) ** 2 + (i % 6 - j % 6) ** 2 < 9}
+    expected = {
+        (i, j) for i in range(24) for j in range(i + 1, 24) if (i // 6 - j // 6) ** 2 + (i % 6 - j % 6) ** 2 < 9
+    }
     assert len(pairs) == len(src) and pairs == expected
 
 
@@ -181,8 +194,9 @@ def test_tiny_maps_and_tensor_keys():
     for h, w in [(1, 1), (2, 3), (3, 1)]:
         edge = torch.rand(h, w, dtype=torch.float64) * 0.5
         scores = torch.rand(1, h, w, dtype=torch.float64)
-        np.testing.assert_allclose(random_walk(scores, edge, 5, 10, 2).numpy(),
-                                   brute_walk(scores.numpy(), edge.numpy(), 5, 10, 2), rtol=1e-9)
+        np.testing.assert_allclose(
+            random_walk(scores, edge, 5, 10, 2).numpy(), brute_walk(scores.numpy(), edge.numpy(), 5, 10, 2), rtol=1e-9
+        )
     seed = torch.zeros(2, 8, 8)
     seed[1, :4] = 1
     labels = random_walk_labels(seed, torch.tensor([2, 5]), torch.zeros(2, 2))

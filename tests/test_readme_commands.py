@@ -6,9 +6,9 @@ directory), and each command runs as a subprocess with the repository's python. 
 random, so only the files, their formats and the exit statuses are checked, plus the evaluation
 JSON against a direct computation from the written masks.
 """
+
 import json
 import os
-import pickle
 import runpy
 import shlex
 import subprocess
@@ -17,20 +17,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mini_data import make_own_inputs, make_split
 from PIL import Image
 
-from core.weights import save_weights
 from core.dataset_layout import load_dataset_info
 from core.networks import RSEPM, DeepLabV3Plus
-from mini_data import make_own_inputs, make_split
+from core.weights import save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_TAG = "ResNet50@VOC@RS+EPM@Official"
 MULTI_TAG = "ResNet101@VOC@RS+EPM@MS@Official"
 # Verbatim from the original README (docs/formats.md#command-line).
 README = [
-    r'''python3 infer_rsepm.py --gpus 2 --root_dir ../VOC2012/ --dataset VOC --domain validation \
-  --backbone resnet50 --tag "ResNet50@VOC@RS+EPM@Official" --conf_th 0.34''',
+    r"""python3 infer_rsepm.py --gpus 2 --root_dir ../VOC2012/ --dataset VOC --domain validation \
+  --backbone resnet50 --tag "ResNet50@VOC@RS+EPM@Official" --conf_th 0.34""",
     r'''python3 convert_seed_to_pseudo_masks.py --gpus 0 --root_dir ../VOC2012/ --dataset VOC \
   --domain validation --folder predictions --tag "ResNet50@VOC@RS+EPM@Official"''',
     r'''python3 evaluate.py --root_dir ../VOC2012/ --domain validation --folder pseudo-labels \
@@ -59,17 +59,19 @@ def boxes(info, rng, objects_of, void_border=False):
     """make_split's images: grey noise with a box of one colour per object, the mask of the boxes
     (their top row void when `void_border`, as in VOC) and their xml. objects_of(k, image_id) ->
     [(class name, x0, y0, x1, y1 inclusive, 0-based)]."""
+
     def draw(k, image_id):
         objects = objects_of(k, image_id)
         image = rng.integers(90, 140, (HEIGHT, WIDTH, 3)).astype(np.uint8)
         mask = np.zeros((HEIGHT, WIDTH), np.uint8)
         for name, x0, y0, x1, y1 in objects:
-            image[y0:y1 + 1, x0:x1 + 1] = rng.integers(0, 256, 3)
-            mask[y0:y1 + 1, x0:x1 + 1] = info.class_dict[name]
+            image[y0 : y1 + 1, x0 : x1 + 1] = rng.integers(0, 256, 3)
+            mask[y0 : y1 + 1, x0 : x1 + 1] = info.class_dict[name]
             if void_border:
-                mask[y0, x0:x1 + 1] = 255
+                mask[y0, x0 : x1 + 1] = 255
         # VOC boxes are 1-based
         return image, mask, [(name, (x0 + 1, y0 + 1, x1 + 1, y1 + 1), 0) for name, x0, y0, x1, y1 in objects]
+
     return draw
 
 
@@ -78,12 +80,19 @@ def voc(tmp_path, monkeypatch):
     """tmp_path/VOC2012 in the seed layout (validation only) and tmp_path/experiments/models with
     random weights under the two official tags; the working directory is tmp_path."""
     info = load_dataset_info("VOC")
-    make_split(str(tmp_path / "VOC2012"), "validation", list(IMAGES), info=info,
-               draw=boxes(info, np.random.default_rng(0), lambda k, image_id: IMAGES[image_id], void_border=True))
+    make_split(
+        str(tmp_path / "VOC2012"),
+        "validation",
+        list(IMAGES),
+        info=info,
+        draw=boxes(info, np.random.default_rng(0), lambda k, image_id: IMAGES[image_id], void_border=True),
+    )
     torch.manual_seed(0)
     save_weights(RSEPM("resnet50", num_classes=21), tmp_path / "experiments" / "models" / SINGLE_TAG / "last.pth")
-    save_weights(DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
-                 tmp_path / "experiments" / "models" / MULTI_TAG / "last.pth")
+    save_weights(
+        DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
+        tmp_path / "experiments" / "models" / MULTI_TAG / "last.pth",
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -99,6 +108,7 @@ def read_pickle(path):
     """A seed file of this test's own run, in the format the README's command wrote (uint8 by
     default: core.io.load_seed rebuilds the float32 planes)."""
     from core.io import load_seed
+
     return load_seed(path)
 
 
@@ -109,8 +119,9 @@ def direct_miou(pred_dir, gt_dir, num_classes=21):
         pred = np.array(Image.open(pred_dir / f"{image_id}.png"))
         gt = np.array(Image.open(gt_dir / f"{image_id}.png"))
         valid = gt != 255
-        confusion += np.bincount(gt[valid].astype(np.int64) * num_classes + pred[valid],
-                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
+        confusion += np.bincount(
+            gt[valid].astype(np.int64) * num_classes + pred[valid], minlength=num_classes**2
+        ).reshape(num_classes, num_classes)
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp
     return 100.0 * np.mean(tp[union > 0] / union[union > 0])
@@ -160,8 +171,22 @@ def test_readme_commands_run_unchanged(voc):
 # Small settings appended after the README's flags (argparse keeps the last value), so the real
 # command lines run with their own flags on CPU in seconds.
 SMALL = {
-    "train_rsepm.py": ["--max_epoch", "1", "--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2",
-                       "--pamr_dilations", "1,2", "--min_image_size", "32", "--max_image_size", "64"],
+    "train_rsepm.py": [
+        "--max_epoch",
+        "1",
+        "--rs_start",
+        "1",
+        "--mix_start",
+        "1",
+        "--pamr_iterations",
+        "2",
+        "--pamr_dilations",
+        "1,2",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "64",
+    ],
     "train_seg.py": ["--max_epoch", "1", "--min_image_size", "32", "--max_image_size", "64"],
     "train_affinity.py": ["--max_epoch", "1", "--rw_radius", "3"],
 }
@@ -196,7 +221,7 @@ def script_argv(command, roots, variables=None):
         command = command.replace("$" + name, value)
     tokens = shlex.split(command)
     if tokens[0] == "torchrun":
-        tokens = tokens[tokens.index("--nproc_per_node") + 2:]
+        tokens = tokens[tokens.index("--nproc_per_node") + 2 :]
     elif tokens[0] in ("python", "python3"):
         tokens = tokens[1:]
     if "--root_dir" in tokens:
@@ -233,22 +258,36 @@ def miniature_split(folder, info, count, seed, masks=True):
     def objects_of(k, image_id):
         return [(names[(k + j) % len(names)], 4 + 30 * j, 6, 25 + 30 * j, 40) for j in range(1 + k % 2)]
 
-    make_split(str(folder.parent), folder.name, [f"{seed:04d}_{k:06d}" for k in range(count)], masks, masks,
-               info=info, draw=boxes(info, np.random.default_rng(seed), objects_of))
+    make_split(
+        str(folder.parent),
+        folder.name,
+        [f"{seed:04d}_{k:06d}" for k in range(count)],
+        masks,
+        masks,
+        info=info,
+        draw=boxes(info, np.random.default_rng(seed), objects_of),
+    )
 
 
 @pytest.fixture
 def miniature(tmp_path, monkeypatch):
     """VOC2012 (train, train_aug, validation, test) and COCO2014 (train, validation) in the seed
     layout, random weights under the official tags, the working directory tmp_path."""
-    splits = {"VOC2012": ("VOC", ["train", "train_aug", "validation", "test"]),
-              "COCO2014": ("COCO", ["train", "validation"])}
+    splits = {
+        "VOC2012": ("VOC", ["train", "train_aug", "validation", "test"]),
+        "COCO2014": ("COCO", ["train", "validation"]),
+    }
     for seed, (name, (dataset, domains)) in enumerate(splits.items()):
         info = load_dataset_info(dataset)
         for k, domain in enumerate(domains):
             # VOC's train is a subset of train_aug (both write into the train folders): same ids
-            miniature_split(tmp_path / name / domain, info, 4, 10 * seed + (k if domain != "train_aug" else 0),
-                            masks=domain != "test")
+            miniature_split(
+                tmp_path / name / domain,
+                info,
+                4,
+                10 * seed + (k if domain != "train_aug" else 0),
+                masks=domain != "test",
+            )
     # the working directory tmp_path/work holds the own-data block's folder of images, tag CSV
     # and masks (its ../MyData/ is tmp_path/MyData) and ./experiments/
     work = tmp_path / "work"
@@ -256,8 +295,10 @@ def miniature(tmp_path, monkeypatch):
     os.rename(work / "images", work / "photos")
     torch.manual_seed(0)
     save_weights(RSEPM("resnet50", num_classes=21), work / "experiments" / "models" / SINGLE_TAG / "last.pth")
-    save_weights(DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
-                 work / "experiments" / "models" / MULTI_TAG / "last.pth")
+    save_weights(
+        DeepLabV3Plus("resnet101", num_classes=21, output_stride=8),
+        work / "experiments" / "models" / MULTI_TAG / "last.pth",
+    )
     monkeypatch.chdir(work)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     return {**{name: tmp_path / name for name in splits}, "MyData": tmp_path / "MyData"}
@@ -298,18 +339,29 @@ def test_readme_command_blocks_run_on_miniature_data(miniature):
                 module = runpy.run_path(os.path.join(ROOT, script))
                 module["parse_args"](argv) if "parse_args" in module else module["get_args_parser"]().parse_args(argv)
                 continue
-            argv = argv + (SMALL[script] + TRAINING_SMALL if script in SMALL else
-                           ["--num_workers", "1"] + INFERENCE_SMALL.get(script, []))
+            argv = argv + (
+                SMALL[script] + TRAINING_SMALL
+                if script in SMALL
+                else ["--num_workers", "1"] + INFERENCE_SMALL.get(script, [])
+            )
             run_script(script, argv)
             ran.append((heading, script))
     headings = {h for h, _ in ran}
-    assert {"Released weights, VOC val", "VOC single stage", "VOC multi stage", "COCO single stage",
-            "COCO multi stage", "Your own data"} <= headings
+    assert {
+        "Released weights, VOC val",
+        "VOC single stage",
+        "VOC multi stage",
+        "COCO single stage",
+        "COCO multi stage",
+        "Your own data",
+    } <= headings
     experiments = miniature["VOC2012"].parent / "work" / "experiments"
-    for folder, tag, domain in [("pseudo-labels", "ResNet101@VOC@RS+EPM@MS@rw@ours", "validation.eval.json"),
-                                ("pseudo-labels", "ResNet50@VOC@RS+EPM@ours@rw", "train.eval.json"),
-                                ("pseudo-labels", "ResNet101@COCO@RS+EPM@MS@rw@ours", "validation.eval.json"),
-                                ("pseudo-labels", "ResNet50@COCO@RS+EPM@ours", "validation.eval.json")]:
+    for folder, tag, domain in [
+        ("pseudo-labels", "ResNet101@VOC@RS+EPM@MS@rw@ours", "validation.eval.json"),
+        ("pseudo-labels", "ResNet50@VOC@RS+EPM@ours@rw", "train.eval.json"),
+        ("pseudo-labels", "ResNet101@COCO@RS+EPM@MS@rw@ours", "validation.eval.json"),
+        ("pseudo-labels", "ResNet50@COCO@RS+EPM@ours", "validation.eval.json"),
+    ]:
         result = json.loads((experiments / folder / tag / domain).read_text())
         assert result["tag"] == tag and result["num_images"] == 4
     own = json.loads((experiments / "predictions" / "MySeg" / "validation.eval.json").read_text())

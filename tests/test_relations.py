@@ -1,4 +1,5 @@
 """Relation labels from seeds, pair labels and the boundary loss on hand-worked examples."""
+
 import math
 
 import numpy as np
@@ -8,21 +9,27 @@ import torch
 from pydensecrf.utils import unary_from_labels
 
 from core.randomwalk import PairGrid
-from core.relations import (boundary_loss, foreground_planes, ir_label_from_seed, label_crf,
-                            labels_to_stride, relation_labels)
+from core.relations import (
+    boundary_loss,
+    foreground_planes,
+    ir_label_from_seed,
+    label_crf,
+    labels_to_stride,
+    relation_labels,
+)
 
 
 def test_ir_label_without_crf_by_hand():
-    seed = np.array([
-        [[0.9, 0.4, 0.2, 0.0],
-         [0.3, 0.06, 0.04, 0.0]],
-        [[0.1, 0.5, 0.1, 0.0],
-         [0.2, 0.05, 0.0, 0.31]],
-    ], dtype=np.float32)
+    seed = np.array(
+        [
+            [[0.9, 0.4, 0.2, 0.0], [0.3, 0.06, 0.04, 0.0]],
+            [[0.1, 0.5, 0.1, 0.0], [0.2, 0.05, 0.0, 0.31]],
+        ],
+        dtype=np.float32,
+    )
     got = ir_label_from_seed(seed, [4, 9], None, crf=False)
     # fg: class above 0.30 -> its id; bg: nothing above 0.05; in between (or exactly 0.30) ignored
-    expected = np.array([[4, 9, 255, 0],
-                         [255, 255, 0, 9]], dtype=np.uint8)
+    expected = np.array([[4, 9, 255, 0], [255, 255, 0, 9]], dtype=np.uint8)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.uint8
     # no foreground planes: all background
@@ -35,8 +42,8 @@ def test_ir_label_with_crf_matches_label_unary_crf():
     image[:, 16:] = (200, 40, 40)
     image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
     seed = np.zeros((1, 24, 32), np.float32)
-    seed[0, 4:20, 18:30] = 0.8        # confident object inside the red half
-    seed[0, 2:22, 14:18] = 0.2        # uncertain rim
+    seed[0, 4:20, 18:30] = 0.8  # confident object inside the red half
+    seed[0, 2:22, 14:18] = 0.2  # uncertain rim
     got = ir_label_from_seed(seed, [3], image)
 
     def irn_crf(labels):  # pydensecrf's own label unary and IRN's pairwise settings
@@ -78,9 +85,7 @@ def test_labels_to_stride_picks_cell_centres():
 
 
 def test_relation_labels_hand_counted():
-    labels = torch.tensor([[[0, 0, 1, 1, 255],
-                            [0, 0, 1, 1, 1],
-                            [2, 0, 0, 1, 1]]])
+    labels = torch.tensor([[[0, 0, 1, 1, 255], [0, 0, 1, 1, 1], [2, 0, 0, 1, 1]]])
     bg_pos, fg_pos, neg = relation_labels(labels, radius=2)
     # radius 2: directions (0,1), (1,-1), (1,0), (1,1); sources rows 0-1, columns 1-3: 24 pairs,
     # counted by hand: 4 background, 11 same-class foreground, 8 different, 1 touching 255

@@ -1,5 +1,6 @@
 """core/rsepm.py: one RS+EPM training step (docs/method.md#training-iteration) on random tensors,
 tiny ResNet-18."""
+
 import copy
 
 import pytest
@@ -122,13 +123,12 @@ def test_recurseed_adds_rec_seg_and_label_fractions(network, batch):
     assert_every_parameter_has_a_gradient(module)
 
 
-def test_recurseed_target_is_the_certain_filter_of_the_online_network_with_padding_ignored(
-        network, batch, monkeypatch):
+def test_recurseed_target_is_the_certain_filter_of_the_online_network_with_padding_ignored(network, batch, monkeypatch):
     images, tags, valid = batch
     seg_calls = spy(monkeypatch, "segmentation_loss")
     module = step_module(network, cf_fg_th=0.5, cf_bg_th=0.2)
     out = module(images, tags, valid, use_rs=True)
-    (logits, labels), = [c["args"] for c in seg_calls]
+    ((logits, labels),) = [c["args"] for c in seg_calls]
     assert labels.shape == (4, SIZE // 4, SIZE // 4) == logits.shape[:1] + logits.shape[2:]
 
     # independent recomputation: a second forward of the same network (train-mode BN uses the
@@ -154,7 +154,7 @@ def test_rec_target_is_recurseed_map(network, batch, monkeypatch):
     rec_calls = spy(monkeypatch, "reconstruction_loss")
     module = step_module(network)
     module(*batch, use_rs=True)
-    (cam, target, tags, valid), = [c["args"] for c in rec_calls]
+    ((cam, target, tags, valid),) = [c["args"] for c in rec_calls]
     assert torch.equal(valid, batch[2])  # L_rec ignores the padding too
     assert cam.requires_grad and not target.requires_grad
     assert target.shape == (4, NUM_CLASSES - 1, SIZE // 4, SIZE // 4)

@@ -1,4 +1,5 @@
 """core/scg.py: SCG as in the authors' released `SCG` class (docs/method.md#scg)."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ EPS = 1e-10  # every eps of the released class
 # ---------------------------------------------------------------- float64 brute-force reference
 # Written position by position from docs/method.md#scg, with Python loops and lists: shares no
 # code (and no matrix products) with core/scg.py.
+
 
 def _unit(v):
     return v / (np.sqrt(sum(x * x for x in v)) + EPS)
@@ -103,9 +105,7 @@ def random_case(seed, B=2, C=3, h=3, w=4, dims=(5, 3)):
 # T = [[0, 1/2, 0], [1, 0, 1], [0, 1/2, 0]]; T T = [[1/2, 0, 1/2], [0, 1, 0], [1/2, 0, 1/2]] (columns
 # already sum to 1; nothing below 0.1 / 3 except zeros). max(S1, S2) column-normalised:
 HAND_FEATURES = torch.tensor([[1.0, 0.8, 0.28], [0.0, 0.6, 0.96]]).reshape(1, 2, 1, 3)
-HAND_H = np.array([[10 / 27, 4 / 21, 1 / 3],
-                   [8 / 27, 13 / 21, 8 / 27],
-                   [1 / 3, 4 / 21, 10 / 27]])
+HAND_H = np.array([[10 / 27, 4 / 21, 1 / 3], [8 / 27, 13 / 21, 8 / 27], [1 / 3, 4 / 21, 10 / 27]])
 
 
 def test_self_correlation_hand_worked_thresholded_second_order():
@@ -133,7 +133,7 @@ def two_cluster_features(h=4, w=4, noise=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     features = torch.zeros(1, 8, h, w)
     features[0, 0, :, : w // 2] = 1.0
-    features[0, 1, :, w // 2:] = 1.0
+    features[0, 1, :, w // 2 :] = 1.0
     return (features + noise * torch.rand(features.shape, generator=g)).clamp(min=0)
 
 
@@ -153,6 +153,7 @@ def test_self_correlation_hand_worked_two_clusters():
 
 
 # ---------------------------------------------------------------- brute force on random inputs
+
 
 def test_self_correlation_matches_brute_force_on_random_features():
     features, _, _ = random_case(0)
@@ -212,13 +213,14 @@ def test_scg_sums_feature_maps_and_resizes_them_to_the_cam_grid():
     torch.testing.assert_close(scg_maps([fine, fine], cam, tags), single, atol=1e-5, rtol=0)
     # A coarse map is upsampled bilinearly (align_corners=False) before correlation.
     upsampled = F.interpolate(coarse, size=(4, 4), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(scg_maps([fine, coarse], cam, tags),
-                               scg_maps([fine, upsampled], cam, tags))
-    np.testing.assert_allclose(scg_maps([fine, coarse], cam, tags).double().numpy(),
-                               brute_scg([fine, upsampled], cam, tags), atol=1e-5)
+    torch.testing.assert_close(scg_maps([fine, coarse], cam, tags), scg_maps([fine, upsampled], cam, tags))
+    np.testing.assert_allclose(
+        scg_maps([fine, coarse], cam, tags).double().numpy(), brute_scg([fine, upsampled], cam, tags), atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- precision and padding
+
 
 def test_scg_under_cpu_bf16_autocast_equals_float32():
     features, cam, tags = random_case(4, h=6, w=6, dims=(16, 8))
@@ -247,9 +249,9 @@ def test_padded_positions_have_no_influence_on_scg():
     torch.testing.assert_close(scg_maps(noisy, noisy_cam, tags, valid=valid), out, atol=1e-6, rtol=0)
 
     for b, (rows, cols) in enumerate([(slice(0, 4), slice(0, 3)), (slice(0, 3), slice(0, 5))]):
-        part = [f[b:b + 1, :, rows, cols] for f in features]
-        expected = brute_scg(part, cam[b:b + 1, :, rows, cols], tags[b:b + 1])
-        np.testing.assert_allclose(out[b:b + 1, :, rows, cols].double().numpy(), expected, atol=1e-5)
+        part = [f[b : b + 1, :, rows, cols] for f in features]
+        expected = brute_scg(part, cam[b : b + 1, :, rows, cols], tags[b : b + 1])
+        np.testing.assert_allclose(out[b : b + 1, :, rows, cols].double().numpy(), expected, atol=1e-5)
     # without the mask the padding does change the maps (the check above can fail)
     assert (scg_maps(noisy, noisy_cam, tags) - scg_maps(features, cam, tags)).abs().max() > 0.05
 

@@ -1,5 +1,6 @@
 """tools/seeds/seed_jobs.py: the checks every conversion of seed files shares (size against the image,
 class range), and the processing order of seed_inputs."""
+
 import argparse
 import os
 
@@ -39,20 +40,34 @@ def test_read_foreground_returns_the_planes_and_refuses_misfits(toy, tmp_path):
     assert keys.tolist() == [3]
     small = str(tmp_path / "small.pkl")
     save_seed(small, [0, 1], planes[:1, :-1], "rsepm")
-    with pytest.raises(FormatError, match=rf"small.pkl: seed size {width}x{height - 1} differs from its "
-                                          rf"image {width}x{height}"):
+    with pytest.raises(
+        FormatError,
+        match=rf"small.pkl: seed size {width}x{height - 1} differs from its "
+        rf"image {width}x{height}",
+    ):
         read_foreground(small, None, layout, image_id, INFO.num_classes)
     outside = str(tmp_path / "outside.pkl")
     save_seed(outside, [0, 1, INFO.num_classes], planes, "rsepm")
-    with pytest.raises(FormatError, match=rf"outside.pkl: class indices \[1, {INFO.num_classes}\] outside "
-                                          rf"1..{INFO.num_classes - 1}"):
+    with pytest.raises(
+        FormatError,
+        match=rf"outside.pkl: class indices \[1, {INFO.num_classes}\] outside "
+        rf"1..{INFO.num_classes - 1}",
+    ):
         read_foreground(outside, None, layout, image_id, INFO.num_classes)
 
 
 def test_seed_inputs_order_and_missing_folder(toy, tmp_path):
     root, layout = toy
-    args = argparse.Namespace(root_dir=root, domain="train", single=False, reverse=False, max_image_pixels=1e8,
-                              pred_dir=str(tmp_path), folder="predictions", tag="t")
+    args = argparse.Namespace(
+        root_dir=root,
+        domain="train",
+        single=False,
+        reverse=False,
+        max_image_pixels=1e8,
+        pred_dir=str(tmp_path),
+        folder="predictions",
+        tag="t",
+    )
     with pytest.raises(MissingFileError, match="seed folder not found"):
         seed_inputs(args, INFO)
     os.makedirs(predictions_dir(str(tmp_path), "t", "train"))

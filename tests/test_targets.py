@@ -1,13 +1,22 @@
 import numpy as np
 import torch
 
-from core.targets import (certain_filter, edge_predict, mix_batch, normalize_cam, paste,
-                          random_partner, restrict_to_tags, valid_cells)
+from core.targets import (
+    certain_filter,
+    edge_predict,
+    mix_batch,
+    normalize_cam,
+    paste,
+    random_partner,
+    restrict_to_tags,
+    valid_cells,
+)
 
 IGN = 255
 
 
 # ---------------------------------------------------------------- normalize_cam
+
 
 def test_normalize_cam_hand_worked():
     cam = torch.tensor([[[[-1.0, 2.0], [4.0, 1.0]], [[3.0, -2.0], [0.0, 6.0]]]])  # (1, 2, 2, 2)
@@ -47,6 +56,7 @@ def test_valid_cells_majority_rule():
 
 # ---------------------------------------------------------------- certain_filter
 
+
 def test_certain_filter_three_regions_and_untagged_class_never_chosen():
     # Three classes; class 1 is NOT tagged and is the largest everywhere.
     probs = torch.zeros(1, 3, 1, 6)
@@ -70,6 +80,7 @@ def test_certain_filter_image_without_tags_is_background():
 
 # ---------------------------------------------------------------- restrict_to_tags
 
+
 def test_restrict_to_tags_zeroes_untagged_and_sums_to_one():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 3, 4, generator=g)
@@ -85,6 +96,7 @@ def test_restrict_to_tags_zeroes_untagged_and_sums_to_one():
 
 
 # ---------------------------------------------------------------- edge_predict
+
 
 def brute_force_edge_predict(probs, delta, conf, dilations):
     p = probs.double().numpy()
@@ -142,6 +154,7 @@ def test_edge_predict_matches_brute_force_and_never_marks_confident_pixels():
 
 
 # ---------------------------------------------------------------- mix_batch
+
 
 def make_batch():
     """Two images 8x8, labels 4x4 (stride 2 here), rs maps 4x4, C = 3 classes."""
@@ -229,6 +242,7 @@ def test_random_partner_is_a_permutation_without_fixed_points():
 
 # ---------------------------------------------------------------- precision
 
+
 def test_targets_under_cpu_bf16_autocast_equal_float32():
     g = torch.Generator().manual_seed(11)
     cam = torch.randn(2, 3, 4, 4, generator=g)
@@ -241,8 +255,13 @@ def test_targets_under_cpu_bf16_autocast_equal_float32():
 
     def run():
         probs = restrict_to_tags(logits, tags)
-        return [normalize_cam(cam, tags), certain_filter(rs, tags), probs, edge_predict(probs),
-                *mix_batch(images, labels, rs, tags, perm)]
+        return [
+            normalize_cam(cam, tags),
+            certain_filter(rs, tags),
+            probs,
+            edge_predict(probs),
+            *mix_batch(images, labels, rs, tags, perm),
+        ]
 
     expected = run()
     with torch.autocast("cpu", dtype=torch.bfloat16):

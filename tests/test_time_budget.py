@@ -1,13 +1,21 @@
 """The time budget spreads each stage as the code does, and its disk table adds up what the stages
 write (tools/gpu/time_budget.py; the FLOP counts are replaced by round numbers here)."""
+
 from types import SimpleNamespace
 
 import pytest
 
 from tools.gpu import time_budget
 
-FLOPS = {"rsepm train": 1e12, "seg train": 2e12, "affinity forward": 1e11, "rsepm infer VOC": 2e12,
-         "seg infer VOC": 5e12, "rsepm infer COCO": 3e12, "seg infer COCO": 9e12}
+FLOPS = {
+    "rsepm train": 1e12,
+    "seg train": 2e12,
+    "affinity forward": 1e11,
+    "rsepm infer VOC": 2e12,
+    "seg infer VOC": 5e12,
+    "rsepm infer COCO": 3e12,
+    "seg infer COCO": 9e12,
+}
 ARGS = SimpleNamespace(train_utilisation=0.3, infer_utilisation=0.2, scaling=0.9, cores=16)
 
 
@@ -24,8 +32,9 @@ def test_each_stage_spreads_as_the_code_spreads_it(name):
         assert one[stage] / eight[stage] == pytest.approx(expected), stage
     # by hand: RS+EPM training on one GPU = FLOPs x images x epochs / (peak x utilisation)
     d = time_budget.DATASETS[name]
-    assert one["RS+EPM training (GPU)"] == pytest.approx(1e12 * d["train"] * d["rsepm_epochs"] /
-                                                         (time_budget.PEAK * 0.3))
+    assert one["RS+EPM training (GPU)"] == pytest.approx(
+        1e12 * d["train"] * d["rsepm_epochs"] / (time_budget.PEAK * 0.3)
+    )
 
 
 def test_disk_rows_by_hand():

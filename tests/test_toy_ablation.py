@@ -6,6 +6,7 @@ main() on the same arguments in this process (a subprocess costs ~10 s of start-
 2-core machine, and a run has 14 commands). The quick-start's RS+EPM model is a random network
 saved where the quick-start leaves its weights; the trainings are shortened with --train_args.
 """
+
 import importlib
 import json
 import os
@@ -15,21 +16,23 @@ import sys
 
 import pytest
 import torch
+from helpers import run_main
 
-from core.weights import save_weights
 from core.dataset_layout import load_dataset_info
 from core.errors import MissingFileError, ProjectError
 from core.io import read_json
 from core.networks import RSEPM
-from helpers import run_main
+from core.weights import save_weights
 from tools.args import cli
 from tools.paths import REPO_ROOT, evaluation_path, model_path
 from tools.toy import ablation
 from tools.toy import toy_pipeline as tp
 
-TINY_TRAINING = ("--pretrained none --batch_size 4 --max_epoch 1 --rs_start 1 --mix_start 1 --crop_size 32 "
-                 "--min_image_size 32 --max_image_size 64 --pamr_iterations 2 --pamr_dilations 1,2 --log_interval 1 "
-                 "--gpus cpu --vis_images 0")
+TINY_TRAINING = (
+    "--pretrained none --batch_size 4 --max_epoch 1 --rs_start 1 --mix_start 1 --crop_size 32 "
+    "--min_image_size 32 --max_image_size 64 --pamr_iterations 2 --pamr_dilations 1,2 --log_interval 1 "
+    "--gpus cpu --vis_images 0"
+)
 CAM_TAG, RS_TAG = "toy@ResNet18@CAM", "toy@ResNet18@RS"
 TAGS = {"CAM only": CAM_TAG, "RS": RS_TAG, "RS+EPM": tp.RSEPM_TAG}
 
@@ -81,9 +84,23 @@ def seeds_run(toy_dataset, tmp_path_factory):
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as monkeypatch:
-            summary, commands = run(monkeypatch, ["--seeds", "0,1", "--pred_dir", str(pred) + os.sep,
-                                                  "--root_dir", root, "--threads", "1", "--num_workers", "0",
-                                                  "--train_args", TINY_TRAINING])
+            summary, commands = run(
+                monkeypatch,
+                [
+                    "--seeds",
+                    "0,1",
+                    "--pred_dir",
+                    str(pred) + os.sep,
+                    "--root_dir",
+                    root,
+                    "--threads",
+                    "1",
+                    "--num_workers",
+                    "0",
+                    "--train_args",
+                    TINY_TRAINING,
+                ],
+            )
     finally:
         torch.set_num_threads(threads)
     return root, pred, summary, commands
@@ -95,8 +112,15 @@ def rows_from_evaluations(pred_dir):
     for variant, tag in TAGS.items():
         seeds = read_json(evaluation_path(str(pred_dir), "predictions", tag + "@val-gt-tags", "validation"))
         masks = read_json(evaluation_path(str(pred_dir), "pseudo-labels", tag + "@val-gt-tags", "validation"))
-        rows.append({"variant": variant, "tag": tag + "@val-gt-tags", "seeds": seeds["mIoU"],
-                     "threshold": seeds["threshold"], "crf": masks["mIoU"]})
+        rows.append(
+            {
+                "variant": variant,
+                "tag": tag + "@val-gt-tags",
+                "seeds": seeds["mIoU"],
+                "threshold": seeds["threshold"],
+                "crf": masks["mIoU"],
+            }
+        )
     return rows
 
 
@@ -117,8 +141,12 @@ def test_rows_are_the_evaluations_and_the_trainings_have_their_flags(seeds_run):
         assert rs["rs_start"] <= rs["max_epoch"] and rs["mix"] == "none" and rs["seed"] == seed
         assert cam["root_dir"].rstrip("/") == rs["root_dir"].rstrip("/") == root.rstrip("/")
     # per seed: the two trainings, then seeds, evaluation, CRF, evaluation of each variant
-    one = ["train_rsepm.py"] * 2 + ["infer_rsepm.py", "evaluate.py", "convert_seed_to_pseudo_masks.py",
-                                    "evaluate.py"] * 3
+    one = ["train_rsepm.py"] * 2 + [
+        "infer_rsepm.py",
+        "evaluate.py",
+        "convert_seed_to_pseudo_masks.py",
+        "evaluate.py",
+    ] * 3
     assert [c[0] for c in commands] == one * 2
     assert all(c[2] == c[3] == "1" for c in commands)  # --threads 1
     sources = [c[1][c[1].index("--seed_source") + 1] for c in commands if c[0] == "infer_rsepm.py"]
@@ -150,8 +178,21 @@ def test_a_second_run_reuses_the_trained_models(seeds_run, monkeypatch):
     with open(folder / "ablation.json", encoding="utf-8") as f:
         before = json.load(f)
     stamps = {tag: os.stat(model_path(str(folder), tag)).st_mtime_ns for tag in (CAM_TAG, RS_TAG)}
-    summary, commands = run(monkeypatch, ["--pred_dir", str(folder) + os.sep, "--root_dir", root, "--threads", "1",
-                                          "--num_workers", "0", "--train_args", TINY_TRAINING])
+    summary, commands = run(
+        monkeypatch,
+        [
+            "--pred_dir",
+            str(folder) + os.sep,
+            "--root_dir",
+            root,
+            "--threads",
+            "1",
+            "--num_workers",
+            "0",
+            "--train_args",
+            TINY_TRAINING,
+        ],
+    )
     assert "train_rsepm.py" not in [c[0] for c in commands] and len(commands) == 12
     assert stamps == {tag: os.stat(model_path(str(folder), tag)).st_mtime_ns for tag in (CAM_TAG, RS_TAG)}
     assert summary["rows"] == [before]
@@ -180,21 +221,60 @@ def test_default_commands_are_the_quickstart_schedule(tmp_path, monkeypatch):
     assert commands[0] == ([*train, "--rs_start", "100000", "--mix", "none", "--tag", CAM_TAG], "2", "2")
     assert commands[1] == ([*train, "--mix", "none", "--tag", RS_TAG], "2", "2")
     out = CAM_TAG + "@val-gt-tags"
-    assert commands[2][0] == ["infer_rsepm.py", *common, "--domain", "validation", "--backbone", "resnet18",
-                              "--scales", "1.0,0.5", "--num_workers", "2", "--conf_th", "-1", "--seed_source", "cam",
-                              "--tag", out, "--weights", model_path(pred, CAM_TAG)]
-    assert commands[3][0] == ["evaluate.py", *common, "--domain", "validation", "--folder", "predictions",
-                              "--tag", out, "--num_workers", "1"]
-    assert commands[4][0] == ["convert_seed_to_pseudo_masks.py", *common, "--domain", "validation", "--folder",
-                              "predictions", "--tag", out, "--num_workers", "2"]
+    assert commands[2][0] == [
+        "infer_rsepm.py",
+        *common,
+        "--domain",
+        "validation",
+        "--backbone",
+        "resnet18",
+        "--scales",
+        "1.0,0.5",
+        "--num_workers",
+        "2",
+        "--conf_th",
+        "-1",
+        "--seed_source",
+        "cam",
+        "--tag",
+        out,
+        "--weights",
+        model_path(pred, CAM_TAG),
+    ]
+    assert commands[3][0] == [
+        "evaluate.py",
+        *common,
+        "--domain",
+        "validation",
+        "--folder",
+        "predictions",
+        "--tag",
+        out,
+        "--num_workers",
+        "1",
+    ]
+    assert commands[4][0] == [
+        "convert_seed_to_pseudo_masks.py",
+        *common,
+        "--domain",
+        "validation",
+        "--folder",
+        "predictions",
+        "--tag",
+        out,
+        "--num_workers",
+        "2",
+    ]
     assert len(commands) == 14
 
 
 def test_a_missing_quickstart_model_is_one_error_naming_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tp, "subprocess", None)  # no command may start
     pretend_quickstart(tmp_path / "seed0")
-    for argv, missing in ((["--pred_dir", str(tmp_path / "none") + os.sep], tmp_path / "none"),
-                          (["--seeds", "0,1", "--pred_dir", str(tmp_path) + os.sep], tmp_path / "seed1")):
+    for argv, missing in (
+        (["--pred_dir", str(tmp_path / "none") + os.sep], tmp_path / "none"),
+        (["--seeds", "0,1", "--pred_dir", str(tmp_path) + os.sep], tmp_path / "seed1"),
+    ):
         with pytest.raises(MissingFileError) as raised:
             run_main(ablation, argv)
         assert model_path(str(missing), tp.RSEPM_TAG) in str(raised.value)

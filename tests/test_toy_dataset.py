@@ -1,4 +1,5 @@
 """tools/builders/make_toy_dataset.py: layout, determinism, masks, tags and resumption of the TOY dataset."""
+
 import os
 import re
 import shutil
@@ -62,8 +63,7 @@ def test_layout_and_counts(toy):
     pools = [set(_stems(root / s / "image", ".jpg")) for s in ("train_aug", "validation", "test")]
     assert not (pools[0] & pools[1] or pools[0] & pools[2] or pools[1] & pools[2])
     # and no two distinct ids share an image: each pool draws from its own random streams
-    images = [data for split in ("train_aug", "validation", "test")
-              for data in _files(root / split / "image").values()]
+    images = [data for split in ("train_aug", "validation", "test") for data in _files(root / split / "image").values()]
     assert len(set(images)) == len(images) == 9 + 5 + 3
 
 
@@ -87,8 +87,17 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(toy, tmp_path):
 
 def test_an_image_does_not_depend_on_the_split_sizes(toy, tmp_path):
     root, _ = toy
-    make_toy_dataset(tmp_path / "sizes", seed=0, progress=False, num_train=2, num_train_aug=12,
-                     num_validation=1, num_test=4, min_size=64, max_size=112)
+    make_toy_dataset(
+        tmp_path / "sizes",
+        seed=0,
+        progress=False,
+        num_train=2,
+        num_train_aug=12,
+        num_validation=1,
+        num_test=4,
+        min_size=64,
+        max_size=112,
+    )
     first, second = _files(root), _files(tmp_path / "sizes")
     shared = (set(first) & set(second)) - {"toy_config.json"}
     assert len(shared) == 2 * 3 + 9 * 3 + 1 * 3 + 3  # train, train_aug, validation, test
@@ -109,8 +118,12 @@ def test_masks_hold_class_indices_and_match_image_sizes(toy):
 
 def _neighbour_pairs(mask):
     """Pairs of 8-neighbouring pixels as two flat arrays (a, b), brute force by slicing."""
-    pairs = [(mask[:, :-1], mask[:, 1:]), (mask[:-1, :], mask[1:, :]),
-             (mask[:-1, :-1], mask[1:, 1:]), (mask[:-1, 1:], mask[1:, :-1])]
+    pairs = [
+        (mask[:, :-1], mask[:, 1:]),
+        (mask[:-1, :], mask[1:, :]),
+        (mask[:-1, :-1], mask[1:, 1:]),
+        (mask[:-1, 1:], mask[1:, :-1]),
+    ]
     return np.concatenate([a.ravel() for a, _ in pairs]), np.concatenate([b.ravel() for _, b in pairs])
 
 
@@ -130,7 +143,7 @@ def test_every_class_border_is_covered_by_a_thin_ignore_band(toy):
         touches_label = np.zeros_like(ignore)
         for dy in range(3):
             for dx in range(3):
-                touches_label |= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]]
+                touches_label |= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
         touching += touches_label[ignore].sum()
         band += ignore.sum()
         assert ignore.mean() < 0.3, image_id
@@ -151,8 +164,11 @@ def test_xml_tags_equal_the_classes_visible_in_the_mask(toy):
             annotation = ET.parse(xml_path).getroot()
             assert annotation.findtext("filename") == f"{image_id}.jpg"
             height, width = mask.shape
-            assert (int(annotation.findtext("size/width")), int(annotation.findtext("size/height")),
-                    int(annotation.findtext("size/depth"))) == (width, height, 3)
+            assert (
+                int(annotation.findtext("size/width")),
+                int(annotation.findtext("size/height")),
+                int(annotation.findtext("size/depth")),
+            ) == (width, height, 3)
             # 1-based inclusive boxes; the boxes of a class cover every pixel of that class
             covered = np.zeros((6,) + mask.shape, bool)
             for obj in annotation.findall("object"):
@@ -161,7 +177,7 @@ def test_xml_tags_equal_the_classes_visible_in_the_mask(toy):
                 assert 1 <= x0 < x1 <= width and 1 <= y0 < y1 <= height
                 at_border = x0 == 1 or y0 == 1 or x1 == width or y1 == height
                 truncated[at_border].append(int(obj.findtext("truncated")))
-                covered[INFO.class_dict[obj.findtext("name")], y0 - 1:y1, x0 - 1:x1] = True
+                covered[INFO.class_dict[obj.findtext("name")], y0 - 1 : y1, x0 - 1 : x1] = True
             for c in present:
                 assert covered[c][mask == c].all(), (image_id, c)
     # `truncated` marks objects cut by the image border (an occluded one may not touch it)
@@ -238,7 +254,7 @@ def test_rerun_with_other_settings_is_refused(toy, tmp_path):
 
 def _square(height, width, y0, x0, size, cls=2):
     footprint = np.zeros((height, width), bool)
-    footprint[y0:y0 + size, x0:x0 + size] = True
+    footprint[y0 : y0 + size, x0 : x0 + size] = True
     return {"class": cls, "footprint": footprint}
 
 
@@ -254,8 +270,26 @@ def test_fully_hidden_object_is_removed_before_tagging():
 
 
 def test_cli_prints_summary_and_rejects_bad_settings(tmp_path, capsys):
-    main(get_args_parser().parse_args(["--out", str(tmp_path / "cli"), "--num_train", "1", "--num_train_aug", "2",
-                                       "--num_validation", "1", "--num_test", "1", "--min_size", "64", "--max_size", "64"]))
+    main(
+        get_args_parser().parse_args(
+            [
+                "--out",
+                str(tmp_path / "cli"),
+                "--num_train",
+                "1",
+                "--num_train_aug",
+                "2",
+                "--num_validation",
+                "1",
+                "--num_test",
+                "1",
+                "--min_size",
+                "64",
+                "--max_size",
+                "64",
+            ]
+        )
+    )
     out = capsys.readouterr().out
     assert "train_aug" in out and "disc" in out
     assert SeedLayout(str(tmp_path / "cli"), "train_aug", INFO).ids == ["toy_000000", "toy_000001"]

@@ -8,6 +8,7 @@ random generators were disturbed: the result may depend on neither. A third run 
 --seed must differ, so the comparison can fail. (A subprocess costs ~10 s of start-up on a
 loaded 2-core machine, hence only one.)
 """
+
 import hashlib
 import os
 import random
@@ -34,11 +35,48 @@ def toy(toy_dataset):
 
 def train_argv(root, pred_dir, seed):
     """One epoch of RS+EPM: 2 iterations of batch 4, RS and EPM from the start, one loader worker."""
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
-            "--max_image_size", "64", "--batch_size", "4", "--num_workers", "1", "--max_epoch", "1",
-            "--rs_start", "1", "--mix_start", "1", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
-            "--pred_dir", str(pred_dir), "--tag", TAG, "--seed", str(seed), "--log_interval", "1"]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "64",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "1",
+        "--max_epoch",
+        "1",
+        "--rs_start",
+        "1",
+        "--mix_start",
+        "1",
+        "--pamr_iterations",
+        "2",
+        "--pamr_dilations",
+        "1,2",
+        "--pred_dir",
+        str(pred_dir),
+        "--tag",
+        TAG,
+        "--seed",
+        str(seed),
+        "--log_interval",
+        "1",
+    ]
 
 
 def sha256(path):
@@ -49,8 +87,13 @@ def sha256(path):
 def test_two_runs_with_one_seed_give_identical_weights(toy, tmp_path):
     env = stage_environment(threads=1)
     env["CUDA_VISIBLE_DEVICES"] = ""
-    result = subprocess.run([sys.executable, "train_rsepm.py", *train_argv(toy, tmp_path / "a", 0)], cwd=ROOT,
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "train_rsepm.py", *train_argv(toy, tmp_path / "a", 0)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     first = sha256(model_path(str(tmp_path / "a"), TAG))
 
@@ -78,6 +121,7 @@ def test_stage_environment_fixes_threads_and_hash_seed():
 def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path, monkeypatch, capsys):
     """toy_pipeline.main with the commands replaced by a recorder: the output's order and the record."""
     from tools.toy import toy_pipeline as tp
+
     commands = []
 
     def run(self, command, what):
@@ -87,13 +131,21 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
 
     def evaluation(self, common, pred_dir, folder, tag, domain, what):
         self.run(["evaluate.py"], what)
-        return {"mIoU": 10.0 * len(self.times), "FP": 0.1, "FN": 0.2, "num_images": 3, "domain": domain,
-                "tag": tag, "threshold": None}
+        return {
+            "mIoU": 10.0 * len(self.times),
+            "FP": 0.1,
+            "FN": 0.2,
+            "num_images": 3,
+            "domain": domain,
+            "tag": tag,
+            "threshold": None,
+        }
 
     pretrained = tmp_path / "pretrained.pth"
     pretrained.write_bytes(b"")
     # with the record of this release's pretraining settings, as tools/toy/pretrain_toy.py leaves it
     from tools.toy import pretrain_toy
+
     settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(tp.pretrain_command([])[1:]))
     write_json(pretrain_toy.record_path(str(pretrained)), {"settings": settings, "code": pretrain_toy.source_digests()})
     (tmp_path / "data").mkdir()
@@ -107,14 +159,14 @@ def test_pipeline_prints_numbered_stages_then_times_table_and_notebook(tmp_path,
     tp.main(tp.get_args_parser().parse_args(["--fresh", "--threads", "1"]))
     out = capsys.readouterr().out
     assert not (tmp_path / "data" / "old").exists()  # --fresh removed the old dataset
-    assert pretrained.exists()                       # and kept the pretrained backbone
+    assert pretrained.exists()  # and kept the pretrained backbone
     assert all(env["OMP_NUM_THREADS"] == "1" and env["PYTHONHASHSEED"] == "0" for _, env in commands)
     names = [c for c, _ in commands]
     assert names[:2] == ["tools/builders/make_toy_dataset.py", "train_rsepm.py"] and "train_seg.py" in names
     numbers = [int(line.split("]")[0][4:]) for line in out.splitlines() if line.startswith("== [")]
     assert numbers == list(range(1, len(commands) + 1))
     # The end: time per stage, then the table (six rows), then the notebook.
-    tail = out[out.index("Time per stage:"):]
+    tail = out[out.index("Time per stage:") :]
     assert tail.index("| stage |") < tail.index("demo.ipynb")
     assert len([line for line in tail.splitlines() if line.startswith("| ") and not line.startswith("| stage |")]) == 6
     record = tp.read_json(str(tmp_path / "exp" / "summary.json"))

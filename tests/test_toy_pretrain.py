@@ -1,5 +1,6 @@
 """tools/toy/pretrain_toy.py (the toy stand-in for ImageNet weights) and the --seeds summary of
 tools/toy/toy_pipeline.py."""
+
 import json
 import math
 
@@ -18,9 +19,30 @@ def tiny_set(toy_dataset):
 
 
 def run_pretrain(root, out):
-    pretrain_toy.main(pretrain_toy.get_args_parser().parse_args(["--root_dir", str(root), "--out", str(out), "--max_epoch", "1", "--batch_size", "4",
-                       "--crop_size", "48", "--min_image_size", "48", "--max_image_size", "56",
-                       "--num_workers", "0", "--seed", "3"]))
+    pretrain_toy.main(
+        pretrain_toy.get_args_parser().parse_args(
+            [
+                "--root_dir",
+                str(root),
+                "--out",
+                str(out),
+                "--max_epoch",
+                "1",
+                "--batch_size",
+                "4",
+                "--crop_size",
+                "48",
+                "--min_image_size",
+                "48",
+                "--max_image_size",
+                "56",
+                "--num_workers",
+                "0",
+                "--seed",
+                "3",
+            ]
+        )
+    )
     return torch.load(out, map_location="cpu", weights_only=True)
 
 
@@ -42,8 +64,11 @@ def test_pretrained_file_is_torchvision_layout_loads_and_is_deterministic(tiny_s
 
 def test_seeds_summary_mean_std_min_max():
     def summary(seed, values):
-        return {"seed": seed, "threads": 2,
-                "stages": [{"stage": f"row{i}", "num_images": 40, "mIoU": v} for i, v in enumerate(values)]}
+        return {
+            "seed": seed,
+            "threads": 2,
+            "stages": [{"stage": f"row{i}", "num_images": 40, "mIoU": v} for i, v in enumerate(values)],
+        }
 
     result, table = seeds_summary([summary(0, [70.0, 50.0]), summary(1, [72.0, 50.0]), summary(2, [77.0, 50.0])])
     first, second = result["stages"]
@@ -71,6 +96,7 @@ def test_record_beside_the_weights_scores_the_held_out_split(tiny_set, tmp_path)
 
 def test_scores_are_the_classifiers_sigmoid_at_full_size(tiny_set):
     from core.dataset_layout import SeedLayout, load_dataset_info
+
     torch.manual_seed(0)
     model = pretrain_toy.Classifier("resnet18", 5)
     layout = SeedLayout(str(tiny_set), "validation", load_dataset_info("TOY"))
@@ -78,6 +104,7 @@ def test_scores_are_the_classifiers_sigmoid_at_full_size(tiny_set):
     assert scores.shape == labels.shape == (4, 5)
     # Independent: backbone, global mean, linear layer, sigmoid written out for one image.
     from core.dataset_layout import normalize_image
+
     image = normalize_image(layout.read_image(layout.ids[2]))[None]
     with torch.no_grad():
         features = model.backbone(image)[-1].mean(dim=(2, 3))
@@ -94,10 +121,16 @@ def test_pipeline_remakes_a_backbone_cached_with_other_settings(tmp_path, monkey
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)  # an older release's file
-    settings = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:]))
+    settings = pretrain_toy.record_settings(
+        pretrain_toy.get_args_parser().parse_args(toy_pipeline.pretrain_command(["--num_workers", "0"])[1:])
+    )
     code = pretrain_toy.source_digests()
-    assert {"tools/toy/pretrain_toy.py", "core/resnet.py", "core/transforms.py",
-            "tools/builders/make_toy_dataset.py"} <= set(code)
+    assert {
+        "tools/toy/pretrain_toy.py",
+        "core/resnet.py",
+        "core/transforms.py",
+        "tools/builders/make_toy_dataset.py",
+    } <= set(code)
     record = tmp_path / "pretrained" / "resnet18_toy.json"
     record.write_text(json.dumps({"settings": settings}))  # the release before: no code record
     assert "no usable record" in toy_pipeline.cached_pretraining_problem(workers)

@@ -1,6 +1,7 @@
 """The README's toy numbers are tied to what a newcomer runs: tools/toy/reference.json records the
 digest of the quick-start's settings, the sha256 of the pretrained backbone of the run that made
 the table and that run's seed-0 rows; the README and docs/reproduction.md show those rows."""
+
 import json
 import os
 import re
@@ -33,13 +34,22 @@ def test_the_settings_are_those_the_table_was_made_with():
     tables of README.md and docs/reproduction.md and tools/toy/reference.json."""
     assert toy_pipeline.settings_digest() == reference()["settings_digest"], (
         "the toy pipeline's settings changed since the README's table was measured: re-run it from nothing and "
-        "update README.md, docs/reproduction.md and tools/toy/reference.json")
+        "update README.md, docs/reproduction.md and tools/toy/reference.json"
+    )
 
 
 def test_the_digest_covers_every_setting(monkeypatch):
     digest = toy_pipeline.settings_digest()
-    for name in ("PRETRAIN", "RSEPM_TRAIN", "SEG_TRAIN", "AFF_TRAIN", "RW_CONVERT", "SCALES", "TOY_DATA_COMMAND",
-                 "PRETRAIN_DATA_COMMAND"):
+    for name in (
+        "PRETRAIN",
+        "RSEPM_TRAIN",
+        "SEG_TRAIN",
+        "AFF_TRAIN",
+        "RW_CONVERT",
+        "SCALES",
+        "TOY_DATA_COMMAND",
+        "PRETRAIN_DATA_COMMAND",
+    ):
         monkeypatch.setattr(toy_pipeline, name, [*getattr(toy_pipeline, name), "--x"])
         assert toy_pipeline.settings_digest() != digest, name
         monkeypatch.undo()
@@ -55,8 +65,11 @@ def test_readme_and_reproduction_show_the_reference_rows():
     for name, value in rows.items():
         assert reproduction[name][3] == f"{value:.2f}", name  # images, mean, min-max, seed 0
     readme = table_rows("README.md")
-    for name in ("RS+EPM seeds, train, GT tags (best threshold)", "single stage: RS+EPM + CRF, validation, conf_th 0.34",
-                 "multi stage: DeepLabV3+ + CRF, validation"):  # the README's three rows: images, mean, seed 0
+    for name in (
+        "RS+EPM seeds, train, GT tags (best threshold)",
+        "single stage: RS+EPM + CRF, validation, conf_th 0.34",
+        "multi stage: DeepLabV3+ + CRF, validation",
+    ):  # the README's three rows: images, mean, seed 0
         assert readme[name][2] == f"{rows[name]:.2f}", name
     with open(os.path.join(REPO_ROOT, "docs", "reproduction.md"), encoding="utf-8") as f:
         text = f.read()

@@ -4,12 +4,14 @@ resume, then `convert --mode rw` and evaluate.py on its masks (the multi-stage p
 Seeds are made here from the ground truth (blurred class planes) instead of running RS+EPM,
 which keeps the file fast.
 """
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from helpers import count_syncs, kill_at, run_main
 from scipy.ndimage import uniform_filter
 
 import convert_seed_to_pseudo_masks as convert
@@ -20,10 +22,9 @@ from core.dataset_layout import SeedLayout, load_dataset_info
 from core.errors import UsageError
 from core.io import read_json, read_mask, save_seed, settings_path, write_json
 from core.relations import ir_label_from_seed
-from tools.seeds import relation_cache, seed_jobs
 from tools.args import cli
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import count_syncs, kill_at, run_main
+from tools.seeds import relation_cache, seed_jobs
 
 SEED_TAG = "ResNet18@TOY@RS+EPM@gt-seeds"
 INFO = load_dataset_info("TOY")
@@ -37,19 +38,55 @@ def toy(tmp_path_factory, toy_dataset):
     for image_id in layout.ids:
         gt = layout.read_mask(image_id)
         classes = sorted(int(c) for c in np.unique(gt) if 0 < c < 255)
-        planes = np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes]) if classes \
+        planes = (
+            np.stack([uniform_filter((gt == c).astype(np.float32), 5) for c in classes])
+            if classes
             else np.zeros((0,) + gt.shape, np.float32)
-        save_seed(os.path.join(predictions_dir(pred, SEED_TAG, "train_aug"), image_id + ".pkl"),
-                  [0] + classes, planes, "rsepm")
+        )
+        save_seed(
+            os.path.join(predictions_dir(pred, SEED_TAG, "train_aug"), image_id + ".pkl"),
+            [0] + classes,
+            planes,
+            "rsepm",
+        )
     return root, pred
 
 
 def train_argv(root, pred, *extra, epochs=1):
     """Fast settings: ResNet-18 from scratch, crops of 64 (16x16 grid), radius 5, batch 2."""
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "64", "--rw_radius", "5",
-            "--batch_size", "2", "--num_workers", "0", "--max_epoch", str(epochs), "--seed_tag", SEED_TAG,
-            "--pred_dir", pred, "--log_interval", "1", "--ir_crf", "false", *extra]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "64",
+        "--rw_radius",
+        "5",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--max_epoch",
+        str(epochs),
+        "--seed_tag",
+        SEED_TAG,
+        "--pred_dir",
+        pred,
+        "--log_interval",
+        "1",
+        "--ir_crf",
+        "false",
+        *extra,
+    ]
 
 
 def test_train_convert_evaluate_end_to_end(toy):
@@ -64,8 +101,7 @@ def test_train_convert_evaluate_end_to_end(toy):
     assert list(weights) == list(fresh)
     edge_keys = [k for k in weights if not k.startswith("model.")]
     assert len(edge_keys) == 34 and "fc_edge6.weight" in edge_keys and "edge_layers.5.bias" in edge_keys
-    assert all(torch.equal(weights[f"fc_edge{i + 1}.0.weight"], weights[f"edge_layers.{i}.0.weight"])
-               for i in range(5))
+    assert all(torch.equal(weights[f"fc_edge{i + 1}.0.weight"], weights[f"edge_layers.{i}.0.weight"]) for i in range(5))
     assert not any("dp" in k for k in weights)
     torch.manual_seed(0)  # the run's seed: the same initialisation as its network before training
     start = AffinityNet("resnet18")
@@ -81,8 +117,22 @@ def test_train_convert_evaluate_end_to_end(toy):
         assert r["pairs_bg"] > 0 and r["pairs_fg"] > 0 and r["pairs_neg"] > 0
 
     # random-walk masks of train_aug beside the CRF ones, then scored on train
-    base = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--folder", "predictions",
-            "--tag", SEED_TAG, "--pred_dir", pred, "--gpus", "cpu"]
+    base = [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--folder",
+        "predictions",
+        "--tag",
+        SEED_TAG,
+        "--pred_dir",
+        pred,
+        "--gpus",
+        "cpu",
+    ]
     summary = run_main(convert, base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
     mask_dir = pseudo_labels_dir(pred, SEED_TAG + "@rw", "train_aug")
     assert summary["written"] == 8 and not summary["failed"] and summary["output_dir"] == mask_dir
@@ -94,8 +144,25 @@ def test_train_convert_evaluate_end_to_end(toy):
         assert set(np.unique(mask).tolist()) <= set(np.unique(gt).tolist()) - {255}  # only the seeds' classes
     again = run_main(convert, base + ["--mode", "rw", "--affinity_tag", "aff", "--num_workers", "1"])
     assert again["written"] == 0 and again["skipped_existing"] == 8
-    scores = run_main(evaluate, ["--root_dir", root, "--dataset", "TOY", "--domain", "train", "--folder",
-                            "pseudo-labels", "--tag", SEED_TAG + "@rw", "--pred_dir", pred, "--num_workers", "0"])
+    scores = run_main(
+        evaluate,
+        [
+            "--root_dir",
+            root,
+            "--dataset",
+            "TOY",
+            "--domain",
+            "train",
+            "--folder",
+            "pseudo-labels",
+            "--tag",
+            SEED_TAG + "@rw",
+            "--pred_dir",
+            pred,
+            "--num_workers",
+            "0",
+        ],
+    )
     assert scores["mode"] == "mask" and 0 <= scores["mIoU"] <= 100
 
 
@@ -152,8 +219,12 @@ def test_relation_labels_refuse_other_settings_unless_overwrite(toy, tmp_path):
     layout = SeedLayout(root, "train_aug", INFO)
     seed_dir = predictions_dir(pred, SEED_TAG, "train_aug")
     out = str(tmp_path / "ir")
-    make = lambda **kw: relation_cache.make_ir_labels(layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False,
-                                                      progress=False, **kw)
+
+    def make(**kw):
+        return relation_cache.make_ir_labels(
+            layout, seed_dir, out, SEED_TAG, INFO.palette, crf=False, progress=False, **kw
+        )
+
     assert make()["written"] == 8
     with pytest.raises(UsageError, match=r"fg_th: 0.3 -> 0.5.*--overwrite true"):
         make(fg_th=0.5)
@@ -210,13 +281,17 @@ def test_bad_arguments_are_refused(toy, capsys):
     assert "error: --rw_radius 9: at most 8 for --crop_size 64" in capsys.readouterr().err
     args = prepared(train_argv(root, pred))
     assert args.tag == f"ResNet18@TOY@AffinityNet@labels={SEED_TAG}@r5@e1-b2-c64-s0-scratch"
-    assert run_cli(train_argv(root, pred + "/elsewhere")) == "error: " + os.path.join(
-        pred + "/elsewhere", "predictions", SEED_TAG, "train") + ": seed folder not found (run infer_rsepm.py " \
+    assert (
+        run_cli(train_argv(root, pred + "/elsewhere"))
+        == "error: " + os.path.join(pred + "/elsewhere", "predictions", SEED_TAG, "train")
+        + ": seed folder not found (run infer_rsepm.py "
         f"--domain train_aug --conf_th -1 --tag {SEED_TAG} first)"
+    )
 
 
-@pytest.mark.parametrize("flag", ["--min_image_size", "--max_image_size", "--sync_bn", "--color_jitter",
-                                  "--channels_last", "--head_lr_mult"])
+@pytest.mark.parametrize(
+    "flag", ["--min_image_size", "--max_image_size", "--sync_bn", "--color_jitter", "--channels_last", "--head_lr_mult"]
+)
 def test_flags_that_do_not_apply_are_refused(toy, capsys, flag):
     root, pred = toy
     with pytest.raises(SystemExit) as exit_info:
@@ -241,9 +316,10 @@ def test_old_flag_names_still_work_for_one_release(toy, capsys):
     old = prepared(argv + ["--label_tag", SEED_TAG, "--radius", "6", "--fg_th", "0.4", "--bg_th", "0.1"])
     assert vars(old) == vars(new)
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"warning: --{o} is deprecated, use --{n}; it will be removed in the next release"
-                   for o, n in (("label_tag", "seed_tag"), ("radius", "rw_radius"), ("fg_th", "ir_fg_th"),
-                                ("bg_th", "ir_bg_th"))]
+    assert err == [
+        f"warning: --{o} is deprecated, use --{n}; it will be removed in the next release"
+        for o, n in (("label_tag", "seed_tag"), ("radius", "rw_radius"), ("fg_th", "ir_fg_th"), ("bg_th", "ir_bg_th"))
+    ]
     with pytest.raises(SystemExit):  # the old name goes through the new one's type
         train_affinity.get_args_parser().parse_args(argv + ["--seed_tag", SEED_TAG, "--radius", "six"])
 
@@ -256,13 +332,30 @@ def test_no_host_sync_per_iteration(toy, tmp_path, monkeypatch):
     os.makedirs(pred)
     os.symlink(os.path.join(toy[1], "predictions"), os.path.join(pred, "predictions"))
     # the relation-label cache first, so that both runs find it made
-    relation_cache.make_ir_labels(SeedLayout(root, "train_aug", INFO), predictions_dir(pred, SEED_TAG, "train_aug"),
-                                 relation_cache.ir_labels_dir(pred, SEED_TAG, "train_aug"), SEED_TAG, INFO.palette,
-                                 crf=False, num_workers=0, progress=False)
+    relation_cache.make_ir_labels(
+        SeedLayout(root, "train_aug", INFO),
+        predictions_dir(pred, SEED_TAG, "train_aug"),
+        relation_cache.ir_labels_dir(pred, SEED_TAG, "train_aug"),
+        SEED_TAG,
+        INFO.palette,
+        crf=False,
+        num_workers=0,
+        progress=False,
+    )
 
     def run(batch_size):
-        argv = train_argv(root, pred, "--tag", f"b{batch_size}", "--batch_size", str(batch_size),
-                          "--log_interval", "100", "--save_interval", "100")
+        argv = train_argv(
+            root,
+            pred,
+            "--tag",
+            f"b{batch_size}",
+            "--batch_size",
+            str(batch_size),
+            "--log_interval",
+            "100",
+            "--save_interval",
+            "100",
+        )
         return count_syncs(monkeypatch, lambda: train_affinity.main(train_affinity.get_args_parser().parse_args(argv)))
 
     four, two = run(2), run(4)
@@ -289,8 +382,9 @@ def test_a_bad_seed_file_stops_the_run_or_is_skipped(toy, tmp_path):
 
 def test_backbone_from_a_checkpoint_of_this_project(tmp_path):
     """--pretrained PATH with an RS+EPM last.pth: the frozen backbone is its `model.*` part."""
-    from core.weights import save_weights
     from core.networks import RSEPM
+    from core.weights import save_weights
+
     rsepm = RSEPM("resnet18", num_classes=6)
     save_weights(rsepm, str(tmp_path / "last.pth"))
     net = train_affinity.build_affinity_net("resnet18", str(tmp_path / "last.pth"))

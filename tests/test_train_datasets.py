@@ -1,17 +1,18 @@
 """Training datasets on a tiny seed layout: skipped images are counted, bad masks are named."""
+
 import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
+from ddp_worker import write_tiny_layout
 
 from core.dataset_layout import DatasetInfo, SeedLayout, parse_xml_tags
 from core.errors import DatasetError
+from core.io import save_mask
 from core.train_datasets import ClassificationDataset, SegmentationDataset
 from core.transforms import TrainTransform
-from ddp_worker import write_tiny_layout
-from core.io import save_mask
 
 INFO = DatasetInfo("TOY")
 

@@ -5,6 +5,7 @@ mismatched masks, argument errors.
 Pseudo masks are made here from the ground truth (copied or perturbed) instead of running the
 RS+EPM stage, which keeps the file fast.
 """
+
 import json
 import math
 import os
@@ -15,19 +16,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import kill_at, run_main
 from PIL import Image
 
 import evaluate
 import infer_seg
 import train_seg
-from tools.args import cli
 from core.dataset_layout import load_dataset_info
 from core.errors import CheckpointError, UsageError
 from core.io import load_seed, read_json, read_mask, save_mask, seed_dialect_from_tag
 from core.networks import build_network
+from tools.args import cli
 from tools.engine import resume_state
 from tools.paths import model_dir, predictions_dir, pseudo_labels_dir
-from helpers import kill_at, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
@@ -73,11 +74,43 @@ def write_pseudo_masks(root, pred_dir, label_tag=LABEL_TAG, how="perturbed", ids
 
 def train_argv(root, pred_dir, *extra, epochs=1, decoder="deeplabv3+", output_stride=16, label_tag=LABEL_TAG):
     """Fast settings: 8 train_aug images, batch 4 -> 2 iterations per epoch."""
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-            "--decoder", decoder, "--output_stride", str(output_stride), "--backbone", "resnet18",
-            "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32", "--max_image_size", "64",
-            "--batch_size", "4", "--num_workers", "0", "--max_epoch", str(epochs), "--label_tag", label_tag,
-            "--pred_dir", str(pred_dir), "--log_interval", "1", *extra]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--decoder",
+        decoder,
+        "--output_stride",
+        str(output_stride),
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "64",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--max_epoch",
+        str(epochs),
+        "--label_tag",
+        label_tag,
+        "--pred_dir",
+        str(pred_dir),
+        "--log_interval",
+        "1",
+        *extra,
+    ]
 
 
 def read_log(pred_dir, tag):
@@ -105,9 +138,30 @@ def run_script(monkeypatch, argv):
 
 
 def infer_argv(root, pred_dir, tag, decoder, output_stride):
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
-            "--pred_dir", str(pred_dir), "--decoder", decoder, "--backbone", "resnet18",
-            "--output_stride", str(output_stride), "--scales", "1.0", "--num_workers", "0", "--gpus", "cpu"]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "validation",
+        "--tag",
+        tag,
+        "--pred_dir",
+        str(pred_dir),
+        "--decoder",
+        decoder,
+        "--backbone",
+        "resnet18",
+        "--output_stride",
+        str(output_stride),
+        "--scales",
+        "1.0",
+        "--num_workers",
+        "0",
+        "--gpus",
+        "cpu",
+    ]
 
 
 # --- each decoder: outputs, and they feed infer_seg and evaluate ------------------------------
@@ -115,8 +169,9 @@ def infer_argv(root, pred_dir, tag, decoder, output_stride):
 def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, decoder, output_stride):
     pred_dir = tmp_path / "exp"
     mask_dir = write_pseudo_masks(toy, pred_dir)
-    argv = train_argv(toy, pred_dir, "--val_every", "1", "--val_images", "3", decoder=decoder,
-                      output_stride=output_stride)
+    argv = train_argv(
+        toy, pred_dir, "--val_every", "1", "--val_images", "3", decoder=decoder, output_stride=output_stride
+    )
     result = train_seg.main(train_seg.get_args_parser().parse_args(argv))
     tag = result["tag"]
     assert result["iterations"] == 2
@@ -134,12 +189,15 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
     assert any(k.endswith("num_batches_tracked") for k in weights)
 
     config = read_config(pred_dir, tag)
-    assert config["args"] == json.loads(json.dumps(vars(train_seg.prepare_args(train_seg.get_args_parser().parse_args(argv)))))
+    assert config["args"] == json.loads(
+        json.dumps(vars(train_seg.prepare_args(train_seg.get_args_parser().parse_args(argv))))
+    )
     assert config["args"]["label_tag"] == LABEL_TAG and config["seed"] == 0
     assert config["mask_dir"] == mask_dir and config["train_images"] == 8
     assert config["iterations_per_epoch"] == 2 and config["max_iterations"] == 2
-    state = resume_state.load_resume(str(directory / "resume.pth"),
-                                build_network(decoder, "resnet18", NUM_CLASSES, output_stride=output_stride))
+    state = resume_state.load_resume(
+        str(directory / "resume.pth"), build_network(decoder, "resnet18", NUM_CLASSES, output_stride=output_stride)
+    )
     assert (state["epoch"], state["step"], state["iteration"]) == (1, 0, 2)
 
     records = read_log(pred_dir, tag)
@@ -157,15 +215,31 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
     seed_dir = predictions_dir(str(pred_dir), tag, "validation")
     for name in sorted(os.listdir(seed_dir)):
         seed = load_seed(os.path.join(seed_dir, name))
-        height, width = np.asarray(Image.open(os.path.join(toy, "validation", "image",
-                                                           name[:-4] + ".jpg"))).shape[:2]
+        height, width = np.asarray(Image.open(os.path.join(toy, "validation", "image", name[:-4] + ".jpg"))).shape[:2]
         assert seed["dialect"] == "seg"
         assert seed["seed"].shape[1:] == (height, width)
         keys = seed["keys"].tolist()
         assert keys == sorted(keys) and set(keys) <= set(range(NUM_CLASSES))
         assert seed["seed"].max(axis=(1, 2)).min() >= 0.05 and seed["seed"].sum(0).max() <= 1 + 1e-4
-    scores = run_main(evaluate, ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag,
-                            "--pred_dir", str(pred_dir), "--folder", "predictions", "--num_workers", "0"])
+    scores = run_main(
+        evaluate,
+        [
+            "--root_dir",
+            toy,
+            "--dataset",
+            "TOY",
+            "--domain",
+            "validation",
+            "--tag",
+            tag,
+            "--pred_dir",
+            str(pred_dir),
+            "--folder",
+            "predictions",
+            "--num_workers",
+            "0",
+        ],
+    )
     assert scores["mode"] == "seed" and scores["dialects"] == {"seg": 3} and scores["threshold"] is None
     # the validation during training scored the same network on the same 3 images, single scale
     # + flip: the argmax over all classes equals the argmax over the stored ones (the winner of a
@@ -192,11 +266,28 @@ def test_inference_reads_the_network_from_the_training_record(toy, tmp_path):
     decoder from config.json (the seeds equal those of the explicit flags); a contradicting flag
     is refused with exit 2 naming both values."""
     from tools.args import cli
+
     pred_dir = tmp_path / "exp"
     write_pseudo_masks(toy, pred_dir)
     tag = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, "--tag", "os16")))["tag"]
-    bare = ["--root_dir", toy, "--dataset", "TOY", "--domain", "validation", "--tag", tag, "--pred_dir", str(pred_dir),
-            "--scales", "1.0", "--num_workers", "0", "--gpus", "cpu"]
+    bare = [
+        "--root_dir",
+        toy,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "validation",
+        "--tag",
+        tag,
+        "--pred_dir",
+        str(pred_dir),
+        "--scales",
+        "1.0",
+        "--num_workers",
+        "0",
+        "--gpus",
+        "cpu",
+    ]
     assert run_main(infer_seg, bare)["written"] == 3
     recorded = read_json(predictions_dir(str(pred_dir), tag, "validation") + ".settings.json")
     assert (recorded["output_stride"], recorded["backbone"], recorded["decoder"]) == (16, "resnet18", "deeplabv3+")
@@ -206,8 +297,10 @@ def test_inference_reads_the_network_from_the_training_record(toy, tmp_path):
     argv = infer_argv(toy, explicit, tag, "deeplabv3+", 16)
     assert run_main(infer_seg, argv)["written"] == 3
     for name in os.listdir(predictions_dir(str(pred_dir), tag, "validation")):
-        with open(os.path.join(predictions_dir(str(pred_dir), tag, "validation"), name), "rb") as a, \
-                open(os.path.join(predictions_dir(str(explicit), tag, "validation"), name), "rb") as b:
+        with (
+            open(os.path.join(predictions_dir(str(pred_dir), tag, "validation"), name), "rb") as a,
+            open(os.path.join(predictions_dir(str(explicit), tag, "validation"), name), "rb") as b,
+        ):
             assert a.read() == b.read()
     with pytest.raises(SystemExit) as error:
         cli(infer_seg.main, infer_seg.get_args_parser(), [*bare, "--output_stride", "8", "--overwrite", "true"])
@@ -222,7 +315,10 @@ def test_gt_label_tag_trains_on_the_ground_truth_masks(toy, tmp_path):
     write_pseudo_masks(toy, pred_dir, label_tag="gt", how=3)  # decoy: must not be used
     write_pseudo_masks(toy, pred_dir, label_tag="copy", how="copy")
     write_pseudo_masks(toy, pred_dir, label_tag="perturbed", how="perturbed")
-    runs = {name: train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, label_tag=name))) for name in ("gt", "copy", "perturbed")}
+    runs = {
+        name: train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, label_tag=name)))
+        for name in ("gt", "copy", "perturbed")
+    }
     assert len({r["tag"] for r in runs.values()}) == 3
     weights = {name: flat_state(r["weights"]) for name, r in runs.items()}
     assert all(torch.equal(weights["gt"][k], weights["copy"][k]) for k in weights["gt"])
@@ -241,7 +337,11 @@ def test_loss_learns_the_masks(toy, tmp_path):
     pred_dir = tmp_path / "exp"
     square = INFO.class_names.index("square")
     write_pseudo_masks(toy, pred_dir, label_tag="square", how=square)
-    tag = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, pred_dir, "--tag", "square", epochs=3, label_tag="square")))["tag"]
+    tag = train_seg.main(
+        train_seg.get_args_parser().parse_args(
+            train_argv(toy, pred_dir, "--tag", "square", epochs=3, label_tag="square")
+        )
+    )["tag"]
     losses = [r["seg"] for r in read_log(pred_dir, tag)]
     assert len(losses) == 6
     assert losses[0] > 1.0 and max(losses[-2:]) < 0.2 * losses[0], losses
@@ -255,16 +355,32 @@ def test_loss_learns_the_masks(toy, tmp_path):
 
 
 def test_derived_tag_marks_a_multi_stage_model():
-    base = ["--dataset", "TOY", "--backbone", "resnet18", "--label_tag", LABEL_TAG, "--max_epoch", "3",
-            "--batch_size", "4", "--crop_size", "32"]
+    base = [
+        "--dataset",
+        "TOY",
+        "--backbone",
+        "resnet18",
+        "--label_tag",
+        LABEL_TAG,
+        "--max_epoch",
+        "3",
+        "--batch_size",
+        "4",
+        "--crop_size",
+        "32",
+    ]
     v3 = train_seg.prepare_args(train_seg.get_args_parser().parse_args(base)).tag
     assert v3.startswith("ResNet18@TOY@DeepLabV3+(os8)@MS@labels=" + LABEL_TAG), v3
     assert v3.endswith("@e3-b4-c32-s0")  # ImageNet initialisation: no suffix
     # the original's rule for seed files without a recorded dialect: "MS" in the tag = seg
     assert seed_dialect_from_tag(v3) == "seg" and seed_dialect_from_tag(LABEL_TAG) == "rsepm"
-    v2 = train_seg.prepare_args(train_seg.get_args_parser().parse_args(base + ["--decoder", "deeplabv2", "--output_stride", "16"])).tag
+    v2 = train_seg.prepare_args(
+        train_seg.get_args_parser().parse_args(base + ["--decoder", "deeplabv2", "--output_stride", "16"])
+    ).tag
     assert "@DeepLabV2(os16)@MS@" in v2 and seed_dialect_from_tag(v2) == "seg"
-    gt = train_seg.prepare_args(train_seg.get_args_parser().parse_args(base + ["--label_tag", "gt", "--pretrained", "none"])).tag
+    gt = train_seg.prepare_args(
+        train_seg.get_args_parser().parse_args(base + ["--label_tag", "gt", "--pretrained", "none"])
+    ).tag
     assert "@MS@labels=gt@" in gt and gt.endswith("-scratch")
     assert train_seg.prepare_args(train_seg.get_args_parser().parse_args(base + ["--seed", "1"])).tag != v3
     assert train_seg.prepare_args(train_seg.get_args_parser().parse_args(base + ["--tag", "mine"])).tag == "mine"
@@ -294,7 +410,9 @@ def test_resume_mid_epoch_gives_identical_weights_and_log(toy, tmp_path, monkeyp
     saved = resume_state.load_resume(os.path.join(directory_b, "resume.pth"), network)
     assert (saved["epoch"], saved["step"], saved["iteration"]) == (1, 2, 6)
 
-    resumed = train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", epochs=2)))
+    resumed = train_seg.main(
+        train_seg.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, "--resume", "true", epochs=2))
+    )
     assert resumed["iterations"] == 8
     a = flat_state(os.path.join(model_dir(str(tmp_path / "a"), "resume"), "last.pth"))
     b = flat_state(os.path.join(directory_b, "last.pth"))
@@ -305,8 +423,9 @@ def test_resume_mid_epoch_gives_identical_weights_and_log(toy, tmp_path, monkeyp
     log_a, log_b = read_log(tmp_path / "a", "resume"), read_log(tmp_path / "b", "resume")
     assert [r["iteration"] for r in log_b] == list(range(1, 9))  # iteration 7 once
     for ra, rb in zip(log_a, log_b):
-        assert {k: v for k, v in ra.items() if k != "images_per_s"} == \
-            {k: v for k, v in rb.items() if k != "images_per_s"}
+        assert {k: v for k, v in ra.items() if k != "images_per_s"} == {
+            k: v for k, v in rb.items() if k != "images_per_s"
+        }
 
 
 # --- missing and mismatched masks --------------------------------------------------------------
@@ -359,30 +478,43 @@ def test_mask_of_another_size_is_named_skipped_and_counted(toy, tmp_path):
     assert result["iterations"] == 1  # 7 images, batch 4, the last partial batch dropped
     config = read_config(pred_dir, "mismatch")
     assert config["train_images"] == 7
-    listed = f"skipped 1 whose mask size differs from the image ({bad} (image {width}x{height}, " \
-             f"mask {width - 2}x{height}))"
+    listed = (
+        f"skipped 1 whose mask size differs from the image ({bad} (image {width}x{height}, mask {width - 2}x{height}))"
+    )
     assert config["dataset_summary"].startswith("7 of 8 images") and config["dataset_summary"].endswith(listed)
     with open(os.path.join(model_dir(str(pred_dir), "mismatch"), "logs", "log.txt")) as f:
         assert listed in f.read()
 
 
 # --- argument errors ---------------------------------------------------------------------------
-@pytest.mark.parametrize("extra, message", [
-    (["--crop_size", "100"], "--crop_size 100: use a multiple of 16"),
-    (["--crop_size", "16"], "'16' is outside --crop_size's range [32, 2048]"),
-    (["--backbone", "resnet7"], "argument --backbone: invalid choice: 'resnet7'"),
-    (["--decoder", "deeplabv4"], "argument --decoder: invalid choice: 'deeplabv4'"),
-    (["--output_stride", "32"], "argument --output_stride: invalid choice: 32"),
-    (["--max_epoch", "0"], "argument --max_epoch: '0' is outside --max_epoch's range [1, 100000]"),
-    (["--min_image_size", "400", "--max_image_size", "300"], "need --min_image_size <= --max_image_size"),
-    (["--allow_missing", "maybe"], "expected a boolean"),
-    (["--batch_size", "0"], "argument --batch_size: '0' is outside --batch_size's range [1, 65536]"),
-    (["--save_interval", "0"], "argument --save_interval: '0' is outside --save_interval's range [1, "),
-    (["--log_interval", "0"], "argument --log_interval: '0' is outside --log_interval's range [1, "),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--crop_size", "100"], "--crop_size 100: use a multiple of 16"),
+        (["--crop_size", "16"], "'16' is outside --crop_size's range [32, 2048]"),
+        (["--backbone", "resnet7"], "argument --backbone: invalid choice: 'resnet7'"),
+        (["--decoder", "deeplabv4"], "argument --decoder: invalid choice: 'deeplabv4'"),
+        (["--output_stride", "32"], "argument --output_stride: invalid choice: 32"),
+        (["--max_epoch", "0"], "argument --max_epoch: '0' is outside --max_epoch's range [1, 100000]"),
+        (["--min_image_size", "400", "--max_image_size", "300"], "need --min_image_size <= --max_image_size"),
+        (["--allow_missing", "maybe"], "expected a boolean"),
+        (["--batch_size", "0"], "argument --batch_size: '0' is outside --batch_size's range [1, 65536]"),
+        (["--save_interval", "0"], "argument --save_interval: '0' is outside --save_interval's range [1, "),
+        (["--log_interval", "0"], "argument --log_interval: '0' is outside --log_interval's range [1, "),
+    ],
+)
 def test_bad_arguments_exit_before_any_work(tmp_path, capsys, extra, message):
-    argv = ["--root_dir", str(tmp_path / "missing"), "--dataset", "TOY", "--pred_dir", str(tmp_path / "exp"),
-            "--label_tag", LABEL_TAG, *extra]
+    argv = [
+        "--root_dir",
+        str(tmp_path / "missing"),
+        "--dataset",
+        "TOY",
+        "--pred_dir",
+        str(tmp_path / "exp"),
+        "--label_tag",
+        LABEL_TAG,
+        *extra,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         cli(train_seg.main, train_seg.get_args_parser(), argv)
     assert exit_info.value.code == 2

@@ -1,10 +1,12 @@
 """The speed-minded parts of the training loop (issue: GPU path, item 4): no host-device sync per
 iteration (LossMonitor), a NaN still stops the run naming its iteration, and channels-last
 gives the same numbers as the default layout."""
+
 import os
 
 import pytest
 import torch
+from helpers import count_syncs
 
 import train_rsepm
 import train_seg
@@ -13,7 +15,7 @@ from core.networks import RSEPM, build_network
 from core.rsepm import RSEPMConfig, RSEPMTraining
 from tools.engine import data_loading, runlog, script_parts
 from tools.paths import model_dir
-from helpers import count_syncs
+
 
 @pytest.fixture(scope="module")
 def toy(toy_dataset):
@@ -21,17 +23,43 @@ def toy(toy_dataset):
 
 
 def common_argv(root, pred_dir, batch_size, *extra):
-    return ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu",
-            "--backbone", "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
-            "--max_image_size", "64", "--batch_size", str(batch_size), "--num_workers", "0",
-            "--pred_dir", str(pred_dir), *extra]
+    return [
+        "--root_dir",
+        root,
+        "--dataset",
+        "TOY",
+        "--domain",
+        "train_aug",
+        "--gpus",
+        "cpu",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--crop_size",
+        "32",
+        "--min_image_size",
+        "32",
+        "--max_image_size",
+        "64",
+        "--batch_size",
+        str(batch_size),
+        "--num_workers",
+        "0",
+        "--pred_dir",
+        str(pred_dir),
+        *extra,
+    ]
 
 
 # --- LossMonitor -------------------------------------------------------------------------------
 def test_loss_monitor_means_match_a_plain_average():
     monitor = runlog.LossMonitor()
-    steps = [{"a": torch.tensor(1.0), "b": 2.0}, {"a": torch.tensor(4.0), "b": 3.0},
-             {"a": torch.tensor(0.5), "b": 7.0, "c": torch.tensor(9.0)}]  # c appears later (e.g. mix terms)
+    steps = [
+        {"a": torch.tensor(1.0), "b": 2.0},
+        {"a": torch.tensor(4.0), "b": 3.0},
+        {"a": torch.tensor(0.5), "b": 7.0, "c": torch.tensor(9.0)},
+    ]  # c appears later (e.g. mix terms)
     for i, scalars in enumerate(steps):
         monitor.add(scalars, i)
     means = monitor.means()
@@ -57,9 +85,13 @@ def test_loss_monitor_names_the_first_bad_iteration_and_its_terms():
 
 def test_check_finite_with_a_monitor_defers_the_check_to_its_next_read(monkeypatch):
     monitor = runlog.LossMonitor()
-    calls = count_syncs(monkeypatch, lambda: [
-        runlog.check_finite({"cls": torch.tensor(0.5, dtype=torch.float64), "seg": 1.5}, 3, monitor=monitor),
-        runlog.check_finite({"cls": torch.tensor(1.5), "seg": torch.tensor(float("nan"))}, 4, monitor=monitor)])
+    calls = count_syncs(
+        monkeypatch,
+        lambda: [
+            runlog.check_finite({"cls": torch.tensor(0.5, dtype=torch.float64), "seg": 1.5}, 3, monitor=monitor),
+            runlog.check_finite({"cls": torch.tensor(1.5), "seg": torch.tensor(float("nan"))}, 4, monitor=monitor),
+        ],
+    )
     assert not calls  # neither call reads a value back
     with pytest.raises(NonFiniteError, match=r"^iteration 4: non-finite loss seg=nan;"):
         monitor.means()
@@ -69,10 +101,27 @@ def test_check_finite_with_a_monitor_defers_the_check_to_its_next_read(monkeypat
 def test_training_loop_makes_no_host_sync_per_iteration(toy, tmp_path, monkeypatch):
     """The same epoch of 8 images as 2 or 4 iterations (RS and EPM active, one log line at the
     epoch's end): the host-sync calls are the same, so none of them is per iteration."""
+
     def run(batch_size):
-        argv = common_argv(toy, tmp_path / f"b{batch_size}", batch_size, "--max_epoch", "1", "--rs_start", "1",
-                           "--mix_start", "1", "--pamr_iterations", "2", "--pamr_dilations", "1,2",
-                           "--log_interval", "100", "--save_interval", "100")
+        argv = common_argv(
+            toy,
+            tmp_path / f"b{batch_size}",
+            batch_size,
+            "--max_epoch",
+            "1",
+            "--rs_start",
+            "1",
+            "--mix_start",
+            "1",
+            "--pamr_iterations",
+            "2",
+            "--pamr_dilations",
+            "1,2",
+            "--log_interval",
+            "100",
+            "--save_interval",
+            "100",
+        )
         return count_syncs(monkeypatch, lambda: train_rsepm.main(train_rsepm.get_args_parser().parse_args(argv)))
 
     four, two = run(2), run(4)
@@ -92,8 +141,21 @@ def test_nan_between_log_lines_stops_the_run_naming_its_iteration(toy, tmp_path,
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setattr(train_seg, "segmentation_loss", poisoned)
-    argv = common_argv(toy, tmp_path, 2, "--max_epoch", "2", "--label_tag", "gt", "--tag", "nan",
-                       "--log_interval", "100", "--save_interval", "3")
+    argv = common_argv(
+        toy,
+        tmp_path,
+        2,
+        "--max_epoch",
+        "2",
+        "--label_tag",
+        "gt",
+        "--tag",
+        "nan",
+        "--log_interval",
+        "100",
+        "--save_interval",
+        "3",
+    )
     with pytest.raises(NonFiniteError) as error:
         train_seg.main(train_seg.get_args_parser().parse_args(argv))
     assert str(error.value).startswith("iteration 1: non-finite loss seg=nan"), str(error.value)
@@ -105,9 +167,12 @@ def test_nan_between_log_lines_stops_the_run_naming_its_iteration(toy, tmp_path,
 # --- channels-last -----------------------------------------------------------------------------
 def test_memory_format_flag():
     args = type("Args", (), {})()
-    for value, device, expected in [("auto", "cpu", torch.contiguous_format), ("true", "cpu", torch.channels_last),
-                                    ("false", "cuda", torch.contiguous_format),
-                                    ("auto", "cuda", torch.channels_last)]:
+    for value, device, expected in [
+        ("auto", "cpu", torch.contiguous_format),
+        ("true", "cpu", torch.channels_last),
+        ("false", "cuda", torch.contiguous_format),
+        ("auto", "cuda", torch.channels_last),
+    ]:
         args.channels_last = value
         assert script_parts.memory_format(args, device) == expected
 
@@ -129,6 +194,7 @@ def test_channels_last_rsepm_step_matches():
     """RS+EPM losses (SCG, PAMR, certain filter, edge predict and the mix included) are the same
     with a channels-last network and inputs. Dropout is set to 0: its random mask follows the
     memory order, so it differs between layouts (as between two seeds), which is no error."""
+
     def losses(fmt):
         torch.manual_seed(0)
         network = RSEPM("resnet18", 6, output_stride=16, pretrained="none").to(memory_format=fmt)
@@ -178,7 +244,7 @@ def test_loader_workers_persist_and_see_each_epoch():
         rows = torch.cat(list(loader))
         seen[epoch] = rows
         assert rows[:, 1].tolist() == [epoch] * len(rows)  # the worker augmented with this epoch
-        expected = loader.sampler.shard()[2 if epoch == 2 else 0:].tolist()
+        expected = loader.sampler.shard()[2 if epoch == 2 else 0 :].tolist()
         assert rows[:, 2].tolist() == expected
     assert len({int(p) for rows in seen.values() for p in rows[:, 0]}) == 1  # one worker process throughout
     assert int(seen[0][0, 0]) != os.getpid()

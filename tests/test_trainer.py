@@ -1,4 +1,5 @@
 """The training engine: optimiser groups, poly schedule, EMA, AMP, exact resume, logs, DDP."""
+
 import glob
 import json
 import math
@@ -8,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from ddp_worker import TAG, TinyNet, train, write_tiny_layout
 from torch import nn
 
 from core.errors import NonFiniteError
 from core.networks import split_parameters
-from ddp_worker import TAG, TinyNet, train, write_tiny_layout
 from core.weights import load_checkpoint
 from tools.engine import amp, data_loading, distributed, optim, resume_state, runlog, script_parts
 
@@ -154,11 +155,16 @@ def test_color_jitter_flag_reaches_the_training_transform(toy_dataset):
     from core.dataset_layout import SeedLayout, load_dataset_info
     from core.train_datasets import SegmentationDataset
     from core.transforms import TrainTransform
+
     root = toy_dataset(seed=2, num_train=2, num_train_aug=2, max_size=60)
     layout = SeedLayout(root, "train_aug", load_dataset_info("TOY"))
     import train_seg
-    args = train_seg.prepare_args(train_seg.get_args_parser().parse_args(["--root_dir", root, "--dataset", "TOY", "--label_tag", "gt",
-                                 "--color_jitter", "0.3,0.3,0.3,0"]))
+
+    args = train_seg.prepare_args(
+        train_seg.get_args_parser().parse_args(
+            ["--root_dir", root, "--dataset", "TOY", "--label_tag", "gt", "--color_jitter", "0.3,0.3,0.3,0"]
+        )
+    )
     assert args.color_jitter == (0.3, 0.3, 0.3, 0.0)
     plain = SegmentationDataset(layout, None, TrainTransform(48, 48, 60, jitter=None), seed=1)
     hue0 = SegmentationDataset(layout, None, TrainTransform(48, 48, 60, jitter=args.color_jitter), seed=1)
@@ -172,8 +178,10 @@ def test_check_finite_names_iteration_and_terms():
     values = runlog.check_finite({"cls": torch.tensor(0.5), "seg": 1.5}, iteration=7)
     assert values == {"cls": 0.5, "seg": 1.5}
     with pytest.raises(NonFiniteError) as error:
-        runlog.check_finite({"cls": torch.tensor(0.5), "seg": torch.tensor(float("nan")),
-                              "rec": torch.tensor(float("inf"))}, iteration=42)
+        runlog.check_finite(
+            {"cls": torch.tensor(0.5), "seg": torch.tensor(float("nan")), "rec": torch.tensor(float("inf"))},
+            iteration=42,
+        )
     message = str(error.value)
     assert "iteration 42" in message and "seg=nan" in message and "rec=inf" in message
     assert "cls" not in message
@@ -287,8 +295,9 @@ def test_resume_mid_epoch_gives_identical_weights(tmp_path):
     write_tiny_layout(data, count=8)
     model_a, ema_a, opt_a, seen_a = train(data, str(tmp_path / "a"), max_epoch=3, num_workers=0)
     _, _, _, seen_b1 = train(data, str(tmp_path / "b"), max_epoch=3, stop_at=6, num_workers=2)
-    model_b, ema_b, opt_b, seen_b2 = train(data, str(tmp_path / "b"), max_epoch=3, resume=True,
-                                           num_workers=1, init_seed=99)
+    model_b, ema_b, opt_b, seen_b2 = train(
+        data, str(tmp_path / "b"), max_epoch=3, resume=True, num_workers=1, init_seed=99
+    )
     assert len(seen_a) == 24 and seen_b1 + seen_b2 == seen_a
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), name
@@ -313,8 +322,7 @@ def test_resume_without_restoring_rng_would_differ(tmp_path):
         model_b, *_ = train(data, str(tmp_path / "b"), max_epoch=2, resume=True, init_seed=99)
     finally:
         resume_state.set_rng_state = original
-    assert not all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(),
-                                                      model_b.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
 
 
 def test_resume_refuses_another_seed_and_other_files(tmp_path):
@@ -368,11 +376,27 @@ def test_final_weights_and_config(tmp_path):
 def test_torchrun_two_processes_stay_in_step(tmp_path):
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     write_tiny_layout(data, count=8)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(ROOT, "tests", "ddp_worker.py"), "--root", data, "--out", out, "--max_epoch", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        os.path.join(ROOT, "tests", "ddp_worker.py"),
+        "--root",
+        data,
+        "--out",
+        out,
+        "--max_epoch",
+        "2",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0, rank1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1))
@@ -403,32 +427,70 @@ def test_mfu_is_logged_where_the_peak_is_known_and_changes_no_weight(tmp_path, m
     given to the CPU. The FLOP count runs a forward and backward of its own: the weights of the
     run are those of a run without it, bit for bit (the random state is kept)."""
     import train_seg
-    from core.io import save_mask
     from core.dataset_layout import DatasetInfo, SeedLayout
+    from core.io import save_mask
     from tools.engine import trainer
     from tools.paths import pseudo_labels_dir
+
     root = toy_dataset()
     layout = SeedLayout(root, "train_aug", DatasetInfo("TOY"))
     runs = {}
     for name, peak in (("plain", None), ("mfu", 1e12)):
         pred = tmp_path / name
         for image_id in layout.ids:
-            save_mask(os.path.join(pseudo_labels_dir(str(pred), "masks", "train_aug"), image_id + ".png"),
-                      layout.read_mask(image_id), layout.info.palette)
+            save_mask(
+                os.path.join(pseudo_labels_dir(str(pred), "masks", "train_aug"), image_id + ".png"),
+                layout.read_mask(image_id),
+                layout.info.palette,
+            )
         monkeypatch.setattr(trainer, "device_peak_flops", lambda device, amp, peak=peak: peak)
-        argv = ["--root_dir", root, "--dataset", "TOY", "--domain", "train_aug", "--gpus", "cpu", "--backbone",
-                "resnet18", "--pretrained", "none", "--crop_size", "32", "--min_image_size", "32",
-                "--max_image_size", "48", "--batch_size", "4", "--num_workers", "0", "--max_epoch", "1",
-                "--label_tag", "masks", "--pred_dir", str(pred), "--tag", "t", "--log_interval", "1"]
+        argv = [
+            "--root_dir",
+            root,
+            "--dataset",
+            "TOY",
+            "--domain",
+            "train_aug",
+            "--gpus",
+            "cpu",
+            "--backbone",
+            "resnet18",
+            "--pretrained",
+            "none",
+            "--crop_size",
+            "32",
+            "--min_image_size",
+            "32",
+            "--max_image_size",
+            "48",
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--max_epoch",
+            "1",
+            "--label_tag",
+            "masks",
+            "--pred_dir",
+            str(pred),
+            "--tag",
+            "t",
+            "--log_interval",
+            "1",
+        ]
         runs[name] = train_seg.main(train_seg.get_args_parser().parse_args(argv))
     plain = torch.load(runs["plain"]["weights"], weights_only=True)
     counted = torch.load(runs["mfu"]["weights"], weights_only=True)
     assert all(torch.equal(plain[k], counted[k]) for k in plain)
-    records = {name: [json.loads(line) for line in open(tmp_path / name / "models" / "t" / "logs" / "log.jsonl")]
-               for name in runs}
+    records = {
+        name: [json.loads(line) for line in open(tmp_path / name / "models" / "t" / "logs" / "log.jsonl")]
+        for name in runs
+    }
     assert all("mfu" not in r for r in records["plain"])
     from tools.engine import flops
-    per_image = flops.seg_train_flops("deeplabv3+", "resnet18", 6, 8, 32, torch.device("cpu"),
-                                      train_seg.segmentation_loss)
+
+    per_image = flops.seg_train_flops(
+        "deeplabv3+", "resnet18", 6, 8, 32, torch.device("cpu"), train_seg.segmentation_loss
+    )
     for r in records["mfu"]:
         assert r["mfu"] == pytest.approx(r["images_per_s"] * per_image / 1e12, rel=1e-9)

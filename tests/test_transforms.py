@@ -1,12 +1,12 @@
 """Training transforms: crop geometry, padding values, valid region, label safety, flip, seeds."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from core.dataset_layout import IMAGENET_MEAN, IMAGENET_STD
-from core.transforms import (TrainTransform, color_jitter, random_crop, random_hflip,
-                             random_resize_long)
+from core.transforms import TrainTransform, color_jitter, random_crop, random_hflip, random_resize_long
 
 
 def denormalize(image):
@@ -112,7 +112,8 @@ def test_flip_moves_image_and_mask_together():
     flipped_seen = set()
     for seed in range(12):
         out = TrainTransform(crop_size=64, min_size=50, max_size=80, jitter=None)(
-            image, mask, np.random.default_rng(seed))
+            image, mask, np.random.default_rng(seed)
+        )
         pixels = denormalize(out["image"]).astype(int)
         valid = out["valid"].numpy()
         colour_label = np.where(pixels[..., 0] > pixels[..., 1], 1, 2)

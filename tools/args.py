@@ -3,6 +3,7 @@
 Flag names, types and defaults follow the original scripts so that their README commands run
 unchanged. One definition per flag: scripts call the `add_*` helpers instead of repeating them.
 """
+
 import argparse
 import errno
 import sys
@@ -79,8 +80,16 @@ def deprecated_alias(parser, old, new):
             print(message, file=sys.stderr)
             setattr(namespace, self.dest, values)
 
-    parser.add_argument(old, dest=target.dest, type=target.type, choices=target.choices, metavar=target.metavar,
-                        default=argparse.SUPPRESS, action=Alias, help=f"deprecated: use {new}")
+    parser.add_argument(
+        old,
+        dest=target.dest,
+        type=target.type,
+        choices=target.choices,
+        metavar=target.metavar,
+        default=argparse.SUPPRESS,
+        action=Alias,
+        help=f"deprecated: use {new}",
+    )
 
 
 def int_list(text):
@@ -119,8 +128,9 @@ def color_jitter(text):
         values = ()
     # `not 0 <= v <= 10` also refuses nan; inf fails the upper bound
     if len(values) != 4 or not all(0 <= v <= 10 for v in values) or values[3] > 0.5:
-        raise argparse.ArgumentTypeError(f"expected 4 comma-separated finite strengths B,C,S,H (0..10, hue <= 0.5) "
-                                         f"or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected 4 comma-separated finite strengths B,C,S,H (0..10, hue <= 0.5) or 'none', got {text!r}"
+        )
     return values if any(values) else None
 
 
@@ -142,24 +152,37 @@ positive_int.number_kind = int  # make_parser also gives it the flag's range (to
 # fp16; off on the CPU.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
+
 def add_image_limit_arg(parser, what="an image"):
     """--max_image_pixels, the one definition of every script that reads images (default
     core.dataset_layout.DEFAULT_MAX_IMAGE_PIXELS); `what` names the images it guards in --help."""
-    parser.add_argument("--max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS, type=positive_int,
-                        help=f"{what} whose header claims more pixels (width x height) is skipped and "
-                             "listed at the end, before it is decoded")
+    parser.add_argument(
+        "--max_image_pixels",
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        type=positive_int,
+        help=f"{what} whose header claims more pixels (width x height) is skipped and "
+        "listed at the end, before it is decoded",
+    )
 
 
 def add_seed_limit_arg(parser):
-    parser.add_argument("--max_seed_bytes", default=DEFAULT_MAX_SEED_BYTES, type=positive_int,
-                        help="a seed file larger than this, on disk or once decoded, is skipped and listed "
-                             "at the end (checked before the arrays are built)")
+    parser.add_argument(
+        "--max_seed_bytes",
+        default=DEFAULT_MAX_SEED_BYTES,
+        type=positive_int,
+        help="a seed file larger than this, on disk or once decoded, is skipped and listed "
+        "at the end (checked before the arrays are built)",
+    )
 
 
 def add_overwrite_arg(parser, what):
-    parser.add_argument("--overwrite", default=False, type=str2bool,
-                        help=f"when the output folder holds {what} written with other settings: delete them "
-                             "and start again (without it such a run is refused)")
+    parser.add_argument(
+        "--overwrite",
+        default=False,
+        type=str2bool,
+        help=f"when the output folder holds {what} written with other settings: delete them "
+        "and start again (without it such a run is refused)",
+    )
 
 
 def conf_threshold(value):
@@ -169,41 +192,61 @@ def conf_threshold(value):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
     if number != -1 and not 0.0 <= number <= 1.0:  # NaN fails the range test too
-        raise argparse.ArgumentTypeError(f"expected -1 (ground-truth tags) or a class score in [0, 1], got "
-                                         f"{value!r} (a threshold outside [0, 1] keeps every class or none)")
+        raise argparse.ArgumentTypeError(
+            f"expected -1 (ground-truth tags) or a class score in [0, 1], got "
+            f"{value!r} (a threshold outside [0, 1] keeps every class or none)"
+        )
     return number
 
 
 def add_dataset_args(parser, domain="validation"):
-    parser.add_argument("--root_dir", default="../VOC2012/", type=str,
-                        help="dataset root in the seed layout (trailing slash optional)")
-    parser.add_argument("--dataset", default="VOC", type=str,
-                        help="dataset description: VOC, COCO or TOY (data/{dataset}.json), or the path of a "
-                             "description .json, e.g. one written by tools/builders/prepare_own.py")
-    parser.add_argument("--domain", default=domain, type=str,
-                        help="split: train, train_aug, validation or test")
+    parser.add_argument(
+        "--root_dir", default="../VOC2012/", type=str, help="dataset root in the seed layout (trailing slash optional)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="VOC",
+        type=str,
+        help="dataset description: VOC, COCO or TOY (data/{dataset}.json), or the path of a "
+        "description .json, e.g. one written by tools/builders/prepare_own.py",
+    )
+    parser.add_argument("--domain", default=domain, type=str, help="split: train, train_aug, validation or test")
 
 
 def add_experiment_args(parser, tag=None):
-    parser.add_argument("--tag", default=tag, type=str, required=tag is None,
-                        help="experiment name: the folder under models/, predictions/, pseudo-labels/"
-                             + ("; empty: a name derived from the settings" if tag == "" else ""))
-    parser.add_argument("--pred_dir", default=DEFAULT_PRED_DIR, type=str,
-                        help="root of the experiment folders models/, predictions/, pseudo-labels/")
+    parser.add_argument(
+        "--tag",
+        default=tag,
+        type=str,
+        required=tag is None,
+        help="experiment name: the folder under models/, predictions/, pseudo-labels/"
+        + ("; empty: a name derived from the settings" if tag == "" else ""),
+    )
+    parser.add_argument(
+        "--pred_dir",
+        default=DEFAULT_PRED_DIR,
+        type=str,
+        help="root of the experiment folders models/, predictions/, pseudo-labels/",
+    )
 
 
 def add_device_args(parser):
-    parser.add_argument("--gpus", default="0", type=str,
-                        help="comma-separated CUDA device ids; ignored (CPU) when CUDA is unavailable")
+    parser.add_argument(
+        "--gpus", default="0", type=str, help="comma-separated CUDA device ids; ignored (CPU) when CUDA is unavailable"
+    )
     parser.add_argument("--num_workers", default=4, type=int, help="data loading / worker processes")
     add_threads_arg(parser)
 
 
 def add_threads_arg(parser):
-    parser.add_argument("--threads", default=None, type=positive_int,
-                        help="torch and OpenCV threads of the main process (each worker process runs one); "
-                             "default: OMP_NUM_THREADS when set, else the CPUs this process may use less "
-                             "its worker processes")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        type=positive_int,
+        help="torch and OpenCV threads of the main process (each worker process runs one); "
+        "default: OMP_NUM_THREADS when set, else the CPUs this process may use less "
+        "its worker processes",
+    )
 
 
 def resolve_devices(gpus):

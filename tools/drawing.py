@@ -6,10 +6,11 @@ thread pool, once started in a training's main process, deadlocks the loader wor
 it). A composite is one picture per image: titled tiles in pipeline order, wrapped into rows, and a
 legend strip of the classes shown (colour, name) under them.
 """
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from core.io import IGNORE_COLOR, IGNORE_INDEX
+from core.io import IGNORE_INDEX
 
 HEAT_ALPHA = 0.5  # weight of the heat map over the image
 TILE_SIDE = 256  # longest side of a tile in a composite (smaller images keep their size)
@@ -149,7 +150,7 @@ def composite(tiles, legend=(), columns=COLUMNS, side=TILE_SIDE):
     if not tiles:
         raise ValueError("a composite needs at least one tile")
     shrunk = [(title, shrink(np.asarray(t, np.uint8), Image.BOX, side)) for title, t in tiles]
-    rows = [shrunk[k:k + columns] for k in range(0, len(shrunk), columns)]
+    rows = [shrunk[k : k + columns] for k in range(0, len(shrunk), columns)]
     cell_w = max(t.shape[1] for _, t in shrunk)
     cell_h = max(t.shape[0] for _, t in shrunk)
     width = PAD + len(rows[0]) * (cell_w + PAD)

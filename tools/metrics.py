@@ -20,6 +20,7 @@ classes whose union is non-zero.
 Matrices are plain int64 arrays, so summing them over images (in any order, in any process)
 gives exactly the same result.
 """
+
 import warnings
 
 import numpy as np
@@ -42,8 +43,10 @@ def _gt_rows(gt, num_classes, ignore_index):
         bad = outside & (rows != ignore_index)
         if bad.any():
             values = np.unique(rows[bad])[:5].tolist()
-            raise ValueError(f"ground truth holds values {values} outside the classes 0..{num_classes - 1} "
-                             f"and not the ignore index {ignore_index}")
+            raise ValueError(
+                f"ground truth holds values {values} outside the classes 0..{num_classes - 1} "
+                f"and not the ignore index {ignore_index}"
+            )
         rows[outside] = num_classes + 1
     return rows
 
@@ -120,17 +123,20 @@ def sweep_thresholds(st_th=0.10, end_th=0.80, th_interval=0.05, max_count=MAX_TH
     """Background thresholds st_th, st_th + th_interval, ..., end_th inclusive (rounded to 1e-10,
     so 0.15 is 0.15 and not 0.15000000000000002). At most `max_count` thresholds."""
     if not all(np.isfinite([st_th, end_th, th_interval])):
-        raise ValueError(f"--st_th, --end_th and --th_interval must be finite numbers, got "
-                         f"{st_th}, {end_th}, {th_interval}")
+        raise ValueError(
+            f"--st_th, --end_th and --th_interval must be finite numbers, got {st_th}, {end_th}, {th_interval}"
+        )
     if not th_interval > 0:
         raise ValueError(f"--th_interval must be positive, got {th_interval}")
     if end_th < st_th:
         raise ValueError(f"--end_th ({end_th}) is below --st_th ({st_th})")
     steps = (end_th - st_th) / th_interval
     if steps + 1 > max_count:
-        raise ValueError(f"--th_interval {th_interval:g} gives {steps + 1:,.0f} thresholds from {st_th:g} to "
-                         f"{end_th:g}, more than {max_count:,}; use a step of at least "
-                         f"{(end_th - st_th) / (max_count - 1):.2g}")
+        raise ValueError(
+            f"--th_interval {th_interval:g} gives {steps + 1:,.0f} thresholds from {st_th:g} to "
+            f"{end_th:g}, more than {max_count:,}; use a step of at least "
+            f"{(end_th - st_th) / (max_count - 1):.2g}"
+        )
     count = int(np.floor(steps + 1e-9)) + 1
     return [round(st_th + i * th_interval, 10) for i in range(count)]
 
@@ -192,8 +198,7 @@ def seg_seed_prediction(seed_dict):
     return keys[best].reshape(seed.shape[1:])
 
 
-def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None,
-                          ignore_index=IGNORE_INDEX):
+def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None, ignore_index=IGNORE_INDEX):
     """Confusion matrices of one seed file for every background threshold.
 
     rsepm dialect: for threshold t the prediction is argmax([t, s_1, ..., s_K]) mapped through
@@ -226,8 +231,7 @@ def seed_sweep_confusions(seed_dict, gt, thresholds, num_classes, tag_mask=None,
     if tuple(seed.shape[1:]) != tuple(gt.shape):
         raise ValueError(f"seed size {seed.shape[1:]} differs from ground-truth size {gt.shape}")
     if seed_dict.get("dialect", "rsepm") == "seg":
-        confusion = confusion_matrix(seg_seed_prediction(seed_dict), gt, num_classes,
-                                     ignore_index)[None]
+        confusion = confusion_matrix(seg_seed_prediction(seed_dict), gt, num_classes, ignore_index)[None]
     else:
         confusion = _rsepm_sweep(seed_dict, gt, thresholds, num_classes, ignore_index)
     if tag_mask is not None:
@@ -295,8 +299,12 @@ def segmentation_scores(confusion):
         iou = hit / union
         fp = (pred - hit) / union
         fn = (true - hit) / union
-    return {"iou": iou, "mIoU": _nanmean(iou, -1) * 100.0,
-            "FP": _nanmean(fp[..., 1:], -1), "FN": _nanmean(fn[..., 1:], -1)}
+    return {
+        "iou": iou,
+        "mIoU": _nanmean(iou, -1) * 100.0,
+        "FP": _nanmean(fp[..., 1:], -1),
+        "FN": _nanmean(fn[..., 1:], -1),
+    }
 
 
 def best_threshold_index(mious):

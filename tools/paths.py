@@ -1,9 +1,10 @@
 """The experiment folder (docs/formats.md#experiment-folder), one definition for every script.
 
-    {pred_dir}/models/{tag}/{strategy}.pth
-    {pred_dir}/predictions/{tag}/{domain}/{ID}.pkl
-    {pred_dir}/pseudo-labels/{tag}/{domain}/{ID}.png
+{pred_dir}/models/{tag}/{strategy}.pth
+{pred_dir}/predictions/{tag}/{domain}/{ID}.pkl
+{pred_dir}/pseudo-labels/{tag}/{domain}/{ID}.png
 """
+
 import os
 
 from core.errors import UsageError
@@ -31,8 +32,9 @@ def model_dir(pred_dir, tag, flag="--tag"):
 
 
 def model_path(pred_dir, tag, strategy="last", flag="--tag"):
-    return os.path.join(model_dir(pred_dir, tag, flag), check_output_id(f"{strategy}.pth", "--strategy",
-                                                                          error=UsageError))
+    return os.path.join(
+        model_dir(pred_dir, tag, flag), check_output_id(f"{strategy}.pth", "--strategy", error=UsageError)
+    )
 
 
 def output_dir(pred_dir, folder, tag, domain, flag="--tag"):
@@ -40,8 +42,9 @@ def output_dir(pred_dir, folder, tag, domain, flag="--tag"):
     that gave the tag (--seed_tag, --label_tag, ...), named if it is refused."""
     if not folder or os.sep in folder or folder in (".", "..", "models"):
         raise UsageError(f"--folder must be a folder name such as 'predictions' or 'pseudo-labels', got {folder!r}")
-    return os.path.join(pred_dir, folder, check_tag(tag, flag), check_output_id(output_domain(domain), "--domain",
-                                                                          error=UsageError))
+    return os.path.join(
+        pred_dir, folder, check_tag(tag, flag), check_output_id(output_domain(domain), "--domain", error=UsageError)
+    )
 
 
 def predictions_dir(pred_dir, tag, domain, flag="--tag"):

@@ -6,6 +6,7 @@ with N threads each on N cores spin against each other and run several times slo
 process takes the CPUs it may run on less the workers it starts, unless --threads or
 OMP_NUM_THREADS says otherwise (the toy pipeline fixes its numbers through OMP_NUM_THREADS).
 """
+
 import errno
 import multiprocessing
 import os
@@ -52,6 +53,7 @@ def set_threads(count):
     torch.set_num_threads(count)
     try:
         import cv2
+
         cv2.setNumThreads(count)
     except ImportError:
         pass
@@ -75,8 +77,11 @@ def main_threads(threads, workers, verbose=True):
         threads = int(text) if text.isdigit() and int(text) > 0 else max(1, available_cpus() - workers)
     set_threads(threads)
     if verbose:
-        print(f"threads: 1 per worker x {workers} workers, {threads} in the main process" if workers
-              else f"threads: {threads} in this process (no worker processes)")
+        print(
+            f"threads: 1 per worker x {workers} workers, {threads} in the main process"
+            if workers
+            else f"threads: {threads} in this process (no worker processes)"
+        )
     return threads
 
 
@@ -114,8 +119,9 @@ def run_pool(task, items, workers, setup=None, setup_args=(), ordered=False):
 def collect(results, total, desc, progress=True):
     """Drain (id, problem) results behind a progress bar: (number done, [{"id", "problem"}] skipped)."""
     done, skipped = 0, []
-    for item_id, problem in progress_bar(results, total=total, desc=desc, unit="img", disable=not progress,
-                                         dynamic_ncols=True):
+    for item_id, problem in progress_bar(
+        results, total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True
+    ):
         if problem is None:
             done += 1
         else:

@@ -12,6 +12,7 @@ cache of train_affinity.py.
   ranks share it). Every file stays atomic, so a rank that dies leaves the others' files valid and
   a re-run does the rest.
 """
+
 import os
 import time
 
@@ -56,7 +57,7 @@ class Shard:
 
     def share(self, ids):
         """This rank's images: every world-th of the full ordered list, from its rank."""
-        return list(ids)[self.rank::self.world]
+        return list(ids)[self.rank :: self.world]
 
     def barrier(self):
         if self.distributed:
@@ -86,10 +87,12 @@ def run_spawned(function, devices, *payload):
     of len(devices) on devices[i]; returns their results in rank order. A process that fails makes
     this raise after the others have ended (their files stay: every write is atomic)."""
     import multiprocessing
+
     context = multiprocessing.get_context("spawn")
     results = context.SimpleQueue()
-    processes = [context.Process(target=_spawned, args=(i, function, devices, payload, results))
-                 for i in range(len(devices))]
+    processes = [
+        context.Process(target=_spawned, args=(i, function, devices, payload, results)) for i in range(len(devices))
+    ]
     for process in processes:
         process.start()
     collected = {}
@@ -105,7 +108,9 @@ def run_spawned(function, devices, *payload):
         process.join()
     failed = [i for i, p in enumerate(processes) if p.exitcode != 0 or i not in collected]
     if failed:
-        raise ProjectError(f"shard process(es) {failed} of {len(devices)} failed (exit codes "
-                           f"{[processes[i].exitcode for i in failed]}); the files of the others are complete: "
-                           "run the same command again to do the rest")
+        raise ProjectError(
+            f"shard process(es) {failed} of {len(devices)} failed (exit codes "
+            f"{[processes[i].exitcode for i in failed]}); the files of the others are complete: "
+            "run the same command again to do the rest"
+        )
     return [collected[i] for i in range(len(devices))]

@@ -7,6 +7,7 @@ the largest worker count over the first. 1 thread per process.
 
     python tools/bench/bench_crf.py --num_images 16 --workers 1,2
 """
+
 import contextlib
 import io
 import os
@@ -80,8 +81,10 @@ def main(args):
     cpu_times = {w: [] for w in args.workers}
     with Machine() as machine, tempfile.TemporaryDirectory() as base:
         root, pred = build_dataset(base, args.num_images)
-        print(f"{args.num_images} synthetic images (500x375 / 375x500, 2-3 classes), {args.repeat} runs per "
-              f"worker count", flush=True)
+        print(
+            f"{args.num_images} synthetic images (500x375 / 375x500, 2-3 classes), {args.repeat} runs per worker count",
+            flush=True,
+        )
         for run in range(args.repeat):
             for workers in args.workers:
                 # a fresh experiment folder per run (sharing the seeds), so nothing is skipped as done
@@ -90,8 +93,23 @@ def main(args):
                 os.symlink(os.path.join(pred, "predictions"), os.path.join(run_dir, "predictions"))
                 start, cpu_start = time.perf_counter(), _cpu_seconds()
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    summary = run_main(convert, ["--root_dir", root, "--dataset", "VOC", "--domain", DOMAIN, "--tag",
-                                            TAG, "--pred_dir", run_dir, "--num_workers", str(workers)])
+                    summary = run_main(
+                        convert,
+                        [
+                            "--root_dir",
+                            root,
+                            "--dataset",
+                            "VOC",
+                            "--domain",
+                            DOMAIN,
+                            "--tag",
+                            TAG,
+                            "--pred_dir",
+                            run_dir,
+                            "--num_workers",
+                            str(workers),
+                        ],
+                    )
                 if summary["written"] != args.num_images or summary["failed"]:
                     raise RuntimeError(f"bench_crf: the conversion did not write every mask: {summary}")
                 times[workers].append((time.perf_counter() - start) / args.num_images)

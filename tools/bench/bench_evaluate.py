@@ -12,6 +12,7 @@ classes. Then reports seconds per 100 images for
 - evaluate.main end to end with each --num_workers value.
 Every in-memory figure is the minimum and median of --repeat runs, 1 thread per process.
 """
+
 import contextlib
 import io
 import os
@@ -44,7 +45,7 @@ def blocky_labels(rng, classes, block, shape=(HEIGHT, WIDTH)):
     dy, dx = rng.integers(0, block, size=2)
     grid = rng.choice(classes, size=((h + dy) // block + 1, (w + dx) // block + 1))
     full = np.repeat(np.repeat(grid, block, axis=0), block, axis=1)
-    return full[dy:dy + h, dx:dx + w].astype(np.uint8)
+    return full[dy : dy + h, dx : dx + w].astype(np.uint8)
 
 
 def with_ignore_border(mask, width=3):
@@ -62,8 +63,9 @@ def with_ignore_border(mask, width=3):
 
 
 def image_classes(rng, num_classes):
-    return np.array([0] + sorted(rng.choice(np.arange(1, num_classes), size=rng.integers(1, 4),
-                                            replace=False).tolist()))
+    return np.array(
+        [0] + sorted(rng.choice(np.arange(1, num_classes), size=rng.integers(1, 4), replace=False).tolist())
+    )
 
 
 def build(root, pred_dir, num_masks, num_seeds, info, rng):
@@ -82,12 +84,14 @@ def build(root, pred_dir, num_masks, num_seeds, info, rng):
         classes = image_classes(rng, info.num_classes)
         gt = blocky_labels(rng, classes, block=int(rng.integers(40, 120)))
         save_mask(os.path.join(mask_dir, image_id + ".png"), with_ignore_border(gt), info.palette)
-        pred = np.where(blocky_labels(rng, [0, 1], block=60) == 1, gt,
-                        blocky_labels(rng, classes, block=int(rng.integers(40, 120))))
+        pred = np.where(
+            blocky_labels(rng, [0, 1], block=60) == 1, gt, blocky_labels(rng, classes, block=int(rng.integers(40, 120)))
+        )
         save_mask(os.path.join(labels_dir, image_id + ".png"), pred, info.palette)
         if n < num_seeds:
-            seed = np.stack([(gt == c) * rng.uniform(0.3, 1.0) + rng.random(gt.shape) * 0.4
-                             for c in classes[1:]]).astype(np.float32)
+            seed = np.stack(
+                [(gt == c) * rng.uniform(0.3, 1.0) + rng.random(gt.shape) * 0.4 for c in classes[1:]]
+            ).astype(np.float32)
             save_seed(os.path.join(seeds_dir, image_id + ".pkl"), classes, seed, "rsepm")
     return ids
 
@@ -139,47 +143,69 @@ def bench(args):
         mask_dir = os.path.join(root, "validation", "mask")
 
         # masks: reading vs computing
-        read_s, pairs = timed(lambda: [(read_mask(os.path.join(labels_dir, i + ".png")),
-                                        read_mask(os.path.join(mask_dir, i + ".png"))) for i in ids])
+        read_s, pairs = timed(
+            lambda: [
+                (read_mask(os.path.join(labels_dir, i + ".png")), read_mask(os.path.join(mask_dir, i + ".png")))
+                for i in ids
+            ]
+        )
         if not np.allclose(confusion_iou(pairs, info.num_classes), per_class_iou(pairs, info.num_classes)):
             raise RuntimeError("bench_evaluate: the confusion matrix and the per-class loop disagree")
-        compared = side_by_side({"confusion matrix": lambda: confusion_iou(pairs, info.num_classes),
-                                 "per-class mask loop": lambda: per_class_iou(pairs, info.num_classes)}, args.repeat)
+        compared = side_by_side(
+            {
+                "confusion matrix": lambda: confusion_iou(pairs, info.num_classes),
+                "per-class mask loop": lambda: per_class_iou(pairs, info.num_classes),
+            },
+            args.repeat,
+        )
         per = 100.0 / len(ids)
-        figures = {f"{name} per 100 masks": {k: v * per if k != "runs" else v for k, v in figure.items()}
-                   for name, figure in compared.items()}
+        figures = {
+            f"{name} per 100 masks": {k: v * per if k != "runs" else v for k, v in figure.items()}
+            for name, figure in compared.items()
+        }
         figures["confusion matrix speed-up"] = ratio(compared["per-class mask loop"], compared["confusion matrix"])
         rows.append(("masks: read PNG pairs", len(ids), read_s, read_s * per))
-        rows.append(("masks: confusion matrix", len(ids), compared["confusion matrix"]["min"],
-                     compared["confusion matrix"]["min"] * per))
+        rows.append(
+            (
+                "masks: confusion matrix",
+                len(ids),
+                compared["confusion matrix"]["min"],
+                compared["confusion matrix"]["min"] * per,
+            )
+        )
         common = ["--root_dir", root, "--dataset", "VOC", "--domain", "validation", "--pred_dir", pred_dir]
         for workers in args.workers:
-            seconds, result = timed(quiet_main, common + ["--tag", TAG, "--folder", "pseudo-labels",
-                                                          "--num_workers", str(workers)])
+            seconds, result = timed(
+                quiet_main, common + ["--tag", TAG, "--folder", "pseudo-labels", "--num_workers", str(workers)]
+            )
             rows.append((f"masks: evaluate.py, {workers} worker(s)", len(ids), seconds, seconds * per))
         mask_miou = result["mIoU"]
 
         # seeds: loading vs the 15-threshold sweep; the seed split is the first num_seeds ids
-        seed_ids = ids[:args.num_seeds]
-        gts = [pair[1] for pair in pairs[:args.num_seeds]]
+        seed_ids = ids[: args.num_seeds]
+        gts = [pair[1] for pair in pairs[: args.num_seeds]]
         load_s, seeds = timed(lambda: [load_seed(os.path.join(seeds_dir, i + ".pkl")) for i in seed_ids])
         thresholds = metrics.sweep_thresholds()
-        sweep_s, _ = timed(lambda: [metrics.seed_sweep_confusions(s, g, thresholds, info.num_classes)
-                                    for s, g in zip(seeds, gts)])
+        sweep_s, _ = timed(
+            lambda: [metrics.seed_sweep_confusions(s, g, thresholds, info.num_classes) for s, g in zip(seeds, gts)]
+        )
         per = 100.0 / len(seed_ids)
         rows.append(("seeds: load .pkl", len(seed_ids), load_s, load_s * per))
         rows.append((f"seeds: {len(thresholds)}-threshold sweep", len(seed_ids), sweep_s, sweep_s * per))
-        del seeds
+        seeds = None  # the loaded seeds are not needed below
         seed_root = os.path.join(tmp, "VOC2012-seeds")  # a split holding only the seeded images
         os.makedirs(os.path.join(seed_root, "validation", "image"))
         os.symlink(mask_dir, os.path.join(seed_root, "validation", "mask"))
         for i in seed_ids:
-            shutil.copyfile(os.path.join(root, "validation", "image", i + ".jpg"),
-                            os.path.join(seed_root, "validation", "image", i + ".jpg"))
+            shutil.copyfile(
+                os.path.join(root, "validation", "image", i + ".jpg"),
+                os.path.join(seed_root, "validation", "image", i + ".jpg"),
+            )
         common = ["--root_dir", seed_root, "--dataset", "VOC", "--domain", "validation", "--pred_dir", pred_dir]
         for workers in args.workers:
-            seconds, result = timed(quiet_main, common + ["--tag", TAG + "-seeds", "--folder", "predictions",
-                                                          "--num_workers", str(workers)])
+            seconds, result = timed(
+                quiet_main, common + ["--tag", TAG + "-seeds", "--folder", "predictions", "--num_workers", str(workers)]
+            )
             rows.append((f"seeds: evaluate.py, {workers} worker(s)", len(seed_ids), seconds, seconds * per))
         seed_result = (result["mIoU"], result["threshold"])
     finally:
@@ -189,8 +215,10 @@ def bench(args):
     print(f"\n{'step':<36} {'images':>6} {'total s':>8} {'s / 100':>8}")
     for name, count, total, per_100 in rows:
         print(f"{name:<36} {count:>6} {total:>8.2f} {per_100:>8.3f}")
-    print(f"\n(sanity: mask mIoU {mask_miou:.2f}%, seed mIoU {seed_result[0]:.2f}% at threshold "
-          f"{seed_result[1]:.2f}; {cpus()} CPUs available)")
+    print(
+        f"\n(sanity: mask mIoU {mask_miou:.2f}%, seed mIoU {seed_result[0]:.2f}% at threshold "
+        f"{seed_result[1]:.2f}; {cpus()} CPUs available)"
+    )
     for name, figure in figures.items():
         (show_ratio if "speed-up" in name else show)(name, figure)
     return figures
@@ -203,8 +231,9 @@ def get_args_parser():
     parser.add_argument("--workers", default=(1, 2), type=int_list, help="comma-separated --num_workers values")
     parser.add_argument("--repeat", default=3, type=positive_int, help="runs per in-memory figure (min and median)")
     parser.add_argument("--threads", default=1, type=positive_int, help="threads per process")
-    parser.add_argument("--tmp_dir", default=None, type=str,
-                        help="where to build the data; None: the system temp folder")
+    parser.add_argument(
+        "--tmp_dir", default=None, type=str, help="where to build the data; None: the system temp folder"
+    )
     parser.add_argument("--keep", default=False, type=str2bool, help="keep the generated data")
     return parser
 

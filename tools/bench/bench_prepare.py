@@ -9,6 +9,7 @@ cold build with --link hardlink, and a re-run on the finished output (everything
 verification only), --repeat times each into fresh folders. Prints files written per second and
 images per second (build + verify) from the fastest run, and the median run's time.
 """
+
 import contextlib
 import io
 import json
@@ -62,33 +63,41 @@ def make_voc(root, n, rng):
     devkit = os.path.join(root, "VOCdevkit", "VOC2012")
     ids = [f"2010_{i:06d}" for i in range(n)]
     third = n // 3
-    lists = {"train": ids[:third], "val": ids[third:2 * third]}
+    lists = {"train": ids[:third], "val": ids[third : 2 * third]}
     flat_palette = [v for rgb in info.colors for v in rgb]
     for k, image_id in enumerate(ids):
         h, w = 375, 500
-        Image.fromarray(smooth_image(rng, h, w)).save(os.path.join(_mkdir(devkit, "JPEGImages"), image_id + ".jpg"),
-                                                       quality=90)
+        Image.fromarray(smooth_image(rng, h, w)).save(
+            os.path.join(_mkdir(devkit, "JPEGImages"), image_id + ".jpg"), quality=90
+        )
         mask, classes = random_shapes(rng, h, w, np.arange(1, 21), 3)
         border = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
         voc_mask = np.where(border, 255, mask).astype(np.uint8)
-        objects = "".join(f"<object><name>{info.class_names[c]}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-                          f"<xmax>{w}</xmax><ymax>{h}</ymax></bndbox></object>" for c in classes)
-        write_file(os.path.join(devkit, "Annotations", image_id + ".xml"),
-                   f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width>"
-                   f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>")
+        objects = "".join(
+            f"<object><name>{info.class_names[c]}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            f"<xmax>{w}</xmax><ymax>{h}</ymax></bndbox></object>"
+            for c in classes
+        )
+        write_file(
+            os.path.join(devkit, "Annotations", image_id + ".xml"),
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width>"
+            f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>",
+        )
         if k < 2 * third:
             png = Image.fromarray(voc_mask, mode="L")
             png.putpalette(flat_palette + [0] * (768 - len(flat_palette)))
             png.save(os.path.join(_mkdir(devkit, "SegmentationClass"), image_id + ".png"))
-        Image.fromarray(mask, mode="L").save(os.path.join(_mkdir(root, "SBD", "SegmentationClassAug"),
-                                                          image_id + ".png"))
+        Image.fromarray(mask, mode="L").save(
+            os.path.join(_mkdir(root, "SBD", "SegmentationClassAug"), image_id + ".png")
+        )
     for name, split_ids in lists.items():
         write_file(os.path.join(devkit, "ImageSets", "Segmentation", name + ".txt"), "\n".join(split_ids) + "\n")
     test = os.path.join(root, "VOC2012test", "VOCdevkit", "VOC2012")
     test_ids = [f"2011_{i:06d}" for i in range(n // 6)]
     for image_id in test_ids:
-        Image.fromarray(smooth_image(rng, 375, 500)).save(os.path.join(_mkdir(test, "JPEGImages"), image_id + ".jpg"),
-                                                          quality=90)
+        Image.fromarray(smooth_image(rng, 375, 500)).save(
+            os.path.join(_mkdir(test, "JPEGImages"), image_id + ".jpg"), quality=90
+        )
     write_file(os.path.join(test, "ImageSets", "Segmentation", "test.txt"), "\n".join(test_ids) + "\n")
     return ["--devkit", devkit, "--sbd", os.path.join(root, "SBD"), "--test_devkit", test]
 
@@ -97,6 +106,7 @@ def make_coco(root, n, rng):
     """COCO root with n/2 train2014 and n/2 val2014 images of 640x480, ~6 annotations each
     (polygons, uncompressed and compressed RLE, one crowd region in four images), a few empty."""
     from pycocotools import mask as mask_utils
+
     category_ids = DatasetInfo("COCO").extra["coco_category_ids"]
     h, w = 480, 640
     next_ann = 1
@@ -121,12 +131,22 @@ def make_coco(root, n, rng):
                     binary = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w)))
                     rle = mask_utils.encode(np.asfortranarray(binary))
                     segmentation = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-                annotations.append({"id": next_ann, "image_id": image_id, "iscrowd": crowd,
-                                    "category_id": int(rng.choice(category_ids)), "segmentation": segmentation,
-                                    "bbox": [x, y, bw, bh], "area": bw * bh})
+                annotations.append(
+                    {
+                        "id": next_ann,
+                        "image_id": image_id,
+                        "iscrowd": crowd,
+                        "category_id": int(rng.choice(category_ids)),
+                        "segmentation": segmentation,
+                        "bbox": [x, y, bw, bh],
+                        "area": bw * bh,
+                    }
+                )
                 next_ann += 1
-        write_file(os.path.join(root, "annotations", f"instances_{split}2014.json"),
-                   json.dumps({"images": images, "annotations": annotations, "categories": []}))
+        write_file(
+            os.path.join(root, "annotations", f"instances_{split}2014.json"),
+            json.dumps({"images": images, "annotations": annotations, "categories": []}),
+        )
     return ["--coco_root", root]
 
 
@@ -144,8 +164,10 @@ def time_builder(main, argv, quiet):
     """Seconds for `main(argv)`, with its progress bars and summary silenced when `quiet`."""
     sink = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(), \
-            contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
+    with (
+        contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(),
+        contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext(),
+    ):
         result = run_main(main, argv)
     seconds = time.perf_counter() - start
     if result.get("failed") if isinstance(result, dict) else result:
@@ -156,8 +178,11 @@ def time_builder(main, argv, quiet):
 def bench(name, main, inputs, root, num_workers, repeat, quiet):
     """Cold build (copy), cold build (hardlink), re-run of the copy: one line each."""
     figures = {}
-    for label, link, out in (("copy", "copy", "out_copy"), ("hardlink", "hardlink", "out_link"),
-                             ("re-run", "copy", "out_copy")):
+    for label, link, out in (
+        ("copy", "copy", "out_copy"),
+        ("hardlink", "hardlink", "out_link"),
+        ("re-run", "copy", "out_copy"),
+    ):
         times = []
         for run in range(repeat):
             out_dir = os.path.join(root, f"{name}_{out}{run}")
@@ -168,9 +193,12 @@ def bench(name, main, inputs, root, num_workers, repeat, quiet):
         images = sum(len(os.listdir(os.path.join(out_dir, s, "image"))) for s in os.listdir(out_dir))
         fastest, median = min(times), statistics.median(times)
         figures[f"{name} {label}"] = {"min": fastest, "median": median, "runs": repeat, "images": images}
-        print(f"{name:<5} {label:<9} {written:>6} files written {fastest:7.2f} s (median {median:.2f}) "
-              f"{written / fastest:8.1f} files/s {images:>6} images {images / fastest:7.1f} images/s "
-              f"(build + verify)", flush=True)
+        print(
+            f"{name:<5} {label:<9} {written:>6} files written {fastest:7.2f} s (median {median:.2f}) "
+            f"{written / fastest:8.1f} files/s {images:>6} images {images / fastest:7.1f} images/s "
+            f"(build + verify)",
+            flush=True,
+        )
     return figures
 
 
@@ -184,8 +212,9 @@ def get_args_parser():
 
 
 def main(args):
-    from tools.builders import prepare_voc as voc_main
     from tools.builders import prepare_coco as coco_main
+    from tools.builders import prepare_voc as voc_main
+
     set_threads(1)
     rng = np.random.default_rng(0)
     result = {}
@@ -193,8 +222,10 @@ def main(args):
         start = time.perf_counter()
         voc_inputs = make_voc(os.path.join(root, "voc_in"), args.images, rng)
         coco_inputs = make_coco(os.path.join(root, "coco_in"), args.images, rng)
-        print(f"fixtures: {args.images} VOC (+{args.images // 6} test) and {args.images} COCO images "
-              f"in {time.perf_counter() - start:.1f} s; num_workers={args.num_workers}")
+        print(
+            f"fixtures: {args.images} VOC (+{args.images // 6} test) and {args.images} COCO images "
+            f"in {time.perf_counter() - start:.1f} s; num_workers={args.num_workers}"
+        )
         result.update(bench("VOC", voc_main, voc_inputs, root, args.num_workers, args.repeat, not args.verbose))
         result.update(bench("COCO", coco_main, coco_inputs, root, args.num_workers, args.repeat, not args.verbose))
     result["machine"] = machine.record

@@ -22,6 +22,7 @@ ToTensor, Normalize, RandomCrop with padding), as a ratio.
     python tools/bench/bench_train_step.py --only data
     python tools/bench/bench_train_step.py --device cuda --backbone resnet50 --crop 512 --batch 16 --threads 16
 """
+
 import io
 import os
 import statistics
@@ -35,14 +36,14 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from core.dataset_layout import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from core.io import IGNORE_INDEX  # noqa: E402
 from core.networks import RSEPM, build_network, split_parameters  # noqa: E402
 from core.rsepm import LOSS_TERMS, RSEPMConfig, RSEPMTraining  # noqa: E402
-from core.dataset_layout import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from core.transforms import JITTER, TrainTransform  # noqa: E402
-from tools.engine import optim, runlog  # noqa: E402
 from tools.args import cli, make_parser, positive_int  # noqa: E402
 from tools.bench.measure import Machine, ratio, set_threads, show, show_ratio, side_by_side  # noqa: E402
+from tools.engine import optim, runlog  # noqa: E402
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
@@ -62,6 +63,7 @@ class SyncCounter:
         def method(tensor, *args, **kwargs):
             self.count += 1
             return original(tensor, *args, **kwargs)
+
         return method
 
     def __exit__(self, *exc):
@@ -108,7 +110,9 @@ def rsepm_step_factory(args, device, memory_format, generator):
     config = RSEPMConfig()
     module = RSEPMTraining(network, config).train()
     optimizer = optim.build_optimizer(split_parameters(network), 0.01, 1e-4)
-    images = torch.randn(args.batch, 3, args.crop, args.crop, generator=generator).to(device, memory_format=memory_format)
+    images = torch.randn(args.batch, 3, args.crop, args.crop, generator=generator).to(
+        device, memory_format=memory_format
+    )
     tags = (torch.rand(args.batch, 20, generator=generator) < 0.15).float()
     tags[torch.arange(args.batch), torch.randint(0, 20, (args.batch,), generator=generator)] = 1.0
     tags, valid = tags.to(device), torch.ones(args.batch, args.crop, args.crop, dtype=torch.bool, device=device)
@@ -136,7 +140,9 @@ def seg_step_factory(args, device, memory_format, generator):
     network = build_network(args.seg_decoder, args.backbone, 21, output_stride=8, pretrained="none")
     network = network.to(device, memory_format=memory_format).train()
     optimizer = optim.build_optimizer(split_parameters(network), 0.001, 4e-5)
-    images = torch.randn(args.batch, 3, args.crop, args.crop, generator=generator).to(device, memory_format=memory_format)
+    images = torch.randn(args.batch, 3, args.crop, args.crop, generator=generator).to(
+        device, memory_format=memory_format
+    )
     masks = torch.randint(0, 21, (args.batch, args.crop, args.crop), generator=generator).to(device)
 
     def step(iteration, mode, monitor):
@@ -157,9 +163,11 @@ def bench_steps(args, device):
         generator = torch.Generator().manual_seed(0)
         rsepm_step, targets = rsepm_step_factory(args, device, memory_format, generator)
         seg_step = seg_step_factory(args, device, memory_format, generator)
-        cases = [("train_rsepm step", rsepm_step, ("sync", "deferred")),
-                 ("RS+EPM targets only", targets, ("deferred",)),
-                 (f"train_seg step ({args.seg_decoder})", seg_step, ("sync", "deferred"))]
+        cases = [
+            ("train_rsepm step", rsepm_step, ("sync", "deferred")),
+            ("RS+EPM targets only", targets, ("deferred",)),
+            (f"train_seg step ({args.seg_decoder})", seg_step, ("sync", "deferred")),
+        ]
         for name, step, modes in cases:
             for mode in modes:
                 times, syncs = [], 0.0
@@ -168,9 +176,12 @@ def bench_steps(args, device):
                     times.append(seconds)
                 label = mode if name != "RS+EPM targets only" else "-"
                 rows.append((name, format_name, label, min(times), statistics.median(times), syncs))
-                print(f"{name:32s} {format_name:13s} {label:8s} min {min(times) * 1e3:8.1f} ms  median "
-                      f"{statistics.median(times) * 1e3:8.1f} ms  {args.batch / min(times):7.2f} img/s  "
-                      f"{syncs:.2f} host syncs/iteration", flush=True)
+                print(
+                    f"{name:32s} {format_name:13s} {label:8s} min {min(times) * 1e3:8.1f} ms  median "
+                    f"{statistics.median(times) * 1e3:8.1f} ms  {args.batch / min(times):7.2f} img/s  "
+                    f"{syncs:.2f} host syncs/iteration",
+                    flush=True,
+                )
     return rows
 
 
@@ -178,8 +189,13 @@ def synthetic_photo(height=375, width=500, seed=0):
     """A smooth random RGB image (uint8) that compresses like a photo, not like noise."""
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
-    big = torch.nn.functional.interpolate(torch.from_numpy(small).permute(2, 0, 1)[None], size=(height, width),
-                                          mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
+    big = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(small).permute(2, 0, 1)[None], size=(height, width), mode="bicubic", align_corners=False
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     big += rng.normal(0, 6, big.shape)
     return np.clip(big, 0, 255).astype(np.uint8)
 
@@ -190,8 +206,15 @@ def plain_augmentation(crop=512, min_size=320, max_size=640):
     import torchvision.transforms as T
     from PIL import Image
 
-    tail = T.Compose([T.RandomHorizontalFlip(), T.ColorJitter(*JITTER), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD), T.RandomCrop(crop, pad_if_needed=True)])
+    tail = T.Compose(
+        [
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(*JITTER),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.RandomCrop(crop, pad_if_needed=True),
+        ]
+    )
 
     def apply(photo):
         image = Image.fromarray(photo)
@@ -229,8 +252,16 @@ def bench_data(args):
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     figures = side_by_side(decoders, args.repeat, args.images)
-    figures.update(side_by_side({"augmentation": lambda: transform(photo, None, rng),
-                                 "augmentation, plain torchvision": lambda: plain(photo)}, args.repeat, args.images))
+    figures.update(
+        side_by_side(
+            {
+                "augmentation": lambda: transform(photo, None, rng),
+                "augmentation, plain torchvision": lambda: plain(photo),
+            },
+            args.repeat,
+            args.images,
+        )
+    )
     print(f"one 500x375 JPEG of {len(data) / 1024:.0f} KiB, {args.images} images per run, {args.repeat} runs")
     for name, figure in figures.items():
         show(f"{name} (per image)", figure)
@@ -262,8 +293,11 @@ def main(args):
     device = torch.device(args.device)
     result = {}
     with Machine() as machine:
-        print(f"torch {torch.__version__}, device {device}, backbone {args.backbone}, batch {args.batch}, "
-              f"crop {args.crop}", flush=True)
+        print(
+            f"torch {torch.__version__}, device {device}, backbone {args.backbone}, batch {args.batch}, "
+            f"crop {args.crop}",
+            flush=True,
+        )
         if args.only in ("all", "steps"):
             result["steps"] = bench_steps(args, device)
         if args.only in ("all", "data"):

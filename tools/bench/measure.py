@@ -6,6 +6,7 @@ On a shared machine one timing says little: every figure is the minimum and the 
 thing, alternating the two run by run in the same process and threads, so that a load that comes
 and goes slows both and their ratio holds.
 """
+
 import os
 import statistics
 import time
@@ -38,6 +39,7 @@ def cpu_model(path="/proc/cpuinfo"):
     """(model name, [vector extensions]) of this CPU from /proc/cpuinfo; the platform's processor
     string and no extensions where there is none."""
     import platform
+
     name, flags = None, []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -61,11 +63,19 @@ class Machine:
 
     def __enter__(self):
         model, flags = cpu_model()
-        self.record = {"cpu_model": model, "vector_extensions": flags, "cpus": cpus(),
-                       "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0]}
-        print(f"machine: {model} ({', '.join(flags) or 'no listed vector extension'}), {self.record['cpus']} CPUs "
-              f"in affinity, {self.record['threads']} thread(s) per process, load average "
-              f"{self.record['load_before']:.2f} before", flush=True)
+        self.record = {
+            "cpu_model": model,
+            "vector_extensions": flags,
+            "cpus": cpus(),
+            "threads": torch.get_num_threads(),
+            "load_before": os.getloadavg()[0],
+        }
+        print(
+            f"machine: {model} ({', '.join(flags) or 'no listed vector extension'}), {self.record['cpus']} CPUs "
+            f"in affinity, {self.record['threads']} thread(s) per process, load average "
+            f"{self.record['load_before']:.2f} before",
+            flush=True,
+        )
         return self
 
     def __exit__(self, *exc):
@@ -118,8 +128,10 @@ def ratio(slow, fast):
 
 def show(name, figure, unit="ms", scale=1e3):
     cpu = f"  CPU {figure['cpu'] * scale:9.2f} {unit}" if "cpu" in figure else ""
-    print(f"{name:<48} min {figure['min'] * scale:9.2f} {unit}  median {figure['median'] * scale:9.2f} {unit}{cpu}",
-          flush=True)
+    print(
+        f"{name:<48} min {figure['min'] * scale:9.2f} {unit}  median {figure['median'] * scale:9.2f} {unit}{cpu}",
+        flush=True,
+    )
 
 
 def show_ratio(name, value):

@@ -3,6 +3,7 @@ tools/builders/make_toy_dataset.py): their output flags, atomic file placement (
 symlink), id lists, mask checks, the worker pool, verification of a built split, the summary
 table and the one VOC-style xml writer (docs/formats.md#dataset-layout).
 """
+
 import os
 import shutil
 import sys
@@ -13,11 +14,10 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from core.dataset_layout import parse_xml_tags
+from core.dataset_layout import image_size_problem, parse_xml_tags
 from core.errors import DatasetError, FormatError, PrepareError
 from core.io import atomic_output, read_mask
 from core.progress import progress
-from core.dataset_layout import image_size_problem
 from core.safety import check_output_id, check_regular_file, image_mode_problem, temp_path
 from tools.args import add_image_limit_arg, add_threads_arg, str2bool
 from tools.pool import SKIPPED_ERRORS, pool_size, run_pool
@@ -26,17 +26,30 @@ LINK_MODES = ("copy", "hardlink", "symlink")
 
 
 def add_output_args(parser, default_out):
-    parser.add_argument("--out", default=default_out, type=str,
-                        help="dataset root to build in the seed layout (trailing slash optional)")
-    parser.add_argument("--link", default="copy", choices=LINK_MODES,
-                        help="how images and xml files reach the output: copy, hardlink (same file "
-                             "system, no extra disk) or symlink (absolute links to the inputs)")
-    parser.add_argument("--num_workers", default=4, type=int,
-                        help="worker processes (0: everything in this process)")
+    parser.add_argument(
+        "--out",
+        default=default_out,
+        type=str,
+        help="dataset root to build in the seed layout (trailing slash optional)",
+    )
+    parser.add_argument(
+        "--link",
+        default="copy",
+        choices=LINK_MODES,
+        help="how images and xml files reach the output: copy, hardlink (same file "
+        "system, no extra disk) or symlink (absolute links to the inputs)",
+    )
+    parser.add_argument("--num_workers", default=4, type=int, help="worker processes (0: everything in this process)")
     add_threads_arg(parser)
     # --expect_official alone means "true"
-    parser.add_argument("--expect_official", default=False, type=str2bool, nargs="?", const=True,
-                        help="a split count that differs from the official one is an error, not a warning")
+    parser.add_argument(
+        "--expect_official",
+        default=False,
+        type=str2bool,
+        nargs="?",
+        const=True,
+        help="a split count that differs from the official one is an error, not a warning",
+    )
     add_image_limit_arg(parser)
 
 
@@ -83,8 +96,9 @@ def place_file(src, dst, link):
     except OSError as e:
         if os.path.lexists(tmp):
             os.remove(tmp)
-        hint = " (hard links need input and output on the same file system; try --link copy)" \
-            if link == "hardlink" else ""
+        hint = (
+            " (hard links need input and output on the same file system; try --link copy)" if link == "hardlink" else ""
+        )
         raise PrepareError(f"cannot {link} {src} -> {dst}: {e.strerror or e}{hint}") from None
     return 1
 
@@ -102,9 +116,11 @@ def read_id_list(path, what):
     try:
         text = data.decode("utf-8-sig")  # a byte-order mark at the start is dropped
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise PrepareError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                           f"{e.start}); a list file holds one image id per line") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise PrepareError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}); a list file holds one image id per line"
+        ) from None
     tokens = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -113,8 +129,10 @@ def read_id_list(path, what):
         # in output file names that look right but do not match the images
         hidden = [c for c in line.strip() if unicodedata.category(c) in ("Cf", "Cc", "Co", "Cn")]
         if hidden:
-            raise PrepareError(f"{path}: line {number}: invisible character U+{ord(hidden[0]):04X} in "
-                               f"{line.strip()!r}; remove it (list files hold plain image ids)")
+            raise PrepareError(
+                f"{path}: line {number}: invisible character U+{ord(hidden[0]):04X} in "
+                f"{line.strip()!r}; remove it (list files hold plain image ids)"
+            )
         tokens.append(line.split()[0])
     ids = list(dict.fromkeys(os.path.splitext(os.path.basename(t))[0] for t in tokens))
     for image_id in ids:  # ids become output file names
@@ -136,15 +154,18 @@ def check_mask_values(mask, num_classes, path):
         raise PrepareError(f"{path}: mask must hold integer class indices, found {mask.dtype}")
     low, high = int(mask.min()), int(mask.max())
     if low < 0 or high > 255:
-        raise PrepareError(f"{path}: unexpected mask values (range {low}..{high}); expected class "
-                           f"indices 0..{num_classes - 1} or 255")
+        raise PrepareError(
+            f"{path}: unexpected mask values (range {low}..{high}); expected class indices 0..{num_classes - 1} or 255"
+        )
     mask = mask.astype(np.uint8, copy=False)
     counts = np.bincount(mask.ravel(), minlength=256)
     bad = np.flatnonzero(counts[num_classes:255]) + num_classes
     if bad.size:
-        raise PrepareError(f"{path}: unexpected mask values {bad[:10].tolist()} "
-                           f"({int(counts[bad].sum())} pixels); expected class indices "
-                           f"0..{num_classes - 1} or 255")
+        raise PrepareError(
+            f"{path}: unexpected mask values {bad[:10].tolist()} "
+            f"({int(counts[bad].sum())} pixels); expected class indices "
+            f"0..{num_classes - 1} or 255"
+        )
     return mask
 
 
@@ -171,8 +192,10 @@ def run_counting_skips(func, tasks, num_workers, desc, what):
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise PrepareError(f"{what}: {len(problems)} of {len(tasks)} item(s) skipped because of bad input "
-                           f"(the others were written; fix or remove these and run again):\n  {shown}{more}")
+        raise PrepareError(
+            f"{what}: {len(problems)} of {len(tasks)} item(s) skipped because of bad input "
+            f"(the others were written; fix or remove these and run again):\n  {shown}{more}"
+        )
     return sum(r for r, _ in results)
 
 
@@ -203,8 +226,9 @@ def _verify_item(image_id, split_dir, need_mask, need_xml, num_classes, class_di
         try:
             mask = check_mask_values(read_mask(mask_path), num_classes, mask_path)
             if mask.shape != (height, width):
-                problems.append(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "
-                                f"its image {width}x{height}")
+                problems.append(
+                    f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image {width}x{height}"
+                )
         except (FileNotFoundError, FormatError, PrepareError) as e:
             problems.append(str(e))
     if need_xml:
@@ -228,18 +252,26 @@ def verify_split(out_root, split, ids, need_mask, need_xml, info, num_workers):
     {"image": n, "mask": n, "xml": n}.
     """
     split_dir = os.path.join(out_root, split)
-    check = partial(_verify_item, split_dir=split_dir, need_mask=need_mask, need_xml=need_xml,
-                    num_classes=info.num_classes, class_dict=info.class_dict)
+    check = partial(
+        _verify_item,
+        split_dir=split_dir,
+        need_mask=need_mask,
+        need_xml=need_xml,
+        num_classes=info.num_classes,
+        class_dict=info.class_dict,
+    )
     problems = [p for item in run_parallel(check, list(ids), num_workers, f"verify {split}") for p in item]
     expected = set(ids)
     counts = {}
     for folder, ext in (("image", ".jpg"), ("mask", ".png"), ("xml", ".xml")):
         directory = os.path.join(split_dir, folder)
         names = [f for f in os.listdir(directory) if not f.startswith(".")] if os.path.isdir(directory) else []
-        stray = sorted(f for f in names if not f.endswith(ext) or f[:-len(ext)] not in expected)
+        stray = sorted(f for f in names if not f.endswith(ext) or f[: -len(ext)] not in expected)
         if stray:
-            problems.append(f"{directory}: {len(stray)} file(s) not in the {split} list, e.g. "
-                            f"{', '.join(stray[:3])} (left by another run? remove them)")
+            problems.append(
+                f"{directory}: {len(stray)} file(s) not in the {split} list, e.g. "
+                f"{', '.join(stray[:3])} (left by another run? remove them)"
+            )
         counts[folder] = len(names) - len(stray)
     if problems:
         shown = "\n  ".join(problems[:10])
@@ -252,11 +284,10 @@ def check_official_counts(counts, official, strict, name):
     """Warn (or, if `strict`, raise) for every split whose image count differs from the official one."""
     for split, count in counts.items():
         if split in official and count != official[split]:
-            message = (f"{name} {split}: {count:,} images, the official split has {official[split]:,}")
+            message = f"{name} {split}: {count:,} images, the official split has {official[split]:,}"
             if strict:
                 raise PrepareError(message + " (--expect_official)")
-            print(f"warning: {message} (fine for a subset; --expect_official makes this an error)",
-                  file=sys.stderr)
+            print(f"warning: {message} (fine for a subset; --expect_official makes this an error)", file=sys.stderr)
 
 
 def print_summary(out_root, rows, official, seconds, notes=()):
@@ -266,10 +297,14 @@ def print_summary(out_root, rows, official, seconds, notes=()):
     for split, row in rows.items():
         expected = official.get(split)
         flag = "" if expected is None or expected == row["image"] else "  (differs)"
-        print(f"  {split:<11}{row['image']:>9,}{row['mask']:>9,}{row['xml']:>9,}{row['written']:>10,}"
-              f"{(f'{expected:,}' if expected else '-'):>10}{flag}")
-    print("  verified: every labelled image has its mask and xml, mask values are class indices "
-          "or 255, mask sizes match the images")
+        print(
+            f"  {split:<11}{row['image']:>9,}{row['mask']:>9,}{row['xml']:>9,}{row['written']:>10,}"
+            f"{(f'{expected:,}' if expected else '-'):>10}{flag}"
+        )
+    print(
+        "  verified: every labelled image has its mask and xml, mask values are class indices "
+        "or 255, mask sizes match the images"
+    )
     for note in notes:
         print(f"  {note}")
 

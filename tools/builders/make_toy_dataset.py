@@ -25,6 +25,7 @@ train_aug share the pool "trainval", so train is a prefix of train_aug and no sp
 another split's count. The same settings give byte-identical files. Files are written atomically;
 a re-run skips the files that exist.
 """
+
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -37,9 +38,9 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.dataset_layout import DatasetInfo  # noqa: E402
-from core.progress import progress as progress_bar  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_json, save_mask, write_json  # noqa: E402
+from core.progress import progress as progress_bar  # noqa: E402
 from core.safety import hold_output  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
 from tools.builders.build_steps import voc_annotation_xml  # noqa: E402
@@ -61,9 +62,9 @@ CLASS_STYLE = {
     "cross": {"hue": 148, "texture": "dots"},
 }
 HUE_JITTER = 6
-MIN_RADIUS = 7.0        # px; smallest object "radius" (half its extent)
+MIN_RADIUS = 7.0  # px; smallest object "radius" (half its extent)
 MIN_RING_RADIUS = 10.0  # px; a ring needs room for its hole
-MIN_VISIBLE = 12        # interior (non-band) pixels an object must keep to stay in the image
+MIN_VISIBLE = 12  # interior (non-band) pixels an object must keep to stay in the image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +72,7 @@ MIN_VISIBLE = 12        # interior (non-band) pixels an object must keep to stay
 # ---------------------------------------------------------------------------------------------
 def hsv_to_rgb(hue, saturation, value):
     """One colour: OpenCV hue (0..179, wraps), saturation and value in [0, 1] -> float RGB (3,)."""
-    hsv = np.array([[[int(round(hue)) % 180, int(round(255 * saturation)), int(round(255 * value))]]],
-                   dtype=np.uint8)
+    hsv = np.array([[[int(round(hue)) % 180, int(round(255 * saturation)), int(round(255 * value))]]], dtype=np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
@@ -89,8 +89,7 @@ def draw_background(rng, height, width):
     blurred blobs: texture and edges everywhere, but none of the class shapes or saturated hues.
     """
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    colors = [hsv_to_rgb(rng.integers(0, 180), rng.uniform(0.03, 0.3), rng.uniform(0.3, 0.85))
-              for _ in range(2)]
+    colors = [hsv_to_rgb(rng.integers(0, 180), rng.uniform(0.03, 0.3), rng.uniform(0.3, 0.85)) for _ in range(2)]
     theta = rng.uniform(0, 2 * np.pi)
     ramp = xs * np.cos(theta) + ys * np.sin(theta)
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
@@ -290,8 +289,9 @@ def render_sample(rng, class_names, min_size, max_size, max_objects):
 
 def annotation_xml(image_id, height, width, objects):
     """Pascal VOC annotation bytes for one image."""
-    return voc_annotation_xml("TOY", image_id + ".jpg", width, height, objects,
-                              database="TOY synthetic (tools/builders/make_toy_dataset.py)")
+    return voc_annotation_xml(
+        "TOY", image_id + ".jpg", width, height, objects, database="TOY synthetic (tools/builders/make_toy_dataset.py)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +330,10 @@ def _check_settings(counts, min_size, max_size, max_objects, quality, seed):
     if any(counts[s] < 0 for s in SPLITS) or any(counts[s] > MAX_PER_POOL for s in SPLITS):
         raise UsageError(f"image counts must lie in 0..{MAX_PER_POOL}, got {counts}")
     if counts["train"] > counts["train_aug"]:
-        raise UsageError(f"train ({counts['train']}) must not exceed train_aug ({counts['train_aug']}): "
-                         "train_aug contains every train image")
+        raise UsageError(
+            f"train ({counts['train']}) must not exceed train_aug ({counts['train_aug']}): "
+            "train_aug contains every train image"
+        )
     if not 48 <= min_size <= max_size:
         raise UsageError(f"image sides need 48 <= min_size <= max_size, got {min_size}..{max_size}")
     if max_objects < 1:
@@ -353,12 +355,15 @@ def _claim_output(out_dir, config):
             raise DatasetError(str(e)) from None
         if previous != config:
             changed = sorted(k for k in set(config) | set(previous) if previous.get(k) != config.get(k))
-            raise DatasetError(f"{path}: {out_dir} was generated with other settings "
-                               f"({', '.join(changed)} differ); delete it or choose another --out")
+            raise DatasetError(
+                f"{path}: {out_dir} was generated with other settings "
+                f"({', '.join(changed)} differ); delete it or choose another --out"
+            )
         return
     if os.path.isdir(out_dir) and any(d in os.listdir(out_dir) for d in SPLITS):
-        raise DatasetError(f"{out_dir}: holds dataset splits but no {CONFIG_NAME}; "
-                           "refusing to mix generated files into it")
+        raise DatasetError(
+            f"{out_dir}: holds dataset splits but no {CONFIG_NAME}; refusing to mix generated files into it"
+        )
     write_json(path, config)
 
 
@@ -394,23 +399,39 @@ def summarize(out_dir, info):
             names = [node.text for node in ET.parse(xml_path).iter("name")]
             objects.update(names)
             images.update(set(names))
-        summary[split] = {"images": len(ids), "objects": sum(objects.values()),
-                          "classes": {name: [images[name], objects[name]] for name in info.class_names[1:]}}
+        summary[split] = {
+            "images": len(ids),
+            "objects": sum(objects.values()),
+            "classes": {name: [images[name], objects[name]] for name in info.class_names[1:]},
+        }
     return summary
 
 
 def format_summary(summary, info):
     names = info.class_names[1:]
-    lines = [f"{'split':<11} {'images':>6} {'objects':>7}  " + " ".join(f"{n:>10}" for n in names),
-             f"{'':<11} {'':>6} {'':>7}  " + " ".join(f"{'img/obj':>10}" for _ in names)]
+    lines = [
+        f"{'split':<11} {'images':>6} {'objects':>7}  " + " ".join(f"{n:>10}" for n in names),
+        f"{'':<11} {'':>6} {'':>7}  " + " ".join(f"{'img/obj':>10}" for _ in names),
+    ]
     for split, row in summary.items():
         cells = " ".join(f"{'%d/%d' % tuple(row['classes'][n]):>10}" for n in names)
         lines.append(f"{split:<11} {row['images']:>6} {row['objects']:>7}  {cells}")
     return "\n".join(lines)
 
 
-def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_validation=40, num_test=20,
-                     min_size=96, max_size=160, max_objects=4, quality=90, progress=True):
+def make_toy_dataset(
+    out_dir,
+    seed=0,
+    num_train=60,
+    num_train_aug=200,
+    num_validation=40,
+    num_test=20,
+    min_size=96,
+    max_size=160,
+    max_objects=4,
+    quality=90,
+    progress=True,
+):
     """Generate (or complete) the TOY dataset under `out_dir`; returns summarize()'s dict.
 
     Raises ValueError on bad settings and DatasetError when `out_dir` holds a dataset made with
@@ -421,8 +442,15 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
     out_dir = os.path.normpath(os.path.expanduser(os.fspath(out_dir)))
     hold_output(out_dir, "--out")  # one generator per dataset root
     info = DatasetInfo("TOY")
-    config = {"format_version": FORMAT_VERSION, "seed": seed, "counts": counts, "min_size": min_size,
-              "max_size": max_size, "max_objects": max_objects, "quality": quality}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "counts": counts,
+        "min_size": min_size,
+        "max_size": max_size,
+        "max_objects": max_objects,
+        "quality": quality,
+    }
     _claim_output(out_dir, config)
 
     for pool, index, splits in progress_bar(_jobs(counts), desc="toy dataset", unit="img", disable=not progress):
@@ -430,8 +458,9 @@ def make_toy_dataset(out_dir, seed=0, num_train=60, num_train_aug=200, num_valid
         targets = [_split_files(out_dir, split, sample_id) for split in splits]
         if all(os.path.exists(p) for files in targets for p in files.values()):
             continue  # finished on an earlier run
-        image, mask, objects = render_sample(sample_rng(seed, pool, index), info.class_names,
-                                             min_size, max_size, max_objects)
+        image, mask, objects = render_sample(
+            sample_rng(seed, pool, index), info.class_names, min_size, max_size, max_objects
+        )
         xml_bytes = annotation_xml(sample_id, image.shape[0], image.shape[1], objects)
         for files in targets:
             _write_sample(files, image, mask, xml_bytes, info.palette, quality)
@@ -443,10 +472,13 @@ def get_args_parser():
     parser.add_argument("--out", default="./toy_data/TOY", type=str, help="dataset root to write")
     parser.add_argument("--seed", default=0, type=int, help="random seed (same seed = identical files)")
     parser.add_argument("--num_train", default=DEFAULT_COUNTS["train"], type=int, help="train images")
-    parser.add_argument("--num_train_aug", default=DEFAULT_COUNTS["train_aug"], type=int,
-                        help="train_aug size, the train images included")
-    parser.add_argument("--num_validation", default=DEFAULT_COUNTS["validation"], type=int,
-                        help="validation images")
+    parser.add_argument(
+        "--num_train_aug",
+        default=DEFAULT_COUNTS["train_aug"],
+        type=int,
+        help="train_aug size, the train images included",
+    )
+    parser.add_argument("--num_validation", default=DEFAULT_COUNTS["validation"], type=int, help="validation images")
     parser.add_argument("--num_test", default=DEFAULT_COUNTS["test"], type=int, help="test images")
     parser.add_argument("--min_size", default=96, type=int, help="smallest image side in px")
     parser.add_argument("--max_size", default=160, type=int, help="largest image side in px")
@@ -456,9 +488,18 @@ def get_args_parser():
 
 
 def main(args):
-    summary = make_toy_dataset(args.out, seed=args.seed, num_train=args.num_train, num_train_aug=args.num_train_aug,
-                               num_validation=args.num_validation, num_test=args.num_test, min_size=args.min_size,
-                               max_size=args.max_size, max_objects=args.max_objects, quality=args.quality)
+    summary = make_toy_dataset(
+        args.out,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_train_aug=args.num_train_aug,
+        num_validation=args.num_validation,
+        num_test=args.num_test,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        max_objects=args.max_objects,
+        quality=args.quality,
+    )
     print(f"TOY dataset in {os.path.normpath(args.out)}")
     print(format_summary(summary, DatasetInfo("TOY")))
     return summary

@@ -23,6 +23,7 @@ integer corners. Images without any annotation are kept with an empty xml and an
 mask (`--empty_images keep`) or left out (`skip`: the 82,081 / 40,137 images that WSSS papers
 report).
 """
+
 import io
 import json
 import math
@@ -39,19 +40,25 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 
 
 from core.dataset_layout import DatasetInfo, parse_xml_tags  # noqa: E402
+from core.errors import PrepareError  # noqa: E402
 from core.io import atomic_output, save_mask  # noqa: E402
 from core.safety import check_output_id, hold_output, safe_output_path  # noqa: E402
 from tools.args import cli, make_parser  # noqa: E402
+from tools.builders.build_steps import (  # noqa: E402
+    add_output_args,
+    check_official_counts,
+    check_source_image,
+    place_file,
+    print_summary,
+    run_counting_skips,
+    verify_split,
+    voc_annotation_xml,
+)
 from tools.pool import available_cpus, main_threads, pool_size  # noqa: E402
-from core.errors import PrepareError  # noqa: E402
-from tools.builders.build_steps import (add_output_args, check_official_counts, check_source_image,  # noqa: E402
-                            place_file, print_summary, run_counting_skips, verify_split, voc_annotation_xml)
 
-SPLITS = {"train": ("train2014", "instances_train2014.json"),
-          "validation": ("val2014", "instances_val2014.json")}
+SPLITS = {"train": ("train2014", "instances_train2014.json"), "validation": ("val2014", "instances_val2014.json")}
 # Official 2014 image counts: all images, and those with at least one instance annotation.
-OFFICIAL_COUNTS = {"keep": {"train": 82783, "validation": 40504},
-                   "skip": {"train": 82081, "validation": 40137}}
+OFFICIAL_COUNTS = {"keep": {"train": 82783, "validation": 40504}, "skip": {"train": 82081, "validation": 40137}}
 CROWD_MODES = ("ignore", "class", "background")
 
 
@@ -71,8 +78,7 @@ def decode_segmentation(segmentation, height, width, where):
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
-            raise PrepareError(f"{where}: RLE size {segmentation['size']} differs from the image's "
-                               f"[{height}, {width}]")
+            raise PrepareError(f"{where}: RLE size {segmentation['size']} differs from the image's [{height}, {width}]")
         if isinstance(segmentation["counts"], list):  # uncompressed RLE
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
@@ -96,8 +102,9 @@ def render_semantic_mask(annotations, height, width, crowd="ignore", where=""):
     stay on top.
     """
     mask = np.zeros((height, width), dtype=np.uint8)
-    decoded = [(decode_segmentation(a["segmentation"], height, width, f"{where} annotation {a['id']}"), a)
-               for a in annotations]
+    decoded = [
+        (decode_segmentation(a["segmentation"], height, width, f"{where} annotation {a['id']}"), a) for a in annotations
+    ]
     # largest first; the sort is stable, so equal areas keep annotation order
     decoded.sort(key=lambda pair: -int(pair[0].sum()))
     crowds = [(m, a) for m, a in decoded if a["iscrowd"]]
@@ -138,8 +145,14 @@ def voc_box(bbox, width, height):
 
 def annotation_xml(file_name, width, height, annotations, class_names):
     """VOC-style annotation (bytes) with one <object> per annotation, in annotation order."""
-    objects = [{"name": class_names[ann["class"]], "bbox": voc_box(ann["bbox"], width, height),
-                "extra": {"iscrowd": int(ann["iscrowd"])}} for ann in annotations]
+    objects = [
+        {
+            "name": class_names[ann["class"]],
+            "bbox": voc_box(ann["bbox"], width, height),
+            "extra": {"iscrowd": int(ann["iscrowd"])},
+        }
+        for ann in annotations
+    ]
     return voc_annotation_xml("COCO2014", file_name, width, height, objects)
 
 
@@ -176,8 +189,9 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
         known = {image["id"] for image in images}
         orphans = set(by_image) - known
         if orphans:
-            raise PrepareError(f"{json_path}: annotations refer to image id(s) not in 'images', "
-                               f"e.g. {sorted(orphans)[0]}")
+            raise PrepareError(
+                f"{json_path}: annotations refer to image id(s) not in 'images', e.g. {sorted(orphans)[0]}"
+            )
         check_unique_images(images, json_path)
         tasks, empty = [], 0
         for image in images:
@@ -189,14 +203,22 @@ def load_split(json_path, image_dir, category_to_class, empty_images):
             output_name(image["file_name"], json_path, image["id"])
             src = os.path.join(image_dir, image["file_name"])
             if not os.path.isfile(src):
-                raise PrepareError(f"{json_path}: image {image['file_name']} (id {image['id']}) not found "
-                                   f"in {image_dir}")
+                raise PrepareError(
+                    f"{json_path}: image {image['file_name']} (id {image['id']}) not found in {image_dir}"
+                )
             where = f"{json_path}: image id {image['id']} ({image['file_name']})"
             for ann in anns:
                 ann["bbox"] = check_box(ann["bbox"], f"{where}: annotation {ann['id']}")
-            tasks.append({"id": os.path.splitext(image["file_name"])[0], "src": src,
-                          "file_name": image["file_name"], "width": image_side(image, "width", where),
-                          "height": image_side(image, "height", where), "annotations": anns})
+            tasks.append(
+                {
+                    "id": os.path.splitext(image["file_name"])[0],
+                    "src": src,
+                    "file_name": image["file_name"],
+                    "width": image_side(image, "width", where),
+                    "height": image_side(image, "height", where),
+                    "annotations": anns,
+                }
+            )
     except KeyError as e:
         raise PrepareError(f"{json_path}: an image or annotation entry lacks the field {e}") from None
     tasks.sort(key=lambda t: t["id"])
@@ -232,8 +254,9 @@ def check_box(bbox, where):
     """A COCO [x, y, w, h] of four finite numbers (w, h >= 0); PrepareError naming the file otherwise."""
     ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(finite_number(v) is not None for v in bbox)
     if not ok or bbox[2] < 0 or bbox[3] < 0:
-        raise PrepareError(f"{where}: bbox {bbox!r} is not [x, y, width, height] of finite numbers "
-                           "with width, height >= 0")
+        raise PrepareError(
+            f"{where}: bbox {bbox!r} is not [x, y, width, height] of finite numbers with width, height >= 0"
+        )
     return list(bbox)
 
 
@@ -241,8 +264,7 @@ def output_name(file_name, json_path, image_id):
     """Check that a COCO `file_name` is a bare file name (it becomes the output id); PrepareError
     naming the annotation file and the value otherwise, before anything is written."""
     check_output_id(file_name, f"{json_path}: image id {image_id}: file_name", PrepareError)
-    check_output_id(os.path.splitext(file_name)[0], f"{json_path}: image id {image_id}: file_name stem",
-                    PrepareError)
+    check_output_id(os.path.splitext(file_name)[0], f"{json_path}: image id {image_id}: file_name stem", PrepareError)
     return file_name
 
 
@@ -260,8 +282,10 @@ def check_unique_images(images, json_path):
         ids[image_id] = name
         stem = os.path.splitext(name)[0] if isinstance(name, str) else name
         if stem in stems:
-            raise PrepareError(f"{json_path}: image ids {stems[stem]} and {image_id} share the output id {stem!r} "
-                               f"(file_name {ids[stems[stem]]!r} and {name!r})")
+            raise PrepareError(
+                f"{json_path}: image ids {stems[stem]} and {image_id} share the output id {stem!r} "
+                f"(file_name {ids[stems[stem]]!r} and {name!r})"
+            )
         stems[stem] = image_id
 
 
@@ -271,11 +295,19 @@ def group_annotations(annotations, category_to_class, json_path):
     for ann in annotations:
         category = ann.get("category_id")
         if category not in category_to_class:
-            raise PrepareError(f"{json_path}: annotation {ann.get('id')} has category_id {category}, "
-                               f"not one of the 80 in data/COCO.json coco_category_ids")
+            raise PrepareError(
+                f"{json_path}: annotation {ann.get('id')} has category_id {category}, "
+                f"not one of the 80 in data/COCO.json coco_category_ids"
+            )
         by_image.setdefault(ann["image_id"], []).append(
-            {"id": ann.get("id"), "class": category_to_class[category], "iscrowd": int(ann.get("iscrowd", 0)),
-             "segmentation": ann.get("segmentation"), "bbox": ann.get("bbox", [0, 0, 0, 0])})
+            {
+                "id": ann.get("id"),
+                "class": category_to_class[category],
+                "iscrowd": int(ann.get("iscrowd", 0)),
+                "segmentation": ann.get("segmentation"),
+                "bbox": ann.get("bbox", [0, 0, 0, 0]),
+            }
+        )
     return by_image
 
 
@@ -286,19 +318,18 @@ def build_image(task, split_dir, link, crowd, info, max_pixels=None):
     written = place_file(task["src"], safe_output_path(split_dir, os.path.join("image", image_id + ".jpg")), link)
     mask_path = safe_output_path(split_dir, os.path.join("mask", image_id + ".png"))
     if not os.path.exists(mask_path):
-        mask = render_semantic_mask(task["annotations"], task["height"], task["width"], crowd,
-                                    where=task["file_name"])
+        mask = render_semantic_mask(task["annotations"], task["height"], task["width"], crowd, where=task["file_name"])
         save_mask(mask_path, mask, info.palette)
         written += 1
     xml_path = safe_output_path(split_dir, os.path.join("xml", image_id + ".xml"))
     if not os.path.exists(xml_path):
-        text = annotation_xml(task["file_name"], task["width"], task["height"], task["annotations"],
-                              info.class_names)
+        text = annotation_xml(task["file_name"], task["width"], task["height"], task["annotations"], info.class_names)
         # The tags a reader will see must be the annotated classes (the zero-size box rule).
         tags = parse_xml_tags(io.BytesIO(text), info.class_dict)
         if tags != expected_tags(task["annotations"]):
-            raise PrepareError(f"{xml_path}: xml would read back tags {tags}, "
-                               f"expected {expected_tags(task['annotations'])}")
+            raise PrepareError(
+                f"{xml_path}: xml would read back tags {tags}, expected {expected_tags(task['annotations'])}"
+            )
         with atomic_output(xml_path, "wb") as f:
             f.write(text)
         written += 1
@@ -315,15 +346,30 @@ def category_map(info):
 
 def get_args_parser():
     parser = make_parser("Build the seed layout of MS COCO 2014 (train, validation).")
-    parser.add_argument("--coco_root", required=True, type=str,
-                        help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
-    parser.add_argument("--splits", default="train,validation", type=str,
-                        help="comma-separated splits to build: train (train2014), validation (val2014)")
-    parser.add_argument("--crowd", default="ignore", choices=CROWD_MODES,
-                        help="crowd regions: ignore (255 unless a non-crowd instance covers them), "
-                             "class, or background")
-    parser.add_argument("--empty_images", default="keep", choices=("keep", "skip"),
-                        help="images without annotations: keep (no tags, all-background mask) or skip")
+    parser.add_argument(
+        "--coco_root",
+        required=True,
+        type=str,
+        help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json",
+    )
+    parser.add_argument(
+        "--splits",
+        default="train,validation",
+        type=str,
+        help="comma-separated splits to build: train (train2014), validation (val2014)",
+    )
+    parser.add_argument(
+        "--crowd",
+        default="ignore",
+        choices=CROWD_MODES,
+        help="crowd regions: ignore (255 unless a non-crowd instance covers them), class, or background",
+    )
+    parser.add_argument(
+        "--empty_images",
+        default="keep",
+        choices=("keep", "skip"),
+        help="images without annotations: keep (no tags, all-background mask) or skip",
+    )
     add_output_args(parser, "../COCO2014/")
     return parser
 
@@ -350,11 +396,18 @@ def main(args):
         image_dir = os.path.join(root, folder)
         if not os.path.isdir(image_dir):
             raise PrepareError(f"--coco_root {root}: {folder}/ not found")
-        tasks, empty = load_split(os.path.join(root, "annotations", json_name), image_dir,
-                                  category_to_class, args.empty_images)
+        tasks, empty = load_split(
+            os.path.join(root, "annotations", json_name), image_dir, category_to_class, args.empty_images
+        )
         check_official_counts({split: len(tasks)}, official, args.expect_official, "COCO2014")
-        work = partial(build_image, split_dir=os.path.join(out_root, split), link=args.link,
-                       crowd=args.crowd, info=info, max_pixels=getattr(args, "max_image_pixels", None))
+        work = partial(
+            build_image,
+            split_dir=os.path.join(out_root, split),
+            link=args.link,
+            crowd=args.crowd,
+            info=info,
+            max_pixels=getattr(args, "max_image_pixels", None),
+        )
         written = run_counting_skips(work, tasks, args.num_workers, f"build {split}", f"COCO2014 {split}")
         ids = [t["id"] for t in tasks]
         del tasks  # the annotations of train2014 take a few GB
@@ -367,8 +420,9 @@ def main(args):
     return rows
 
 
-
 if __name__ == "__main__":
     # Run through the package name so worker processes can pickle this module's functions.
-    from tools.builders.prepare_coco import get_args_parser as _parser, main as _main
+    from tools.builders.prepare_coco import get_args_parser as _parser
+    from tools.builders.prepare_coco import main as _main
+
     cli(_main, _parser())

@@ -28,6 +28,7 @@ image's tags as VOC objects whose box is the whole image.
 Every input is read and checked before anything is written; the layout is built in a temporary
 folder beside OUT, verified, and renamed to OUT at the end, so a failed run leaves nothing.
 """
+
 import csv
 import json
 import os
@@ -47,12 +48,29 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
 from core.dataset_layout import DatasetInfo, read_image  # noqa: E402
 from core.errors import DatasetError, FormatError, UsageError  # noqa: E402
 from core.io import atomic_output, read_mask, save_mask, write_json  # noqa: E402
-from core.safety import (TEMP_SUFFIX, check_output_id, check_regular_file, hold_output, regular_file_problem,  # noqa: E402
-                         remove_stale_temp_files, temp_path, temp_prefix)  # noqa: E402
+from core.safety import (  # noqa: E402
+    TEMP_SUFFIX,
+    check_output_id,
+    check_regular_file,
+    hold_output,
+    regular_file_problem,
+    remove_stale_temp_files,  # noqa: E402
+    temp_path,
+    temp_prefix,
+)
 from tools.args import add_image_limit_arg, cli, make_parser, str2bool  # noqa: E402
-from tools.builders.build_steps import (LINK_MODES, PrepareError, check_mask_values, check_source_image,  # noqa: E402
-                                     place_file, print_summary, read_id_list, run_parallel, verify_split,
-                                     voc_annotation_xml)
+from tools.builders.build_steps import (  # noqa: E402
+    LINK_MODES,
+    PrepareError,
+    check_mask_values,
+    check_source_image,
+    place_file,
+    print_summary,
+    read_id_list,
+    run_parallel,
+    verify_split,
+    voc_annotation_xml,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_FOREGROUND = 254  # index 255 is "ignore" in every mask
@@ -77,8 +95,9 @@ def check_class_name(name, where):
     if ";" in name or any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
         raise PrepareError(f"{where}: class name {name!r} holds ';' or an invisible character")
     if name == "background":
-        raise PrepareError(f"{where}: 'background' is class 0 of every dataset and implicit; "
-                           "list only the foreground classes")
+        raise PrepareError(
+            f"{where}: 'background' is class 0 of every dataset and implicit; list only the foreground classes"
+        )
     return unicodedata.normalize("NFC", name)
 
 
@@ -89,8 +108,10 @@ def check_case_twins(names, where):
     for name in names:
         twin = seen.setdefault(name.casefold(), name)
         if twin != name:
-            raise PrepareError(f"{where}: classes {twin!r} and {name!r} differ only by case; write one "
-                               "name for one class (or rename one of them if they are really two)")
+            raise PrepareError(
+                f"{where}: classes {twin!r} and {name!r} differ only by case; write one "
+                "name for one class (or rename one of them if they are really two)"
+            )
 
 
 def read_class_list(value):
@@ -135,25 +156,30 @@ def read_tag_table(path):
     except UnicodeDecodeError as e:
         raise PrepareError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.lower().endswith(".json"):
+
         def pairs(items):  # json.loads keeps the last of two equal keys silently: a duplicate id would vanish
             result = dict(items)
             if len(result) < len(items):  # a set's count, not keys.count per key (quadratic)
                 seen = set()
                 key = next(k for k, _ in items if k in seen or seen.add(k))
-                raise PrepareError(f"{path}: entry {key!r}: duplicate id (listed "
-                                   f"{sum(k == key for k, _ in items)} times)")
+                raise PrepareError(
+                    f"{path}: entry {key!r}: duplicate id (listed {sum(k == key for k, _ in items)} times)"
+                )
             return result
+
         try:
             data = json.loads(text, object_pairs_hook=pairs)
         except json.JSONDecodeError as e:
             raise PrepareError(f"{path}: malformed JSON ({e})") from None
         except RecursionError:
-            raise PrepareError(f"{path}: JSON nested too deeply to be a tag file (expected "
-                               "{\"image\": [\"tag\", ...]})") from None
+            raise PrepareError(
+                f'{path}: JSON nested too deeply to be a tag file (expected {{"image": ["tag", ...]}})'
+            ) from None
         if not isinstance(data, dict):
-            raise PrepareError(f"{path}: expected an object {{\"image\": [\"tag\", ...], ...}}")
-        return [(f"{path} entry {key!r}", key, _split_tags(value, f"{path} entry {key!r}"))
-                for key, value in data.items()]
+            raise PrepareError(f'{path}: expected an object {{"image": ["tag", ...], ...}}')
+        return [
+            (f"{path} entry {key!r}", key, _split_tags(value, f"{path} entry {key!r}")) for key, value in data.items()
+        ]
     rows = []
     try:
         for number, row in enumerate(csv.reader(text.splitlines()), 1):
@@ -161,11 +187,16 @@ def read_tag_table(path):
                 continue
             where = f"{path} row {number}"
             if len(row) > 2:
-                raise PrepareError(f"{where}: {len(row)} columns; expected image,tags with the tags "
-                                   "separated by ';' (e.g. dog_01.jpg,dog;person)")
+                raise PrepareError(
+                    f"{where}: {len(row)} columns; expected image,tags with the tags "
+                    "separated by ';' (e.g. dog_01.jpg,dog;person)"
+                )
             image, tags = row[0].strip(), (row[1] if len(row) > 1 else "")
-            if not rows and image.lower() in ("image", "id", "file", "filename") and \
-                    tags.strip().lower() in ("tags", "labels", "classes"):
+            if (
+                not rows
+                and image.lower() in ("image", "id", "file", "filename")
+                and tags.strip().lower() in ("tags", "labels", "classes")
+            ):
                 continue  # the header
             rows.append((where, image, _split_tags(tags, where)))
     except csv.Error as e:
@@ -179,8 +210,11 @@ def index_images(folder):
     """{file name: stem} of the image files of `folder` (not its subfolders)."""
     if not os.path.isdir(folder):
         raise PrepareError(f"--images {folder}: folder not found")
-    return {name: os.path.splitext(name)[0] for name in sorted(os.listdir(folder))
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")}
+    return {
+        name: os.path.splitext(name)[0]
+        for name in sorted(os.listdir(folder))
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+    }
 
 
 def resolve_rows(rows, folder):
@@ -191,8 +225,11 @@ def resolve_rows(rows, folder):
     special = {name: problem for name, problem in special.items() if problem}
     if special:  # a FIFO named like an image would block the reader for ever
         name, problem = next(iter(special.items()))
-        print(f"warning: {folder}: {len(special)} entr(y/ies) named like images are not regular files and are "
-              f"left out, e.g. {name} ({problem})", file=sys.stderr)
+        print(
+            f"warning: {folder}: {len(special)} entr(y/ies) named like images are not regular files and are "
+            f"left out, e.g. {name} ({problem})",
+            file=sys.stderr,
+        )
         files = {name: stem for name, stem in files.items() if name not in special}
     by_stem = {}
     for name, stem in files.items():
@@ -205,8 +242,10 @@ def resolve_rows(rows, folder):
         elif len(by_stem.get(image, ())) == 1:
             name = by_stem[image][0]
         elif image in by_stem:
-            raise PrepareError(f"{where}: id {image!r} is ambiguous: {', '.join(by_stem[image])} in "
-                               f"{folder}; name the file with its extension")
+            raise PrepareError(
+                f"{where}: id {image!r} is ambiguous: {', '.join(by_stem[image])} in "
+                f"{folder}; name the file with its extension"
+            )
         else:
             raise PrepareError(f"{where}: image {image!r} not found in {folder}")
         image_id = files[name]
@@ -225,17 +264,17 @@ def split_ids(ids, args):
         raise UsageError("--train_list and --val_list go together (or use --val_fraction)")
     known = set(ids)
     if args.train_list:
-        splits = {"train": read_id_list(args.train_list, "train"),
-                  "validation": read_id_list(args.val_list, "validation")}
+        splits = {
+            "train": read_id_list(args.train_list, "train"),
+            "validation": read_id_list(args.val_list, "validation"),
+        }
         for split, flag in (("train", args.train_list), ("validation", args.val_list)):
             missing = [i for i in splits[split] if i not in known]
             if missing:
-                raise PrepareError(f"{flag}: id {missing[0]!r} has no row in --tags "
-                                   f"({len(missing)} such id(s))")
+                raise PrepareError(f"{flag}: id {missing[0]!r} has no row in --tags ({len(missing)} such id(s))")
         both = sorted(set(splits["train"]) & set(splits["validation"]))
         if both:
-            raise PrepareError(f"{args.val_list}: id {both[0]!r} is in the train list too "
-                               f"({len(both)} such id(s))")
+            raise PrepareError(f"{args.val_list}: id {both[0]!r} is in the train list too ({len(both)} such id(s))")
         left = len(known) - len(splits["train"]) - len(splits["validation"])
         if left:
             print(f"warning: {left} image(s) of --tags are in neither list and are left out", file=sys.stderr)
@@ -264,9 +303,11 @@ def choose_classes(items, first, train_ids, args):
         for image_id, (_, tags) in items.items():
             unknown = [t for t in tags if t not in allowed]
             if unknown:
-                raise PrepareError(f"{first[image_id]}: tag {unknown[0]!r} is not in the class list "
-                                   f"--classes ({len(classes)} classes: {', '.join(classes[:10])}"
-                                   f"{', ...' if len(classes) > 10 else ''})")
+                raise PrepareError(
+                    f"{first[image_id]}: tag {unknown[0]!r} is not in the class list "
+                    f"--classes ({len(classes)} classes: {', '.join(classes[:10])}"
+                    f"{', ...' if len(classes) > 10 else ''})"
+                )
     else:
         for image_id, (_, tags) in items.items():
             for tag in tags:
@@ -277,15 +318,18 @@ def choose_classes(items, first, train_ids, args):
     if not classes:
         raise PrepareError(f"--tags {args.tags}: no image has a tag")
     if len(classes) > MAX_FOREGROUND:
-        raise PrepareError(f"--tags {args.tags}: {len(classes)} classes; at most {MAX_FOREGROUND} fit an 8-bit "
-                           "mask (255 is ignore)")
+        raise PrepareError(
+            f"--tags {args.tags}: {len(classes)} classes; at most {MAX_FOREGROUND} fit an 8-bit mask (255 is ignore)"
+        )
     in_train = {t for i in train_ids for t in items[i][1]}
     empty = [c for c in classes if c not in in_train]
     if empty:
         hint = " (another --seed or --val_fraction may move one there)" if not args.train_list else ""
-        raise PrepareError(f"--tags {args.tags}: class {empty[0]!r} has no tagged image in train "
-                           f"({len(train_ids)} images; {len(empty)} such class(es)); tag one, or drop the "
-                           f"class from the list{hint}")
+        raise PrepareError(
+            f"--tags {args.tags}: class {empty[0]!r} has no tagged image in train "
+            f"({len(train_ids)} images; {len(empty)} such class(es)); tag one, or drop the "
+            f"class from the list{hint}"
+        )
     return classes
 
 
@@ -305,8 +349,10 @@ def check_item(task, num_classes, max_pixels):
         except FormatError as e:
             raise PrepareError(str(e)) from None
         if mask.shape != (height, width):
-            raise PrepareError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
-                               f"image {image_path} {width}x{height}")
+            raise PrepareError(
+                f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
+                f"image {image_path} {width}x{height}"
+            )
         present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)[1:num_classes]) + 1
         untagged = sorted(set(present.tolist()) - set(tags))
     return image_id, width, height, untagged
@@ -334,8 +380,13 @@ def write_item(task, split_dir, split, link, palette):
 def description(classes):
     names = ["background", *classes]
     colors = voc_colors(len(names))
-    return {"class_names": names, "class_dict": {n: i for i, n in enumerate(names)},
-            "color_dict": dict(zip(names, colors)), "num_classes": len(names), "ignore_index": 255}
+    return {
+        "class_names": names,
+        "class_dict": {n: i for i, n in enumerate(names)},
+        "color_dict": dict(zip(names, colors)),
+        "num_classes": len(names),
+        "ignore_index": 255,
+    }
 
 
 def check_inputs_outside(out, args):
@@ -348,36 +399,58 @@ def check_inputs_outside(out, args):
             continue
         real = os.path.realpath(os.path.expanduser(value))
         if os.path.commonpath([real, real_out]) == real_out:
-            raise UsageError(f"--out {args.out} {'is' if real == real_out else 'contains'} --{flag} {value}: "
-                             "the dataset is built beside its inputs, never over them (replacing OUT would "
-                             "delete them); choose another --out")
+            raise UsageError(
+                f"--out {args.out} {'is' if real == real_out else 'contains'} --{flag} {value}: "
+                "the dataset is built beside its inputs, never over them (replacing OUT would "
+                "delete them); choose another --out"
+            )
 
 
 def get_args_parser():
-    parser = make_parser("Build the seed layout and the --dataset description of your own images and "
-                         "tags (train, train_aug = train, validation).")
+    parser = make_parser(
+        "Build the seed layout and the --dataset description of your own images and "
+        "tags (train, train_aug = train, validation)."
+    )
     parser.add_argument("--images", required=True, help="folder of the images")
-    parser.add_argument("--tags", required=True,
-                        help="CSV of image,tags (tags separated by ';') or JSON {image: [tags]}")
-    parser.add_argument("--masks", default=None,
-                        help="optional folder of ID.png class-index masks (grey or palette PNG, 255 = ignore)")
-    parser.add_argument("--classes", default=None,
-                        help="foreground classes in index order, 'a,b,c' or a file of one per line "
-                             "(default: the tags' classes, sorted)")
-    parser.add_argument("--val_fraction", default=0.2, type=float,
-                        help="share of the images drawn for validation (0: no validation split)")
+    parser.add_argument(
+        "--tags", required=True, help="CSV of image,tags (tags separated by ';') or JSON {image: [tags]}"
+    )
+    parser.add_argument(
+        "--masks", default=None, help="optional folder of ID.png class-index masks (grey or palette PNG, 255 = ignore)"
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="foreground classes in index order, 'a,b,c' or a file of one per line "
+        "(default: the tags' classes, sorted)",
+    )
+    parser.add_argument(
+        "--val_fraction",
+        default=0.2,
+        type=float,
+        help="share of the images drawn for validation (0: no validation split)",
+    )
     parser.add_argument("--seed", default=0, type=int, help="seed of the validation draw")
-    parser.add_argument("--train_list", default=None, help="id list of train (with --val_list, "
-                        "instead of --val_fraction)")
+    parser.add_argument(
+        "--train_list", default=None, help="id list of train (with --val_list, instead of --val_fraction)"
+    )
     parser.add_argument("--val_list", default=None, help="id list of validation")
     parser.add_argument("--out", required=True, help="dataset root to create (the --root_dir of the scripts)")
-    parser.add_argument("--name", default=None,
-                        help="dataset name: OUT/{name}.json and the tags' dataset part (default: OUT's folder name)")
-    parser.add_argument("--link", default="copy", choices=LINK_MODES,
-                        help="how JPEG images reach the output: copy, hardlink or symlink")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="dataset name: OUT/{name}.json and the tags' dataset part (default: OUT's folder name)",
+    )
+    parser.add_argument(
+        "--link", default="copy", choices=LINK_MODES, help="how JPEG images reach the output: copy, hardlink or symlink"
+    )
     parser.add_argument("--num_workers", default=4, type=int, help="worker processes (0: everything here)")
-    parser.add_argument("--overwrite", default=False, type=str2bool,
-                        help="replace OUT when it exists (it is replaced only once the new one is complete)")
+    parser.add_argument(
+        "--overwrite",
+        default=False,
+        type=str2bool,
+        help="replace OUT when it exists (it is replaced only once the new one is complete)",
+    )
     add_image_limit_arg(parser)
     return parser
 
@@ -402,9 +475,11 @@ def main(args):
         found = [i for i in ids if args.masks and os.path.isfile(os.path.join(args.masks, i + ".png"))]
         if found and len(found) < len(ids):
             missing = next(i for i in ids if i not in set(found))
-            raise PrepareError(f"{os.path.join(args.masks, missing + '.png')}: no mask for image {missing!r} of "
-                               f"{split} ({len(found)} of {len(ids)} have one; a split takes masks for all its "
-                               "images or none)")
+            raise PrepareError(
+                f"{os.path.join(args.masks, missing + '.png')}: no mask for image {missing!r} of "
+                f"{split} ({len(found)} of {len(ids)} have one; a split takes masks for all its "
+                "images or none)"
+            )
         masks[split] = bool(found)
     if args.masks and not any(masks.values()):
         raise PrepareError(f"--masks {args.masks}: no ID.png for any image")
@@ -416,14 +491,20 @@ def main(args):
     sizes = {i: (w, h) for i, w, h, _ in checked}
     odd = [(i, extra) for i, _, _, extra in checked if extra]
     if odd:  # most often masks indexed in another class order than the description's
-        shown = "; ".join(f"{os.path.join(args.masks, i + '.png')}: index "
-                          + ", ".join(f"{k} ({classes[k - 1]})" for k in extra[:3]) for i, extra in odd[:3])
-        text = (f"{len(odd)} mask(s) hold a class their image is not tagged with: {shown}"
-                f"{'; ...' if len(odd) > 3 else ''}. Mask index i is the i-th class of: "
-                + ", ".join(f"{k} {c}" for k, c in enumerate(classes, 1)))
+        shown = "; ".join(
+            f"{os.path.join(args.masks, i + '.png')}: index " + ", ".join(f"{k} ({classes[k - 1]})" for k in extra[:3])
+            for i, extra in odd[:3]
+        )
+        text = (
+            f"{len(odd)} mask(s) hold a class their image is not tagged with: {shown}"
+            f"{'; ...' if len(odd) > 3 else ''}. Mask index i is the i-th class of: "
+            + ", ".join(f"{k} {c}" for k, c in enumerate(classes, 1))
+        )
         if not args.classes:  # the masks were not drawn against a given list: an order mix-up, refused
-            raise PrepareError(text + " (the tags' classes, sorted). Masks drawn in another order: pass that "
-                               "order as --classes a,b,c (nothing was written)")
+            raise PrepareError(
+                text + " (the tags' classes, sorted). Masks drawn in another order: pass that "
+                "order as --classes a,b,c (nothing was written)"
+            )
         print(f"warning: {text} (--classes)", file=sys.stderr)
 
     parent = os.path.dirname(out)
@@ -441,8 +522,9 @@ def main(args):
         info = DatasetInfo(description_path)  # the description as the scripts will read it
         rows = {}
         for split, ids in splits.items():
-            write = partial(write_item, split_dir=os.path.join(work, split), split=split, link=args.link,
-                            palette=info.palette)
+            write = partial(
+                write_item, split_dir=os.path.join(work, split), split=split, link=args.link, palette=info.palette
+            )
             jobs = [(i, items[i][0], mask_of.get(i), items[i][1], *sizes[i]) for i in ids]
             written = sum(run_parallel(write, jobs, args.num_workers, f"build {split}"))
             rows[split] = verify_split(work, split, ids, masks[split], True, info, args.num_workers)
@@ -453,8 +535,10 @@ def main(args):
             shutil.copytree(os.path.join(work, "train"), os.path.join(work, "train_aug"))
         old = None
         if os.path.lexists(out) and not args.overwrite:  # made meanwhile by something that took no lock
-            raise PrepareError(f"--out {out} appeared while this dataset was built; nothing replaced it "
-                               "(pass --overwrite true to replace it)")
+            raise PrepareError(
+                f"--out {out} appeared while this dataset was built; nothing replaced it "
+                "(pass --overwrite true to replace it)"
+            )
         if os.path.lexists(out):
             old = temp_path(out)
             os.replace(out, old)
@@ -469,12 +553,18 @@ def main(args):
     notes += [f"{split}: no masks (evaluate.py needs them)" for split, has in masks.items() if not has]
     print_summary(out, rows, {}, time.time() - start, notes)
     print(f"\ndataset description: {description_path}\nuse: --root_dir {out} --dataset {description_path}")
-    return {"out": out, "description": description_path, "classes": classes,
-            "splits": {split: len(ids) for split, ids in splits.items()},
-            "masks": [split for split, has in masks.items() if has]}
+    return {
+        "out": out,
+        "description": description_path,
+        "classes": classes,
+        "splits": {split: len(ids) for split, ids in splits.items()},
+        "masks": [split for split, has in masks.items() if has],
+    }
 
 
 if __name__ == "__main__":
     # Through the package name, so that worker processes can pickle this module's functions.
-    from tools.builders.prepare_own import get_args_parser as _parser, main as _main
+    from tools.builders.prepare_own import get_args_parser as _parser
+    from tools.builders.prepare_own import main as _main
+
     cli(_main, _parser())

@@ -1,5 +1,6 @@
 """Mixed precision of a training run: the autocast dtype of --amp, the autocast context and the
 grad scaler (fp16 only)."""
+
 import contextlib
 
 import torch

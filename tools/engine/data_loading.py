@@ -5,6 +5,7 @@ from the sampler, and build_loader / set_loader_epoch / close_loader.
 Exact resumption (bitwise, on CPU): data order is a function of (seed, epoch), augmentation of
 (seed, epoch, index), worker seeds of (seed, epoch, rank).
 """
+
 import atexit
 import math
 import multiprocessing
@@ -47,25 +48,33 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.arange(self.num_samples)
         padded = math.ceil(self.num_samples / self.world_size) * self.world_size
         order = order.repeat(math.ceil(padded / self.num_samples))[:padded]
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter(self.shard()[self.skip:].tolist())
+        return iter(self.shard()[self.skip :].tolist())
 
     def __len__(self):
         return max(0, math.ceil(self.num_samples / self.world_size) - self.skip)
 
     def state_dict(self):
-        return {"seed": self.seed, "epoch": self.epoch, "skip": self.skip,
-                "num_samples": self.num_samples, "world_size": self.world_size, "shuffle": self.shuffle}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "skip": self.skip,
+            "num_samples": self.num_samples,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+        }
 
     def check_compatible(self, state, path):
         """Resuming must see the same order: same seed, dataset size and process count."""
         for key in ("seed", "num_samples", "world_size", "shuffle"):
             if state.get(key) != getattr(self, key):
-                raise UsageError(f"{path}: the run was saved with {key}={state.get(key)}, this run "
-                                 f"has {key}={getattr(self, key)}; resuming would change the data "
-                                 f"order (use the original settings or a new --tag)")
+                raise UsageError(
+                    f"{path}: the run was saved with {key}={state.get(key)}, this run "
+                    f"has {key}={getattr(self, key)}; resuming would change the data "
+                    f"order (use the original settings or a new --tag)"
+                )
 
 
 def seed_worker(worker_id):
@@ -91,7 +100,7 @@ class _EpochTaggedSampler(EpochSampler):
     """EpochSampler that yields (epoch, index): persistent workers learn the epoch from it."""
 
     def __iter__(self):
-        return iter([(self.epoch, int(i)) for i in self.shard()[self.skip:].tolist()])
+        return iter([(self.epoch, int(i)) for i in self.shard()[self.skip :].tolist()])
 
 
 class _EpochDataset(torch.utils.data.Dataset):
@@ -135,14 +144,22 @@ def build_loader(dataset, ctx, batch_size, num_workers, seed, shuffle=True, drop
     sampler = sampler_class(len(dataset), seed, shuffle, ctx.rank, ctx.world_size)
     per_process = local_batch_size(batch_size, ctx) if ctx.distributed else batch_size
     loader = torch.utils.data.DataLoader(
-        _EpochDataset(dataset) if persistent else dataset, batch_size=per_process, sampler=sampler,
-        num_workers=num_workers, pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
-        collate_fn=getattr(dataset, "collate", None), worker_init_fn=seed_worker,
-        generator=torch.Generator(), persistent_workers=persistent)
+        _EpochDataset(dataset) if persistent else dataset,
+        batch_size=per_process,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=drop_last,
+        collate_fn=getattr(dataset, "collate", None),
+        worker_init_fn=seed_worker,
+        generator=torch.Generator(),
+        persistent_workers=persistent,
+    )
     if len(loader) == 0:  # no worker has started yet: nothing to end
         split = getattr(getattr(dataset, "layout", None), "split_dir", "the training set")
-        raise DatasetError(f"{split}: {len(dataset)} usable images give no full batch of {batch_size}; "
-                           f"lower --batch_size")
+        raise DatasetError(
+            f"{split}: {len(dataset)} usable images give no full batch of {batch_size}; lower --batch_size"
+        )
     return loader
 
 

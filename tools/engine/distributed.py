@@ -13,6 +13,7 @@ Exact resumption (bitwise, on CPU): data order is a function of (seed, epoch), a
 the resume checkpoint (tools/engine/resume_state.py). On CUDA, non-deterministic kernels can still make runs
 differ slightly.
 """
+
 import os
 import random
 import sys
@@ -33,6 +34,7 @@ from tools.args import resolve_devices
 @dataclass
 class DistContext:
     """Where this process runs. device_ids: CUDA ids for DataParallel (single process only)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -96,8 +98,7 @@ def wrap_model(model, ctx, sync_bn=False, find_unused_parameters=False):
         elif sync_bn and ctx.is_main:
             print("warning: --sync_bn ignored: SyncBatchNorm needs CUDA", file=sys.stderr)
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                                   find_unused_parameters=find_unused_parameters)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
     if len(ctx.device_ids) > 1:
         return nn.DataParallel(model, device_ids=ctx.device_ids)
     return model

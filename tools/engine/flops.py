@@ -6,12 +6,13 @@ products, 2 FLOPs per multiply-add; element-wise work such as PAMR's affinities 
 as is usual for MFU) over one real forward and backward on random inputs, with the weights the
 scripts would build. They do not depend on the precision, so they are counted in float32.
 """
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.multiscale import multiscale_inference
 from core.networks import RSEPM, build_network
 from core.rsepm import LOSS_TERMS, RSEPMTraining
-from core.multiscale import multiscale_inference
 
 # Dense (no sparsity) tensor-core peak TFLOP/s per autocast mode, from NVIDIA's data sheets. For
 # --amp off the peak is TF32's: cuDNN runs float32 convolutions in TF32 by default on these GPUs.

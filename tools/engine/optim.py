@@ -2,6 +2,7 @@
 the weights (docs/method.md#optimisation, docs/method.md#ema). Mixed precision is
 tools/engine/amp.py; the NaN/inf check of each step's losses is part of its recording
 (tools/engine/runlog.py)."""
+
 import copy
 import math
 
@@ -26,10 +27,11 @@ def build_optimizer(param_groups, lr, weight_decay, momentum=0.9, nesterov=True,
     if len(param_groups) != 4:
         raise ValueError(f"expected 4 parameter groups, got {len(param_groups)}")
     settings = ((lr, weight_decay), (lr, 0.0), (head_lr_mult * lr, weight_decay), (head_lr_mult * lr, 0.0))
-    groups = [{"params": list(params), "lr": group_lr, "weight_decay": group_wd, "name": name}
-              for params, (group_lr, group_wd), name in zip(param_groups, settings, GROUP_NAMES)]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
-                           weight_decay=weight_decay)
+    groups = [
+        {"params": list(params), "lr": group_lr, "weight_decay": group_wd, "name": name}
+        for params, (group_lr, group_wd), name in zip(param_groups, settings, GROUP_NAMES)
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
 class PolyLR(torch.optim.lr_scheduler.LRScheduler):

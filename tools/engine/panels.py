@@ -10,6 +10,7 @@ Tags: "panels/{image_id}", one composite picture per image with its maps side by
 order and a legend of the classes shown; "parts/{image_id}/{map}", each map alone at the image's
 size (shrunk to PANEL_SIDE when larger).
 """
+
 import contextlib
 import dataclasses
 
@@ -20,8 +21,8 @@ from PIL import Image
 
 from core.dataset_layout import normalize_image, read_image
 from core.errors import ProjectError, UsageError
-from core.multiscale import multiscale_inference, rsepm_seed
 from core.io import IGNORE_INDEX, read_mask
+from core.multiscale import multiscale_inference, rsepm_seed
 from core.rsepm import RSEPMTraining
 from core.targets import certain_filter, mix_batch, normalize_cam, resize_nearest
 from tools.drawing import colorize, composite, heat, legend_entries, outline, overlay
@@ -37,6 +38,7 @@ SCAN_LIMIT = 2000  # images whose tags are read to spread the default picks over
 class Pick:
     """One panel image: id, uint8 RGB (H, W, 3), its normalised (3, H, W) tensor, 1-based tags and
     its ground truth (H, W) uint8 (None when the split has no masks)."""
+
     image_id: str
     image: np.ndarray
     tensor: torch.Tensor
@@ -58,8 +60,9 @@ def spread_over_classes(layout, ids, count, limit=SCAN_LIMIT):
         candidates.append((image_id, list(tags)))
     shown, order = np.zeros(layout.info.num_classes + 1, np.int64), []
     while candidates and len(order) < count:
-        best = min(range(len(candidates)),
-                   key=lambda k: (shown[candidates[k][1]].min() if candidates[k][1] else np.inf, k))
+        best = min(
+            range(len(candidates)), key=lambda k: (shown[candidates[k][1]].min() if candidates[k][1] else np.inf, k)
+        )
         image_id, tags = candidates.pop(best)
         shown[tags] += 1
         order.append(image_id)
@@ -76,8 +79,10 @@ def pick_images(layout, ids, count, max_pixels=None, chosen=None):
         known = set(ids)
         missing = [i for i in chosen if i not in known]
         if missing and ids:
-            raise UsageError(f"--vis_ids: {', '.join(missing[:5])} not among the {len(ids)} images of "
-                             f"{layout.split_dir} the panels are drawn from")
+            raise UsageError(
+                f"--vis_ids: {', '.join(missing[:5])} not among the {len(ids)} images of "
+                f"{layout.split_dir} the panels are drawn from"
+            )
         ids, count = [i for i in chosen if i in known], len(chosen)
     elif ids:
         ids = spread_over_classes(layout, ids, count)
@@ -124,8 +129,11 @@ def to_image_size(maps, size, mode="bilinear"):
     """(C, h, w) or (h, w) tensor -> numpy at `size` (bilinear maps, nearest labels)."""
     x = maps[None, None] if maps.dim() == 2 else maps[None]
     x = x.float()
-    x = F.interpolate(x, size=tuple(size), mode=mode) if mode == "nearest" else \
-        F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+    x = (
+        F.interpolate(x, size=tuple(size), mode=mode)
+        if mode == "nearest"
+        else F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+    )
     x = x[0, 0] if maps.dim() == 2 else x[0]
     return x.cpu().numpy()
 
@@ -149,6 +157,7 @@ def eval_mode(*modules):
 class Tile:
     """One map of a composite: its title, the RGB picture, and the label map it shows (uint8, for
     the legend; None for a photo or a heat map)."""
+
     title: str
     picture: np.ndarray
     labels: np.ndarray = None
@@ -179,8 +188,9 @@ class Panels:
         for pick in self.picks:
             static, dynamic = self.static(pick), self.dynamic(pick, **state)
             tiles = [tile for _, tile in static + dynamic]  # pipeline order
-            legend = legend_entries([t.labels for t in tiles], self.info.palette, self.info.class_names,
-                                    always=self.legend_always(pick))
+            legend = legend_entries(
+                [t.labels for t in tiles], self.info.palette, self.info.class_names, always=self.legend_always(pick)
+            )
             out[f"panels/{pick.image_id}"] = composite([(t.title, t.picture) for t in tiles], legend)
             parts = (static if self.first else []) + dynamic
             out.update({f"parts/{pick.image_id}/{name}": tile.picture for name, tile in parts})
@@ -226,8 +236,11 @@ class RSEPMPanels(Panels):
     def draw(self, epoch, threshold=None):
         with eval_mode(*self.modules()):
             use_rs, use_mix = self.step.config.active_terms(epoch)
-            return super().draw(use_rs=use_rs, use_mix=use_mix and self.step.config.mix != "none",
-                                threshold=SEED_THRESHOLD if threshold is None else threshold)
+            return super().draw(
+                use_rs=use_rs,
+                use_mix=use_mix and self.step.config.mix != "none",
+                threshold=SEED_THRESHOLD if threshold is None else threshold,
+            )
 
     def static(self, pick):
         return super().static(pick) + self.ground_truth(pick)
@@ -242,11 +255,16 @@ class RSEPMPanels(Panels):
         parts = []
         cams = to_image_size(normalize_cam(out["cam"], tags)[0], size)
         # the seed validation's forward (scale 1 + flip); its class scores are what --conf_th reads
-        probs, scores = multiscale_inference(network, pick.tensor.to(self.device), "rsepm", scales=(1.0,),
-                                             interpolation="nearest", with_scores=True)
+        probs, scores = multiscale_inference(
+            network, pick.tensor.to(self.device), "rsepm", scales=(1.0,), interpolation="nearest", with_scores=True
+        )
         for c in pick.tags:
-            parts.append((f"cam_{self.name(c)}", Tile(f"CAM {self.name(c)} {float(scores[c - 1]):.2f}",
-                                                      overlay(pick.image, cams[c - 1]))))
+            parts.append(
+                (
+                    f"cam_{self.name(c)}",
+                    Tile(f"CAM {self.name(c)} {float(scores[c - 1]):.2f}", overlay(pick.image, cams[c - 1])),
+                )
+            )
         if use_rs:
             source = out if self.step.teacher is None else self.step.teacher(x, with_features=cfg.feature_names())
             scg = to_image_size(self.scg.recur_seed(x, source, tags)[0], size)
@@ -257,8 +275,9 @@ class RSEPMPanels(Panels):
             parts.append(("rs_target", self.label_tile("RS target", to_image_size(target, size, "nearest"))))
         keys, seed = rsepm_seed(probs, pick.tags)
         score, best = seed_foreground({"keys": keys, "seed": seed}, self.info.num_classes)
-        parts.append(("seed", self.label_tile(f"seed (bg {threshold:.2f})",
-                                              np.where(score > threshold, best, 0).reshape(size))))
+        parts.append(
+            ("seed", self.label_tile(f"seed (bg {threshold:.2f})", np.where(score > threshold, best, 0).reshape(size)))
+        )
         if use_mix:
             parts += self.mix_parts(pick)
         return parts
@@ -269,8 +288,9 @@ class RSEPMPanels(Panels):
         if not others:
             return pick.tensor[None].to(self.device).flip(-1), self.tags(pick), pick.image_id + " mirrored"
         other = self.picks[(self.picks.index(pick) + 1) % len(self.picks)]
-        image = F.interpolate(other.tensor[None].to(self.device), size=pick.image.shape[:2], mode="bilinear",
-                              align_corners=False)
+        image = F.interpolate(
+            other.tensor[None].to(self.device), size=pick.image.shape[:2], mode="bilinear", align_corners=False
+        )
         return image, self.tags(other), other.image_id
 
     def mix_parts(self, pick):
@@ -290,8 +310,10 @@ class RSEPMPanels(Panels):
         region = region.cpu().numpy()
         picture = outline(denormalize(images_mix[0]), region)
         target = to_image_size(labels_mix[0], size, "nearest")
-        return [("mix_image", Tile(f"mix + {partner_id}: {int(region.sum())} px", picture)),
-                ("mix_target", self.label_tile("mix target", target))]
+        return [
+            ("mix_image", Tile(f"mix + {partner_id}: {int(region.sum())} px", picture)),
+            ("mix_target", self.label_tile("mix target", target)),
+        ]
 
 
 class SegPanels(Panels):
@@ -322,8 +344,10 @@ class SegPanels(Panels):
     def dynamic(self, pick):
         probs, _ = multiscale_inference(self.network, pick.tensor.to(self.device), "seg", scales=(1.0,))
         # the foreground probability shows learning that the argmax hides (all background early on)
-        return [("prediction", self.label_tile("prediction", probs.argmax(0).cpu().numpy())),
-                ("foreground", Tile("foreground probability", overlay(pick.image, 1.0 - probs[0].cpu().numpy())))]
+        return [
+            ("prediction", self.label_tile("prediction", probs.argmax(0).cpu().numpy())),
+            ("foreground", Tile("foreground probability", overlay(pick.image, 1.0 - probs[0].cpu().numpy()))),
+        ]
 
 
 class AffinityPanels(Panels):
@@ -336,8 +360,9 @@ class AffinityPanels(Panels):
 
     def static(self, pick):
         parts = super().static(pick)
-        labels = None if self.label_path is None else read_label_map(self.label_path(pick.image_id),
-                                                                     pick.image.shape[:2])
+        labels = (
+            None if self.label_path is None else read_label_map(self.label_path(pick.image_id), pick.image.shape[:2])
+        )
         if labels is not None:
             parts.append(("relation_labels", self.label_tile("relation labels", labels)))
         return parts

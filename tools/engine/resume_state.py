@@ -3,6 +3,7 @@ with weights, optimiser, schedule, scaler, EMA, sampler position, every rank's R
 identity of the dataset), the run configuration (config.json) and the final weights
 (docs/formats.md#experiment-folder).
 """
+
 import hashlib
 import json
 import os
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.weights import save_atomically, save_weights, unwrap
 from core.errors import MissingFileError, NonFiniteError, ResumeError  # noqa: F401  (re-exported)
 from core.io import write_json
+from core.weights import save_atomically, save_weights, unwrap
 from tools.paths import REPO_ROOT, model_dir, model_path
 
 RESUME_FORMAT = "rsepm-resume-1"
@@ -27,9 +28,24 @@ RESUME_FORMAT = "rsepm-resume-1"
 # often the run logs, saves and validates. Every other flag (batch size, epochs, lr, weight decay,
 # backbone, method flags, ... and any flag a new script adds) shapes the run and must keep the value
 # recorded in resume.pth (docs/formats.md#experiment-folder).
-RESUMABLE_FLAGS = frozenset({
-    "resume", "num_workers", "log_interval", "save_interval", "val_every", "val_domain", "val_images",
-    "vis_images", "gpus", "pred_dir", "root_dir", "tag", "pretrained", "max_image_pixels"})
+RESUMABLE_FLAGS = frozenset(
+    {
+        "resume",
+        "num_workers",
+        "log_interval",
+        "save_interval",
+        "val_every",
+        "val_domain",
+        "val_images",
+        "vis_images",
+        "gpus",
+        "pred_dir",
+        "root_dir",
+        "tag",
+        "pretrained",
+        "max_image_pixels",
+    }
+)
 
 
 def resume_path(pred_dir, tag):
@@ -43,10 +59,11 @@ def config_path(pred_dir, tag):
 def rng_state(device=None):
     """This process's generator states in plain types (loadable with weights_only=True)."""
     np_state = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
-                       float(np_state[4])],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
     if device is not None and torch.device(device).type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -90,18 +107,28 @@ def check_settings(path, saved, current):
     known to only one side (added or removed since) cannot be compared.
     """
     if saved is None:
-        return [f"{path} records no flags (written by an older version): the flags of this run "
-                f"cannot be checked against those it started with"]
+        return [
+            f"{path} records no flags (written by an older version): the flags of this run "
+            f"cannot be checked against those it started with"
+        ]
     changed = [(k, saved[k], current[k]) for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
     if changed:
         listed = "; ".join(f"--{k} was {_flag_text(a)}, now {_flag_text(b)}" for k, a, b in changed)
         old = " ".join(f"--{k} {_flag_text(a)}" for k, a, _ in changed)
-        raise ResumeError(f"{path}: cannot resume with changed settings ({listed}); the schedule and "
-                          f"state would no longer match. Pass the old value(s) ({old}) to continue, or "
-                          f"start a new --tag (or leave out --resume) for a run with the new ones")
+        raise ResumeError(
+            f"{path}: cannot resume with changed settings ({listed}); the schedule and "
+            f"state would no longer match. Pass the old value(s) ({old}) to continue, or "
+            f"start a new --tag (or leave out --resume) for a run with the new ones"
+        )
     unknown = sorted(set(saved) ^ set(current))
-    return [f"{path}: flag(s) {', '.join('--' + k for k in unknown)} known to only one of the "
-            f"checkpoint and this version; not compared"] if unknown else []
+    return (
+        [
+            f"{path}: flag(s) {', '.join('--' + k for k in unknown)} known to only one of the "
+            f"checkpoint and this version; not compared"
+        ]
+        if unknown
+        else []
+    )
 
 
 def dataset_identity(dataset):
@@ -142,21 +169,26 @@ def check_dataset(path, saved, current):
     if current is None:
         return []
     if saved is None:
-        return [f"{path} records no dataset identity (written by an older version): the images of "
-                f"this run cannot be checked against those it started with"]
+        return [
+            f"{path} records no dataset identity (written by an older version): the images of "
+            f"this run cannot be checked against those it started with"
+        ]
     if saved["sha256"] == current["sha256"]:
         return []
     if saved["files"] and len(saved["files"][0]) == 3:  # an older record: sizes only, compared as such
         sized = [f[:3] for f in current["files"]]
         if json.dumps(saved["files"]) == json.dumps(sized):
-            return [f"{path} records the files' sizes but not their modification times (an older version): a "
-                    "file replaced by one of the same size cannot be told apart"]
+            return [
+                f"{path} records the files' sizes but not their modification times (an older version): a "
+                "file replaced by one of the same size cannot be told apart"
+            ]
         current = dict(current, files=sized)
     old, new = {f[0]: f[1:] for f in saved["files"]}, {f[0]: f[1:] for f in current["files"]}
     gone, added = [i for i in old if i not in new], [i for i in new if i not in old]
     if gone or added:
-        first = ([f"{gone[0]} is gone ({len(gone)} in all)"] if gone else []) + \
-                ([f"{added[0]} is new ({len(added)} in all)"] if added else [])
+        first = ([f"{gone[0]} is gone ({len(gone)} in all)"] if gone else []) + (
+            [f"{added[0]} is new ({len(added)} in all)"] if added else []
+        )
         detail = "; ".join(first)
     else:
         changed = next((i for i in new if old[i] != new[i]), None)
@@ -169,12 +201,16 @@ def check_dataset(path, saved, current):
                 detail = f"the {kind} of {changed} was {a} bytes, now {b}"
             else:
                 kind = "image" if times_a[:1] != times_b[:1] else "label file"
-                detail = (f"the {kind} of {changed} was replaced (same size, modified "
-                          f"{'after' if times_b > times_a else 'before'} the run started)")
-    raise ResumeError(f"{path}: cannot resume on another dataset: the run started on {saved['count']} images "
-                      f"(sha256 {saved['sha256'][:12]}), this one has {current['count']} (sha256 "
-                      f"{current['sha256'][:12]}); first difference: {detail}. Resume with the images and "
-                      f"labels the run started with, or start a new --tag (or leave out --resume)")
+                detail = (
+                    f"the {kind} of {changed} was replaced (same size, modified "
+                    f"{'after' if times_b > times_a else 'before'} the run started)"
+                )
+    raise ResumeError(
+        f"{path}: cannot resume on another dataset: the run started on {saved['count']} images "
+        f"(sha256 {saved['sha256'][:12]}), this one has {current['count']} (sha256 "
+        f"{current['sha256'][:12]}); first difference: {detail}. Resume with the images and "
+        f"labels the run started with, or start a new --tag (or leave out --resume)"
+    )
 
 
 def _flag_text(value):
@@ -183,8 +219,22 @@ def _flag_text(value):
     return str(value)
 
 
-def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, epoch=0, step=0,
-                iteration=0, sampler=None, extra=None, ctx=None, settings=None, dataset=None):
+def save_resume(
+    path,
+    model,
+    optimizer,
+    scheduler=None,
+    scaler=None,
+    ema=None,
+    epoch=0,
+    step=0,
+    iteration=0,
+    sampler=None,
+    extra=None,
+    ctx=None,
+    settings=None,
+    dataset=None,
+):
     """Write everything needed to continue the run bit for bit, atomically.
 
     Call on EVERY rank under DDP (it gathers each rank's RNG states); only rank 0 writes.
@@ -198,27 +248,45 @@ def save_resume(path, model, optimizer, scheduler=None, scaler=None, ema=None, e
     finite = torch.stack([torch.isfinite(p).all() for p in params]).cpu()  # one host sync
     if not finite.all():
         bad = [n for n, ok in zip(names, finite.tolist()) if not ok]
-        raise NonFiniteError(f"iteration {iteration}: non-finite weights in {', '.join(bad[:5])}"
-                             f"{' ...' if len(bad) > 5 else ''}; {path} not written, it keeps the "
-                             f"last good state")
+        raise NonFiniteError(
+            f"iteration {iteration}: non-finite weights in {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}; {path} not written, it keeps the "
+            f"last good state"
+        )
     rng_states = _gather(rng_state(ctx.device if ctx else None), ctx)
     if ctx is not None and not ctx.is_main:
         return
     state = {
-        "format": RESUME_FORMAT, "epoch": int(epoch), "step": int(step), "iteration": int(iteration),
-        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "format": RESUME_FORMAT,
+        "epoch": int(epoch),
+        "step": int(step),
+        "iteration": int(iteration),
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "sampler": sampler.state_dict() if sampler is not None else None,
-        "rng": rng_states, "extra": extra or {}, "settings": settings,
+        "rng": rng_states,
+        "extra": extra or {},
+        "settings": settings,
         "dataset": dataset,
     }
     save_atomically(state, path)
 
 
-def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=None, sampler=None,
-                ctx=None, settings=None, dataset=None):
+def load_resume(
+    path,
+    model,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    ema=None,
+    sampler=None,
+    ctx=None,
+    settings=None,
+    dataset=None,
+):
     """Restore a save_resume checkpoint into the given objects (each optional but the model).
 
     settings: run_settings(args) of the resuming run; a run-shaping flag that differs from the
@@ -236,8 +304,10 @@ def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=No
     except Exception as e:  # pickle/zip/EOF errors alike
         raise ResumeError(f"{path}: not a readable resume checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-        raise ResumeError(f"{path}: not a resume checkpoint of this project (format "
-                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+        raise ResumeError(
+            f"{path}: not a resume checkpoint of this project (format "
+            f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
+        )
     warnings = check_settings(path, state.get("settings"), settings) if settings is not None else []
     warnings += check_dataset(path, state.get("dataset"), dataset)
     if sampler is not None and state["sampler"] is not None:
@@ -255,17 +325,29 @@ def load_resume(path, model, optimizer=None, scheduler=None, scaler=None, ema=No
     if ema is not None and state["ema"] is not None:
         ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"][rank], device)
-    return {"epoch": state["epoch"], "step": state["step"], "iteration": state["iteration"],
-            "extra": state["extra"], "warnings": warnings}
+    return {
+        "epoch": state["epoch"],
+        "step": state["step"],
+        "iteration": state["iteration"],
+        "extra": state["extra"],
+        "warnings": warnings,
+    }
 
 
 def git_commit():
     """(commit hash, dirty flag) of the repository, or (None, None) outside git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -281,10 +363,16 @@ def run_config(args, ctx=None, **extra):
         "world_size": ctx.world_size if ctx else 1,
         "device": str(ctx.device) if ctx else "cpu",
         "weight_decay_in_momentum_slot": False,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": _version("torchvision"), "numpy": np.__version__,
-                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()},
-        "git_commit": commit, "git_dirty": dirty,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": _version("torchvision"),
+            "numpy": np.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        },
+        "git_commit": commit,
+        "git_dirty": dirty,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     config.update(extra)

@@ -12,6 +12,7 @@ the error end the run (exit status non-zero) and does NOT save on the way out; r
 atomically) still holds the last good state, ready for --resume once the cause is fixed (e.g. a
 lower --lr). check_finite is the immediate form (one sync per call).
 """
+
 import json
 import math
 import os
@@ -80,8 +81,10 @@ def check_finite(scalars, iteration, ctx=None, monitor=None):
 
 def _non_finite(iteration, offending):
     where = ", ".join(offending) if offending else "on another process"
-    return NonFiniteError(f"iteration {iteration}: non-finite loss {where}; the run stops "
-                          f"here and the last resume checkpoint is left as it was")
+    return NonFiniteError(
+        f"iteration {iteration}: non-finite loss {where}; the run stops "
+        f"here and the last resume checkpoint is left as it was"
+    )
 
 
 class LossMonitor:
@@ -101,8 +104,7 @@ class LossMonitor:
     def add(self, scalars, iteration):
         names = tuple(scalars)
         device = next((v.device for v in scalars.values() if torch.is_tensor(v)), torch.device("cpu"))
-        values = torch.stack([torch.as_tensor(scalars[k], device=device).detach().reshape(()).double()
-                              for k in names])
+        values = torch.stack([torch.as_tensor(scalars[k], device=device).detach().reshape(()).double() for k in names])
         if self.first_bad is None:
             self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         group = self.groups.setdefault(names, [torch.zeros_like(values), 0, torch.zeros_like(values)])
@@ -127,7 +129,7 @@ class LossMonitor:
         packed = self._read(ctx, sums=True)
         totals, counts, offset = {}, {}, 0
         for names, (_, count, _) in self.groups.items():
-            for n, v in zip(names, packed[offset:offset + len(names)]):
+            for n, v in zip(names, packed[offset : offset + len(names)]):
                 totals[n], counts[n] = totals.get(n, 0.0) + v, counts.get(n, 0) + count
             offset += len(names)
         self.groups = {}
@@ -145,8 +147,12 @@ class LossMonitor:
         packed = torch.cat(parts).tolist()
         if packed[0] >= 0:
             own = packed[1] >= 0
-            offending = [f"{n}={v}" for names, (_, _, bad) in self.groups.items()
-                         for n, v in zip(names, bad.tolist()) if own and not math.isfinite(v)]
+            offending = [
+                f"{n}={v}"
+                for names, (_, _, bad) in self.groups.items()
+                for n, v in zip(names, bad.tolist())
+                if own and not math.isfinite(v)
+            ]
             raise _non_finite(int(packed[1] if own else packed[0]), offending)
         return packed[2:]
 
@@ -192,8 +198,7 @@ class RunLogger:
         if not os.path.isfile(self.jsonl_path):
             return
         with open(self.jsonl_path, encoding="utf-8") as f:
-            kept = [line for line in f if _parsed_iteration(line) is not None
-                    and _parsed_iteration(line) <= iteration]
+            kept = [line for line in f if _parsed_iteration(line) is not None and _parsed_iteration(line) <= iteration]
         with atomic_output(self.jsonl_path, "w") as f:
             f.writelines(kept)
 
@@ -218,8 +223,12 @@ class RunLogger:
         record: e.g. the progress bar's loss)."""
         self.fold(ctx)
         means = self.line_meter.means()
-        self.log(iteration, epoch, {**{k: v for k, v in means.items() if not k.startswith("_")}, **(extra or {})},
-                 images=images)
+        self.log(
+            iteration,
+            epoch,
+            {**{k: v for k, v in means.items() if not k.startswith("_")}, **(extra or {})},
+            images=images,
+        )
         return means
 
     def epoch_means(self):
@@ -290,6 +299,7 @@ class RunLogger:
         if not self.enabled:
             return
         from torch.utils.tensorboard.summary import hparams
+
         values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in flags.items()}
         for summary in hparams(values, dict(self.last_scalars)):
             self.writer.file_writer.add_summary(summary)

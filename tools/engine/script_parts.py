@@ -10,11 +10,22 @@ keeps only its own flags, its own checks and how it scores a validation image.
 import torch
 
 from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
+from core.errors import DatasetError, UsageError
 from core.resnet import ARCHITECTURES
 from core.transforms import JITTER
-from core.errors import DatasetError, UsageError
-from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
-                        color_jitter, deprecated_alias, id_list, make_parser, positive_int, str2bool)
+from tools.args import (
+    AMP_MODES,
+    add_dataset_args,
+    add_device_args,
+    add_experiment_args,
+    add_image_limit_arg,
+    color_jitter,
+    deprecated_alias,
+    id_list,
+    make_parser,
+    positive_int,
+    str2bool,
+)
 from tools.engine import distributed
 from tools.pool import main_threads
 
@@ -26,27 +37,41 @@ def training_parser(description, backbone):
     add_dataset_args(parser, domain="train_aug")
     add_experiment_args(parser, tag="")
     parser.add_argument("--backbone", default=backbone, choices=sorted(ARCHITECTURES), help="ResNet backbone")
-    parser.add_argument("--pretrained", default="imagenet",
-                        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH")
+    parser.add_argument(
+        "--pretrained",
+        default="imagenet",
+        help="backbone initialisation: imagenet (torchvision weights), none, or a PATH",
+    )
     return parser
 
 
 # --help of the optimiser flags of train_rsepm.py and train_seg.py (build_optimizer's groups)
-OPTIMISER_HELP = {"lr": "backbone learning rate (head: x10)", "wd": "weight decay (not on biases/BN)",
-                  "nesterov": "Nesterov momentum (0.9)"}
+OPTIMISER_HELP = {
+    "lr": "backbone learning rate (head: x10)",
+    "wd": "weight decay (not on biases/BN)",
+    "nesterov": "Nesterov momentum (0.9)",
+}
 # --help of --vis_images per script: where its panels come from (panel_picks) and
 # when they are drawn (panels_due)
 PANELS_FROM = {
     "rsepm": "from the validation images (the first --val_images of --val_domain) when --val_every is above 0, "
-             "else from the training split (--domain); drawn at each validation, or after every epoch without one",
+    "else from the training split (--domain); drawn at each validation, or after every epoch without one",
     "seg": "from the training split (--domain; its images with a pseudo mask), also when the run validates; "
-           "drawn at each validation, or after every epoch without one",
+    "drawn at each validation, or after every epoch without one",
     "affinity": "from the training split (--domain; its images with a relation-label map); drawn after every epoch",
 }
 
 
-def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimiser_help=None, image_args=True,
-                      panels_from=PANELS_FROM["rsepm"]):
+def add_training_args(
+    parser,
+    lr,
+    weight_decay,
+    max_epoch,
+    batch_size=16,
+    optimiser_help=None,
+    image_args=True,
+    panels_from=PANELS_FROM["rsepm"],
+):
     """Flags of docs/method.md#optimisation with the script's defaults (they differ per stage).
     optimiser_help: the --help of --lr, --wd and --nesterov (default OPTIMISER_HELP).
     panels_from: the --vis_images help's account of where and when the script draws its panels
@@ -56,29 +81,48 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimi
     them (train_affinity.py): a flag that does not apply is not accepted. Every training script reads
     images, so --max_image_pixels (tools/args.py add_image_limit_arg) is always added."""
     helps = {**OPTIMISER_HELP, **(optimiser_help or {})}
-    parser.add_argument("--batch_size", default=batch_size, type=int,
-                        help="global batch size (split over DDP processes)")
+    parser.add_argument(
+        "--batch_size", default=batch_size, type=int, help="global batch size (split over DDP processes)"
+    )
     parser.add_argument("--max_epoch", default=max_epoch, type=int, help="number of epochs")
     deprecated_alias(parser, "--max_epochs", "--max_epoch")
     parser.add_argument("--lr", default=lr, type=float, help=helps["lr"])
     parser.add_argument("--wd", default=weight_decay, type=float, help=helps["wd"])
     parser.add_argument("--nesterov", default=True, type=str2bool, help=helps["nesterov"])
-    parser.add_argument("--crop_size", "--image_size", dest="crop_size", default=512, type=int,
-                        help="side of the square training crop")
+    parser.add_argument(
+        "--crop_size", "--image_size", dest="crop_size", default=512, type=int, help="side of the square training crop"
+    )
     parser.add_argument("--seed", default=0, type=int, help="seed of data order, augmentation and init")
-    parser.add_argument("--amp", default="auto", choices=AMP_MODES,
-                        help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU")
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        choices=AMP_MODES,
+        help="mixed precision: auto = bf16 on CUDA if supported, else fp16; off on CPU",
+    )
     parser.add_argument("--log_interval", default=50, type=positive_int, help="iterations between log lines")
-    parser.add_argument("--save_interval", default=500, type=positive_int,
-                        help="iterations between resume checkpoints (models/{tag}/resume.pth)")
-    parser.add_argument("--resume", default=False, type=str2bool,
-                        help="continue from models/{tag}/resume.pth when it exists")
-    parser.add_argument("--vis_ids", default=None, type=id_list,
-                        help="comma-separated image ids drawn as the TensorBoard panels instead of --vis_images "
-                             "picks (ids of the split the panels come from)")
-    parser.add_argument("--vis_images", default=4, type=int,
-                        help=f"images drawn as TensorBoard panels (rank 0), chosen once per run to cover the "
-                             f"classes (or those of --vis_ids): {panels_from}; 0 = none")
+    parser.add_argument(
+        "--save_interval",
+        default=500,
+        type=positive_int,
+        help="iterations between resume checkpoints (models/{tag}/resume.pth)",
+    )
+    parser.add_argument(
+        "--resume", default=False, type=str2bool, help="continue from models/{tag}/resume.pth when it exists"
+    )
+    parser.add_argument(
+        "--vis_ids",
+        default=None,
+        type=id_list,
+        help="comma-separated image ids drawn as the TensorBoard panels instead of --vis_images "
+        "picks (ids of the split the panels come from)",
+    )
+    parser.add_argument(
+        "--vis_images",
+        default=4,
+        type=int,
+        help=f"images drawn as TensorBoard panels (rank 0), chosen once per run to cover the "
+        f"classes (or those of --vis_ids): {panels_from}; 0 = none",
+    )
     add_image_limit_arg(parser, what="a training image")  # the datasets' limit (core/train_datasets.py)
     if not image_args:
         return
@@ -86,8 +130,12 @@ def add_training_args(parser, lr, weight_decay, max_epoch, batch_size=16, optimi
     parser.add_argument("--max_image_size", default=640, type=int, help="largest random long side")
     add_color_jitter_arg(parser)
     parser.add_argument("--sync_bn", default=False, type=str2bool, help="SyncBatchNorm under torchrun (CUDA)")
-    parser.add_argument("--channels_last", default="auto", choices=("auto", "true", "false"),
-                        help="channels-last memory format for the network and its inputs; auto = on CUDA")
+    parser.add_argument(
+        "--channels_last",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="channels-last memory format for the network and its inputs; auto = on CUDA",
+    )
 
 
 def start_run(args, require_xml=False, check=None):
@@ -105,9 +153,13 @@ def start_run(args, require_xml=False, check=None):
 
 
 def add_color_jitter_arg(parser):
-    parser.add_argument("--color_jitter", default=",".join(map(str, JITTER)), type=color_jitter,
-                        help="colour jitter strengths brightness,contrast,saturation,hue (hue as a fraction of "
-                             "the colour circle), or none")
+    parser.add_argument(
+        "--color_jitter",
+        default=",".join(map(str, JITTER)),
+        type=color_jitter,
+        help="colour jitter strengths brightness,contrast,saturation,hue (hue as a fraction of "
+        "the colour circle), or none",
+    )
 
 
 def add_validation_args(parser, what):
@@ -124,8 +176,7 @@ def check_training_args(args):
     if args.crop_size % 16:
         raise UsageError(f"--crop_size {args.crop_size}: use a multiple of 16")
     if hasattr(args, "min_image_size") and args.min_image_size > args.max_image_size:
-        raise UsageError(f"need --min_image_size <= --max_image_size, got {args.min_image_size}, "
-                         f"{args.max_image_size}")
+        raise UsageError(f"need --min_image_size <= --max_image_size, got {args.min_image_size}, {args.max_image_size}")
     if getattr(args, "vis_ids", None):  # the picks named: as many panels as ids
         if len(args.vis_ids) > 64:
             raise UsageError(f"--vis_ids names {len(args.vis_ids)} images; at most 64 are drawn")
@@ -172,7 +223,7 @@ def validation_set(args, ctx, info, **require):
     if args.val_every <= 0 or not ctx.is_main:
         return None, []
     layout = SeedLayout(args.root_dir, args.val_domain, info, **require)
-    return layout, layout.ids[:args.val_images]
+    return layout, layout.ids[: args.val_images]
 
 
 def validation_due(args, epoch, ids):
@@ -191,12 +242,14 @@ def panel_picks(args, ctx, layout, ids, val_layout=None, val_ids=None):
     (val_ids given), else from `ids` of `layout`, the training split; none on ranks other than 0
     or with --vis_images 0."""
     from tools.engine import panels
+
     if not ctx.is_main or args.vis_images <= 0:
         return []
     if val_ids:
         layout, ids = val_layout, val_ids
-    return panels.pick_images(layout, ids, args.vis_images, getattr(args, "max_image_pixels", None),
-                              chosen=getattr(args, "vis_ids", None))
+    return panels.pick_images(
+        layout, ids, args.vis_images, getattr(args, "max_image_pixels", None), chosen=getattr(args, "vis_ids", None)
+    )
 
 
 @torch.no_grad()

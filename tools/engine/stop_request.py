@@ -1,5 +1,6 @@
 """The stop request a scheduler's SIGTERM/SIGUSR1 raises (docs/reliability.md#running-under-a-scheduler-that-preempts):
 a flag the training loop reads between iterations."""
+
 import os
 import signal
 import sys
@@ -49,8 +50,12 @@ class StopRequest:
     def _give_up(self, number):
         """No iteration boundary was reached `grace` seconds after the signal: end now. The resume
         state saved last (the periodic or the epoch's) is what a restart continues from."""
-        print(f"\n{signal.Signals(number).name} {self.grace:g} s ago and no iteration could finish since: "
-              "ending now without saving (the last resume state stays)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(number).name} {self.grace:g} s ago and no iteration could finish since: "
+            "ending now without saving (the last resume state stays)",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(128 + number)
 
     def restore(self):

@@ -9,23 +9,32 @@ config.json, final weights) and tools/engine/runlog.py (each iteration's record:
 means, log lines, TensorBoard); the flags the scripts share are in
 tools/engine/script_parts.py. tests/ddp_worker.py is a runnable miniature of a training script built from them.
 """
+
 import os
 import time
 
-from core.weights import save_weights
 from core.errors import DatasetError, Preempted
 from core.io import write_json
 from core.safety import hold_output, remove_stale_temp_files
-from tools.engine.resume_state import (config_path, dataset_identity, load_resume, resume_path, run_config,
-                                      run_settings, save_final, save_resume)
+from core.weights import save_weights
+from tools.engine.amp import make_grad_scaler, resolve_amp_dtype
 from tools.engine.data_loading import close_loader, loader_dataset, set_loader_epoch
 from tools.engine.distributed import cleanup_distributed
-from tools.engine.stop_request import StopRequest
-from tools.engine.amp import make_grad_scaler, resolve_amp_dtype
 from tools.engine.flops import peak_tflops
 from tools.engine.optim import PolyLR
-from tools.paths import model_dir, model_path
+from tools.engine.resume_state import (
+    config_path,
+    dataset_identity,
+    load_resume,
+    resume_path,
+    run_config,
+    run_settings,
+    save_final,
+    save_resume,
+)
 from tools.engine.runlog import RunLogger
+from tools.engine.stop_request import StopRequest
+from tools.paths import model_dir, model_path
 
 _PROGRESS = "_progress_loss"  # record()'s progress_loss among the monitored scalars, not logged
 
@@ -34,6 +43,7 @@ def device_peak_flops(device, amp):
     """The tensor-core peak FLOP/s of a CUDA device for --amp (tools/engine/flops.py PEAK_TFLOPS);
     None on the CPU or a GPU the table does not know."""
     import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return None
@@ -47,6 +57,7 @@ def count_flops(count, device, amp):
     count runs one forward and backward, spent only where an MFU can be shown. The random state
     is kept: the counters seed their own networks, and the run's draws must not change."""
     import torch
+
     if not device_peak_flops(device, amp):
         return None
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
@@ -78,10 +89,27 @@ class TrainingRun:
             return run.finish()
     """
 
-    def __init__(self, args, ctx, network, optimizer, loader, ema=None, desc="train", flops_per_image=None,
-                 epoch_check=None, **config_extra):
+    def __init__(
+        self,
+        args,
+        ctx,
+        network,
+        optimizer,
+        loader,
+        ema=None,
+        desc="train",
+        flops_per_image=None,
+        epoch_check=None,
+        **config_extra,
+    ):
         self.args, self.ctx, self.network, self.optimizer, self.loader, self.ema = (
-            args, ctx, network, optimizer, loader, ema)
+            args,
+            ctx,
+            network,
+            optimizer,
+            loader,
+            ema,
+        )
         if ctx.is_main:  # one live run per tag: a second (a requeued job, a repeated sweep entry) is refused
             hold_output(model_dir(args.pred_dir, args.tag), "--tag")
         self.iterations_per_epoch = len(loader)  # len(loader) shrinks when a resumed epoch skips batches
@@ -106,8 +134,18 @@ class TrainingRun:
         self.epoch_check, self.run_warnings, self.best = epoch_check, [], {}
         resumed = args.resume and os.path.isfile(self.resume_file)
         if resumed:  # refused when a run-shaping flag changed (tools/engine/resume_state.py check_settings)
-            state = load_resume(self.resume_file, network, optimizer, self.scheduler, self.scaler, ema,
-                                loader.sampler, ctx, settings=run_settings(args), dataset=self.dataset_identity)
+            state = load_resume(
+                self.resume_file,
+                network,
+                optimizer,
+                self.scheduler,
+                self.scaler,
+                ema,
+                loader.sampler,
+                ctx,
+                settings=run_settings(args),
+                dataset=self.dataset_identity,
+            )
             self.epoch, self.step_in_epoch, self.iteration = state["epoch"], state["step"], state["iteration"]
             # the log means in progress, so that a resumed run logs what an uninterrupted one does
             log_state = state["extra"].get("log") or {"line": state["extra"].get("log_meter")}  # older files
@@ -116,30 +154,44 @@ class TrainingRun:
             self.run_warnings = list(state["extra"].get("run_warnings", []))
             self.best = dict(state["extra"].get("best", {}))
             warnings = state["warnings"]
-        self.config = run_config(args, ctx, tag=args.tag, iterations_per_epoch=self.iterations_per_epoch,
-                                 max_iterations=self.max_iterations, amp_dtype=str(self.amp_dtype), **config_extra)
+        self.config = run_config(
+            args,
+            ctx,
+            tag=args.tag,
+            iterations_per_epoch=self.iterations_per_epoch,
+            max_iterations=self.max_iterations,
+            amp_dtype=str(self.amp_dtype),
+            **config_extra,
+        )
         if self.dataset_identity is not None:  # the per-file list stays in resume.pth
             self.config["dataset_identity"] = {k: self.dataset_identity[k] for k in ("count", "sha256")}
         if ctx.is_main:
             write_json(config_path(args.pred_dir, args.tag), self.config)
         # purge_after: a fresh run drops an earlier run's records of the same tag
-        self.logger = RunLogger(os.path.join(model_dir(args.pred_dir, args.tag), "logs"), enabled=ctx.is_main,
-                                purge_after=self.iteration)
+        self.logger = RunLogger(
+            os.path.join(model_dir(args.pred_dir, args.tag), "logs"), enabled=ctx.is_main, purge_after=self.iteration
+        )
         peak = device_peak_flops(ctx.device, args.amp)
         if flops_per_image and peak:  # MFU on each log line, as nanoGPT prints it (docs/formats.md#tensorboard)
             self.logger.mfu_scale = flops_per_image / (peak * ctx.world_size)
-            self.logger.info(f"model FLOPs: {flops_per_image / 1e9:.0f} GFLOP per image per step; peak "
-                             f"{peak / 1e12:.0f} TFLOP/s per device ({args.amp}): the log shows mfu")
+            self.logger.info(
+                f"model FLOPs: {flops_per_image / 1e9:.0f} GFLOP per image per step; peak "
+                f"{peak / 1e12:.0f} TFLOP/s per device ({args.amp}): the log shows mfu"
+            )
         self.logger.info(f"tag {args.tag}")
-        self.logger.info(f"{self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
-                         f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
-                         f"{self.amp_dtype}" + (f", {self._resumed_where()}" if resumed else ""))
+        self.logger.info(
+            f"{self.iterations_per_epoch} iterations/epoch x {args.max_epoch} epochs, batch "
+            f"{args.batch_size}, device {ctx.device}, world size {ctx.world_size}, amp "
+            f"{self.amp_dtype}" + (f", {self._resumed_where()}" if resumed else "")
+        )
         self.logger.load_state_dict(log_state)  # the log line and epoch in progress, as saved
         for line in warnings:
             self.logger.info(f"warning: {line}")
         from core.progress import progress
-        self.progress = progress(total=self.max_iterations, initial=self.iteration, desc=desc,
-                                 disable=not ctx.is_main, dynamic_ncols=True)
+
+        self.progress = progress(
+            total=self.max_iterations, initial=self.iteration, desc=desc, disable=not ctx.is_main, dynamic_ncols=True
+        )
         self.last_time = time.perf_counter()
         # installed last: a constructor that raised would leave them installed (no __exit__)
         self.stop, self.stop_agreed = StopRequest().install(), None
@@ -199,8 +251,13 @@ class TrainingRun:
         self.progress.update(1)
         end_of_epoch = self.step_in_epoch == self.iterations_per_epoch
         if self.iteration % self.args.log_interval == 0 or end_of_epoch:
-            means = self.logger.write_line(self.iteration, epoch, self.ctx, images=self.images_since_log,
-                                           extra={"lr": self.scheduler.get_last_lr()[0]})
+            means = self.logger.write_line(
+                self.iteration,
+                epoch,
+                self.ctx,
+                images=self.images_since_log,
+                extra={"lr": self.scheduler.get_last_lr()[0]},
+            )
             now = time.perf_counter()
             rate = self.images_since_log / max(now - self.last_time, 1e-9)
             shown = means.get(_PROGRESS)
@@ -211,7 +268,7 @@ class TrainingRun:
         if end_of_epoch:  # the epoch's resume state before validation and panels, which may stop the run
             # (the log line above has just folded the sums: its NaN check ran before this save)
             epoch_means = self.logger.epoch_means()
-            for line in (self.epoch_check(epoch, epoch_means) if self.epoch_check else []):
+            for line in self.epoch_check(epoch, epoch_means) if self.epoch_check else []:
                 self.warn(f"epoch {epoch}: {line}")
             self.save_resume(self.epoch + 1, 0)
             self.saved_epoch = self.epoch + 1
@@ -229,17 +286,36 @@ class TrainingRun:
         return self.stop_agreed if self.ctx.distributed else self.stop.name
 
     def _preempted(self):
-        line = (f"stopped by {self._stop_requested()} after iteration {self.iteration}: resume state saved "
-                f"to {self.resume_file}; run again with --resume true")
+        line = (
+            f"stopped by {self._stop_requested()} after iteration {self.iteration}: resume state saved "
+            f"to {self.resume_file}; run again with --resume true"
+        )
         self.logger.info(line)
         return Preempted(line)
 
     def save_resume(self, epoch, step):
-        save_resume(self.resume_file, self.network, self.optimizer, self.scheduler, self.scaler, self.ema,
-                    epoch, step, self.iteration, self.loader.sampler, ctx=self.ctx,
-                    extra={"log": self.logger.state_dict(), "images_since_log": self.images_since_log,
-                           "skipped": self.skipped, "run_warnings": self.run_warnings, "best": self.best},
-                    settings=run_settings(self.args), dataset=self.dataset_identity)
+        save_resume(
+            self.resume_file,
+            self.network,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.ema,
+            epoch,
+            step,
+            self.iteration,
+            self.loader.sampler,
+            ctx=self.ctx,
+            extra={
+                "log": self.logger.state_dict(),
+                "images_since_log": self.images_since_log,
+                "skipped": self.skipped,
+                "run_warnings": self.run_warnings,
+                "best": self.best,
+            },
+            settings=run_settings(self.args),
+            dataset=self.dataset_identity,
+        )
 
     def draw_panels(self, draw):
         """TensorBoard image panels at a validation or an epoch's end (--vis_images): draw() runs a
@@ -273,9 +349,11 @@ class TrainingRun:
         if self.skipped:
             listed = "; ".join(f"{p} ({n}x)" if n > 1 else p for p, n in list(self.skipped.items())[:10])
             more = f"; ... ({len(self.skipped) - 10} more)" if len(self.skipped) > 10 else ""
-            raise DatasetError(f"training finished and saved {model_path(self.args.pred_dir, self.args.tag)}, "
-                               f"but skipped {len(self.skipped)} bad file(s): {listed}{more}; fix or remove them "
-                               f"(rank {self.ctx.rank})")
+            raise DatasetError(
+                f"training finished and saved {model_path(self.args.pred_dir, self.args.tag)}, "
+                f"but skipped {len(self.skipped)} bad file(s): {listed}{more}; fix or remove them "
+                f"(rank {self.ctx.rank})"
+            )
 
     def __enter__(self):
         return self
@@ -311,6 +389,10 @@ class TrainingRun:
         self.stop.restore()
         cleanup_distributed()
         self.raise_if_skipped()
-        return {"tag": self.args.tag, "iterations": self.iteration,
-                "weights": model_path(self.args.pred_dir, self.args.tag), "network": self.network,
-                "rank": self.ctx.rank}
+        return {
+            "tag": self.args.tag,
+            "iterations": self.iteration,
+            "weights": model_path(self.args.pred_dir, self.args.tag),
+            "network": self.network,
+            "rank": self.ctx.rank,
+        }

@@ -19,6 +19,7 @@ Writes OUT/result.json and OUT/result.md (default experiments/gpu_check/), print
 exits 1 listing the failed checks. Synthetic data (tools/builders/make_toy_dataset.py, 375..500 px) is
 made in a temporary folder and removed afterwards.
 """
+
 import glob
 import json
 import os
@@ -32,8 +33,6 @@ from dataclasses import asdict, dataclass
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tools.paths import REPO_ROOT  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,11 +40,12 @@ import train_rsepm  # noqa: E402
 import train_seg  # noqa: E402
 from core.dataset_layout import SeedLayout, load_dataset_info  # noqa: E402
 from core.errors import SetupError  # noqa: E402
-from tools.args import cli, make_parser, str2bool  # noqa: E402
-from core.networks import RSEPM, build_network  # noqa: E402
-from tools.engine import flops  # noqa: E402
 from core.io import atomic_output, load_seed, write_json  # noqa: E402
+from core.networks import RSEPM, build_network  # noqa: E402
+from tools.args import cli, make_parser, str2bool  # noqa: E402
 from tools.builders.make_toy_dataset import make_toy_dataset  # noqa: E402
+from tools.engine import flops  # noqa: E402
+from tools.paths import REPO_ROOT  # noqa: E402
 
 # Epoch numbers handed to train_rsepm.py so that RS and the mix are active from the first
 # iteration (train_rsepm.py counts epochs from 1, as the authors' trainers do).
@@ -54,9 +54,16 @@ MIX_START = 1
 MATCH_TOL = 2e-4  # max |GPU - CPU| of float32 seeds from the same weights
 # --smoke runs every code path once (single process and torchrun, fp32 and bf16, each script and
 # decoder, the seed comparison), not the whole matrix: each run is a process that imports torch.
-SMOKE_CHECKS = ("train rsepm single off", "train rsepm torchrunx1 bf16", "train deeplabv3+ single bf16",
-                "train deeplabv2 single off", "infer rsepm speed bf16", "infer rsepm match cpu fp32",
-                "infer seg speed bf16", "infer seg match cpu fp32")
+SMOKE_CHECKS = (
+    "train rsepm single off",
+    "train rsepm torchrunx1 bf16",
+    "train deeplabv3+ single bf16",
+    "train deeplabv2 single off",
+    "infer rsepm speed bf16",
+    "infer rsepm match cpu fp32",
+    "infer seg speed bf16",
+    "infer seg match cpu fp32",
+)
 
 
 @dataclass
@@ -65,12 +72,12 @@ class Sizes:
     seg_backbone: str
     batch: int
     crop: int
-    train_min: int    # --min_image_size / --max_image_size of the training crops
+    train_min: int  # --min_image_size / --max_image_size of the training crops
     train_max: int
-    image_min: int    # sides of the synthetic images
+    image_min: int  # sides of the synthetic images
     image_max: int
-    warmup: int       # training iterations / inference images left out of the speed
-    iterations: int   # measured training iterations
+    warmup: int  # training iterations / inference images left out of the speed
+    iterations: int  # measured training iterations
     infer_images: int
     match_images: int
     match_scales: str
@@ -85,16 +92,24 @@ SMOKE = Sizes("resnet18", "resnet18", 2, 32, 32, 48, 48, 64, 1, 1, 4, 2, "1.0,0.
 def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
     # --smoke / --keep alone mean "true"
-    parser.add_argument("--smoke", default=False, type=str2bool, nargs="?", const=True,
-                        help="tiny sizes on the CPU (what the tests run)")
+    parser.add_argument(
+        "--smoke",
+        default=False,
+        type=str2bool,
+        nargs="?",
+        const=True,
+        help="tiny sizes on the CPU (what the tests run)",
+    )
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "experiments", "gpu_check"))
     parser.add_argument("--gpus", default=None, help="CUDA ids to use (default: every visible GPU)")
     parser.add_argument("--iterations", type=int, default=None, help="measured training iterations")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
-    parser.add_argument("--torchrun", default=True, type=str2bool, nargs="?", const=True,
-                        help="include the torchrun checks")
-    parser.add_argument("--keep", default=False, type=str2bool, nargs="?", const=True,
-                        help="keep the temporary data and runs")
+    parser.add_argument(
+        "--torchrun", default=True, type=str2bool, nargs="?", const=True, help="include the torchrun checks"
+    )
+    parser.add_argument(
+        "--keep", default=False, type=str2bool, nargs="?", const=True, help="keep the temporary data and runs"
+    )
     return parser
 
 
@@ -104,16 +119,24 @@ def run_probed(name, script, script_args, work, gpus_env=None, nproc=0, env_extr
     probe_dir = os.path.join(work, "probe", name)
     probe = os.path.join(REPO_ROOT, "tools", "gpu", "gpu_probe.py")
     if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               probe, probe_dir, script, *script_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            probe,
+            probe_dir,
+            script,
+            *script_args,
+        ]
     else:
         cmd = [sys.executable, probe, probe_dir, script, *script_args]
     env = dict(os.environ, **(env_extra or {}))
     if gpus_env is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus_env
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
     peaks = []
     for path in glob.glob(os.path.join(probe_dir, "probe-rank*.json")):
@@ -188,17 +211,63 @@ class Check:
     # --- training -------------------------------------------------------------------------------
     def train_argv(self, model, amp, gpus, tag, pred_dir, sync_bn=False):
         s = self.sizes
-        common = ["--root_dir", self.data, "--dataset", "TOY", "--domain", "train_aug", "--gpus", gpus,
-                  "--pretrained", "none", "--crop_size", str(s.crop), "--min_image_size", str(s.train_min),
-                  "--max_image_size", str(s.train_max), "--batch_size", str(s.batch),
-                  "--num_workers", str(s.workers), "--max_epoch", "1", "--log_interval", "1",
-                  "--save_interval", "1000000", "--amp", amp, "--pred_dir", pred_dir, "--tag", tag,
-                  "--sync_bn", str(sync_bn).lower()]
+        common = [
+            "--root_dir",
+            self.data,
+            "--dataset",
+            "TOY",
+            "--domain",
+            "train_aug",
+            "--gpus",
+            gpus,
+            "--pretrained",
+            "none",
+            "--crop_size",
+            str(s.crop),
+            "--min_image_size",
+            str(s.train_min),
+            "--max_image_size",
+            str(s.train_max),
+            "--batch_size",
+            str(s.batch),
+            "--num_workers",
+            str(s.workers),
+            "--max_epoch",
+            "1",
+            "--log_interval",
+            "1",
+            "--save_interval",
+            "1000000",
+            "--amp",
+            amp,
+            "--pred_dir",
+            pred_dir,
+            "--tag",
+            tag,
+            "--sync_bn",
+            str(sync_bn).lower(),
+        ]
         if model == "rsepm":
-            return "train_rsepm.py", common + ["--backbone", s.rsepm_backbone, "--rs_start", str(RS_START),
-                                               "--mix_start", str(MIX_START), "--mix", "epm"]
-        return "train_seg.py", common + ["--decoder", model, "--backbone", s.seg_backbone,
-                                         "--output_stride", "8", "--label_tag", "gt"]
+            return "train_rsepm.py", common + [
+                "--backbone",
+                s.rsepm_backbone,
+                "--rs_start",
+                str(RS_START),
+                "--mix_start",
+                str(MIX_START),
+                "--mix",
+                "epm",
+            ]
+        return "train_seg.py", common + [
+            "--decoder",
+            model,
+            "--backbone",
+            s.seg_backbone,
+            "--output_stride",
+            "8",
+            "--label_tag",
+            "gt",
+        ]
 
     def train_flops(self, model, argv):
         if model not in self.flops:
@@ -207,8 +276,9 @@ class Check:
                 config = train_rsepm.method_config(train_rsepm.get_args_parser().parse_args(argv))
                 self.flops[model] = flops.rsepm_train_flops(config, s.rsepm_backbone, n, s.crop, self.device)
             else:
-                self.flops[model] = flops.seg_train_flops(model, s.seg_backbone, n, 8, s.crop, self.device,
-                                                          train_seg.segmentation_loss)
+                self.flops[model] = flops.seg_train_flops(
+                    model, s.seg_backbone, n, 8, s.crop, self.device, train_seg.segmentation_loss
+                )
             if self.cuda:
                 torch.cuda.empty_cache()
         return self.flops[model]
@@ -224,21 +294,32 @@ class Check:
         gpus = ",".join(map(str, range(n))) if launcher.startswith("dp") else "0"
         tag = name.replace(" ", "_")
         pred_dir = os.path.join(self.work, "exp")
-        script, argv = self.train_argv(model, amp, gpus if self.cuda else "cpu", tag, pred_dir,
-                                       sync_bn=launcher.startswith("torchrun"))
+        script, argv = self.train_argv(
+            model, amp, gpus if self.cuda else "cpu", tag, pred_dir, sync_bn=launcher.startswith("torchrun")
+        )
         nproc = int(launcher.split("x")[1]) if launcher.startswith("torchrun") else 0
         status, wall, peak, tail = run_probed(tag, script, argv, self.work, nproc=nproc)
-        row.update(wall_s=wall, peak_mem_gib=None if peak is None else peak / 2 ** 30,
-                   command=" ".join(["torchrun", f"--nproc_per_node={nproc}"] if nproc else ["python"])
-                   + f" {script} " + " ".join(argv))
+        row.update(
+            wall_s=wall,
+            peak_mem_gib=None if peak is None else peak / 2**30,
+            command=" ".join(["torchrun", f"--nproc_per_node={nproc}"] if nproc else ["python"])
+            + f" {script} "
+            + " ".join(argv),
+        )
         if status != 0:
             return self.add({**row, "status": "fail", "note": f"exit {status}: {tail[-600:]}"})
         log = os.path.join(pred_dir, "models", tag, "logs", "log.jsonl")
         ips = training_speed(log, self.sizes.batch, self.sizes.warmup)
         per_image = self.train_flops(model, argv)
         mfu, peak_tf = self.mfu(ips, per_image, amp)
-        row.update(status="ok", images_per_s=ips, gflop_per_image=per_image / 1e9, mfu=mfu, peak_tflops=peak_tf,
-                   weights=os.path.join(pred_dir, "models", tag, "last.pth"))
+        row.update(
+            status="ok",
+            images_per_s=ips,
+            gflop_per_image=per_image / 1e9,
+            mfu=mfu,
+            peak_tflops=peak_tf,
+            weights=os.path.join(pred_dir, "models", tag, "last.pth"),
+        )
         self.add(row)
 
     # --- inference ------------------------------------------------------------------------------
@@ -248,9 +329,26 @@ class Check:
         script = "infer_rsepm.py" if model == "rsepm" else "infer_seg.py"
         pred_dir = os.path.join(self.work, "infer", name.replace(" ", "_"))
         gpus = ",".join(map(str, range(len(self.gpu_ids)))) if device == "cuda" else "cpu"
-        argv = ["--root_dir", self.data, "--dataset", "TOY", "--domain", domain, "--gpus", gpus,
-                "--num_workers", str(min(self.sizes.workers, 4)), "--weights", weights, "--tag", "check",
-                "--pred_dir", pred_dir, "--amp", amp]
+        argv = [
+            "--root_dir",
+            self.data,
+            "--dataset",
+            "TOY",
+            "--domain",
+            domain,
+            "--gpus",
+            gpus,
+            "--num_workers",
+            str(min(self.sizes.workers, 4)),
+            "--weights",
+            weights,
+            "--tag",
+            "check",
+            "--pred_dir",
+            pred_dir,
+            "--amp",
+            amp,
+        ]
         if scales:
             argv += ["--scales", scales]
         if model == "rsepm":
@@ -258,9 +356,16 @@ class Check:
         else:
             argv += ["--decoder", "deeplabv3+", "--backbone", self.sizes.seg_backbone, "--output_stride", "8"]
         status, wall, peak, tail = run_probed(name.replace(" ", "_"), script, argv, self.work, env_extra=env_extra)
-        row = {"name": name, "kind": "infer", "model": model, "amp": amp, "launcher": f"{device} --gpus {gpus}",
-               "wall_s": wall, "peak_mem_gib": None if peak is None else peak / 2 ** 30,
-               "command": f"python {script} " + " ".join(argv)}
+        row = {
+            "name": name,
+            "kind": "infer",
+            "model": model,
+            "amp": amp,
+            "launcher": f"{device} --gpus {gpus}",
+            "wall_s": wall,
+            "peak_mem_gib": None if peak is None else peak / 2**30,
+            "command": f"python {script} " + " ".join(argv),
+        }
         if status != 0:
             return {**row, "status": "fail", "note": f"exit {status}: {tail[-600:]}"}, None
         return {**row, "status": "ok"}, os.path.join(pred_dir, "predictions", "check", domain)
@@ -289,8 +394,9 @@ class Check:
         for amp in ("off", "bf16"):
             if not self.wanted(f"infer {model} speed {amp}"):
                 continue
-            row, folder = self.infer(model, amp, "validation", device, weights, f"speed {amp}",
-                                     scales=self.sizes.infer_scales)
+            row, folder = self.infer(
+                model, amp, "validation", device, weights, f"speed {amp}", scales=self.sizes.infer_scales
+            )
             if folder is not None:
                 per_image = per_image or self.infer_flops(model)
                 ips = inference_speed(folder, self.sizes.warmup)
@@ -310,8 +416,9 @@ class Check:
         for label, amp, env, strict in runs:
             if not self.wanted(f"infer {model} match {device} {label}"):
                 continue
-            row, folder = self.infer(model, amp, "train", device, weights, f"match {device} {label} vs cpu",
-                                     env_extra=env, scales=scales)
+            row, folder = self.infer(
+                model, amp, "train", device, weights, f"match {device} {label} vs cpu", env_extra=env, scales=scales
+            )
             if folder is not None:
                 try:
                     worst, mean = seed_difference(ref, folder)
@@ -329,19 +436,29 @@ def markdown(result):
     def num(v, fmt):
         return "" if v is None else format(v, fmt)
 
-    lines = [f"# gpu_check ({result['mode']}): {result['device']}, {result['gpus']} GPU(s), torch {result['torch']}",
-             "", "| check | launcher | status | images/s | peak mem GiB | GFLOP/image | MFU % (peak TFLOP/s) "
-             "| seed max/mean abs diff vs CPU | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# gpu_check ({result['mode']}): {result['device']}, {result['gpus']} GPU(s), torch {result['torch']}",
+        "",
+        "| check | launcher | status | images/s | peak mem GiB | GFLOP/image | MFU % (peak TFLOP/s) "
+        "| seed max/mean abs diff vs CPU | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         mfu = "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f} ({r['peak_tflops']:g})"
         diff = "" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2e} / {r['mean_abs_diff']:.2e}"
         status = r["status"] + (f": {r['note'][:80]}" if r.get("note") and r["status"] != "ok" else "")
-        lines.append(f"| {r['name']} | {r['launcher']} | {status} | {num(r.get('images_per_s'), '.1f')} | "
-                     f"{num(r.get('peak_mem_gib'), '.2f')} | {num(r.get('gflop_per_image'), '.1f')} | {mfu} | "
-                     f"{diff} | {num(r.get('wall_s'), '.0f')} |")
-    lines += ["", "MFU: counted convolution/matmul FLOPs (torch.utils.flop_counter) x images/s over the dense "
-              "tensor-core peak of the device (tools/engine/flops.py; TF32 peak for --amp off). Sizes: "
-              + json.dumps(result["sizes"]), ""]
+        lines.append(
+            f"| {r['name']} | {r['launcher']} | {status} | {num(r.get('images_per_s'), '.1f')} | "
+            f"{num(r.get('peak_mem_gib'), '.2f')} | {num(r.get('gflop_per_image'), '.1f')} | {mfu} | "
+            f"{diff} | {num(r.get('wall_s'), '.0f')} |"
+        )
+    lines += [
+        "",
+        "MFU: counted convolution/matmul FLOPs (torch.utils.flop_counter) x images/s over the dense "
+        "tensor-core peak of the device (tools/engine/flops.py; TF32 peak for --amp off). Sizes: "
+        + json.dumps(result["sizes"]),
+        "",
+    ]
     if result["failed"]:
         lines.append("FAILED: " + ", ".join(result["failed"]))
     return "\n".join(lines) + "\n"
@@ -364,10 +481,17 @@ def main(args):
     try:
         data = os.path.join(work, "TOY")
         print(f"gpu_check: synthetic data in {data}", flush=True)
-        make_toy_dataset(data, seed=0, num_train=sizes.match_images,
-                         num_train_aug=sizes.batch * (sizes.warmup + sizes.iterations),
-                         num_validation=sizes.infer_images, num_test=0, min_size=sizes.image_min,
-                         max_size=sizes.image_max, progress=True)
+        make_toy_dataset(
+            data,
+            seed=0,
+            num_train=sizes.match_images,
+            num_train_aug=sizes.batch * (sizes.warmup + sizes.iterations),
+            num_validation=sizes.infer_images,
+            num_test=0,
+            min_size=sizes.image_min,
+            max_size=sizes.image_max,
+            progress=True,
+        )
         check = Check(args, sizes, work, data, cuda, gpu_ids or [0])
         n = len(check.gpu_ids)
         use_torchrun = args.torchrun
@@ -380,23 +504,46 @@ def main(args):
                 check.train(model, "bf16", f"dpx{n}")
         for model, trained in (("rsepm", "train rsepm single"), ("seg", "train deeplabv3+ single")):
             # the float32 run's weights, or the bf16 run's when only that one ran (--smoke, --only)
-            weights = next((r.get("weights") for r in sorted(check.rows, key=lambda r: r.get("amp") != "off")
-                            if r["name"].startswith(trained) and r.get("weights")), None)
+            weights = next(
+                (
+                    r.get("weights")
+                    for r in sorted(check.rows, key=lambda r: r.get("amp") != "off")
+                    if r["name"].startswith(trained) and r.get("weights")
+                ),
+                None,
+            )
             if weights and os.path.isfile(weights):
                 check.inference(model, weights)
             elif check.wanted(f"infer {model}"):
-                check.add({"name": f"infer {model}", "kind": "infer", "launcher": "", "status": "fail",
-                           "note": f"no weights: '{trained}' did not run or failed"})
+                check.add(
+                    {
+                        "name": f"infer {model}",
+                        "kind": "infer",
+                        "launcher": "",
+                        "status": "fail",
+                        "note": f"no weights: '{trained}' did not run or failed",
+                    }
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"gpu_check: kept {work}")
     failed = [r["name"] for r in check.rows if r["status"] == "fail"]
-    result = {"mode": "smoke" if args.smoke else "cuda", "device": check.device_name, "gpus": n if cuda else 0,
-              "torch": torch.__version__, "cuda": torch.version.cuda, "sizes": asdict(sizes),
-              "rs_start": RS_START, "mix_start": MIX_START, "match_tolerance": MATCH_TOL,
-              "total_s": time.perf_counter() - start, "rows": check.rows, "failed": failed}
+    result = {
+        "mode": "smoke" if args.smoke else "cuda",
+        "device": check.device_name,
+        "gpus": n if cuda else 0,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "sizes": asdict(sizes),
+        "rs_start": RS_START,
+        "mix_start": MIX_START,
+        "match_tolerance": MATCH_TOL,
+        "total_s": time.perf_counter() - start,
+        "rows": check.rows,
+        "failed": failed,
+    }
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "result.json"), result)
     table = markdown(result)

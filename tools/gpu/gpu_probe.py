@@ -9,6 +9,7 @@ Writes PROBE_DIR/probe-rank{RANK}.json = {"script", "rank", "exit", "wall_s",
 "peak_mem_bytes": max over the CUDA devices this process used (null without CUDA)}, also when the
 script fails; the script's own exit status is passed on.
 """
+
 import argparse
 import json
 import os
@@ -56,8 +57,13 @@ def main(args):
         status = 1
         raise
     finally:
-        record = {"script": script, "rank": int(os.environ.get("RANK", 0)), "exit": status,
-                  "wall_s": time.perf_counter() - start, "peak_mem_bytes": peak_cuda_memory()}
+        record = {
+            "script": script,
+            "rank": int(os.environ.get("RANK", 0)),
+            "exit": status,
+            "wall_s": time.perf_counter() - start,
+            "peak_mem_bytes": peak_cuda_memory(),
+        }
         os.makedirs(probe_dir, exist_ok=True)
         path = os.path.join(probe_dir, f"probe-rank{record['rank']}.json")
         with open(path + ".tmp", "w") as f:

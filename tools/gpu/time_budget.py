@@ -12,6 +12,7 @@ parameter counts). Every figure it prints is an estimate.
 
     python tools/gpu/time_budget.py --figures /tmp/figures.json
 """
+
 import json
 import os
 import sys
@@ -33,16 +34,24 @@ PEAK = dict(flops.PEAK_TFLOPS)["H100"]["bf16"] * 1e12
 # CPU seconds per image, 1 thread (tools/bench/run_all.py, 2 cores at load 8); label cache: the
 # "about a second" of docs/reproduction.md
 CPU = {"crf": 0.53, "rw": 2.18, "augment": 0.0134, "label cache": 1.0, "evaluate": 0.002}
-DATASETS = {"VOC": {"train": 10582, "val": 1449, "rsepm_epochs": 30, "seg_epochs": 50, "size": (375, 500)},
-            "COCO": {"train": 82081, "val": 40137, "rsepm_epochs": 10, "seg_epochs": 50, "size": (480, 640)}}
+DATASETS = {
+    "VOC": {"train": 10582, "val": 1449, "rsepm_epochs": 30, "seg_epochs": 50, "size": (375, 500)},
+    "COCO": {"train": 82081, "val": 40137, "rsepm_epochs": 10, "seg_epochs": 50, "size": (480, 640)},
+}
 RW_GPU_SECONDS = 0.05  # per image: 2^8 small sparse products and one process's file work, not FLOPs
 # How each stage spreads in the code: "ddp" (training: torchrun ranks, at --scaling), "shards" (one
 # process per GPU over every n-th image, no exchange: tools/shards.py), "cores" (worker pools).
-SPREAD = {"RS+EPM training (GPU)": "ddp", "seeds of train_aug / train, 4 scales + flips (GPU)": "shards",
-          "CRF of the seeds (CPU)": "cores", "affinity network: label cache (CPU) + 3 epochs (GPU)": "ddp",
-          "random walk (one process per GPU)": "shards", "random walk on the CPU instead": "cores",
-          "DeepLabV3+ training (GPU)": "ddp", "validation inference (GPU) + CRF (CPU)": "shards",
-          "evaluation (CPU)": "cores"}
+SPREAD = {
+    "RS+EPM training (GPU)": "ddp",
+    "seeds of train_aug / train, 4 scales + flips (GPU)": "shards",
+    "CRF of the seeds (CPU)": "cores",
+    "affinity network: label cache (CPU) + 3 epochs (GPU)": "ddp",
+    "random walk (one process per GPU)": "shards",
+    "random walk on the CPU instead": "cores",
+    "DeepLabV3+ training (GPU)": "ddp",
+    "validation inference (GPU) + CRF (CPU)": "shards",
+    "evaluation (CPU)": "cores",
+}
 # Disk: foreground classes per image with the ground-truth tags (VOC train_aug about 1.5, COCO
 # train about 2.9), DeepLabV3+ seeds keep the background and the classes reaching 0.05 (about one
 # more); a palette PNG mask or relation-label map about 5 KB. Our estimates, not measurements.
@@ -57,17 +66,21 @@ UINT16_RATIO = 12
 def count_flops(rsepm_crop):
     meta = torch.device("meta")
     scale = (512 / rsepm_crop) ** 2
-    counted = {"rsepm train": flops.rsepm_train_flops(RSEPMConfig(), "resnet50", 21, rsepm_crop,
-                                                      torch.device("cpu")) * scale,
-               "seg train": flops.seg_train_flops("deeplabv3+", "resnet101", 21, 8, 512, meta,
-                                                  train_seg.segmentation_loss),
-               "affinity forward": flops._count(lambda: AffinityNet("resnet50").to(meta)(
-                   torch.randn(2, 3, 512, 512, device=meta))) / 2}
+    counted = {
+        "rsepm train": flops.rsepm_train_flops(RSEPMConfig(), "resnet50", 21, rsepm_crop, torch.device("cpu")) * scale,
+        "seg train": flops.seg_train_flops("deeplabv3+", "resnet101", 21, 8, 512, meta, train_seg.segmentation_loss),
+        "affinity forward": flops._count(
+            lambda: AffinityNet("resnet50").to(meta)(torch.randn(2, 3, 512, 512, device=meta))
+        )
+        / 2,
+    }
     for name, (h, w) in ((k, v["size"]) for k, v in DATASETS.items()):
-        counted[f"rsepm infer {name}"] = flops.inference_flops(RSEPM("resnet50", 21, output_stride=16), "rsepm", h, w,
-                                                               SCALES, meta, interpolation="nearest")
-        counted[f"seg infer {name}"] = flops.inference_flops(build_network("deeplabv3+", "resnet101", 21,
-                                                                           output_stride=8), "seg", h, w, SCALES, meta)
+        counted[f"rsepm infer {name}"] = flops.inference_flops(
+            RSEPM("resnet50", 21, output_stride=16), "rsepm", h, w, SCALES, meta, interpolation="nearest"
+        )
+        counted[f"seg infer {name}"] = flops.inference_flops(
+            build_network("deeplabv3+", "resnet101", 21, output_stride=8), "seg", h, w, SCALES, meta
+        )
     return counted
 
 
@@ -83,8 +96,10 @@ def stages(name, gpus, f, cpu, args):
         ("RS+EPM training (GPU)", f["rsepm train"] * n * d["rsepm_epochs"] / train),
         ("seeds of train_aug / train, 4 scales + flips (GPU)", f[f"rsepm infer {name}"] * n / infer),
         ("CRF of the seeds (CPU)", cpu["crf"] * n / cores),
-        ("affinity network: label cache (CPU) + 3 epochs (GPU)",
-         cpu["label cache"] * n / cores + 3 * n * f["affinity forward"] * 1.2 / train),
+        (
+            "affinity network: label cache (CPU) + 3 epochs (GPU)",
+            cpu["label cache"] * n / cores + 3 * n * f["affinity forward"] * 1.2 / train,
+        ),
         ("random walk (one process per GPU)", RW_GPU_SECONDS * n / gpus),
         ("random walk on the CPU instead", cpu["rw"] * n / cores),
         ("DeepLabV3+ training (GPU)", f["seg train"] * n * d["seg_epochs"] / train),
@@ -98,10 +113,11 @@ def checkpoint_bytes():
     (the weights in float32), resume.pth (weights, SGD momentum, and RS+EPM's EMA copy)."""
     meta = torch.device("meta")
     sizes = {}
-    for name, network, ema in (("RS+EPM ResNet-50", RSEPM("resnet50", 21, output_stride=16).to(meta), True),
-                               ("affinity network", AffinityNet("resnet50").to(meta), False),
-                               ("DeepLabV3+ ResNet-101", build_network("deeplabv3+", "resnet101", 21,
-                                                                        output_stride=8).to(meta), False)):
+    for name, network, ema in (
+        ("RS+EPM ResNet-50", RSEPM("resnet50", 21, output_stride=16).to(meta), True),
+        ("affinity network", AffinityNet("resnet50").to(meta), False),
+        ("DeepLabV3+ ResNet-101", build_network("deeplabv3+", "resnet101", 21, output_stride=8).to(meta), False),
+    ):
         weights = sum(t.numel() * 4 for t in network.state_dict().values())
         trained = sum(p.numel() * 4 for p in network.parameters() if p.requires_grad)
         sizes[name] = {"last": weights, "resume": weights * (2 if ema else 1) + trained}
@@ -116,13 +132,20 @@ def disk(name):
     planes = CLASSES_PER_IMAGE[name]
     checkpoints = checkpoint_bytes()
     seeds_train, seeds_val = d["train"] * planes * pixels * 4, d["val"] * (2 * planes + 1) * pixels * 4
-    fixed = [("CRF and random-walk masks of train", 2 * d["train"] * PNG_BYTES),
-             ("relation-label cache", d["train"] * PNG_BYTES), ("masks of validation", 2 * d["val"] * PNG_BYTES),
-             ("checkpoints (last.pth and resume.pth of the three networks)",
-              sum(c["last"] + c["resume"] for c in checkpoints.values()))]
-    return [("seeds of train", seeds_train, seeds_train / UINT16_RATIO),
-            ("seeds of validation (RS+EPM and DeepLabV3+)", seeds_val, seeds_val / UINT16_RATIO),
-            *[(what, size, size) for what, size in fixed]]
+    fixed = [
+        ("CRF and random-walk masks of train", 2 * d["train"] * PNG_BYTES),
+        ("relation-label cache", d["train"] * PNG_BYTES),
+        ("masks of validation", 2 * d["val"] * PNG_BYTES),
+        (
+            "checkpoints (last.pth and resume.pth of the three networks)",
+            sum(c["last"] + c["resume"] for c in checkpoints.values()),
+        ),
+    ]
+    return [
+        ("seeds of train", seeds_train, seeds_train / UINT16_RATIO),
+        ("seeds of validation (RS+EPM and DeepLabV3+)", seeds_val, seeds_val / UINT16_RATIO),
+        *[(what, size, size) for what, size in fixed],
+    ]
 
 
 def get_args_parser():
@@ -150,24 +173,29 @@ def main(args):
     result = {"flops": f, "cpu": cpu}
     for name in DATASETS:
         one, eight = stages(name, 1, f, cpu, args), stages(name, 8, f, cpu, args)
-        print(f"\n| {name} stage (*estimated*) | spreads over | 1 GPU, 16 cores | 8 GPUs, 128 cores |\n"
-              "|---|---|---|---|")
+        print(
+            f"\n| {name} stage (*estimated*) | spreads over | 1 GPU, 16 cores | 8 GPUs, 128 cores |\n|---|---|---|---|"
+        )
         for (stage, a), (_, b) in zip(one, eight):
             spread = {"ddp": "GPUs (DDP)", "shards": "GPUs (a share each)", "cores": "cores"}[SPREAD[stage]]
             print(f"| {stage} | {spread} | {a / 60:.1f} min | {b / 60:.1f} min |")
         fast = [(a, b) for (stage, a), (_, b) in zip(one, eight) if stage != "random walk on the CPU instead"]
         print(f"| total | | {sum(a for a, _ in fast) / 3600:.1f} h | {sum(b for _, b in fast) / 3600:.1f} h |")
         rows = disk(name)
-        print(f"\n| {name} disk (*estimated*) | GB, seeds in float32 (`--seed_format float32`) | GB, seeds in "
-              "uint16 (the default) |\n|---|---|---|")
+        print(
+            f"\n| {name} disk (*estimated*) | GB, seeds in float32 (`--seed_format float32`) | GB, seeds in "
+            "uint16 (the default) |\n|---|---|---|"
+        )
         for what, full, default in rows:
             print(f"| {what} | {full / 1e9:.1f} | {default / 1e9:.1f} |")
         print(f"| total | {sum(r[1] for r in rows) / 1e9:.0f} | {sum(r[2] for r in rows) / 1e9:.0f} |")
         result[name] = {"1": one, "8": eight, "disk": rows}
     per_core = 1 / cpu["augment"]
     need = PEAK * args.train_utilisation / f["rsepm train"]
-    print(f"\ndata loading: {per_core:.0f} images/s per core; RS+EPM at {args.train_utilisation:.0%} needs "
-          f"{need:.0f} images/s per GPU = {need / per_core:.1f} busy cores; 14 workers give {14 * per_core:.0f}")
+    print(
+        f"\ndata loading: {per_core:.0f} images/s per core; RS+EPM at {args.train_utilisation:.0%} needs "
+        f"{need:.0f} images/s per GPU = {need / per_core:.1f} busy cores; 14 workers give {14 * per_core:.0f}"
+    )
     return result
 
 

@@ -2,24 +2,34 @@
 image, spread over one process per device (tools/shards.py; docs/formats.md#inference). The
 tensor-level multi-scale inference lives in core/multiscale.py.
 """
+
 import argparse
 import os
+import random
 import time
 from functools import partial
-import random
 
 import torch
 
-from core.weights import load_checkpoint
 from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image
 from core.errors import CheckpointError, DatasetError, OutputError, UsageError
-from core.multiscale import SCALES, multiscale_inference, rsepm_seed, seg_seed
-from core.multiscale import scaled_size
 from core.io import SEED_FORMATS, claim_output_folder, file_fingerprint, read_json, save_seed
+from core.multiscale import SCALES, multiscale_inference, rsepm_seed, scaled_size, seg_seed
 from core.progress import progress
 from core.safety import safe_output_path
-from tools.args import (AMP_MODES, add_dataset_args, add_device_args, add_experiment_args, add_image_limit_arg,
-                        add_overwrite_arg, compatibility_group, make_parser, resolve_devices, str2bool)
+from core.weights import load_checkpoint
+from tools.args import (
+    AMP_MODES,
+    add_dataset_args,
+    add_device_args,
+    add_experiment_args,
+    add_image_limit_arg,
+    add_overwrite_arg,
+    compatibility_group,
+    make_parser,
+    resolve_devices,
+    str2bool,
+)
 from tools.paths import model_path, predictions_dir
 from tools.pool import item_write_problem, list_skipped, main_threads, worker_threads
 from tools.shards import Shard, run_spawned
@@ -38,31 +48,53 @@ def inference_parser(description, backbone, tag):
     add_dataset_args(parser, domain="train")
     add_experiment_args(parser, tag=tag)
     parser.add_argument("--single", default=False, type=str2bool, help="only images with exactly one tag")
-    parser.add_argument("--backbone", default=None, type=str,
-                        help=f"ResNet backbone of the checkpoint; default: the one its config.json records, else {backbone}")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        type=str,
+        help=f"ResNet backbone of the checkpoint; default: the one its config.json records, else {backbone}",
+    )
     parser.add_argument("--strategy", default="last", type=str, help="checkpoint name models/{tag}/{strategy}.pth")
-    parser.add_argument("--weights", default=None, type=str,
-                        help="checkpoint file to load instead of models/{tag}/{strategy}.pth")
+    parser.add_argument(
+        "--weights", default=None, type=str, help="checkpoint file to load instead of models/{tag}/{strategy}.pth"
+    )
     parser.add_argument("--reverse", default=False, type=str2bool, help="process images in reverse order")
     parser.add_argument("--shuffle", default=False, type=str2bool, help="process images in random order")
-    compatibility_group(parser).add_argument("--debug", default=False, type=str2bool,
-                                             help="accepted for compatibility; unused")
-    parser.add_argument("--amp", default="off", choices=AMP_MODES,
-                        help="mixed precision of the network forward: off = the published float32 path; "
-                             "bf16 (CPU or CUDA) or fp16 (CUDA only) run the forward under autocast, "
-                             "softmax and averaging stay float32; auto = bf16 on CUDA if supported, else "
-                             "fp16; off on the CPU")
-    parser.add_argument("--scales", default=",".join(map(str, SCALES)), type=parse_scales,
-                        help="comma-separated test-time scales, each with its flip; the first fixes the "
-                             "reference size (the default is the published set)")
-    parser.add_argument("--seed_format", default="uint16", choices=SEED_FORMATS,
-                        help="float32: the authors' seed file (their scripts read it); uint16 / uint8: the planes "
-                             "rounded to multiples of 1/65535 / 1/255 and deflated, about 12x / 40-70x smaller, read "
-                             "by every script of this project (docs/formats.md#seed-files says what each changes)")
+    compatibility_group(parser).add_argument(
+        "--debug", default=False, type=str2bool, help="accepted for compatibility; unused"
+    )
+    parser.add_argument(
+        "--amp",
+        default="off",
+        choices=AMP_MODES,
+        help="mixed precision of the network forward: off = the published float32 path; "
+        "bf16 (CPU or CUDA) or fp16 (CUDA only) run the forward under autocast, "
+        "softmax and averaging stay float32; auto = bf16 on CUDA if supported, else "
+        "fp16; off on the CPU",
+    )
+    parser.add_argument(
+        "--scales",
+        default=",".join(map(str, SCALES)),
+        type=parse_scales,
+        help="comma-separated test-time scales, each with its flip; the first fixes the "
+        "reference size (the default is the published set)",
+    )
+    parser.add_argument(
+        "--seed_format",
+        default="uint16",
+        choices=SEED_FORMATS,
+        help="float32: the authors' seed file (their scripts read it); uint16 / uint8: the planes "
+        "rounded to multiples of 1/65535 / 1/255 and deflated, about 12x / 40-70x smaller, read "
+        "by every script of this project (docs/formats.md#seed-files says what each changes)",
+    )
     add_image_limit_arg(parser)
-    parser.add_argument("--max_memory_gib", default=32.0, type=float,
-                        help="an image whose estimated inference memory at the largest scale exceeds this is "
-                             "skipped and listed at the end (the estimate is rough: ~1 KiB per scaled pixel)")
+    parser.add_argument(
+        "--max_memory_gib",
+        default=32.0,
+        type=float,
+        help="an image whose estimated inference memory at the largest scale exceeds this is "
+        "skipped and listed at the end (the estimate is rough: ~1 KiB per scaled pixel)",
+    )
     add_overwrite_arg(parser, "seed files")
     return parser
 
@@ -77,7 +109,8 @@ def parse_scales(text):
     if not scales or any(not 0.0 < s <= MAX_SCALE for s in scales):
         raise argparse.ArgumentTypeError(
             f"scales must be finite numbers in (0, {MAX_SCALE:g}], got {text!r} (a scale multiplies both "
-            f"image sides: {MAX_SCALE:g} already means {MAX_SCALE ** 2:g}x the pixels and memory)")
+            f"image sides: {MAX_SCALE:g} already means {MAX_SCALE**2:g}x the pixels and memory)"
+        )
     return scales
 
 
@@ -113,8 +146,10 @@ def resolve_network_args(args, weights, defaults, flags=None):
         given, saved = getattr(args, name), recorded.get(name)
         if given is not None and saved is not None and given != saved:
             flag = flags.get(name, "--" + name)
-            raise UsageError(f"{flag} {given} contradicts the training record {config} ({name}: {saved}); "
-                             f"leave {flag} out to use the recorded value, or pass the weights of another run")
+            raise UsageError(
+                f"{flag} {given} contradicts the training record {config} ({name}: {saved}); "
+                f"leave {flag} out to use the recorded value, or pass the weights of another run"
+            )
         if given is None:
             setattr(args, name, saved if saved is not None else default)
             used.append(f"{name} {getattr(args, name)}" + (" (recorded)" if saved is not None else " (default)"))
@@ -181,14 +216,18 @@ def scale_problem(height, width, scales, num_classes, max_gib):
     """
     for scale in scales:
         if min(scaled_size(height, width, scale)) < 1:
-            return (f"image of {width}x{height} pixels is too small for scale {scale:g} (a side becomes 0 "
-                    "pixels); drop that scale with --scales")
+            return (
+                f"image of {width}x{height} pixels is too small for scale {scale:g} (a side becomes 0 "
+                "pixels); drop that scale with --scales"
+            )
     largest = max(scales)
     h, w = scaled_size(height, width, largest)
     estimate = h * w * PASS_BYTES_PER_PIXEL + 3 * 4 * num_classes * height * width
-    if estimate > max_gib * 2 ** 30:
-        return (f"image of {width}x{height} pixels would need about {estimate / 2 ** 30:.1f} GiB at scale "
-                f"{largest:g}, over --max_memory_gib {max_gib:g}; skipped")
+    if estimate > max_gib * 2**30:
+        return (
+            f"image of {width}x{height} pixels would need about {estimate / 2**30:.1f} GiB at scale "
+            f"{largest:g}, over --max_memory_gib {max_gib:g}; skipped"
+        )
     return None
 
 
@@ -219,10 +258,20 @@ def inference_settings(args, kind, weights, same, interpolation, class_fn):
     """What shapes the seeds of a run (recorded in predictions/{tag}/{domain}.settings.json):
     the weights' content (sha256; their path is recorded, not compared), the network and every
     flag that changes a seed value. Order flags (--reverse, --shuffle, --single) are left out."""
-    settings = {"kind": kind, "weights": file_fingerprint(weights), "dataset": args.dataset,
-                "domain": args.domain, "backbone": args.backbone, "scales": list(args.scales),
-                "amp": getattr(args, "amp", "off"), "same": same, "interpolation": interpolation}
-    if getattr(args, "seed_format", "float32") != "float32":  # recorded when not the authors' (older records stay valid)
+    settings = {
+        "kind": kind,
+        "weights": file_fingerprint(weights),
+        "dataset": args.dataset,
+        "domain": args.domain,
+        "backbone": args.backbone,
+        "scales": list(args.scales),
+        "amp": getattr(args, "amp", "off"),
+        "same": same,
+        "interpolation": interpolation,
+    }
+    if (
+        getattr(args, "seed_format", "float32") != "float32"
+    ):  # recorded when not the authors' (older records stay valid)
         settings["seed_format"] = args.seed_format
     if kind != "seg":
         settings.update(conf_th=args.conf_th, class_fn=class_fn)
@@ -246,14 +295,18 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     layout = SeedLayout(args.root_dir, args.domain, info, max_pixels=getattr(args, "max_image_pixels", None))
     use_tags = kind != "seg" and args.conf_th == -1
     if use_tags and not layout.has_xml:
-        raise DatasetError(f"{layout.split_dir}: split {args.domain!r} has no xml tags; --conf_th -1 uses "
-                           "ground-truth tags, so give a confidence threshold instead (e.g. --conf_th 0.34)")
+        raise DatasetError(
+            f"{layout.split_dir}: split {args.domain!r} has no xml tags; --conf_th -1 uses "
+            "ground-truth tags, so give a confidence threshold instead (e.g. --conf_th 0.34)"
+        )
     shard = Shard.from_environment()
     device, device_ids = (shard.device, []) if shard.world > 1 else resolve_devices(args.gpus)
     weights = weights_path(args)
     if not os.path.isfile(weights):
-        raise CheckpointError(f"{weights}: checkpoint not found (train a model with this --tag, or put "
-                              "the released weights there, or pass --weights PATH)")
+        raise CheckpointError(
+            f"{weights}: checkpoint not found (train a model with this --tag, or put "
+            "the released weights there, or pass --weights PATH)"
+        )
     amp_mode(device if len(device_ids) <= 1 else torch.device("cuda", device_ids[0]), getattr(args, "amp", "off"))
     # loaded once, here (a wrong file stops the run before its folder is claimed); spawned shard
     # processes receive it loaded. Several devices take one process each, not DataParallel: a batch
@@ -261,39 +314,58 @@ def run_inference(args, network, kind, same=True, interpolation="bilinear", clas
     load_checkpoint(network, weights)
     out_dir = predictions_dir(args.pred_dir, args.tag, args.domain)
     if shard.is_main:  # once, before any share is written; torchrun's other ranks share its lock
-        claim_output_folder(out_dir, inference_settings(args, kind, weights, same, interpolation, class_fn),
-                            ".pkl", overwrite=getattr(args, "overwrite", False), root=args.pred_dir)
+        claim_output_folder(
+            out_dir,
+            inference_settings(args, kind, weights, same, interpolation, class_fn),
+            ".pkl",
+            overwrite=getattr(args, "overwrite", False),
+            root=args.pred_dir,
+        )
     shard.barrier()
     ids = image_order(layout, args)
     job = (args, network, kind, same, interpolation, class_fn, use_tags, layout, ids, out_dir)
     amp = f", amp {args.amp}" if getattr(args, "amp", "off") != "off" else ""
     if shard.world == 1 and len(device_ids) > 1:  # one process per listed GPU
-        print(f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, "
-              f"{len(device_ids)} processes on cuda:{','.join(map(str, device_ids))}{amp}")
+        print(
+            f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, "
+            f"{len(device_ids)} processes on cuda:{','.join(map(str, device_ids))}{amp}"
+        )
         shares = run_spawned(_infer_share, [torch.device("cuda", i) for i in device_ids], *job)
     else:
         where = f"rank {shard.rank} of {shard.world}, " if shard.world > 1 else ""
         if shard.is_main:
-            print(f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, {where}device "
-                  f"{device}{amp}")
+            print(
+                f"{kind} inference: {len(ids)} images of {args.domain}, weights {weights}, {where}device {device}{amp}"
+            )
         shares = shard.gather(_infer_share(Shard(shard.rank, shard.world, device), *job))
         shard.close()
     failed = [f for share in shares for f in share["failed"]]
-    summary = {"images": len(ids), "written": sum(s["written"] for s in shares),
-               "skipped_existing": sum(s["skipped_existing"] for s in shares), "failed": failed,
-               "output_dir": out_dir, "shares": [{k: s[k] for k in ("rank", "images", "written")} for s in shares]}
+    summary = {
+        "images": len(ids),
+        "written": sum(s["written"] for s in shares),
+        "skipped_existing": sum(s["skipped_existing"] for s in shares),
+        "failed": failed,
+        "output_dir": out_dir,
+        "shares": [{k: s[k] for k in ("rank", "images", "written")} for s in shares],
+    }
     if kind != "seg" and not use_tags:  # classes from the scores: how many images kept none
         summary["no_class"] = sum(s["no_class"] for s in shares)
     if shard.is_main:
-        print(f"wrote {summary['written']} seed files to {out_dir} "
-              f"({summary['skipped_existing']} already present, {len(failed)} skipped)")
+        print(
+            f"wrote {summary['written']} seed files to {out_dir} "
+            f"({summary['skipped_existing']} already present, {len(failed)} skipped)"
+        )
         if "no_class" in summary:
-            print(f"{summary['no_class']} of the {summary['written']} images kept no class at --conf_th "
-                  f"{args.conf_th} (their seeds are all background)")
+            print(
+                f"{summary['no_class']} of the {summary['written']} images kept no class at --conf_th "
+                f"{args.conf_th} (their seeds are all background)"
+            )
             if summary["no_class"] > summary["written"] / 2:
-                print(f"warning: most images kept no class: the classifier scores nothing above --conf_th "
-                      f"{args.conf_th}; the training run may have collapsed (see the warnings in its log) or the "
-                      f"threshold is too high for it")
+                print(
+                    f"warning: most images kept no class: the classifier scores nothing above --conf_th "
+                    f"{args.conf_th}; the training run may have collapsed (see the warnings in its log) or the "
+                    f"threshold is too high for it"
+                )
         list_skipped(failed)
     return summary
 
@@ -307,26 +379,43 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
     mine = shard.share(ids)
     todo = [i for i in mine if not os.path.isfile(os.path.join(out_dir, i + ".pkl"))]
     if shard.world > 1:
-        print(f"rank {shard.rank} of {shard.world}: {len(mine)} images ({len(mine) - len(todo)} done) on {device}",
-              flush=True)
+        print(
+            f"rank {shard.rank} of {shard.world}: {len(mine)} images ({len(mine) - len(todo)} done) on {device}",
+            flush=True,
+        )
     model = with_amp(network.to(device).eval(), device, getattr(args, "amp", "off"))
     limit = getattr(args, "max_memory_gib", None)
-    check = None if limit is None else partial(scale_problem, scales=args.scales, num_classes=info.num_classes,
-                                               max_gib=limit)
+    check = (
+        None
+        if limit is None
+        else partial(scale_problem, scales=args.scales, num_classes=info.num_classes, max_gib=limit)
+    )
     workers = max(0, min(args.num_workers, len(todo)))
     main_threads(getattr(args, "threads", None), workers, verbose=shard.is_main)
-    loader = torch.utils.data.DataLoader(_Images(layout, todo, use_tags, check), batch_size=None, shuffle=False,
-                                         num_workers=workers, worker_init_fn=worker_threads)
+    loader = torch.utils.data.DataLoader(
+        _Images(layout, todo, use_tags, check),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=worker_threads,
+    )
     failed, start, no_class = [], time.perf_counter(), 0
-    for image_id, image, tags, error in progress(loader, total=len(todo), desc="Inference", dynamic_ncols=True,
-                                                 disable=not shard.is_main):
+    for image_id, image, tags, error in progress(
+        loader, total=len(todo), desc="Inference", dynamic_ncols=True, disable=not shard.is_main
+    ):
         if error is not None:
             failed.append({"id": image_id, "problem": error})
             continue
-        probs, scores = multiscale_inference(model, image.to(device), kind, scales=args.scales,
-                                             interpolation=interpolation,
-                                             same=same, with_scores=kind == "rsepm" and not use_tags,
-                                             class_fn=class_fn)
+        probs, scores = multiscale_inference(
+            model,
+            image.to(device),
+            kind,
+            scales=args.scales,
+            interpolation=interpolation,
+            same=same,
+            with_scores=kind == "rsepm" and not use_tags,
+            class_fn=class_fn,
+        )
         if kind != "seg":
             classes = tags if use_tags else (torch.nonzero(scores >= args.conf_th).flatten() + 1).tolist()
             no_class += not classes
@@ -334,12 +423,23 @@ def _infer_share(shard, args, network, kind, same, interpolation, class_fn, use_
         else:
             keys, seed = seg_seed(probs)
         try:
-            save_seed(safe_output_path(out_dir, image_id + ".pkl"), keys, seed, "seg" if kind == "seg" else "rsepm",
-                      getattr(args, "seed_format", "float32"))
+            save_seed(
+                safe_output_path(out_dir, image_id + ".pkl"),
+                keys,
+                seed,
+                "seg" if kind == "seg" else "rsepm",
+                getattr(args, "seed_format", "float32"),
+            )
         except OutputError as e:  # one file the system refuses is skipped; a full disk stops the run
             if item_write_problem(e) is None:
                 raise
             failed.append({"id": image_id, "problem": item_write_problem(e)})
-    return {"rank": shard.rank, "images": len(mine), "written": len(todo) - len(failed),
-            "skipped_existing": len(mine) - len(todo), "failed": failed, "no_class": no_class,
-            "seconds": time.perf_counter() - start}  # its loop, without the process's start-up
+    return {
+        "rank": shard.rank,
+        "images": len(mine),
+        "written": len(todo) - len(failed),
+        "skipped_existing": len(mine) - len(todo),
+        "failed": failed,
+        "no_class": no_class,
+        "seconds": time.perf_counter() - start,
+    }  # its loop, without the process's start-up

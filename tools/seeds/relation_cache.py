@@ -16,6 +16,7 @@ and the (image, stride-4 label map) crops that train_affinity.py learns from.
    with the other training datasets' per-sample generator (a sample depends only on (run seed,
    epoch, index), so a resumed run sees the crops of an uninterrupted one) and skip of bad files.
 """
+
 import numpy as np
 from PIL import Image
 
@@ -51,14 +52,33 @@ def claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite=Fals
     """Record what shapes the label maps (the seeds, the thresholds, the label CRF) beside their
     folder; UsageError naming the differences when it holds maps made otherwise, unless `overwrite`."""
     # the cache is kept per --seed_tag: a new --tag of the affinity network does not give a new one
-    claim_from_seeds(out_dir, seed_dir, {"dataset": layout.info.name, "fg_th": fg_th, "bg_th": bg_th, "crf": crf},
-                     overwrite, root, instead="keep the --ir_fg_th, --ir_bg_th and --ir_crf it was made with "
-                                              "(the maps are kept per --seed_tag, whatever the --tag)")
+    claim_from_seeds(
+        out_dir,
+        seed_dir,
+        {"dataset": layout.info.name, "fg_th": fg_th, "bg_th": bg_th, "crf": crf},
+        overwrite,
+        root,
+        instead="keep the --ir_fg_th, --ir_bg_th and --ir_crf it was made with "
+        "(the maps are kept per --seed_tag, whatever the --tag)",
+    )
 
 
-def make_ir_labels(layout, seed_dir, out_dir, tag, palette, fg_th=FG_THRESHOLD, bg_th=BG_THRESHOLD,
-                   crf=True, num_workers=1, progress=True, ids=None, overwrite=False,
-                   max_seed_bytes=DEFAULT_MAX_SEED_BYTES, claim=True):
+def make_ir_labels(
+    layout,
+    seed_dir,
+    out_dir,
+    tag,
+    palette,
+    fg_th=FG_THRESHOLD,
+    bg_th=BG_THRESHOLD,
+    crf=True,
+    num_workers=1,
+    progress=True,
+    ids=None,
+    overwrite=False,
+    max_seed_bytes=DEFAULT_MAX_SEED_BYTES,
+    claim=True,
+):
     """Write the missing label maps of `ids` (default: layout.ids) into `out_dir`.
 
     Returns dict(written, existing, failed=[{"id", "problem"}]); nothing is raised for one
@@ -71,8 +91,7 @@ def make_ir_labels(layout, seed_dir, out_dir, tag, palette, fg_th=FG_THRESHOLD, 
         claim_ir_labels(layout, seed_dir, out_dir, fg_th, bg_th, crf, overwrite)
     job = IRLabelJob(layout, seed_dir, out_dir, tag, palette, max_seed_bytes, fg_th=fg_th, bg_th=bg_th, crf=crf)
     pending = job.pending(ids)
-    written, failed = run_seed_job(job, pending, job.workers(num_workers, len(pending)), "relation labels",
-                                   progress)
+    written, failed = run_seed_job(job, pending, job.workers(num_workers, len(pending)), "relation labels", progress)
     return {"written": written, "existing": len(ids) - len(pending), "failed": failed}
 
 
@@ -101,6 +120,7 @@ class AffinityTransform:
         if self.flip and rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             labels = labels.transpose(Image.FLIP_LEFT_RIGHT)
-        image, labels, _, _ = random_crop(normalize_image(np.array(image)), np.asarray(labels), rng,
-                                          self.crop_size, IGNORE_INDEX)
+        image, labels, _, _ = random_crop(
+            normalize_image(np.array(image)), np.asarray(labels), rng, self.crop_size, IGNORE_INDEX
+        )
         return {"image": image, "labels": labels_to_stride(labels[None], self.stride)[0]}

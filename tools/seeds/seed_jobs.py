@@ -2,6 +2,7 @@
 modes, and the relation labels of train_affinity.py): the split, the seed folder and the ids to
 process, the settings record of the seed folder, and SeedJob, the one per-image job: seed file +
 image -> palette PNG, with one set of skipped errors, one size guard and one pool (tools.pool)."""
+
 import os
 
 from core.dataset_layout import SeedLayout
@@ -12,14 +13,17 @@ from core.safety import regular_file_problem, safe_output_path
 from tools.paths import output_dir
 from tools.pool import SKIPPED_ERRORS, collect, item_write_problem, pool_size, run_pool
 
+
 def seed_inputs(args, info):
     """The dataset split and seed folder a conversion reads, and the image ids in processing order
     (`--single`: one-tag images only; `--reverse`)."""
     layout = SeedLayout(args.root_dir, args.domain, info, require_xml=args.single, max_pixels=args.max_image_pixels)
     seed_dir = output_dir(args.pred_dir, args.folder, args.tag, args.domain)
     if not os.path.isdir(seed_dir):
-        raise MissingFileError(f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
-                               "first, or check --pred_dir, --folder, --tag and --domain)")
+        raise MissingFileError(
+            f"{seed_dir}: seed folder not found (run infer_rsepm.py or infer_seg.py "
+            "first, or check --pred_dir, --folder, --tag and --domain)"
+        )
     ids = layout.ids
     if args.single:
         ids = [i for i in ids if len(layout.read_tags(i, required=True)) == 1]
@@ -32,10 +36,14 @@ def claim_from_seeds(out_dir, seed_dir, settings, overwrite, root=None, instead=
     """claim_output_folder for PNGs made from `seed_dir`: the settings record the seed folder and
     its own record by content, so new seeds in the same folder count as other settings."""
     record = settings_path(seed_dir)
-    settings = {"seed_dir": os.path.abspath(seed_dir),
-                "seed_settings": read_json(record) if os.path.isfile(record) else None, **settings}
-    claim_output_folder(out_dir, settings, ".png", overwrite=overwrite, ignore=("path", "seed_dir"), root=root,
-                        instead=instead)
+    settings = {
+        "seed_dir": os.path.abspath(seed_dir),
+        "seed_settings": read_json(record) if os.path.isfile(record) else None,
+        **settings,
+    }
+    claim_output_folder(
+        out_dir, settings, ".png", overwrite=overwrite, ignore=("path", "seed_dir"), root=root, instead=instead
+    )
 
 
 def foreground(seed, image, seed_path, num_classes):
@@ -44,8 +52,10 @@ def foreground(seed, image, seed_path, num_classes):
     index lies outside 1..num_classes - 1."""
     planes, keys = foreground_planes(seed)
     if planes.shape[1:] != image.shape[:2]:
-        raise FormatError(f"{seed_path}: seed size {planes.shape[2]}x{planes.shape[1]} differs from its "
-                          f"image {image.shape[1]}x{image.shape[0]}")
+        raise FormatError(
+            f"{seed_path}: seed size {planes.shape[2]}x{planes.shape[1]} differs from its "
+            f"image {image.shape[1]}x{image.shape[0]}"
+        )
     if keys.size and (keys.min() < 1 or keys.max() >= num_classes):
         raise FormatError(f"{seed_path}: class indices {keys.tolist()} outside 1..{num_classes - 1}")
     return planes, keys
@@ -78,7 +88,10 @@ class SeedJob:
         seed_path = os.path.join(self.seed_dir, image_id + ".pkl")
         problem = regular_file_problem(seed_path)
         if problem:  # a FIFO would block the reader for ever
-            return image_id, f"{seed_path}: seed file {problem}" if problem == "not found" else f"{seed_path}: {problem}"
+            return (
+                image_id,
+                f"{seed_path}: seed file {problem}" if problem == "not found" else f"{seed_path}: {problem}",
+            )
         try:
             seed = load_seed(seed_path, tag=self.tag, max_bytes=self.max_seed_bytes)
             mask = self.make(seed, self.layout.read_image(image_id), seed_path)

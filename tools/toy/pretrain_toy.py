@@ -15,6 +15,7 @@ loss per epoch and that score are saved next to the weights (OUT with .json for 
 Deterministic on one machine for a fixed seed and thread count (CPU kernels, per-sample
 augmentation seeds, sample order from (seed, epoch)).
 """
+
 import json
 import math
 import os
@@ -29,16 +30,16 @@ if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from core.dataset_layout import SeedLayout, load_dataset_info, normalize_image  # noqa: E402
+from core.errors import DatasetError, NonFiniteError  # noqa: E402
+from core.io import atomic_output, write_json  # noqa: E402
 from core.progress import progress  # noqa: E402
 from core.resnet import ARCHITECTURES, build_resnet  # noqa: E402
 from core.train_datasets import ClassificationDataset  # noqa: E402
 from core.transforms import TrainTransform  # noqa: E402
-from tools.engine import data_loading, distributed  # noqa: E402
-from core.io import atomic_output, write_json  # noqa: E402
-from core.errors import DatasetError, NonFiniteError  # noqa: E402
 from tools.args import cli, deprecated_alias, make_parser  # noqa: E402
-from tools.metrics import average_precision  # noqa: E402
+from tools.engine import data_loading, distributed  # noqa: E402
 from tools.engine.script_parts import add_color_jitter_arg  # noqa: E402
+from tools.metrics import average_precision  # noqa: E402
 
 
 class Classifier(torch.nn.Module):
@@ -60,24 +61,31 @@ def get_args_parser():
     parser.add_argument("--root_dir", required=True, help="toy dataset root (its train_aug split is used)")
     parser.add_argument("--dataset", default="TOY", help="class list name (data/NAME.json)")
     parser.add_argument("--out", required=True, help="backbone state_dict file to write")
-    parser.add_argument("--backbone", default="resnet18", choices=sorted(ARCHITECTURES),
-                        help="backbone to pretrain (the training stages must use the same)")
+    parser.add_argument(
+        "--backbone",
+        default="resnet18",
+        choices=sorted(ARCHITECTURES),
+        help="backbone to pretrain (the training stages must use the same)",
+    )
     parser.add_argument("--max_epoch", default=6, type=int, help="passes over the pretraining set")
     deprecated_alias(parser, "--epochs", "--max_epoch")  # the training scripts' name of the same setting
     parser.add_argument("--batch_size", default=16, type=int, help="images per iteration")
     parser.add_argument("--lr", default=0.05, type=float, help="initial SGD learning rate (poly decay to 0)")
     parser.add_argument("--wd", default=1e-4, type=float, help="SGD weight decay")
     parser.add_argument("--crop_size", default=96, type=int, help="square training crop in pixels")
-    parser.add_argument("--min_image_size", default=96, type=int,
-                        help="smallest random long side (rescale before the crop)")
-    parser.add_argument("--max_image_size", default=144, type=int,
-                        help="largest random long side")
+    parser.add_argument(
+        "--min_image_size", default=96, type=int, help="smallest random long side (rescale before the crop)"
+    )
+    parser.add_argument("--max_image_size", default=144, type=int, help="largest random long side")
     add_color_jitter_arg(parser)
     parser.add_argument("--num_workers", default=2, type=int, help="DataLoader worker processes")
     parser.add_argument("--seed", default=0, type=int, help="seed of initialisation, data order and augmentation")
-    parser.add_argument("--val_domain", default="validation",
-                        help="held-out split of --root_dir whose tags score the classifier (average precision); "
-                             "skipped when the split is absent; none = never")
+    parser.add_argument(
+        "--val_domain",
+        default="validation",
+        help="held-out split of --root_dir whose tags score the classifier (average precision); "
+        "skipped when the split is absent; none = never",
+    )
     return parser
 
 
@@ -102,6 +110,7 @@ def source_digests(extra=RECIPE_FILES):
     (sys.modules, files under the repository) plus `extra`: the code that made the weights, so a
     backbone cached by other code is recognised (toy_pipeline.py compares them before reusing it)."""
     import hashlib
+
     from tools.paths import REPO_ROOT
 
     root = os.path.realpath(REPO_ROOT)
@@ -110,7 +119,11 @@ def source_digests(extra=RECIPE_FILES):
         path = getattr(module, "__file__", None)
         if path and path.endswith(".py") and os.path.isabs(path):
             real = os.path.realpath(path)
-            if os.path.isfile(real) and os.path.commonpath([real, root]) == root and os.sep + ".venv" + os.sep not in real[len(root):]:
+            if (
+                os.path.isfile(real)
+                and os.path.commonpath([real, root]) == root
+                and os.sep + ".venv" + os.sep not in real[len(root) :]
+            ):
                 paths.add(os.path.relpath(real, root))
     paths.update(extra)
     digests = {}
@@ -125,19 +138,28 @@ def pretrain(args):
     distributed.seed_everything(args.seed)
     info = load_dataset_info(args.dataset)
     layout = SeedLayout(args.root_dir, "train_aug", info, require_xml=True)
-    dataset = ClassificationDataset(layout, TrainTransform(args.crop_size, args.min_image_size, args.max_image_size,
-                                                           jitter=args.color_jitter), seed=args.seed)
+    dataset = ClassificationDataset(
+        layout,
+        TrainTransform(args.crop_size, args.min_image_size, args.max_image_size, jitter=args.color_jitter),
+        seed=args.seed,
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sampler = data_loading.EpochSampler(len(dataset), args.seed, shuffle=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.num_workers, drop_last=True,
-                                         worker_init_fn=data_loading.seed_worker, generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.num_workers,
+        drop_last=True,
+        worker_init_fn=data_loading.seed_worker,
+        generator=torch.Generator(),
+    )
     if len(loader) == 0:
-        raise DatasetError(f"{layout.split_dir}: {len(dataset)} images give no batch of {args.batch_size}; "
-                           f"lower --batch_size")
+        raise DatasetError(
+            f"{layout.split_dir}: {len(dataset)} images give no batch of {args.batch_size}; lower --batch_size"
+        )
     model = Classifier(args.backbone, info.num_foreground).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.wd)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.wd)
     total = args.max_epoch * len(loader)
     # Poly decay as in the training scripts (docs/method.md#optimisation).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - i / total) ** 0.9)
@@ -188,8 +210,12 @@ def validation_scores(model, args, info):
     scores, labels = tag_scores(model, layout)
     ap = {name: 100 * average_precision(scores[:, c], labels[:, c]) for c, name in enumerate(info.class_names[1:])}
     defined = [v for v in ap.values() if not math.isnan(v)]
-    return {"domain": args.val_domain, "num_images": len(layout.ids), "AP": ap,
-            "mAP": sum(defined) / len(defined) if defined else float("nan")}
+    return {
+        "domain": args.val_domain,
+        "num_images": len(layout.ids),
+        "AP": ap,
+        "mAP": sum(defined) / len(defined) if defined else float("nan"),
+    }
 
 
 def main(args):
@@ -200,18 +226,36 @@ def main(args):
     state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     # The record first: a weights file without its record is made again by toy_pipeline.py.
-    write_json(record_path(args.out), {
-        "settings": record_settings(args), "code": source_digests(), "loss_per_epoch": losses,
-        "seconds": round(seconds, 1), "validation": validation,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}})
+    write_json(
+        record_path(args.out),
+        {
+            "settings": record_settings(args),
+            "code": source_digests(),
+            "loss_per_epoch": losses,
+            "seconds": round(seconds, 1),
+            "validation": validation,
+            "environment": {
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            },
+        },
+    )
     with atomic_output(args.out, "wb") as f:
         torch.save(state, f)
-    scored = "" if validation is None else (
-        f"; {validation['domain']} ({validation['num_images']} images) AP " +
-        " ".join(f"{k} {v:.1f}" for k, v in validation["AP"].items()) + f", mAP {validation['mAP']:.1f}")
-    print(f"pretrain_toy: loss per epoch {', '.join(f'{v:.3f}' for v in losses)}; "
-          f"{seconds:.0f} s{scored}; backbone saved to {args.out}, its record to {record_path(args.out)}")
+    scored = (
+        ""
+        if validation is None
+        else (
+            f"; {validation['domain']} ({validation['num_images']} images) AP "
+            + " ".join(f"{k} {v:.1f}" for k, v in validation["AP"].items())
+            + f", mAP {validation['mAP']:.1f}"
+        )
+    )
+    print(
+        f"pretrain_toy: loss per epoch {', '.join(f'{v:.3f}' for v in losses)}; "
+        f"{seconds:.0f} s{scored}; backbone saved to {args.out}, its record to {record_path(args.out)}"
+    )
     return {"weights": args.out, "record": record_path(args.out), "loss_per_epoch": losses, "validation": validation}
 
 

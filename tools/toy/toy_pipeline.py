@@ -18,7 +18,8 @@ Stages, each a command a user could type (printed with what it does before it ru
      random-walk pseudo masks of train_aug (the paper's multi-stage input); evaluate.py on them
   5. train_seg.py on the random-walk masks -> infer_seg.py -> CRF -> evaluate   multi-stage result
 No pixel label reaches a training stage: the pretraining and RS+EPM read xml tags only, the
-affinity network reads the seeds, train_seg reads the random-walk pseudo masks; ground-truth masks are read by evaluate.py alone.
+affinity network reads the seeds, train_seg reads the random-walk pseudo masks; ground-truth masks
+are read by evaluate.py alone.
 Determinism: every stage runs in stage_environment(): OMP_NUM_THREADS = MKL_NUM_THREADS =
 --threads and PYTHONHASHSEED=0 (both recorded in the summary with the torch version). Data order,
 augmentation and DataLoader worker seeds are functions of --seed (tools/engine/data_loading.py), so the
@@ -34,6 +35,7 @@ exists is complete); training resumes from its checkpoint. The table of mIoU per
 and saved as experiments/toy/summary.{json,md} (per seed: experiments/toy/seed{N}/summary.*,
 and experiments/toy/summary_seeds.{json,md}).
 """
+
 import os
 import shutil
 import subprocess
@@ -43,12 +45,14 @@ import time
 if __package__ in (None, ""):  # run as a file, python tools/GROUP/NAME.py: the repository root on the import path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tools.paths import REPO_ROOT  # noqa: E402
-
 from core.errors import ProjectError  # noqa: E402
 from core.io import atomic_output, read_json, write_json  # noqa: E402
 from tools.args import cli, make_parser, str2bool  # noqa: E402
-from tools.paths import evaluation_path, model_path  # noqa: E402
+from tools.paths import (  # noqa: E402
+    REPO_ROOT,  # noqa: E402
+    evaluation_path,
+    model_path,
+)
 
 DATA = "toy_data/TOY"
 PRED_ROOT = "./experiments/toy/"
@@ -66,8 +70,25 @@ PRETRAINED = "toy_data/pretrained/resnet18_toy.pth"
 TOY_JITTER = ["--color_jitter", "0.3,0.3,0.3,0"]
 # 15 epochs: the classifier then tags 100 held-out images of the pretraining seed at 99.0 mAP
 # (6 epochs: 95.4; tools/toy/pretrain_toy.py prints it and records it beside the weights).
-PRETRAIN = [*TOY_JITTER, "--backbone", "resnet18", "--max_epoch", "15", "--batch_size", "16", "--lr", "0.05",
-            "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144", "--seed", "0"]
+PRETRAIN = [
+    *TOY_JITTER,
+    "--backbone",
+    "resnet18",
+    "--max_epoch",
+    "15",
+    "--batch_size",
+    "16",
+    "--lr",
+    "0.05",
+    "--crop_size",
+    "96",
+    "--min_image_size",
+    "96",
+    "--max_image_size",
+    "144",
+    "--seed",
+    "0",
+]
 RSEPM_TAG = "toy@ResNet18@RS+EPM"
 SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
 # Small settings for 2 CPU cores; the published VOC settings are the scripts' defaults. The RS+EPM
@@ -77,17 +98,87 @@ SEG_TAG = "toy@ResNet18@DeepLabV3+@MS"
 # (10x lr) can meet RecurSeed's or EdgePredictMix's first targets with a loss burst that wrecks
 # the classifier, and the run loses classes (seed 2: train seeds 56.87 mIoU at 0.01 against 78.95
 # at 0.005; the README gives the commands).
-RSEPM_TRAIN = [*TOY_JITTER, "--domain", "train_aug", "--backbone", "resnet18", "--pretrained", PRETRAINED,
-               "--batch_size", "8", "--max_epoch", "10", "--rs_start", "4", "--mix_start", "7",
-               "--lr", "0.005", "--crop_size", "128", "--min_image_size", "128", "--max_image_size", "192",
-               "--pamr_dilations", "1,2,4,8", "--log_interval", "25", "--resume", "true"]
-SEG_TRAIN = [*TOY_JITTER, "--domain", "train_aug", "--decoder", "deeplabv3+", "--backbone", "resnet18", "--output_stride", "16",
-             "--pretrained", PRETRAINED, "--batch_size", "8", "--max_epoch", "12", "--lr", "0.01",
-             "--crop_size", "96", "--min_image_size", "96", "--max_image_size", "144",
-             "--log_interval", "25", "--resume", "true"]
+RSEPM_TRAIN = [
+    *TOY_JITTER,
+    "--domain",
+    "train_aug",
+    "--backbone",
+    "resnet18",
+    "--pretrained",
+    PRETRAINED,
+    "--batch_size",
+    "8",
+    "--max_epoch",
+    "10",
+    "--rs_start",
+    "4",
+    "--mix_start",
+    "7",
+    "--lr",
+    "0.005",
+    "--crop_size",
+    "128",
+    "--min_image_size",
+    "128",
+    "--max_image_size",
+    "192",
+    "--pamr_dilations",
+    "1,2,4,8",
+    "--log_interval",
+    "25",
+    "--resume",
+    "true",
+]
+SEG_TRAIN = [
+    *TOY_JITTER,
+    "--domain",
+    "train_aug",
+    "--decoder",
+    "deeplabv3+",
+    "--backbone",
+    "resnet18",
+    "--output_stride",
+    "16",
+    "--pretrained",
+    PRETRAINED,
+    "--batch_size",
+    "8",
+    "--max_epoch",
+    "12",
+    "--lr",
+    "0.01",
+    "--crop_size",
+    "96",
+    "--min_image_size",
+    "96",
+    "--max_image_size",
+    "144",
+    "--log_interval",
+    "25",
+    "--resume",
+    "true",
+]
 AFF_TAG = "toy@ResNet18@AffinityNet"
-AFF_TRAIN = ["--domain", "train_aug", "--backbone", "resnet18", "--pretrained", PRETRAINED, "--crop_size", "96",
-             "--batch_size", "8", "--max_epoch", "3", "--momentum", "0.9", "--log_interval", "25", "--resume", "true"]
+AFF_TRAIN = [
+    "--domain",
+    "train_aug",
+    "--backbone",
+    "resnet18",
+    "--pretrained",
+    PRETRAINED,
+    "--crop_size",
+    "96",
+    "--batch_size",
+    "8",
+    "--max_epoch",
+    "3",
+    "--momentum",
+    "0.9",
+    "--log_interval",
+    "25",
+    "--resume",
+    "true",
+]
 # IRN's walk (radius 5, beta 10, bg 0.25) with 2^3 = 8 steps instead of 2^8: on the 32x32 stride-4
 # grid of a 128-pixel toy image, 256 steps of radius 5 reach every pixel and flood the objects
 # (measured: 62 mIoU on train vs 77 with 8 steps); a VOC image has a 125x94 grid. --rw_crf: the
@@ -101,8 +192,21 @@ CONF_TH = "0.34"
 
 
 TOY_DATA_COMMAND = ["tools/builders/make_toy_dataset.py", "--out", DATA, "--seed", "0"]
-PRETRAIN_DATA_COMMAND = ["tools/builders/make_toy_dataset.py", "--out", PRETRAIN_DATA, "--seed", PRETRAIN_DATA_SEED,
-                         "--num_train", "0", "--num_train_aug", "400", "--num_validation", "100", "--num_test", "0"]
+PRETRAIN_DATA_COMMAND = [
+    "tools/builders/make_toy_dataset.py",
+    "--out",
+    PRETRAIN_DATA,
+    "--seed",
+    PRETRAIN_DATA_SEED,
+    "--num_train",
+    "0",
+    "--num_train_aug",
+    "400",
+    "--num_validation",
+    "100",
+    "--num_test",
+    "0",
+]
 # What the README's toy table was measured with: the digest of the settings above, the sha256 of the
 # pretrained backbone of that run and its seed-0 rows (written by hand from a --fresh_pretrain run;
 # tests/test_toy_reference.py fails when the settings change and this file does not).
@@ -114,14 +218,26 @@ def settings_digest():
     flags and the data generators' arguments; not --threads or --num_workers, which the summary records)."""
     import hashlib
     import json
-    settings = {"toy_data": TOY_DATA_COMMAND, "pretrain_data": PRETRAIN_DATA_COMMAND, "pretrain": PRETRAIN,
-                "rsepm": RSEPM_TRAIN, "seg": SEG_TRAIN, "affinity": AFF_TRAIN, "rw": RW_CONVERT,
-                "scales": SCALES, "seed_format": SEED_FORMAT, "conf_th": CONF_TH, "tags": [RSEPM_TAG, SEG_TAG, AFF_TAG]}
+
+    settings = {
+        "toy_data": TOY_DATA_COMMAND,
+        "pretrain_data": PRETRAIN_DATA_COMMAND,
+        "pretrain": PRETRAIN,
+        "rsepm": RSEPM_TRAIN,
+        "seg": SEG_TRAIN,
+        "affinity": AFF_TRAIN,
+        "rw": RW_CONVERT,
+        "scales": SCALES,
+        "seed_format": SEED_FORMAT,
+        "conf_th": CONF_TH,
+        "tags": [RSEPM_TAG, SEG_TAG, AFF_TAG],
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def file_sha256(path):
     import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -138,23 +254,40 @@ def reference_check(rows, seed):
         return [f"no reference to compare with ({e})"]
     lines = []
     same_settings = reference.get("settings_digest") == settings_digest()
-    lines.append("settings: " + ("the README table's (digest matches)" if same_settings else
-                                 f"differ from the README table's (digest {settings_digest()[:12]} against "
-                                 f"{str(reference.get('settings_digest'))[:12]}): its numbers do not apply"))
+    lines.append(
+        "settings: "
+        + (
+            "the README table's (digest matches)"
+            if same_settings
+            else f"differ from the README table's (digest {settings_digest()[:12]} against "
+            f"{str(reference.get('settings_digest'))[:12]}): its numbers do not apply"
+        )
+    )
     backbone = file_sha256(PRETRAINED) if os.path.isfile(PRETRAINED) else None
     wanted = reference.get("pretrained_sha256")
     if backbone == wanted:
         lines.append(f"pretrained backbone: sha256 {backbone[:12]}, the one the README table was made with")
     else:
-        lines.append(f"pretrained backbone: sha256 {str(backbone)[:12]}, NOT the README table's {str(wanted)[:12]}: "
-                     "another CPU, thread count or library version made other weights, and every number "
-                     "below may differ in its last digits (docs/reproduction.md#toy)")
+        lines.append(
+            f"pretrained backbone: sha256 {str(backbone)[:12]}, NOT the README table's {str(wanted)[:12]}: "
+            "another CPU, thread count or library version made other weights, and every number "
+            "below may differ in its last digits (docs/reproduction.md#toy)"
+        )
     expected = reference.get("seed0", {})
     if seed == 0 and expected:
-        differ = [f"{name}: {r['mIoU']:.2f} (README {expected[name]:.2f})" for name, r in rows
-                  if name in expected and f"{r['mIoU']:.2f}" != f"{expected[name]:.2f}"]
-        lines.append("seed-0 rows: " + ("all equal to the README's, to the digit" if not differ
-                                        else "differ from the README's: " + "; ".join(differ)))
+        differ = [
+            f"{name}: {r['mIoU']:.2f} (README {expected[name]:.2f})"
+            for name, r in rows
+            if name in expected and f"{r['mIoU']:.2f}" != f"{expected[name]:.2f}"
+        ]
+        lines.append(
+            "seed-0 rows: "
+            + (
+                "all equal to the README's, to the digit"
+                if not differ
+                else "differ from the README's: " + "; ".join(differ)
+            )
+        )
     return lines
 
 
@@ -174,8 +307,15 @@ def environment_record(threads):
     import platform
 
     import torch
-    return {"threads": threads, "PYTHONHASHSEED": "0", "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+    return {
+        "threads": threads,
+        "PYTHONHASHSEED": "0",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 class Runner:
@@ -200,8 +340,9 @@ class Runner:
         print(f"== done in {took:.0f} s: {what}", flush=True)
 
     def evaluation(self, common, pred_dir, folder, tag, domain, what):
-        self.run(["evaluate.py", *common, "--domain", domain, "--folder", folder, "--tag", tag,
-                  "--num_workers", "1"], what)
+        self.run(
+            ["evaluate.py", *common, "--domain", domain, "--folder", folder, "--tag", tag, "--num_workers", "1"], what
+        )
         return read_json(evaluation_path(pred_dir, folder, tag, domain))
 
 
@@ -218,6 +359,7 @@ def cached_pretraining_problem(workers):
     the sha256 of every source file that made it, and each is compared with the file of today. The
     worker count does not change the weights and is not compared."""
     from tools.toy import pretrain_toy
+
     if not os.path.isfile(PRETRAINED):
         return "not made yet"
     try:
@@ -225,8 +367,11 @@ def cached_pretraining_problem(workers):
         record, code = full["settings"], full["code"]
     except (ProjectError, KeyError, TypeError) as e:  # missing, unreadable or without settings: an older release's
         return f"no usable record beside it ({e})"
-    changed_code = sorted(path for path, digest in (code.items() if isinstance(code, dict) else [])
-                          if not os.path.isfile(path) or file_sha256(path) != digest)
+    changed_code = sorted(
+        path
+        for path, digest in (code.items() if isinstance(code, dict) else [])
+        if not os.path.isfile(path) or file_sha256(path) != digest
+    )
     if not isinstance(code, dict) or not code or changed_code:
         return "made by other code (" + (", ".join(changed_code[:5]) or "no code record") + ")"
     wanted = pretrain_toy.record_settings(pretrain_toy.get_args_parser().parse_args(pretrain_command(workers)[1:]))
@@ -245,10 +390,11 @@ def ensure_pretrained(runner, workers):
     if os.path.isfile(PRETRAINED):
         print(f"\n== pretrained backbone {PRETRAINED}: {problem}; making it again")
     shutil.rmtree(PRETRAIN_DATA, ignore_errors=True)  # an input of the backbone only
-    runner.run(PRETRAIN_DATA_COMMAND,
-               "generate the separate pretraining set (another generator seed, 400 images + 100 held out)")
-    runner.run(pretrain_command(workers),
-               "pretrain the ResNet-18 backbone on image-level tags (stand-in for ImageNet)")
+    runner.run(
+        PRETRAIN_DATA_COMMAND,
+        "generate the separate pretraining set (another generator seed, 400 images + 100 held out)",
+    )
+    runner.run(pretrain_command(workers), "pretrain the ResNet-18 backbone on image-level tags (stand-in for ImageNet)")
 
 
 class SeedRun:
@@ -269,29 +415,78 @@ class SeedRun:
 def rsepm_stage(r):
     """Stages 2-3: train RS+EPM, seeds of train_aug with ground-truth tags, CRF pseudo masks."""
     if not os.path.isfile(model_path(r.pred_dir, RSEPM_TAG)):
-        r.run(["train_rsepm.py", *r.common, *RSEPM_TRAIN, *r.seed_arg, "--tag", RSEPM_TAG, *r.workers],
-              "train single-stage RS+EPM on train_aug (image-level tags only)")
-    r.run(["infer_rsepm.py", *r.common, "--domain", "train_aug", "--tag", RSEPM_TAG,
-           *SCALES, *SEED_FORMAT, *r.workers],
-          "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)")
-    rows = [("RS+EPM seeds, train, GT tags (best threshold)",
-             r.evaluate("predictions", RSEPM_TAG, "train", "evaluate the seeds"))]
-    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "train_aug", "--folder", "predictions",
-           "--tag", RSEPM_TAG, *r.workers], "CRF pseudo masks from the seeds")
-    rows.append(("RS+EPM + CRF pseudo masks, train",
-                 r.evaluate("pseudo-labels", RSEPM_TAG, "train", "evaluate the masks")))
+        r.run(
+            ["train_rsepm.py", *r.common, *RSEPM_TRAIN, *r.seed_arg, "--tag", RSEPM_TAG, *r.workers],
+            "train single-stage RS+EPM on train_aug (image-level tags only)",
+        )
+    r.run(
+        ["infer_rsepm.py", *r.common, "--domain", "train_aug", "--tag", RSEPM_TAG, *SCALES, *SEED_FORMAT, *r.workers],
+        "RS+EPM seeds of train_aug from the ground-truth tags (the multi-stage input)",
+    )
+    rows = [
+        (
+            "RS+EPM seeds, train, GT tags (best threshold)",
+            r.evaluate("predictions", RSEPM_TAG, "train", "evaluate the seeds"),
+        )
+    ]
+    r.run(
+        [
+            "convert_seed_to_pseudo_masks.py",
+            *r.common,
+            "--domain",
+            "train_aug",
+            "--folder",
+            "predictions",
+            "--tag",
+            RSEPM_TAG,
+            *r.workers,
+        ],
+        "CRF pseudo masks from the seeds",
+    )
+    rows.append(
+        ("RS+EPM + CRF pseudo masks, train", r.evaluate("pseudo-labels", RSEPM_TAG, "train", "evaluate the masks"))
+    )
     return rows
 
 
 def random_walk_stage(r):
     """Stage 3b: the paper's refinement: affinity network on the seeds, random-walk pseudo masks of train."""
     if not os.path.isfile(model_path(r.pred_dir, AFF_TAG)):
-        r.run(["train_affinity.py", *r.common, *AFF_TRAIN, *r.seed_arg, "--seed_tag", RSEPM_TAG, "--tag", AFF_TAG,
-               *r.workers], "train the affinity (boundary) network on the seeds' confident regions")
-    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "train_aug", "--folder", "predictions",
-           "--tag", RSEPM_TAG, *RW_CONVERT, *r.workers], "random-walk pseudo masks from the seeds")
-    return [("RS+EPM + random walk + CRF pseudo masks, train",
-             r.evaluate("pseudo-labels", RW_TAG, "train", "evaluate the random-walk masks"))]
+        r.run(
+            [
+                "train_affinity.py",
+                *r.common,
+                *AFF_TRAIN,
+                *r.seed_arg,
+                "--seed_tag",
+                RSEPM_TAG,
+                "--tag",
+                AFF_TAG,
+                *r.workers,
+            ],
+            "train the affinity (boundary) network on the seeds' confident regions",
+        )
+    r.run(
+        [
+            "convert_seed_to_pseudo_masks.py",
+            *r.common,
+            "--domain",
+            "train_aug",
+            "--folder",
+            "predictions",
+            "--tag",
+            RSEPM_TAG,
+            *RW_CONVERT,
+            *r.workers,
+        ],
+        "random-walk pseudo masks from the seeds",
+    )
+    return [
+        (
+            "RS+EPM + random walk + CRF pseudo masks, train",
+            r.evaluate("pseudo-labels", RW_TAG, "train", "evaluate the random-walk masks"),
+        )
+    ]
 
 
 def single_stage(r):
@@ -300,31 +495,85 @@ def single_stage(r):
     # Seeds of validation with predicted classes go to their own tag so they never mix
     # with the ground-truth-tag seeds; the weights are read through --weights.
     # the backbone comes from config.json beside the weights, as in every later stage
-    r.run(["infer_rsepm.py", *r.common, "--domain", "validation", "--conf_th", CONF_TH,
-           "--tag", val_tag, "--weights", model_path(r.pred_dir, RSEPM_TAG), *SCALES, *SEED_FORMAT, *r.workers],
-          "single stage: RS+EPM on validation with predicted classes")
-    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "validation", "--folder", "predictions",
-           "--tag", val_tag, *r.workers], "single stage: CRF")
-    return [(f"single stage: RS+EPM + CRF, validation, conf_th {CONF_TH}",
-             r.evaluate("pseudo-labels", val_tag, "validation", "evaluate the single stage"))]
+    r.run(
+        [
+            "infer_rsepm.py",
+            *r.common,
+            "--domain",
+            "validation",
+            "--conf_th",
+            CONF_TH,
+            "--tag",
+            val_tag,
+            "--weights",
+            model_path(r.pred_dir, RSEPM_TAG),
+            *SCALES,
+            *SEED_FORMAT,
+            *r.workers,
+        ],
+        "single stage: RS+EPM on validation with predicted classes",
+    )
+    r.run(
+        [
+            "convert_seed_to_pseudo_masks.py",
+            *r.common,
+            "--domain",
+            "validation",
+            "--folder",
+            "predictions",
+            "--tag",
+            val_tag,
+            *r.workers,
+        ],
+        "single stage: CRF",
+    )
+    return [
+        (
+            f"single stage: RS+EPM + CRF, validation, conf_th {CONF_TH}",
+            r.evaluate("pseudo-labels", val_tag, "validation", "evaluate the single stage"),
+        )
+    ]
 
 
 def multi_stage(r):
     """Stage 5: DeepLabV3+ trained on the random-walk pseudo masks (the paper's path), on validation,
     with and without CRF."""
     if not os.path.isfile(model_path(r.pred_dir, SEG_TAG)):
-        r.run(["train_seg.py", *r.common, *SEG_TRAIN, *r.seed_arg, "--label_tag", RW_TAG, "--tag", SEG_TAG,
-               *r.workers], "multi stage: train DeepLabV3+ on the random-walk pseudo masks")
+        r.run(
+            ["train_seg.py", *r.common, *SEG_TRAIN, *r.seed_arg, "--label_tag", RW_TAG, "--tag", SEG_TAG, *r.workers],
+            "multi stage: train DeepLabV3+ on the random-walk pseudo masks",
+        )
     # backbone, decoder and output stride (16) come from the training run's config.json
-    r.run(["infer_seg.py", *r.common, "--domain", "validation", "--tag", SEG_TAG, *SCALES, *SEED_FORMAT,
-           *r.workers],
-          "multi stage: DeepLabV3+ on validation")
-    rows = [("multi stage: DeepLabV3+ (argmax), validation",
-             r.evaluate("predictions", SEG_TAG, "validation", "evaluate the multi stage"))]
-    r.run(["convert_seed_to_pseudo_masks.py", *r.common, "--domain", "validation", "--folder", "predictions",
-           "--tag", SEG_TAG, *r.workers], "multi stage: CRF")
-    rows.append(("multi stage: DeepLabV3+ + CRF, validation",
-                 r.evaluate("pseudo-labels", SEG_TAG, "validation", "evaluate the multi stage + CRF")))
+    r.run(
+        ["infer_seg.py", *r.common, "--domain", "validation", "--tag", SEG_TAG, *SCALES, *SEED_FORMAT, *r.workers],
+        "multi stage: DeepLabV3+ on validation",
+    )
+    rows = [
+        (
+            "multi stage: DeepLabV3+ (argmax), validation",
+            r.evaluate("predictions", SEG_TAG, "validation", "evaluate the multi stage"),
+        )
+    ]
+    r.run(
+        [
+            "convert_seed_to_pseudo_masks.py",
+            *r.common,
+            "--domain",
+            "validation",
+            "--folder",
+            "predictions",
+            "--tag",
+            SEG_TAG,
+            *r.workers,
+        ],
+        "multi stage: CRF",
+    )
+    rows.append(
+        (
+            "multi stage: DeepLabV3+ + CRF, validation",
+            r.evaluate("pseudo-labels", SEG_TAG, "validation", "evaluate the multi stage + CRF"),
+        )
+    )
     return rows
 
 
@@ -347,49 +596,98 @@ def write_table(path_stem, header, lines):
 
 
 def seed_summary(rows, seconds, seed, threads, times):
-    summary = {"stages": [{"stage": name, "mIoU": r["mIoU"], "FP": r["FP"], "FN": r["FN"],
-                           "threshold": r.get("threshold"), "num_images": r["num_images"],
-                           "domain": r["domain"], "tag": r["tag"]} for name, r in rows],
-               "seconds": round(seconds, 1), "seed": seed, "threads": threads,
-               "environment": environment_record(threads), "stage_seconds": times}
+    summary = {
+        "stages": [
+            {
+                "stage": name,
+                "mIoU": r["mIoU"],
+                "FP": r["FP"],
+                "FN": r["FN"],
+                "threshold": r.get("threshold"),
+                "num_images": r["num_images"],
+                "domain": r["domain"],
+                "tag": r["tag"],
+            }
+            for name, r in rows
+        ],
+        "seconds": round(seconds, 1),
+        "seed": seed,
+        "threads": threads,
+        "environment": environment_record(threads),
+        "stage_seconds": times,
+    }
     table = ["| stage | images | mIoU (%) | FP | FN |", "|---|---:|---:|---:|---:|"]
-    table += [f"| {s['stage']} | {s['num_images']} | {s['mIoU']:.2f} | {s['FP']:.3f} | {s['FN']:.3f} |"
-              for s in summary["stages"]]
+    table += [
+        f"| {s['stage']} | {s['num_images']} | {s['mIoU']:.2f} | {s['FP']:.3f} | {s['FN']:.3f} |"
+        for s in summary["stages"]
+    ]
     return summary, table
 
 
 def seeds_summary(summaries):
     """Mean, standard deviation, min and max of each row's mIoU over the seeds."""
     import statistics
+
     stages = []
     for i, first in enumerate(summaries[0]["stages"]):
         values = [s["stages"][i]["mIoU"] for s in summaries]
-        stages.append({"stage": first["stage"], "num_images": first["num_images"], "mIoU": values,
-                       "mean": statistics.fmean(values),
-                       "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                       "min": min(values), "max": max(values)})
+        stages.append(
+            {
+                "stage": first["stage"],
+                "num_images": first["num_images"],
+                "mIoU": values,
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values),
+                "max": max(values),
+            }
+        )
     seeds = [s["seed"] for s in summaries]
-    table = [f"| stage | images | mIoU (%) mean +- std over seeds {','.join(map(str, seeds))} | min-max |",
-             "|---|---:|---:|---:|"]
-    table += [f"| {s['stage']} | {s['num_images']} | {s['mean']:.2f} +- {s['std']:.2f} | "
-              f"{s['min']:.2f}-{s['max']:.2f} |" for s in stages]
-    return {"seeds": seeds, "stages": stages, "threads": summaries[0]["threads"],
-            "environment": summaries[0].get("environment")}, table
+    table = [
+        f"| stage | images | mIoU (%) mean +- std over seeds {','.join(map(str, seeds))} | min-max |",
+        "|---|---:|---:|---:|",
+    ]
+    table += [
+        f"| {s['stage']} | {s['num_images']} | {s['mean']:.2f} +- {s['std']:.2f} | {s['min']:.2f}-{s['max']:.2f} |"
+        for s in stages
+    ]
+    return {
+        "seeds": seeds,
+        "stages": stages,
+        "threads": summaries[0]["threads"],
+        "environment": summaries[0].get("environment"),
+    }, table
 
 
 def get_args_parser():
     parser = make_parser(__doc__.splitlines()[0])
     # --fresh alone means --fresh true
-    parser.add_argument("--fresh", default=False, type=str2bool, nargs="?", const=True,
-                        help=f"delete {DATA} and {PRED_ROOT} first (the pretrained backbone is kept)")
-    parser.add_argument("--fresh_pretrain", default=False, type=str2bool, nargs="?", const=True,
-                        help="also make the pretrained backbone again")
+    parser.add_argument(
+        "--fresh",
+        default=False,
+        type=str2bool,
+        nargs="?",
+        const=True,
+        help=f"delete {DATA} and {PRED_ROOT} first (the pretrained backbone is kept)",
+    )
+    parser.add_argument(
+        "--fresh_pretrain",
+        default=False,
+        type=str2bool,
+        nargs="?",
+        const=True,
+        help="also make the pretrained backbone again",
+    )
     parser.add_argument("--seed", default=0, type=int, help="training seed (the toy data stays the same)")
-    parser.add_argument("--seeds", default=None,
-                        help="comma-separated training seeds: one run each into experiments/toy/seed{N}/, "
-                             "then mean and spread in experiments/toy/summary_seeds.{json,md}")
-    parser.add_argument("--threads", default=2, type=int,
-                        help="OMP threads of every stage (recorded; the numbers depend on it)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds: one run each into experiments/toy/seed{N}/, "
+        "then mean and spread in experiments/toy/summary_seeds.{json,md}",
+    )
+    parser.add_argument(
+        "--threads", default=2, type=int, help="OMP threads of every stage (recorded; the numbers depend on it)"
+    )
     parser.add_argument("--num_workers", default=2, type=int, help="worker processes for data and CRF")
     return parser
 
@@ -416,8 +714,9 @@ def main(args):
             seed_start, first = time.perf_counter(), len(runner.times)
             rows = run_seed(runner, seed, pred_dir, workers)
             checks = reference_check(rows, seed)
-            summary, table = seed_summary(rows, time.perf_counter() - seed_start, seed, args.threads,
-                                          runner.times[first:])
+            summary, table = seed_summary(
+                rows, time.perf_counter() - seed_start, seed, args.threads, runner.times[first:]
+            )
             summary["pretrained_sha256"] = file_sha256(PRETRAINED)
             summary["settings_digest"] = settings_digest()
             summary["reference_check"] = checks
@@ -442,9 +741,11 @@ def main(args):
     print(f"\nAgainst the README's table ({REFERENCE}):")
     for line in summaries[0]["reference_check"]:
         print("  " + line)
-    print(f"\nNext: open {os.path.join(REPO_ROOT, 'demo.ipynb')} (per-image panels and the per-class chart;\n"
-          f"  it is stored with the outputs of a seed-0 run: `python tools/toy/make_demo_notebook.py --execute`\n"
-          f"  re-executes it on {PRED_ROOT}), e.g. .venv/bin/jupyter notebook demo.ipynb")
+    print(
+        f"\nNext: open {os.path.join(REPO_ROOT, 'demo.ipynb')} (per-image panels and the per-class chart;\n"
+        f"  it is stored with the outputs of a seed-0 run: `python tools/toy/make_demo_notebook.py --execute`\n"
+        f"  re-executes it on {PRED_ROOT}), e.g. .venv/bin/jupyter notebook demo.ipynb"
+    )
     return summaries
 
 
