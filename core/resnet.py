@@ -22,10 +22,7 @@ from core.errors import CheckpointError, SetupError
 from core.weights import describe_mismatch, read_state_dict
 
 # per output stride: (strides of layer1..4, dilations of layer1..4 after their first block)
-LAYER_SETTINGS = {
-    16: ((1, 2, 2, 1), (1, 1, 1, 1)),
-    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
-}
+LAYER_SETTINGS = {16: ((1, 2, 2, 1), (1, 1, 1, 1)), 8: ((1, 2, 1, 1), (1, 1, 2, 4))}
 PLANES = (64, 128, 256, 512)
 
 

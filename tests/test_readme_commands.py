@@ -40,10 +40,7 @@ README = [
 ]
 HEIGHT, WIDTH = 48, 64
 # id -> list of (class name, box x0, y0, x1, y1 inclusive, 0-based)
-IMAGES = {
-    "2007_000001": [("person", 8, 6, 27, 41)],
-    "2007_000002": [("dog", 30, 20, 59, 44), ("person", 4, 2, 19, 30)],
-}
+IMAGES = {"2007_000001": [("person", 8, 6, 27, 41)], "2007_000002": [("dog", 30, 20, 59, 44), ("person", 4, 2, 19, 30)]}
 
 
 def readme_argv(command, root_dir):

@@ -21,10 +21,7 @@ from core.relations import (
 
 def test_ir_label_without_crf_by_hand():
     seed = np.array(
-        [
-            [[0.9, 0.4, 0.2, 0.0], [0.3, 0.06, 0.04, 0.0]],
-            [[0.1, 0.5, 0.1, 0.0], [0.2, 0.05, 0.0, 0.31]],
-        ],
+        [[[0.9, 0.4, 0.2, 0.0], [0.3, 0.06, 0.04, 0.0]], [[0.1, 0.5, 0.1, 0.0], [0.2, 0.05, 0.0, 0.31]]],
         dtype=np.float32,
     )
     got = ir_label_from_seed(seed, [4, 9], None, crf=False)
