@@ -185,6 +185,55 @@ def test_default_picks_spread_over_the_classes():
     assert panels.spread_over_classes(Layout(), list("abcdef"), 6)[-1] == "e"  # untagged last
 
 
+def test_mix_panel_is_this_image_with_the_partners_region_pasted_and_outlined():
+    """mix_parts on a stub step whose mix labels give the partner a known rectangle of class 2: the
+    picture is this pick's image outside the rectangle, the partner's inside, outlined on its border;
+    the title counts the rectangle's pixels; the target is this pick's labels with the rectangle."""
+    import torch
+
+    from core.rsepm import RSEPMConfig
+
+    rng = np.random.default_rng(0)
+    shape = (16, 20)
+    images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(2)]
+    picks = [panels.Pick(f"p{k}", im, normalize_image(im), [k + 1]) for k, im in enumerate(images)]
+    box = (slice(4, 11), slice(6, 15))  # the partner's region: 7 x 9 pixels
+
+    class Step:
+        config, teacher = RSEPMConfig(mix="epm"), None
+
+        @staticmethod
+        def network(x, with_features=None):
+            return {"seg": torch.zeros(x.shape[0], INFO.num_classes, *x.shape[-2:])}
+
+        @staticmethod
+        def recur_seed(x, source, tags):
+            return torch.zeros(x.shape[0], INFO.num_foreground, *x.shape[-2:])
+
+        @staticmethod
+        def mix_labels(x, seg, tags):
+            labels = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.long)
+            labels[0, :3, :3] = 1  # this pick's own foreground stays under the paste's outside
+            labels[1][box] = 2
+            return labels
+
+    drawing = panels.RSEPMPanels(Step, picks, INFO, torch.device("cpu"))
+    (_, mixed), (_, target) = drawing.mix_parts(picks[0])
+    region = np.zeros(shape, bool)
+    region[box] = True
+    assert mixed.title == f"mix + p1: {region.sum()} px"
+    ring = np.zeros(shape, bool)  # the outline: the region's edge and the pixels just outside it
+    ring[3:12, 5:16] = True
+    ring[5:10, 7:14] = False
+    ring[[3, 3, 11, 11], [5, 15, 5, 15]] = False  # 4-neighbour outline: the diagonal corners are not on it
+    assert np.array_equal(mixed.picture[~ring & ~region], images[0][~ring & ~region])
+    assert np.array_equal(mixed.picture[region & ~ring], images[1][region & ~ring])
+    assert np.all(mixed.picture[region & ring] == 0) and np.all(mixed.picture[ring & ~region] == 255)
+    expected = np.zeros(shape, np.uint8)
+    expected[:3, :3], expected[box] = 1, 2
+    assert np.array_equal(target.labels, expected)
+
+
 # --- train_rsepm.py -------------------------------------------------------------------------------
 def classes_shown(picture):
     """Class indices (and 255) whose palette colour appears in an RGB label picture."""

@@ -47,6 +47,7 @@ def test_the_digest_covers_every_setting(monkeypatch):
         "AFF_TRAIN",
         "RW_CONVERT",
         "SCALES",
+        "SEED_FORMAT",
         "TOY_DATA_COMMAND",
         "PRETRAIN_DATA_COMMAND",
     ):

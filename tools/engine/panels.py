@@ -304,12 +304,13 @@ class RSEPMPanels(Panels):
         source = generator(images, with_features=cfg.feature_names())
         m_rs = self.step.recur_seed(images, source, tags)
         m_ep = self.step.mix_labels(images, source["seg"], tags)
-        # image 1 (the partner) pasted onto image 0 (this pick): the partner's foreground of m_ep
+        # mix_batch pastes image i's foreground of m_ep onto image perm[i]: entry 1 is the partner's
+        # region pasted onto this pick (image 0)
         images_mix, labels_mix, _, _ = mix_batch(images, m_ep, m_rs, tags, torch.tensor([1, 0]))
         region = resize_nearest(((m_ep[1] != 0) & (m_ep[1] != IGNORE_INDEX))[None].to(torch.uint8), size)[0].bool()
         region = region.cpu().numpy()
-        picture = outline(denormalize(images_mix[0]), region)
-        target = to_image_size(labels_mix[0], size, "nearest")
+        picture = outline(denormalize(images_mix[1]), region)
+        target = to_image_size(labels_mix[1], size, "nearest")
         return [
             ("mix_image", Tile(f"mix + {partner_id}: {int(region.sum())} px", picture)),
             ("mix_target", self.label_tile("mix target", target)),
