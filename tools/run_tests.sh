@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYBIN=$(bash tools/setup_env.sh | tail -n 1)
 export CUDA_VISIBLE_DEVICES=""   # tests never need a GPU
-exec "$PYBIN" -m pytest -q "$@"
+exec "$PYBIN" -m pytest -q -n 2 --dist worksteal "$@"  # both cores; -n 0 runs in one process

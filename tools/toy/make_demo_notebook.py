@@ -93,6 +93,7 @@ def build_notebook(source=SOURCE):
     for k, cell in enumerate(nb.cells):
         # fixed ids: nbformat would draw random ones and the file would change on every conversion
         cell["id"] = str(cell.metadata.pop("id", f"cell-{k + 1}"))
+        cell.metadata.pop("lines_to_next_cell", None)  # jupytext's note of the blank lines ruff format puts there
     nb["metadata"] = json.loads(json.dumps(METADATA))
     nb["nbformat"], nb["nbformat_minor"] = 4, 5
     try:
