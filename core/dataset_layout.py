@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.errors import DatasetError, FormatError
 from core.io import make_palette, read_json, read_mask
-from core.safety import check_regular_file, image_mode_problem
+from core.safety import check_image_header, check_regular_file
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 DOMAINS = ("train", "train_aug", "validation", "test")
@@ -103,33 +103,16 @@ def load_dataset_info(name):
     return DatasetInfo(name)
 
 
-def image_size_problem(size, max_pixels):
-    """None when a (width, height) header fits `max_pixels` (None: no limit), else the reason."""
-    width, height = size
-    if max_pixels is not None and width * height > max_pixels:
-        return (
-            f"image header claims {width}x{height} = {width * height:,} pixels, more than the limit "
-            f"of {max_pixels:,} (--max_image_pixels); skipped before decoding"
-        )
-    return None
-
-
 def read_image(path, max_pixels=None):
     """RGB uint8 array (H, W, 3). Missing, truncated, undecodable or not 8-bit files, and files
     whose header claims more than `max_pixels` pixels (checked before decoding), and anything that
     is not a regular file (a FIFO would block the reader), raise DatasetError."""
-    check_regular_file(path, DatasetError, "image file")
+    check_image_header(path, DatasetError, max_pixels)
     try:
         with Image.open(path) as image:
-            if image_mode_problem(image.mode):  # e.g. a 16-bit PNG under a .jpg name: RGB would clip it to white
-                raise DatasetError(f"{path}: {image_mode_problem(image.mode)}")
-            if image_size_problem(image.size, max_pixels):
-                raise DatasetError(f"{path}: {image_size_problem(image.size, max_pixels)}")
             image.load()
             return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except Image.DecompressionBombError as e:  # not an OSError: PIL's own limit on the header size
+    except Image.DecompressionBombError as e:
         raise DatasetError(f"{path}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: corrupt or truncated image ({e})") from None

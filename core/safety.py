@@ -145,20 +145,39 @@ def image_mode_problem(mode):
     )
 
 
-def check_image_file(path, error=ValueError):
-    """Raise `error` naming `path` unless its header is an 8-bit image (reads the header only)."""
+def image_size_problem(size, max_pixels):
+    """None when a (width, height) header fits `max_pixels` (None: no limit), else the reason."""
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        return (
+            f"image header claims {width}x{height} = {width * height:,} pixels, more than the limit "
+            f"of {max_pixels:,} (--max_image_pixels); skipped before decoding"
+        )
+    return None
+
+
+def check_image_header(path, error=ValueError, max_pixels=None, eight_bit=True):
+    """(width, height) of the image at `path` from its header, nothing decoded: the one guarded
+    open of every image reader and builder. Raises `error` naming `path` when it is not a regular
+    file (a FIFO would block), is missing or unreadable, is too large for PIL's decompression-bomb
+    limit, is not 8 bits per channel (`eight_bit`; a 16-bit PNG would clip to white) or claims
+    more than `max_pixels` pixels."""
     from PIL import Image
 
     check_regular_file(path, error, "image file")
     try:
         with Image.open(path) as image:
-            problem = image_mode_problem(image.mode)
+            size, mode = image.size, image.mode
     except FileNotFoundError:
         raise error(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL's own limit on the header size
+        raise error(f"{path}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise error(f"{path}: unreadable image ({e})") from None
+        raise error(f"{path}: corrupt or truncated image ({e})") from None
+    problem = (image_mode_problem(mode) if eight_bit else None) or image_size_problem(size, max_pixels)
     if problem:
         raise error(f"{path}: {problem}")
+    return size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,14 +24,13 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 
 from core.dataset_layout import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from core.errors import DatasetError, FormatError
 from core.io import IGNORE_INDEX as RELATION_IGNORE  # the ignored label of the relation-label maps
 from core.io import read_mask
 from core.progress import progress as progress_bar
-from core.safety import check_regular_file
+from core.safety import check_image_header
 
 MAX_LISTED = 5
 
@@ -50,28 +49,10 @@ def collate_skipping(items):
 
 
 def read_checked_image(path, max_pixels):
-    """read_image after a size check from the header: DatasetError naming the file when the
-    image claims more than `max_pixels` pixels (or PIL's decompression-bomb limit), before any
+    """read_image with the size checked from the header first (core.safety.check_image_header):
+    DatasetError naming the file when the image claims more than `max_pixels` pixels, before any
     memory is spent on decoding."""
-    check_regular_file(path, DatasetError, "image file")
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as e:
-        raise DatasetError(f"{path}: image too large ({e})") from None
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable image header ({e})") from None
-    if max_pixels and width * height > max_pixels:
-        raise DatasetError(
-            f"{path}: {width}x{height} image ({width * height / 1e6:.1f} M pixels) is above "
-            f"--max_image_pixels {max_pixels:.0f}"
-        )
-    try:
-        return read_image(path)
-    except Image.DecompressionBombError as e:  # a --max_image_pixels above PIL's own limit
-        raise DatasetError(f"{path}: image too large ({e})") from None
+    return read_image(path, max_pixels)
 
 
 def _first(ids, count=MAX_LISTED):
@@ -357,12 +338,5 @@ class RelationLabelDataset(_AugmentedDataset):
 
 
 def _header_size(path):
-    """(W, H) from the file header; PIL decodes no pixels until load()."""
-    check_regular_file(path, DatasetError)
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable image header ({e})") from None
+    """(W, H) from the file header (a mask's too: any bit depth); PIL decodes no pixels."""
+    return check_image_header(path, DatasetError, eight_bit=False)

@@ -127,7 +127,7 @@ def test_corrupt_mask_header_names_the_file(layout, tmp_path):
     write_pseudo_masks(layout, folder, layout.ids)
     with open(os.path.join(folder, "img_005.png"), "wb") as f:
         f.write(b"not a png")
-    with pytest.raises(DatasetError, match=r"img_005\.png: unreadable image header"):
+    with pytest.raises(DatasetError, match=r"img_005\.png: corrupt or truncated image"):
         SegmentationDataset(layout, folder, small_transform())
 
 

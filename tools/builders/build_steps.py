@@ -14,11 +14,11 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from core.dataset_layout import image_size_problem, parse_xml_tags
+from core.dataset_layout import parse_xml_tags
 from core.errors import DatasetError, FormatError, PrepareError
 from core.io import atomic_output, read_mask
 from core.progress import progress
-from core.safety import check_output_id, check_regular_file, image_mode_problem, temp_path
+from core.safety import check_image_header, check_output_id, check_regular_file, image_mode_problem, temp_path
 from tools.args import add_image_limit_arg, add_threads_arg, str2bool
 from tools.pool import SKIPPED_ERRORS, pool_size, run_pool
 
@@ -55,19 +55,8 @@ def add_output_args(parser, default_out):
 
 def check_source_image(path, max_pixels=None):
     """Raise PrepareError naming `path` unless its header is an 8-bit image of at most
-    `max_pixels` pixels (header only: nothing is decoded)."""
-    check_regular_file(path, PrepareError, "image file")
-    try:
-        with Image.open(path) as image:
-            problem = image_mode_problem(image.mode) or image_size_problem(image.size, max_pixels)
-    except FileNotFoundError:
-        raise PrepareError(f"{path}: image file not found") from None
-    except Image.DecompressionBombError as e:  # not an OSError
-        raise PrepareError(f"{path}: image too large to decode safely ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise PrepareError(f"{path}: unreadable image ({e})") from None
-    if problem:
-        raise PrepareError(f"{path}: {problem}")
+    `max_pixels` pixels (header only: nothing is decoded; core.safety.check_image_header)."""
+    check_image_header(path, PrepareError, max_pixels)
 
 
 def place_file(src, dst, link):
