@@ -39,7 +39,7 @@ from tools.args import (
     str2bool,
 )
 from tools.paths import evaluation_path, output_dir
-from tools.pool import SKIPPED_ERRORS, list_skipped, main_threads, pool_size, run_pool
+from tools.pool import SKIPPED_ERRORS, list_skipped, main_threads, pool_size, run_job
 
 MASK_MODE, SEED_MODE = "mask", "seed"
 MAX_CHUNK = 64  # images per worker task: bounds the size of the matrices sent back
@@ -148,18 +148,6 @@ class Job:
         return meter.matrix, len(image_ids), dialects, failed
 
 
-_JOB = None
-
-
-def _install(job):
-    global _JOB
-    _JOB = job
-
-
-def _score_chunk(image_ids):
-    return _JOB.score_chunk(image_ids)
-
-
 def chunked(items, size):
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -172,9 +160,7 @@ def accumulate(job, image_ids, workers):
     meter = metrics.ConfusionMeter(job.num_classes, job.rows())
     dialects, failed = {}, []
     with progress(total=len(image_ids), desc="evaluate", unit="image", dynamic_ncols=True) as bar:
-        for matrix, count, seen, problems in run_pool(
-            _score_chunk, chunked(image_ids, size), workers, setup=_install, setup_args=(job,)
-        ):
+        for matrix, count, seen, problems in run_job(job, chunked(image_ids, size), workers, method="score_chunk"):
             meter.add(matrix)
             failed.extend(problems)
             for name, n in seen.items():

@@ -73,3 +73,26 @@ def test_random_walk_thread_scope_is_restored(two_threads):
     with pytest.raises(KeyError), one_thread(torch.device("cpu")):
         raise KeyError("inside")
     assert torch.get_num_threads() == 2
+
+
+class _Job:
+    """A job as the stages hand to run_job: set up once per process, then one call per item."""
+
+    def __init__(self, offset):
+        self.offset, self.ready = offset, False
+
+    def setup(self):
+        self.ready = (os.getpid(), 0)
+
+    def score(self, item):
+        pid, calls = self.ready  # fails unless setup ran in this process first
+        self.ready = (pid, calls + 1)
+        return item + self.offset, pid
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_job_installs_the_job_once_per_process_and_calls_its_method(workers):
+    results = list(pool.run_job(_Job(100), range(20), workers, method="score", ordered=True))
+    assert [value for value, _ in results] == list(range(100, 120))
+    pids = {pid for _, pid in results}
+    assert (pids == {os.getpid()}) if workers == 0 else (os.getpid() not in pids and 1 <= len(pids) <= 2)

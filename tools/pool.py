@@ -116,6 +116,27 @@ def run_pool(task, items, workers, setup=None, setup_args=(), ordered=False):
         yield from run(task, items, chunksize=chunksize)
 
 
+_JOB = None  # this process's installed job method (run_job)
+
+
+def _install_job(job, method):
+    global _JOB
+    if hasattr(job, "setup"):  # once per process, before the first item (e.g. a network, a CRF)
+        job.setup()
+    _JOB = getattr(job, method)
+
+
+def _run_installed(item):
+    return _JOB(item)
+
+
+def run_job(job, items, workers, method="__call__", ordered=False):
+    """Yield `job.method(item)` for every item, in this process (workers 0) or over `workers`
+    processes: the job is pickled once per process and installed there as its global job (its
+    `setup()` first, when it has one). The one worker-global installer of every stage."""
+    yield from run_pool(_run_installed, items, workers, setup=_install_job, setup_args=(job, method), ordered=ordered)
+
+
 def collect(results, total, desc, progress=True):
     """Drain (id, problem) results behind a progress bar: (number done, [{"id", "problem"}] skipped)."""
     done, skipped = 0, []

@@ -11,7 +11,7 @@ from core.io import claim_output_folder, load_seed, read_json, save_mask, settin
 from core.relations import foreground_planes
 from core.safety import regular_file_problem, safe_output_path
 from tools.paths import output_dir
-from tools.pool import SKIPPED_ERRORS, collect, item_write_problem, pool_size, run_pool
+from tools.pool import SKIPPED_ERRORS, collect, item_write_problem, pool_size, run_job
 
 
 def seed_inputs(args, info):
@@ -113,20 +113,6 @@ class SeedJob:
         return pool_size(num_workers, count)
 
 
-_JOB = None  # the SeedJob of this process, set by _install
-
-
-def _install(job):
-    global _JOB
-    job.setup()
-    _JOB = job
-
-
-def _run_one(image_id):
-    return _JOB(image_id)
-
-
 def run_seed_job(job, ids, workers, desc, progress=True):
     """Run `job` on `ids` over `workers` processes (0: here): (written, [{"id", "problem"}] skipped)."""
-    results = run_pool(_run_one, ids, workers, setup=_install, setup_args=(job,))
-    return collect(results, len(ids), desc, progress)
+    return collect(run_job(job, ids, workers), len(ids), desc, progress)
