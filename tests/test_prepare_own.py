@@ -180,7 +180,7 @@ def test_unreadable_or_16_bit_image(tmp_path, inputs):
     path.write_bytes(data[: len(data) // 2])  # header intact, pixels cut
     assert refused(tmp_path).startswith(f"{path}: ")
     path.write_bytes(b"not an image")
-    assert refused(tmp_path).startswith(f"{path}: unreadable image")
+    assert refused(tmp_path).startswith(f"{path}: corrupt or truncated image")
     os.remove(path)
     rewrite_row(tmp_path, 6, "im4,cat;dog")
     path = tmp_path / "images" / "im4.png"
