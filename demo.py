@@ -499,7 +499,7 @@ def show(pictures):
 
 
 def label_tile(title, mask):
-    return (title, colorize(mask, info.palette)) if mask is not None else None
+    return (title, colorize(mask, info.palette), True) if mask is not None else None  # True: a label map
 
 
 pictures = []

@@ -167,6 +167,10 @@ def test_composite_layout():
     for k in range(8):  # tile k at row k // 3, column k % 3, under its title
         y, x = P + (k // 3) * (T + 30 + P) + T, P + (k % 3) * (40 + P)
         assert np.all(picture[y : y + 30, x : x + 40] == 10 * k), k
+    stripes = np.zeros((600, 300, 3), np.uint8)
+    stripes[::2] = (200, 10, 10)  # a label map of one-pixel stripes: an area filter would mix them
+    small = lambda labels: drawing.composite([("t", stripes, labels)])[P + T : P + T + 256, P : P + 128]  # noqa: E731
+    assert colours(small(True)) == {(0, 0, 0), (200, 10, 10)} and len(colours(small(False))) > 2
     big = drawing.composite([("big", np.zeros((600, 300, 3), np.uint8))], [("a", (1, 2, 3))])
     strip = drawing.legend_strip([("a", (1, 2, 3))], P + 128 + P)
     assert big.shape[1] == P + 128 + P and np.array_equal(big[-strip.shape[0] :], strip)

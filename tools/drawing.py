@@ -143,13 +143,16 @@ def legend_strip(entries, width):
 
 
 def composite(tiles, legend=(), columns=COLUMNS, side=TILE_SIDE):
-    """One picture of an image's maps: `tiles` [(title, uint8 RGB (H, W, 3))] in reading order,
-    each shrunk to `side` (label maps should be drawn at that size already, so no class colour
-    is blended), titled, `columns` to a row; `legend` [(name, colour)] as a strip underneath.
-    Returns uint8 (H, W, 3)."""
+    """One picture of an image's maps: `tiles` [(title, uint8 RGB (H, W, 3)[, is_label_map])] in
+    reading order, each shrunk to `side` (a label map by nearest neighbour, so that no class colour
+    is blended; a photo or heat map by area), titled, `columns` to a row; `legend` [(name,
+    colour)] as a strip underneath. Returns uint8 (H, W, 3)."""
     if not tiles:
         raise ValueError("a composite needs at least one tile")
-    shrunk = [(title, shrink(np.asarray(t, np.uint8), Image.BOX, side)) for title, t in tiles]
+    shrunk = [
+        (title, shrink(np.asarray(t, np.uint8), Image.NEAREST if labels else Image.BOX, side))
+        for title, t, labels in ((*tile, False)[:3] for tile in tiles)
+    ]
     rows = [shrunk[k : k + columns] for k in range(0, len(shrunk), columns)]
     cell_w = max(t.shape[1] for _, t in shrunk)
     cell_h = max(t.shape[0] for _, t in shrunk)

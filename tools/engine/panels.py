@@ -171,6 +171,7 @@ class Panels:
 
     def __init__(self, picks, info, device):
         self.picks, self.info, self.device, self.first = picks, info, device, True
+        self._static = {}  # image id -> its static parts, read from disk once per process
 
     def static(self, pick):
         """[(part name, Tile)] that stay the same during a run."""
@@ -186,12 +187,16 @@ class Panels:
     def draw(self, **state):
         out = {}
         for pick in self.picks:
-            static, dynamic = self.static(pick), self.dynamic(pick, **state)
+            if pick.image_id not in self._static:
+                self._static[pick.image_id] = self.static(pick)
+            static, dynamic = self._static[pick.image_id], self.dynamic(pick, **state)
             tiles = [tile for _, tile in static + dynamic]  # pipeline order
             legend = legend_entries(
                 [t.labels for t in tiles], self.info.palette, self.info.class_names, always=self.legend_always(pick)
             )
-            out[f"panels/{pick.image_id}"] = composite([(t.title, t.picture) for t in tiles], legend)
+            # label maps shrink by nearest neighbour: no blended colour that no class has
+            shown = [(t.title, t.picture, t.labels is not None) for t in tiles]
+            out[f"panels/{pick.image_id}"] = composite(shown, legend)
             parts = (static if self.first else []) + dynamic
             out.update({f"parts/{pick.image_id}/{name}": tile.picture for name, tile in parts})
         self.first = False

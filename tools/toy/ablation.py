@@ -21,7 +21,6 @@ Every command runs as toy_pipeline.py runs its stages (its Runner: echoed, timed
 
 import os
 import shlex
-import statistics
 import sys
 import time
 
@@ -32,7 +31,7 @@ from core.errors import MissingFileError  # noqa: E402
 from core.io import atomic_output, write_json  # noqa: E402
 from tools.args import cli, make_parser, positive_int  # noqa: E402
 from tools.paths import REPO_ROOT, model_path  # noqa: E402
-from tools.toy.toy_pipeline import DATA, PRED_ROOT, RSEPM_TAG, RSEPM_TRAIN, SCALES, Runner  # noqa: E402
+from tools.toy.toy_pipeline import DATA, PRED_ROOT, RSEPM_TAG, RSEPM_TRAIN, SCALES, Runner, seed_list, spread  # noqa: E402
 
 # (key, row name, training tag, seed source, training flags after the quick-start schedule or None:
 # the quick-start's own model). Later arguments win in argparse: CAM only never starts RecurSeed;
@@ -43,19 +42,6 @@ VARIANTS = (
     ("rsepm", "RS+EPM", RSEPM_TAG, "decoder", None),
 )
 OUT_SUFFIX = "@val-gt-tags"  # the tag of a variant's validation seeds and masks
-
-
-def seed_list(text):
-    """--seeds: comma-separated non-negative integers, at least one."""
-    import argparse
-
-    try:
-        seeds = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated training seeds, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative training seeds, got {text!r}")
-    return seeds
 
 
 def get_args_parser():
@@ -179,11 +165,8 @@ def seeds_table(seeds, runs):
     for i, row in enumerate(runs[0]):
         cells = []
         for key in ("seeds", "crf"):
-            v = [r[i][key] for r in runs]
-            cells.append(
-                f"{statistics.fmean(v):.2f} +- {statistics.stdev(v) if len(v) > 1 else 0:.2f} "
-                f"({min(v):.2f}-{max(v):.2f})"
-            )
+            s = spread([r[i][key] for r in runs])
+            cells.append(f"{s['mean']:.2f} +- {s['std']:.2f} ({s['min']:.2f}-{s['max']:.2f})")
         lines.append(f"| {row['variant']} | {cells[0]} | {cells[1]} |")
     return lines
 

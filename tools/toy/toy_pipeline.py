@@ -624,24 +624,37 @@ def seed_summary(rows, seconds, seed, threads, times):
     return summary, table
 
 
-def seeds_summary(summaries):
-    """Mean, standard deviation, min and max of each row's mIoU over the seeds."""
+def seed_list(text):
+    """--seeds: comma-separated non-negative integers, at least one."""
+    import argparse
+
+    try:
+        seeds = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated training seeds, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative training seeds, got {text!r}")
+    return seeds
+
+
+def spread(values):
+    """{"mean", "std", "min", "max"} of a row's values over the training seeds (std 0 for one seed)."""
     import statistics
 
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def seeds_summary(summaries):
+    """Mean, standard deviation, min and max of each row's mIoU over the seeds."""
     stages = []
     for i, first in enumerate(summaries[0]["stages"]):
         values = [s["stages"][i]["mIoU"] for s in summaries]
-        stages.append(
-            {
-                "stage": first["stage"],
-                "num_images": first["num_images"],
-                "mIoU": values,
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values),
-                "max": max(values),
-            }
-        )
+        stages.append({"stage": first["stage"], "num_images": first["num_images"], "mIoU": values, **spread(values)})
     seeds = [s["seed"] for s in summaries]
     table = [
         f"| stage | images | mIoU (%) mean +- std over seeds {','.join(map(str, seeds))} | min-max |",
@@ -682,6 +695,7 @@ def get_args_parser():
     parser.add_argument(
         "--seeds",
         default=None,
+        type=seed_list,
         help="comma-separated training seeds: one run each into experiments/toy/seed{N}/, "
         "then mean and spread in experiments/toy/summary_seeds.{json,md}",
     )
@@ -700,7 +714,7 @@ def main(args):
     if args.fresh_pretrain:
         for path in (PRETRAIN_DATA, os.path.dirname(PRETRAINED)):
             shutil.rmtree(path, ignore_errors=True)
-    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    seeds = args.seeds or [args.seed]
     os.makedirs(PRED_ROOT, exist_ok=True)
     workers = ["--num_workers", str(args.num_workers)]
     start = time.perf_counter()
