@@ -105,14 +105,16 @@ def quick_rsepm_argv(root, pred_dir, *extra):
 TIME_FIELDS = {"images_per_s"}  # the fields of a log record that differ between two identical runs
 
 
-def read_run_log(pred_dir, tag="t"):
-    """The records of models/{tag}/logs/log.jsonl under pred_dir, without their timings."""
+def read_run_log(pred_dir, tag="t", timings=False):
+    """The records of models/{tag}/logs/log.jsonl under pred_dir, without their timings unless
+    `timings`."""
     import json
 
     from tools.paths import model_dir
 
     with open(os.path.join(model_dir(str(pred_dir), tag), "logs", "log.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIME_FIELDS} for line in f]
+        records = [json.loads(line) for line in f]
+    return records if timings else [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records]
 
 
 def parser_modules():

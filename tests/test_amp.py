@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import run_main
+from helpers import read_run_log, run_main
 
 import infer_rsepm
 import infer_seg
@@ -16,7 +16,7 @@ import train_seg
 from core.io import load_seed
 from core.networks import RSEPM, build_network
 from core.weights import save_weights
-from tools.paths import model_dir, predictions_dir
+from tools.paths import predictions_dir
 from tools.seeds.infer_loop import AutocastForward, with_amp
 
 NUM_CLASSES = 6  # TOY: background + 5 shapes
@@ -55,11 +55,6 @@ def test_dict_outputs_come_back_as_float32():
     with torch.no_grad():
         out = AutocastForward(net, "cpu", torch.bfloat16)(torch.randn(2, 3, 32, 32))
     assert {k: v.dtype for k, v in out.items()} == {k: torch.float32 for k in ("logits", "cam", "seg")}
-
-
-def read_log(pred_dir, tag):
-    with open(os.path.join(model_dir(str(pred_dir), tag), "logs", "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def common_train(root, pred_dir, amp, tag):
@@ -124,7 +119,7 @@ def test_training_in_bf16_on_cpu_is_finite_and_close_to_float32(toy, tmp_path, s
         assert result["iterations"] == 1
         config = json.loads((tmp_path / "models" / result["tag"] / "config.json").read_text())
         assert config["amp_dtype"] == ("torch.bfloat16" if amp == "bf16" else "None")
-        records[amp] = read_log(tmp_path, result["tag"])
+        records[amp] = read_run_log(tmp_path, result["tag"], timings=True)
         weights = torch.load(result["weights"], map_location="cpu", weights_only=True)
         assert all(torch.isfinite(v.float()).all() for v in weights.values())
     for amp in ("off", "bf16"):

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from helpers import read_run_log
 
 import train_rsepm
 from core.errors import Preempted, ResumeError
@@ -85,11 +86,6 @@ def folder(pred_dir):
     return model_dir(str(pred_dir), "t")
 
 
-def read_log(pred_dir):
-    with open(os.path.join(folder(pred_dir), "logs", "log.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in f]
-
-
 def assert_same_weights(a, b):
     wa = torch.load(os.path.join(folder(a), "last.pth"), weights_only=True)
     wb = torch.load(os.path.join(folder(b), "last.pth"), weights_only=True)
@@ -159,7 +155,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_matches_an_uninterrupted_on
     # nothing lost: the save holds the step the signal interrupted (--save_interval 1000 saved nothing)
     state = torch.load(resume, weights_only=True)
     assert state["iteration"] == stopped and state["epoch"] * PER_EPOCH + state["step"] == stopped
-    assert read_log(tmp_path)[-1]["iteration"] == stopped
+    assert read_run_log(tmp_path)[-1]["iteration"] == stopped
 
     # a resume on another dataset is refused before anything is touched (--root_dir may change)
     before = os.path.getmtime(resume)
@@ -188,7 +184,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_matches_an_uninterrupted_on
     resumed = train(toy, tmp_path, "--resume", "true")
     assert resumed["iterations"] == PER_EPOCH * EPOCHS
     assert_same_weights(whole, tmp_path)
-    assert read_log(tmp_path) == read_log(whole)
+    assert read_run_log(tmp_path) == read_run_log(whole)
 
 
 def test_sigusr1_at_an_epochs_end_stops_after_the_epoch_save(toy, whole, tmp_path, monkeypatch):
@@ -301,7 +297,7 @@ def test_ddp_ranks_stop_at_the_same_log_line(toy_dataset, tmp_path):
         )
     state = torch.load(resume, weights_only=True)
     assert (state["epoch"], state["step"], state["iteration"], len(state["rng"])) == (0, 3, 3, 2)
-    assert [r["iteration"] for r in read_log(tmp_path)] == [3]
+    assert [r["iteration"] for r in read_run_log(tmp_path)] == [3]
 
 
 # --- loader workers ignore the scheduler's signals, so they must be ended by us ----------------

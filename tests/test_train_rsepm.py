@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
-from helpers import kill_at, run_main
+from helpers import kill_at, read_run_log, run_main
 
 import convert_seed_to_pseudo_masks
 import core.rsepm
@@ -81,11 +81,6 @@ def train_argv(root, pred_dir, *extra, epochs=3, rs_start=2, mix_start=3):
     ]
 
 
-def read_log(pred_dir, tag):
-    with open(os.path.join(model_dir(str(pred_dir), tag), "logs", "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def flat_state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -126,7 +121,7 @@ def test_training_writes_weights_config_logs_and_feeds_inference(toy, tmp_path):
     assert (state["epoch"], state["step"], state["iteration"]) == (3, 0, 6)
 
     # the log: one record per iteration, the terms of each phase, poly lr, label fractions
-    records = read_log(pred_dir, tag)
+    records = read_run_log(pred_dir, tag, timings=True)
     # epochs count from 1 as --rs_start 2 / --mix_start 3 do: RecurSeed from epoch 2, the mix from 3
     assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3)]
     for r in records:
@@ -334,7 +329,10 @@ def test_resume_mid_epoch_gives_identical_weights(toy, tmp_path, monkeypatch):
     assert all(torch.equal(online[k], v) for k, v in resumed["network"].state_dict().items())
 
     # logs: every 3rd iteration and each epoch's end, once each, with identical loss values
-    log_a, log_b = read_log(tmp_path / "a", "resume"), read_log(tmp_path / "b", "resume")
+    log_a, log_b = (
+        read_run_log(tmp_path / "a", "resume", timings=True),
+        read_run_log(tmp_path / "b", "resume", timings=True),
+    )
     assert [r["iteration"] for r in log_a] == [r["iteration"] for r in log_b] == [2, 3, 4]
     for ra, rb in zip(log_a, log_b):
         assert {k: v for k, v in ra.items() if k != "images_per_s"} == {
@@ -493,7 +491,7 @@ def test_torchrun_two_processes_train_in_step_and_only_rank0_writes(toy, tmp_pat
     assert all(torch.equal(final[n], rank0[n]) for n in names)
     config = json.load(open(os.path.join(directory, "config.json")))
     assert config["world_size"] == 2 and config["iterations_per_epoch"] == 2
-    records = read_log(tmp_path / "exp", "ddp")
+    records = read_run_log(tmp_path / "exp", "ddp", timings=True)
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
     assert {"rec_mix", "seg_mix"} <= set(records[-1]) and math.isfinite(records[-1]["seg_mix"])
     assert len(glob.glob(os.path.join(directory, "logs", "events.out.tfevents.*"))) == 1

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import kill_at, run_main
+from helpers import kill_at, read_run_log, run_main
 from PIL import Image
 
 import evaluate
@@ -113,11 +113,6 @@ def train_argv(root, pred_dir, *extra, epochs=1, decoder="deeplabv3+", output_st
     ]
 
 
-def read_log(pred_dir, tag):
-    with open(os.path.join(model_dir(str(pred_dir), tag), "logs", "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def read_config(pred_dir, tag):
     with open(os.path.join(model_dir(str(pred_dir), tag), "config.json")) as f:
         return json.load(f)
@@ -200,7 +195,7 @@ def test_training_writes_released_format_and_feeds_inference(toy, tmp_path, deco
     )
     assert (state["epoch"], state["step"], state["iteration"]) == (1, 0, 2)
 
-    records = read_log(pred_dir, tag)
+    records = read_run_log(pred_dir, tag, timings=True)
     train_records, val_records = records[:-1], records[-1:]
     assert [(r["iteration"], r["epoch"]) for r in records] == [(1, 1), (2, 1), (2, 1)]  # epochs count from 1
     for r in train_records:
@@ -323,7 +318,7 @@ def test_gt_label_tag_trains_on_the_ground_truth_masks(toy, tmp_path):
     weights = {name: flat_state(r["weights"]) for name, r in runs.items()}
     assert all(torch.equal(weights["gt"][k], weights["copy"][k]) for k in weights["gt"])
     assert not all(torch.equal(weights["gt"][k], weights["perturbed"][k]) for k in weights["gt"])
-    losses = {name: [r["seg"] for r in read_log(pred_dir, run["tag"])] for name, run in runs.items()}
+    losses = {name: [r["seg"] for r in read_run_log(pred_dir, run["tag"], timings=True)] for name, run in runs.items()}
     assert losses["gt"] == losses["copy"] != losses["perturbed"]
 
     config = read_config(pred_dir, runs["gt"]["tag"])
@@ -342,7 +337,7 @@ def test_loss_learns_the_masks(toy, tmp_path):
             train_argv(toy, pred_dir, "--tag", "square", epochs=3, label_tag="square")
         )
     )["tag"]
-    losses = [r["seg"] for r in read_log(pred_dir, tag)]
+    losses = [r["seg"] for r in read_run_log(pred_dir, tag, timings=True)]
     assert len(losses) == 6
     assert losses[0] > 1.0 and max(losses[-2:]) < 0.2 * losses[0], losses
 
@@ -405,7 +400,7 @@ def test_resume_mid_epoch_gives_identical_weights_and_log(toy, tmp_path, monkeyp
             train_seg.main(train_seg.get_args_parser().parse_args(train_argv(toy, tmp_path / "b", *extra, epochs=2)))
     directory_b = model_dir(str(tmp_path / "b"), "resume")
     assert not os.path.exists(os.path.join(directory_b, "last.pth"))
-    assert [r["iteration"] for r in read_log(tmp_path / "b", "resume")] == list(range(1, 8))
+    assert [r["iteration"] for r in read_run_log(tmp_path / "b", "resume", timings=True)] == list(range(1, 8))
     network = build_network("deeplabv3+", "resnet18", NUM_CLASSES, output_stride=16)
     saved = resume_state.load_resume(os.path.join(directory_b, "resume.pth"), network)
     assert (saved["epoch"], saved["step"], saved["iteration"]) == (1, 2, 6)
@@ -420,7 +415,10 @@ def test_resume_mid_epoch_gives_identical_weights_and_log(toy, tmp_path, monkeyp
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
-    log_a, log_b = read_log(tmp_path / "a", "resume"), read_log(tmp_path / "b", "resume")
+    log_a, log_b = (
+        read_run_log(tmp_path / "a", "resume", timings=True),
+        read_run_log(tmp_path / "b", "resume", timings=True),
+    )
     assert [r["iteration"] for r in log_b] == list(range(1, 9))  # iteration 7 once
     for ra, rb in zip(log_a, log_b):
         assert {k: v for k, v in ra.items() if k != "images_per_s"} == {
@@ -457,7 +455,7 @@ def test_partly_missing_masks_stop_the_run_unless_allowed(toy, tmp_path, monkeyp
     assert config["dataset_summary"] == expected
     with open(os.path.join(model_dir(str(pred_dir), "allowed"), "logs", "log.txt")) as f:
         assert expected in f.read()
-    assert [r["iteration"] for r in read_log(pred_dir, "allowed")] == [1]
+    assert [r["iteration"] for r in read_run_log(pred_dir, "allowed", timings=True)] == [1]
 
     # too few images left for one batch: an error, not an endless empty loop
     os.remove(os.path.join(mask_dir, ids[0] + ".png"))
